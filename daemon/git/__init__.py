@@ -1,0 +1,37 @@
+"""git for agentd: validated remotes, per-task workspaces, pushes, pull requests.
+
+The public surface is re-exported here; the modules behind it may change freely.
+"""
+
+from daemon.git.github import open_pull_request
+from daemon.git.process import GitAuth, classify_git_error, run_git
+from daemon.git.remote import GitHubRepo, Remote, parse_remote, redact
+from daemon.git.workspace import (
+    PushResult,
+    Workspace,
+    branch_name,
+    check_quota,
+    commit_and_push,
+    gc_workspaces,
+    prepare_workspace,
+    workspace_size,
+)
+
+__all__ = [
+    "GitAuth",
+    "GitHubRepo",
+    "PushResult",
+    "Remote",
+    "Workspace",
+    "branch_name",
+    "check_quota",
+    "classify_git_error",
+    "commit_and_push",
+    "gc_workspaces",
+    "open_pull_request",
+    "parse_remote",
+    "prepare_workspace",
+    "redact",
+    "run_git",
+    "workspace_size",
+]

@@ -1,0 +1,225 @@
+"""Claude through the ``anthropic`` SDK, streaming, under Trio.
+
+The SDK's async client runs on anyio, so it works unchanged inside the daemon's Trio loop. It
+retries short outages itself (``max_retries``); whatever is left over is mapped onto agentd's
+two error classes, which is all the supervisor looks at:
+
+- ``TransientError``: 429 (``retry_after`` from the ``retry-after`` header), 529 overloaded,
+  other 5xx, 408/409, connection failures, timeouts, a stream that ends or errors midway;
+- ``PermanentError``: every other 4xx (400, 401, 403, 404, 413, ...), with the API's own
+  words, e.g. ``anthropic: 401 authentication_error: invalid x-api-key``.
+
+The API key never appears in a message this module builds (it is redacted if the API were
+ever to echo it) and is never logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anthropic
+import httpx2
+from anthropic import Middleware
+
+from daemon.agent.model import ModelReply, ModelRequest, Usage, cost_of, with_cache_breakpoints
+from daemon.errors import PermanentError, TransientError
+
+__all__ = ["AnthropicProvider", "DEFAULT_MODEL"]
+
+# The current Sonnet: the speed / intelligence / price balance a coding agent wants.
+DEFAULT_MODEL = "claude-sonnet-5-5"
+
+# Error types that mean "the API had a problem", whatever the HTTP status they came with
+# (an SSE ``error`` event arrives inside a 200 response).
+_TRANSIENT_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
+
+
+class AnthropicProvider:
+    """A ``ModelProvider`` backed by the Anthropic Messages API.
+
+    ``timeout`` (seconds) bounds each network wait, including the silence between two chunks
+    of the response stream (the API sends ``ping`` events while it thinks, so a long silence
+    means a dead connection); connecting is bounded by at most 10 s.
+
+    ``max_sdk_retry_wait``: the SDK sleeps for as long as a ``retry-after`` header says before
+    its own retry. Longer waits than this are not left to the SDK but surface at once as a
+    ``TransientError`` carrying ``retry_after``, so the supervisor can park the task and free
+    its concurrency slot instead of holding it while asleep.
+    """
+
+    name = "anthropic"
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str | None = None,
+        model: str = DEFAULT_MODEL,
+        max_retries: int = 2,
+        timeout: float = 300.0,
+        max_sdk_retry_wait: float = 30.0,
+    ) -> None:
+        if not api_key:
+            raise PermanentError("anthropic: no API key configured (set ANTHROPIC_API_KEY)")
+        self.model = model
+        self._api_key = api_key  # kept only to redact it from error messages
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=max_retries,
+            timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
+            middleware=[_LongWaitsToCaller(max_sdk_retry_wait)],
+        )
+
+    def __repr__(self) -> str:
+        return f"AnthropicProvider(model={self.model!r}, base_url={str(self._client.base_url)!r})"
+
+    async def aclose(self) -> None:
+        """Close the pooled HTTP connections."""
+        await self._client.close()
+
+    async def complete(
+        self, request: ModelRequest, on_text_delta: Callable[[str], None] | None = None
+    ) -> ModelReply:
+        """Stream one assistant turn; ``on_text_delta`` gets each text delta as it arrives.
+
+        Cancellation: the HTTP response stream is closed (its connection is dropped, which
+        ends generation on Anthropic's side) and nothing is returned; tokens already generated
+        may still be billed. The partial turn is lost, so the caller simply sends the same
+        request again when it resumes.
+        """
+        tools, system, messages = with_cache_breakpoints(request)
+        params: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": request.max_tokens,
+            "messages": messages,
+        }
+        if system:
+            params["system"] = system
+        if tools:
+            params["tools"] = tools
+        try:
+            async with self._client.messages.stream(**params) as stream:
+                async for event in stream:
+                    if on_text_delta is not None and event.type == "text":
+                        on_text_delta(event.text)
+                final = await stream.get_final_message()
+        except anthropic.APIStatusError as err:
+            raise self._status_error(err) from err
+        except anthropic.APIConnectionError as err:  # includes APITimeoutError
+            raise TransientError(self._redact(f"anthropic: {_describe(err)}")) from err
+        except httpx2.TransportError as err:
+            # Failures while reading the stream body are raised by httpx2 itself, unwrapped.
+            raise TransientError(
+                self._redact(f"anthropic: response stream broke: {_describe(err)}")
+            ) from err
+
+        if final.stop_reason is None:
+            # The body ended without message_delta/message_stop: a cut connection, not an answer.
+            raise TransientError(
+                "anthropic: the response stream ended before the message was complete"
+            )
+        model = final.model or self.model
+        u = final.usage
+        usage = Usage(
+            input_tokens=u.input_tokens or 0,
+            output_tokens=u.output_tokens or 0,
+            cache_read_tokens=u.cache_read_input_tokens or 0,
+            cache_write_tokens=u.cache_creation_input_tokens or 0,
+        )
+        usage = dataclasses.replace(usage, cost_usd=cost_of(model, usage))
+        # Only the fields the API sent, minus nulls (e.g. "citations": null), so that the blocks
+        # can be sent back verbatim as the assistant turn of the next request.
+        content = [
+            {k: v for k, v in block.to_dict(mode="json").items() if v is not None}
+            for block in final.content
+        ]
+        return ModelReply(content=content, stop_reason=final.stop_reason, usage=usage, model=model)
+
+    def _status_error(self, err: anthropic.APIStatusError) -> TransientError | PermanentError:
+        status = err.status_code
+        error_type = err.type or _body_error_type(err.body) or "error"
+        detail = err.api_message or _short(err.body) or "no details given"
+        if status >= 400:
+            where = f"{status} {error_type}"
+        else:  # an SSE error event inside a 200 response
+            where = f"{error_type} during the response stream"
+        message = self._redact(f"anthropic: {where}: {detail}")
+        transient = (
+            status in (408, 409, 429)
+            or status >= 500
+            or (status < 400 and error_type in _TRANSIENT_TYPES)
+        )
+        if transient:
+            return TransientError(message, retry_after=retry_after_of(err.response.headers))
+        return PermanentError(message)
+
+    def _redact(self, message: str) -> str:
+        return message.replace(self._api_key, "[redacted]")
+
+
+class _LongWaitsToCaller(Middleware):
+    """Stops the SDK from retrying a response whose ``retry-after`` exceeds ``max_wait``.
+
+    The SDK obeys an ``x-should-retry: false`` response header; setting it on such a response
+    makes the SDK raise at once (see ``AnthropicProvider``, ``max_sdk_retry_wait``).
+    """
+
+    def __init__(self, max_wait: float) -> None:
+        self.max_wait = max_wait
+
+    async def handle_async(self, request: Any, call_next: Any) -> Any:
+        response = await call_next(request)
+        http = response.http_response
+        wait = retry_after_of(http.headers) if not http.is_success else None
+        if wait is not None and wait > self.max_wait:
+            http.headers["x-should-retry"] = "false"
+        return response
+
+
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait per ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date)."""
+    try:
+        return max(0.0, float(headers["retry-after-ms"]) / 1000)
+    except (KeyError, TypeError, ValueError):
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _body_error_type(body: object) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        value = body["error"].get("type")
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _short(body: object, limit: int = 200) -> str:
+    text = body if isinstance(body, str) else "" if body is None else repr(body)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, (anthropic.APITimeoutError, httpx2.TimeoutException)):
+        return "timed out"
+    # The SDK's APIConnectionError says only "Connection error."; the httpx2 cause says why.
+    cause = err
+    if isinstance(err, anthropic.APIConnectionError):
+        cause = err.__cause__ or err.__context__
+    if cause is None:
+        return "connection error"
+    name = type(cause).__name__
+    return f"connection error ({name}: {cause})" if str(cause) else f"connection error ({name})"

@@ -1,0 +1,251 @@
+"""The model provider interface, without I/O.
+
+The agent loop talks to a model only through ``ModelProvider.complete``: one request in (the
+whole conversation so far), one assistant turn out. Content blocks stay plain JSON dicts in
+Anthropic's shape, so a reply can be stored as-is and sent back verbatim in the next request,
+whatever the provider (Claude over HTTP, or a replayed script).
+
+Prices live here too, so that cost accounting is the same for every provider and testable
+without a network.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+__all__ = [
+    "DEFAULT_PRICE",
+    "PRICES",
+    "ModelProvider",
+    "ModelReply",
+    "ModelRequest",
+    "Price",
+    "STOP_REASONS",
+    "Usage",
+    "cost_of",
+    "price_for",
+    "with_cache_breakpoints",
+]
+
+# Every stop_reason the Messages API documents; the agent loop handles each one (design §8).
+STOP_REASONS = frozenset(
+    {"end_turn", "tool_use", "max_tokens", "pause_turn", "refusal", "stop_sequence"}
+)
+
+EPHEMERAL = {"type": "ephemeral"}
+# Anthropic rejects a request with more than 4 blocks carrying cache_control.
+MAX_CACHE_BREAKPOINTS = 4
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens and money spent by one model call (or, summed, by a task).
+
+    ``input_tokens`` excludes the cached parts, as in Anthropic's usage object:
+    ``cache_write_tokens`` (cache_creation_input_tokens) and ``cache_read_tokens``
+    (cache_read_input_tokens) are billed separately.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """One call: the system prompt, the tool schemas and the whole conversation so far."""
+
+    system: str
+    tools: list[dict]
+    messages: list[dict]
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    """One assistant turn: ``content`` is a list of Anthropic content blocks as JSON dicts."""
+
+    content: list[dict]
+    stop_reason: str
+    usage: Usage
+    model: str
+
+
+class ModelProvider(Protocol):
+    """What the agent loop needs from a model.
+
+    ``complete`` raises ``TransientError`` when trying again later may help (rate limit,
+    overload, network) and ``PermanentError`` when it cannot (bad key, invalid request).
+    ``on_text_delta`` receives text as it is generated (for the ephemeral
+    ``agent.text_delta`` event); the reply's ``content`` holds the full text regardless.
+    """
+
+    name: str
+
+    async def complete(
+        self, request: ModelRequest, on_text_delta: Callable[[str], None] | None = None
+    ) -> ModelReply: ...
+
+
+# --- prices ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens for one model.
+
+    Cache writes (5-minute TTL, the only one agentd asks for) cost 1.25x input; cache reads
+    0.1x input unless ``cache_read_ratio`` says otherwise (some 5.x models read cheaper).
+    ``long_prompt`` replaces the whole price for a call whose prompt (input + cache reads +
+    cache writes) exceeds ``long_prompt_over`` tokens, as Anthropic bills some models.
+    """
+
+    input: float
+    output: float
+    cache_read_ratio: float = 0.1
+    long_prompt_over: int | None = None
+    long_prompt: Price | None = None
+
+    @property
+    def cache_write(self) -> float:
+        return self.input * 1.25
+
+    @property
+    def cache_read(self) -> float:
+        return self.input * self.cache_read_ratio
+
+
+# Matched by prefix, longest first, so dated ids ("claude-sonnet-4-5-20250929") and aliases
+# ("claude-sonnet-4-5") both resolve. From Anthropic's pricing page (platform.claude.com/docs/
+# en/about-claude/pricing), standard API rates; batch discounts and regional surcharges are not
+# modelled. Update here, and only here, when prices change.
+PRICES: dict[str, Price] = {
+    "claude-fable-5-1": Price(10.0, 50.0, cache_read_ratio=0.025),
+    "claude-mythos-5-1": Price(10.0, 50.0, cache_read_ratio=0.025),
+    "claude-fable-5": Price(10.0, 50.0),
+    "claude-mythos-5": Price(10.0, 50.0),
+    "claude-opus-5-5": Price(4.0, 20.0, cache_read_ratio=0.05),
+    "claude-opus-5": Price(5.0, 25.0),
+    "claude-sonnet-5-5": Price(2.0, 10.0, cache_read_ratio=0.05),
+    "claude-sonnet-5": Price(2.0, 10.0),
+    "claude-haiku-5-5": Price(0.1, 0.5, long_prompt_over=100_000, long_prompt=Price(0.5, 2.5)),
+    # Opus 4.5 to 4.8 cost a third of Opus 4.0 / 4.1.
+    "claude-opus-4-8": Price(5.0, 25.0),
+    "claude-opus-4-7": Price(5.0, 25.0),
+    "claude-opus-4-6": Price(5.0, 25.0),
+    "claude-opus-4-5": Price(5.0, 25.0),
+    "claude-opus-4-1": Price(15.0, 75.0),
+    "claude-opus-4": Price(15.0, 75.0),  # Opus 4.0 ("claude-opus-4-0", "claude-opus-4-20250514")
+    "claude-sonnet-4": Price(3.0, 15.0),  # Sonnet 4, 4.5 and 4.6 share a price
+    "claude-haiku-4-5": Price(1.0, 5.0),
+    "claude-3-7-sonnet": Price(3.0, 15.0),
+    "claude-3-5-haiku": Price(0.8, 4.0),
+}
+
+# An unknown model is priced like the most expensive one we know (Opus 4 / 4.1), so that a
+# budget errs on the side of stopping a task early rather than overspending.
+DEFAULT_PRICE = Price(15.0, 75.0)
+
+
+def price_for(model: str) -> Price:
+    """The price of ``model`` (longest matching prefix), else ``DEFAULT_PRICE``."""
+    for prefix in sorted(PRICES, key=len, reverse=True):
+        if model.startswith(prefix):
+            return PRICES[prefix]
+    return DEFAULT_PRICE
+
+
+def cost_of(model: str, usage: Usage) -> float:
+    """USD cost of one call's ``usage`` on ``model`` (``usage.cost_usd`` is ignored).
+
+    Per call, not on a sum of calls: long-prompt rates depend on each call's prompt size.
+    """
+    p = price_for(model)
+    prompt = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+    if p.long_prompt is not None and p.long_prompt_over is not None and prompt > p.long_prompt_over:
+        p = p.long_prompt
+    micro = (
+        usage.input_tokens * p.input
+        + usage.output_tokens * p.output
+        + usage.cache_write_tokens * p.cache_write
+        + usage.cache_read_tokens * p.cache_read
+    )
+    return micro / 1_000_000
+
+
+# --- prompt caching ----------------------------------------------------------------------------
+
+# Blocks the API refuses to carry cache_control on; the breakpoint goes on an earlier block.
+_UNCACHEABLE_TYPES = frozenset({"thinking", "redacted_thinking"})
+
+
+def _count_breakpoints(tools: list[dict], messages: list[dict]) -> int:
+    """Breakpoints the caller already placed: on tools, message blocks, tool_result blocks."""
+
+    def in_blocks(blocks: Any) -> int:
+        if not isinstance(blocks, list):
+            return 0
+        return sum(
+            ("cache_control" in b) + in_blocks(b.get("content"))
+            for b in blocks
+            if isinstance(b, dict)
+        )
+
+    in_tools = sum("cache_control" in t for t in tools)
+    return in_tools + sum(in_blocks(m.get("content")) for m in messages)
+
+
+def _cacheable(block: dict) -> bool:
+    if block.get("type") in _UNCACHEABLE_TYPES:
+        return False
+    # The API rejects cache_control on an empty text block.
+    return not (block.get("type") == "text" and not block.get("text"))
+
+
+def with_cache_breakpoints(request: ModelRequest) -> tuple[list[dict], list[dict], list[dict]]:
+    """``(tools, system_blocks, messages)`` for the API, with prompt-cache breakpoints.
+
+    Breakpoints (``cache_control: {"type": "ephemeral"}``) go on the newest message's last
+    cacheable block (the conversation prefix, which grows by one turn per call and so is read
+    back from the cache next time), on the system block and on the last tool. Breakpoints
+    already present in the request count against Anthropic's limit of 4; ours are added in
+    that order of value while room remains. The request is never mutated: everything returned
+    is a copy. An empty system prompt yields no system block (the API rejects empty text).
+    """
+    tools = copy.deepcopy(request.tools)
+    system = [{"type": "text", "text": request.system}] if request.system else []
+    messages = copy.deepcopy(request.messages)
+    room = MAX_CACHE_BREAKPOINTS - _count_breakpoints(tools, messages)
+
+    if messages and room > 0:
+        last = messages[-1]
+        if isinstance(last.get("content"), str):
+            if last["content"]:
+                last["content"] = [{"type": "text", "text": last["content"]}]
+        blocks = last.get("content")
+        if isinstance(blocks, list):
+            for block in reversed(blocks):
+                if isinstance(block, dict) and _cacheable(block):
+                    if "cache_control" not in block:
+                        block["cache_control"] = dict(EPHEMERAL)
+                        room -= 1
+                    break
+    if system and room > 0:
+        system[0]["cache_control"] = dict(EPHEMERAL)
+        room -= 1
+    if tools and room > 0 and "cache_control" not in tools[-1]:
+        tools[-1]["cache_control"] = dict(EPHEMERAL)
+        room -= 1
+    return tools, system, messages

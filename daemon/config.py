@@ -1,0 +1,145 @@
+"""One typed settings object for the daemon.
+
+Sources overlay in this order: defaults < TOML file < environment < command-line flags.
+Only flags that were actually given count (the CLI passes ``None`` for the others), so a flag
+left at its default never hides an environment variable. Unknown keys are refused with a message
+naming them; every problem becomes one ``ConfigError`` line naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+SECONDS = 1.0
+MINUTES = 60 * SECONDS
+HOURS = 60 * MINUTES
+DAYS = 24 * HOURS
+MIB = 1024 * 1024
+
+# Environment variable -> settings key (design §3).
+ENV_KEYS: dict[str, str] = {
+    "AGENTD_DATA_DIR": "data_dir",
+    "AGENTD_HTTP": "http",
+    "AGENTD_CONTROL_SOCKET": "control_socket",
+    "AGENTD_CONCURRENCY": "concurrency",
+    "AGENTD_MODEL": "model",
+    "AGENTD_SCRIPT": "script",
+    "AGENTD_ALLOW_LOCAL_REMOTES": "allow_local_remotes",
+    "AGENTD_GITHUB_API": "github_api",
+    "ANTHROPIC_API_KEY": "anthropic_api_key",
+    "ANTHROPIC_BASE_URL": "anthropic_base_url",
+}
+
+
+class Settings(BaseModel):
+    """Every option of the daemon, with its unit in the name or the default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    data_dir: Path = Path("agentd-data")
+    http: str = "127.0.0.1:8080"
+    control_socket: Path | None = None  # default: <data_dir>/agentd.sock
+    control_socket_group: str | None = None
+    concurrency: int = Field(4, ge=1, le=1024)
+    model: Literal["anthropic", "scripted"] | None = None  # default: anthropic iff a key is set
+    script: Path | None = None
+    anthropic_api_key: str | None = Field(None, repr=False)
+    anthropic_base_url: str | None = None
+    anthropic_model: str = "claude-sonnet-4-5"
+    allow_local_remotes: bool = False
+    github_api: str = "https://api.github.com"
+
+    # Retries: exponential backoff with full jitter.
+    retry_base_s: float = Field(2 * SECONDS, gt=0)
+    retry_cap_s: float = Field(10 * MINUTES, gt=0)
+    max_attempts: int = Field(5, ge=1)
+
+    max_task_duration_s: float = Field(1 * HOURS, gt=0)
+    grace_period_s: float = Field(30 * SECONDS, ge=0)
+
+    @field_validator("http")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return value
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "agentd.db"
+
+    @property
+    def control_socket_path(self) -> Path:
+        return self.control_socket or self.data_dir / "agentd.sock"
+
+    @property
+    def http_host_port(self) -> tuple[str, int]:
+        host, _, port = self.http.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def model_name(self) -> str:
+        """The provider in force: the configured one, else anthropic iff an API key is set."""
+        if self.model:
+            return self.model
+        return "anthropic" if self.anthropic_api_key else "scripted"
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from every source; raise ``ConfigError`` with one readable line."""
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = dict(_systemd_defaults(env))
+    if config_file is not None:
+        merged.update(_read_toml(config_file))
+    for name, key in ENV_KEYS.items():
+        if env.get(name):
+            merged[key] = env[name]
+    merged.update({key: value for key, value in (flags or {}).items() if value is not None})
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, merged)) from None
+
+
+def _systemd_defaults(env: Mapping[str, str]) -> dict[str, Any]:
+    """Under systemd, StateDirectory/RuntimeDirectory give the default places (design §3)."""
+    found: dict[str, Any] = {}
+    if env.get("STATE_DIRECTORY"):
+        found["data_dir"] = env["STATE_DIRECTORY"].split(":")[0]
+    if env.get("RUNTIME_DIRECTORY"):
+        found["control_socket"] = Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / "agentd.sock"
+    return found
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+
+
+def _describe(exc: ValidationError, given: Mapping[str, Any]) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(settings)"
+    if first["type"] == "extra_forbidden":
+        return f"config: unknown key {key!r}"
+    value = given.get(str(first["loc"][0])) if first["loc"] else None
+    message = first["msg"].removeprefix("Value error, ")
+    suffix = "" if value is None or key == "anthropic_api_key" else f" (got {value!r})"
+    return f"config: {key}: {message}{suffix}"

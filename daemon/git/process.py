@@ -1,0 +1,232 @@
+"""Running git: environment, credentials, timeouts, and what its failures mean.
+
+Every git subprocess of agentd goes through :func:`run_git`. The token of an https remote
+reaches git only through ``GIT_ASKPASS``: a tiny script that prints an environment variable
+set on that one git process, so it is never in a URL, a config file or an argument list.
+Whatever git writes to stderr is redacted before it is put in an exception.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import os
+import re
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from daemon.errors import AgentdError, PermanentError, TransientError
+from daemon.git.remote import Remote, redact
+
+__all__ = ["GitAuth", "GitResult", "classify_git_error", "run_git", "TOKEN_USERNAME"]
+
+# GitHub accepts any user name with a PAT and wants this one with app installation tokens.
+TOKEN_USERNAME = "x-access-token"
+_TOKEN_ENV = "AGENTD_GIT_TOKEN"
+_USERNAME_ENV = "AGENTD_GIT_USERNAME"
+
+_ASKPASS_SCRIPT = f"""#!/bin/sh
+# agentd: answers git's credential prompts from the environment of this git process only.
+case "$1" in
+  Username*) printf '%s\\n' "${{{_USERNAME_ENV}}}" ;;
+  *) printf '%s\\n' "${{{_TOKEN_ENV}}}" ;;
+esac
+"""
+_askpass_dir: Path | None = None
+
+# Settings from any config level (including a repo config the agent could have edited) that
+# could run a program or send the credentials elsewhere; command-line -c wins over all of them.
+_SAFE_CONFIG = (
+    "credential.helper=",  # empty resets the list: no helper stores the token
+    "core.askPass=",
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "protocol.ext.allow=never",
+    "protocol.fd.allow=never",
+)
+
+
+@dataclass(frozen=True)
+class GitAuth:
+    """Credentials for one remote: a token for https, an operator key file for ssh."""
+
+    token: str | None = None
+    ssh_key: Path | None = None
+
+    def secrets(self) -> list[str]:
+        if not self.token:
+            return []
+        basic = base64.b64encode(f"{TOKEN_USERNAME}:{self.token}".encode()).decode()
+        return [self.token, basic]
+
+
+@dataclass(frozen=True)
+class GitResult:
+    returncode: int
+    stdout: bytes
+    stderr: str  # already redacted
+
+
+def _askpass_path() -> Path:
+    """The askpass script, written once per process into a private 0700 directory."""
+    global _askpass_dir
+    if _askpass_dir is None or not (_askpass_dir / "askpass.sh").exists():
+        _askpass_dir = Path(tempfile.mkdtemp(prefix="agentd-git-"))
+        atexit.register(shutil.rmtree, _askpass_dir, ignore_errors=True)
+        script = _askpass_dir / "askpass.sh"
+        script.write_text(_ASKPASS_SCRIPT)
+        script.chmod(stat.S_IRWXU)
+    return _askpass_dir / "askpass.sh"
+
+
+def git_env(remote: Remote | None, auth: GitAuth | None, *, allow_local: bool = False) -> dict[str, str]:
+    """The environment of a git subprocess: inherited minus any GIT_* and askpass variables,
+    English messages (classification reads them), never a prompt."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GIT_") and k not in ("SSH_ASKPASS", _TOKEN_ENV, _USERNAME_ENV)
+    }
+    env.update(LC_ALL="C", LANG="C", LANGUAGE="C", GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="")
+    # Belt and braces over parse_remote: git itself refuses any other transport.
+    allowed = ["https", "ssh"] + (["file", "http"] if allow_local else [])
+    env["GIT_ALLOW_PROTOCOL"] = ":".join(allowed)
+    auth = auth or GitAuth()
+    if remote is not None and remote.kind in ("https", "http") and auth.token:
+        env["GIT_ASKPASS"] = str(_askpass_path())
+        env[_USERNAME_ENV] = TOKEN_USERNAME
+        env[_TOKEN_ENV] = auth.token
+    if remote is not None and remote.kind == "ssh":
+        env["GIT_SSH_COMMAND"] = ssh_command(auth.ssh_key)
+    return env
+
+
+def ssh_command(key: Path | None) -> str:
+    """``GIT_SSH_COMMAND``: the operator's key only, new hosts accepted once, never a prompt."""
+    cmd = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new"]
+    if key is not None:
+        cmd += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
+    return shlex.join(cmd)
+
+
+async def run_git(
+    args: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    remote: Remote | None = None,
+    auth: GitAuth | None = None,
+    op: str | None = None,
+    timeout: float = 60.0,
+    check: bool = True,
+    allow_local: bool | None = None,
+) -> GitResult:
+    """Run ``git <args>`` off the Trio loop and return its output, stderr redacted.
+
+    With ``check`` a non-zero exit raises the error :func:`classify_git_error` picks for
+    ``op`` (default: the git subcommand). Running longer than ``timeout`` seconds raises
+    TransientError.
+
+    Cancellation: git runs in its own process group, and the whole group (git plus its
+    remote helpers, ssh, askpass) is sent SIGKILL at once; the cancellation then propagates.
+    """
+    auth = auth or GitAuth()
+    if allow_local is None:
+        allow_local = remote is not None and remote.kind in ("local", "http")
+    argv = ["git"]
+    for setting in _SAFE_CONFIG:
+        argv += ["-c", setting]
+    argv += list(args)
+    op = op or next((a for a in args if not a.startswith("-")), "command")
+    try:
+        with trio.fail_after(timeout):
+            proc = await trio.run_process(
+                argv,
+                cwd=cwd,
+                env=git_env(remote, auth, allow_local=allow_local),
+                stdin=subprocess.DEVNULL,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                start_new_session=True,
+                deliver_cancel=_kill_group,
+            )
+    except trio.TooSlowError:
+        raise TransientError(f"git {op} timed out after {timeout:g} s", code="git_timeout") from None
+    except FileNotFoundError:
+        raise PermanentError("git is not installed on this server", code="git_missing") from None
+    stderr = redact(proc.stderr.decode(errors="replace"), auth.secrets())
+    if check and proc.returncode != 0:
+        raise classify_git_error(op, proc.returncode, stderr)
+    return GitResult(proc.returncode, proc.stdout, stderr)
+
+
+async def _kill_group(process: trio.Process) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except PermissionError:  # pragma: no cover - pid reused by another user's process
+        process.kill()
+
+
+_PERMANENT = [
+    (r"authentication failed|invalid username or password|bad credentials"
+     r"|terminal prompts disabled|could not read (username|password)"
+     r"|returned error: 401|\bhttp 401\b", "authentication failed (check the token)"),
+    (r"permission denied|returned error: 403|\bhttp 403\b|access denied|write access .* not granted",
+     "permission denied"),
+    (r"repository .*not found|does not appear to be a git repository|returned error: 404"
+     r"|\bhttp 404\b|no such repository|not a git repository",
+     "repository not found (or the credentials cannot see it)"),
+    (r"remote branch .* not found|couldn't find remote ref", "branch not found on the remote"),
+    (r"protected branch|pre-receive hook declined|\[remote rejected\]", "the remote refused the push"),
+    (r"\[rejected\]|non-fast-forward|fetch first", "the remote branch has other commits"),
+    (r"host key verification failed", "ssh host key verification failed"),
+]
+_TRANSIENT = [
+    (r"could not resolve host|temporary failure in name resolution|name or service not known",
+     "could not resolve the host"),
+    (r"returned error: 5\d\d|\bhttp 5\d\d\b|internal server error|bad gateway"
+     r"|service unavailable|gateway time-?out", "the server had an error"),
+    (r"connection refused|couldn't connect|failed to connect|network is unreachable"
+     r"|no route to host|connect to host .*timed out", "could not connect"),
+    (r"timed out|connection reset|broken pipe|early eof|unexpected disconnect"
+     r"|remote end hung up|rpc failed|transfer closed|ssl_read|gnutls|tls connection",
+     "the connection failed"),
+    (r"returned error: 429|too many requests", "the server is rate limiting"),
+]
+
+
+def classify_git_error(op: str, returncode: int, stderr: str) -> AgentdError:
+    """Turn a failed git command into TransientError (network, 5xx: try again later) or
+    PermanentError (credentials, missing repository, refused push, anything unrecognised, so
+    that a misconfiguration fails fast with git's own words). ``stderr`` must be redacted."""
+    text = stderr.lower()
+    detail = _detail(stderr)
+    # Permanent first: an auth failure over ssh also says "the remote end hung up".
+    for pattern, reason in _PERMANENT:
+        if re.search(pattern, text):
+            return PermanentError(f"git {op} failed: {reason}{detail}", code="git_failed")
+    for pattern, reason in _TRANSIENT:
+        if re.search(pattern, text):
+            return TransientError(f"git {op} failed: {reason}{detail}", code="git_unavailable")
+    return PermanentError(f"git {op} failed (exit {returncode}){detail}", code="git_failed")
+
+
+def _detail(stderr: str, limit: int = 600) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    # git's own verdict lines say more than progress output.
+    wanted = [ln for ln in lines if re.match(r"(fatal|error|remote|ssh|! \[)", ln)] or lines[-3:]
+    text = " | ".join(wanted[-4:])
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return f": {text}" if text else ""

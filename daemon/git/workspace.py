@@ -1,0 +1,375 @@
+"""A task's workspace: a shallow clone on its own branch, then a commit pushed back.
+
+Layout: ``<root>/<task-id>/`` is the clone itself. ``.git/agentd-workspace.json`` is written
+last, so its presence means "fully prepared"; a directory without it is a half-made clone
+(crash, cancellation) and is made again from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import trio
+
+from daemon.errors import PermanentError, TransientError
+from daemon.git.process import GitAuth, run_git
+from daemon.git.remote import Remote, parse_remote
+
+__all__ = [
+    "PushResult",
+    "Workspace",
+    "branch_name",
+    "check_quota",
+    "commit_and_push",
+    "gc_workspaces",
+    "prepare_workspace",
+    "workspace_size",
+]
+
+_MARKER = "agentd-workspace.json"
+_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CLONE_TIMEOUT = 600.0
+PUSH_TIMEOUT = 300.0
+LOCAL_TIMEOUT = 120.0
+
+# Keys in the workspace's own config that `git push` would obey and that could send the
+# credentials elsewhere or run a program while the token is in git's environment. The agent
+# can write .git/config, so they are looked for before each push.
+_UNSAFE_PUSH_CONFIG = re.compile(
+    r"^(include\.|includeif\.|url\.|http\.|credential|remote\.(?!origin\.[^.]+$)"
+    r"|core\.(sshcommand|gitproxy|askpass|hookspath|fsmonitor)$|push\.gpgsign$|gpg\.)"
+)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    path: Path
+    branch: str
+    base_branch: str
+    base_commit: str
+    remote: Remote
+
+
+@dataclass(frozen=True)
+class PushResult:
+    branch: str
+    commit: str
+    files_changed: list[str]
+    lines_added: int
+    lines_removed: int
+
+
+def branch_name(task_id: str, title: str) -> str:
+    """``agentd/<first 8 of the task id>-<slug of the title>``, a valid git branch name."""
+    short = re.sub(r"[^a-z0-9]", "", task_id.lower())[:8] or "task"
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    if len(slug) > 40:
+        slug = slug[:40].rsplit("-", 1)[0] if "-" in slug[:40] else slug[:40]
+    return f"agentd/{short}-{slug or 'task'}"
+
+
+def _check_branch(name: str) -> None:
+    bad = (
+        not name
+        or name.startswith(("-", "/", "."))
+        or name.endswith(("/", ".", ".lock"))
+        or ".." in name
+        or "@{" in name
+        or "//" in name
+        or any(c in name for c in " ~^:?*[\\")
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)
+    )
+    if bad:
+        raise PermanentError(f"invalid base branch name: {name!r}", code="invalid_branch")
+
+
+async def prepare_workspace(
+    root: Path,
+    task_id: str,
+    repo_url: str,
+    base_branch: str | None,
+    *,
+    token: str | None,
+    title: str,
+    allow_local: bool,
+    quota_bytes: int,
+    min_free_bytes: int,
+    identity: tuple[str, str],
+    ssh_key: Path | None = None,
+    timeout: float = CLONE_TIMEOUT,
+) -> Workspace:
+    """Clone ``repo_url`` into ``root/<task_id>`` on a new branch and return the workspace.
+
+    Shallow (``--depth 1 --single-branch``) on ``base_branch``, or on the remote's HEAD when it
+    is None. If the workspace was already prepared (a resumed task), it is returned as is.
+    Raises TransientError when the disk has less than ``min_free_bytes`` free (other tasks
+    ending and workspace gc free space, so a later attempt can succeed) or when the network
+    fails; PermanentError for a bad URL, credentials, a missing repository or branch, and a
+    clone larger than ``quota_bytes`` (that clone is removed at once).
+
+    Cancellation: the running git process is killed; the half-made directory is left behind
+    and replaced by the next call for the same task.
+    """
+    if not _TASK_ID.match(task_id):
+        raise PermanentError(f"invalid task id for a workspace: {task_id!r}")
+    remote = parse_remote(repo_url, allow_local)
+    if base_branch is not None:
+        _check_branch(base_branch)
+    auth = GitAuth(token=token, ssh_key=ssh_key)
+    path = Path(root) / task_id
+    marker = path / ".git" / _MARKER
+
+    if marker.exists():
+        return await _reuse(path, marker, remote)
+    if path.exists():
+        await trio.to_thread.run_sync(_rmtree, path)
+
+    Path(root).mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if free < min_free_bytes:
+        raise TransientError(
+            f"not enough free disk space for a workspace: {_mb(free)} MB free, "
+            f"{_mb(min_free_bytes)} MB required",
+            code="disk_full",
+        )
+
+    clone = ["clone", "--depth", "1", "--single-branch", "--no-tags", "--quiet"]
+    if base_branch is not None:
+        clone.append(f"--branch={base_branch}")
+    clone += ["--", remote.url, str(path)]
+    await run_git(clone, remote=remote, auth=auth, op="clone", timeout=timeout,
+                  allow_local=allow_local)
+
+    size = await workspace_size(path)
+    if size > quota_bytes:
+        await trio.to_thread.run_sync(_rmtree, path)
+        raise _quota_error(size, quota_bytes)
+
+    git = _local_git(path)
+    if base_branch is None:
+        head = await git("symbolic-ref", "--short", "HEAD")
+        base_branch = head.stdout.decode().strip()
+    base_commit = (await git("rev-parse", "HEAD")).stdout.decode().strip()
+    name, email = identity
+    await git("config", "user.name", name)
+    await git("config", "user.email", email)
+    branch = branch_name(task_id, title)
+    await git("checkout", "--quiet", "-b", branch)
+
+    ws = Workspace(path=path, branch=branch, base_branch=base_branch,
+                   base_commit=base_commit, remote=remote)
+    _write_marker(marker, ws, pushed_commit=None)
+    return ws
+
+
+async def _reuse(path: Path, marker: Path, remote: Remote) -> Workspace:
+    meta = json.loads(marker.read_text())
+    if meta.get("remote_url") != remote.url:
+        raise PermanentError(
+            f"workspace {path.name} was prepared for another repository ({meta.get('remote_url')})"
+        )
+    ws = Workspace(path=path, branch=meta["branch"], base_branch=meta["base_branch"],
+                   base_commit=meta["base_commit"], remote=remote)
+    await _ensure_on_branch(ws)
+    return ws
+
+
+async def _ensure_on_branch(ws: Workspace) -> None:
+    git = _local_git(ws.path)
+    head = await git("symbolic-ref", "--quiet", "--short", "HEAD", check=False)
+    if head.returncode != 0 or head.stdout.decode().strip() != ws.branch:
+        raise PermanentError(
+            f"the workspace is no longer on its branch {ws.branch}; refusing to commit elsewhere",
+            code="workspace_branch",
+        )
+
+
+async def commit_and_push(
+    ws: Workspace,
+    message: str,
+    *,
+    token: str | None,
+    ssh_key: Path | None = None,
+    timeout: float = PUSH_TIMEOUT,
+) -> PushResult | None:
+    """Commit every change in the workspace (``git add -A``) and push the branch.
+
+    Returns None, pushing nothing, when neither the tree nor the branch changed since the
+    last push (or since the clone). Commits the agent made itself are pushed too. The counts
+    in the result cover the whole branch against ``ws.base_commit``. Hooks never run.
+    Raises PermanentError when the agent's edits to ``.git/config`` could redirect the push.
+
+    Cancellation: the running git process is killed; a commit already made stays and is
+    pushed by the next call.
+    """
+    await _ensure_on_branch(ws)
+    git = _local_git(ws.path)
+    await git("add", "-A")
+    staged = await git("diff", "--cached", "--quiet", check=False)
+    if staged.returncode == 1:
+        await git("commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message)
+    elif staged.returncode != 0:
+        raise PermanentError(f"git diff failed: {staged.stderr.strip()}")
+
+    head = (await git("rev-parse", "HEAD")).stdout.decode().strip()
+    marker = ws.path / ".git" / _MARKER
+    meta = json.loads(marker.read_text())
+    if head in (ws.base_commit, meta.get("pushed_commit")):
+        return None
+
+    await _check_push_config(ws)
+    auth = GitAuth(token=token, ssh_key=ssh_key)
+    # The URL comes from the validated Remote, not from the workspace's (agent-writable)
+    # config; no remote-tracking ref is needed since the branch belongs to this task.
+    refspec = f"refs/heads/{ws.branch}:refs/heads/{ws.branch}"
+    await run_git(["push", "--quiet", "--no-verify", "--", ws.remote.url, refspec],
+                  cwd=ws.path, remote=ws.remote, auth=auth, op="push", timeout=timeout)
+    _write_marker(marker, ws, pushed_commit=head)
+
+    numstat = await git("diff", "--numstat", "-z", "--no-renames", ws.base_commit, head)
+    files, added, removed = _parse_numstat(numstat.stdout)
+    return PushResult(branch=ws.branch, commit=head, files_changed=files,
+                      lines_added=added, lines_removed=removed)
+
+
+async def _check_push_config(ws: Workspace) -> None:
+    git = _local_git(ws.path)
+    listed = await git("config", "--local", "--null", "--list", check=False)
+    for entry in listed.stdout.decode(errors="replace").split("\0"):
+        key, _, value = entry.partition("\n")
+        key = key.lower()
+        if not key:
+            continue
+        if _UNSAFE_PUSH_CONFIG.match(key):
+            raise PermanentError(
+                f"the workspace's git config sets '{key}', which could redirect the push; "
+                "refusing to push with credentials",
+                code="unsafe_git_config",
+            )
+
+
+def _parse_numstat(out: bytes) -> tuple[list[str], int, int]:
+    files: list[str] = []
+    added = removed = 0
+    for record in out.decode(errors="replace").split("\0"):
+        if not record:
+            continue
+        plus, minus, name = record.split("\t", 2)
+        files.append(name)
+        # Binary files show "-" for both counts.
+        added += int(plus) if plus.isdigit() else 0
+        removed += int(minus) if minus.isdigit() else 0
+    return files, added, removed
+
+
+def _local_git(path: Path):
+    async def git(*args: str, check: bool = True):
+        return await run_git(list(args), cwd=path, timeout=LOCAL_TIMEOUT, check=check)
+
+    return git
+
+
+def _write_marker(marker: Path, ws: Workspace, *, pushed_commit: str | None) -> None:
+    meta = {k: v for k, v in asdict(ws).items() if k in ("branch", "base_branch", "base_commit")}
+    meta.update(remote_url=ws.remote.url, pushed_commit=pushed_commit)
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, marker)
+
+
+async def workspace_size(path: Path) -> int:
+    """Bytes on disk under ``path`` (allocated blocks, hard links counted once, symlinks
+    not followed).
+
+    Cancellation: the walk runs in a worker thread that is abandoned (it finishes on its own,
+    touching nothing), and the cancellation propagates at once.
+    """
+    return await trio.to_thread.run_sync(_du, Path(path), abandon_on_cancel=True)
+
+
+def _du(path: Path) -> int:
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        for name in dirnames + filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue  # removed while walking
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+    return total
+
+
+async def check_quota(ws: Workspace | Path, quota_bytes: int) -> int:
+    """The workspace's size in bytes; PermanentError when it is over ``quota_bytes``.
+
+    Cancellation: as :func:`workspace_size`.
+    """
+    path = ws.path if isinstance(ws, Workspace) else Path(ws)
+    size = await workspace_size(path)
+    if size > quota_bytes:
+        raise _quota_error(size, quota_bytes)
+    return size
+
+
+def _quota_error(size: int, quota: int) -> PermanentError:
+    return PermanentError(
+        f"workspace quota exceeded: {_mb(size)} MB > {_mb(quota)} MB", code="quota_exceeded"
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1_000_000:.1f}"
+
+
+async def gc_workspaces(root: Path, keep: Callable[[str], bool]) -> list[str]:
+    """Remove every workspace directory under ``root`` whose task id ``keep`` rejects;
+    return the removed task ids, sorted. Directories whose names start with '.' are skipped.
+
+    Cancellation: each removal runs in a worker thread and is not interrupted (a half-removed
+    workspace would be neither usable nor gone); cancellation takes effect once the directory
+    being removed is gone, and the ones not reached yet stay.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    removed = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir() or entry.is_symlink():
+            continue
+        if keep(entry.name):
+            continue
+        await trio.to_thread.run_sync(_rmtree, entry)
+        removed.append(entry.name)
+    return removed
+
+
+def _rmtree(path: Path) -> None:
+    try:
+        shutil.rmtree(path)
+    except OSError:
+        # The agent may have left read-only or unreadable directories: open them up, retry.
+        _make_owner_rwx(path)
+        for dirpath, dirnames, _files in os.walk(path):
+            for name in dirnames:
+                _make_owner_rwx(Path(dirpath, name))
+        shutil.rmtree(path)
+
+
+def _make_owner_rwx(path: Path) -> None:
+    try:
+        if not path.is_symlink():
+            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | stat.S_IRWXU)
+    except OSError:
+        pass

@@ -1,0 +1,136 @@
+"""The records the store hands out: plain frozen dataclasses, the same for every backend."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..states import TaskStatus
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_task_id(now: float | None = None) -> str:
+    """A 26-character, time-ordered, URL-safe id (ULID layout: 48-bit ms time + 80 random bits)."""
+    millis = int((time.time() if now is None else now) * 1000)
+    value = (millis << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(_CROCKFORD[digit])
+    return "".join(reversed(chars))
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            round(self.cost_usd + other.cost_usd, 6),
+        )
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    user_id: int
+    repo_url: str
+    prompt: str
+    base_branch: str | None
+    status: TaskStatus
+    attempt: int
+    created_at: float
+    updated_at: float
+    due_at: float | None = None
+    reason: str | None = None
+    error: str | None = None
+    budget: dict[str, Any] = field(default_factory=dict)
+    usage: Usage = Usage()
+    branch: str | None = None
+    pr_url: str | None = None
+    diff: dict[str, Any] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    last_seq: int = 0
+    idempotency_key: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The JSON shape shown to the task's owner and to operators (no secrets here)."""
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "repo_url": self.repo_url,
+            "prompt": self.prompt,
+            "base_branch": self.base_branch,
+            "status": self.status.value,
+            "attempt": self.attempt,
+            "due_at": self.due_at,
+            "reason": self.reason,
+            "error": self.error,
+            "budget": self.budget,
+            "usage": self.usage.__dict__,
+            "branch": self.branch,
+            "pr_url": self.pr_url,
+            "diff": self.diff,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "last_seq": self.last_seq,
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """One durable step of a task; ``seq`` is gap-free per task, starting at 1."""
+
+    task_id: str
+    seq: int
+    ts: float
+    type: str
+    data: dict[str, Any]
+
+    def wire(self) -> dict[str, Any]:
+        """The WebSocket / control-socket shape (design §6)."""
+        return {
+            "type": "event",
+            "task_id": self.task_id,
+            "seq": self.seq,
+            "event": self.type,
+            "ts": self.ts,
+            "data": self.data,
+        }
+
+    def wire_json(self) -> str:
+        return json.dumps(self.wire(), separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    login: str
+    created_at: float
+    github_id: int | None = None
+    name: str | None = None
+    is_operator: bool = False
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append; the store gives it its ``seq`` and ``ts``."""
+
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,120 @@
+"""Versioned schema migrations. Append new versions; never edit a released one."""
+
+from __future__ import annotations
+
+import time
+
+import apsw
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "initial schema",
+        """
+        CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            login TEXT NOT NULL UNIQUE,
+            github_id INTEGER UNIQUE,
+            name TEXT,
+            github_token_enc BLOB,
+            is_operator INTEGER NOT NULL DEFAULT 0,
+            disabled INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE api_tokens (
+            id INTEGER PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            token_hash TEXT NOT NULL UNIQUE,
+            label TEXT,
+            created_at REAL NOT NULL,
+            expires_at REAL,
+            revoked_at REAL
+        );
+        CREATE TABLE tasks (
+            seqno INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            repo_url TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            base_branch TEXT,
+            status TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            due_at REAL,
+            reason TEXT,
+            error TEXT,
+            budget TEXT NOT NULL DEFAULT '{}',
+            usage TEXT NOT NULL DEFAULT '{}',
+            branch TEXT,
+            pr_url TEXT,
+            diff TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            last_seq INTEGER NOT NULL DEFAULT 0,
+            idempotency_key TEXT,
+            UNIQUE (user_id, idempotency_key)
+        );
+        CREATE INDEX tasks_by_status ON tasks(status, seqno);
+        CREATE INDEX tasks_by_user ON tasks(user_id, seqno);
+        CREATE TABLE events (
+            task_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            ts REAL NOT NULL,
+            type TEXT NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (task_id, seq)
+        ) WITHOUT ROWID;
+        CREATE TABLE messages (
+            task_id TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            role TEXT NOT NULL,
+            content TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (task_id, idx)
+        ) WITHOUT ROWID;
+        CREATE TABLE tool_calls (
+            task_id TEXT NOT NULL,
+            tool_use_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            input TEXT NOT NULL,
+            status TEXT NOT NULL,
+            output TEXT,
+            is_error INTEGER,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            PRIMARY KEY (task_id, tool_use_id)
+        ) WITHOUT ROWID;
+        """,
+    ),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+
+def migrate(conn: apsw.Connection) -> int:
+    """Bring the schema to ``LATEST``, one transaction per version; return the version found.
+
+    A database newer than this code is refused rather than guessed at.
+    """
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found > LATEST:
+        raise RuntimeError(
+            f"the database is at schema version {found}, newer than this agentd ({LATEST}); "
+            "upgrade agentd"
+        )
+    for version, description, sql in MIGRATIONS:
+        if version <= found:
+            continue
+        with conn:
+            conn.execute(sql)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, description, time.time())
+            )
+            conn.execute(f"PRAGMA user_version = {version}")
+    return found

@@ -1,0 +1,315 @@
+"""The SQL of the SQLite backend, as plain functions of a connection.
+
+Write functions here run on the writer thread inside its transaction; read functions on a reader
+thread. None of them may be called from the Trio thread.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable, Sequence
+
+import apsw
+
+from ..errors import InvalidTransition, NotFound
+from ..states import TaskStatus, check_transition
+from .models import Event, NewEvent, Task, Usage, User
+
+_TASK_COLUMNS = (
+    "id, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at, "
+    "reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, last_seq, "
+    "idempotency_key"
+)
+_USER_COLUMNS = "id, login, created_at, github_id, name, is_operator, disabled"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def task_from_row(row: Sequence[Any]) -> Task:
+    (tid, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at,
+     reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, last_seq,
+     idem) = row
+    return Task(
+        id=tid, user_id=user_id, repo_url=repo_url, prompt=prompt, base_branch=base_branch,
+        status=TaskStatus(status), attempt=attempt, created_at=created_at, updated_at=updated_at,
+        due_at=due_at, reason=reason, error=error, budget=json.loads(budget),
+        usage=Usage(**json.loads(usage)), branch=branch, pr_url=pr_url,
+        diff=json.loads(diff) if diff else None, started_at=started_at, finished_at=finished_at,
+        last_seq=last_seq, idempotency_key=idem,
+    )
+
+
+def user_from_row(row: Sequence[Any]) -> User:
+    uid, login, created_at, github_id, name, is_operator, disabled = row
+    return User(uid, login, created_at, github_id, name, bool(is_operator), bool(disabled))
+
+
+# -- tasks --------------------------------------------------------------------------------------
+
+def get_task(conn: apsw.Connection, task_id: str) -> Task | None:
+    row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    return task_from_row(row) if row else None
+
+
+def require_task(conn: apsw.Connection, task_id: str) -> Task:
+    task = get_task(conn, task_id)
+    if task is None:
+        raise NotFound(f"no task {task_id}")
+    return task
+
+
+def insert_task(
+    conn: apsw.Connection,
+    *,
+    task_id: str,
+    user_id: int,
+    repo_url: str,
+    prompt: str,
+    base_branch: str | None,
+    budget: dict[str, Any],
+    idempotency_key: str | None,
+    now: float,
+) -> tuple[Task, list[Event], bool]:
+    """Insert a queued task with its first events; with a known idempotency key, return that task."""
+    if idempotency_key is not None:
+        row = conn.execute(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE user_id = ? AND idempotency_key = ?",
+            (user_id, idempotency_key),
+        ).fetchone()
+        if row:
+            return task_from_row(row), [], False
+    conn.execute(
+        "INSERT INTO tasks (id, user_id, repo_url, prompt, base_branch, status, budget, "
+        "created_at, updated_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (task_id, user_id, repo_url, prompt, base_branch, TaskStatus.QUEUED.value,
+         _dumps(budget), now, now, idempotency_key),
+    )
+    events = append_events(conn, task_id, [
+        NewEvent("task.created", {"repo_url": repo_url, "prompt": prompt, "base_branch": base_branch}),
+        NewEvent("task.status", {"status": "queued", "attempt": 0}),
+    ], now=now)
+    return require_task(conn, task_id), events, True
+
+
+def transition(
+    conn: apsw.Connection,
+    task_id: str,
+    target: TaskStatus,
+    *,
+    now: float,
+    expect: TaskStatus | None = None,
+    reason: str | None = None,
+    error: str | None = None,
+    due_at: float | None = None,
+    attempt_delta: int = 0,
+    events_before: Iterable[NewEvent] = (),
+) -> tuple[Task, list[Event]]:
+    """Change a task's status, validated, with its ``task.status`` (and ``task.finished``) events."""
+    task = require_task(conn, task_id)
+    if expect is not None and task.status != expect:
+        raise InvalidTransition(f"task {task_id} is {task.status.value}, not {expect.value}")
+    check_transition(task.status, target)
+    attempt = task.attempt + attempt_delta
+    started_at = now if target is TaskStatus.RUNNING else task.started_at
+    finished_at = now if target.is_terminal else None
+    conn.execute(
+        "UPDATE tasks SET status = ?, attempt = ?, reason = ?, error = ?, due_at = ?, "
+        "started_at = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+        (target.value, attempt, reason, error, due_at, started_at, finished_at, now, task_id),
+    )
+    status_data: dict[str, Any] = {"status": target.value, "attempt": attempt}
+    if reason:
+        status_data["reason"] = reason
+    new = [*events_before, NewEvent("task.status", status_data)]
+    if target.is_terminal:
+        finished: dict[str, Any] = {"status": target.value}
+        if error or reason:
+            finished["error"] = error or reason
+        new.append(NewEvent("task.finished", finished))
+    events = append_events(conn, task_id, new, now=now)
+    return require_task(conn, task_id), events
+
+
+def update_task(conn: apsw.Connection, task_id: str, now: float, **fields: Any) -> Task:
+    """Set result fields (usage, branch, pr_url, diff) of a task."""
+    allowed = {"usage", "branch", "pr_url", "diff", "budget"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"cannot update task fields {sorted(unknown)}")
+    encoded = {
+        key: _dumps(value.__dict__ if isinstance(value, Usage) else value)
+        if key in ("usage", "diff", "budget") else value
+        for key, value in fields.items()
+    }
+    assignments = ", ".join(f"{key} = ?" for key in encoded)
+    conn.execute(
+        f"UPDATE tasks SET {assignments}, updated_at = ? WHERE id = ?",
+        (*encoded.values(), now, task_id),
+    )
+    return require_task(conn, task_id)
+
+
+def list_tasks(
+    conn: apsw.Connection,
+    *,
+    user_id: int | None = None,
+    statuses: Sequence[TaskStatus] | None = None,
+    before_seqno: int | None = None,
+    limit: int = 50,
+    oldest_first: bool = False,
+) -> list[tuple[int, Task]]:
+    """Tasks with their ``seqno`` (a stable cursor), newest first unless ``oldest_first``."""
+    where, params = [], []  # type: list[str], list[Any]
+    if user_id is not None:
+        where.append("user_id = ?")
+        params.append(user_id)
+    if statuses:
+        where.append(f"status IN ({', '.join('?' * len(statuses))})")
+        params.extend(status.value for status in statuses)
+    if before_seqno is not None:
+        where.append("seqno < ?" if not oldest_first else "seqno > ?")
+        params.append(before_seqno)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    order = "ASC" if oldest_first else "DESC"
+    rows = conn.execute(
+        f"SELECT seqno, {_TASK_COLUMNS} FROM tasks {clause} ORDER BY seqno {order} LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+    return [(row[0], task_from_row(row[1:])) for row in rows]
+
+
+def count_by_status(conn: apsw.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall())
+
+
+# -- events -------------------------------------------------------------------------------------
+
+def append_events(
+    conn: apsw.Connection, task_id: str, new: Sequence[NewEvent], *, now: float | None = None
+) -> list[Event]:
+    """Give each event the task's next ``seq``; the counter lives on the task row."""
+    if not new:
+        return []
+    now = time.time() if now is None else now
+    row = conn.execute("SELECT last_seq FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no task {task_id}")
+    seq = row[0]
+    events = []
+    for item in new:
+        seq += 1
+        events.append(Event(task_id, seq, now, item.type, item.data))
+    conn.executemany(
+        "INSERT INTO events (task_id, seq, ts, type, data) VALUES (?, ?, ?, ?, ?)",
+        [(e.task_id, e.seq, e.ts, e.type, _dumps(e.data)) for e in events],
+    )
+    conn.execute("UPDATE tasks SET last_seq = ? WHERE id = ?", (seq, task_id))
+    return events
+
+
+def read_events(conn: apsw.Connection, task_id: str, after: int, limit: int) -> list[Event]:
+    rows = conn.execute(
+        "SELECT seq, ts, type, data FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (task_id, after, limit),
+    ).fetchall()
+    return [Event(task_id, seq, ts, etype, json.loads(data)) for seq, ts, etype, data in rows]
+
+
+# -- conversation -------------------------------------------------------------------------------
+
+def append_message(conn: apsw.Connection, task_id: str, role: str, content: Any, now: float) -> int:
+    row = conn.execute("SELECT COALESCE(MAX(idx), -1) + 1 FROM messages WHERE task_id = ?", (task_id,)).fetchone()
+    conn.execute(
+        "INSERT INTO messages (task_id, idx, role, content, created_at) VALUES (?, ?, ?, ?, ?)",
+        (task_id, row[0], role, _dumps(content), now),
+    )
+    return row[0]
+
+
+def list_messages(conn: apsw.Connection, task_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT role, content FROM messages WHERE task_id = ? ORDER BY idx", (task_id,)
+    ).fetchall()
+    return [{"role": role, "content": json.loads(content)} for role, content in rows]
+
+
+def start_tool_call(conn: apsw.Connection, task_id: str, tool_use_id: str, name: str, tool_input: Any, now: float) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO tool_calls (task_id, tool_use_id, name, input, status, started_at) "
+        "VALUES (?, ?, ?, ?, 'started', ?)",
+        (task_id, tool_use_id, name, _dumps(tool_input), now),
+    )
+
+
+def finish_tool_call(conn: apsw.Connection, task_id: str, tool_use_id: str, output: str, is_error: bool, now: float) -> None:
+    conn.execute(
+        "UPDATE tool_calls SET status = 'done', output = ?, is_error = ?, finished_at = ? "
+        "WHERE task_id = ? AND tool_use_id = ?",
+        (output, int(is_error), now, task_id, tool_use_id),
+    )
+
+
+def list_tool_calls(conn: apsw.Connection, task_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT tool_use_id, name, input, status, output, is_error FROM tool_calls "
+        "WHERE task_id = ? ORDER BY started_at", (task_id,)
+    ).fetchall()
+    return [
+        {"id": tid, "name": name, "input": json.loads(inp), "status": status, "output": out,
+         "is_error": None if err is None else bool(err)}
+        for tid, name, inp, status, out, err in rows
+    ]
+
+
+# -- users and tokens ---------------------------------------------------------------------------
+
+def upsert_user(conn: apsw.Connection, login: str, now: float, *, github_id: int | None = None,
+                name: str | None = None, is_operator: bool | None = None) -> User:
+    conn.execute(
+        "INSERT INTO users (login, github_id, name, is_operator, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (login) DO UPDATE SET "
+        "github_id = COALESCE(excluded.github_id, github_id), name = COALESCE(excluded.name, name), "
+        "is_operator = CASE WHEN ? IS NULL THEN is_operator ELSE excluded.is_operator END, "
+        "disabled = 0, updated_at = excluded.updated_at",
+        (login, github_id, name, int(bool(is_operator)), now, now, is_operator),
+    )
+    return user_by_login(conn, login)  # type: ignore[return-value]
+
+
+def user_by_login(conn: apsw.Connection, login: str) -> User | None:
+    row = conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE login = ?", (login,)).fetchone()
+    return user_from_row(row) if row else None
+
+
+def list_users(conn: apsw.Connection) -> list[User]:
+    return [user_from_row(r) for r in conn.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY id")]
+
+
+def insert_token(conn: apsw.Connection, user_id: int, token_hash: str, now: float,
+                 expires_at: float | None, label: str | None) -> None:
+    conn.execute(
+        "INSERT INTO api_tokens (user_id, token_hash, label, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        (user_id, token_hash, label, now, expires_at),
+    )
+
+
+def user_by_token_hash(conn: apsw.Connection, token_hash: str, now: float) -> User | None:
+    row = conn.execute(
+        f"SELECT {', '.join('u.' + c.strip() for c in _USER_COLUMNS.split(','))} "
+        "FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ? "
+        "AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > ?) AND u.disabled = 0",
+        (token_hash, now),
+    ).fetchone()
+    return user_from_row(row) if row else None
+
+
+def revoke_user(conn: apsw.Connection, login: str, now: float) -> int:
+    user = user_by_login(conn, login)
+    if user is None:
+        raise NotFound(f"no user {login}")
+    conn.execute("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", (now, user.id))
+    conn.execute("UPDATE users SET disabled = 1, updated_at = ? WHERE id = ?", (now, user.id))
+    return conn.changes()

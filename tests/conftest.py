@@ -1,0 +1,64 @@
+"""Shared fixtures: a real SQLite store in a temp dir, its event hub, a fake wall clock."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from daemon.store import sqlite_io
+
+from daemon.events import EventHub
+from daemon.store import SqliteStore
+
+EPOCH = 1_800_000_000.0
+
+
+def fake_wall() -> float:
+    """Wall-clock seconds that follow trio's (mock) clock, so due times are testable."""
+    return EPOCH + trio.current_time()
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = await SqliteStore.open(tmp_path / "data")
+    store.now = fake_wall
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture
+async def hub(store):
+    return EventHub(store)
+
+
+@pytest.fixture
+async def alice(store):
+    return await store.upsert_user("alice")
+
+
+@pytest.fixture
+async def bob(store):
+    return await store.upsert_user("bob")
+
+
+@pytest.fixture
+def autojump_clock():
+    """trio's MockClock with autojump, except while SQLite work is running in a thread.
+
+    Autojump treats "all tasks blocked" as idle, also when they wait for a real thread; the
+    clock would then leap to the next deadline in the middle of a 100 µs write. This clock
+    polls again instead until the thread answers, so mock time passes only when nothing is
+    really happening. (MockClock is final, so the hook is replaced on the instance.)
+    """
+    clock = MockClock(autojump_threshold=0)
+    jump = clock._autojump
+
+    def jump_unless_store_busy() -> None:
+        if sqlite_io.jobs_in_flight() == 0:
+            jump()
+
+    clock._autojump = jump_unless_store_busy
+    return clock

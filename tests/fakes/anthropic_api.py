@@ -1,0 +1,407 @@
+"""A fake Anthropic Messages API on 127.0.0.1, for tests that go through the real SDK.
+
+Usage::
+
+    fake = FakeAnthropicAPI()
+    base_url = await nursery.start(fake.serve)        # listens on a free port
+    fake.push(message(text("Let me look."), tool_use("toolu_1", "bash", {"command": "ls"})))
+    fake.push(rate_limited(retry_after=7))
+    ...                                                # point ANTHROPIC_BASE_URL / base_url at it
+    fake.requests[0].body["messages"]                  # what the client sent
+
+``POST /v1/messages`` pops the next scripted reply (``message(...)`` or an error helper) and
+serves it as an SSE stream when the request asks for ``stream: true``, else as JSON. With the
+queue empty it answers 500 ``api_error`` saying so, which fails the test loudly. Requests that
+the real API would reject (more than 4 cache_control blocks, empty text, a tool_result not
+answering the previous assistant turn's tool_use) get a 400 without consuming a reply, so that
+whole-daemon tests catch conversation bugs here rather than against Claude.
+
+Served by Hypercorn's trio worker around a bare ASGI callable, so SSE chunks leave as sent
+and a client disconnect is observable (``RecordedRequest.disconnected``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+# --- replies -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MessageReply:
+    """A successful assistant message.
+
+    ``usage`` entries override the synthetic counts (input from the request size, output from
+    the content size). ``stall_after_events``: send that many SSE events, then hold the stream
+    open until the client goes away. ``cut_after_events``: end the body after that many events,
+    as a dropped connection would, without ``message_stop``.
+    """
+
+    content: list[dict]
+    stop_reason: str
+    usage: dict[str, int] = field(default_factory=dict)
+    model: str | None = None
+    stop_sequence: str | None = None
+    stall_after_events: int | None = None
+    cut_after_events: int | None = None
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """An API error in Anthropic's shape; ``in_stream`` sends it as an SSE ``error`` event
+    after a 200 and ``message_start`` (the API does this when overloaded mid-response)."""
+
+    status: int
+    error_type: str
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+    in_stream: bool = False
+
+
+Reply = MessageReply | ErrorReply
+
+
+def text(s: str) -> dict:
+    return {"type": "text", "text": s}
+
+
+def tool_use(id: str, name: str, input: dict) -> dict:
+    return {"type": "tool_use", "id": id, "name": name, "input": input}
+
+
+def message(*content: dict | str, stop_reason: str | None = None, **kw: Any) -> MessageReply:
+    """A reply; strings become text blocks. Ends ``tool_use`` if it has any, else ``end_turn``."""
+    blocks = [text(c) if isinstance(c, str) else c for c in content]
+    if stop_reason is None:
+        stop_reason = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
+    return MessageReply(content=blocks, stop_reason=stop_reason, **kw)
+
+
+def error(status: int, error_type: str, message: str, **kw: Any) -> ErrorReply:
+    return ErrorReply(status, error_type, message, **kw)
+
+
+RATE_LIMIT_MESSAGE = "Number of request tokens has exceeded your per-minute rate limit"
+
+
+def rate_limited(retry_after: float = 1, message: str = RATE_LIMIT_MESSAGE) -> ErrorReply:
+    return ErrorReply(429, "rate_limit_error", message, headers={"retry-after": _num(retry_after)})
+
+
+def overloaded(**kw: Any) -> ErrorReply:
+    return ErrorReply(529, "overloaded_error", "Overloaded", **kw)
+
+
+def server_error() -> ErrorReply:
+    return ErrorReply(500, "api_error", "Internal server error")
+
+
+def unauthorized() -> ErrorReply:
+    return ErrorReply(401, "authentication_error", "invalid x-api-key")
+
+
+def bad_request(message: str = "messages: field required") -> ErrorReply:
+    return ErrorReply(400, "invalid_request_error", message)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+# --- the server --------------------------------------------------------------------------------
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-cased names; a repeated header keeps its last value
+    body: Any  # parsed JSON, or the raw text when it was not JSON
+    # Set when the client closed the connection before the response was complete.
+    disconnected: trio.Event = field(default_factory=trio.Event)
+
+
+class FakeAnthropicAPI:
+    """Scripted replies in, recorded requests out. ``api_key``, when given, is enforced the
+    way the real API does (401 ``authentication_error`` for any other key)."""
+
+    def __init__(self, *replies: Reply, api_key: str | None = None) -> None:
+        self.requests: list[RecordedRequest] = []
+        self.api_key = api_key
+        self._replies: deque[Reply] = deque(replies)
+        self._ids = itertools.count(1)
+        self.url: str | None = None  # the base URL, once serving
+
+    def push(self, *replies: Reply) -> None:
+        self._replies.extend(replies)
+
+    @property
+    def pending(self) -> int:
+        """Scripted replies not served yet."""
+        return len(self._replies)
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on a free 127.0.0.1 port; ``task_status.started`` gets the base URL.
+
+        Cancellation: the listener and every open connection are closed.
+        """
+        config = Config()
+        config.bind = ["127.0.0.1:0"]
+        config.loglevel = "WARNING"
+        config.graceful_timeout = 0
+
+        fake = self
+
+        class _Started:  # hypercorn reports its binds; callers want just the base URL
+            def started(self, binds: list[str]) -> None:
+                fake.url = binds[0]
+                task_status.started(binds[0])
+
+        await hypercorn_serve(
+            self._asgi, config, mode="asgi", task_status=_Started()  # type: ignore[arg-type]
+        )
+
+    # --- ASGI ---
+
+    async def _asgi(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                event = await receive()
+                if event["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif event["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        raw = b""
+        while True:
+            event = await receive()
+            if event["type"] == "http.disconnect":
+                return
+            raw += event.get("body", b"")
+            if not event.get("more_body"):
+                break
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        rec = RecordedRequest(scope["method"], scope["path"], headers, body)
+        self.requests.append(rec)
+        await self._respond(rec, receive, send)
+
+    async def _respond(self, rec: RecordedRequest, receive: Any, send: Any) -> None:
+        if rec.method != "POST" or rec.path != "/v1/messages":
+            where = f"{rec.method} {rec.path}"
+            return await self._send_error(send, error(404, "not_found_error", f"Not found: {where}"))
+        if self.api_key is not None and _sent_key(rec.headers) != self.api_key:
+            return await self._send_error(send, unauthorized())
+        problem = validate_request(rec.body)
+        if problem:
+            return await self._send_error(send, bad_request(problem))
+        if not self._replies:
+            return await self._send_error(send, error(500, "api_error", "fake: no scripted reply left"))
+        reply = self._replies.popleft()
+        if isinstance(reply, ErrorReply) and not reply.in_stream:
+            return await self._send_error(send, reply)
+        msg_id = f"msg_fake_{next(self._ids)}"
+        if isinstance(reply, ErrorReply):
+            start = _message_json(msg_id, rec.body["model"], [], None, None, {"input_tokens": 1})
+            events = [
+                _event("message_start", message=start),
+                _event("error", error={"type": reply.error_type, "message": reply.message}),
+            ]
+            return await self._send_sse(rec, receive, send, events)
+        usage = {
+            "input_tokens": len(json.dumps(rec.body)) // 4,
+            "output_tokens": len(json.dumps(reply.content)) // 4,
+            **reply.usage,
+        }
+        model = reply.model or rec.body["model"]
+        if not rec.body.get("stream"):
+            body = _message_json(
+                msg_id, model, reply.content, reply.stop_reason, reply.stop_sequence, usage
+            )
+            return await self._send_json(send, 200, body, {})
+        events = list(_sse_events(msg_id, model, reply, usage))
+        if reply.cut_after_events is not None:
+            events = events[: reply.cut_after_events]
+        await self._send_sse(rec, receive, send, events, stall_after=reply.stall_after_events)
+
+    def _request_id(self) -> tuple[bytes, bytes]:
+        return b"request-id", f"req_fake_{next(self._ids)}".encode()
+
+    async def _send_error(self, send: Any, reply: ErrorReply) -> None:
+        body = {
+            "type": "error",
+            "error": {"type": reply.error_type, "message": reply.message},
+            "request_id": f"req_fake_{next(self._ids)}",
+        }
+        await self._send_json(send, reply.status, body, reply.headers)
+
+    async def _send_json(self, send: Any, status: int, body: dict, headers: dict) -> None:
+        hdrs = [(b"content-type", b"application/json"), self._request_id()]
+        hdrs += [(k.encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+    async def _send_sse(
+        self,
+        rec: RecordedRequest,
+        receive: Any,
+        send: Any,
+        events: list[tuple[str, dict]],
+        stall_after: int | None = None,
+    ) -> None:
+        hdrs = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": [*hdrs, self._request_id()]})
+        for i, (name, data) in enumerate(events):
+            if stall_after is not None and i == stall_after:
+                break
+            chunk = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if stall_after is not None:
+            # Hold the response open; the only way out is the client hanging up.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            rec.disconnected.set()
+            return
+        await send({"type": "http.response.body", "body": b""})
+
+
+# --- wire formats ------------------------------------------------------------------------------
+
+
+def _event(name: str, **fields: Any) -> tuple[str, dict]:
+    """One SSE event: the ``event:`` name repeats as the data's ``type``, as the API does."""
+    return name, {"type": name, **fields}
+
+
+def _message_json(
+    msg_id: str,
+    model: str,
+    content: list[dict],
+    stop_reason: str | None,
+    stop_sequence: str | None,
+    usage: dict,
+) -> dict:
+    return {
+        "id": msg_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": {
+            "output_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            **usage,
+        },
+    }
+
+
+def _chunks(s: str, n: int = 3) -> list[str]:
+    """``s`` in up to ``n`` pieces, so clients must really accumulate deltas."""
+    size = max(1, -(-len(s) // n))
+    return [s[i : i + size] for i in range(0, len(s), size)] or [""]
+
+
+def _sse_events(msg_id: str, model: str, reply: MessageReply, usage: dict):
+    start = _message_json(msg_id, model, [], None, None, {**usage, "output_tokens": 1})
+    yield _event("message_start", message=start)
+    yield _event("ping")
+    for i, block in enumerate(reply.content):
+        kind = block["type"]
+        if kind == "text":
+            yield _event("content_block_start", index=i, content_block={"type": "text", "text": ""})
+            for piece in _chunks(block["text"]):
+                yield _event("content_block_delta", index=i, delta={"type": "text_delta", "text": piece})
+        elif kind == "tool_use":
+            yield _event("content_block_start", index=i, content_block={**block, "input": {}})
+            for piece in _chunks(json.dumps(block["input"])):
+                delta = {"type": "input_json_delta", "partial_json": piece}
+                yield _event("content_block_delta", index=i, delta=delta)
+        elif kind == "thinking":
+            empty = {"type": "thinking", "thinking": "", "signature": ""}
+            yield _event("content_block_start", index=i, content_block=empty)
+            delta = {"type": "thinking_delta", "thinking": block["thinking"]}
+            yield _event("content_block_delta", index=i, delta=delta)
+            delta = {"type": "signature_delta", "signature": block.get("signature", "")}
+            yield _event("content_block_delta", index=i, delta=delta)
+        else:  # blocks without deltas (redacted_thinking, server tool results) arrive whole
+            yield _event("content_block_start", index=i, content_block=block)
+        yield _event("content_block_stop", index=i)
+    delta = {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence}
+    yield _event("message_delta", delta=delta, usage={"output_tokens": usage["output_tokens"]})
+    yield _event("message_stop")
+
+
+def _sent_key(headers: dict[str, str]) -> str | None:
+    # The API takes the key as x-api-key; SDK 2.x sends it as a bearer token instead.
+    auth = headers.get("authorization", "")
+    return headers.get("x-api-key") or (auth[7:] if auth.startswith("Bearer ") else None)
+
+
+def _blocks(content: Any) -> list[dict]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+def _of_type(content: Any, kind: str) -> list[dict]:
+    return [b for b in _blocks(content) if b.get("type") == kind]
+
+
+def validate_request(body: Any) -> str | None:
+    """The 400 message the real API would give for a few mistakes agentd could make, or None."""
+    if not isinstance(body, dict):
+        return "request body must be a JSON object"
+    for key in ("model", "max_tokens", "messages"):
+        if key not in body:
+            return f"{key}: Field required"
+    messages = body["messages"]
+    if not isinstance(messages, list) or not messages:
+        return "messages: at least one message is required"
+    system = body.get("system")
+    blocks = (_blocks(system) if system else []) + [
+        b for m in messages for b in _blocks(m.get("content"))
+    ]
+    nested = [n for b in _of_type(blocks, "tool_result") for n in _blocks(b.get("content"))]
+    marked = sum("cache_control" in b for b in [*body.get("tools", []), *blocks, *nested])
+    if marked > 4:
+        return f"A maximum of 4 blocks with cache_control may be provided. Found {marked}."
+    for i, m in enumerate(messages):
+        if m.get("role") not in ("user", "assistant"):
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        if any(not b.get("text") for b in _of_type(m.get("content"), "text")):
+            return f"messages.{i}: text content blocks must be non-empty"
+        asked = {b["id"] for b in _of_type(m.get("content"), "tool_use")}
+        if m["role"] == "assistant" and asked and i + 1 < len(messages):
+            results = _of_type(messages[i + 1].get("content"), "tool_result")
+            missing = sorted(asked - {b.get("tool_use_id") for b in results})
+            if missing:
+                return (
+                    f"messages.{i + 1}: tool_use ids were found without tool_result blocks "
+                    f"immediately after: {', '.join(missing)}"
+                )
+        if m["role"] == "user":
+            prev = messages[i - 1].get("content") if i > 0 else []
+            offered = {b["id"] for b in _of_type(prev, "tool_use")}
+            for b in _of_type(m.get("content"), "tool_result"):
+                if b.get("tool_use_id") not in offered:
+                    return (
+                        f"messages.{i}.content: unexpected tool_use_id found in tool_result "
+                        f"blocks: {b.get('tool_use_id')}"
+                    )
+    return None

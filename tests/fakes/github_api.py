@@ -1,0 +1,209 @@
+"""A fake GitHub REST API on 127.0.0.1 (real HTTP) for the pull-request endpoints.
+
+``POST /repos/{o}/{r}/pulls`` checks the Bearer token (401 "Bad credentials" otherwise),
+records the request, and answers 201 with a new pull request, or 422 "A pull request already
+exists" when an open one has the same head and base. ``GET /repos/{o}/{r}/pulls?head=o:branch``
+lists them. ``fail_with(status, headers=...)`` injects 5xx, rate limits and the like.
+
+Start it like the git server: ``url = await nursery.start(api.serve)`` or ``with api as url``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import trio
+
+_PULLS = re.compile(r"^/repos/([^/]+)/([^/]+)/pulls/?$")
+
+
+@dataclass
+class ApiRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    json: object
+
+
+@dataclass
+class _Failure:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict = field(default_factory=lambda: {"message": "Server Error"})
+
+
+class FakeGitHubAPI:
+    def __init__(self, token: str, *, web_base: str = "https://github.example"):
+        self.token = token
+        self.web_base = web_base
+        self.requests: list[ApiRequest] = []
+        self.pulls: list[dict] = []  # each: owner, repo, number, head, base, title, body, state
+        self._failures: list[_Failure] = []
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+
+    def fail_with(self, status: int, *, times: int = 1, headers: dict[str, str] | None = None,
+                  message: str = "Server Error") -> None:
+        with self._lock:
+            self._failures += [_Failure(status, headers or {}, {"message": message})] * times
+
+    def add_pull(self, owner: str, repo: str, *, head: str, base: str, title: str = "t") -> dict:
+        with self._lock:
+            return self._create(owner, repo, {"head": head, "base": base, "title": title})
+
+    def _create(self, owner: str, repo: str, data: dict) -> dict:
+        number = len(self.pulls) + 1
+        pr = {
+            "owner": owner, "repo": repo, "number": number, "state": "open",
+            "head": data["head"], "base": data["base"],
+            "title": data.get("title", ""), "body": data.get("body", ""),
+            "html_url": f"{self.web_base}/{owner}/{repo}/pull/{number}",
+        }
+        self.pulls.append(pr)
+        return pr
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None, "server not started"
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> str:
+        api = self
+
+        class Handler(_Handler):
+            owner = api
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        return self.url
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; ``task_status.started(url)`` once listening.
+
+        Cancellation: the server thread is shut down before this returns.
+        """
+        url = self.start()
+        try:
+            task_status.started(url)
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.stop)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FakeGitHubAPI
+
+    def log_message(self, format, *args):  # noqa: A002 - keep test output quiet
+        pass
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def _send(self, status: int, data: object, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _handle(self) -> None:
+        api = self.owner
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            self._send(400, {"message": "Problems parsing JSON"})
+            return
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        with api._lock:
+            api.requests.append(ApiRequest(self.command, parts.path, query,
+                                           dict(self.headers.items()), data))
+        if self.headers.get("Authorization") != f"Bearer {api.token}":
+            self._send(401, {"message": "Bad credentials"})
+            return
+        with api._lock:
+            failure = api._failures.pop(0) if api._failures else None
+        if failure is not None:
+            self._send(failure.status, failure.body, failure.headers)
+            return
+        match = _PULLS.match(parts.path)
+        if not match:
+            self._send(404, {"message": "Not Found"})
+            return
+        owner, repo = match.groups()
+        if self.command == "GET":
+            self._list(owner, repo, query)
+        else:
+            self._open(owner, repo, data)
+
+    def _list(self, owner: str, repo: str, query: dict[str, str]) -> None:
+        api = self.owner
+        head = query.get("head")
+        with api._lock:
+            found = [
+                pr for pr in api.pulls
+                if pr["owner"] == owner and pr["repo"] == repo
+                and pr["state"] == query.get("state", "open")
+                and (head is None or f"{owner}:{pr['head']}" == head)
+                and ("base" not in query or pr["base"] == query["base"])
+            ]
+        self._send(200, [_public(pr) for pr in found])
+
+    def _open(self, owner: str, repo: str, data: object) -> None:
+        api = self.owner
+        if not isinstance(data, dict) or not all(data.get(k) for k in ("head", "base", "title")):
+            self._send(422, {"message": "Validation Failed",
+                             "errors": [{"resource": "PullRequest", "code": "missing_field"}]})
+            return
+        with api._lock:
+            exists = any(pr["owner"] == owner and pr["repo"] == repo and pr["state"] == "open"
+                         and pr["head"] == data["head"] and pr["base"] == data["base"]
+                         for pr in api.pulls)
+            pr = None if exists else api._create(owner, repo, data)
+        if pr is None:
+            self._send(422, {
+                "message": "Validation Failed",
+                "errors": [{"resource": "PullRequest", "code": "custom",
+                            "message": f"A pull request already exists for {owner}:{data['head']}."}],
+            })
+            return
+        self._send(201, _public(pr))
+
+
+def _public(pr: dict) -> dict:
+    return {
+        "number": pr["number"], "state": pr["state"], "title": pr["title"], "body": pr["body"],
+        "html_url": pr["html_url"],
+        "head": {"ref": pr["head"], "label": f"{pr['owner']}:{pr['head']}"},
+        "base": {"ref": pr["base"]},
+    }

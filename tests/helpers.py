@@ -1,0 +1,40 @@
+"""Small async helpers for tests: run a supervisor, wait for a task's status through its events."""
+
+from __future__ import annotations
+
+import math
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import trio
+
+from daemon.states import TaskStatus
+from daemon.supervisor import Backoff, Supervisor
+
+from .conftest import fake_wall
+
+
+@asynccontextmanager
+async def running_supervisor(store, hub, runner, **kwargs) -> AsyncIterator[Supervisor]:
+    """A supervisor started on the store; hard-cancelled on exit (like a crash) unless shut down."""
+    kwargs.setdefault("max_duration_s", math.inf)
+    kwargs.setdefault("backoff", Backoff(base_s=1.0, cap_s=60.0, max_attempts=5))
+    supervisor = Supervisor(store, hub, runner, wall_clock=fake_wall, **kwargs)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        yield supervisor
+        nursery.cancel_scope.cancel()
+
+
+async def wait_status(hub, task_id: str, *statuses: TaskStatus) -> TaskStatus:
+    """Follow the task's events until a ``task.status`` with one of ``statuses``; return it."""
+    wanted = {s.value for s in statuses}
+    async for event in hub.follow(task_id):
+        if event.type == "task.status" and event.data["status"] in wanted:
+            return TaskStatus(event.data["status"])
+    raise AssertionError("unreachable")
+
+
+async def submit(supervisor, user, prompt: str = "do it", **kwargs):
+    task, _ = await supervisor.submit(user_id=user.id, repo_url="file:///repo", prompt=prompt, **kwargs)
+    return task

@@ -1,0 +1,239 @@
+"""Workspaces against local bare repositories: clone, branch, commit, push, quota, gc."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from daemon.errors import PermanentError, TransientError
+from daemon.git import (
+    branch_name,
+    check_quota,
+    commit_and_push,
+    gc_workspaces,
+    prepare_workspace,
+    run_git,
+)
+from tests.fakes.git_http import git_out, make_bare_repo
+
+IDENTITY = ("agentd bot", "agentd@example.invalid")
+
+
+@pytest.fixture
+def bare(tmp_path: Path) -> Path:
+    return make_bare_repo(
+        tmp_path / "remotes",
+        branches={
+            "main": {"README.md": "# project\n", "calc.py": "def add(a, b):\n    return a - b\n"},
+            "dev": {"README.md": "# dev\n"},
+        },
+        head="dev",
+    )
+
+
+async def prepare(tmp_path: Path, repo: str, base: str | None = "main", *,
+                  task_id: str = "3f2a9c1d-7777", **overrides):
+    args = dict(token=None, title="Fix the add function", allow_local=True,
+                quota_bytes=50_000_000, min_free_bytes=0, identity=IDENTITY)
+    args.update(overrides)
+    return await prepare_workspace(tmp_path / "ws", task_id, repo, base, **args)
+
+
+async def test_clone_branch_commit_push(tmp_path, bare):
+    ws = await prepare(tmp_path, str(bare))
+
+    assert ws.path == tmp_path / "ws" / "3f2a9c1d-7777"
+    assert ws.branch == "agentd/3f2a9c1d-fix-the-add-function"
+    assert ws.base_branch == "main"
+    assert ws.base_commit == git_out(bare, "rev-parse", "refs/heads/main")
+    assert ws.remote.kind == "local" and ws.remote.url == bare.as_uri()
+    assert (ws.path / ".git" / "shallow").exists()
+    assert git_out(ws.path, "symbolic-ref", "--short", "HEAD") == ws.branch
+
+    (ws.path / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    (ws.path / "test_calc.py").write_text("from calc import add\n\n\ndef test_add():\n"
+                                         "    assert add(1, 2) == 3\n")
+    result = await commit_and_push(ws, "Fix add", token=None)
+
+    assert result is not None
+    assert result.branch == ws.branch
+    assert sorted(result.files_changed) == ["calc.py", "test_calc.py"]
+    assert (result.lines_added, result.lines_removed) == (6, 1)
+    assert git_out(bare, "rev-parse", f"refs/heads/{ws.branch}") == result.commit
+    assert git_out(bare, "log", "-1", "--format=%an <%ae>|%s", result.commit) == (
+        "agentd bot <agentd@example.invalid>|Fix add")
+    assert git_out(bare, "rev-parse", f"{result.commit}^") == ws.base_commit
+
+
+async def test_base_branch_none_follows_remote_head(tmp_path, bare):
+    ws = await prepare(tmp_path, bare.as_uri(), base=None)
+    assert ws.base_branch == "dev"
+    assert ws.base_commit == git_out(bare, "rev-parse", "refs/heads/dev")
+    assert (ws.path / "README.md").read_text() == "# dev\n"
+
+
+async def test_no_change_pushes_nothing(tmp_path, bare):
+    ws = await prepare(tmp_path, str(bare))
+    refs_before = git_out(bare, "for-each-ref")
+    assert await commit_and_push(ws, "nothing", token=None) is None
+    assert git_out(bare, "for-each-ref") == refs_before
+
+
+async def test_push_again_only_after_new_changes(tmp_path, bare):
+    ws = await prepare(tmp_path, str(bare))
+    (ws.path / "a.txt").write_text("one\n")
+    first = await commit_and_push(ws, "one", token=None)
+    assert await commit_and_push(ws, "again", token=None) is None
+
+    # A commit the agent made by itself is pushed too; counts cover the whole branch.
+    (ws.path / "b.txt").write_text("two\n")
+    await run_git(["add", "b.txt"], cwd=ws.path)
+    await run_git(["commit", "-q", "-m", "agent commit"], cwd=ws.path)
+    second = await commit_and_push(ws, "unused message", token=None)
+    assert second is not None and second.commit != first.commit
+    assert sorted(second.files_changed) == ["a.txt", "b.txt"]
+    assert git_out(bare, "rev-parse", f"refs/heads/{ws.branch}") == second.commit
+
+
+async def test_resume_reuses_prepared_workspace(tmp_path, bare):
+    ws = await prepare(tmp_path, str(bare))
+    (ws.path / "work.txt").write_text("in progress\n")
+    again = await prepare(tmp_path, str(bare))
+    assert again == ws
+    assert (again.path / "work.txt").read_text() == "in progress\n"
+
+
+async def test_half_made_workspace_is_cloned_again(tmp_path, bare):
+    leftover = tmp_path / "ws" / "3f2a9c1d-7777"
+    (leftover / "junk").mkdir(parents=True)
+    ws = await prepare(tmp_path, str(bare))
+    assert not (leftover / "junk").exists()
+    assert (ws.path / "calc.py").exists()
+
+
+async def test_workspace_off_its_branch_is_refused(tmp_path, bare):
+    ws = await prepare(tmp_path, str(bare))
+    await run_git(["checkout", "-q", "-b", "elsewhere"], cwd=ws.path)
+    with pytest.raises(PermanentError, match="no longer on its branch"):
+        await commit_and_push(ws, "x", token=None)
+
+
+async def test_quota_exceeded_after_clone_removes_the_clone(tmp_path, bare):
+    with pytest.raises(PermanentError, match=r"workspace quota exceeded: [\d.]+ MB > 0\.0 MB"):
+        await prepare(tmp_path, str(bare), quota_bytes=1000)
+    assert not (tmp_path / "ws" / "3f2a9c1d-7777").exists()
+
+
+async def test_quota_recheck_later(tmp_path, bare):
+    ws = await prepare(tmp_path, str(bare), quota_bytes=2_000_000)
+    assert await check_quota(ws, 2_000_000) < 2_000_000
+    (ws.path / "big.bin").write_bytes(os.urandom(3_000_000))
+    with pytest.raises(PermanentError, match=r"workspace quota exceeded: 3\.\d MB > 2\.0 MB"):
+        await check_quota(ws, 2_000_000)
+
+
+async def test_not_enough_free_disk_is_transient(tmp_path, bare):
+    with pytest.raises(TransientError, match="not enough free disk space") as info:
+        await prepare(tmp_path, str(bare), min_free_bytes=10**18)
+    assert info.value.code == "disk_full"
+    assert not (tmp_path / "ws" / "3f2a9c1d-7777").exists()
+
+
+async def test_missing_local_repository_is_permanent(tmp_path):
+    with pytest.raises(PermanentError, match="git clone failed: repository not found"):
+        await prepare(tmp_path, str(tmp_path / "nope.git"))
+
+
+async def test_missing_base_branch_is_permanent(tmp_path, bare):
+    with pytest.raises(PermanentError, match="branch not found on the remote"):
+        await prepare(tmp_path, str(bare), base="no-such-branch")
+
+
+async def test_local_remote_refused_unless_allowed(tmp_path, bare):
+    with pytest.raises(PermanentError, match="local repository paths are not allowed"):
+        await prepare(tmp_path, str(bare), allow_local=False)
+
+
+async def test_hooks_never_run(tmp_path, bare):
+    ws = await prepare(tmp_path, str(bare))
+    witness = tmp_path / "hook-ran"
+    for hook in ("pre-commit", "commit-msg", "pre-push", "reference-transaction"):
+        script = ws.path / ".git" / "hooks" / hook
+        script.write_text(f"#!/bin/sh\ntouch {witness}\n")
+        script.chmod(0o755)
+    (ws.path / "x.txt").write_text("x\n")
+    assert await commit_and_push(ws, "x", token=None) is not None
+    assert not witness.exists()
+
+
+async def test_push_refused_when_agent_redirects_the_remote(tmp_path, bare):
+    ws = await prepare(tmp_path, str(bare))
+    evil = make_bare_repo(tmp_path / "evil")
+    await run_git(["config", f"url.{evil.as_uri()}.insteadOf", bare.as_uri()], cwd=ws.path)
+    (ws.path / "x.txt").write_text("x\n")
+    with pytest.raises(PermanentError, match="url.*could redirect the push"):
+        await commit_and_push(ws, "x", token=None)
+    assert "agentd/" not in git_out(evil, "for-each-ref")
+
+
+async def test_gc_removes_only_what_keep_rejects(tmp_path):
+    root = tmp_path / "ws"
+    for name in ("task-a", "task-b", "task-c", ".tmp"):
+        (root / name / "sub").mkdir(parents=True)
+    # The agent may leave read-only directories behind.
+    (root / "task-c" / "sub" / "f").write_text("x")
+    (root / "task-c" / "sub").chmod(0o500)
+
+    removed = await gc_workspaces(root, keep=lambda task_id: task_id == "task-b")
+
+    assert removed == ["task-a", "task-c"]
+    assert sorted(p.name for p in root.iterdir()) == [".tmp", "task-b"]
+    assert await gc_workspaces(tmp_path / "missing", keep=lambda _: False) == []
+
+
+def test_branch_name_slug():
+    assert branch_name("3F2A9C1D-aaaa", "Fix: the *weird* bug!") == "agentd/3f2a9c1d-fix-the-weird-bug"
+    assert branch_name("abc", "") == "agentd/abc-task"
+    long = branch_name("abcdef0123", "word " * 30)
+    assert len(long) <= len("agentd/abcdef01-") + 40 and not long.endswith("-")
+
+
+async def test_timeout_is_transient_and_cancel_kills_git(tmp_path):
+    """A server that accepts and never answers: the timeout gives TransientError, and
+    cancellation kills git (its connection is closed without a sleep to wait for it)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/repo.git"
+    accepted: list[trio.SocketStream] = []
+    connected = trio.Event()
+
+    async def accept_forever():
+        while True:
+            stream = await listeners[0].accept()
+            accepted.append(stream)
+            connected.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept_forever)
+        with pytest.raises(TransientError, match="timed out after 0.5 s"):
+            await run_git(["ls-remote", "--", url], timeout=0.5, allow_local=True)
+
+        connected = trio.Event()
+        with trio.CancelScope() as scope:
+            nursery.start_soon(_cancel_when, connected, scope)
+            await run_git(["ls-remote", "--", url], timeout=30, allow_local=True)
+        assert scope.cancelled_caught
+        stream = accepted[-1]
+        with trio.fail_after(5):
+            while await stream.receive_some(65536):
+                pass  # the request git sent, then EOF once it is dead
+        nursery.cancel_scope.cancel()
+    await listeners[0].aclose()
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

@@ -46,8 +46,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .service import Daemon, run_daemon
-
     flags: dict[str, Any] = {
         "data_dir": args.data_dir,
         "http": args.http,
@@ -61,6 +59,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"agentd: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
+    from .service import Daemon, run_daemon
+
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -35,6 +35,14 @@ ENV_KEYS: dict[str, str] = {
     "AGENTD_GITHUB_API": "github_api",
     "ANTHROPIC_API_KEY": "anthropic_api_key",
     "ANTHROPIC_BASE_URL": "anthropic_base_url",
+    # Phone API (issue 6)
+    "AGENTD_PUBLIC_URL": "public_url",
+    "AGENTD_GITHUB_OAUTH_URL": "github_oauth_url",
+    "AGENTD_GITHUB_CLIENT_ID": "github_client_id",
+    "AGENTD_GITHUB_CLIENT_SECRET": "github_client_secret",
+    "AGENTD_APP_REDIRECTS": "app_redirects",
+    "AGENTD_SECRET_KEYS": "secret_keys",
+    "AGENTD_SECRET_KEY_FILE": "secret_key_file",
 }
 
 
@@ -63,6 +71,59 @@ class Settings(BaseModel):
 
     max_task_duration_s: float = Field(1 * HOURS, gt=0)
     grace_period_s: float = Field(30 * SECONDS, ge=0)
+
+    # Phone API (issue 6)
+    public_url: str | None = None  # how phones reach us (OAuth callback); default: the request's
+    http_max_body_bytes: int = Field(1 * MIB, ge=1024)
+    github_oauth_url: str = "https://github.com"  # authorize + access_token live under it
+    github_client_id: str | None = None
+    github_client_secret: str | None = Field(None, repr=False)
+    app_redirects: tuple[str, ...] = ()  # URIs the phone flow may redirect to (exact, no query)
+    oauth_login_ttl_s: float = Field(10 * MINUTES, gt=0)
+    api_token_ttl_s: float = Field(90 * DAYS, gt=0)
+    secret_keys: tuple[str, ...] = Field((), repr=False)  # Fernet keys, newest first
+    secret_key_file: Path | None = None  # default: <data_dir>/secret.key, created 0600
+    rate_task_creates_per_min: float = Field(30, gt=0)
+    rate_task_creates_burst: int = Field(10, ge=1)
+    rate_subscribes_per_min: float = Field(120, gt=0)
+    rate_subscribes_burst: int = Field(60, ge=1)
+    ws_auth_timeout_s: float = Field(10 * SECONDS, gt=0)
+    ws_ping_interval_s: float = Field(20 * SECONDS, gt=0)
+    ws_ping_timeout_s: float = Field(20 * SECONDS, gt=0)
+    ws_reauth_interval_s: float = Field(30 * SECONDS, gt=0)  # revocation/expiry seen this soon
+    ws_queue_limit: int = Field(1000, ge=8)  # messages waiting per connection before resync
+    ws_max_subscriptions: int = Field(200, ge=1)
+    ws_delta_interval_s: float = Field(0.05, ge=0)  # agent.text_delta at most ~20/s per task
+
+    @field_validator("app_redirects", "secret_keys", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        # The environment gives one string: "a,b,c".
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    # The agent loop: output per turn, budgets (defaults, and caps on a task's override).
+    max_output_tokens: int = Field(8192, ge=256)
+    budget_max_turns: int = Field(60, ge=1)
+    budget_max_tokens: int = Field(3_000_000, ge=1000)
+    budget_max_usd: float = Field(5.0, gt=0)
+    budget_cap_turns: int = Field(300, ge=1)
+    budget_cap_tokens: int = Field(20_000_000, ge=1000)
+    budget_cap_usd: float = Field(50.0, gt=0)
+    stuck_repeats: int = Field(5, ge=2)
+    tool_timeout_s: float = Field(120 * SECONDS, gt=0)
+    tool_output_cap_bytes: int = Field(30_000, ge=1000)
+    sandbox: Literal["auto", "required", "off"] = "auto"
+
+    # Workspaces and git.
+    workspace_quota_mb: int = Field(2000, ge=1)
+    min_free_disk_mb: int = Field(500, ge=0)
+    workspace_keep_days: float = Field(7, ge=0)
+    git_author_name: str = "agentd"
+    git_author_email: str = "agentd@localhost"
+    ssh_key: Path | None = None
+    github_web_host: str = "github.com"
 
     @field_validator("http")
     @classmethod

@@ -191,3 +191,14 @@ async def test_backup_is_a_consistent_copy(store, alice, tmp_path):
     with pytest.raises(FileExistsError):
         await store.backup(target)
 
+
+
+async def test_inbox_keeps_user_messages_until_taken(store, alice):
+    task, _ = await store.create_task(user_id=alice.id, repo_url="r", prompt="p")
+    event = await store.add_input(task.id, "use tabs")
+    await store.add_input(task.id, "and add a test")
+    assert event.type == "user.message" and event.data == {"text": "use tabs"}
+    assert await store.take_inputs(task.id) == ["use tabs", "and add a test"]
+    assert await store.take_inputs(task.id) == []
+    with pytest.raises(NotFound):
+        await store.add_input("missing", "hello")

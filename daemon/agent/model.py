@@ -16,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
+# One Usage for the whole daemon: what a model call spent is what the store sums on the task.
+from ..store.models import Usage
+
 __all__ = [
     "DEFAULT_PRICE",
     "PRICES",
@@ -38,29 +41,6 @@ STOP_REASONS = frozenset(
 EPHEMERAL = {"type": "ephemeral"}
 # Anthropic rejects a request with more than 4 blocks carrying cache_control.
 MAX_CACHE_BREAKPOINTS = 4
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Tokens and money spent by one model call (or, summed, by a task).
-
-    ``input_tokens`` excludes the cached parts, as in Anthropic's usage object:
-    ``cache_write_tokens`` (cache_creation_input_tokens) and ``cache_read_tokens``
-    (cache_read_input_tokens) are billed separately.
-    """
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    cost_usd: float = 0.0
-
-    def __add__(self, other: Usage) -> Usage:
-        if not isinstance(other, Usage):
-            return NotImplemented
-        return Usage(
-            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
-        )
 
 
 @dataclass(frozen=True)

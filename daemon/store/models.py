@@ -26,6 +26,13 @@ def new_task_id(now: float | None = None) -> str:
 
 @dataclass(frozen=True)
 class Usage:
+    """Tokens and money spent by one model call or, summed, by a task.
+
+    ``input_tokens`` excludes the cached parts, as in Anthropic's usage object:
+    ``cache_write_tokens`` (cache_creation_input_tokens) and ``cache_read_tokens``
+    (cache_read_input_tokens) are billed separately.
+    """
+
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0

@@ -88,6 +88,25 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        2,
+        "inbox of user messages not yet given to the agent",
+        """
+        CREATE TABLE inbox (
+            id INTEGER PRIMARY KEY,
+            task_id TEXT NOT NULL,
+            text TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            taken_at REAL
+        );
+        CREATE INDEX inbox_pending ON inbox(task_id) WHERE taken_at IS NULL;
+        """,
+    ),
+    (
+        3,
+        "why each assistant turn stopped (resuming after pause_turn or max_tokens)",
+        "ALTER TABLE messages ADD COLUMN stop_reason TEXT;",
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

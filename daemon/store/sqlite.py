@@ -194,9 +194,13 @@ class SqliteStore:
 
     # -- conversation ---------------------------------------------------------------------------
 
-    async def append_message(self, task_id: str, role: str, content: Any) -> int:
+    async def append_message(self, task_id: str, role: str, content: Any, *,
+                             stop_reason: str | None = None) -> int:
+        """Append one turn of the conversation; returns its index."""
         now = self.now()
-        return await self._writer.run(lambda conn: q.append_message(conn, task_id, role, content, now))
+        return await self._writer.run(
+            lambda conn: q.append_message(conn, task_id, role, content, now, stop_reason)
+        )
 
     async def list_messages(self, task_id: str) -> list[dict[str, Any]]:
         return await self._readers.run(lambda conn: q.list_messages(conn, task_id))
@@ -212,11 +216,37 @@ class SqliteStore:
     async def list_tool_calls(self, task_id: str) -> list[dict[str, Any]]:
         return await self._readers.run(lambda conn: q.list_tool_calls(conn, task_id))
 
+    async def add_input(self, task_id: str, text: str) -> Event:
+        """Keep a user message for the agent (answer, follow-up) with its ``user.message`` event."""
+        now = self.now()
+
+        def write(conn: apsw.Connection) -> tuple[Event, list[Event]]:
+            events = q.add_input(conn, task_id, text, now)
+            return events[0], events
+
+        return await self._write_events(write)
+
+    async def take_inputs(self, task_id: str) -> list[str]:
+        """The user messages not yet given to the agent, oldest first; they count as given."""
+        now = self.now()
+        return await self._writer.run(lambda conn: q.take_inputs(conn, task_id, now))
+
     # -- users and tokens -----------------------------------------------------------------------
 
     async def upsert_user(self, login: str, **fields: Any) -> User:
         now = self.now()
         return await self._writer.run(lambda conn: q.upsert_user(conn, login, now, **fields))
+
+    async def user_by_id(self, user_id: int) -> User | None:
+        return await self._readers.run(lambda conn: q.user_by_id(conn, user_id))
+
+    async def set_github_token(self, user_id: int, token_enc: bytes | None) -> None:
+        """Store the user's GitHub token, already encrypted by the caller (never plain text)."""
+        now = self.now()
+        await self._writer.run(lambda conn: q.set_github_token(conn, user_id, token_enc, now))
+
+    async def github_token_enc(self, user_id: int) -> bytes | None:
+        return await self._readers.run(lambda conn: q.github_token_enc(conn, user_id))
 
     async def user_by_login(self, login: str) -> User | None:
         return await self._readers.run(lambda conn: q.user_by_login(conn, login))

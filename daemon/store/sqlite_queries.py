@@ -220,20 +220,28 @@ def read_events(conn: apsw.Connection, task_id: str, after: int, limit: int) -> 
 
 # -- conversation -------------------------------------------------------------------------------
 
-def append_message(conn: apsw.Connection, task_id: str, role: str, content: Any, now: float) -> int:
+def append_message(conn: apsw.Connection, task_id: str, role: str, content: Any, now: float,
+                   stop_reason: str | None = None) -> int:
     row = conn.execute("SELECT COALESCE(MAX(idx), -1) + 1 FROM messages WHERE task_id = ?", (task_id,)).fetchone()
     conn.execute(
-        "INSERT INTO messages (task_id, idx, role, content, created_at) VALUES (?, ?, ?, ?, ?)",
-        (task_id, row[0], role, _dumps(content), now),
+        "INSERT INTO messages (task_id, idx, role, content, created_at, stop_reason) VALUES (?, ?, ?, ?, ?, ?)",
+        (task_id, row[0], role, _dumps(content), now, stop_reason),
     )
     return row[0]
 
 
 def list_messages(conn: apsw.Connection, task_id: str) -> list[dict[str, Any]]:
+    """The conversation in Anthropic's shape; assistant turns also say why they stopped."""
     rows = conn.execute(
-        "SELECT role, content FROM messages WHERE task_id = ? ORDER BY idx", (task_id,)
+        "SELECT role, content, stop_reason FROM messages WHERE task_id = ? ORDER BY idx", (task_id,)
     ).fetchall()
-    return [{"role": role, "content": json.loads(content)} for role, content in rows]
+    turns = []
+    for role, content, stop_reason in rows:
+        turn: dict[str, Any] = {"role": role, "content": json.loads(content)}
+        if stop_reason is not None:
+            turn["stop_reason"] = stop_reason
+        turns.append(turn)
+    return turns
 
 
 def start_tool_call(conn: apsw.Connection, task_id: str, tool_use_id: str, name: str, tool_input: Any, now: float) -> None:
@@ -262,6 +270,24 @@ def list_tool_calls(conn: apsw.Connection, task_id: str) -> list[dict[str, Any]]
          "is_error": None if err is None else bool(err)}
         for tid, name, inp, status, out, err in rows
     ]
+
+
+def add_input(conn: apsw.Connection, task_id: str, text: str, now: float) -> list[Event]:
+    """Keep a user message for the agent's next turn, and say so with a ``user.message`` event."""
+    require_task(conn, task_id)
+    conn.execute("INSERT INTO inbox (task_id, text, created_at) VALUES (?, ?, ?)", (task_id, text, now))
+    return append_events(conn, task_id, [NewEvent("user.message", {"text": text})], now=now)
+
+
+def take_inputs(conn: apsw.Connection, task_id: str, now: float) -> list[str]:
+    rows = conn.execute(
+        "SELECT id, text FROM inbox WHERE task_id = ? AND taken_at IS NULL ORDER BY id", (task_id,)
+    ).fetchall()
+    if rows:
+        conn.execute(
+            "UPDATE inbox SET taken_at = ? WHERE task_id = ? AND taken_at IS NULL", (now, task_id)
+        )
+    return [text for _, text in rows]
 
 
 # -- users and tokens ---------------------------------------------------------------------------
@@ -313,3 +339,19 @@ def revoke_user(conn: apsw.Connection, login: str, now: float) -> int:
     conn.execute("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", (now, user.id))
     conn.execute("UPDATE users SET disabled = 1, updated_at = ? WHERE id = ?", (now, user.id))
     return conn.changes()
+
+
+def set_github_token(conn: apsw.Connection, user_id: int, token_enc: bytes | None, now: float) -> None:
+    conn.execute(
+        "UPDATE users SET github_token_enc = ?, updated_at = ? WHERE id = ?", (token_enc, now, user_id)
+    )
+
+
+def github_token_enc(conn: apsw.Connection, user_id: int) -> bytes | None:
+    row = conn.execute("SELECT github_token_enc FROM users WHERE id = ?", (user_id,)).fetchone()
+    return row[0] if row else None
+
+
+def user_by_id(conn: apsw.Connection, user_id: int) -> User | None:
+    row = conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,)).fetchone()
+    return user_from_row(row) if row else None

@@ -33,6 +33,7 @@ class _Running:
     user_id: int
     scope: trio.CancelScope
     why_cancelled: str | None = None  # "cancel" | "shutdown"; None + cancelled = max duration
+    queued_again: bool = False  # queued while this attempt was still winding down
     done: trio.Event = field(default_factory=trio.Event)
 
 
@@ -189,6 +190,10 @@ class Supervisor:
         self._changed.set()
 
     def _enqueue(self, task: Task) -> None:
+        running = self._running.get(task.id)
+        if running is not None:
+            running.queued_again = True  # admitted once this attempt has let go of its slot
+            return
         self._queue.push(task.user_id, task.id)
         self._kick()
 
@@ -252,6 +257,8 @@ class Supervisor:
             await self._record(running, task, outcome)
         finally:
             del self._running[running.task_id]
+            if running.queued_again:
+                self._queue.push(running.user_id, running.task_id)
             running.done.set()
             self._kick()
 

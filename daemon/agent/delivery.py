@@ -1,0 +1,46 @@
+"""The end of a task: commit and push the branch, then open a pull request when possible."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..git import Workspace, check_quota, commit_and_push, open_pull_request
+from ..supervisor import RunContext, RunResult
+from .conversation import commit_message
+
+if TYPE_CHECKING:
+    from .loop import AgentSettings
+
+
+async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, summary: str,
+                  settings: "AgentSettings") -> RunResult:
+    """Push what changed (``git.pushed``) and open a PR (``git.pr_opened``); idempotent on resume.
+
+    A push that happened in an earlier attempt is not repeated; its PR is still opened if that
+    step failed last time. Cancellation: the running git process is killed; the next attempt
+    picks up from what reached the remote.
+    """
+    await check_quota(workspace, settings.quota_bytes)
+    pushed = await commit_and_push(
+        workspace, commit_message(ctx.task.prompt, summary), token=token, ssh_key=settings.ssh_key
+    )
+    task = await ctx.store.get_task(ctx.task.id) or ctx.task
+    if pushed is not None:
+        diff = {"files": pushed.files_changed, "lines_added": pushed.lines_added,
+                "lines_removed": pushed.lines_removed}
+        task = await ctx.store.update_task(task.id, branch=pushed.branch, diff=diff)
+        await ctx.emit("git.pushed", {"branch": pushed.branch, "commit": pushed.commit,
+                                      "files_changed": pushed.files_changed})
+    elif task.branch is None:
+        return RunResult(reason="no changes")
+    if task.pr_url is None and token:
+        repo = workspace.remote.github(settings.github_web_host)
+        if repo is not None:
+            url = await open_pull_request(
+                settings.github_api, token, repo.owner, repo.name, head=workspace.branch,
+                base=workspace.base_branch, title=commit_message(task.prompt, summary).splitlines()[0],
+                body=f"{summary or 'Changes made by agentd.'}\n\n---\nPrompt:\n\n{task.prompt}",
+            )
+            await ctx.store.update_task(task.id, pr_url=url)
+            await ctx.emit("git.pr_opened", {"url": url})
+    return RunResult()

@@ -1,0 +1,225 @@
+"""The agent loop: one task's conversation with the model, its tool calls, and its delivery.
+
+Everything the loop does is persisted before it acts on it: an assistant turn is stored before
+its tools run; a tool call is stored as started before it runs and its result after. So an
+attempt that dies anywhere resumes from the store, and a tool call that was started but has no
+result is answered to the model as interrupted, never silently run again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from ..errors import PermanentError
+from ..git import Workspace, prepare_workspace
+from ..store import Task, Usage
+from ..supervisor import RunContext, RunResult
+from . import conversation as conv
+from .delivery import deliver
+from .model import ModelProvider, ModelReply, ModelRequest
+from .tools import ASK_USER_TOOL, Toolbox, ToolSettings, tool_definitions
+
+log = logging.getLogger(__name__)
+
+TokenLookup = Callable[[int], Awaitable[str | None]]
+
+SYSTEM_PROMPT = """\
+You are a careful software engineer working for a user who sent you a task from their phone.
+The repository is checked out at {path} on the branch {branch} (made from {base}).
+Use the tools to read and change files and to run commands (tests, linters) in that directory.
+Do not commit, push or switch branches: when you finish, your changes are committed and pushed
+for you. Finish with a short summary of what you changed and how you checked it. If you cannot
+go on without information only the user has, call ask_user with one clear question."""
+
+CONTINUE = "Continue from where you stopped."
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    workspace_root: Path
+    budget_defaults: conv.Budget
+    budget_caps: conv.Budget
+    tools: ToolSettings
+    max_output_tokens: int = 8192
+    stuck_repeats: int = 5
+    allow_local_remotes: bool = False
+    quota_bytes: int = 2_000_000_000
+    min_free_bytes: int = 500_000_000
+    identity: tuple[str, str] = ("agentd", "agentd@localhost")
+    ssh_key: Path | None = None
+    github_api: str = "https://api.github.com"
+    github_web_host: str = "github.com"
+
+
+class AgentRunner:
+    """The task runner the supervisor calls: workspace, conversation, tools, delivery."""
+
+    def __init__(self, provider: ModelProvider, settings: AgentSettings,
+                 github_token: TokenLookup | None = None) -> None:
+        self.provider = provider
+        self.settings = settings
+        self._github_token = github_token
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        """One attempt of a task.
+
+        Cancellation: the running tool's process group is killed and the model stream closed;
+        what was persisted stays, so the next attempt resumes from there.
+        """
+        s = self.settings
+        task = ctx.task
+        token = await self._github_token(task.user_id) if self._github_token else None
+        workspace = await prepare_workspace(
+            s.workspace_root, task.id, task.repo_url, task.base_branch, token=token,
+            title=task.prompt, allow_local=s.allow_local_remotes, quota_bytes=s.quota_bytes,
+            min_free_bytes=s.min_free_bytes, identity=s.identity, ssh_key=s.ssh_key,
+        )
+        await ctx.emit("workspace.ready", {"commit": workspace.base_commit, "branch": workspace.branch})
+        async with Toolbox(workspace.path, s.tools) as toolbox:
+            session = _Session(self, ctx, workspace, toolbox)
+            result = await session.converse()
+        if result is not None:
+            return result
+        return await deliver(ctx, workspace, token=token, summary=session.summary, settings=s)
+
+
+class _Session:
+    """One attempt's walk through the conversation."""
+
+    def __init__(self, runner: AgentRunner, ctx: RunContext, workspace: Workspace, toolbox: Toolbox):
+        self.runner = runner
+        self.ctx = ctx
+        self.store = ctx.store
+        self.task: Task = ctx.task
+        self.workspace = workspace
+        self.toolbox = toolbox
+        self.usage: Usage = ctx.task.usage
+        self.turns: list[dict[str, Any]] = []
+        self.summary = ""
+        s = runner.settings
+        self.budget = conv.effective_budget(self.task.budget, s.budget_defaults, s.budget_caps)
+        self.system = SYSTEM_PROMPT.format(
+            path=workspace.path, branch=workspace.branch, base=workspace.base_branch
+        )
+
+    async def converse(self) -> RunResult | None:
+        """Talk until the model is done (None: deliver the work) or the task must wait."""
+        self.turns = await self.store.list_messages(self.task.id)
+        if not self.turns:
+            inputs = await self.store.take_inputs(self.task.id)
+            await self._append("user", conv.text_blocks([self.task.prompt, *inputs]))
+        while True:
+            last = self.turns[-1]
+            if last["role"] == "assistant":
+                step = await self._after_assistant(last)
+                if isinstance(step, RunResult):
+                    return step
+                if step == "done":
+                    self.summary = conv.final_text(last)
+                    return None
+            await self._model_turn()
+
+    async def _after_assistant(self, last: dict[str, Any]) -> RunResult | str:
+        """Add the user turn that follows ``last``; "done" when the model has finished."""
+        stop = last.get("stop_reason", "end_turn")
+        if conv.tool_uses(last):
+            results = await self._answer_tools(last)
+            if isinstance(results, RunResult):
+                return results
+            inputs = await self.store.take_inputs(self.task.id)
+            await self._append("user", results + conv.text_blocks(inputs))
+        elif stop == "pause_turn":
+            pass  # the API goes on from the paused assistant turn as it stands
+        elif stop == "max_tokens":
+            inputs = await self.store.take_inputs(self.task.id)
+            await self._append("user", conv.text_blocks([CONTINUE, *inputs]))
+        elif stop == "refusal":
+            raise PermanentError(f"the model refused: {conv.final_text(last) or 'no reason given'}",
+                                 code="refusal")
+        else:  # end_turn, stop_sequence: done, unless the user said more meanwhile
+            inputs = await self.store.take_inputs(self.task.id)
+            if not inputs:
+                return "done"
+            await self._append("user", conv.text_blocks(inputs))
+        return "continue"
+
+    async def _model_turn(self) -> None:
+        assistant_turns = sum(1 for t in self.turns if t["role"] == "assistant")
+        conv.check_budget(self.budget, assistant_turns, self.usage)
+        request = ModelRequest(
+            system=self.system, tools=tool_definitions(), messages=conv.for_model(self.turns),
+            max_tokens=self.runner.settings.max_output_tokens,
+        )
+        reply: ModelReply = await self.runner.provider.complete(
+            request, on_text_delta=lambda text: self.ctx.emit_ephemeral("agent.text_delta", {"text": text})
+        )
+        await self._append("assistant", reply.content, stop_reason=reply.stop_reason)
+        self.usage = self.usage + reply.usage
+        await self.store.update_task(self.task.id, usage=self.usage)
+        await self.ctx.emit("agent.usage", {**reply.usage.__dict__, "model": reply.model,
+                                            "stop_reason": reply.stop_reason})
+        for block in reply.content:
+            if block.get("type") == "text" and block["text"].strip():
+                await self.ctx.emit("agent.text", {"text": block["text"]})
+
+    async def _answer_tools(self, turn: dict[str, Any]) -> list[dict[str, Any]] | RunResult:
+        """A tool_result for every tool_use of ``turn``: run, recovered, or the user's answer."""
+        conv.check_stuck(self.turns, self.runner.settings.stuck_repeats)
+        known = {call["id"]: call for call in await self.store.list_tool_calls(self.task.id)}
+        results = []
+        for block in conv.tool_uses(turn):
+            call = known.get(block["id"])
+            if block["name"] == ASK_USER_TOOL:
+                answer = await self._ask_user(block, call)
+                if isinstance(answer, RunResult):
+                    return answer
+                output, is_error = answer, False
+            elif call is not None and call["status"] == "done":
+                output, is_error = call["output"], bool(call["is_error"])
+            elif call is not None:
+                output, is_error = conv.INTERRUPTED, True
+                await self._record_result(block["id"], output, is_error)
+            else:
+                output, is_error = await self._run_tool(block)
+            results.append(conv.tool_result(block["id"], output, is_error))
+        return results
+
+    async def _run_tool(self, block: dict[str, Any]) -> tuple[str, bool]:
+        tool_input = block.get("input") or {}
+        await self.store.start_tool_call(self.task.id, block["id"], block["name"], tool_input)
+        await self.ctx.emit("agent.tool_call", {"id": block["id"], "name": block["name"], "input": tool_input})
+        result = await self.toolbox.run(block["name"], tool_input)
+        await self._record_result(block["id"], result.output, result.is_error)
+        return result.output, result.is_error
+
+    async def _record_result(self, tool_use_id: str, output: str, is_error: bool) -> None:
+        await self.store.finish_tool_call(self.task.id, tool_use_id, output, is_error)
+        await self.ctx.emit("agent.tool_result", {
+            "id": tool_use_id, "is_error": is_error, "output": conv.cap_for_event(output)})
+
+    async def _ask_user(self, block: dict[str, Any], call: dict[str, Any] | None) -> str | RunResult:
+        """The user's answer to an ``ask_user`` call, or a result that makes the task wait for it."""
+        if call is not None and call["status"] == "done":
+            return call["output"]
+        question = str((block.get("input") or {}).get("question") or "").strip()
+        if call is None:
+            await self.store.start_tool_call(self.task.id, block["id"], block["name"], block.get("input") or {})
+            await self.ctx.emit("agent.tool_call", {"id": block["id"], "name": block["name"],
+                                                    "input": block.get("input") or {}})
+            await self.ctx.emit("agent.question", {"text": question})
+        answers = await self.store.take_inputs(self.task.id)
+        if not answers:
+            return RunResult(status="waiting_input", reason=question or "the agent has a question")
+        answer = "\n\n".join(answers)
+        await self._record_result(block["id"], answer, False)
+        return answer
+
+    async def _append(self, role: str, content: list[dict[str, Any]], stop_reason: str | None = None) -> None:
+        await self.store.append_message(self.task.id, role, content, stop_reason=stop_reason)
+        turn: dict[str, Any] = {"role": role, "content": content}
+        if stop_reason is not None:
+            turn["stop_reason"] = stop_reason
+        self.turns.append(turn)

@@ -1,0 +1,339 @@
+"""The ``str_replace_based_edit_tool`` (Anthropic text editor, ``text_editor_20250728``).
+
+Commands: ``view`` (a file with line numbers, or a directory two levels deep), ``create``,
+``str_replace`` and ``insert``; ``undo_edit`` does not exist in this tool version. All disk work
+runs in a worker thread so that big files never stall the Trio loop. Writes are atomic (a
+temporary file in the same directory, then ``rename``), so a file is never seen half written.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import trio
+
+from .base import ToolResult, cap_text
+from .paths import PathError, resolve_in_workspace
+
+# str_replace and insert read the whole file into memory; beyond this, sed in bash is the tool.
+MAX_EDIT_BYTES = 16 * 1024 * 1024
+_SNIPPET_CONTEXT = 4
+_COMMANDS = ("view", "create", "str_replace", "insert")
+
+
+class _ToolError(Exception):
+    """A mistake in the model's input; becomes an ``is_error`` result."""
+
+
+class Editor:
+    """Runs the text editor tool's commands for one workspace."""
+
+    def __init__(self, workspace: str, *, alias: str | None, cap_bytes: int) -> None:
+        self._workspace = workspace
+        self._alias = alias
+        self._cap = cap_bytes
+
+    async def run(self, input: dict) -> ToolResult:
+        """Validate ``input`` and run the command in a worker thread.
+
+        Cancellation: the thread is not abandoned; the command finishes (an edit is applied
+        entirely or not at all) and then the cancellation is delivered.
+        """
+        command = input.get("command")
+        if command == "undo_edit":
+            return ToolResult(
+                "undo_edit is not available in this version of the tool; "
+                "use str_replace to put the old text back",
+                is_error=True,
+            )
+        if command not in _COMMANDS:
+            return ToolResult(
+                f"Unknown command {command!r}; use one of: {', '.join(_COMMANDS)}", is_error=True
+            )
+        handler = getattr(self, f"_{command}")
+        try:
+            output = await trio.to_thread.run_sync(functools.partial(handler, input))
+        except (_ToolError, PathError) as e:
+            return ToolResult(str(e), is_error=True)
+        except OSError as e:
+            return ToolResult(f"{e.strerror or e}: {input.get('path')}", is_error=True)
+        return ToolResult(cap_text(output, self._cap))
+
+    # -- commands (worker thread) ---------------------------------------------------------
+
+    def _resolve(self, input: dict) -> tuple[str, str]:
+        raw = input.get("path")
+        if not isinstance(raw, str):
+            raise _ToolError("path is required (a string: relative to the workspace or absolute)")
+        return raw, resolve_in_workspace(self._workspace, raw, alias=self._alias)
+
+    def _view(self, input: dict) -> str:
+        raw, path = self._resolve(input)
+        view_range = input.get("view_range")
+        if os.path.isdir(path):
+            if view_range is not None:
+                raise _ToolError("view_range applies to files only; omit it for a directory")
+            return self._list_dir(raw, path)
+        if not os.path.exists(path):
+            raise _ToolError(f"{raw} does not exist")
+        start, end = _parse_range(view_range)
+        with open(path, "rb") as f:
+            if b"\x00" in f.read(8192):
+                size = os.fstat(f.fileno()).st_size
+                raise _ToolError(
+                    f"{raw} is a binary file ({size} bytes); inspect it with bash (e.g. xxd)"
+                )
+            f.seek(0)
+            return self._numbered(f, raw, start, end)
+
+    def _numbered(self, f: BinaryIO, raw: str, start: int, end: int) -> str:
+        # Streams the file: only the lines shown are held, and at most the output cap of them.
+        header = f"Here's the result of running `cat -n` on {raw}:\n"
+        parts = [header]
+        used = len(header)
+        last = 0
+        number = 0
+        # Long lines (minified code, data) are cut so that one line never eats the whole cap.
+        width = min(4000, self._cap // 4)
+        for number, line in enumerate(_lines(f, width), start=1):
+            if number < start:
+                continue
+            if end != -1 and number > end:
+                break
+            entry = f"{number:6}\t{line}\n"
+            size = len(entry.encode("utf-8", errors="replace"))
+            if used + size > self._cap:
+                parts.append(
+                    f"[output capped at {self._cap} bytes after line {last}; "
+                    f"use view_range [{last + 1}, -1] to see more]\n"
+                )
+                return "".join(parts)
+            parts.append(entry)
+            used += size
+            last = number
+        if number == 0:
+            return f"{raw} is empty"
+        if start > number:
+            raise _ToolError(
+                f"view_range starts at line {start} but {raw} has only {number} lines"
+            )
+        return "".join(parts)
+
+    def _list_dir(self, raw: str, path: str) -> str:
+        header = f"Files and directories up to 2 levels deep in {raw}, excluding hidden items:\n"
+        lines: list[str] = []
+        budget = self._cap - len(header)
+
+        def walk(directory: str, prefix: str, depth: int) -> None:
+            nonlocal budget
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            for entry in entries:
+                if entry.name.startswith(".") or budget <= 0:
+                    continue  # hidden files, .git included
+                # Never descend through a symlink: it could point out of the workspace.
+                is_dir = entry.is_dir(follow_symlinks=False)
+                line = f"{prefix}{entry.name}{'/' if is_dir else ''}"
+                budget -= len(line) + 1
+                if budget <= 0:
+                    lines.append("[listing capped; view a subdirectory to see more]")
+                    return
+                lines.append(line)
+                if is_dir and depth < 2:
+                    walk(entry.path, f"{line}", depth + 1)
+
+        walk(path, "", 1)
+        return header + ("\n".join(lines) if lines else "(empty directory)") + "\n"
+
+    def _create(self, input: dict) -> str:
+        raw, path = self._resolve(input)
+        text = input.get("file_text")
+        if not isinstance(text, str):
+            raise _ToolError("create needs file_text (a string: the whole content of the file)")
+        if os.path.isdir(path):
+            raise _ToolError(f"{raw} is a directory; give a file path")
+        existed = os.path.exists(path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _write_atomic(path, text.encode("utf-8"))
+        return f"File {'overwritten' if existed else 'created'}: {raw}"
+
+    def _str_replace(self, input: dict) -> str:
+        raw, path = self._resolve(input)
+        old, new = input.get("old_str"), input.get("new_str", "")
+        if not isinstance(old, str) or old == "":
+            raise _ToolError("str_replace needs old_str (non-empty text that occurs once)")
+        if new is None:
+            new = ""
+        if not isinstance(new, str):
+            raise _ToolError("new_str must be a string")
+        text = _read_text(raw, path)
+        starts = _occurrences(text, old)
+        if not starts and "\r\n" in text and "\n" in old:
+            # A CRLF file edited with LF text: match it the way the model meant it.
+            old, new = old.replace("\r\n", "\n").replace("\n", "\r\n"), new.replace("\n", "\r\n")
+            starts = _occurrences(text, old)
+        if not starts:
+            raise _ToolError(
+                f"No replacement was performed: old_str does not occur verbatim in {raw}. "
+                "Check whitespace and indentation (view the file to copy the exact text)."
+            )
+        if len(starts) > 1:
+            lines = ", ".join(str(text.count("\n", 0, i) + 1) for i in starts[:20])
+            raise _ToolError(
+                f"No replacement was performed: old_str occurs {len(starts)} times in {raw} "
+                f"(starting on lines {lines}). Include more surrounding lines so that it "
+                "occurs exactly once."
+            )
+        at = starts[0]
+        result = text[:at] + new + text[at + len(old) :]
+        _write_atomic(path, result.encode("utf-8"))
+        first = text.count("\n", 0, at) + 1
+        return (
+            f"The file {raw} has been edited. A snippet of the result (`cat -n`):\n"
+            + _snippet(result, first, first + new.count("\n"))
+            + "Review the change and edit again if it is not what you intended."
+        )
+
+    def _insert(self, input: dict) -> str:
+        raw, path = self._resolve(input)
+        # text_editor_20250728 documents new_str, but Claude sends insert_text: accept both.
+        new = input.get("insert_text", input.get("new_str"))
+        line = input.get("insert_line")
+        if not isinstance(new, str):
+            raise _ToolError("insert needs insert_text (the text to insert, a string)")
+        if not isinstance(line, int) or isinstance(line, bool):
+            raise _ToolError("insert needs insert_line (an integer: insert after that line)")
+        text = _read_text(raw, path)
+        count = text.count("\n") + (1 if text and not text.endswith("\n") else 0)
+        if not 0 <= line <= count:
+            raise _ToolError(
+                f"insert_line {line} is out of range: {raw} has {count} lines "
+                f"(0 inserts at the top, {count} appends at the end)"
+            )
+        newline = "\r\n" if "\r\n" in text else "\n"
+        block = new if new.endswith("\n") else new + newline
+        if line == 0:
+            at = 0
+        else:
+            at = _nth_index(text, "\n", line)
+            at = len(text) if at < 0 else at + 1
+        head = text[:at]
+        if head and not head.endswith("\n"):
+            head += newline  # appending to a file that does not end with a newline
+        result = head + block + text[at:]
+        _write_atomic(path, result.encode("utf-8"))
+        return (
+            f"The file {raw} has been edited. A snippet of the result (`cat -n`):\n"
+            + _snippet(result, line + 1, line + block.count("\n"))
+            + "Review the change (indentation, duplicated lines) and edit again if needed."
+        )
+
+
+def _parse_range(view_range: object) -> tuple[int, int]:
+    if view_range is None:
+        return 1, -1
+    if (
+        not isinstance(view_range, list)
+        or len(view_range) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) for n in view_range)
+    ):
+        raise _ToolError("view_range must be a list of two integers [start_line, end_line]")
+    start, end = view_range
+    if start < 1:
+        raise _ToolError(f"view_range start must be >= 1 (lines count from 1), got {start}")
+    if end != -1 and end < start:
+        raise _ToolError(f"view_range end must be >= start or -1 (to the end), got {end}")
+    return start, end
+
+
+def _lines(f: BinaryIO, limit: int) -> Iterator[str]:
+    """Lines of ``f`` without their newline; a line longer than ``limit`` bytes is cut."""
+    while True:
+        raw = f.readline(limit)
+        if not raw:
+            return
+        if raw.endswith(b"\n") or len(raw) < limit:
+            yield raw.rstrip(b"\n").decode("utf-8", errors="replace")
+            continue
+        skipped = 0  # skip the rest of the over-long line without holding it
+        while more := f.readline(limit):
+            if more.endswith(b"\n"):
+                skipped += len(more) - 1
+                break
+            skipped += len(more)
+        text = raw.decode("utf-8", errors="replace")
+        yield f"{text} [... line cut: {skipped} more bytes]"
+
+
+def _read_text(raw: str, path: str) -> str:
+    if os.path.isdir(path):
+        raise _ToolError(f"{raw} is a directory")
+    if not os.path.exists(path):
+        raise _ToolError(f"{raw} does not exist (use create to make a new file)")
+    size = os.path.getsize(path)
+    if size > MAX_EDIT_BYTES:
+        raise _ToolError(
+            f"{raw} is {size} bytes, more than this tool edits ({MAX_EDIT_BYTES}); "
+            "use bash (sed, python) instead"
+        )
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        # newline="" semantics: bytes decoded as they are, so CRLF survives the round trip.
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _ToolError(f"{raw} is not UTF-8 text; edit it with bash instead") from None
+
+
+def _occurrences(text: str, needle: str) -> list[int]:
+    # Overlapping matches count too: "aa" in "aaa" is ambiguous, not unique.
+    found = []
+    i = text.find(needle)
+    while i >= 0:
+        found.append(i)
+        i = text.find(needle, i + 1)
+    return found
+
+
+def _nth_index(text: str, char: str, n: int) -> int:
+    i = -1
+    for _ in range(n):
+        i = text.find(char, i + 1)
+        if i < 0:
+            return -1
+    return i
+
+
+def _snippet(text: str, first: int, last: int) -> str:
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    lo = max(1, first - _SNIPPET_CONTEXT)
+    hi = min(len(lines), last + _SNIPPET_CONTEXT)
+    return "".join(f"{n:6}\t{lines[n - 1]}\n" for n in range(lo, hi + 1))
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o644
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".agentd-edit-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        # rename replaces the directory entry itself: a symlink swapped in meanwhile is
+        # replaced, never followed out of the workspace.
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -1,0 +1,73 @@
+"""An agent environment for tests: a real bare repo, the real store, supervisor and agent runner."""
+
+from __future__ import annotations
+
+import subprocess
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from daemon.agent.conversation import Budget
+from daemon.agent.loop import AgentRunner, AgentSettings
+from daemon.agent.scripted_provider import ScriptedProvider
+from daemon.agent.tools import ToolSettings
+from daemon.supervisor import Backoff
+
+from .fakes.git_http import make_bare_repo
+from .helpers import running_supervisor
+
+BUGGY_PROJECT = {
+    "README.md": "# calc\n",
+    "calc.py": "def add(a, b):\n    return a - b\n",
+    "test_calc.py": "from calc import add\n\nassert add(2, 3) == 5, 'add is broken'\nprint('1 passed')\n",
+}
+
+
+def agent_settings(root: Path, **overrides: Any) -> AgentSettings:
+    values: dict[str, Any] = dict(
+        workspace_root=root / "workspaces",
+        budget_defaults=Budget(40, 10_000_000, 10.0),
+        budget_caps=Budget(100, 50_000_000, 50.0),
+        tools=ToolSettings(command_timeout_s=30, sandbox="auto"),
+        stuck_repeats=4,
+        allow_local_remotes=True,
+        min_free_bytes=0,
+    )
+    values.update(overrides)
+    return AgentSettings(**values)
+
+
+def tool_use(id: str, name: str, **input: Any) -> dict[str, Any]:
+    return {"type": "tool_use", "id": id, "name": name, "input": input}
+
+
+def text(value: str) -> dict[str, Any]:
+    return {"type": "text", "text": value}
+
+
+FIX_SCRIPT = {"turns": [
+    {"content": [text("Let me look at the code."),
+                 tool_use("t1", "str_replace_based_edit_tool", command="view", path="calc.py")]},
+    {"content": [tool_use("t2", "str_replace_based_edit_tool", command="str_replace", path="calc.py",
+                          old_str="return a - b", new_str="return a + b")]},
+    {"content": [tool_use("t3", "bash", command="python3 test_calc.py")]},
+    {"content": [text("Fixed add() to add instead of subtract; test_calc.py passes.")]},
+]}
+
+
+def bare_repo(tmp_path: Path, files: dict[str, str] | None = None) -> Path:
+    return make_bare_repo(tmp_path, branches={"main": files or BUGGY_PROJECT})
+
+
+def branch_file(bare: Path, branch: str, path: str) -> str:
+    return subprocess.run(["git", "show", f"{branch}:{path}"], cwd=bare, check=True,
+                          capture_output=True, text=True).stdout
+
+
+@asynccontextmanager
+async def agent_supervisor(store, hub, tmp_path: Path, provider=None, script=None,
+                           **settings: Any) -> AsyncIterator[Any]:
+    provider = provider or ScriptedProvider(script or FIX_SCRIPT)
+    runner = AgentRunner(provider, agent_settings(tmp_path, **settings))
+    async with running_supervisor(store, hub, runner, backoff=Backoff(0.01, 0.05, 3)) as sup:
+        yield sup

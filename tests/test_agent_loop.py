@@ -1,0 +1,151 @@
+"""The agent loop with the scripted model, real tools, real git and the real store."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.states import TaskStatus
+
+from .agent_env import FIX_SCRIPT, agent_supervisor, bare_repo, branch_file, text, tool_use
+from .helpers import wait_status
+
+pytestmark = pytest.mark.slow
+
+
+async def run_task(store, hub, tmp_path, script, prompt="Fix add()", files=None, **settings):
+    bare = bare_repo(tmp_path, files)
+    async with agent_supervisor(store, hub, tmp_path, script=script, **settings) as sup:
+        alice = await store.upsert_user("alice")
+        task, _ = await sup.submit(user_id=alice.id, repo_url=str(bare), prompt=prompt)
+        await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.WAITING_INPUT)
+    return bare, await store.get_task(task.id), await store.read_events(task.id)
+
+
+async def test_a_task_fixes_the_bug_and_pushes_a_branch(store, hub, tmp_path):
+    bare, task, events = await run_task(store, hub, tmp_path, FIX_SCRIPT)
+    assert task.status is TaskStatus.SUCCEEDED, task.error
+    types = [e.type for e in events]
+    assert types[:4] == ["task.created", "task.status", "task.status", "workspace.ready"]
+    assert types.count("agent.tool_call") == 3 and types.count("agent.tool_result") == 3
+    assert types[-3:] == ["git.pushed", "task.status", "task.finished"]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    results = [e.data for e in events if e.type == "agent.tool_result"]
+    assert "1 passed" in results[2]["output"] and not results[2]["is_error"]
+    pushed = next(e.data for e in events if e.type == "git.pushed")
+    assert pushed["files_changed"] == ["calc.py"]
+    assert task.branch == pushed["branch"] and task.branch.startswith("agentd/")
+    assert "return a + b" in branch_file(bare, task.branch, "calc.py")
+    assert task.diff == {"files": ["calc.py"], "lines_added": 1, "lines_removed": 1}
+    assert task.usage.input_tokens > 0 and task.usage.output_tokens > 0
+    usage_events = [e for e in events if e.type == "agent.usage"]
+    assert len(usage_events) == 4
+
+
+async def test_conversation_is_persisted_with_all_tool_results_in_one_user_turn(store, hub, tmp_path):
+    script = {"turns": [
+        {"content": [tool_use("a", "bash", command="echo one"), tool_use("b", "bash", command="echo two")]},
+        {"content": [text("done")]},
+    ]}
+    _, task, _ = await run_task(store, hub, tmp_path, script)
+    turns = await store.list_messages(task.id)
+    assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
+    results = turns[2]["content"]
+    assert [(r["type"], r["tool_use_id"]) for r in results] == [("tool_result", "a"), ("tool_result", "b")]
+    assert "one" in results[0]["content"] and "two" in results[1]["content"]
+    assert task.reason == "no changes"
+
+
+async def test_no_changes_succeeds_without_pushing(store, hub, tmp_path):
+    bare, task, events = await run_task(store, hub, tmp_path, {"turns": [{"content": [text("Nothing to do.")]}]})
+    assert task.status is TaskStatus.SUCCEEDED and task.reason == "no changes"
+    assert "git.pushed" not in [e.type for e in events]
+    assert task.branch is None
+
+
+async def test_ask_user_waits_for_the_answer_then_goes_on(store, hub, tmp_path):
+    script = {"turns": [
+        {"content": [tool_use("q", "ask_user", question="Tabs or spaces?")]},
+        {"content": [tool_use("w", "str_replace_based_edit_tool", command="create", path="style.txt",
+                              file_text="spaces\n")]},
+        {"content": [text("Wrote the style file.")]},
+    ]}
+    bare = bare_repo(tmp_path)
+    async with agent_supervisor(store, hub, tmp_path, script=script) as sup:
+        alice = await store.upsert_user("alice")
+        task, _ = await sup.submit(user_id=alice.id, repo_url=str(bare), prompt="Pick a style")
+        await wait_status(hub, task.id, TaskStatus.WAITING_INPUT)
+        waiting = await store.get_task(task.id)
+        assert waiting.reason == "Tabs or spaces?"
+        await store.add_input(task.id, "spaces, please")
+        await sup.requeue(task.id, reason="answered")
+        await wait_status(hub, task.id, TaskStatus.SUCCEEDED)
+    events = await store.read_events(task.id)
+    assert [e.data for e in events if e.type == "agent.question"] == [{"text": "Tabs or spaces?"}]
+    turns = await store.list_messages(task.id)
+    answer = turns[2]["content"][0]
+    assert answer == {"type": "tool_result", "tool_use_id": "q", "content": "spaces, please"}
+    assert branch_file(bare, (await store.get_task(task.id)).branch, "style.txt") == "spaces\n"
+
+
+async def test_a_task_budget_override_is_capped_and_enforced(store, hub, tmp_path):
+    script = {"turns": [{"content": [tool_use(f"t{i}", "bash", command=f"echo {i}")]} for i in range(10)]}
+    bare = bare_repo(tmp_path)
+    async with agent_supervisor(store, hub, tmp_path, script=script) as sup:
+        alice = await store.upsert_user("alice")
+        task, _ = await sup.submit(user_id=alice.id, repo_url=str(bare), prompt="loop",
+                                   budget={"max_turns": 3})
+        await wait_status(hub, task.id, TaskStatus.FAILED)
+    task = await store.get_task(task.id)
+    assert task.reason == "budget_exceeded:turns"
+    assert task.error == "budget exceeded: 3 turns of 3"
+
+
+async def test_the_same_call_again_and_again_is_stuck(store, hub, tmp_path):
+    script = {"turns": [{"content": [tool_use(f"t{i}", "bash", command="ls")]} for i in range(10)]}
+    _, task, events = await run_task(store, hub, tmp_path, script, prompt="spin")
+    assert task.status is TaskStatus.FAILED and task.reason == "stuck"
+    assert sum(1 for e in events if e.type == "agent.tool_call") == 3  # the 4th is refused
+
+
+@pytest.mark.parametrize("stop_reason", ["max_tokens", "pause_turn"])
+async def test_max_tokens_and_pause_turn_go_on(store, hub, tmp_path, stop_reason):
+    script = {"turns": [
+        {"content": [text("Half of my answer")], "stop_reason": stop_reason},
+        {"content": [text("and the rest.")]},
+    ]}
+    _, task, _ = await run_task(store, hub, tmp_path, script)
+    assert task.status is TaskStatus.SUCCEEDED
+    turns = await store.list_messages(task.id)
+    if stop_reason == "max_tokens":
+        assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
+        assert turns[2]["content"] == [text("Continue from where you stopped.")]
+    else:
+        assert [t["role"] for t in turns] == ["user", "assistant", "assistant"]
+
+
+async def test_refusal_fails_with_its_reason(store, hub, tmp_path):
+    script = {"turns": [{"content": [text("I can't help with that.")], "stop_reason": "refusal"}]}
+    _, task, _ = await run_task(store, hub, tmp_path, script)
+    assert task.status is TaskStatus.FAILED and task.reason == "refusal"
+    assert task.error == "the model refused: I can't help with that."
+
+
+async def test_an_interrupted_tool_call_is_reported_not_run_again(store, hub, tmp_path):
+    """The state a SIGKILL leaves: the call was started, its result never stored."""
+    bare = bare_repo(tmp_path)
+    alice = await store.upsert_user("alice")
+    task, _ = await store.create_task(user_id=alice.id, repo_url=str(bare), prompt="Touch a file")
+    await store.append_message(task.id, "user", [text("Touch a file")])
+    await store.append_message(task.id, "assistant", [tool_use("x", "bash", command="touch ran.txt")],
+                               stop_reason="tool_use")
+    await store.start_tool_call(task.id, "x", "bash", {"command": "touch ran.txt"})
+    script = {"turns": [{"content": [text("(played before the crash)")]}, {"content": [text("Understood; I will not retry it.")]}]}
+    async with agent_supervisor(store, hub, tmp_path, script=script):
+        await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+    turns = await store.list_messages(task.id)
+    result = turns[2]["content"][0]
+    assert result["tool_use_id"] == "x" and result["is_error"] is True
+    assert "interrupted by a restart" in result["content"]
+    workspace = tmp_path / "workspaces" / task.id
+    assert not (workspace / "ran.txt").exists()
+    assert (await store.get_task(task.id)).reason == "no changes"

@@ -1,0 +1,136 @@
+"""The bubblewrap sandbox: no network, only the workspace (and a private /tmp) writable.
+
+Tests that need a working bwrap are skipped, with the probe's reason, when it is not usable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from daemon.agent.tools import Toolbox, ToolSettings, probe_sandbox, sandbox
+from daemon.errors import PermanentError
+
+
+@pytest.fixture
+def bwrap_usable():
+    # A sync fixture: a skip raised inside trio loses its reason under pytest-trio.
+    probe = trio.run(probe_sandbox)
+    if not probe.usable:
+        pytest.skip(f"bubblewrap is not usable here: {probe.reason}")
+
+
+@pytest.fixture
+async def sandboxed(bwrap_usable, tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    async with Toolbox(ws, ToolSettings(sandbox="required", command_timeout_s=10)) as tb:
+        yield tb
+
+
+async def bash(tb: Toolbox, command: str) -> str:
+    result = await tb.run("bash", {"command": command})
+    return result.output
+
+
+CONNECT = "(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo CONNECTED || echo REFUSED"
+
+
+async def test_no_network_inside_the_sandbox(sandboxed, tmp_path):
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    try:
+        assert await bash(sandboxed, CONNECT.format(port=port)) == "REFUSED\n"
+        # The same command reaches the listener without the sandbox: the check is real.
+        (tmp_path / "plain").mkdir()
+        async with Toolbox(tmp_path / "plain", ToolSettings(sandbox="off")) as plain:
+            assert await bash(plain, CONNECT.format(port=port)) == "CONNECTED\n"
+    finally:
+        for listener in listeners:
+            await listener.aclose()
+
+
+async def test_workspace_is_writable_and_shared_with_the_host(sandboxed):
+    assert await bash(sandboxed, "mkdir -p d && echo hi > d/f && cat d/f") == "hi\n"
+    assert (sandboxed.workspace / "d" / "f").read_text() == "hi\n"
+    assert sandboxed.sandboxed is True
+
+
+@pytest.mark.parametrize("target", ["/etc/agentd-test", "/usr/agentd-test", "/agentd-test"])
+async def test_system_paths_are_read_only(sandboxed, target):
+    out = await bash(sandboxed, f"touch {target} && echo WROTE || echo FAILED")
+    assert out.endswith("FAILED\n")
+    assert not os.path.exists(target)
+
+
+async def test_host_home_is_invisible_and_unwritable(sandboxed):
+    home = os.path.expanduser("~")
+    target = f"{home}/agentd-sandbox-test"
+    out = await bash(sandboxed, f"echo x > {target} && echo WROTE || echo FAILED; ls {home}")
+    assert "FAILED" in out and "WROTE" not in out
+    assert not os.path.exists(target)
+
+
+async def test_tmp_is_private(sandboxed):
+    name = f"agentd-private-{os.getpid()}"
+    assert await bash(sandboxed, f"echo x > /tmp/{name} && cat /tmp/{name}") == "x\n"
+    assert not os.path.exists(f"/tmp/{name}")
+
+
+async def test_no_capabilities_and_no_host_processes(sandboxed):
+    out = await bash(sandboxed, "grep CapEff /proc/self/status; ls /proc | grep -c '^[0-9]'")
+    cap_line, count = out.splitlines()
+    assert cap_line.split()[1] == "0000000000000000"
+    assert int(count) < 10  # bwrap, bash, the pipeline: not the host's processes
+
+
+async def test_secret_files_of_etc_are_not_visible(sandboxed):
+    out = await bash(sandboxed, "ls /etc/shadow /etc/ssh 2>&1; test -r /etc/passwd && echo pw")
+    assert "No such file" in out and "pw\n" in out
+
+
+async def test_required_without_bwrap_fails_the_task_clearly(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox, "_probe", sandbox.SandboxProbe(False, "bwrap is missing"))
+    async with Toolbox(tmp_path, ToolSettings(sandbox="required")) as tb:
+        with pytest.raises(PermanentError) as info:
+            await tb.run("bash", {"command": "echo hi"})
+    assert "bwrap is missing" in info.value.message
+    assert info.value.code == "sandbox_unavailable"
+
+
+async def test_auto_without_bwrap_falls_back_to_a_plain_shell(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox, "_probe", sandbox.SandboxProbe(False, "bwrap is missing"))
+    async with Toolbox(tmp_path, ToolSettings(sandbox="auto")) as tb:
+        assert (await tb.run("bash", {"command": "echo hi"})).output == "hi\n"
+        assert tb.sandboxed is False
+
+
+async def test_probe_is_cached(monkeypatch):
+    first = await probe_sandbox()
+    monkeypatch.setattr(sandbox.shutil, "which", lambda *a, **k: pytest.fail("probed again"))
+    assert await probe_sandbox() is first
+
+
+def test_bwrap_command_line_binds_only_what_it_should(tmp_path):
+    argv = sandbox.bwrap_argv("/usr/bin/bwrap", tmp_path)
+    joined = " ".join(argv)
+    assert "--unshare-all" in argv and "--die-with-parent" in argv
+    assert "--cap-drop ALL" in joined
+    assert f"--bind {tmp_path} {tmp_path}" in joined
+    writable = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
+    assert writable == [str(tmp_path)]
+    assert "--share-net" not in argv
+    assert "/etc/shadow" not in argv
+    assert argv.index("--remount-ro") > argv.index("--bind")
+
+
+async def test_workspace_path_with_symlinked_parent_works(bwrap_usable, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    async with Toolbox(Path(tmp_path / "link"), ToolSettings(sandbox="required")) as tb:
+        assert await bash(tb, "pwd; touch made") == f"{real}\n"
+    assert (real / "made").exists()

@@ -6,6 +6,7 @@ thread. None of them may be called from the Trio thread.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any, Iterable, Sequence
@@ -129,8 +130,12 @@ def transition(
         if error or reason:
             finished["error"] = error or reason
         new.append(NewEvent("task.finished", finished))
-    events = append_events(conn, task_id, new, now=now)
-    return require_task(conn, task_id), events
+    events = append_events(conn, task_id, new, now=now, last_seq=task.last_seq)
+    changed = dataclasses.replace(
+        task, status=target, attempt=attempt, reason=reason, error=error, due_at=due_at,
+        started_at=started_at, finished_at=finished_at, updated_at=now, last_seq=events[-1].seq,
+    )
+    return changed, events
 
 
 def update_task(conn: apsw.Connection, task_id: str, now: float, **fields: Any) -> Task:
@@ -188,16 +193,22 @@ def count_by_status(conn: apsw.Connection) -> dict[str, int]:
 # -- events -------------------------------------------------------------------------------------
 
 def append_events(
-    conn: apsw.Connection, task_id: str, new: Sequence[NewEvent], *, now: float | None = None
+    conn: apsw.Connection, task_id: str, new: Sequence[NewEvent], *, now: float | None = None,
+    last_seq: int | None = None,
 ) -> list[Event]:
-    """Give each event the task's next ``seq``; the counter lives on the task row."""
+    """Give each event the task's next ``seq``; the counter lives on the task row.
+
+    ``last_seq``, when the caller has just read the row in this transaction, saves a query.
+    """
     if not new:
         return []
     now = time.time() if now is None else now
-    row = conn.execute("SELECT last_seq FROM tasks WHERE id = ?", (task_id,)).fetchone()
-    if row is None:
-        raise NotFound(f"no task {task_id}")
-    seq = row[0]
+    if last_seq is None:
+        row = conn.execute("SELECT last_seq FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no task {task_id}")
+        last_seq = row[0]
+    seq = last_seq
     events = []
     for item in new:
         seq += 1

@@ -1,0 +1,177 @@
+"""What each control-socket command does (design §3, §7), on top of the daemon's parts."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+
+from . import __version__
+from .errors import AgentdError, NotFound
+from .maintenance import collect_workspaces
+from .states import TaskStatus
+from .store import Task
+from .tokens import hash_token, new_token
+
+if TYPE_CHECKING:
+    from .service import Daemon
+
+TOKEN_TTL_S = 365 * 24 * 3600
+
+
+class BadArguments(AgentdError):
+    code = "bad_arguments"
+
+
+def _task_row(task: Task) -> dict[str, Any]:
+    return task.public()
+
+
+def make_handlers(daemon: "Daemon") -> dict[str, Callable[..., Any]]:
+    """The command table; ``tasks.tail`` is an async generator (a streaming command)."""
+
+    def parts():
+        assert daemon.store is not None and daemon.supervisor is not None and daemon.hub is not None
+        return daemon.store, daemon.supervisor, daemon.hub
+
+    async def status(args: dict[str, Any]) -> dict[str, Any]:
+        store, supervisor, _ = parts()
+        counts = await store.count_by_status()
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "phase": daemon.phase,
+            "uptime_s": round(time.time() - daemon.started_at, 1),
+            **supervisor.stats(),
+            "tasks": {status.value: counts.get(status.value, 0) for status in TaskStatus},
+            "db_path": str(store.path),
+            "db_size_bytes": store.size_bytes(),
+            "http": daemon.http_urls,
+            "model": daemon.settings.model_name,
+        }
+
+    async def tasks_list(args: dict[str, Any]) -> list[dict[str, Any]]:
+        store, _, _ = parts()
+        statuses = None
+        if args.get("status"):
+            try:
+                statuses = [TaskStatus(args["status"])]
+            except ValueError:
+                raise BadArguments(
+                    f"unknown status {args['status']!r}; one of {', '.join(s.value for s in TaskStatus)}"
+                ) from None
+        user_id = None
+        if args.get("user"):
+            user = await store.user_by_login(args["user"])
+            if user is None:
+                raise NotFound(f"no user {args['user']}")
+            user_id = user.id
+        limit = int(args.get("limit") or 100)
+        rows = await store.list_tasks(user_id=user_id, statuses=statuses, limit=limit)
+        return [_task_row(task) for _, task in rows]
+
+    async def _task(args: dict[str, Any]) -> Task:
+        store, _, _ = parts()
+        task_id = args.get("id")
+        if not task_id:
+            raise BadArguments("a task id is required")
+        task = await store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id}")
+        return task
+
+    async def tasks_get(args: dict[str, Any]) -> dict[str, Any]:
+        return _task_row(await _task(args))
+
+    async def tasks_cancel(args: dict[str, Any]) -> dict[str, Any]:
+        _, supervisor, _ = parts()
+        task = await _task(args)
+        return _task_row(await supervisor.cancel(task.id))
+
+    async def tasks_retry(args: dict[str, Any]) -> dict[str, Any]:
+        _, supervisor, _ = parts()
+        task = await _task(args)
+        return _task_row(await supervisor.requeue(task.id, reason="retried by operator", fresh_attempts=True))
+
+    async def tasks_tail(args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        _, _, hub = parts()
+        task = await _task(args)
+        async for event in hub.follow(task.id, int(args.get("after") or 0)):
+            yield event.wire()
+            if event.type == "task.finished":
+                return
+
+    async def drain(args: dict[str, Any]) -> dict[str, Any]:
+        _, supervisor, _ = parts()
+        supervisor.drain()
+        return supervisor.stats()
+
+    async def resume(args: dict[str, Any]) -> dict[str, Any]:
+        _, supervisor, _ = parts()
+        supervisor.resume()
+        return supervisor.stats()
+
+    async def concurrency_set(args: dict[str, Any]) -> dict[str, Any]:
+        _, supervisor, _ = parts()
+        try:
+            limit = int(args.get("n"))  # type: ignore[arg-type]
+            supervisor.set_concurrency(limit)
+        except (TypeError, ValueError):
+            raise BadArguments(f"concurrency must be a whole number >= 1, got {args.get('n')!r}") from None
+        return supervisor.stats()
+
+    async def users_list(args: dict[str, Any]) -> list[dict[str, Any]]:
+        store, _, _ = parts()
+        return [user.__dict__ for user in await store.list_users()]
+
+    async def users_add(args: dict[str, Any]) -> dict[str, Any]:
+        store, _, _ = parts()
+        login = str(args.get("login") or "").strip()
+        if not login or len(login) > 64 or not login.replace("-", "").replace("_", "").isalnum():
+            raise BadArguments(f"invalid login {login!r}: letters, digits, '-' and '_' only")
+        user = await store.upsert_user(login, is_operator=bool(args.get("operator")))
+        token = new_token()
+        await store.add_token(user.id, hash_token(token), expires_at=time.time() + TOKEN_TTL_S, label="agentctl")
+        return {"login": user.login, "user_id": user.id, "token": token}
+
+    async def users_revoke(args: dict[str, Any]) -> dict[str, Any]:
+        store, _, _ = parts()
+        login = str(args.get("login") or "")
+        revoked = await store.revoke_user(login)
+        return {"login": login, "tokens_revoked": revoked}
+
+    async def backup(args: dict[str, Any]) -> dict[str, Any]:
+        store, _, _ = parts()
+        path = Path(str(args.get("path") or ""))
+        if not path.is_absolute():
+            raise BadArguments("backup needs an absolute path")
+        try:
+            await store.backup(path)
+        except (FileExistsError, OSError) as exc:
+            raise BadArguments(f"backup to {path} failed: {exc}") from None
+        return {"path": str(path), "size_bytes": path.stat().st_size}
+
+    async def gc(args: dict[str, Any]) -> dict[str, Any]:
+        store, _, _ = parts()
+        removed = await collect_workspaces(
+            store, daemon.settings.data_dir / "workspaces", daemon.settings.workspace_keep_days
+        )
+        return {"removed": removed, "keep_days": daemon.settings.workspace_keep_days}
+
+    return {
+        "gc": gc,
+        "status": status,
+        "tasks.list": tasks_list,
+        "tasks.get": tasks_get,
+        "tasks.cancel": tasks_cancel,
+        "tasks.retry": tasks_retry,
+        "tasks.tail": tasks_tail,
+        "drain": drain,
+        "resume": resume,
+        "concurrency.set": concurrency_set,
+        "users.list": users_list,
+        "users.add": users_add,
+        "users.revoke": users_revoke,
+        "backup": backup,
+    }

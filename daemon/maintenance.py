@@ -1,0 +1,50 @@
+"""Housekeeping: workspaces are kept for a while after their task ends, then removed."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import trio
+
+from .git import gc_workspaces
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+GC_INTERVAL_S = 3600.0
+
+
+async def collect_workspaces(store: Store, root: Path, keep_days: float, *, now: float | None = None) -> list[str]:
+    """Remove the workspaces of tasks that ended more than ``keep_days`` ago (and orphans).
+
+    A task that is not finished keeps its workspace whatever its age: it may resume.
+    Cancellation: the directory being removed is finished; the others stay.
+    """
+    if not root.is_dir():
+        return []
+    now = time.time() if now is None else now
+    cutoff = now - keep_days * 86400
+    keep: set[str] = set()
+    for entry in root.iterdir():
+        task = await store.get_task(entry.name)
+        if task is None:
+            continue  # no task owns it: an orphan, removed
+        if not task.status.is_terminal or (task.finished_at or now) > cutoff:
+            keep.add(entry.name)
+    removed = await gc_workspaces(root, keep.__contains__)
+    if removed:
+        log.info("removed %d workspaces", len(removed))
+    return removed
+
+
+async def collect_periodically(store: Store, root: Path, keep_days: float,
+                               interval_s: float = GC_INTERVAL_S) -> None:
+    """Run ``collect_workspaces`` every ``interval_s`` until cancelled."""
+    while True:
+        try:
+            await collect_workspaces(store, root, keep_days)
+        except OSError as exc:
+            log.warning("workspace gc failed: %s", exc)
+        await trio.sleep(interval_s)

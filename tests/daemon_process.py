@@ -1,0 +1,93 @@
+"""The real ``agentd serve`` as a subprocess: started on a free port, stopped by signal.
+
+Readiness is read from the daemon's own log line ("agentd serving on URL"), never guessed with a
+sleep. Teardown is terminate -> wait -> kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+READY = re.compile(r"agentd serving on (http://\S+)")
+
+
+def short_socket_dir() -> Path:
+    """Unix socket paths are limited to 108 bytes; pytest's tmp paths can be longer."""
+    return Path(tempfile.mkdtemp(prefix="agentd-", dir="/tmp"))
+
+
+class DaemonProcess:
+    def __init__(self, data_dir: Path, *, script: dict[str, Any] | None = None,
+                 extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.socket = short_socket_dir() / "agentd.sock"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.script_path = data_dir / "script.json"
+        self.script_path.write_text(json.dumps(script or {"turns": []}))
+        self.env = {
+            **os.environ, "PYTHONPATH": str(ROOT), "AGENTD_ALLOW_LOCAL_REMOTES": "1",
+            "PYTHONUNBUFFERED": "1", **(extra_env or {}),
+        }
+        self.env.pop("ANTHROPIC_API_KEY", None)
+        self.args = args or []
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.log: list[str] = []
+        self._ready = threading.Event()
+
+    def start(self, timeout: float = 60) -> "DaemonProcess":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "serve", "--data-dir", str(self.data_dir),
+             "--http", "127.0.0.1:0", "--control-socket", str(self.socket),
+             "--model", "scripted", "--script", str(self.script_path), *self.args],
+            env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )
+        threading.Thread(target=self._read_log, daemon=True).start()
+        if not self._ready.wait(timeout) or not self.url:
+            self.kill()
+            raise AssertionError("agentd did not start:\n" + "".join(self.log))
+        return self
+
+    def _read_log(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line)
+            match = READY.search(line)
+            if match and not self.url:
+                self.url = match.group(1)
+                self._ready.set()
+        self._ready.set()  # the process ended: unblock start()
+
+    def agentctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "control.cli", "--socket", str(self.socket), *args],
+            env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def __enter__(self) -> "DaemonProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

@@ -60,7 +60,7 @@ class Settings(BaseModel):
     script: Path | None = None
     anthropic_api_key: str | None = Field(None, repr=False)
     anthropic_base_url: str | None = None
-    anthropic_model: str = "claude-sonnet-4-5"
+    anthropic_model: str = "claude-sonnet-5-5"
     allow_local_remotes: bool = False
     github_api: str = "https://api.github.com"
 

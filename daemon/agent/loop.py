@@ -159,11 +159,11 @@ class _Session:
         await self._append("assistant", reply.content, stop_reason=reply.stop_reason)
         self.usage = self.usage + reply.usage
         await self.store.update_task(self.task.id, usage=self.usage)
-        await self.ctx.emit("agent.usage", {**reply.usage.__dict__, "model": reply.model,
-                                            "stop_reason": reply.stop_reason})
         for block in reply.content:
             if block.get("type") == "text" and block["text"].strip():
                 await self.ctx.emit("agent.text", {"text": block["text"]})
+        await self.ctx.emit("agent.usage", {**reply.usage.__dict__, "model": reply.model,
+                                            "stop_reason": reply.stop_reason})
 
     async def _answer_tools(self, turn: dict[str, Any]) -> list[dict[str, Any]] | RunResult:
         """A tool_result for every tool_use of ``turn``: run, recovered, or the user's answer."""

@@ -48,7 +48,8 @@ class Remote:
     def github(self, web_host: str = "github.com") -> GitHubRepo | None:
         """``(owner, name)`` when this remote is a repository on the GitHub instance whose web
         host is ``web_host`` (github.com, or a GitHub Enterprise host), else None."""
-        if self.kind not in ("https", "ssh") or self.host != web_host.lower():
+        # http only exists where local remotes are allowed (tests, self-hosted mirrors).
+        if self.kind not in ("https", "http", "ssh") or self.host != web_host.lower():
             return None
         path = self.path.strip("/")
         if path.endswith(".git"):

@@ -1,0 +1,131 @@
+"""Whole tasks through the real anthropic SDK against the fake Messages API, and with a GitHub
+token: push over smart HTTP with basic auth, pull request through the fake GitHub REST API."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import trio
+
+from daemon.agent.anthropic_provider import AnthropicProvider
+from daemon.agent.loop import AgentRunner
+from daemon.states import TaskStatus
+from daemon.supervisor import Backoff
+
+from .agent_env import BUGGY_PROJECT, agent_settings, bare_repo, tool_use
+from .fakes.anthropic_api import FakeAnthropicAPI, message, overloaded, unauthorized
+from .fakes.git_http import GitHttpServer, make_bare_repo
+from .fakes.github_api import FakeGitHubAPI
+from .helpers import running_supervisor, wait_status
+
+pytestmark = pytest.mark.slow
+
+KEY = "sk-ant-test-key-123"
+
+
+async def run_with_claude(store, hub, tmp_path, replies, repo_url=None):
+    fake = FakeAnthropicAPI(*replies, api_key=KEY)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(fake.serve)
+        provider = AnthropicProvider(KEY, base_url=url, model="claude-sonnet-5-5", max_retries=0)
+        runner = AgentRunner(provider, agent_settings(tmp_path))
+        async with running_supervisor(store, hub, runner, backoff=Backoff(0.01, 0.02, 3)) as sup:
+            alice = await store.upsert_user("alice")
+            task, _ = await sup.submit(user_id=alice.id, repo_url=repo_url or str(bare_repo(tmp_path)),
+                                       prompt="Fix add()")
+            await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+        nursery.cancel_scope.cancel()
+    return fake, await store.get_task(task.id), await store.read_events(task.id)
+
+
+FIX = [
+    message("Running the test.", tool_use("toolu_1", "bash", command="python3 test_calc.py")),
+    message(tool_use("toolu_2", "str_replace_based_edit_tool", command="str_replace", path="calc.py",
+                     old_str="a - b", new_str="a + b"),
+            tool_use("toolu_3", "bash", command="python3 test_calc.py")),
+    message("Fixed add(); the test passes."),
+]
+
+
+async def test_a_multi_turn_tool_session_with_claude(store, hub, tmp_path):
+    fake, task, events = await run_with_claude(store, hub, tmp_path, FIX)
+    assert task.status is TaskStatus.SUCCEEDED, task.error
+    bodies = [r.body for r in fake.requests]
+    assert len(bodies) == 3
+    # All tool results of a turn come back in one user turn, in order, after the assistant turn.
+    last = bodies[2]["messages"]
+    assert [m["role"] for m in last] == ["user", "assistant", "user", "assistant", "user"]
+    results = last[4]["content"]
+    assert [(b["type"], b["tool_use_id"]) for b in results] == [("tool_result", "toolu_2"), ("tool_result", "toolu_3")]
+    assert "1 passed" in results[1]["content"]
+    # Cache breakpoints: the last tool, the system prompt, the newest turn's last block.
+    assert "cache_control" in bodies[2]["tools"][-1]
+    assert bodies[2]["system"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert last[-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert not any("cache_control" in b for m in last[:-1] for b in m["content"])
+    usage = [e.data for e in events if e.type == "agent.usage"]
+    assert len(usage) == 3 and all(u["cost_usd"] > 0 for u in usage)
+    assert task.usage.cost_usd == pytest.approx(sum(u["cost_usd"] for u in usage))
+    assert "git.pushed" in [e.type for e in events]
+
+
+async def test_overloaded_api_is_retried_with_backoff_and_the_conversation_resumes(store, hub, tmp_path):
+    replies = [FIX[0], overloaded(), *FIX[1:]]
+    fake, task, events = await run_with_claude(store, hub, tmp_path, replies)
+    assert task.status is TaskStatus.SUCCEEDED, task.error
+    assert task.attempt == 2
+    retry = next(e for e in events if e.type == "task.retry_scheduled")
+    assert "overloaded" in retry.data["reason"].lower()
+    # The second attempt went on from the stored conversation: the bash call ran once.
+    calls = [e.data["id"] for e in events if e.type == "agent.tool_call"]
+    assert calls == ["toolu_1", "toolu_2", "toolu_3"]
+
+
+async def test_a_bad_api_key_fails_the_task_with_the_apis_message(store, hub, tmp_path):
+    fake, task, events = await run_with_claude(store, hub, tmp_path, [unauthorized()])
+    assert task.status is TaskStatus.FAILED
+    assert "401" in task.error and "invalid x-api-key" in task.error
+    assert KEY not in task.error and all(KEY not in str(e.data) for e in events)
+
+
+async def test_push_with_a_token_over_smart_http_and_open_a_pull_request(store, hub, tmp_path):
+    token = "ghp_testtoken0123456789"
+    repos = tmp_path / "served"
+    repos.mkdir()
+    make_bare_repo(repos / "acme", "calc.git", branches={"main": BUGGY_PROJECT})
+    git_server = GitHttpServer(repos, username="x-access-token", token=token)
+    github = FakeGitHubAPI(token)
+    script = {"turns": [
+        {"content": [tool_use("e", "str_replace_based_edit_tool", command="str_replace", path="calc.py",
+                              old_str="a - b", new_str="a + b")]},
+        {"content": [{"type": "text", "text": "Fixed add()."}]},
+    ]}
+    from daemon.agent.scripted_provider import ScriptedProvider
+
+    async def token_for(user_id: int) -> str:
+        return token
+
+    async with trio.open_nursery() as nursery:
+        git_url = await nursery.start(git_server.serve)
+        api_url = await nursery.start(github.serve)
+        settings = agent_settings(tmp_path, github_api=api_url, github_web_host="127.0.0.1")
+        runner = AgentRunner(ScriptedProvider(script), settings, github_token=token_for)
+        async with running_supervisor(store, hub, runner) as sup:
+            alice = await store.upsert_user("alice")
+            task, _ = await sup.submit(user_id=alice.id, repo_url=f"{git_url}/acme/calc.git", prompt="Fix add()")
+            await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+        nursery.cancel_scope.cancel()
+    task = await store.get_task(task.id)
+    events = await store.read_events(task.id)
+    assert task.status is TaskStatus.SUCCEEDED, task.error
+    (pr,) = github.pulls
+    assert (pr["owner"], pr["repo"], pr["head"], pr["base"]) == ("acme", "calc", task.branch, "main")
+    assert task.pr_url == pr["html_url"]
+    assert [e.data for e in events if e.type == "git.pr_opened"] == [{"url": pr["html_url"]}]
+    shown = subprocess.run(["git", "show", f"{task.branch}:calc.py"], cwd=repos / "acme" / "calc.git",
+                           capture_output=True, text=True, check=True).stdout
+    assert "a + b" in shown
+    workspace = tmp_path / "workspaces" / task.id
+    assert token not in (workspace / ".git" / "config").read_text()
+    assert all(token not in str(e.data) for e in events)

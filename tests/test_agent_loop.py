@@ -35,7 +35,8 @@ async def test_a_task_fixes_the_bug_and_pushes_a_branch(store, hub, tmp_path):
     assert pushed["files_changed"] == ["calc.py"]
     assert task.branch == pushed["branch"] and task.branch.startswith("agentd/")
     assert "return a + b" in branch_file(bare, task.branch, "calc.py")
-    assert task.diff == {"files": ["calc.py"], "lines_added": 1, "lines_removed": 1}
+    assert task.diff == {"commit": pushed["commit"], "files": ["calc.py"], "lines_added": 1,
+                         "lines_removed": 1}
     assert task.usage.input_tokens > 0 and task.usage.output_tokens > 0
     usage_events = [e for e in events if e.type == "agent.usage"]
     assert len(usage_events) == 4

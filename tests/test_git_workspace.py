@@ -86,7 +86,9 @@ async def test_push_again_only_after_new_changes(tmp_path, bare):
     ws = await prepare(tmp_path, str(bare))
     (ws.path / "a.txt").write_text("one\n")
     first = await commit_and_push(ws, "one", token=None)
-    assert await commit_and_push(ws, "again", token=None) is None
+    # Nothing new: the same result again (an attempt may have died before recording it), no push.
+    assert await commit_and_push(ws, "again", token=None) == first
+    assert git_out(ws.path, "rev-list", "--count", f"{first.commit}..HEAD") == "0"
 
     # A commit the agent made by itself is pushed too; counts cover the whole branch.
     (ws.path / "b.txt").write_text("two\n")

@@ -16,8 +16,8 @@ async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, s
                   settings: "AgentSettings") -> RunResult:
     """Push what changed (``git.pushed``) and open a PR (``git.pr_opened``); idempotent on resume.
 
-    A push that happened in an earlier attempt is not repeated; its PR is still opened if that
-    step failed last time. Cancellation: the running git process is killed; the next attempt
+    A push that happened in an earlier attempt is not repeated nor announced twice; its PR is
+    still opened if that step failed last time. Cancellation: the running git process is killed; the next attempt
     picks up from what reached the remote.
     """
     await check_quota(workspace, settings.quota_bytes)
@@ -25,14 +25,14 @@ async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, s
         workspace, commit_message(ctx.task.prompt, summary), token=token, ssh_key=settings.ssh_key
     )
     task = await ctx.store.get_task(ctx.task.id) or ctx.task
-    if pushed is not None:
-        diff = {"files": pushed.files_changed, "lines_added": pushed.lines_added,
-                "lines_removed": pushed.lines_removed}
+    if pushed is None:
+        return RunResult(reason="no changes")
+    if (task.diff or {}).get("commit") != pushed.commit:  # not recorded by an earlier attempt
+        diff = {"commit": pushed.commit, "files": pushed.files_changed,
+                "lines_added": pushed.lines_added, "lines_removed": pushed.lines_removed}
         task = await ctx.store.update_task(task.id, branch=pushed.branch, diff=diff)
         await ctx.emit("git.pushed", {"branch": pushed.branch, "commit": pushed.commit,
                                       "files_changed": pushed.files_changed})
-    elif task.branch is None:
-        return RunResult(reason="no changes")
     if task.pr_url is None and token:
         repo = workspace.remote.github(settings.github_web_host)
         if repo is not None:

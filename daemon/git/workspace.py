@@ -7,9 +7,11 @@ last, so its presence means "fully prepared"; a directory without it is a half-m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 from collections.abc import Callable
@@ -140,6 +142,28 @@ async def prepare_workspace(
             code="disk_full",
         )
 
+    # Clone into a staging directory and rename it into place once complete: a git process
+    # orphaned by a daemon killed mid-clone may still be writing into its own staging dir, and
+    # must never share a directory with the clone that replaces it.
+    for stale in Path(root).glob(f".staging-{task_id}-*"):
+        await trio.to_thread.run_sync(_rmtree, stale)
+    staging = Path(root) / f".staging-{task_id}-{secrets.token_hex(4)}"
+    try:
+        ws = await _clone(staging, remote, auth, base_branch, task_id=task_id, title=title,
+                          identity=identity, quota_bytes=quota_bytes, allow_local=allow_local,
+                          timeout=timeout)
+        os.rename(staging, path)
+    except BaseException:
+        if staging.exists():
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_rmtree, staging)
+        raise
+    return dataclasses.replace(ws, path=path)
+
+
+async def _clone(path: Path, remote: Remote, auth: GitAuth, base_branch: str | None, *,
+                 task_id: str, title: str, identity: tuple[str, str], quota_bytes: int,
+                 allow_local: bool, timeout: float) -> Workspace:
     clone = ["clone", "--depth", "1", "--single-branch", "--no-tags", "--quiet"]
     if base_branch is not None:
         clone.append(f"--branch={base_branch}")
@@ -149,7 +173,6 @@ async def prepare_workspace(
 
     size = await workspace_size(path)
     if size > quota_bytes:
-        await trio.to_thread.run_sync(_rmtree, path)
         raise _quota_error(size, quota_bytes)
 
     git = _local_git(path)
@@ -165,7 +188,7 @@ async def prepare_workspace(
 
     ws = Workspace(path=path, branch=branch, base_branch=base_branch,
                    base_commit=base_commit, remote=remote)
-    _write_marker(marker, ws, pushed_commit=None)
+    _write_marker(path / ".git" / _MARKER, ws, pushed_commit=None)
     return ws
 
 
@@ -201,8 +224,9 @@ async def commit_and_push(
 ) -> PushResult | None:
     """Commit every change in the workspace (``git add -A``) and push the branch.
 
-    Returns None, pushing nothing, when neither the tree nor the branch changed since the
-    last push (or since the clone). Commits the agent made itself are pushed too. The counts
+    Returns None, pushing nothing, when the branch is still at the clone's commit. When the
+    branch was already pushed at its current commit, returns that result without pushing
+    again (an earlier attempt may have died before recording it). Commits the agent made itself are pushed too. The counts
     in the result cover the whole branch against ``ws.base_commit``. Hooks never run.
     Raises PermanentError when the agent's edits to ``.git/config`` could redirect the push.
 
@@ -221,17 +245,20 @@ async def commit_and_push(
     head = (await git("rev-parse", "HEAD")).stdout.decode().strip()
     marker = ws.path / ".git" / _MARKER
     meta = json.loads(marker.read_text())
-    if head in (ws.base_commit, meta.get("pushed_commit")):
+    if head == ws.base_commit:
         return None
 
-    await _check_push_config(ws)
-    auth = GitAuth(token=token, ssh_key=ssh_key)
-    # The URL comes from the validated Remote, not from the workspace's (agent-writable)
-    # config; no remote-tracking ref is needed since the branch belongs to this task.
-    refspec = f"refs/heads/{ws.branch}:refs/heads/{ws.branch}"
-    await run_git(["push", "--quiet", "--no-verify", "--", ws.remote.url, refspec],
-                  cwd=ws.path, remote=ws.remote, auth=auth, op="push", timeout=timeout)
-    _write_marker(marker, ws, pushed_commit=head)
+    if head != meta.get("pushed_commit"):
+        await _check_push_config(ws)
+        auth = GitAuth(token=token, ssh_key=ssh_key)
+        # The URL comes from the validated Remote, not from the workspace's (agent-writable)
+        # config; no remote-tracking ref is needed since the branch belongs to this task.
+        refspec = f"refs/heads/{ws.branch}:refs/heads/{ws.branch}"
+        await run_git(["push", "--quiet", "--no-verify", "--", ws.remote.url, refspec],
+                      cwd=ws.path, remote=ws.remote, auth=auth, op="push", timeout=timeout)
+        _write_marker(marker, ws, pushed_commit=head)
+    # Already pushed (by an attempt that died before recording it): the same result again,
+    # so the caller can still record it; nothing is pushed twice.
 
     numstat = await git("diff", "--numstat", "-z", "--no-renames", ws.base_commit, head)
     files, added, removed = _parse_numstat(numstat.stdout)

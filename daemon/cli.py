@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--concurrency", type=int)
     serve.add_argument("--model", choices=["anthropic", "scripted"])
     serve.add_argument("--script", type=Path, help="model script for --model scripted")
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-level", help="debug, info (default), warning, error or critical")
+    serve.add_argument("--log-format", choices=["auto", "json", "console"],
+                       help="auto (default): console lines on a terminal, JSON lines otherwise")
     demo = commands.add_parser("demo", help="run a whole task offline and show it")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
     return parser
@@ -53,17 +54,18 @@ def _serve(args: argparse.Namespace) -> int:
         "concurrency": args.concurrency,
         "model": args.model,
         "script": args.script,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
     }
     try:
         settings = load_settings(config_file=args.config, flags=flags)
     except ConfigError as exc:
         print(f"agentd: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
+    from .logs import configure as configure_logging
     from .service import Daemon, run_daemon
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     exit_code = 0
     try:
         trio.run(run_daemon, Daemon(settings))

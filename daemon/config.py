@@ -43,7 +43,14 @@ ENV_KEYS: dict[str, str] = {
     "AGENTD_APP_REDIRECTS": "app_redirects",
     "AGENTD_SECRET_KEYS": "secret_keys",
     "AGENTD_SECRET_KEY_FILE": "secret_key_file",
+    # Operations (issue 7)
+    "AGENTD_LOG_LEVEL": "log_level",
+    "AGENTD_LOG_FORMAT": "log_format",
 }
+
+
+# Settings whose values are never echoed back, not even in an error message.
+SECRET_KEYS = frozenset({"anthropic_api_key", "github_client_secret", "secret_keys"})
 
 
 class Settings(BaseModel):
@@ -115,6 +122,16 @@ class Settings(BaseModel):
     tool_timeout_s: float = Field(120 * SECONDS, gt=0)
     tool_output_cap_bytes: int = Field(30_000, ge=1000)
     sandbox: Literal["auto", "required", "off"] = "auto"
+
+    # Operations (issue 7)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, else JSON
+    metrics_refresh_s: float = Field(5 * SECONDS, gt=0)  # how old /metrics' task counts may be
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_name(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     # Workspaces and git.
     workspace_quota_mb: int = Field(2000, ge=1)
@@ -202,5 +219,6 @@ def _describe(exc: ValidationError, given: Mapping[str, Any]) -> str:
         return f"config: unknown key {key!r}"
     value = given.get(str(first["loc"][0])) if first["loc"] else None
     message = first["msg"].removeprefix("Value error, ")
-    suffix = "" if value is None or key == "anthropic_api_key" else f" (got {value!r})"
+    secret = str(first["loc"][0]) in SECRET_KEYS if first["loc"] else False
+    suffix = "" if value is None or secret else f" (got {value!r})"
     return f"config: {key}: {message}{suffix}"

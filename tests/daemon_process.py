@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-READY = re.compile(r"agentd serving on (http://\S+)")
+# The line may be a JSON log line: the URL ends at a quote or a comma as well as at a space.
+READY = re.compile(r"agentd serving on (http://[^\s\",]+)")
 
 
 def short_socket_dir() -> Path:

@@ -384,7 +384,7 @@ async def test_a_peer_with_another_uid_is_refused_with_one_error_line(
     async with running(ControlServer(sock_path, fakes.handlers())):
         async with await ControlClient.connect(sock_path) as client:
             with pytest.raises(DaemonUnreachable,
-                               match=f"uid 4242 may not use the agentd control socket"):
+                               match="uid 4242 may not use the agentd control socket"):
                 await client.call("status")
         stream = await trio.open_unix_socket(str(sock_path))
         async with stream:

@@ -15,7 +15,7 @@ import trio
 from ..errors import ConfigError
 from ..states import TaskStatus
 from . import sqlite_queries as q
-from .models import Event, NewEvent, Task, Usage, User, new_task_id
+from .models import Event, NewEvent, Task, User, new_task_id
 from .schema import migrate
 from .sqlite_io import ReaderPool, WriterThread, open_connection
 
@@ -99,6 +99,10 @@ class SqliteStore:
 
     def add_listener(self, listener: EventListener) -> None:
         self._listeners.append(listener)
+
+    def observe_writes(self, callback: Callable[[float], None]) -> None:
+        """Have ``callback(seconds)`` told each write's round trip (the metrics use it)."""
+        self._writer.on_round_trip = callback
 
     def _publish(self, events: list[Event]) -> None:
         if events:

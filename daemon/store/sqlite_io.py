@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
@@ -71,6 +72,8 @@ class WriterThread:
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._closed = False
+        # Told each write's round trip in seconds (queue + group commit), e.g. by the metrics.
+        self.on_round_trip: Callable[[float], None] | None = None
 
     def start(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -99,9 +102,12 @@ class WriterThread:
             raise trio.ClosedResourceError("the store is closed")
         job: _Job[T] = _Job(fn, on_commit)
         _track(+1)
+        started = time.perf_counter()
         self._queue.put(job)
         with trio.CancelScope(shield=True):
             await job.done.wait()
+        if self.on_round_trip is not None:
+            self.on_round_trip(time.perf_counter() - started)
         if job.error is not None:
             raise job.error
         return job.result

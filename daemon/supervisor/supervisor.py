@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import trio
 
+from .. import logs
 from ..errors import InvalidTransition, NotFound, PermanentError, TransientError
 from ..events import EventHub
 from ..states import TaskStatus
@@ -235,6 +236,7 @@ class Supervisor:
 
     async def _attempt(self, running: _Running) -> None:
         """One attempt of one task, from admission to its recorded outcome."""
+        logs.bind_task(running.task_id)  # every log line of this Trio task (and its children)
         try:
             outcome: RunResult | BaseException | None = None
             with running.scope:

@@ -1,0 +1,84 @@
+"""SAQ (tobymao/saq) on a real Redis: the queue shape of ``shape.py``.
+
+Run by ``bench/run_all.py`` with the peers' venv:
+    bench/.venv-peers/bin/python bench/peers/saq_bench.py --redis redis://127.0.0.1:PORT/0 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import contextlib
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: common
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/peers/: shape
+
+import saq  # noqa: E402
+from common import emit, machine  # noqa: E402
+from shape import System, latency, process_only, throughput  # noqa: E402
+
+
+def opener(url: str, concurrency: int):
+    @contextlib.asynccontextmanager
+    async def open_system(name: str, on_start: Callable[[float], None],
+                          on_done: Callable[[], None]) -> AsyncIterator[Any]:
+        async def noop(ctx: dict[str, Any], *, t0: float) -> None:
+            on_start(t0)
+
+        async def after_process(ctx: dict[str, Any]) -> None:
+            # SAQ calls this after job.finish() has written the job's final status to Redis.
+            on_done()
+
+        queue = saq.Queue.from_url(url, name=f"{name}-{uuid.uuid4().hex[:8]}")
+        await queue.connect()
+        worker = saq.Worker(queue, functions=[("noop", noop)], concurrency=concurrency,
+                            after_process=after_process)
+        runners: list[asyncio.Task[None]] = []
+
+        async def start() -> None:
+            runners.append(asyncio.create_task(worker.start()))
+
+        try:
+            yield System(lambda t0: queue.enqueue("noop", t0=t0), start)
+        finally:
+            if runners:
+                await worker.stop()
+                runners[0].cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await runners[0]
+            await queue.disconnect()
+    return open_system
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    open_system = opener(args.redis, args.concurrency)
+    return {
+        "system": f"saq {importlib.metadata.version('saq')}",
+        "machine": machine(),
+        "concurrency": args.concurrency,
+        "throughput": await throughput(open_system, "tp", args.jobs, args.timeout),
+        "process_only": await process_only(open_system, "po", args.jobs, args.timeout),
+        "latency": await latency(open_system, "lat", args.latency_jobs, args.rate, args.timeout),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis", required=True)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--latency-jobs", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    emit(asyncio.run(main_async(args)), args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The daemon: one root nursery owning the store, supervisor, HTTP server and control socket.
+
+Shutdown runs in named phases (uvicorn's way): ``draining`` (stop admitting, let running tasks
+finish within the grace period), ``cancelling`` (cancel what is left; those tasks go back to
+``queued``), ``stopping`` (close the servers), then the store is closed last.
+Signal handlers only set flags: the first SIGTERM/SIGINT asks for this orderly stop, a second
+one cuts the grace period short. Under systemd (Type=notify) the phases are reported with
+sd_notify: READY=1 once serving, STOPPING=1 when draining starts, WATCHDOG=1 while the loop runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+import trio
+from hypercorn.trio import serve as hypercorn_serve
+from quart_trio import QuartTrio
+
+from .agent.factory import build_runner
+from .config import Settings
+from .control_handlers import make_handlers
+from .control_server import ControlServer
+from .events import EventHub
+from .maintenance import collect_periodically
+from .metrics import Metrics
+from .sdnotify import Notifier, watchdog
+from .secrets import SecretBox, load_secret_box
+from .store import SqliteStore
+from .supervisor import Backoff, Supervisor, TaskRunner
+from .web.app import create_app, hypercorn_config
+
+log = logging.getLogger(__name__)
+
+HTTP_CLOSE_TIMEOUT_S = 10.0
+
+
+class Daemon:
+    """Everything ``agentd serve`` runs. Attributes are set while ``serve`` runs."""
+
+    def __init__(self, settings: Settings, *, runner: TaskRunner | None = None) -> None:
+        self.settings = settings
+        self.phase = "starting"
+        self.started_at = time.time()
+        self.store: SqliteStore | None = None
+        self.hub: EventHub | None = None
+        self.supervisor: Supervisor | None = None
+        self.http_urls: list[str] = []
+        self.metrics = Metrics()
+        self.notifier = Notifier.from_environ()  # a no-op outside systemd
+        self._runner = runner
+        self._stop_requested = trio.Event()
+        self._http_closing = trio.Event()
+        self._http_done = trio.Event()
+        self._grace_scope: trio.CancelScope | None = None
+        self.secrets: SecretBox | None = None
+        self.app: QuartTrio | None = None
+
+    @property
+    def stop_requested(self) -> trio.Event:
+        """Set at the first stop request (the WebSocket layer says goodbye then)."""
+        return self._stop_requested
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "serving" and self.supervisor is not None and self.supervisor.admitting
+
+    def request_stop(self) -> None:
+        """Ask for an orderly stop; asked twice, skip what is left of the grace period."""
+        if self._stop_requested.is_set() and self._grace_scope is not None:
+            self._grace_scope.cancel()
+        self._stop_requested.set()
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until a stop is requested; ``task_status.started(http_urls)`` once serving.
+
+        Cancellation: everything stops at once; running tasks stay ``running`` in the store and
+        are recovered at the next start, like after a crash. Use ``request_stop`` to drain.
+        """
+        settings = self.settings
+        # A bad model setting or secret key stops us here, before anything is opened.
+        self.secrets = load_secret_box(settings)
+        runner = self._runner or build_runner(settings, github_token=self._github_token)
+        self.store = store = await SqliteStore.open(settings.data_dir)
+        try:
+            self.hub = EventHub(store)
+            self.supervisor = supervisor = Supervisor(
+                store, self.hub, runner,
+                concurrency=settings.concurrency,
+                backoff=Backoff(settings.retry_base_s, settings.retry_cap_s, settings.max_attempts),
+                max_duration_s=settings.max_task_duration_s,
+            )
+            self.metrics.attach(store, self.hub, supervisor)
+            control = ControlServer(
+                settings.control_socket_path, make_handlers(self), group=settings.control_socket_group
+            )
+            async with trio.open_nursery() as services:
+                if self.notifier.watchdog_interval_s is not None:
+                    services.start_soon(watchdog, self.notifier, self.notifier.watchdog_interval_s)
+                await services.start(self.metrics.run, settings.metrics_refresh_s)
+                await services.start(supervisor.run)
+                self.http_urls = await services.start(self._serve_http)
+                await services.start(control.serve)
+                services.start_soon(
+                    collect_periodically, store, settings.data_dir / "workspaces",
+                    settings.workspace_keep_days,
+                )
+                self.phase = "serving"
+                log.info("agentd serving on %s", ", ".join(self.http_urls))
+                self.notifier.notify(f"READY=1\nSTATUS=serving on {', '.join(self.http_urls)}")
+                task_status.started(self.http_urls)
+                await self._stop_requested.wait()
+
+                self.phase = "draining"
+                self.notifier.notify(f"STOPPING=1\nSTATUS=draining, up to {settings.grace_period_s:g} s")
+                log.info("draining: no new tasks, waiting up to %ss", settings.grace_period_s)
+                with trio.CancelScope() as self._grace_scope:
+                    await supervisor.shutdown(settings.grace_period_s)
+                self.phase = "cancelling"
+                await supervisor.shutdown(0)
+                self.phase = "stopping"
+                self._http_closing.set()  # Hypercorn finishes open requests, then returns
+                with trio.move_on_after(HTTP_CLOSE_TIMEOUT_S):
+                    await self._http_done.wait()
+                services.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+            self.notifier.close()
+            self.phase = "stopped"
+
+    async def _serve_http(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Hypercorn until ``_http_closing`` is set, then a graceful close of open requests."""
+        config = hypercorn_config(self.settings)
+        self.app = create_app(self)
+        try:
+            await hypercorn_serve(self.app, config, shutdown_trigger=self._http_closing.wait,
+                                  task_status=task_status)
+        finally:
+            self._http_done.set()
+
+    async def _github_token(self, user_id: int) -> str | None:
+        """The user's GitHub token, decrypted for one git or API call; never stored in clear."""
+        assert self.store is not None and self.secrets is not None
+        encrypted = await self.store.github_token_enc(user_id)
+        return self.secrets.decrypt(encrypted) if encrypted else None
+
+
+async def watch_signals(daemon: Daemon) -> None:
+    """Turn SIGTERM/SIGINT into ``request_stop`` calls, and nothing more."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            daemon.request_stop()
+
+
+async def run_daemon(daemon: Daemon) -> None:
+    """Serve with signal handling; returns after an orderly stop."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals, daemon)
+        await daemon.serve()
+        nursery.cancel_scope.cancel()

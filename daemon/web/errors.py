@@ -1,0 +1,109 @@
+"""Every HTTP error as ``{"error":{"code","message"}}`` (design §5), whatever raised it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from quart import Quart, jsonify
+from quart_schema import RequestSchemaValidationError
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from ..errors import AgentdError, Forbidden, InvalidTransition, NotFound, PermanentError
+
+log = logging.getLogger(__name__)
+
+# Status for an HTTP error raised by Quart/werkzeug, with our stable code for it.
+_HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+    409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "invalid_request",
+    429: "rate_limited",
+}
+
+
+class ApiError(Exception):
+    """An error the API answers with as is: status, stable code, a message the user can act on."""
+
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _response(status: int, code: str, message: str, headers: dict[str, str] | None = None):
+    response = jsonify(error_body(code, message))
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _describe_validation(exc: RequestSchemaValidationError) -> str:
+    cause = exc.validation_error
+    errors = getattr(cause, "errors", None)
+    if callable(errors):
+        parts = []
+        for error in errors()[:5]:
+            where = ".".join(str(p) for p in error.get("loc", ())) or "body"
+            parts.append(f"{where}: {error.get('msg', 'invalid')}")
+        return "; ".join(parts)
+    if isinstance(cause, TypeError):
+        return "the body must be a JSON object (Content-Type: application/json)"
+    return str(cause) or "invalid request"
+
+
+def register_error_handlers(app: Quart) -> None:
+    @app.errorhandler(ApiError)
+    async def api_error(exc: ApiError):
+        return _response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def validation_error(exc: RequestSchemaValidationError):
+        return _response(422, "invalid_request", _describe_validation(exc))
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException):
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, "http_error")
+        message = exc.description or exc.name
+        headers = {}
+        if status == 413:
+            message = "request body too large"
+            # The body was not read: this connection cannot carry another request.
+            headers["Connection"] = "close"
+        elif status == 400 and message == BadRequest.description:
+            message = "malformed request: the body is not valid JSON"
+        return _response(status, code, message, headers)
+
+    @app.errorhandler(NotFound)
+    async def not_found(exc: NotFound):
+        return _response(404, "not_found", exc.message)
+
+    @app.errorhandler(Forbidden)
+    async def forbidden(exc: Forbidden):
+        # Never a 403 for a task: that would confirm it exists (design §5).
+        return _response(404, "not_found", "not found")
+
+    @app.errorhandler(InvalidTransition)
+    async def conflict(exc: InvalidTransition):
+        return _response(409, "conflict", exc.message)
+
+    @app.errorhandler(PermanentError)
+    async def unprocessable(exc: PermanentError):
+        return _response(422, exc.code, exc.message)
+
+    @app.errorhandler(AgentdError)
+    async def other(exc: AgentdError):
+        log.warning("API error %s: %s", exc.code, exc.message)
+        return _response(500, exc.code, exc.message)
+
+    @app.errorhandler(Exception)
+    async def crash(exc: Exception):
+        log.exception("unhandled error in the API")
+        return _response(500, "internal", "internal error")

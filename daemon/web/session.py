@@ -1,0 +1,363 @@
+"""One WebSocket connection's protocol (design §6), without the socket.
+
+The glue in ``ws.py`` feeds each received text to ``handle`` and sends what ``take`` hands out;
+everything in between lives here: authentication, subscriptions with replay-then-live, the
+bounded outgoing queue with ``resync`` on overflow, ping/pong, errors and close codes.
+
+Replay and live meet without gap or duplicate: a subscription is attached to the live feed
+*before* its first store read; while it replays, live events wait in a bounded side buffer;
+once the store has nothing newer, the buffer is merged by ``seq`` on the Trio thread with no
+checkpoint in between, and only then does the subscription go live. A live event whose seq is
+not exactly the next one sends the subscription back to the store.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from ..store import Event, User
+from .fanout import Fanout, encode
+
+# Close codes (RFC 6455 + the 4000-4999 private range).
+CLOSE_GOING_AWAY = 1001  # the daemon drains or stops: reconnect later
+CLOSE_POLICY = 1008  # binary frames, a message before auth, a malformed auth
+CLOSE_INTERNAL = 1011
+CLOSE_AUTH_FAILED = 4401  # no valid token, auth timeout, token revoked or expired
+
+REPLAY_PAGE = 200
+
+
+class State(enum.Enum):
+    AWAITING_AUTH = "awaiting_auth"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(eq=False)
+class Subscription:
+    task_id: str
+    after: int  # last seq put in the queue
+    sent: int  # last seq the socket accepted
+    live: bool = False
+    pending: list[tuple[Event, str]] = field(default_factory=list)
+    pending_overflow: bool = False
+
+
+@dataclass(eq=False)
+class _Resync:
+    """Resolved when sent, so ``after`` is what the client really holds."""
+
+    task_id: str | None
+    sub: Subscription | None
+
+
+class Session:
+    """The protocol state of one connection. All methods run on the Trio thread.
+
+    ``spawn`` starts a background coroutine for the connection (a replay); ``authenticate``
+    maps a token to its user (or None); ``limiter`` is the per-user subscribe rate limiter.
+    """
+
+    def __init__(self, *, fanout: Fanout, store: Any, spawn: Callable[..., None],
+                 authenticate: Callable[[str | None], Awaitable[User | None]],
+                 limiter: Any, queue_limit: int = 1000, max_subscriptions: int = 200) -> None:
+        self.fanout = fanout
+        self.store = store
+        self.spawn = spawn
+        self.authenticate = authenticate
+        self.limiter = limiter
+        self.queue_limit = queue_limit
+        self.max_subscriptions = max_subscriptions
+        self.state = State.AWAITING_AUTH
+        self.user: User | None = None
+        self.token: str | None = None
+        self.subs: dict[str, Subscription] = {}
+        self.watching = False
+        self.queue: collections.deque[tuple[Subscription | _Resync | None, int, str]] = collections.deque()
+        self.max_queued = 0  # high-water mark, for tests and metrics
+        self.resyncs = 0
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.closed = trio.Event()
+        self._ready = trio.Event()  # the queue has something
+        self._room = trio.Event()  # the queue went below half
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self, token: str | None) -> None:
+        """Authenticate from the handshake's header; without one, wait for an auth message."""
+        if token is not None:
+            await self._login(token)
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the glue to close the socket; drops every subscription at once."""
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self.close_code, self.close_reason = code, reason
+        self._drop_all()
+        self.queue.clear()
+        self.closed.set()
+        self._ready.set()
+        self._room.set()
+
+    async def _login(self, token: Any) -> None:
+        user = await self.authenticate(token if isinstance(token, str) else None)
+        if self.state is State.CLOSED:
+            return
+        if user is None:
+            self.close(CLOSE_AUTH_FAILED, "invalid, expired or revoked token")
+            return
+        self.user, self.token, self.state = user, token, State.OPEN
+
+    async def recheck(self) -> None:
+        """Close with 4401 if the token was revoked or expired since it was checked."""
+        if self.state is State.OPEN and await self.authenticate(self.token) is None:
+            self.close(CLOSE_AUTH_FAILED, "token expired or revoked")
+
+    # -- from the client -----------------------------------------------------------------------
+
+    async def handle(self, raw: str | bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        if isinstance(raw, bytes):
+            self.close(CLOSE_POLICY, "binary messages are not part of the protocol")
+            return
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            if self.state is State.AWAITING_AUTH:
+                self.close(CLOSE_POLICY, "expected {\"type\":\"auth\",\"token\":...} first")
+            else:
+                self.error("invalid_message", "expected a JSON object with a \"type\"")
+            return
+        kind = message["type"]
+        if self.state is State.AWAITING_AUTH:
+            if kind != "auth":
+                self.close(CLOSE_POLICY, "expected {\"type\":\"auth\",\"token\":...} first")
+                return
+            await self._login(message.get("token"))
+            return
+        if kind == "ping":
+            self._push(None, 0, '{"type":"pong"}')
+        elif kind == "subscribe":
+            await self._subscribe(message)
+        elif kind == "unsubscribe":
+            task_id = message.get("task_id")
+            if task_id in self.subs:
+                self._drop(self.subs.pop(task_id))
+        elif kind == "subscribe_tasks":
+            if self._rate_limited(None):
+                return
+            if not self.watching:
+                assert self.user is not None
+                self.watching = True
+                self.fanout.watch(self.user.id, self)
+        elif kind == "unsubscribe_tasks":
+            self._unwatch()
+        elif kind == "auth":
+            self.error("already_authenticated", "this connection is already authenticated")
+        else:
+            self.error("unknown_type", f"unknown message type {kind!r}")
+
+    async def _subscribe(self, message: dict[str, Any]) -> None:
+        task_id, after = message.get("task_id"), message.get("after", 0)
+        if not isinstance(task_id, str) or not task_id or len(task_id) > 64:
+            self.error("invalid_message", "subscribe needs a task_id")
+            return
+        if after is None:
+            after = 0
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            self.error("invalid_message", "after must be a non-negative integer", task_id)
+            return
+        if self._rate_limited(task_id):
+            return
+        if task_id not in self.subs and len(self.subs) >= self.max_subscriptions:
+            self.error("too_many_subscriptions",
+                       f"at most {self.max_subscriptions} subscriptions per connection", task_id)
+            return
+        # The token is checked again here, so a revoked one stops new subscriptions at once.
+        await self.recheck()
+        task = await self.store.get_task(task_id)
+        if self.state is not State.OPEN:
+            return
+        assert self.user is not None
+        if task is None or task.user_id != self.user.id:
+            self.error("not_found", f"no task {task_id}", task_id)  # never "forbidden"
+            return
+        self.fanout.remember_owner(task.id, task.user_id)
+        old = self.subs.pop(task_id, None)
+        if old is not None:
+            self._drop(old)
+        sub = self.subs[task_id] = Subscription(task_id, after, after)
+        self.fanout.attach(task_id, self)  # before the first read: nothing can slip between
+        self.spawn(self._replay, sub)
+
+    def _rate_limited(self, task_id: str | None) -> bool:
+        assert self.user is not None
+        wait = self.limiter.take(self.user.id)
+        if wait <= 0:
+            return False
+        seconds = max(1, int(wait + 0.999))
+        self.error("rate_limited", f"too many subscribes; retry in {seconds} s", task_id,
+                   retry_after=seconds)
+        return True
+
+    def error(self, code: str, message: str, task_id: str | None = None, **extra: Any) -> None:
+        body: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if task_id is not None:
+            body["task_id"] = task_id
+        body.update(extra)
+        self._push(None, 0, encode(body))
+
+    # -- replay ----------------------------------------------------------------------------------
+
+    async def _replay(self, sub: Subscription) -> None:
+        """Store pages, then merge the live side buffer; ends with ``sub`` live.
+
+        Waits for queue room before each page, so a replay never overflows the queue itself.
+        Cancellation (connection closed): nothing to undo; the subscription is already dropped.
+        """
+        while True:
+            sub.pending.clear()
+            sub.pending_overflow = False
+            while True:
+                while len(self.queue) > self.queue_limit // 2 and self.subs.get(sub.task_id) is sub:
+                    self._room = trio.Event()
+                    await self._room.wait()
+                if self.subs.get(sub.task_id) is not sub:
+                    return
+                page = await self.store.read_events(sub.task_id, sub.after,
+                                                    min(REPLAY_PAGE, self.queue_limit // 2))
+                if self.subs.get(sub.task_id) is not sub:
+                    return
+                for event in page:
+                    if event.seq > sub.after:
+                        self._push(sub, event.seq, encode(event.wire()))
+                        sub.after = event.seq
+                        if self.subs.get(sub.task_id) is not sub:
+                            return  # overflowed: a resync is on its way
+                if len(page) < min(REPLAY_PAGE, self.queue_limit // 2):
+                    break
+            if sub.pending_overflow:
+                continue
+            if self._merge_pending(sub):
+                return
+
+    def _merge_pending(self, sub: Subscription) -> bool:
+        for event, text in sub.pending:
+            if event.seq <= sub.after:
+                continue
+            if event.seq != sub.after + 1:
+                return False  # a gap: read the store again
+            self._push(sub, event.seq, text)
+            sub.after = event.seq
+        sub.pending.clear()
+        sub.live = True
+        return True
+
+    # -- from the fan-out (sync, must not block) -------------------------------------------------
+
+    def live_event(self, event: Event, text: str) -> None:
+        sub = self.subs.get(event.task_id)
+        if sub is None:
+            return
+        if not sub.live:
+            if len(sub.pending) < self.queue_limit:
+                sub.pending.append((event, text))
+            else:
+                sub.pending_overflow = True
+            return
+        if event.seq <= sub.after:
+            return
+        if event.seq != sub.after + 1:
+            sub.live = False
+            self.spawn(self._replay, sub)
+            return
+        self._push(sub, event.seq, text)
+        sub.after = event.seq
+
+    def live_ephemeral(self, task_id: str, text: str) -> None:
+        sub = self.subs.get(task_id)
+        if sub is not None and sub.live:
+            self._push(None, 0, text)
+
+    def notify(self, task_id: str, text: str) -> None:
+        # The task's own subscription already carries its status events: no duplicate.
+        if self.watching and task_id not in self.subs:
+            self._push(None, 0, text)
+
+    # -- the outgoing queue ----------------------------------------------------------------------
+
+    def _push(self, sub: Subscription | None, seq: int, text: str) -> None:
+        if self.state is State.CLOSED:
+            return
+        if len(self.queue) >= self.queue_limit:
+            self._overflow()
+            return
+        self.queue.append((sub, seq, text))
+        if len(self.queue) > self.max_queued:
+            self.max_queued = len(self.queue)
+        self._ready.set()
+
+    def _overflow(self) -> None:
+        """Drop the whole live feed and tell the client where to pick up each stream."""
+        self.resyncs += 1
+        self.queue.clear()
+        subs = list(self.subs.values())
+        self._drop_all()
+        for sub in subs:
+            self.queue.append((_Resync(sub.task_id, sub), 0, ""))
+        if self.watching:
+            self._unwatch()
+            self.queue.append((_Resync(None, None), 0, ""))
+        self._ready.set()
+        self._room.set()
+
+    async def wait_ready(self) -> None:
+        while not self.queue and self.state is not State.CLOSED:
+            self._ready = trio.Event()
+            await self._ready.wait()
+
+    def popped(self) -> None:
+        """The writer took an item off the queue: a waiting replay may go on below half."""
+        if len(self.queue) <= self.queue_limit // 2:
+            self._room.set()
+
+    @staticmethod
+    def text_of(item: tuple[Subscription | _Resync | None, int, str]) -> str:
+        target, _, text = item
+        if isinstance(target, _Resync):
+            after = target.sub.sent if target.sub is not None else None
+            return encode({"type": "resync", "task_id": target.task_id, "after": after})
+        return text
+
+    @staticmethod
+    def sent(item: tuple[Subscription | _Resync | None, int, str]) -> None:
+        target, seq, _ = item
+        if isinstance(target, Subscription) and seq > target.sent:
+            target.sent = seq
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _drop(self, sub: Subscription) -> None:
+        self.fanout.detach(sub.task_id, self)
+
+    def _drop_all(self) -> None:
+        for sub in self.subs.values():
+            self._drop(sub)
+        self.subs.clear()
+        self._unwatch()
+
+    def _unwatch(self) -> None:
+        if self.watching and self.user is not None:
+            self.fanout.unwatch(self.user.id, self)
+        self.watching = False

@@ -1,0 +1,98 @@
+"""The benchmarks still run: each agentd-side benchmark at a tiny size, through its own CLI.
+
+The figures are not checked (a CI machine's speed says nothing); what is checked is that every
+script runs end to end and prints the JSON that ``bench/run_all.py`` reads, and that the table
+lands between the README markers and nowhere else. The peers (SAQ, arq, DBOS) live in their own
+venv and are not run here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+import run_all  # noqa: E402
+
+
+def run_bench(script: str, *args: object) -> dict:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *map(str, args), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_queue_gives_throughput_process_only_and_latency():
+    result = run_bench("queue_agentd.py", "--jobs", 20, "--latency-jobs", 10, "--rate", 500)
+    assert result["throughput"]["jobs"] == 20 and result["throughput"]["jobs_per_s"] > 0
+    assert result["process_only"]["jobs"] == 20
+    assert result["latency"]["p99_ms"] >= result["latency"]["p50_ms"] > 0
+
+
+def test_durable_steps_run_one_by_one_and_concurrently():
+    result = run_bench("durable_steps.py", "--tasks", 8, "--concurrency", 4)
+    assert result["one_by_one"]["tasks"] == 8 and result["concurrent"]["tasks"] == 8
+
+
+def test_event_appends_compare_group_commit_with_one_commit_per_event():
+    result = run_bench("event_appends.py", "--events", 200, "--writers", 10,
+                       "--single-events", 50, "--batched-per-call", 5, "--synchronous", "FULL")
+    full = result["runs"]["FULL"]
+    assert full["group"]["events"] == 200 and full["group"]["commits"] >= 1
+    assert full["group_batched"]["events_per_call"] == 5
+    assert full["single"]["events"] == 50
+
+
+@pytest.mark.slow
+def test_restart_ready_builds_the_db_and_times_both_starts():
+    result = run_bench("restart_ready.py", "--tasks", 20, "--events", 400, "--repeats", 1)
+    assert result["db"] == {**result["db"], "tasks": 20, "events": 400}
+    assert result["full"]["in_process_s"] > 0 and result["full"]["serve_s"] > 0
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_redis_server_answers_and_is_stopped():
+    import socket
+
+    from redis_server import redis_server
+
+    with redis_server() as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            assert sock.recv(16).startswith(b"+PONG")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+
+
+def test_table_replaces_only_the_marked_readme_block(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# agentd\nbefore\n{run_all.BEGIN}\nold table\n{run_all.END}\nafter\n")
+    monkeypatch.setattr(run_all, "README", readme)
+    rows = [run_all.Row("Queue, jobs/s", "2,000", "600 (SAQ)", 3.3, "≥ 2× SAQ", True),
+            *run_all.PENDING]
+    block = run_all.render(rows, "quick", 1.0)
+    run_all.write_readme(block)
+    text = readme.read_text()
+    assert text.startswith("# agentd\nbefore\n") and text.endswith(f"{run_all.END}\nafter\n")
+    assert "old table" not in text and "| Queue, jobs/s | 2,000 | 600 (SAQ) | 3.30× |" in text
+    assert text.count("not run yet") == len(run_all.PENDING)
+
+
+def test_readme_without_markers_is_refused(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text("# agentd\n")
+    monkeypatch.setattr(run_all, "README", readme)
+    with pytest.raises(SystemExit):
+        run_all.write_readme("table")
+    assert readme.read_text() == "# agentd\n"

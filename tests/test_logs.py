@@ -1,0 +1,178 @@
+"""Structured logs: JSON lines off a terminal, console lines on one, task_id bound, no secrets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import signal
+from datetime import datetime
+
+import pytest
+import structlog
+import trio
+
+from daemon import logs
+from daemon.cli import main
+from daemon.states import TaskStatus
+from daemon.supervisor import RunContext, RunResult
+
+from .daemon_process import READY, DaemonProcess
+from .helpers import running_supervisor, submit, wait_status
+
+log = logging.getLogger("tests.logs")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def capture():
+    """Install the real setup on a buffer; put the previous root logger setup back afterwards."""
+    root = logging.getLogger()
+    level = root.level
+    installed: list[logging.Handler] = []
+
+    def install(level: str = "INFO", fmt: logs.LogFormat = "json", stream=None) -> io.StringIO:
+        stream = io.StringIO() if stream is None else stream
+        installed.append(logs.configure(level, fmt, stream))
+        return stream
+
+    yield install
+    for handler in installed:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
+def lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_lines_say_when_how_bad_who_and_what(capture):
+    out = capture("INFO", "json")
+    log.info("cloned %s", "example/repo", extra={"commit": "abc123", "files": 3})
+    (line,) = lines(out)
+    assert list(line)[:4] == ["timestamp", "level", "logger", "message"]
+    assert line["level"] == "info" and line["logger"] == "tests.logs"
+    assert line["message"] == "cloned example/repo"
+    assert line["commit"] == "abc123" and line["files"] == 3
+    assert datetime.fromisoformat(line["timestamp"]).utcoffset().total_seconds() == 0
+
+
+def test_an_exception_is_one_field_of_its_line(capture):
+    out = capture("INFO", "json")
+    try:
+        raise RuntimeError("the disk is full")
+    except RuntimeError:
+        log.exception("writing failed")
+    (line,) = lines(out)
+    assert line["level"] == "error" and line["message"] == "writing failed"
+    assert line["exception"].startswith("Traceback")
+    assert "RuntimeError: the disk is full" in line["exception"]
+
+
+def test_auto_writes_console_lines_on_a_terminal_and_json_elsewhere(capture):
+    terminal = capture("INFO", "auto", Terminal())
+    log.info("hello there")
+    text = terminal.getvalue()
+    assert "hello there" in text and "info" in text
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    pipe = capture("INFO", "auto", io.StringIO())
+    log.info("hello there")
+    assert lines(pipe)[0]["message"] == "hello there"
+
+
+def test_the_log_level_is_honoured(capture):
+    out = capture("warning", "json")
+    log.info("not shown")
+    log.warning("shown")
+    assert [line["message"] for line in lines(out)] == ["shown"]
+
+
+SECRETS = [
+    ("agentd_" + "Ab3_-x" * 8, "agentd_[REDACTED]"),
+    ("sk-ant-api03-" + "k" * 40, "sk-ant-[REDACTED]"),
+    ("ghp_" + "A1b2" * 9, "ghp_[REDACTED]"),
+    ("gho_" + "Z9y8" * 9, "gho_[REDACTED]"),
+    ("github_pat_11ABCDEFG0" + "x" * 60, "github_pat_[REDACTED]"),
+    ("Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig", "Bearer [REDACTED]"),
+]
+
+
+@pytest.mark.parametrize(("secret", "shown"), SECRETS)
+def test_tokens_never_reach_a_log_line(capture, secret, shown):
+    out = capture("INFO", "json")
+    log.info("request with %s failed", secret, extra={"headers": {"x-echo": [secret]}})
+    try:
+        raise ValueError(f"bad credentials: {secret}")
+    except ValueError:
+        log.exception("push failed")
+    text = out.getvalue()
+    assert secret not in text
+    first, second = lines(out)
+    assert first["message"] == f"request with {shown} failed"
+    assert first["headers"] == {"x-echo": [shown]}
+    assert shown in second["exception"]
+
+
+def test_fields_named_like_secrets_are_hidden_whatever_they_hold(capture):
+    out = capture("INFO", "json")
+    log.info("calling GitHub", extra={"authorization": "token abc", "api_key": "short"})
+    (line,) = lines(out)
+    assert line["authorization"] == "[REDACTED]" and line["api_key"] == "[REDACTED]"
+
+
+def test_console_lines_are_redacted_too(capture):
+    out = capture("INFO", "console", Terminal())
+    log.info("key %s", "sk-ant-api03-" + "k" * 40)
+    assert "kkkk" not in out.getvalue() and "sk-ant-[REDACTED]" in out.getvalue()
+
+
+class Chatty:
+    """Logs from the attempt's own task and from a task it spawns."""
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        log.info("working")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._helper)
+        return RunResult()
+
+    async def _helper(self) -> None:
+        await trio.sleep(1)
+        log.info("helping")
+
+
+async def test_every_line_logged_while_a_task_runs_carries_its_task_id(capture, store, hub, alice,
+                                                                       autojump_clock):
+    out = capture("INFO", "json")
+    async with running_supervisor(store, hub, Chatty(), concurrency=2) as supervisor:
+        first, second = await submit(supervisor, alice), await submit(supervisor, alice)
+        for task in (first, second):
+            await wait_status(hub, task.id, TaskStatus.SUCCEEDED)
+        log.info("outside any task")
+    by_message: dict[str, list] = {}
+    for line in lines(out):
+        by_message.setdefault(line["message"], []).append(line.get("task_id"))
+    assert sorted(by_message["working"]) == sorted([first.id, second.id])
+    assert sorted(by_message["helping"]) == sorted([first.id, second.id])  # children inherit it
+    assert by_message["outside any task"] == [None]  # and it does not leak out
+
+
+def test_an_unknown_log_level_is_a_config_error(tmp_path, capsys):
+    assert main(["serve", "--data-dir", str(tmp_path), "--log-level", "loud"]) == 2
+    assert "log_level" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_real_daemon_writes_json_lines_hypercorn_included(tmp_path):
+    with DaemonProcess(tmp_path / "data") as daemon:
+        assert daemon.stop(signal.SIGTERM) == 0
+    parsed = [json.loads(line) for line in daemon.log]  # stderr is a pipe: every line is JSON
+    assert any(line["logger"] == "hypercorn.error" for line in parsed)
+    serving = [line for line in parsed if line["message"].startswith("agentd serving on")]
+    assert len(serving) == 1
+    assert READY.search(json.dumps(serving[0])).group(1) == daemon.url

@@ -1,0 +1,116 @@
+"""The WebSocket session without a socket: seam, overflow, coalescing, on trio's mock clock."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+from daemon.store import NewEvent
+from daemon.web.fanout import Fanout
+from daemon.web.session import CLOSE_AUTH_FAILED, Session, State
+
+
+class NoLimit:
+    def take(self, key) -> float:
+        return 0.0
+
+
+async def make_session(nursery, store, hub, user, *, queue_limit=1000, fanout=None):
+    fanout = fanout or Fanout(hub, store)
+
+    async def authenticate(token):
+        return user if token == "good" else None
+
+    session = Session(fanout=fanout, store=store, spawn=nursery.start_soon,
+                      authenticate=authenticate, limiter=NoLimit(), queue_limit=queue_limit)
+    await session.open("good")
+    return session, fanout
+
+
+async def drain(session, out: list[dict], stop_after_seq: int | None = None) -> None:
+    """Play the writer: take items in order, 'send' them, record what the client gets."""
+    while True:
+        if not session.queue:
+            await session.wait_ready()
+            continue
+        item = session.queue.popleft()
+        session.popped()
+        out.append(json.loads(session.text_of(item)))
+        session.sent(item)
+        await trio.lowlevel.checkpoint()
+        if stop_after_seq is not None and out[-1].get("seq") == stop_after_seq:
+            return
+
+
+async def test_replay_meets_live_without_gap_or_duplicate(store, hub, alice, autojump_clock):
+    task, _ = await store.create_task(user_id=alice.id, repo_url="file:///r", prompt="p")
+    await store.append_events(task.id, [NewEvent("agent.text", {"i": i}) for i in range(700)])
+    received: list[dict] = []
+    async with trio.open_nursery() as nursery:
+        session, _ = await make_session(nursery, store, hub, alice, queue_limit=64)
+
+        async def produce() -> None:
+            for i in range(100):  # appended while the replay pages through the first 702
+                await store.append_events(task.id, [NewEvent("agent.text", {"j": i})] * 3)
+
+        nursery.start_soon(produce)
+        await session.handle(json.dumps({"type": "subscribe", "task_id": task.id, "after": 5}))
+        await drain(session, received, stop_after_seq=1002)
+        nursery.cancel_scope.cancel()
+    assert [m["seq"] for m in received] == list(range(6, 1003))
+    assert session.resyncs == 0 and session.max_queued <= 64
+
+
+async def test_overflow_drops_the_feed_and_resync_says_what_was_sent(store, hub, alice, autojump_clock):
+    task, _ = await store.create_task(user_id=alice.id, repo_url="file:///r", prompt="p")
+    async with trio.open_nursery() as nursery:
+        session, fanout = await make_session(nursery, store, hub, alice, queue_limit=8)
+        await session.handle(json.dumps({"type": "subscribe", "task_id": task.id, "after": 0}))
+        received: list[dict] = []
+        await drain(session, received, stop_after_seq=2)  # the replay: created, status
+        await store.append_events(task.id, [NewEvent("agent.text", {"i": i}) for i in range(20)])
+        assert session.resyncs == 1 and len(session.queue) == 1 and session.max_queued == 8
+        assert task.id not in fanout.channels  # the live feed is dropped, not buffered
+        item = session.queue.popleft()
+        assert json.loads(session.text_of(item)) == {"type": "resync", "task_id": task.id, "after": 2}
+        nursery.cancel_scope.cancel()
+
+
+async def test_text_deltas_flush_at_most_every_interval(store, hub, alice, autojump_clock):
+    task, _ = await store.create_task(user_id=alice.id, repo_url="file:///r", prompt="p")
+    async with trio.open_nursery() as nursery:
+        fanout = Fanout(hub, store, delta_interval_s=0.05)
+        nursery.start_soon(fanout.run)
+        session, _ = await make_session(nursery, store, hub, alice, fanout=fanout)
+        await session.handle(json.dumps({"type": "subscribe", "task_id": task.id, "after": 2}))
+        await trio.sleep(1)  # the empty replay ends; the subscription is live
+        start = trio.current_time()
+        arrivals: list[tuple[float, str]] = []
+
+        async def consume() -> None:
+            while True:
+                await session.wait_ready()
+                while session.queue:
+                    item = session.queue.popleft()
+                    arrivals.append((trio.current_time() - start,
+                                     json.loads(session.text_of(item))["data"]["text"]))
+
+        nursery.start_soon(consume)
+        for i in range(10):  # 10 deltas in 20 ms
+            hub.publish_ephemeral(task.id, "agent.text_delta", {"text": str(i)})
+            await trio.sleep(0.002)
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert arrivals[0] == (0.0, "0")
+    assert len(arrivals) == 2 and arrivals[1][1] == "123456789"
+    assert abs(arrivals[1][0] - 0.05) < 1e-9
+
+
+async def test_revoked_token_closes_with_4401_at_the_next_check(store, hub, alice, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        session, _ = await make_session(nursery, store, hub, alice)
+        session.token = "revoked"
+        await session.recheck()
+        assert session.state is State.CLOSED and session.close_code == CLOSE_AUTH_FAILED
+        nursery.cancel_scope.cancel()

@@ -150,3 +150,44 @@ async def test_an_interrupted_tool_call_is_reported_not_run_again(store, hub, tm
     workspace = tmp_path / "workspaces" / task.id
     assert not (workspace / "ran.txt").exists()
     assert (await store.get_task(task.id)).reason == "no changes"
+
+
+async def test_a_message_that_arrives_as_the_attempt_ends_is_not_stranded(store, hub, tmp_path):
+    """The agent has looked at its inbox for the last time; then the user writes."""
+    script = {"turns": [
+        {"content": [text("All done.")]},
+        {"content": [tool_use("w", "str_replace_based_edit_tool", command="create", path="more.txt",
+                              file_text="more\n")]},
+        {"content": [text("Added more.txt as asked.")]},
+    ]}
+    bare = bare_repo(tmp_path)
+    from daemon.agent.loop import _Session
+
+    original = _Session._after_assistant
+    sent = []
+
+    async def late_message(self, last):
+        step = await original(self, last)
+        if step == "done" and not sent:
+            sent.append(await self.store.add_input(self.task.id, "also add more.txt"))
+        return step
+
+    _Session._after_assistant = late_message
+    try:
+        async with agent_supervisor(store, hub, tmp_path, script=script) as sup:
+            alice = await store.upsert_user("alice")
+            task, _ = await sup.submit(user_id=alice.id, repo_url=str(bare), prompt="Do the thing")
+            await wait_status(hub, task.id, TaskStatus.SUCCEEDED)  # the first, "no changes" end
+            follow = hub.follow(task.id)
+            statuses = []
+            async for event in follow:
+                if event.type == "task.status":
+                    statuses.append(event.data["status"])
+                    if statuses.count("succeeded") == 2:
+                        break
+            await follow.aclose()
+    finally:
+        _Session._after_assistant = original
+    assert statuses == ["queued", "running", "succeeded", "queued", "running", "succeeded"]
+    task = await store.get_task(task.id)
+    assert branch_file(bare, task.branch, "more.txt") == "more\n"

@@ -235,6 +235,10 @@ class SqliteStore:
         now = self.now()
         return await self._writer.run(lambda conn: q.take_inputs(conn, task_id, now))
 
+    async def pending_inputs(self, task_id: str) -> int:
+        """How many user messages wait for the agent."""
+        return await self._readers.run(lambda conn: q.pending_inputs(conn, task_id))
+
     # -- users and tokens -----------------------------------------------------------------------
 
     async def upsert_user(self, login: str, **fields: Any) -> User:

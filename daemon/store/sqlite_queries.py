@@ -301,6 +301,12 @@ def take_inputs(conn: apsw.Connection, task_id: str, now: float) -> list[str]:
     return [text for _, text in rows]
 
 
+def pending_inputs(conn: apsw.Connection, task_id: str) -> int:
+    return conn.execute(
+        "SELECT COUNT(*) FROM inbox WHERE task_id = ? AND taken_at IS NULL", (task_id,)
+    ).fetchone()[0]
+
+
 # -- users and tokens ---------------------------------------------------------------------------
 
 def upsert_user(conn: apsw.Connection, login: str, now: float, *, github_id: int | None = None,

@@ -275,10 +275,17 @@ class Supervisor:
                 await transition(task.id, TaskStatus.FAILED, reason="max_duration_exceeded",
                                  error=f"the attempt ran longer than {self.max_duration_s:g} s")
         elif isinstance(outcome, RunResult):
-            if outcome.status == "waiting_input":
-                await transition(task.id, TaskStatus.WAITING_INPUT, reason=outcome.reason)
-            else:
-                await transition(task.id, TaskStatus.SUCCEEDED, reason=outcome.reason)
+            waiting = outcome.status == "waiting_input"
+            target = TaskStatus.WAITING_INPUT if waiting else TaskStatus.SUCCEEDED
+            await transition(task.id, target, reason=outcome.reason)
+            # A user message that arrived after the agent last looked must not wait for the
+            # next one: the task goes on with it now.
+            if await self.store.pending_inputs(task.id):
+                try:
+                    await self.requeue(task.id, reason="a user message arrived as the attempt ended",
+                                       fresh_attempts=not waiting)
+                except InvalidTransition:
+                    pass  # already queued again by whoever delivered the message
         elif isinstance(outcome, TransientError):
             if self.backoff.exhausted(task.attempt):
                 await transition(task.id, TaskStatus.FAILED, reason="max_attempts",

@@ -179,6 +179,11 @@ async def test_tail_json_prints_one_event_per_line(sock):
     assert [json.loads(line)["seq"] for line in done.stdout.splitlines()] == [1, 2, 3]
 
 
+async def _drain(stream) -> None:
+    while await stream.receive_some():
+        pass
+
+
 async def test_ctrl_c_stops_tail_with_130(sock, daemon):
     daemon.tail_forever = True
     proc = await trio.lowlevel.open_process(
@@ -192,7 +197,10 @@ async def test_ctrl_c_stops_tail_with_130(sock, daemon):
                 assert chunk, await proc.stderr.receive_some()
                 seen += chunk
             proc.send_signal(signal.SIGINT)
-            assert await proc.wait() == 130
+            # Keep reading: a tail blocked on a full stdout pipe could not see the signal.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drain, proc.stdout)
+                assert await proc.wait() == 130
             assert await proc.stderr.receive_some() == b""
     finally:
         if proc.returncode is None:

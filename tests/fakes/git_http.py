@@ -17,11 +17,12 @@ import os
 import subprocess
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import trio
+
+from .threaded_http import ThreadedHTTPFake
 
 
 @dataclass
@@ -32,7 +33,7 @@ class SeenRequest:
     status: int
 
 
-class GitHttpServer:
+class GitHttpServer(ThreadedHTTPFake):
     def __init__(self, root: Path, *, username: str | None = None, token: str | None = None):
         self.root = Path(root)
         self.username = username
@@ -41,8 +42,6 @@ class GitHttpServer:
         self._lock = threading.Lock()
         self._failures: list[int] = []
         self._fail_forever: int | None = None
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- failure injection ---------------------------------------------------------------
     def fail_with(self, status: int, times: int | None = 1) -> None:
@@ -64,54 +63,10 @@ class GitHttpServer:
                 return self._failures.pop(0)
             return self._fail_forever
 
-    # -- lifecycle -----------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
     def url_for(self, repo: str) -> str:
         return f"{self.url}/{repo}"
 
-    def start(self) -> str:
-        server = self
-
-        class Handler(_Handler):
-            owner = server
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self.url
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled; ``task_status.started(url)`` once listening.
-
-        Cancellation: the server thread is shut down before this returns.
-        """
-        url = self.start()
-        try:
-            task_status.started(url)
-            await trio.sleep_forever()
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.stop)
+    # -- lifecycle -----------------------------------------------------------------------
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -254,3 +209,6 @@ def git_out(repo: Path, *args: str) -> str:
     """stdout of a git command in ``repo`` (tests only: blocking)."""
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
                           text=True).stdout.strip()
+
+
+GitHttpServer.handler_class = _Handler

@@ -14,10 +14,11 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
-import trio
+
+from .threaded_http import ThreadedHTTPFake
 
 _PULLS = re.compile(r"^/repos/([^/]+)/([^/]+)/pulls/?$")
 
@@ -38,7 +39,7 @@ class _Failure:
     body: dict = field(default_factory=lambda: {"message": "Server Error"})
 
 
-class FakeGitHubAPI:
+class FakeGitHubAPI(ThreadedHTTPFake):
     def __init__(self, token: str, *, web_base: str = "https://github.example"):
         self.token = token
         self.web_base = web_base
@@ -46,7 +47,6 @@ class FakeGitHubAPI:
         self.pulls: list[dict] = []  # each: owner, repo, number, head, base, title, body, state
         self._failures: list[_Failure] = []
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
 
     def fail_with(self, status: int, *, times: int = 1, headers: dict[str, str] | None = None,
                   message: str = "Server Error") -> None:
@@ -67,49 +67,6 @@ class FakeGitHubAPI:
         }
         self.pulls.append(pr)
         return pr
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> str:
-        api = self
-
-        class Handler(_Handler):
-            owner = api
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        return self.url
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled; ``task_status.started(url)`` once listening.
-
-        Cancellation: the server thread is shut down before this returns.
-        """
-        url = self.start()
-        try:
-            task_status.started(url)
-            await trio.sleep_forever()
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.stop)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -207,3 +164,6 @@ def _public(pr: dict) -> dict:
         "head": {"ref": pr["head"], "label": f"{pr['owner']}:{pr['head']}"},
         "base": {"ref": pr["base"]},
     }
+
+
+FakeGitHubAPI.handler_class = _Handler

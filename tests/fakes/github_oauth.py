@@ -13,14 +13,14 @@ import base64
 import hashlib
 import json
 import secrets
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import trio
+
+from .threaded_http import ThreadedHTTPFake
 
 
-class FakeGitHubOAuth:
+class FakeGitHubOAuth(ThreadedHTTPFake):
     def __init__(self, *, client_id: str, client_secret: str,
                  profile: dict | None = None) -> None:
         self.client_id = client_id
@@ -30,41 +30,6 @@ class FakeGitHubOAuth:
         self.tokens: set[str] = set()
         self.authorize_requests: list[dict[str, str]] = []
         self.deny = False
-        self._httpd: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> str:
-        owner = self
-
-        class Handler(_Handler):
-            fake = owner
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        return self.url
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled. Cancellation: the server thread is stopped before returning."""
-        url = self.start()
-        try:
-            task_status.started(url)
-            await trio.sleep_forever()
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.stop)
 
 
 def _s256(verifier: str) -> str:
@@ -88,7 +53,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-        fake = self.fake
+        fake = self.owner
         if parts.path == "/login/oauth/authorize":
             fake.authorize_requests.append(query)
             if fake.deny:
@@ -111,7 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"message": "Not Found"})
 
     def do_POST(self) -> None:
-        fake = self.fake
+        fake = self.owner
         length = int(self.headers.get("Content-Length") or 0)
         form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
         if urlsplit(self.path).path != "/login/oauth/access_token":
@@ -132,3 +97,6 @@ class _Handler(BaseHTTPRequestHandler):
         token = "gho_" + secrets.token_hex(18)
         fake.tokens.add(token)
         self._json(200, {"access_token": token, "token_type": "bearer", "scope": asked.get("scope", "")})
+
+
+FakeGitHubOAuth.handler_class = _Handler

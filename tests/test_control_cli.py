@@ -186,8 +186,12 @@ async def _drain(stream) -> None:
 
 async def test_ctrl_c_stops_tail_with_130(sock, daemon):
     daemon.tail_forever = True
+    # A shell's background job inherits SIGINT ignored (CI may run us so): give the child
+    # Python's default handler back, as a terminal would have it.
+    restore_sigint = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+                      " from control.cli import main; sys.exit(main())")
     proc = await trio.lowlevel.open_process(
-        [*AGENTCTL, "--socket", str(sock), "tail", "T"],
+        [sys.executable, "-c", restore_sigint, "--socket", str(sock), "tail", "T"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     try:
         with trio.fail_after(TIMEOUT):

@@ -24,10 +24,11 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import emit, machine  # noqa: E402
-from daemon.events import EventHub  # noqa: E402
-from daemon.store import SqliteStore  # noqa: E402
-from daemon.supervisor import RunContext, RunResult, Supervisor  # noqa: E402
+from common import emit, machine
+
+from daemon.events import EventHub
+from daemon.store import SqliteStore
+from daemon.supervisor import RunContext, RunResult, Supervisor
 
 STEPS = 3
 

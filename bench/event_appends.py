@@ -28,11 +28,15 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import emit, machine  # noqa: E402
-from daemon.store import NewEvent, SqliteStore  # noqa: E402
-from daemon.store import sqlite_io  # noqa: E402
-from daemon.store import sqlite_queries as q  # noqa: E402
-from daemon.store.schema import migrate  # noqa: E402
+from common import emit, machine
+
+from daemon.store import (
+    NewEvent,
+    SqliteStore,
+    sqlite_io,
+)
+from daemon.store import sqlite_queries as q
+from daemon.store.schema import migrate
 
 # What an agent emits most: a short text event (a tool call's JSON is larger, not slower to sync).
 DATA = {"text": "Looking at the failing test in tests/test_parser.py"}
@@ -46,7 +50,7 @@ class BatchCounter:
         self.jobs = 0
         self._original = sqlite_io.WriterThread._run_batch
 
-    def __enter__(self) -> "BatchCounter":
+    def __enter__(self):  # returns self
         original = self._original
 
         def counted(conn, jobs):

@@ -20,8 +20,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit, machine  # noqa: E402
-from queue_throughput import latency, throughput, with_supervisor  # noqa: E402
+from common import emit, machine
+from queue_throughput import latency, throughput, with_supervisor
 
 
 async def process_only(tasks: int, concurrency: int) -> dict[str, Any]:

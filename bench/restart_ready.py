@@ -31,13 +31,14 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import ROOT, emit, machine  # noqa: E402
-from daemon.events import EventHub  # noqa: E402
-from daemon.store import SqliteStore, new_task_id  # noqa: E402
-from daemon.store.schema import migrate  # noqa: E402
-from daemon.store.sqlite_io import open_connection  # noqa: E402
-from daemon.supervisor import NoopRunner, Supervisor  # noqa: E402
-from tests.daemon_process import DaemonProcess  # noqa: E402
+from common import ROOT, emit, machine
+
+from daemon.events import EventHub
+from daemon.store import SqliteStore, new_task_id
+from daemon.store.schema import migrate
+from daemon.store.sqlite_io import open_connection
+from daemon.supervisor import NoopRunner, Supervisor
+from tests.daemon_process import DaemonProcess
 
 
 def _dumps(value: Any) -> str:

@@ -27,14 +27,15 @@ import subprocess
 import sys
 import time
 import venv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, machine  # noqa: E402
-from redis_server import redis_server  # noqa: E402
+from common import ROOT, machine
+from redis_server import redis_server
 
 BENCH = ROOT / "bench"
 PEERS_VENV = BENCH / ".venv-peers"
@@ -47,10 +48,10 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 SIZES = {
     "full": {"jobs": 1000, "concurrency": 10, "latency_jobs": 500, "rate": 100, "durable_tasks": 500,
              "dbos_workflows": 200, "events": 100_000, "writers": 500, "single_events": 20_000,
-             "restart_tasks": 10_000, "restart_events": 1_000_000, "repeats": 3},
+             "restart_tasks": 10_000, "restart_events": 1_000_000, "repeats": 3, "rounds": 3},
     "quick": {"jobs": 200, "concurrency": 10, "latency_jobs": 100, "rate": 100, "durable_tasks": 100,
               "dbos_workflows": 30, "events": 10_000, "writers": 200, "single_events": 2_000,
-              "restart_tasks": 1_000, "restart_events": 100_000, "repeats": 1},
+              "restart_tasks": 1_000, "restart_events": 100_000, "repeats": 1, "rounds": 1},
 }
 STEP_TIMEOUT_S = 600
 
@@ -105,7 +106,7 @@ def run_step(label: str, argv: list[str]) -> dict[str, Any] | None:
     """Run one benchmark process; its last stdout line is its JSON result. None on failure."""
     print(f"[{time.strftime('%H:%M:%S')}] {label} ...", file=sys.stderr, flush=True)
     try:
-        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
+        done = subprocess.run(argv, check=False, cwd=ROOT, capture_output=True, text=True,
                               timeout=STEP_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         print(f"  {label}: timed out after {STEP_TIMEOUT_S} s", file=sys.stderr)
@@ -115,6 +116,40 @@ def run_step(label: str, argv: list[str]) -> dict[str, Any] | None:
         print(f"  {label} failed ({done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
         return None
     return json.loads(lines[-1])
+
+
+def best_of(results: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Merge repeated runs metric by metric: the highest rate, the lowest latency or duration.
+
+    The machine may be shared (other work steals the CPU for a while): best-of-N, with the
+    systems' runs interleaved, keeps that noise from deciding a comparison.
+    """
+    runs = [r for r in results if r is not None]
+    if not runs:
+        return None
+
+    def merge(values: list[Any], key: str) -> Any:
+        if all(isinstance(v, dict) for v in values):
+            return {k: merge([v[k] for v in values if k in v], k) for k in values[0]}
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            if key.endswith("_per_s"):
+                return max(values)
+            if key.endswith(("_ms", "_s")) or key == "seconds":
+                return min(values)
+        return values[0]
+
+    merged = merge(runs, "")
+    merged["runs_merged"] = len(runs)
+    return merged
+
+
+def repeated(rounds: int, steps: dict[str, Callable[[], dict[str, Any] | None]]) -> dict[str, Any]:
+    """Run every step ``rounds`` times, interleaved (a, b, c, a, b, c...), each merged best-of."""
+    results: dict[str, list[dict[str, Any] | None]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            results[name].append(step())
+    return {name: best_of(runs) for name, runs in results.items()}
 
 
 def py(script: str, *args: Any, python: Path | str = sys.executable) -> list[str]:
@@ -131,14 +166,20 @@ def _fmt(value: float, unit: str = "") -> str:
 def queue_suite(size: dict[str, Any]) -> list[Row]:
     n, c, lat, rate = size["jobs"], size["concurrency"], size["latency_jobs"], size["rate"]
     common = ["--jobs", n, "--concurrency", c, "--latency-jobs", lat, "--rate", rate]
-    agentd = run_step("queue: agentd", py("queue_agentd.py", *common))
-    peers: dict[str, dict[str, Any] | None] = {}
     with redis_server() as url:
-        peers["SAQ"] = run_step("queue: saq", py("peers/saq_bench.py", "--redis", url, *common,
-                                                 python=PEERS_PY))
-        for label, delay in (("arq, poll 0.01 s", 0.01), ("arq, default poll 0.5 s", 0.5)):
-            peers[label] = run_step(f"queue: {label}", py(
+        def arq(delay: float) -> Callable[[], dict[str, Any] | None]:
+            return lambda: run_step(f"queue: arq poll {delay}", py(
                 "peers/arq_bench.py", "--redis", url, "--poll-delay", delay, *common, python=PEERS_PY))
+
+        results = repeated(size["rounds"], {
+            "agentd": lambda: run_step("queue: agentd", py("queue_agentd.py", *common)),
+            "SAQ": lambda: run_step("queue: saq", py("peers/saq_bench.py", "--redis", url, *common,
+                                                      python=PEERS_PY)),
+            "arq, poll 0.01 s": arq(0.01),
+            "arq, default poll 0.5 s": arq(0.5),
+        })
+    agentd = results.pop("agentd")
+    peers = results
     targets = {"SAQ": 2.0, "arq, poll 0.01 s": 1.0}
     rows = []
     shape = f"{n:,} no-op jobs, concurrency {c}"
@@ -168,11 +209,18 @@ def queue_suite(size: dict[str, Any]) -> list[Row]:
 
 def durable_suite(size: dict[str, Any]) -> list[Row]:
     n, c = size["durable_tasks"], size["concurrency"]
-    agentd = {sync: run_step(f"durable: agentd {sync}", py(
-        "durable_steps.py", "--tasks", n, "--concurrency", c, "--synchronous", sync))
-        for sync in ("NORMAL", "FULL")}
-    dbos = run_step("durable: dbos", py("peers/dbos_bench.py", "--workflows", size["dbos_workflows"],
-                                        "--concurrency", c, python=PEERS_PY))
+    def agentd_run(sync: str) -> Callable[[], dict[str, Any] | None]:
+        return lambda: run_step(f"durable: agentd {sync}", py(
+            "durable_steps.py", "--tasks", n, "--concurrency", c, "--synchronous", sync))
+
+    results = repeated(size["rounds"], {
+        "NORMAL": agentd_run("NORMAL"), "FULL": agentd_run("FULL"),
+        "dbos": lambda: run_step("durable: dbos", py(
+            "peers/dbos_bench.py", "--workflows", size["dbos_workflows"], "--concurrency", c,
+            python=PEERS_PY)),
+    })
+    dbos = results.pop("dbos")
+    agentd = results
     rows = []
     for key, how in (("one_by_one", "one by one"), ("concurrent", f"concurrently ({c} at a time)")):
         theirs = dbos[key]["workflows_per_s"] if dbos else None
@@ -183,15 +231,15 @@ def durable_suite(size: dict[str, Any]) -> list[Row]:
             rows.append(Row(
                 f"3-step durable work {how}, synchronous={sync}{default}, tasks/s vs DBOS workflows/s",
                 _fmt(mine) if mine else "failed",
-                f"{_fmt(theirs)} (DBOS {dbos[key]['style']}, FULL)" if dbos else "failed (DBOS)",
+                f"{_fmt(theirs)} (DBOS, FULL)" if dbos else "failed (DBOS)",
                 ratio, "≥ 20× DBOS", None if ratio is None else ratio >= 20))
     return rows
 
 
 def appends_suite(size: dict[str, Any]) -> list[Row]:
-    result = run_step("event appends", py(
+    result = repeated(size["rounds"], {"appends": lambda: run_step("event appends", py(
         "event_appends.py", "--events", size["events"], "--writers", size["writers"],
-        "--single-events", size["single_events"]))
+        "--single-events", size["single_events"]))})["appends"]
     if not result:
         return [Row("Durable event appends", "failed")]
     rows = []
@@ -245,25 +293,27 @@ def render(rows: list[Row], size_name: str, elapsed_s: float) -> str:
     m = machine()
     head = ["Benchmark", "agentd", "Peer (same run)", "agentd advantage", "Target", "Met"]
     lines = [
-        f"Measured {datetime.date.today().isoformat()} by `make bench` ({size_name} size, "
-        f"{elapsed_s:.0f} s) on {m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['kernel']}.",
+        (f"Measured {datetime.date.today().isoformat()} by `make bench` ({size_name} size, best of "
+         f"{SIZES[size_name]['rounds']} interleaved rounds, "
+         f"{elapsed_s:.0f} s) on {m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['kernel']}."),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
         *("| " + " | ".join(row.cells()) + " |" for row in rows),
         "",
-        "agentd advantage: agentd ÷ peer for rates, peer ÷ agentd for latencies (above 1: agentd "
-        "better). Every agentd state change is a committed SQLite transaction (WAL; "
-        "synchronous=NORMAL unless said); the Redis peers keep jobs in memory (no RDB/AOF). DBOS "
-        "uses its SQLite system database in its default mode (rollback journal, synchronous=FULL); "
-        "the faster of its sync and async styles is shown.",
+        ("agentd advantage: agentd ÷ peer for rates, peer ÷ agentd for latencies (above 1: agentd "
+         "better). Every agentd state change is a committed SQLite transaction (WAL; "
+         "synchronous=NORMAL unless said); the Redis peers keep jobs in memory (no RDB/AOF). DBOS "
+         "uses its SQLite system database in its default mode (rollback journal, synchronous=FULL); "
+         "the faster of its sync and async styles is shown. Figures from a shared 2-core VM vary "
+         "from run to run; latency p99 most of all."),
     ]
     return "\n".join(lines)
 
 
 def write_readme(block: str) -> None:
     text = README.read_text()
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
     if not pattern.search(text):
         raise SystemExit(f"README.md has no {BEGIN} ... {END} block to replace")
     README.write_text(pattern.sub(lambda _: f"{BEGIN}\n{block}\n{END}", text, count=1))

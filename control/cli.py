@@ -192,7 +192,8 @@ COMMANDS: dict[str, Command] = {
     "resume": Command("resume"),
     "concurrency": Command("concurrency.set", lambda ns: {"n": ns.n}),
     "users": Command("users.list", show=lambda r, ns: print(render(r, [], "(no users)"))),
-    "user-add": Command("users.add", lambda ns: {"login": ns.login}, _show_token),
+    "user-add": Command("users.add", lambda ns: {"login": ns.login, **({"operator": True} if ns.operator else {})},
+                        _show_token),
     "revoke": Command("users.revoke", lambda ns: {"login": ns.login}),
     "backup": Command("backup", lambda ns: {"path": os.path.abspath(ns.path)}),
     "gc": Command("gc"),
@@ -244,8 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("concurrency", "set how many tasks run at once").add_argument(
         "n", metavar="N", type=_non_negative)
     add("users", "list users")
-    add("user-add", "create a user and print a new API token").add_argument("login",
-                                                                            metavar="LOGIN")
+    p = add("user-add", "create a user and print a new API token")
+    p.add_argument("login", metavar="LOGIN")
+    p.add_argument("--operator", action="store_true", default=False,
+                   help="the user may use the admin page (/admin) and its API")
     add("revoke", "revoke a user's API tokens").add_argument("login", metavar="LOGIN")
     add("backup", "write a consistent copy of the database to PATH").add_argument(
         "path", metavar="PATH")

@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     # Every default is None so that only flags actually given overlay env and file.
     serve.add_argument("--config", type=Path, help="TOML settings file")
     serve.add_argument("--data-dir", type=Path)
+    serve.add_argument("--store", metavar="URL",
+                       help="postgresql://user@host/db to share one PostgreSQL between daemons "
+                            "(default: SQLite in the data dir)")
     serve.add_argument("--http", metavar="HOST:PORT")
     serve.add_argument("--control-socket", type=Path)
     serve.add_argument("--concurrency", type=int)
@@ -49,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     flags: dict[str, Any] = {
         "data_dir": args.data_dir,
+        "store": args.store,
         "http": args.http,
         "control_socket": args.control_socket,
         "concurrency": args.concurrency,

@@ -44,13 +44,14 @@ ENV_KEYS: dict[str, str] = {
     "AGENTD_SECRET_KEYS": "secret_keys",
     "AGENTD_SECRET_KEY_FILE": "secret_key_file",
     # Operations (issue 7)
+    "AGENTD_STORE": "store",
     "AGENTD_LOG_LEVEL": "log_level",
     "AGENTD_LOG_FORMAT": "log_format",
 }
 
 
 # Settings whose values are never echoed back, not even in an error message.
-SECRET_KEYS = frozenset({"anthropic_api_key", "github_client_secret", "secret_keys"})
+SECRET_KEYS = frozenset({"anthropic_api_key", "github_client_secret", "secret_keys", "store"})
 
 
 class Settings(BaseModel):
@@ -59,6 +60,8 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     data_dir: Path = Path("agentd-data")
+    # Unset: SQLite in data_dir. postgresql://... : several daemons share one database.
+    store: str | None = Field(None, repr=False)
     http: str = "127.0.0.1:8080"
     control_socket: Path | None = None  # default: <data_dir>/agentd.sock
     control_socket_group: str | None = None

@@ -28,7 +28,7 @@ from .maintenance import collect_periodically
 from .metrics import Metrics
 from .sdnotify import Notifier, watchdog
 from .secrets import SecretBox, load_secret_box
-from .store import SqliteStore
+from .store import Store, open_store
 from .supervisor import Backoff, Supervisor, TaskRunner
 from .web.app import create_app, hypercorn_config
 
@@ -44,7 +44,7 @@ class Daemon:
         self.settings = settings
         self.phase = "starting"
         self.started_at = time.time()
-        self.store: SqliteStore | None = None
+        self.store: Store | None = None
         self.hub: EventHub | None = None
         self.supervisor: Supervisor | None = None
         self.http_urls: list[str] = []
@@ -83,7 +83,7 @@ class Daemon:
         # A bad model setting or secret key stops us here, before anything is opened.
         self.secrets = load_secret_box(settings)
         runner = self._runner or build_runner(settings, github_token=self._github_token)
-        self.store = store = await SqliteStore.open(settings.data_dir)
+        self.store = store = await open_store(settings.data_dir, settings.store)
         try:
             self.hub = EventHub(store)
             self.supervisor = supervisor = Supervisor(

@@ -11,6 +11,8 @@ from daemon.store import sqlite_io
 from daemon.events import EventHub
 from daemon.store import SqliteStore
 
+pytest_plugins = ["tests.backends"]
+
 EPOCH = 1_800_000_000.0
 
 

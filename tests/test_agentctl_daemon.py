@@ -74,6 +74,6 @@ def test_every_command_against_the_real_daemon(tmp_path):
 
         refused = ctl("task", "no-such-task")
         assert refused.returncode == 1 and "no task no-such-task" in refused.stderr
-        assert json.loads(ok(ctl("--json", "revoke", "alice")))["tokens_revoked"] >= 1
+        assert json.loads(ok(ctl("--json", "revoke", "alice")))["tokens_revoked"] == 1
         assert http.get("/api/tasks").status_code == 401
         assert daemon.stop() == 0

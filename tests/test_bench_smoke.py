@@ -20,13 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
-import run_all  # noqa: E402
+import run_all
 
 
 def run_bench(script: str, *args: object) -> dict:
     done = subprocess.run(
         [sys.executable, str(BENCH / script), *map(str, args), "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL,
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])

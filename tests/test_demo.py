@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -25,5 +26,6 @@ def test_agentd_demo_fixes_the_bug_and_shows_the_diff():
     for expected in ("task.created", "workspace.ready", "agent.tool_call", "test_calc: all tests passed",
                      "git.pushed", "task.finished", "task succeeded", "-    return a - b", "+    return a + b"):
         assert expected in out, f"{expected!r} missing from:\n{out}"
-    seqs = [int(line.split()[0]) for line in out.splitlines() if line[:4].strip().isdigit()]
+    # Event lines are "<seq right-aligned in 4>  <type>"; a commit hash line is not one.
+    seqs = [int(m.group(1)) for m in re.finditer(r"^ {0,3}(\d+)  [a-z]+\.[a-z_]+", out, re.M)]
     assert seqs == list(range(1, len(seqs) + 1))

@@ -18,6 +18,7 @@ from .helpers import running_supervisor, submit, wait_status
 from .runners import FailTimes, Hang, SucceedAfter
 
 
+@pytest.mark.sqlite_only("WAL and PRAGMA user_version")
 async def test_schema_is_migrated_and_wal_is_on(store):
     conn = apsw.Connection(str(store.path))
     assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST
@@ -27,6 +28,7 @@ async def test_schema_is_migrated_and_wal_is_on(store):
     conn.close()
 
 
+@pytest.mark.sqlite_only("the data-dir lock")
 async def test_a_second_store_on_the_same_data_dir_is_refused(store):
     with pytest.raises(DataDirLocked, match="already using the data dir"):
         await SqliteStore.open(store.data_dir)
@@ -180,6 +182,7 @@ async def test_a_crashed_task_on_its_last_attempt_fails_as_interrupted(store, hu
     assert (await store.get_task(task.id)).reason == "interrupted"
 
 
+@pytest.mark.sqlite_only("agentctl backup copies the SQLite file")
 async def test_backup_is_a_consistent_copy(store, alice, tmp_path):
     await store.create_task(user_id=alice.id, repo_url="r", prompt="p")
     target = tmp_path / "backup.db"

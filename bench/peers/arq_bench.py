@@ -13,17 +13,18 @@ import contextlib
 import importlib.metadata
 import sys
 import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: common
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/peers/: shape
 
-from arq import create_pool  # noqa: E402
-from arq.connections import RedisSettings  # noqa: E402
-from arq.worker import Worker, func  # noqa: E402
-from common import emit, machine  # noqa: E402
-from shape import System, latency, process_only, throughput  # noqa: E402
+from arq import create_pool
+from arq.connections import RedisSettings
+from arq.worker import Worker, func
+from common import emit, machine
+from shape import System, latency, process_only, throughput
 
 
 def opener(url: str, concurrency: int, poll_delay: float):
@@ -55,7 +56,10 @@ def opener(url: str, concurrency: int, poll_delay: float):
                 runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await runner
-            await worker.close()
+            # The measurement is over; jobs cut short by the cancel above (a result write still
+            # in flight) re-raise their CancelledError from close(): not ours, ignored.
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker.close()
             await pool.aclose()
     return open_system
 

@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: common
 
-from dbos import DBOS  # noqa: E402
-from common import emit, machine  # noqa: E402
+from common import emit, machine
+from dbos import DBOS
 
 STEPS = 3
 

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import contextlib
+import importlib.metadata
 import sys
 import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: common
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/peers/: shape
 
-import saq  # noqa: E402
-from common import emit, machine  # noqa: E402
-from shape import System, latency, process_only, throughput  # noqa: E402
+import saq
+from common import emit, machine
+from shape import System, latency, process_only, throughput
 
 
 def opener(url: str, concurrency: int):

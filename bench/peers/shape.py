@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, AsyncContextManager, Awaitable, Callable
+from typing import Any
 
 from common import latency_summary
 
-Opener = Callable[[str, Callable[[float], None], Callable[[], None]], AsyncContextManager[Any]]
+Opener = Callable[[str, Callable[[float], None], Callable[[], None]], AbstractAsyncContextManager[Any]]
 
 
 @dataclass

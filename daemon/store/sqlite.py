@@ -92,7 +92,7 @@ class SqliteStore:
         """Commit what is queued, stop the writer, close every connection, release the lock."""
         with trio.CancelScope(shield=True):
             await self._writer.aclose()
-        self._readers.close()
+            await trio.to_thread.run_sync(self._readers.close)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -12,7 +12,6 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
@@ -37,13 +36,18 @@ def open_connection(path: Path, *, synchronous: str = "NORMAL", readonly: bool =
     return conn
 
 
-@dataclass(eq=False)
 class _Job(Generic[T]):
-    fn: Callable[[apsw.Connection], T]
-    on_commit: Callable[[T], None] | None
-    done: trio.Event = field(default_factory=trio.Event)
-    result: Any = None
-    error: BaseException | None = None
+    """One write: the function, who waits for it, and how it ended."""
+
+    __slots__ = ("fn", "on_commit", "task", "result", "error")
+
+    def __init__(self, fn: Callable[[apsw.Connection], T], on_commit: Callable[[T], None] | None,
+                 task: trio.lowlevel.Task) -> None:
+        self.fn = fn
+        self.on_commit = on_commit
+        self.task = task
+        self.result: Any = None
+        self.error: BaseException | None = None
 
 
 _STOP = object()
@@ -100,12 +104,13 @@ class WriterThread:
         """
         if self._closed:
             raise trio.ClosedResourceError("the store is closed")
-        job: _Job[T] = _Job(fn, on_commit)
+        job: _Job[T] = _Job(fn, on_commit, trio.lowlevel.current_task())
         _track(+1)
         started = time.perf_counter()
         self._queue.put(job)
-        with trio.CancelScope(shield=True):
-            await job.done.wait()
+        # Uncancellable, like a shielded wait, without a cancel scope and an Event per write:
+        # ``_deliver`` reschedules this task once the batch has committed.
+        await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
         if self.on_round_trip is not None:
             self.on_round_trip(time.perf_counter() - started)
         if job.error is not None:
@@ -158,14 +163,24 @@ class WriterThread:
             for job in jobs:
                 job.error = exc
             return
-        for job in jobs:
-            conn.execute("SAVEPOINT job")
-            try:
+        # The common case, every job succeeding, needs no savepoints. When one fails, the whole
+        # batch is rolled back and run again with a savepoint per job, so that only the failed
+        # job's writes are undone. (A job is a pure function of the connection: safe to rerun.)
+        try:
+            for job in jobs:
                 job.result = job.fn(conn)
-            except BaseException as exc:  # noqa: BLE001 - given back to the job's caller
-                job.error = exc
-                conn.execute("ROLLBACK TO job")
-            conn.execute("RELEASE job")
+        except BaseException:  # noqa: BLE001 - sorted out per job just below
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                job.result = job.error = None
+                conn.execute("SAVEPOINT job")
+                try:
+                    job.result = job.fn(conn)
+                except BaseException as exc:  # noqa: BLE001 - given back to the job's caller
+                    job.error = exc
+                    conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
         try:
             conn.execute("COMMIT")
         except apsw.Error as exc:
@@ -176,6 +191,10 @@ class WriterThread:
                 job.error, job.result = exc, None
 
 
+def _refuse_abort(raise_cancel: Any) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
+
+
 def _deliver(jobs: list[_Job[Any]]) -> None:
     for job in jobs:
         if job.error is None and job.on_commit is not None:
@@ -183,7 +202,7 @@ def _deliver(jobs: list[_Job[Any]]) -> None:
                 job.on_commit(job.result)
             except Exception:  # a broken listener must not lose the other results
                 log.exception("on_commit callback failed")
-        job.done.set()
+        trio.lowlevel.reschedule(job.task)
     _track(-len(jobs))
 
 
@@ -194,13 +213,16 @@ class ReaderPool:
         self._path = path
         self._local = threading.local()
         self._all: list[apsw.Connection] = []
-        self._lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._busy = 0
+        self._closed = False
         self._limiter = trio.CapacityLimiter(threads)
 
     async def run(self, fn: Callable[[apsw.Connection], T]) -> T:
         """Run ``fn(conn)`` on a reader thread.
 
-        Cancellation: abandons the wait, the query runs to its (short) end in its thread.
+        Cancellation: abandons the wait, the query runs to its (short) end in its thread;
+        ``close`` waits for it.
         """
         _track(+1)
         try:
@@ -211,17 +233,29 @@ class ReaderPool:
             _track(-1)
 
     def _call(self, fn: Callable[[apsw.Connection], T]) -> T:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = open_connection(self._path, readonly=True)
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        with conn:  # one read transaction: a consistent snapshot for multi-statement reads
-            return fn(conn)
+        with self._idle:
+            if self._closed:
+                raise trio.ClosedResourceError("the store is closed")
+            self._busy += 1
+        try:
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = open_connection(self._path, readonly=True)
+                self._local.conn = conn
+                with self._idle:
+                    self._all.append(conn)
+            with conn:  # one read transaction: a consistent snapshot for multi-statement reads
+                return fn(conn)
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self, timeout: float = 30.0) -> None:
+        """Close every connection once no read is running (blocking: call it from a thread)."""
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._busy == 0, timeout)
             for conn in self._all:
                 conn.close()
             self._all.clear()

@@ -25,8 +25,8 @@ _TASK_COLUMNS = (
 _USER_COLUMNS = "id, login, created_at, github_id, name, is_operator, disabled"
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+# One encoder for every write: json.dumps with options builds a new one on each call.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def task_from_row(row: Sequence[Any]) -> Task:
@@ -354,8 +354,9 @@ def revoke_user(conn: apsw.Connection, login: str, now: float) -> int:
     if user is None:
         raise NotFound(f"no user {login}")
     conn.execute("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", (now, user.id))
+    revoked = conn.changes()
     conn.execute("UPDATE users SET disabled = 1, updated_at = ? WHERE id = ?", (now, user.id))
-    return conn.changes()
+    return revoked
 
 
 def set_github_token(conn: apsw.Connection, user_id: int, token_enc: bytes | None, now: float) -> None:

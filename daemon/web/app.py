@@ -16,6 +16,7 @@ from quart_trio.asgi import TrioASGIWebsocketConnection
 from ..config import Settings
 from ..metrics import render
 from ..secrets import SecretBox, load_secret_box
+from .admin import admin_blueprint
 from .auth import Authenticator, RateLimiter
 from .errors import register_error_handlers
 from .fanout import Fanout
@@ -116,6 +117,7 @@ def create_app(daemon: "Daemon") -> QuartTrio:
     app.extensions["agentd"] = state
     app.register_blueprint(tasks_blueprint(state))
     app.register_blueprint(oauth_blueprint(state))
+    app.register_blueprint(admin_blueprint(state, daemon.stop_requested))  # /admin, operators only
     register_ws(app, state)
 
     @app.get("/metrics")

@@ -1,0 +1,398 @@
+"""The SQL of the PostgreSQL backend, as plain functions of a psycopg connection.
+
+Each function runs on a worker thread inside one transaction opened by ``PostgresStore``
+(READ COMMITTED), never on the Trio thread. Nothing here assumes a single writer: several
+processes may write the same task at once. Whatever reads a task's counters to write them
+(``last_seq``, the next message index, the status) first locks the task row with
+``SELECT ... FOR UPDATE``; a concurrent writer then waits for the commit and reads the new row,
+so seqs stay gap-free and a status change is decided on the current status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Iterable, Sequence
+
+from psycopg import Connection
+
+from ..errors import InvalidTransition, NotFound
+from ..states import TaskStatus, check_transition
+from .models import Event, NewEvent, Task, Usage, User
+
+# Row decoding is backend-neutral (same columns, same JSON text); shared, not copied.
+from .sqlite_queries import task_from_row, user_from_row
+
+_TASK_COLUMNS = (
+    "id, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at, "
+    "reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, last_seq, "
+    "idempotency_key"
+)
+_USER_COLUMNS = "id, login, created_at, github_id, name, is_operator, disabled"
+
+
+# One encoder for every write (json.dumps with options builds a new one per call). ASCII-only
+# output also escapes lone surrogates, which PostgreSQL's UTF-8 text would refuse.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _text(value: str | None) -> str | None:
+    """Free text as PostgreSQL TEXT holds it: NUL (SQLite keeps it) becomes U+FFFD, rather than
+    the write of a tool's output or an error message failing over one byte of binary."""
+    return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
+
+
+# -- tasks --------------------------------------------------------------------------------------
+
+def get_task(conn: Connection, task_id: str, *, lock: bool = False) -> Task | None:
+    """The task, or None; ``lock`` holds its row until the transaction ends."""
+    suffix = " FOR UPDATE" if lock else ""
+    row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = %s{suffix}", (task_id,)).fetchone()
+    return task_from_row(row) if row else None
+
+
+def require_task(conn: Connection, task_id: str, *, lock: bool = False) -> Task:
+    task = get_task(conn, task_id, lock=lock)
+    if task is None:
+        raise NotFound(f"no task {task_id}")
+    return task
+
+
+def insert_task(
+    conn: Connection,
+    *,
+    task_id: str,
+    user_id: int,
+    repo_url: str,
+    prompt: str,
+    base_branch: str | None,
+    budget: dict[str, Any],
+    idempotency_key: str | None,
+    now: float,
+) -> tuple[Task, list[Event], bool]:
+    """Insert a queued task with its first events; with a known idempotency key, return that task.
+
+    Two nodes creating with one key at once: the unique index makes the second insert wait for
+    the first to commit, then do nothing; it then reads and returns the first one's task.
+    """
+    row = conn.execute(
+        "INSERT INTO tasks (id, user_id, repo_url, prompt, base_branch, status, budget, "
+        "created_at, updated_at, idempotency_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id",
+        (task_id, user_id, repo_url, _text(prompt), base_branch, TaskStatus.QUEUED.value,
+         _dumps(budget), now, now, idempotency_key),
+    ).fetchone()
+    if row is None:
+        existing = conn.execute(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE user_id = %s AND idempotency_key = %s",
+            (user_id, idempotency_key),
+        ).fetchone()
+        return task_from_row(existing), [], False
+    events = append_events(conn, task_id, [
+        NewEvent("task.created", {"repo_url": repo_url, "prompt": prompt, "base_branch": base_branch}),
+        NewEvent("task.status", {"status": "queued", "attempt": 0}),
+    ], now=now, last_seq=0)
+    return require_task(conn, task_id), events, True
+
+
+def transition(
+    conn: Connection,
+    task_id: str,
+    target: TaskStatus,
+    *,
+    now: float,
+    expect: TaskStatus | None = None,
+    reason: str | None = None,
+    error: str | None = None,
+    due_at: float | None = None,
+    attempt_delta: int = 0,
+    events_before: Iterable[NewEvent] = (),
+) -> tuple[Task, list[Event]]:
+    """Change a task's status, validated on the locked row, with its status events."""
+    task = require_task(conn, task_id, lock=True)
+    if expect is not None and task.status != expect:
+        raise InvalidTransition(f"task {task_id} is {task.status.value}, not {expect.value}")
+    check_transition(task.status, target)
+    attempt = task.attempt + attempt_delta
+    started_at = now if target is TaskStatus.RUNNING else task.started_at
+    finished_at = now if target.is_terminal else None
+    conn.execute(
+        "UPDATE tasks SET status = %s, attempt = %s, reason = %s, error = %s, due_at = %s, "
+        "started_at = %s, finished_at = %s, updated_at = %s WHERE id = %s",
+        (target.value, attempt, _text(reason), _text(error), due_at, started_at, finished_at, now,
+         task_id),
+    )
+    status_data: dict[str, Any] = {"status": target.value, "attempt": attempt}
+    if reason:
+        status_data["reason"] = reason
+    new = [*events_before, NewEvent("task.status", status_data)]
+    if target.is_terminal:
+        finished: dict[str, Any] = {"status": target.value}
+        if error or reason:
+            finished["error"] = error or reason
+        new.append(NewEvent("task.finished", finished))
+    events = append_events(conn, task_id, new, now=now, last_seq=task.last_seq)
+    changed = dataclasses.replace(
+        task, status=target, attempt=attempt, reason=reason, error=error, due_at=due_at,
+        started_at=started_at, finished_at=finished_at, updated_at=now, last_seq=events[-1].seq,
+    )
+    return changed, events
+
+
+def update_task(conn: Connection, task_id: str, now: float, **fields: Any) -> Task:
+    """Set result fields (usage, branch, pr_url, diff, budget) of a task."""
+    allowed = {"usage", "branch", "pr_url", "diff", "budget"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"cannot update task fields {sorted(unknown)}")
+    encoded = {
+        key: _dumps(value.__dict__ if isinstance(value, Usage) else value)
+        if key in ("usage", "diff", "budget") else value
+        for key, value in fields.items()
+    }
+    assignments = ", ".join(f"{key} = %s" for key in encoded)  # keys are from ``allowed`` only
+    conn.execute(
+        f"UPDATE tasks SET {assignments}, updated_at = %s WHERE id = %s",
+        (*encoded.values(), now, task_id),
+    )
+    return require_task(conn, task_id)
+
+
+def list_tasks(
+    conn: Connection,
+    *,
+    user_id: int | None = None,
+    statuses: Sequence[TaskStatus] | None = None,
+    before_seqno: int | None = None,
+    limit: int = 50,
+    oldest_first: bool = False,
+) -> list[tuple[int, Task]]:
+    """Tasks with their ``seqno`` (a stable cursor), newest first unless ``oldest_first``."""
+    where: list[str] = []
+    params: list[Any] = []
+    if user_id is not None:
+        where.append("user_id = %s")
+        params.append(user_id)
+    if statuses:
+        where.append("status = ANY(%s)")
+        params.append([status.value for status in statuses])
+    if before_seqno is not None:
+        where.append("seqno < %s" if not oldest_first else "seqno > %s")
+        params.append(before_seqno)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    order = "ASC" if oldest_first else "DESC"
+    rows = conn.execute(
+        f"SELECT seqno, {_TASK_COLUMNS} FROM tasks {clause} ORDER BY seqno {order} LIMIT %s",
+        (*params, limit),
+    ).fetchall()
+    return [(row[0], task_from_row(row[1:])) for row in rows]
+
+
+def count_by_status(conn: Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall())
+
+
+def database_size(conn: Connection) -> int:
+    return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+
+# -- events -------------------------------------------------------------------------------------
+
+def append_events(
+    conn: Connection, task_id: str, new: Sequence[NewEvent], *, now: float,
+    last_seq: int | None = None,
+) -> list[Event]:
+    """Give each event the task's next ``seq``; the counter lives on the task row.
+
+    ``last_seq`` may be passed only by a caller that holds the task's row lock in this
+    transaction (or has just inserted the row); otherwise the row is locked here first.
+    """
+    if not new:
+        return []
+    if last_seq is None:
+        row = conn.execute("SELECT last_seq FROM tasks WHERE id = %s FOR UPDATE", (task_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no task {task_id}")
+        last_seq = row[0]
+    seq = last_seq
+    events = []
+    for item in new:
+        seq += 1
+        events.append(Event(task_id, seq, now, item.type, item.data))
+    with conn.cursor() as cur:  # executemany pipelines the inserts: one round trip, not n
+        cur.executemany(
+            "INSERT INTO events (task_id, seq, ts, type, data) VALUES (%s, %s, %s, %s, %s)",
+            [(e.task_id, e.seq, e.ts, e.type, _dumps(e.data)) for e in events],
+        )
+    conn.execute("UPDATE tasks SET last_seq = %s WHERE id = %s", (seq, task_id))
+    return events
+
+
+def read_events(conn: Connection, task_id: str, after: int, limit: int) -> list[Event]:
+    rows = conn.execute(
+        "SELECT seq, ts, type, data FROM events WHERE task_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+        (task_id, after, limit),
+    ).fetchall()
+    return [Event(task_id, seq, ts, etype, json.loads(data)) for seq, ts, etype, data in rows]
+
+
+# -- conversation -------------------------------------------------------------------------------
+
+def append_message(conn: Connection, task_id: str, role: str, content: Any, now: float,
+                   stop_reason: str | None = None) -> int:
+    # The task row lock makes "next index" safe when two nodes append (a taken-over task).
+    conn.execute("SELECT 1 FROM tasks WHERE id = %s FOR UPDATE", (task_id,))
+    idx = conn.execute(
+        "SELECT COALESCE(MAX(idx), -1) + 1 FROM messages WHERE task_id = %s", (task_id,)
+    ).fetchone()[0]
+    conn.execute(
+        "INSERT INTO messages (task_id, idx, role, content, created_at, stop_reason) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        (task_id, idx, role, _dumps(content), now, stop_reason),
+    )
+    return idx
+
+
+def list_messages(conn: Connection, task_id: str) -> list[dict[str, Any]]:
+    """The conversation in Anthropic's shape; assistant turns also say why they stopped."""
+    rows = conn.execute(
+        "SELECT role, content, stop_reason FROM messages WHERE task_id = %s ORDER BY idx", (task_id,)
+    ).fetchall()
+    turns = []
+    for role, content, stop_reason in rows:
+        turn: dict[str, Any] = {"role": role, "content": json.loads(content)}
+        if stop_reason is not None:
+            turn["stop_reason"] = stop_reason
+        turns.append(turn)
+    return turns
+
+
+def start_tool_call(conn: Connection, task_id: str, tool_use_id: str, name: str, tool_input: Any,
+                    now: float) -> None:
+    conn.execute(
+        "INSERT INTO tool_calls (task_id, tool_use_id, name, input, status, started_at) "
+        "VALUES (%s, %s, %s, %s, 'started', %s) ON CONFLICT DO NOTHING",
+        (task_id, tool_use_id, name, _dumps(tool_input), now),
+    )
+
+
+def finish_tool_call(conn: Connection, task_id: str, tool_use_id: str, output: str, is_error: bool,
+                     now: float) -> None:
+    conn.execute(
+        "UPDATE tool_calls SET status = 'done', output = %s, is_error = %s, finished_at = %s "
+        "WHERE task_id = %s AND tool_use_id = %s",
+        (_text(output), bool(is_error), now, task_id, tool_use_id),
+    )
+
+
+def list_tool_calls(conn: Connection, task_id: str) -> list[dict[str, Any]]:
+    # Ties on started_at (one turn's calls share a clock reading) fall back to the key, the
+    # order SQLite's primary-key scan gives.
+    rows = conn.execute(
+        "SELECT tool_use_id, name, input, status, output, is_error FROM tool_calls "
+        "WHERE task_id = %s ORDER BY started_at, tool_use_id", (task_id,)
+    ).fetchall()
+    return [
+        {"id": tid, "name": name, "input": json.loads(inp), "status": status, "output": out,
+         "is_error": err}
+        for tid, name, inp, status, out, err in rows
+    ]
+
+
+def add_input(conn: Connection, task_id: str, text: str, now: float) -> list[Event]:
+    """Keep a user message for the agent's next turn, and say so with a ``user.message`` event."""
+    task = require_task(conn, task_id, lock=True)
+    conn.execute(
+        "INSERT INTO inbox (task_id, text, created_at) VALUES (%s, %s, %s)", (task_id, _text(text), now)
+    )
+    return append_events(conn, task_id, [NewEvent("user.message", {"text": text})], now=now,
+                         last_seq=task.last_seq)
+
+
+def take_inputs(conn: Connection, task_id: str, now: float) -> list[str]:
+    # One UPDATE ... RETURNING: a message taken by another node at the same moment is skipped
+    # here (the row is re-checked after its lock is released), so each is given exactly once.
+    rows = conn.execute(
+        "UPDATE inbox SET taken_at = %s WHERE task_id = %s AND taken_at IS NULL RETURNING id, text",
+        (now, task_id),
+    ).fetchall()
+    return [text for _, text in sorted(rows)]
+
+
+def pending_inputs(conn: Connection, task_id: str) -> int:
+    return conn.execute(
+        "SELECT COUNT(*) FROM inbox WHERE task_id = %s AND taken_at IS NULL", (task_id,)
+    ).fetchone()[0]
+
+
+# -- users and tokens ---------------------------------------------------------------------------
+
+def upsert_user(conn: Connection, login: str, now: float, *, github_id: int | None = None,
+                name: str | None = None, is_operator: bool | None = None) -> User:
+    row = conn.execute(
+        "INSERT INTO users (login, github_id, name, is_operator, created_at, updated_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (login) DO UPDATE SET "
+        "github_id = COALESCE(excluded.github_id, users.github_id), "
+        "name = COALESCE(excluded.name, users.name), "
+        "is_operator = CASE WHEN %s::boolean IS NULL THEN users.is_operator ELSE excluded.is_operator END, "
+        f"disabled = false, updated_at = excluded.updated_at RETURNING {_USER_COLUMNS}",
+        (login, github_id, name, bool(is_operator), now, now, is_operator),
+    ).fetchone()
+    return user_from_row(row)
+
+
+def user_by_login(conn: Connection, login: str) -> User | None:
+    row = conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE login = %s", (login,)).fetchone()
+    return user_from_row(row) if row else None
+
+
+def user_by_id(conn: Connection, user_id: int) -> User | None:
+    row = conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = %s", (user_id,)).fetchone()
+    return user_from_row(row) if row else None
+
+
+def list_users(conn: Connection) -> list[User]:
+    rows = conn.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY id").fetchall()
+    return [user_from_row(r) for r in rows]
+
+
+def insert_token(conn: Connection, user_id: int, token_hash: str, now: float,
+                 expires_at: float | None, label: str | None) -> None:
+    conn.execute(
+        "INSERT INTO api_tokens (user_id, token_hash, label, created_at, expires_at) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (user_id, token_hash, label, now, expires_at),
+    )
+
+
+def user_by_token_hash(conn: Connection, token_hash: str, now: float) -> User | None:
+    row = conn.execute(
+        f"SELECT {', '.join('u.' + c.strip() for c in _USER_COLUMNS.split(','))} "
+        "FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = %s "
+        "AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > %s) AND NOT u.disabled",
+        (token_hash, now),
+    ).fetchone()
+    return user_from_row(row) if row else None
+
+
+def revoke_user(conn: Connection, login: str, now: float) -> int:
+    """Revoke the user's tokens and disable the user; returns how many tokens were revoked."""
+    user = user_by_login(conn, login)
+    if user is None:
+        raise NotFound(f"no user {login}")
+    revoked = conn.execute(
+        "UPDATE api_tokens SET revoked_at = %s WHERE user_id = %s AND revoked_at IS NULL", (now, user.id)
+    ).rowcount
+    conn.execute("UPDATE users SET disabled = true, updated_at = %s WHERE id = %s", (now, user.id))
+    return revoked
+
+
+def set_github_token(conn: Connection, user_id: int, token_enc: bytes | None, now: float) -> None:
+    conn.execute(
+        "UPDATE users SET github_token_enc = %s, updated_at = %s WHERE id = %s", (token_enc, now, user_id)
+    )
+
+
+def github_token_enc(conn: Connection, user_id: int) -> bytes | None:
+    row = conn.execute("SELECT github_token_enc FROM users WHERE id = %s", (user_id,)).fetchone()
+    return bytes(row[0]) if row and row[0] is not None else None

@@ -16,8 +16,9 @@ from typing import Any, Iterable, Sequence
 
 from psycopg import Connection
 
-from ..errors import InvalidTransition, NotFound
-from ..states import TaskStatus, check_transition
+from ..errors import NotFound
+from ..states import TaskStatus
+from .lifecycle import created_events, plan_transition
 from .models import Event, NewEvent, Task, Usage, User
 
 # Row decoding is backend-neutral (same columns, same JSON text); shared, not copied.
@@ -88,10 +89,7 @@ def insert_task(
             (user_id, idempotency_key),
         ).fetchone()
         return task_from_row(existing), [], False
-    events = append_events(conn, task_id, [
-        NewEvent("task.created", {"repo_url": repo_url, "prompt": prompt, "base_branch": base_branch}),
-        NewEvent("task.status", {"status": "queued", "attempt": 0}),
-    ], now=now, last_seq=0)
+    events = append_events(conn, task_id, created_events(repo_url, prompt, base_branch), now=now, last_seq=0)
     return require_task(conn, task_id), events, True
 
 
@@ -108,35 +106,20 @@ def transition(
     attempt_delta: int = 0,
     events_before: Iterable[NewEvent] = (),
 ) -> tuple[Task, list[Event]]:
-    """Change a task's status, validated on the locked row, with its status events."""
+    """Change a task's status, validated, with its ``task.status`` (and ``task.finished``) events."""
     task = require_task(conn, task_id, lock=True)
-    if expect is not None and task.status != expect:
-        raise InvalidTransition(f"task {task_id} is {task.status.value}, not {expect.value}")
-    check_transition(task.status, target)
-    attempt = task.attempt + attempt_delta
-    started_at = now if target is TaskStatus.RUNNING else task.started_at
-    finished_at = now if target.is_terminal else None
+    changed, new = plan_transition(
+        task, target, now=now, expect=expect, reason=reason, error=error, due_at=due_at,
+        attempt_delta=attempt_delta, events_before=events_before,
+    )
     conn.execute(
         "UPDATE tasks SET status = %s, attempt = %s, reason = %s, error = %s, due_at = %s, "
         "started_at = %s, finished_at = %s, updated_at = %s WHERE id = %s",
-        (target.value, attempt, _text(reason), _text(error), due_at, started_at, finished_at, now,
-         task_id),
+        (target.value, changed.attempt, _text(changed.reason), _text(changed.error), changed.due_at,
+         changed.started_at, changed.finished_at, now, task_id),
     )
-    status_data: dict[str, Any] = {"status": target.value, "attempt": attempt}
-    if reason:
-        status_data["reason"] = reason
-    new = [*events_before, NewEvent("task.status", status_data)]
-    if target.is_terminal:
-        finished: dict[str, Any] = {"status": target.value}
-        if error or reason:
-            finished["error"] = error or reason
-        new.append(NewEvent("task.finished", finished))
     events = append_events(conn, task_id, new, now=now, last_seq=task.last_seq)
-    changed = dataclasses.replace(
-        task, status=target, attempt=attempt, reason=reason, error=error, due_at=due_at,
-        started_at=started_at, finished_at=finished_at, updated_at=now, last_seq=events[-1].seq,
-    )
-    return changed, events
+    return dataclasses.replace(changed, last_seq=events[-1].seq), events
 
 
 def update_task(conn: Connection, task_id: str, now: float, **fields: Any) -> Task:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, machine
 from redis_server import redis_server
+from ws_rows import ws_suite
 
 BENCH = ROOT / "bench"
 PEERS_VENV = BENCH / ".venv-peers"
@@ -283,8 +284,9 @@ def restart_suite(size: dict[str, Any]) -> list[Row]:
 
 SUITES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "queue": queue_suite, "durable": durable_suite, "appends": appends_suite, "restart": restart_suite,
+    "ws": lambda size: ws_suite(size, Row=Row, run_step=run_step, py=py),  # bench/ws_rows.py
 }
-NEEDS_PEERS = {"queue", "durable"}
+NEEDS_PEERS = {"queue", "durable", "ws"}
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -338,7 +340,7 @@ def main() -> None:
     rows: list[Row] = []
     for name in chosen:
         rows.extend(SUITES[name](size))
-    rows.extend(PENDING)
+    rows.extend([] if "ws" in chosen else PENDING)
     block = render(rows, size_name, time.perf_counter() - began)
     print(block)
     if args.json_out:

@@ -23,11 +23,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon.config import Settings  # noqa: E402
-from daemon.service import Daemon  # noqa: E402
-from daemon.store import NewEvent  # noqa: E402
-from daemon.supervisor.runner import NoopRunner  # noqa: E402
-from daemon.tokens import hash_token, new_token  # noqa: E402
+from daemon.config import Settings
+from daemon.service import Daemon
+from daemon.store import NewEvent
+from daemon.supervisor.runner import NoopRunner
+from daemon.tokens import hash_token, new_token
 
 BATCH = 1  # one event per append, as the agent loop emits them
 

@@ -1,0 +1,152 @@
+"""agentd under test for the WebSocket benchmarks: the real daemon, events through the real store.
+
+``Daemon.serve`` runs as ``agentd serve`` would (store, supervisor, Hypercorn + Quart-Trio, the
+``/ws`` route), with a bench-only runner: each of the ``--tasks`` tasks is admitted by the
+supervisor and stays ``running``; on an ``emit`` command every chosen task appends
+``agent.text`` events at ``rate`` per second through its ``RunContext.emit`` (that is,
+``store.append_events``: group commit, then the hub, then the WebSocket fan-out), each carrying
+its send time ``data.t`` (CLOCK_MONOTONIC) taken just before the append, and ``data.due``,
+when it was scheduled (later than that when the loop falls behind). Driven by
+``ws_delivery.py`` over stdin/stdout with the same JSON lines as ``ws_peer_server.py``.
+
+    .venv/bin/python bench/ws_agentd_server.py --tasks 1000 --users 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ws_common import Histogram, now, raise_fd_limit
+
+from daemon.config import Settings
+from daemon.service import Daemon
+from daemon.supervisor import RunContext, RunResult
+from daemon.tokens import hash_token, new_token
+
+
+class EmitterRunner:
+    """Keeps every admitted task running (parked) until the bench ends; emission is driven
+    from outside through each task's own ``RunContext``."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.contexts: dict[str, RunContext] = {}
+        self.all_running = trio.Event()
+        self.finish = trio.Event()
+        if expected == 0:
+            self.all_running.set()
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        self.contexts[ctx.task.id] = ctx
+        if len(self.contexts) >= self.expected:
+            self.all_running.set()
+        await self.finish.wait()
+        return RunResult()
+
+
+async def emit(runner: EmitterRunner, task_ids: list[str], start: float, seconds: float,
+               rate: float, window: tuple[float, float]) -> dict[str, Any]:
+    late, lag = Histogram(), Histogram()
+    count = in_window = 0
+
+    async def one(ctx: RunContext, phase: float) -> None:
+        nonlocal count, in_window
+        k = 0
+        end = start + seconds
+        while True:
+            target = start + phase + k / rate
+            if target >= end:
+                return
+            await trio.sleep(max(0.0, target - now()))
+            t = now()
+            late.add(t - target)
+            await ctx.emit("agent.text", {"text": f"line {k}", "t": t, "due": target})
+            count += 1
+            in_window += window[0] <= t < window[1]
+            k += 1
+
+    async def sampler() -> None:
+        while True:
+            t = now()
+            await trio.sleep(0.01)
+            lag.add(now() - t - 0.01)
+
+    async with trio.open_nursery() as outer:
+        outer.start_soon(sampler)
+        async with trio.open_nursery() as nursery:
+            for i, task_id in enumerate(task_ids):
+                nursery.start_soon(one, runner.contexts[task_id], i / len(task_ids) / rate)
+        outer.cancel_scope.cancel()
+    return {"emitted": count, "in_window": in_window, "late": late.summary(), "lag": lag.summary()}
+
+
+async def main(tasks: int, users: int, max_fds: int) -> None:
+    raise_fd_limit(max_fds)
+    tmp = Path(tempfile.mkdtemp(prefix="agentd-wsbench-", dir="/tmp"))
+    settings = Settings(
+        data_dir=tmp / "data", http="127.0.0.1:0", control_socket=tmp / "c.sock",
+        concurrency=max(4, min(1024, tasks)), grace_period_s=0.0,
+        # Many phones of few users connect at once: the per-user subscribe limit must not bite.
+        rate_subscribes_burst=1_000_000, rate_subscribes_per_min=1e9,
+        log_level="WARNING",
+    )
+    runner = EmitterRunner(tasks)
+    daemon = Daemon(settings, runner=runner)
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    async with trio.open_nursery() as nursery:
+        (url,) = await nursery.start(daemon.serve)
+        store, supervisor = daemon.store, daemon.supervisor
+        tokens, user_ids = [], []
+        for i in range(users):
+            user = await store.upsert_user(f"bench{i}")
+            token = new_token()
+            await store.add_token(user.id, hash_token(token))
+            tokens.append(token)
+            user_ids.append(user.id)
+        ids = []
+        for i in range(tasks):
+            task, _ = await supervisor.submit(user_id=user_ids[i % users], repo_url="file:///bench",
+                                              prompt=f"bench {i}")
+            ids.append(task.id)
+        with trio.fail_after(120):
+            await runner.all_running.wait()
+        afters = [(await store.get_task(task_id)).last_seq for task_id in ids]
+        print(json.dumps({"ready": True, "url": url.replace("http", "ws", 1) + "/ws", "tokens": tokens,
+                          "tasks": [[t, i % users, a] for i, (t, a) in enumerate(zip(ids, afters))]}),
+              flush=True)
+        buffer = b""
+        while True:
+            chunk = await stdin.receive_some(65536)
+            if not chunk:
+                break
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                cmd = json.loads(line)
+                if cmd["cmd"] == "emit":
+                    result = await emit(runner, ids[:cmd["tasks"]], cmd["start"], cmd["seconds"], cmd["rate"],
+                                          (cmd.get("w0", 0.0), cmd.get("w1", float("inf"))))
+                    print(json.dumps(result), flush=True)
+        runner.finish.set()
+        daemon.request_stop()
+        daemon.request_stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=1)
+    parser.add_argument("--users", type=int, default=1)
+    parser.add_argument("--max-fds", type=int, default=20_000)
+    args = parser.parse_args()
+    trio.run(main, args.tasks, args.users, args.max_fds)

@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench system-deps clean
+.PHONY: demo test bench bench-quick system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ demo: system-deps $(STAMP)
 test: system-deps $(STAMP)
 	$(VENV)/bin/pytest -q
 
+# Every benchmark side by side with its peers; writes the results table into README.md.
 bench: system-deps $(STAMP)
-	$(VENV)/bin/python bench/queue_throughput.py
+	$(VENV)/bin/python bench/run_all.py --write-readme
+
+bench-quick: $(STAMP)
+	$(VENV)/bin/python bench/run_all.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

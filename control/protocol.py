@@ -161,7 +161,9 @@ def encode_end(id: int, **kw: Any) -> bytes:
 def _load_object(line: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: bad UTF-8, bad JSON, an integer of more than 4300 digits;
+        # RecursionError: nested deeper than the parser goes.
         raise ProtocolError(f"line is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise ProtocolError(f"a message must be a JSON object, not {type(obj).__name__}")

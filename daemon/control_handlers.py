@@ -24,6 +24,33 @@ class BadArguments(AgentdError):
     code = "bad_arguments"
 
 
+MAX_INT = 2**63 - 1  # what the store can hold; beyond it SQLite cannot even compare
+
+
+def _int_arg(args: dict[str, Any], name: str, default: int, *, low: int, high: int = MAX_INT) -> int:
+    """``args[name]`` as a whole number in [low, high] (a number or its digits); ``default``
+    when it is missing, empty or 0; anything else is ``BadArguments`` naming the argument."""
+    value = args.get(name)
+    if value is None or value == "" or value == 0:
+        return default
+    if not isinstance(value, bool) and isinstance(value, (int, str)):
+        try:
+            number = int(value)
+        except ValueError:
+            pass
+        else:
+            if low <= number <= high:
+                return number
+    raise BadArguments(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+
+
+def _str_arg(args: dict[str, Any], name: str) -> str | None:
+    value = args.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise BadArguments(f"{name} must be a string, got {value!r}")
+
+
 def _task_row(task: Task) -> dict[str, Any]:
     return task.public()
 
@@ -54,7 +81,7 @@ def make_handlers(daemon: "Daemon") -> dict[str, Callable[..., Any]]:
     async def tasks_list(args: dict[str, Any]) -> list[dict[str, Any]]:
         store, _, _ = parts()
         statuses = None
-        if args.get("status"):
+        if _str_arg(args, "status"):
             try:
                 statuses = [TaskStatus(args["status"])]
             except ValueError:
@@ -62,18 +89,18 @@ def make_handlers(daemon: "Daemon") -> dict[str, Callable[..., Any]]:
                     f"unknown status {args['status']!r}; one of {', '.join(s.value for s in TaskStatus)}"
                 ) from None
         user_id = None
-        if args.get("user"):
+        if _str_arg(args, "user"):
             user = await store.user_by_login(args["user"])
             if user is None:
                 raise NotFound(f"no user {args['user']}")
             user_id = user.id
-        limit = int(args.get("limit") or 100)
+        limit = _int_arg(args, "limit", 100, low=1)
         rows = await store.list_tasks(user_id=user_id, statuses=statuses, limit=limit)
         return [_task_row(task) for _, task in rows]
 
     async def _task(args: dict[str, Any]) -> Task:
         store, _, _ = parts()
-        task_id = args.get("id")
+        task_id = _str_arg(args, "id")
         if not task_id:
             raise BadArguments("a task id is required")
         task = await store.get_task(task_id)
@@ -97,7 +124,10 @@ def make_handlers(daemon: "Daemon") -> dict[str, Callable[..., Any]]:
     async def tasks_tail(args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         _, _, hub = parts()
         task = await _task(args)
-        async for event in hub.follow(task.id, int(args.get("after") or 0)):
+        after = _int_arg(args, "after", 0, low=0)
+        if task.status.is_terminal and after >= task.last_seq:
+            return  # it has ended, and there is nothing after `after` to show: follow nothing
+        async for event in hub.follow(task.id, after):
             yield event.wire()
             if event.type == "task.finished":
                 return
@@ -117,7 +147,7 @@ def make_handlers(daemon: "Daemon") -> dict[str, Callable[..., Any]]:
         try:
             limit = int(args.get("n"))  # type: ignore[arg-type]
             supervisor.set_concurrency(limit)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise BadArguments(f"concurrency must be a whole number >= 1, got {args.get('n')!r}") from None
         return supervisor.stats()
 

@@ -225,3 +225,28 @@ async def test_requeue_a_failed_task_gives_it_fresh_attempts(autojump_clock, sto
         await wait_status(hub, task.id, TaskStatus.FAILED)
         again = await sup.requeue(task.id, reason="retried by operator", fresh_attempts=True)
         assert again.status is TaskStatus.QUEUED and again.attempt == 0
+
+
+async def test_follow_ups_racing_cancels_never_crash_the_supervisor(store, hub, alice, autojump_clock):
+    """What the phone does: send a follow-up, then cancel, again and again (found by fuzzing)."""
+    runner = SucceedAfter(0)
+    async with running_supervisor(store, hub, runner) as sup:
+        task = await submit(sup, alice)
+        for round_no in range(300):
+            await store.add_input(task.id, f"more {round_no}")
+            current = await store.get_task(task.id)
+            if current.status.is_terminal:
+                try:
+                    await sup.requeue(task.id, reason="follow-up", fresh_attempts=True)
+                except InvalidTransition:
+                    pass
+            if round_no % 3:
+                await trio.sleep(0)
+            try:
+                cancelled = await sup.cancel(task.id)
+            except InvalidTransition:
+                continue
+            assert cancelled.status is TaskStatus.CANCELLED
+        assert sup.stats()["running"] in (0, 1)
+    events = await store.read_events(task.id, 0, 100_000)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))

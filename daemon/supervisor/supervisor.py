@@ -150,9 +150,11 @@ class Supervisor:
 
     async def cancel(self, task_id: str) -> Task:
         """Cancel a task in any non-final state; a running one is stopped and then recorded."""
-        running = self._running.get(task_id)
-        if running is not None:
+        # Loop: an attempt that ends as the cancel arrives may queue the task again (a user
+        # message was waiting) and a new attempt may be admitted before we look again.
+        while (running := self._running.get(task_id)) is not None:
             running.why_cancelled = "cancel"
+            running.queued_again = False
             running.scope.cancel()
             await running.done.wait()
             task = await self._require(task_id)
@@ -239,6 +241,7 @@ class Supervisor:
         logs.bind_task(running.task_id)  # every log line of this Trio task (and its children)
         try:
             outcome: RunResult | BaseException | None = None
+            task: Task | None = None
             with running.scope:
                 running.scope.deadline = trio.current_time() + self.max_duration_s
                 try:
@@ -256,13 +259,29 @@ class Supervisor:
                 except Exception as exc:
                     log.exception("task %s: runner crashed", running.task_id)
                     outcome = PermanentError(f"internal error: {type(exc).__name__}: {exc}")
-            await self._record(running, task, outcome)
+            try:
+                if task is None:  # stopped before it could start: the task is still queued
+                    await self._not_started(running)
+                else:
+                    await self._record(running, task, outcome)
+            except InvalidTransition as exc:
+                # Someone changed the task while this attempt ended (a cancel, a retry): their
+                # change stands. One task's race must never take the supervisor down.
+                log.warning("task %s: outcome not recorded: %s", running.task_id, exc.message)
         finally:
             del self._running[running.task_id]
             if running.queued_again:
                 self._queue.push(running.user_id, running.task_id)
             running.done.set()
             self._kick()
+
+    async def _not_started(self, running: _Running) -> None:
+        """An attempt cancelled while it was being started (before ``running`` was written)."""
+        if running.why_cancelled == "cancel":
+            await self.store.transition(running.task_id, TaskStatus.CANCELLED, expect=TaskStatus.QUEUED,
+                                        reason="cancelled by request")
+        elif running.why_cancelled is None:
+            running.queued_again = True  # not our doing: let it have its turn again
 
     async def _record(self, running: _Running, task: Task, outcome: RunResult | BaseException | None) -> None:
         transition = self.store.transition

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from quart import Quart, jsonify
+from quart import Quart, jsonify, request
 from quart_schema import RequestSchemaValidationError
+from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from ..errors import AgentdError, Forbidden, InvalidTransition, NotFound, PermanentError
@@ -58,7 +59,48 @@ def _describe_validation(exc: RequestSchemaValidationError) -> str:
     return str(cause) or "invalid request"
 
 
+class JSONBodyRequest(TrioRequest):
+    """Quart-Trio's request, where every unreadable JSON body is a 400, never a crash.
+
+    Quart turns only a ``ValueError`` from the JSON parser into a 400: a body that is not
+    UTF-8 fails before the parser, and one nested deeper than the parser's recursion limit
+    raises ``RecursionError`` from it.
+    """
+
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        try:
+            return await super().get_json(force=force, silent=silent, cache=cache)
+        except (UnicodeDecodeError, RecursionError) as exc:
+            if silent:
+                return None
+            return self.on_json_loading_failed(exc)
+
+
+def _body_left_unread() -> bool:
+    """The request declared a body that the app did not receive to its end.
+
+    Hypercorn stops reading a connection while a request's body waits unread, so a response
+    that leaves one behind on a kept-alive connection stalls the client's next request there.
+    """
+    declared = (request.content_length or 0) > 0 or "chunked" in request.headers.get(
+        "Transfer-Encoding", "").lower()
+    if not declared:
+        return False
+    body = request.body
+    complete = getattr(body, "_complete", None)
+    return complete is None or not complete.is_set() or getattr(body, "_must_raise", None) is not None
+
+
 def register_error_handlers(app: Quart) -> None:
+    app.request_class = JSONBodyRequest
+
+    @app.after_request
+    async def close_if_body_unread(response):
+        # As for a 413: this connection cannot carry another request.
+        if _body_left_unread():
+            response.headers["Connection"] = "close"
+        return response
+
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError):
         return _response(exc.status, exc.code, exc.message, exc.headers)

@@ -21,6 +21,7 @@ from ..states import TaskStatus
 from ..store import Task
 from .auth import require_user
 from .errors import ApiError
+from .session import MAX_SEQ
 
 if TYPE_CHECKING:
     from .app import WebState
@@ -56,7 +57,7 @@ class ListQuery(BaseModel):
 
 
 class EventsQuery(BaseModel):
-    after: int = Field(0, ge=0)
+    after: int = Field(0, ge=0, le=MAX_SEQ)
     limit: int = Field(200, ge=1, le=1000)
 
 

@@ -31,6 +31,7 @@ CLOSE_INTERNAL = 1011
 CLOSE_AUTH_FAILED = 4401  # no valid token, auth timeout, token revoked or expired
 
 REPLAY_PAGE = 200
+MAX_SEQ = 2**63 - 1  # seq is a 64-bit integer in the store: no event is beyond it
 
 
 class State(enum.Enum):
@@ -123,15 +124,15 @@ class Session:
 
     # -- from the client -----------------------------------------------------------------------
 
-    async def handle(self, raw: str | bytes) -> None:
+    async def handle(self, raw: str | bytes | None) -> None:
         if self.state is State.CLOSED:
             return
-        if isinstance(raw, bytes):
+        if not isinstance(raw, str):  # Quart hands an empty binary frame over as None
             self.close(CLOSE_POLICY, "binary messages are not part of the protocol")
             return
         try:
             message = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             message = None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             if self.state is State.AWAITING_AUTH:
@@ -152,7 +153,7 @@ class Session:
             await self._subscribe(message)
         elif kind == "unsubscribe":
             task_id = message.get("task_id")
-            if task_id in self.subs:
+            if isinstance(task_id, str) and task_id in self.subs:
                 self._drop(self.subs.pop(task_id))
         elif kind == "subscribe_tasks":
             if self._rate_limited(None):
@@ -175,7 +176,7 @@ class Session:
             return
         if after is None:
             after = 0
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ:
             self.error("invalid_message", "after must be a non-negative integer", task_id)
             return
         if self._rate_limited(task_id):

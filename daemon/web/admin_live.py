@@ -36,6 +36,7 @@ from quart import Blueprint, websocket
 
 from ..store import Event
 from .auth import bearer_token
+from .session import MAX_SEQ
 from .fanout import STATUS_EVENTS, encode
 
 if TYPE_CHECKING:
@@ -143,8 +144,8 @@ class _Link:
             return
         if after is None:
             after = 0
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            await self.error("invalid_message", "after must be a non-negative integer", task_id)
+        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ:
+            await self.error("invalid_message", f"after must be an integer from 0 to {MAX_SEQ}", task_id)
             return
         if task_id not in self.subs and len(self.subs) >= MAX_SUBSCRIPTIONS:
             await self.error("too_many_subscriptions",

@@ -56,7 +56,7 @@ async def test_tasks_attempts_retries_tokens_and_cost_are_counted(store, hub, al
         for task in tasks:
             await wait_status(hub, task.id, TaskStatus.SUCCEEDED)
         # The last attempt lets go of its slot just after its final event is published.
-        await trio.testing.wait_all_tasks_blocked()
+        await supervisor.wait_idle()
         await metrics.refresh()
         types, samples = scrape(metrics)
 

@@ -1,18 +1,20 @@
 """The store: every durable fact of agentd behind one narrow, typed, async interface.
 
-The supervisor, API and agent loop use only the methods of ``SqliteStore`` (tasks, events,
-conversation, tool calls, users, tokens); SQLite specifics (apsw, PRAGMAs, the single writer)
-stay inside ``sqlite*.py`` so that another backend can take its place.
+The supervisor, API and agent loop use only the methods of ``Store`` (``StoreBase``: tasks,
+events, conversation, tool calls, users, tokens). Each backend supplies its runners and queries
+module beneath it: SQLite (apsw, PRAGMAs, the single writer) in ``sqlite*.py``, PostgreSQL in
+``postgres*.py``.
 """
 
+from .base import StoreBase
 from .models import Event, NewEvent, Task, Usage, User, new_task_id
 from .sqlite import DataDirLocked, SqliteStore
 
-Store = SqliteStore
+Store = StoreBase
 
 __all__ = [
-    "DataDirLocked", "Event", "NewEvent", "SqliteStore", "Store", "Task", "Usage", "User",
-    "new_task_id",
+    "DataDirLocked", "Event", "NewEvent", "SqliteStore", "Store", "StoreBase", "Task", "Usage",
+    "User", "new_task_id",
 ]
 
 
@@ -32,7 +34,7 @@ async def open_store(data_dir, url: str | None = None) -> Store:
         # Imported here so that psycopg is needed only by those who choose PostgreSQL.
         from .postgres import PostgresStore
 
-        return await PostgresStore.open(url)  # type: ignore[return-value]
+        return await PostgresStore.open(url)
     scheme = url.split("://", 1)[0] if "://" in url else url
     raise ConfigError(
         f"store: unsupported store {scheme!r}; leave it unset for SQLite in the data dir, "

@@ -1,4 +1,4 @@
-"""The PostgreSQL backend of the store: the same interface as ``SqliteStore``, for several daemons.
+"""The PostgreSQL backend of the store (``StoreBase``), for one database several daemons share.
 
 psycopg 3 is a blocking driver; every query runs on a worker thread (``trio.to_thread``) with a
 connection from a ``psycopg_pool.ConnectionPool``, and a ``trio.CapacityLimiter`` as large as
@@ -12,12 +12,11 @@ be serialized with row locks (see ``postgres_queries``), which also holds across
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import psycopg
 import trio
@@ -25,18 +24,15 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from ..errors import ConfigError, PermanentError
-from ..states import TaskStatus
 from . import postgres_queries as q
-from .models import Event, NewEvent, Task, User, new_task_id
+from .base import StoreBase
+from .models import Event
 from .postgres_schema import LATEST, migrate, schema_version
 
 # The test clock's "work in flight" counter (tests/conftest.py); shared with the SQLite backend.
 from .sqlite_io import _track
 
-log = logging.getLogger(__name__)
-
 T = TypeVar("T")
-EventListener = Callable[[list[Event]], None]
 DEFAULT_POOL_SIZE = 8
 CONNECT_TIMEOUT_S = 10
 SIZE_MAX_AGE_S = 30.0  # how stale size_bytes() may be; refreshed by count_by_status
@@ -60,7 +56,7 @@ def redact(dsn: str) -> str:
     return f"postgresql://{user + '@' if user else ''}{host}{':' + str(port) if port else ''}/{dbname}"
 
 
-class PostgresStore:
+class PostgresStore(StoreBase):
     """Tasks, events, conversations, users and tokens in one PostgreSQL database.
 
     Several stores (in several processes) may share the database: event seqs stay gap-free per
@@ -71,8 +67,10 @@ class PostgresStore:
     """
 
     backend = "postgresql"
+    queries = q
 
     def __init__(self, dsn: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
+        super().__init__()
         self.dsn = dsn
         self.path = redact(dsn)  # what `agentctl status` shows as the database
         self._pool = ConnectionPool(
@@ -81,13 +79,11 @@ class PostgresStore:
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
         )
         self._limiter = trio.CapacityLimiter(pool_size)
-        self._listeners: list[EventListener] = []
         self._order_locks: dict[str, tuple[trio.Lock, list[int]]] = {}
         self._closed = False
         self._size = 0
         self._size_at = -math.inf
         self._on_round_trip: Callable[[float], None] | None = None
-        self.now: Callable[[], float] = time.time
 
     @classmethod
     async def open(cls, dsn: str, **kwargs: Any) -> PostgresStore:
@@ -114,7 +110,7 @@ class PostgresStore:
             raise StoreUnavailable(f"cannot connect to the store {self.path}: {reason}") from None
         with conn:
             migrate(conn)
-            self._size, self._size_at = q.database_size(conn), time.monotonic()
+            self._refresh_size(conn)
         self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
 
     async def aclose(self) -> None:
@@ -128,14 +124,11 @@ class PostgresStore:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._pool.close)
 
-    def add_listener(self, listener: EventListener) -> None:
-        self._listeners.append(listener)
-
     def observe_writes(self, callback: Callable[[float], None]) -> None:
         """Have ``callback(seconds)`` told each write's round trip (the metrics use it)."""
         self._on_round_trip = callback
 
-    # -- running SQL off the Trio thread --------------------------------------------------------
+    # -- running SQL off the Trio thread: the runners of StoreBase ------------------------------
 
     async def _thread(self, fn: Callable[[], T], *, abandon: bool) -> T:
         if self._closed:
@@ -193,186 +186,16 @@ class PostgresStore:
             self._publish(events)
         return result
 
-    def _publish(self, events: list[Event]) -> None:
-        if not events:
-            return
-        for listener in self._listeners:
-            try:
-                listener(events)
-            except Exception:  # a broken listener must not hide the write's result
-                log.exception("event listener failed")
-
-    # -- tasks ----------------------------------------------------------------------------------
-
-    async def create_task(
-        self,
-        *,
-        user_id: int,
-        repo_url: str,
-        prompt: str,
-        base_branch: str | None = None,
-        budget: dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
-    ) -> tuple[Task, bool]:
-        """Insert a queued task; with a known idempotency key return the first one (created=False)."""
-        now = self.now()
-        task_id = new_task_id(now)
-
-        def write(conn: psycopg.Connection) -> tuple[tuple[Task, bool], list[Event]]:
-            task, events, created = q.insert_task(
-                conn, task_id=task_id, user_id=user_id, repo_url=repo_url, prompt=prompt,
-                base_branch=base_branch, budget=budget or {}, idempotency_key=idempotency_key, now=now,
-            )
-            return (task, created), events
-
-        return await self._write_events(task_id, write)
-
-    async def transition(
-        self,
-        task_id: str,
-        target: TaskStatus,
-        *,
-        expect: TaskStatus | None = None,
-        reason: str | None = None,
-        error: str | None = None,
-        due_at: float | None = None,
-        attempt_delta: int = 0,
-        events_before: Sequence[NewEvent] = (),
-    ) -> Task:
-        """Validate and apply a status change, with its events, in one transaction.
-
-        Two nodes changing one task at once: the second waits for the first's commit and is
-        validated against the status it left (``InvalidTransition`` if no longer allowed).
-        """
-        now = self.now()
-        return await self._write_events(task_id, lambda conn: q.transition(
-            conn, task_id, target, now=now, expect=expect, reason=reason, error=error,
-            due_at=due_at, attempt_delta=attempt_delta, events_before=events_before,
-        ))
-
-    async def update_task(self, task_id: str, **fields: Any) -> Task:
-        now = self.now()
-        return await self._write(lambda conn: q.update_task(conn, task_id, now, **fields))
-
-    async def get_task(self, task_id: str) -> Task | None:
-        return await self._read(lambda conn: q.get_task(conn, task_id))
-
-    async def list_tasks(
-        self,
-        *,
-        user_id: int | None = None,
-        statuses: Sequence[TaskStatus] | None = None,
-        before: int | None = None,
-        limit: int = 50,
-        oldest_first: bool = False,
-    ) -> list[tuple[int, Task]]:
-        """Tasks with their cursor value, newest first (``before`` = a cursor from a prior page)."""
-        return await self._read(lambda conn: q.list_tasks(
-            conn, user_id=user_id, statuses=statuses, before_seqno=before, limit=limit,
-            oldest_first=oldest_first,
-        ))
+    # -- what differs from StoreBase ------------------------------------------------------------
 
     async def count_by_status(self) -> dict[str, int]:
         """Task counts by status; also refreshes ``size_bytes()`` when it is stale."""
-        def read(conn: psycopg.Connection) -> dict[str, int]:
-            if time.monotonic() - self._size_at > SIZE_MAX_AGE_S:
-                self._size, self._size_at = q.database_size(conn), time.monotonic()
-            return q.count_by_status(conn)
+        if time.monotonic() - self._size_at > SIZE_MAX_AGE_S:
+            await self._read(self._refresh_size)
+        return await super().count_by_status()
 
-        return await self._read(read)
-
-    # -- events ---------------------------------------------------------------------------------
-
-    async def append_events(self, task_id: str, new: Sequence[NewEvent]) -> list[Event]:
-        now = self.now()
-
-        def write(conn: psycopg.Connection) -> tuple[list[Event], list[Event]]:
-            events = q.append_events(conn, task_id, new, now=now)
-            return events, events
-
-        return await self._write_events(task_id, write)
-
-    async def read_events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
-        return await self._read(lambda conn: q.read_events(conn, task_id, after, limit))
-
-    # -- conversation ---------------------------------------------------------------------------
-
-    async def append_message(self, task_id: str, role: str, content: Any, *,
-                             stop_reason: str | None = None) -> int:
-        """Append one turn of the conversation; returns its index."""
-        now = self.now()
-        return await self._write(
-            lambda conn: q.append_message(conn, task_id, role, content, now, stop_reason)
-        )
-
-    async def list_messages(self, task_id: str) -> list[dict[str, Any]]:
-        return await self._read(lambda conn: q.list_messages(conn, task_id))
-
-    async def start_tool_call(self, task_id: str, tool_use_id: str, name: str, tool_input: Any) -> None:
-        now = self.now()
-        await self._write(lambda conn: q.start_tool_call(conn, task_id, tool_use_id, name, tool_input, now))
-
-    async def finish_tool_call(self, task_id: str, tool_use_id: str, output: str, is_error: bool) -> None:
-        now = self.now()
-        await self._write(lambda conn: q.finish_tool_call(conn, task_id, tool_use_id, output, is_error, now))
-
-    async def list_tool_calls(self, task_id: str) -> list[dict[str, Any]]:
-        return await self._read(lambda conn: q.list_tool_calls(conn, task_id))
-
-    async def add_input(self, task_id: str, text: str) -> Event:
-        """Keep a user message for the agent (answer, follow-up) with its ``user.message`` event."""
-        now = self.now()
-
-        def write(conn: psycopg.Connection) -> tuple[Event, list[Event]]:
-            events = q.add_input(conn, task_id, text, now)
-            return events[0], events
-
-        return await self._write_events(task_id, write)
-
-    async def take_inputs(self, task_id: str) -> list[str]:
-        """The user messages not yet given to the agent, oldest first; they count as given."""
-        now = self.now()
-        return await self._write(lambda conn: q.take_inputs(conn, task_id, now))
-
-    async def pending_inputs(self, task_id: str) -> int:
-        """How many user messages wait for the agent."""
-        return await self._read(lambda conn: q.pending_inputs(conn, task_id))
-
-    # -- users and tokens -----------------------------------------------------------------------
-
-    async def upsert_user(self, login: str, **fields: Any) -> User:
-        now = self.now()
-        return await self._write(lambda conn: q.upsert_user(conn, login, now, **fields))
-
-    async def user_by_id(self, user_id: int) -> User | None:
-        return await self._read(lambda conn: q.user_by_id(conn, user_id))
-
-    async def set_github_token(self, user_id: int, token_enc: bytes | None) -> None:
-        """Store the user's GitHub token, already encrypted by the caller (never plain text)."""
-        now = self.now()
-        await self._write(lambda conn: q.set_github_token(conn, user_id, token_enc, now))
-
-    async def github_token_enc(self, user_id: int) -> bytes | None:
-        return await self._read(lambda conn: q.github_token_enc(conn, user_id))
-
-    async def user_by_login(self, login: str) -> User | None:
-        return await self._read(lambda conn: q.user_by_login(conn, login))
-
-    async def list_users(self) -> list[User]:
-        return await self._read(q.list_users)
-
-    async def add_token(self, user_id: int, token_hash: str, *, expires_at: float | None = None,
-                        label: str | None = None) -> None:
-        now = self.now()
-        await self._write(lambda conn: q.insert_token(conn, user_id, token_hash, now, expires_at, label))
-
-    async def user_by_token_hash(self, token_hash: str) -> User | None:
-        now = self.now()
-        return await self._read(lambda conn: q.user_by_token_hash(conn, token_hash, now))
-
-    async def revoke_user(self, login: str) -> int:
-        now = self.now()
-        return await self._write(lambda conn: q.revoke_user(conn, login, now))
+    def _refresh_size(self, conn: psycopg.Connection) -> None:
+        self._size, self._size_at = q.database_size(conn), time.monotonic()
 
     # -- maintenance ----------------------------------------------------------------------------
 
@@ -388,7 +211,7 @@ class PostgresStore:
         """"ok" when the database answers and its schema is this agentd's; else what is wrong."""
         def check(conn: psycopg.Connection) -> str:
             version = schema_version(conn)
-            self._size, self._size_at = q.database_size(conn), time.monotonic()
+            self._refresh_size(conn)
             return "ok" if version == LATEST else f"schema version {version}, expected {LATEST}"
 
         return await self._read(check)

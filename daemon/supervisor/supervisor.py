@@ -110,17 +110,20 @@ class Supervisor:
         """
         self.drain()
         with trio.move_on_after(grace_s):
-            while self._running:
-                await next(iter(self._running.values())).done.wait()
+            await self.wait_idle()
         for running in list(self._running.values()):
             running.why_cancelled = "shutdown"
             running.scope.cancel()
-        while self._running:
-            await next(iter(self._running.values())).done.wait()
+        await self.wait_idle()
         for scope in self._waiting.values():
             scope.cancel()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+
+    async def wait_idle(self) -> None:
+        """Return once no attempt is running (each has recorded its outcome and let go)."""
+        while self._running:
+            await next(iter(self._running.values())).done.wait()
 
     def drain(self) -> None:
         """Stop admitting new attempts; running ones go on."""

@@ -1,0 +1,278 @@
+"""The store interface, written once over the backends' private runners and queries modules."""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
+
+from ..states import TaskStatus
+from .models import Event, NewEvent, Task, User, new_task_id
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+EventListener = Callable[[list[Event]], None]
+
+
+class StoreBase(abc.ABC):
+    """The one narrow, typed interface every store backend provides.
+
+    The supervisor, API and agent loop see only this: tasks, events, the conversation, tool
+    calls, users and tokens, and a little maintenance. Each method below is the same for every
+    backend: it calls the function of the same name in the backend's ``queries`` module (the
+    same names and signatures in each) through three private runners the backend provides,
+    ``_read``, ``_write`` and ``_write_events``. Every timestamp written is ``self.now()``
+    (tests replace ``now``).
+
+    Listeners added with ``add_listener`` see each committed batch of events on the Trio
+    thread, after the commit, in commit order per task.
+
+    Cancellation: a read stops being waited for (the query runs to its short end in its
+    thread); a write is never abandoned, so the caller always learns whether it committed, and
+    every committed event is published.
+    """
+
+    backend: ClassVar[str]
+    #: The backend's queries module (``sqlite_queries``, ``postgres_queries``).
+    queries: ClassVar[ModuleType]
+    #: Where the data is, as ``agentctl status`` shows it.
+    path: Any
+
+    def __init__(self) -> None:
+        self._listeners: list[EventListener] = []
+        self.now: Callable[[], float] = time.time
+
+    # -- what each backend provides -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _read(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(conn)`` in one read transaction off the Trio thread.
+
+        Cancellation: the caller stops waiting; the query runs to its (short) end in its thread.
+        """
+
+    @abc.abstractmethod
+    async def _write(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(conn)`` in one write transaction off the Trio thread; return once committed.
+
+        Cancellation: not abandoned; the caller waits for the (short) transaction to end.
+        """
+
+    @abc.abstractmethod
+    async def _write_events(self, task_id: str, fn: Callable[[Any], tuple[T, list[Event]]]) -> T:
+        """Run a write whose ``fn`` returns ``(result, events)`` about ``task_id``; return result.
+
+        The events are published (``_publish``) once committed, in commit order per task.
+        Cancellation: as ``_write``.
+        """
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Refuse new calls and release what the store holds. Cancellation: shielded."""
+
+    @abc.abstractmethod
+    def observe_writes(self, callback: Callable[[float], None]) -> None:
+        """Have ``callback(seconds)`` told each write's round trip (the metrics use it)."""
+
+    @abc.abstractmethod
+    async def backup(self, destination: Path) -> None:
+        """An online, consistent copy of the store in a new file at ``destination``."""
+
+    @abc.abstractmethod
+    async def integrity_check(self) -> str:
+        """"ok" when the store is sound; else what is wrong."""
+
+    @abc.abstractmethod
+    def size_bytes(self) -> int:
+        """How much room the store takes (``agentctl status``)."""
+
+    # -- listeners ------------------------------------------------------------------------------
+
+    def add_listener(self, listener: EventListener) -> None:
+        self._listeners.append(listener)
+
+    def _publish(self, events: list[Event]) -> None:
+        if not events:
+            return
+        for listener in self._listeners:
+            try:
+                listener(events)
+            except Exception:  # a broken listener must not hide the write's result
+                log.exception("event listener failed")
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    async def create_task(
+        self,
+        *,
+        user_id: int,
+        repo_url: str,
+        prompt: str,
+        base_branch: str | None = None,
+        budget: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Task, bool]:
+        """Insert a queued task; with a known idempotency key return the first one (created=False)."""
+        now = self.now()
+        task_id = new_task_id(now)
+
+        def write(conn: Any) -> tuple[tuple[Task, bool], list[Event]]:
+            task, events, created = self.queries.insert_task(
+                conn, task_id=task_id, user_id=user_id, repo_url=repo_url, prompt=prompt,
+                base_branch=base_branch, budget=budget or {}, idempotency_key=idempotency_key, now=now,
+            )
+            return (task, created), events
+
+        return await self._write_events(task_id, write)
+
+    async def transition(
+        self,
+        task_id: str,
+        target: TaskStatus,
+        *,
+        expect: TaskStatus | None = None,
+        reason: str | None = None,
+        error: str | None = None,
+        due_at: float | None = None,
+        attempt_delta: int = 0,
+        events_before: Sequence[NewEvent] = (),
+    ) -> Task:
+        """Validate and apply a status change, with its events, in one transaction.
+
+        Two changes of one task at once (in one process or, on a shared database, on two
+        nodes): the second waits for the first's commit and is validated against the status it
+        left (``InvalidTransition`` if no longer allowed).
+        """
+        now = self.now()
+        return await self._write_events(task_id, lambda conn: self.queries.transition(
+            conn, task_id, target, now=now, expect=expect, reason=reason, error=error,
+            due_at=due_at, attempt_delta=attempt_delta, events_before=events_before,
+        ))
+
+    async def update_task(self, task_id: str, **fields: Any) -> Task:
+        now = self.now()
+        return await self._write(lambda conn: self.queries.update_task(conn, task_id, now, **fields))
+
+    async def get_task(self, task_id: str) -> Task | None:
+        return await self._read(lambda conn: self.queries.get_task(conn, task_id))
+
+    async def list_tasks(
+        self,
+        *,
+        user_id: int | None = None,
+        statuses: Sequence[TaskStatus] | None = None,
+        before: int | None = None,
+        limit: int = 50,
+        oldest_first: bool = False,
+    ) -> list[tuple[int, Task]]:
+        """Tasks with their cursor value, newest first (``before`` = a cursor from a prior page)."""
+        return await self._read(lambda conn: self.queries.list_tasks(
+            conn, user_id=user_id, statuses=statuses, before_seqno=before, limit=limit,
+            oldest_first=oldest_first,
+        ))
+
+    async def count_by_status(self) -> dict[str, int]:
+        return await self._read(self.queries.count_by_status)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    async def append_events(self, task_id: str, new: Sequence[NewEvent]) -> list[Event]:
+        now = self.now()
+
+        def write(conn: Any) -> tuple[list[Event], list[Event]]:
+            events = self.queries.append_events(conn, task_id, new, now=now)
+            return events, events
+
+        return await self._write_events(task_id, write)
+
+    async def read_events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        return await self._read(lambda conn: self.queries.read_events(conn, task_id, after, limit))
+
+    # -- conversation ---------------------------------------------------------------------------
+
+    async def append_message(self, task_id: str, role: str, content: Any, *,
+                             stop_reason: str | None = None) -> int:
+        """Append one turn of the conversation; returns its index."""
+        now = self.now()
+        return await self._write(
+            lambda conn: self.queries.append_message(conn, task_id, role, content, now, stop_reason)
+        )
+
+    async def list_messages(self, task_id: str) -> list[dict[str, Any]]:
+        return await self._read(lambda conn: self.queries.list_messages(conn, task_id))
+
+    async def start_tool_call(self, task_id: str, tool_use_id: str, name: str, tool_input: Any) -> None:
+        now = self.now()
+        await self._write(
+            lambda conn: self.queries.start_tool_call(conn, task_id, tool_use_id, name, tool_input, now)
+        )
+
+    async def finish_tool_call(self, task_id: str, tool_use_id: str, output: str, is_error: bool) -> None:
+        now = self.now()
+        await self._write(
+            lambda conn: self.queries.finish_tool_call(conn, task_id, tool_use_id, output, is_error, now)
+        )
+
+    async def list_tool_calls(self, task_id: str) -> list[dict[str, Any]]:
+        return await self._read(lambda conn: self.queries.list_tool_calls(conn, task_id))
+
+    async def add_input(self, task_id: str, text: str) -> Event:
+        """Keep a user message for the agent (answer, follow-up) with its ``user.message`` event."""
+        now = self.now()
+
+        def write(conn: Any) -> tuple[Event, list[Event]]:
+            events = self.queries.add_input(conn, task_id, text, now)
+            return events[0], events
+
+        return await self._write_events(task_id, write)
+
+    async def take_inputs(self, task_id: str) -> list[str]:
+        """The user messages not yet given to the agent, oldest first; they count as given."""
+        now = self.now()
+        return await self._write(lambda conn: self.queries.take_inputs(conn, task_id, now))
+
+    async def pending_inputs(self, task_id: str) -> int:
+        """How many user messages wait for the agent."""
+        return await self._read(lambda conn: self.queries.pending_inputs(conn, task_id))
+
+    # -- users and tokens -----------------------------------------------------------------------
+
+    async def upsert_user(self, login: str, **fields: Any) -> User:
+        now = self.now()
+        return await self._write(lambda conn: self.queries.upsert_user(conn, login, now, **fields))
+
+    async def user_by_id(self, user_id: int) -> User | None:
+        return await self._read(lambda conn: self.queries.user_by_id(conn, user_id))
+
+    async def set_github_token(self, user_id: int, token_enc: bytes | None) -> None:
+        """Store the user's GitHub token, already encrypted by the caller (never plain text)."""
+        now = self.now()
+        await self._write(lambda conn: self.queries.set_github_token(conn, user_id, token_enc, now))
+
+    async def github_token_enc(self, user_id: int) -> bytes | None:
+        return await self._read(lambda conn: self.queries.github_token_enc(conn, user_id))
+
+    async def user_by_login(self, login: str) -> User | None:
+        return await self._read(lambda conn: self.queries.user_by_login(conn, login))
+
+    async def list_users(self) -> list[User]:
+        return await self._read(self.queries.list_users)
+
+    async def add_token(self, user_id: int, token_hash: str, *, expires_at: float | None = None,
+                        label: str | None = None) -> None:
+        now = self.now()
+        await self._write(
+            lambda conn: self.queries.insert_token(conn, user_id, token_hash, now, expires_at, label)
+        )
+
+    async def user_by_token_hash(self, token_hash: str) -> User | None:
+        now = self.now()
+        return await self._read(lambda conn: self.queries.user_by_token_hash(conn, token_hash, now))
+
+    async def revoke_user(self, login: str) -> int:
+        now = self.now()
+        return await self._write(lambda conn: self.queries.revoke_user(conn, login, now))

@@ -1,0 +1,89 @@
+"""The store interface: ``StoreBase`` holds every shared method once; backends add only runners.
+
+What the methods do is specified in test_store_events.py and test_supervisor.py, on both
+backends. Here: that the backends really are the one interface (nothing public of their own
+beyond opening, closing and maintenance), that each queries module offers what the interface
+calls with the same parameters, and what both backends do with a broken event listener.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import pytest
+
+from daemon.store import SqliteStore, Store, StoreBase, open_store
+from daemon.store import base, postgres_queries, sqlite_queries
+
+# Public names a backend may define itself: opening, closing, maintenance, metrics.
+BACKEND_OWN = {"open", "aclose", "backup", "integrity_check", "size_bytes", "observe_writes"}
+# Methods a backend overrides because its body really differs (each calls super()).
+OVERRIDES = {"PostgresStore": {"count_by_status"}}
+
+
+def backends() -> list[type[StoreBase]]:
+    classes: list[type[StoreBase]] = [SqliteStore]
+    try:
+        from daemon.store.postgres import PostgresStore
+    except ImportError:  # psycopg not installed: the SQLite backend alone
+        return classes
+    return [*classes, PostgresStore]
+
+
+def test_store_is_the_base_interface():
+    assert Store is StoreBase
+    for cls in backends():
+        assert issubclass(cls, StoreBase)
+        assert not inspect.isabstract(cls), f"{cls.__name__} lacks {cls.__abstractmethods__}"
+
+
+@pytest.mark.parametrize("cls", backends(), ids=lambda cls: cls.__name__)
+def test_backends_define_no_public_method_of_their_own(cls):
+    own = {name for name in vars(cls) if not name.startswith("_")} - {"backend", "queries"}
+    assert own <= BACKEND_OWN | OVERRIDES.get(cls.__name__, set())
+    assert own - BACKEND_OWN == OVERRIDES.get(cls.__name__, set())
+
+
+def test_both_queries_modules_offer_what_the_interface_calls_alike():
+    called = set(re.findall(r"self\.queries\.(\w+)", inspect.getsource(base)))
+    assert {"insert_task", "transition", "read_events", "revoke_user"} <= called
+    for name in sorted(called):
+        lite = inspect.signature(getattr(sqlite_queries, name)).parameters
+        pg = inspect.signature(getattr(postgres_queries, name)).parameters
+        # The same parameters in the same order; one side may add optional ones (PostgreSQL's
+        # ``get_task(..., lock=False)``), which the interface never passes.
+        assert [(n, p.kind) for n, p in lite.items() if n in pg] == \
+            [(n, p.kind) for n, p in pg.items() if n in lite], name
+        only_one = {n: p for n, p in {**lite, **pg}.items() if (n in lite) != (n in pg)}
+        assert all(p.default is not p.empty for p in only_one.values()), name
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_store(request, tmp_path):
+    if request.param == "sqlite":
+        store = await open_store(tmp_path / "data")
+    else:
+        pytest.importorskip("psycopg_pool", reason="the PostgreSQL store needs psycopg-pool")
+        store = await open_store(tmp_path, request.getfixturevalue("pg_dsn"))
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def test_a_broken_listener_hides_neither_the_result_nor_the_events(any_store, caplog):
+    seen = []
+
+    def broken(events):
+        raise RuntimeError("listener bug")
+
+    any_store.add_listener(broken)
+    any_store.add_listener(seen.append)
+    alice = await any_store.upsert_user("alice")
+    task, created = await any_store.create_task(user_id=alice.id, repo_url="r", prompt="p")
+    assert created
+    assert [e.type for batch in seen for e in batch] == [
+        e.type for e in await any_store.read_events(task.id)
+    ]
+    assert "event listener failed" in caplog.text

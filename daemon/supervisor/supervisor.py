@@ -65,6 +65,10 @@ class Supervisor:
         self._admitting = False
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        # Tasks a user wrote to (``user.message``) since their attempt last looked: only those
+        # need the inbox checked when an attempt ends.
+        self._messaged: set[str] = set()
+        hub.add_global_listener(self._note_messages)
         self.on_started: Callable[[str], None] | None = None  # benchmarks and metrics hook here
 
     # -- introspection --------------------------------------------------------------------------
@@ -192,6 +196,11 @@ class Supervisor:
             raise NotFound(f"no task {task_id}")
         return task
 
+    def _note_messages(self, events: list) -> None:
+        for event in events:
+            if event.type == "user.message":
+                self._messaged.add(event.task_id)
+
     def _kick(self) -> None:
         self._changed.set()
 
@@ -273,6 +282,7 @@ class Supervisor:
                 log.warning("task %s: outcome not recorded: %s", running.task_id, exc.message)
         finally:
             del self._running[running.task_id]
+            self._messaged.discard(running.task_id)
             if running.queued_again:
                 self._queue.push(running.user_id, running.task_id)
             running.done.set()
@@ -302,7 +312,7 @@ class Supervisor:
             await transition(task.id, target, reason=outcome.reason)
             # A user message that arrived after the agent last looked must not wait for the
             # next one: the task goes on with it now.
-            if await self.store.pending_inputs(task.id):
+            if task.id in self._messaged and await self.store.pending_inputs(task.id):
                 try:
                     await self.requeue(task.id, reason="a user message arrived as the attempt ended",
                                        fresh_attempts=not waiting)

@@ -21,21 +21,12 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import emit, machine
-from queue_throughput import latency, throughput, with_supervisor
+from queue_throughput import latency, throughput, when_finished, with_supervisor
 
 
 async def process_only(tasks: int, concurrency: int) -> dict[str, Any]:
     async def body(store, hub, supervisor, user):
-        finished = 0
-        all_done = trio.Event()
-
-        def on_events(events):
-            nonlocal finished
-            finished += sum(1 for e in events if e.type == "task.finished")
-            if finished >= tasks:
-                all_done.set()
-
-        hub.add_global_listener(on_events)
+        all_done = when_finished(hub, tasks)
         supervisor.drain()
         began = time.perf_counter()
         async with trio.open_nursery() as submitters:

@@ -52,18 +52,24 @@ async def with_supervisor(concurrency: int, body):
             await store.aclose()
 
 
+def when_finished(hub, tasks: int) -> trio.Event:
+    """An event set once ``tasks`` tasks have committed their ``task.finished``."""
+    all_done = trio.Event()
+    finished = 0
+
+    def on_events(events):
+        nonlocal finished
+        finished += sum(1 for e in events if e.type == "task.finished")
+        if finished >= tasks:
+            all_done.set()
+
+    hub.add_global_listener(on_events)
+    return all_done
+
+
 async def throughput(tasks: int, concurrency: int) -> dict:
     async def body(store, hub, supervisor, user):
-        finished = 0
-        all_done = trio.Event()
-
-        def on_events(events):
-            nonlocal finished
-            finished += sum(1 for e in events if e.type == "task.finished")
-            if finished >= tasks:
-                all_done.set()
-
-        hub.add_global_listener(on_events)
+        all_done = when_finished(hub, tasks)
         began = time.perf_counter()
         cpu_began = time.process_time()
         async with trio.open_nursery() as submitters:

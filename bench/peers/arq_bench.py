@@ -7,7 +7,6 @@ default and tuned (0.01), as the issue asks.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import importlib.metadata
@@ -23,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/peers/: shape
 from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
-from common import emit, machine
-from shape import System, latency, process_only, throughput
+from shape import System, peer_main
 
 
 def opener(url: str, concurrency: int, poll_delay: float):
@@ -64,31 +62,14 @@ def opener(url: str, concurrency: int, poll_delay: float):
     return open_system
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    open_system = opener(args.redis, args.concurrency, args.poll_delay)
-    return {
-        "system": f"arq {importlib.metadata.version('arq')}",
-        "machine": machine(),
-        "concurrency": args.concurrency,
-        "poll_delay": args.poll_delay,
-        "throughput": await throughput(open_system, "tp", args.jobs, args.timeout),
-        "process_only": await process_only(open_system, "po", args.jobs, args.timeout),
-        "latency": await latency(open_system, "lat", args.latency_jobs, args.rate, args.timeout),
-    }
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis", required=True)
-    parser.add_argument("--poll-delay", type=float, default=0.5)
-    parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=10)
-    parser.add_argument("--latency-jobs", type=int, default=500)
-    parser.add_argument("--rate", type=float, default=100.0)
-    parser.add_argument("--timeout", type=float, default=120.0)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    emit(asyncio.run(main_async(args)), args.json)
+    peer_main(
+        __doc__,
+        describe=lambda args: {"system": f"arq {importlib.metadata.version('arq')}",
+                               "poll_delay": args.poll_delay},
+        make_opener=lambda args: opener(args.redis, args.concurrency, args.poll_delay),
+        extra_arguments=lambda parser: parser.add_argument("--poll-delay", type=float, default=0.5),
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ Run by ``bench/run_all.py`` with the peers' venv:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import importlib.metadata
@@ -20,8 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: common
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/peers/: shape
 
 import saq
-from common import emit, machine
-from shape import System, latency, process_only, throughput
+from shape import System, peer_main
 
 
 def opener(url: str, concurrency: int):
@@ -56,29 +54,12 @@ def opener(url: str, concurrency: int):
     return open_system
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    open_system = opener(args.redis, args.concurrency)
-    return {
-        "system": f"saq {importlib.metadata.version('saq')}",
-        "machine": machine(),
-        "concurrency": args.concurrency,
-        "throughput": await throughput(open_system, "tp", args.jobs, args.timeout),
-        "process_only": await process_only(open_system, "po", args.jobs, args.timeout),
-        "latency": await latency(open_system, "lat", args.latency_jobs, args.rate, args.timeout),
-    }
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis", required=True)
-    parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=10)
-    parser.add_argument("--latency-jobs", type=int, default=500)
-    parser.add_argument("--rate", type=float, default=100.0)
-    parser.add_argument("--timeout", type=float, default=120.0)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    emit(asyncio.run(main_async(args)), args.json)
+    peer_main(
+        __doc__,
+        describe=lambda args: {"system": f"saq {importlib.metadata.version('saq')}"},
+        make_opener=lambda args: opener(args.redis, args.concurrency),
+    )
 
 
 if __name__ == "__main__":

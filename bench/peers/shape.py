@@ -18,6 +18,7 @@ recorded the job as finished.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from common import latency_summary
+from common import emit, latency_summary, machine
 
 Opener = Callable[[str, Callable[[float], None], Callable[[], None]], AbstractAsyncContextManager[Any]]
 
@@ -127,3 +128,35 @@ async def _until(condition: Callable[[], bool], timeout_s: float) -> None:
         if time.perf_counter() > deadline:
             raise TimeoutError("the peer did not finish in time")
         await asyncio.sleep(0.005)
+
+
+def peer_main(doc: str, describe: Callable[[argparse.Namespace], dict[str, Any]],
+              make_opener: Callable[[argparse.Namespace], Opener],
+              extra_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None) -> None:
+    """The command line every peer bench shares: the three measurements of this module, as JSON.
+
+    ``describe(args)`` names the system (and its settings); ``make_opener(args)`` opens it.
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--redis", required=True)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--latency-jobs", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--json", action="store_true")
+    extra_arguments(parser)
+    args = parser.parse_args()
+
+    async def measure() -> dict[str, Any]:
+        open_system = make_opener(args)
+        return {
+            **describe(args),
+            "machine": machine(),
+            "concurrency": args.concurrency,
+            "throughput": await throughput(open_system, "tp", args.jobs, args.timeout),
+            "process_only": await process_only(open_system, "po", args.jobs, args.timeout),
+            "latency": await latency(open_system, "lat", args.latency_jobs, args.rate, args.timeout),
+        }
+
+    emit(asyncio.run(measure()), args.json)

@@ -22,7 +22,9 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: common
 
+from common import cpu_model  # noqa: E402
 from daemon.config import Settings
 from daemon.service import Daemon
 from daemon.store import NewEvent
@@ -103,7 +105,7 @@ async def main(n: int, m: int) -> None:
     print(f"{n} subscribers x {m} events = {delivered} messages in {wall:.2f} s wall; "
           f"server CPU {used:.2f} s (appends alone {baseline:.2f} s)")
     print(f"ws_fanout: {per_msg:.1f} µs CPU per delivered message "
-          f"(nproc {os.cpu_count()}, {_cpu_model()}, Python {platform.python_version()})")
+          f"(nproc {os.cpu_count()}, {cpu_model()}, Python {platform.python_version()})")
 
 
 async def _lines(stream):
@@ -113,16 +115,6 @@ async def _lines(stream):
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             yield line.decode().strip()
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from ..states import TaskStatus
 from ..store import Task
 from .admin_live import register_admin_ws
 from .auth import require_user
+from .routes import event_page
 from .errors import ApiError
 
 if TYPE_CHECKING:
@@ -180,11 +181,7 @@ def admin_blueprint(state: "WebState", stop_requested: Any) -> Blueprint:
     async def events(task_id: str, query_args: AdminEventsQuery):
         """Stored events with seq > ``after``, in order; ``next_after`` is the next ``after``."""
         await existing(task_id)
-        page = await state.store.read_events(task_id, query_args.after, query_args.limit)
-        return {
-            "events": [event.wire() for event in page],
-            "next_after": page[-1].seq if page else query_args.after,
-        }
+        return await event_page(state.store, task_id, query_args.after, query_args.limit)
 
     @bp.post("/admin/api/tasks/<task_id>/cancel")
     @operator

@@ -128,6 +128,15 @@ class FollowUpOut(BaseModel):
 # -- routes ------------------------------------------------------------------------------------
 
 
+async def event_page(store: Any, task_id: str, after: int, limit: int) -> dict[str, Any]:
+    """Stored events with seq > ``after``, in order; ``next_after`` is the next ``after``."""
+    events = await store.read_events(task_id, after, limit)
+    return {
+        "events": [event.wire() for event in events],
+        "next_after": events[-1].seq if events else after,
+    }
+
+
 def tasks_blueprint(state: "WebState") -> Blueprint:
     bp = Blueprint("tasks", __name__)
     authed = require_user(lambda: state.auth)
@@ -198,11 +207,7 @@ def tasks_blueprint(state: "WebState") -> Blueprint:
     async def task_events(task_id: str, query_args: EventsQuery):
         """Stored events with seq > ``after``, in order; ``next_after`` is the next ``after``."""
         await owned(task_id)
-        events = await state.store.read_events(task_id, query_args.after, query_args.limit)
-        return {
-            "events": [event.wire() for event in events],
-            "next_after": events[-1].seq if events else query_args.after,
-        }
+        return await event_page(state.store, task_id, query_args.after, query_args.limit)
 
     @bp.get("/api/tasks/<task_id>/messages")
     @authed

@@ -17,12 +17,11 @@ import os
 import subprocess
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
 
 
-from .threaded_http import ThreadedHTTPFake
+from .threaded_http import QuietHandler, ThreadedHTTPFake
 
 
 @dataclass
@@ -69,17 +68,8 @@ class GitHttpServer(ThreadedHTTPFake):
     # -- lifecycle -----------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     owner: GitHttpServer
-
-    def log_message(self, format, *args):  # noqa: A002 - keep test output quiet
-        pass
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
 
     def _record(self, status: int) -> None:
         with self.owner._lock:

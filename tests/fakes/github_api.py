@@ -14,11 +14,10 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 
-from .threaded_http import ThreadedHTTPFake
+from .threaded_http import QuietHandler, ThreadedHTTPFake
 
 _PULLS = re.compile(r"^/repos/([^/]+)/([^/]+)/pulls/?$")
 
@@ -69,17 +68,8 @@ class FakeGitHubAPI(ThreadedHTTPFake):
         return pr
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     owner: FakeGitHubAPI
-
-    def log_message(self, format, *args):  # noqa: A002 - keep test output quiet
-        pass
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
 
     def _send(self, status: int, data: object, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(data).encode()

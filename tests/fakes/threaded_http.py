@@ -13,6 +13,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import trio
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that keeps test output quiet and sends GET and POST to ``_handle``."""
+
+    def log_message(self, format, *args):  # noqa: A002 - the name is the stdlib's
+        pass
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        raise NotImplementedError
+
+
 class ThreadedHTTPFake:
     handler_class: type[BaseHTTPRequestHandler]
     _httpd: ThreadingHTTPServer | None = None

@@ -6,7 +6,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from daemon.store import sqlite_io
+from daemon.store import inflight
 
 from daemon.events import EventHub
 from daemon.store import SqliteStore
@@ -59,7 +59,7 @@ def autojump_clock():
     jump = clock._autojump
 
     def jump_unless_store_busy() -> None:
-        if sqlite_io.jobs_in_flight() == 0:
+        if inflight.jobs_in_flight() == 0:
             jump()
 
     clock._autojump = jump_unless_store_busy

@@ -30,7 +30,7 @@ from .models import Event
 from .postgres_schema import LATEST, migrate, schema_version
 
 # The test clock's "work in flight" counter (tests/conftest.py); shared with the SQLite backend.
-from .sqlite_io import _track
+from .inflight import track
 
 T = TypeVar("T")
 DEFAULT_POOL_SIZE = 8
@@ -133,11 +133,11 @@ class PostgresStore(StoreBase):
     async def _thread(self, fn: Callable[[], T], *, abandon: bool) -> T:
         if self._closed:
             raise trio.ClosedResourceError("the store is closed")
-        _track(+1)  # the test clock must not jump while a thread works (tests/conftest.py)
+        track(+1)  # the test clock must not jump while a thread works (tests/conftest.py)
         try:
             return await trio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=abandon)
         finally:
-            _track(-1)
+            track(-1)
 
     def _in_transaction(self, fn: Callable[[psycopg.Connection], T]) -> T:
         with self._pool.connection() as conn, conn.transaction():

@@ -18,6 +18,8 @@ from typing import Any, Callable, Generic, TypeVar
 import apsw
 import trio
 
+from .inflight import track
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -51,19 +53,6 @@ class _Job(Generic[T]):
 
 
 _STOP = object()
-
-# Jobs handed to SQLite threads and not yet answered. Only tests read it: their mock clock must
-# not jump ahead while real work is under way in a thread (see tests/conftest.py).
-_in_flight = 0
-
-
-def jobs_in_flight() -> int:
-    return _in_flight
-
-
-def _track(delta: int) -> None:
-    global _in_flight
-    _in_flight += delta
 
 
 class WriterThread:
@@ -105,7 +94,7 @@ class WriterThread:
         if self._closed:
             raise trio.ClosedResourceError("the store is closed")
         job: _Job[T] = _Job(fn, on_commit, trio.lowlevel.current_task())
-        _track(+1)
+        track(+1)
         started = time.perf_counter()
         self._queue.put(job)
         # Uncancellable, like a shielded wait, without a cancel scope and an Event per write:
@@ -203,7 +192,7 @@ def _deliver(jobs: list[_Job[Any]]) -> None:
             except Exception:  # a broken listener must not lose the other results
                 log.exception("on_commit callback failed")
         trio.lowlevel.reschedule(job.task)
-    _track(-len(jobs))
+    track(-len(jobs))
 
 
 class ReaderPool:
@@ -224,13 +213,13 @@ class ReaderPool:
         Cancellation: abandons the wait, the query runs to its (short) end in its thread;
         ``close`` waits for it.
         """
-        _track(+1)
+        track(+1)
         try:
             return await trio.to_thread.run_sync(
                 self._call, fn, limiter=self._limiter, abandon_on_cancel=True
             )
         finally:
-            _track(-1)
+            track(-1)
 
     def _call(self, fn: Callable[[apsw.Connection], T]) -> T:
         with self._idle:

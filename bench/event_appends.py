@@ -2,8 +2,9 @@
 
 - group commit: W coroutines, each appending events one at a time to its own task through
   ``store.append_events`` (the path every ``ctx.emit`` takes); the writer thread commits all
-  waiting appends in one transaction. The batch sizes it reached are counted by wrapping
-  ``WriterThread._run_batch`` (the bench only observes; the daemon is unchanged).
+  waiting appends in one transaction, merged into one ``INSERT`` and one ``UPDATE`` per task.
+  The batch sizes it reached are counted by wrapping ``WriterThread._run_batch`` (the bench
+  only observes; the daemon is unchanged).
 - one commit per event: the same apsw, the same file system, the same SQL
   (``sqlite_queries.append_events``: the insert and the task's ``last_seq``), but each event in
   its own ``BEGIN IMMEDIATE ... COMMIT``, in a plain loop.

@@ -3,12 +3,15 @@
     .venv/bin/python bench/run_all.py [--quick] [--write-readme] [--only queue,durable,...]
 
 Each figure comes from a fresh subprocess: agentd's benchmarks with this interpreter (the
-project's venv), the peers (SAQ, arq, DBOS) with ``bench/.venv-peers``, which this command
-creates and fills from ``bench/requirements.txt`` when missing or stale, so the project's own
-dependencies never see them. SAQ and arq run against a throwaway ``redis-server`` on 127.0.0.1
-(``bench/redis_server.py``). Everything is loopback, bounded in count, and each step has a
-timeout. ``--write-readme`` replaces what lies between ``<!-- bench:begin -->`` and
-``<!-- bench:end -->`` in README.md (the markers must exist; nothing else is touched).
+project's venv), the peers (SAQ, arq, DBOS, pgqueuer) with ``bench/.venv-peers``, which this
+command creates and fills from ``bench/requirements.txt`` when missing or stale, so the project's
+own dependencies never see them. SAQ and arq run against a throwaway ``redis-server`` on
+127.0.0.1 (``bench/redis_server.py``); the PostgreSQL rows (agentd on 1, 2, 3 nodes and
+pgqueuer) against a throwaway PostgreSQL 15 with durable defaults (``bench/pg_server.py``;
+skipped, with the reason, where no server binary is installed). Everything is loopback, bounded
+in count, and each step has a timeout. ``--write-readme`` replaces what lies between
+``<!-- bench:begin -->`` and ``<!-- bench:end -->`` in README.md (the markers must exist;
+nothing else is touched).
 
 Profiling a figure (where the time goes):
     bench/.venv-peers/bin/py-spy record --gil -f raw -o /tmp/p.txt -- \\
@@ -35,6 +38,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, machine
+from pg_server import pg_server
+from pg_server import unavailable_reason as pg_unavailable
 from redis_server import redis_server
 from ws_rows import ws_suite
 
@@ -49,10 +54,12 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 SIZES = {
     "full": {"jobs": 1000, "concurrency": 10, "latency_jobs": 500, "rate": 100, "durable_tasks": 500,
              "dbos_workflows": 200, "events": 100_000, "writers": 500, "single_events": 20_000,
-             "restart_tasks": 10_000, "restart_events": 1_000_000, "repeats": 3, "rounds": 3},
+             "restart_tasks": 10_000, "restart_events": 1_000_000, "repeats": 3, "rounds": 3,
+             "pg_nodes": "1,2,3"},
     "quick": {"jobs": 200, "concurrency": 10, "latency_jobs": 100, "rate": 100, "durable_tasks": 100,
               "dbos_workflows": 30, "events": 10_000, "writers": 200, "single_events": 2_000,
-              "restart_tasks": 1_000, "restart_events": 100_000, "repeats": 1, "rounds": 1},
+              "restart_tasks": 1_000, "restart_events": 100_000, "repeats": 1, "rounds": 1,
+              "pg_nodes": "1,2,3"},
 }
 STEP_TIMEOUT_S = 600
 
@@ -282,11 +289,76 @@ def restart_suite(size: dict[str, Any]) -> list[Row]:
     ]
 
 
+def pg_suite(size: dict[str, Any]) -> list[Row]:
+    """Queue on PostgreSQL: agentd on 1, 2, 3 node processes vs pgqueuer, SQLite's figure beside.
+
+    SAQ's shape (all jobs committed first, then processed), one throwaway server for the suite,
+    a fresh database per measurement (each script makes its own).
+    """
+    n, c, rate = size["jobs"], size["concurrency"], size["rate"]
+    shape = f"{n:,} no-op jobs, concurrency {c} per node"
+    title = f"Queue on PostgreSQL, SAQ's shape: enqueue all then process ({shape}), jobs/s"
+    reason = pg_unavailable()
+    if reason:
+        print(f"  pg: skipped: {reason}", file=sys.stderr)
+        return [Row(f"{title}: agentd 1/2/3 nodes vs pgqueuer", f"skipped: {reason}")]
+    raw: list[dict[str, Any] | None] = []  # every agentd run: exactly-once must hold in each
+    with pg_server() as server:
+        def agentd_pg() -> dict[str, Any] | None:
+            raw.append(run_step("pg: agentd nodes", py(
+                "queue_pg_nodes.py", "--pg", server, "--nodes", size["pg_nodes"], "--jobs", n,
+                "--concurrency", c)))
+            return raw[-1]
+
+        results = repeated(size["rounds"], {
+            "agentd": agentd_pg,
+            # The SQLite figure of the same run (its latency part kept short: not used here).
+            "sqlite": lambda: run_step("pg: agentd on sqlite", py(
+                "queue_agentd.py", "--jobs", n, "--concurrency", c, "--latency-jobs", 20,
+                "--rate", rate)),
+            "pgqueuer": lambda: run_step("pg: pgqueuer", py(
+                "peers/pgqueuer_bench.py", "--pg", server, "--jobs", n, "--concurrency", c,
+                "--latency-jobs", size["latency_jobs"], "--rate", rate, python=PEERS_PY)),
+        })
+    agentd, sqlite, pgq = results["agentd"], results["sqlite"], results["pgqueuer"]
+    theirs = pgq["process_only"]["jobs_per_s"] if pgq else None
+    peer = f"{_fmt(theirs)} (pgqueuer)" if theirs else "failed (pgqueuer)"
+    rows = []
+    for count in size["pg_nodes"].split(","):
+        label = f"{title}: agentd {count} node{'s' if count != '1' else ''} vs pgqueuer"
+        result = agentd["nodes"].get(count) if agentd else None
+        if result is None:
+            rows.append(Row(label, "failed", peer))
+            continue
+        if "skipped" in result:
+            rows.append(Row(label, f"not run: {result['skipped']}", peer))
+            continue
+        mine = result["jobs_per_s"]
+        twice = [r["nodes"][count] for r in raw if r and not r["nodes"][count].get("exactly_once", True)]
+        cell = _fmt(mine) + (f" (**a task ran more than once: {twice[0]['running_events']} starts "
+                             f"of {twice[0]['tasks_started']} tasks**)" if twice else "")
+        rows.append(Row(label, cell, peer, mine / theirs if theirs else None))
+    mine = sqlite["process_only"]["jobs_per_s"] if sqlite else None
+    rows.append(Row(f"Queue, SAQ's shape ({shape}), jobs/s: agentd on SQLite, 1 node (same run) "
+                    f"vs pgqueuer on PostgreSQL", _fmt(mine) if mine else "failed", peer,
+                    mine / theirs if mine and theirs else None))
+    if pgq:
+        tp, lat = pgq["throughput"], pgq["latency"]
+        rows.append(Row(f"Queue on PostgreSQL end to end ({n:,} no-op jobs, concurrency {c}), "
+                        "jobs/s: pgqueuer (reference)", "not measured on PostgreSQL",
+                        f"{_fmt(tp['jobs_per_s'])} (pgqueuer)"))
+        rows.append(Row(f"Enqueue-to-start on PostgreSQL at {rate} jobs/s, p50 / p99 ms: pgqueuer "
+                        "(reference)", "not measured on PostgreSQL",
+                        f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} (pgqueuer)"))
+    return rows
+
+
 SUITES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "queue": queue_suite, "durable": durable_suite, "appends": appends_suite, "restart": restart_suite,
     "ws": lambda size: ws_suite(size, Row=Row, run_step=run_step, py=py),  # bench/ws_rows.py
+    "pg": pg_suite,
 }
-NEEDS_PEERS = {"queue", "durable", "ws"}
+NEEDS_PEERS = {"queue", "durable", "ws", "pg"}
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -310,6 +382,14 @@ def render(rows: list[Row], size_name: str, elapsed_s: float) -> str:
          "the faster of its sync and async styles is shown. Figures from a shared 2-core VM vary "
          "from run to run; latency p99 most of all."),
     ]
+    if any("PostgreSQL" in row.name for row in rows):
+        lines[-1] += (
+            " PostgreSQL rows: one throwaway PostgreSQL 15 on the same machine with its durable "
+            "defaults (fsync, synchronous_commit on), a fresh database per measurement; each "
+            "agentd node is a process of its own on that database (clock from \"go\" to the "
+            "last task's `finished_at`, every task checked to have started exactly once); "
+            "pgqueuer runs with asyncpg, its entrypoint's `concurrency_limit` as the concurrency "
+            "and its other defaults (batch size 10).")
     return "\n".join(lines)
 
 

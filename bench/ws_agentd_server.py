@@ -1,7 +1,7 @@
 """agentd under test for the WebSocket benchmarks: the real daemon, events through the real store.
 
-``Daemon.serve`` runs as ``agentd serve`` would (store, supervisor, Hypercorn + Quart-Trio, the
-``/ws`` route), with a bench-only runner: each of the ``--tasks`` tasks is admitted by the
+``Daemon.serve`` runs as ``agentd serve`` would (store, supervisor, the HTTP port with ``/ws``
+on the socket and Hypercorn + Quart-Trio for the rest), with a bench-only runner: each of the ``--tasks`` tasks is admitted by the
 supervisor and stays ``running``; on an ``emit`` command every chosen task appends
 ``agent.text`` events at ``rate`` per second through its ``RunContext.emit`` (that is,
 ``store.append_events``: group commit, then the hub, then the WebSocket fan-out), each carrying

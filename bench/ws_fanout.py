@@ -1,8 +1,8 @@
 """CPU per delivered WebSocket message: N subscribers on one task, M events.
 
-The daemon runs in this process (real Hypercorn, real store); the N WebSocket clients run in a
-child process, so ``time.process_time()`` here counts only the server. The cost of appending
-the M events with no subscriber (store, hub) is measured first and subtracted.
+The daemon runs in this process (its real HTTP port and ``/ws``, real store); the N WebSocket
+clients run in a child process, so ``time.process_time()`` here counts only the server. The cost
+of appending the M events with no subscriber (store, hub) is measured first and subtracted.
 
     .venv/bin/python bench/ws_fanout.py [--subscribers 50] [--events 2000]
 """

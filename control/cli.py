@@ -85,7 +85,18 @@ TASK_COLUMNS: Columns = [
     ("USER", ("user", "login", "user_login", "user_id")),
     ("ATTEMPT", ("attempt", "attempts")),
     ("REPO", ("repo", "repo_url")),
+    ("NODE", ("node",)),
     ("CREATED", ("created", "created_at")),
+]
+NODE_COLUMNS: Columns = [
+    ("NODE", ("name",)),
+    ("ID", ("id",)),
+    ("STATE", ("state",)),
+    ("HEARTBEAT AGE S", ("heartbeat_age_s",)),
+    ("RUNNING", ("running",)),
+    ("CONCURRENCY", ("concurrency",)),
+    ("HOST", ("host",)),
+    ("PID", ("pid",)),
 ]
 
 
@@ -175,12 +186,23 @@ class Command:
     streaming: bool = False
 
 
+def _show_status(result: Any, ns: argparse.Namespace) -> None:
+    """This daemon's status, then every node sharing its store."""
+    if not isinstance(result, dict) or not isinstance(result.get("nodes"), list):
+        print(render(result))
+        return
+    nodes = result["nodes"]
+    print(key_values({k: v for k, v in result.items() if k != "nodes"}))
+    print(f"\nnodes ({len(nodes)}):")
+    print(table(nodes, NODE_COLUMNS) if nodes else "(none)")
+
+
 def _task(ns: argparse.Namespace) -> dict[str, Any]:
     return {"id": ns.id}
 
 
 COMMANDS: dict[str, Command] = {
-    "status": Command("status"),
+    "status": Command("status", show=_show_status),
     "tasks": Command("tasks.list", lambda ns: {"status": ns.status, "user": ns.user},
                      lambda r, ns: print(render(r, TASK_COLUMNS, "(no tasks)"))),
     "task": Command("tasks.get", _task),

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -45,6 +45,7 @@ ENV_KEYS: dict[str, str] = {
     "AGENTD_SECRET_KEY_FILE": "secret_key_file",
     # Operations (issue 7)
     "AGENTD_STORE": "store",
+    "AGENTD_NODE_NAME": "node_name",
     "AGENTD_LOG_LEVEL": "log_level",
     "AGENTD_LOG_FORMAT": "log_format",
 }
@@ -81,6 +82,12 @@ class Settings(BaseModel):
 
     max_task_duration_s: float = Field(1 * HOURS, gt=0)
     grace_period_s: float = Field(30 * SECONDS, ge=0)
+    user_concurrency: int = Field(0, ge=0)  # one user's running tasks, on all nodes; 0: no cap
+
+    # Several daemons on one PostgreSQL (issue 9).
+    node_name: str | None = None  # how agentctl shows this daemon; default: the host name
+    lease_timeout_s: float = Field(15 * SECONDS, gt=0)  # silent this long: a node's tasks move
+    heartbeat_interval_s: float = Field(3 * SECONDS, gt=0)
 
     # Phone API (issue 6)
     public_url: str | None = None  # how phones reach us (OAuth callback); default: the request's
@@ -130,6 +137,15 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, else JSON
     metrics_refresh_s: float = Field(5 * SECONDS, gt=0)  # how old /metrics' task counts may be
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> "Settings":
+        if self.heartbeat_interval_s * 3 > self.lease_timeout_s:
+            raise ValueError(
+                "heartbeat_interval_s must be at most a third of lease_timeout_s (a node must get "
+                "two heartbeats wrong before it stops its tasks, and others take them over)"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -76,6 +76,8 @@ def make_handlers(daemon: "Daemon") -> dict[str, Callable[..., Any]]:
             "db_size_bytes": store.size_bytes(),
             "http": daemon.http_urls,
             "model": daemon.settings.model_name,
+            # The whole cluster as the store knows it (one node on SQLite).
+            "nodes": [node.public(store.now()) for node in await store.list_nodes()],
         }
 
     async def tasks_list(args: dict[str, Any]) -> list[dict[str, Any]]:

@@ -64,17 +64,43 @@ class EventHub:
         self._store = store
         self._by_task: dict[str, set[Subscriber]] = collections.defaultdict(set)
         self._global: list[Callable[[list[Event]], None]] = []
+        self._global_remote: list[Callable[[list[Event]], None]] = []
         store.add_listener(self._on_commit)
 
     def _on_commit(self, events: list[Event]) -> None:
         for listener in self._global:
             listener(events)
+        self._to_subscribers(events)
+
+    def _to_subscribers(self, events: list[Event]) -> None:
         for event in events:
             for subscriber in tuple(self._by_task.get(event.task_id, ())):
                 subscriber.deliver(event)
 
-    def add_global_listener(self, listener: Callable[[list[Event]], None]) -> None:
+    def publish_remote(self, events: list[Event]) -> None:
+        """Events another daemon committed (read back from the shared store), seq-ordered per task.
+
+        They reach the task's subscribers and the global listeners added with ``remote=True``
+        (not, say, the metrics, which count what this daemon did). A subscriber may get an event
+        twice or out of order across daemons; followers skip what they have and go back to the
+        store on a gap.
+        """
+        for listener in self._global_remote:
+            listener(events)
+        self._to_subscribers(events)
+
+    def add_global_listener(self, listener: Callable[[list[Event]], None], *, remote: bool = False) -> None:
+        """Have ``listener`` see every committed batch of this daemon (and, with ``remote``, of
+        the others sharing the store)."""
         self._global.append(listener)
+        if remote:
+            self._global_remote.append(listener)
+
+    def followed(self, task_id: str) -> bool:
+        return task_id in self._by_task
+
+    def followed_tasks(self) -> list[str]:
+        return list(self._by_task)
 
     def publish_ephemeral(self, task_id: str, type: str, data: dict[str, Any]) -> None:
         item = Ephemeral(task_id, type, data)

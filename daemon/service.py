@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import time
 from typing import Any
 
 import trio
-from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from .agent.factory import build_runner
@@ -29,8 +29,11 @@ from .metrics import Metrics
 from .sdnotify import Notifier, watchdog
 from .secrets import SecretBox, load_secret_box
 from .store import Store, open_store
+from .store.datadir import node_id
 from .supervisor import Backoff, Supervisor, TaskRunner
+from .supervisor.membership import LeaseSettings, NodeIdentity
 from .web.app import create_app, hypercorn_config
+from .web.listener import serve as serve_http
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +86,19 @@ class Daemon:
         # A bad model setting or secret key stops us here, before anything is opened.
         self.secrets = load_secret_box(settings)
         runner = self._runner or build_runner(settings, github_token=self._github_token)
-        self.store = store = await open_store(settings.data_dir, settings.store)
+        node = NodeIdentity(id=node_id(settings.data_dir), name=settings.node_name or socket.gethostname(),
+                            http=settings.http)
+        self.store = store = await open_store(settings.data_dir, settings.store, node_id=node.id)
         try:
             self.hub = EventHub(store)
             self.supervisor = supervisor = Supervisor(
                 store, self.hub, runner,
                 concurrency=settings.concurrency,
+                user_concurrency=settings.user_concurrency,
                 backoff=Backoff(settings.retry_base_s, settings.retry_cap_s, settings.max_attempts),
                 max_duration_s=settings.max_task_duration_s,
+                node=node,
+                lease=LeaseSettings(settings.lease_timeout_s, settings.heartbeat_interval_s),
             )
             self.metrics.attach(store, self.hub, supervisor)
             control = ControlServer(
@@ -121,7 +129,7 @@ class Daemon:
                 self.phase = "cancelling"
                 await supervisor.shutdown(0)
                 self.phase = "stopping"
-                self._http_closing.set()  # Hypercorn finishes open requests, then returns
+                self._http_closing.set()  # open HTTP requests finish, then the listener returns
                 with trio.move_on_after(HTTP_CLOSE_TIMEOUT_S):
                     await self._http_done.wait()
                 services.cancel_scope.cancel()
@@ -132,12 +140,12 @@ class Daemon:
             self.phase = "stopped"
 
     async def _serve_http(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Hypercorn until ``_http_closing`` is set, then a graceful close of open requests."""
+        """HTTP and ``/ws`` until ``_http_closing`` is set, then a graceful close of open requests."""
         config = hypercorn_config(self.settings)
         self.app = create_app(self)
         try:
-            await hypercorn_serve(self.app, config, shutdown_trigger=self._http_closing.wait,
-                                  task_status=task_status)
+            await serve_http(self.app, config, self.app.extensions["agentd"],
+                             shutdown_trigger=self._http_closing.wait, task_status=task_status)
         finally:
             self._http_done.set()
 

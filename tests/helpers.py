@@ -1,4 +1,5 @@
-"""Small async helpers for tests: run a supervisor, wait for a task's status through its events."""
+"""Small async helpers for tests: run a supervisor, wait for a task's status through its events,
+play a WebSocket session's writer."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import trio
 
 from daemon.states import TaskStatus
 from daemon.supervisor import Backoff, Supervisor
+from daemon.web.session import State
 
 from .conftest import fake_wall
 
@@ -38,3 +40,20 @@ async def wait_status(hub, task_id: str, *statuses: TaskStatus) -> TaskStatus:
 async def submit(supervisor, user, prompt: str = "do it", **kwargs):
     task, _ = await supervisor.submit(user_id=user.id, repo_url="file:///repo", prompt=prompt, **kwargs)
     return task
+
+
+class Wakeup:
+    """A session's ``wake`` for tests: where the glue would write at once, a test's writer loop
+    waits in ``wait`` until the session has something queued (or is closed)."""
+
+    def __init__(self) -> None:
+        self.session = None  # set by the test once the session exists
+        self._event = trio.Event()
+
+    def __call__(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        while not self.session.queue and self.session.state is not State.CLOSED:
+            self._event = trio.Event()
+            await self._event.wait()

@@ -8,7 +8,7 @@ runs as the ``postgres`` OS user (PostgreSQL refuses to run as root) in a direct
 it. Everything is removed at the end of the session.
 
 Without the server binary (or psycopg) the PostgreSQL tests are skipped, with the reason;
-``AGENTD_REQUIRE_POSTGRES=1`` turns that skip into a failure (CI, where it is installed).
+``AGENTD_REQUIRE_POSTGRES=1``, or ``CI=true``, turns that skip into a failure (CI installs it).
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def skip_unless_available() -> None:
     reason = unavailable_reason()
     if reason is None:
         return
-    if os.environ.get("AGENTD_REQUIRE_POSTGRES") == "1":
-        pytest.fail(f"AGENTD_REQUIRE_POSTGRES=1 but {reason}", pytrace=False)
+    if os.environ.get("AGENTD_REQUIRE_POSTGRES") == "1" or os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL is required here (CI=true or AGENTD_REQUIRE_POSTGRES=1) but {reason}",
+                    pytrace=False)
     pytest.skip(reason)
 
 

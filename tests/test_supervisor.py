@@ -167,7 +167,7 @@ async def test_concurrency_limit_changes_live_both_ways(autojump_clock, store, h
         tasks = [await submit(sup, alice) for _ in range(12)]
         await runner.wait_until(lambda: runner.active == 2)
         await trio.sleep(5)
-        assert runner.active == 2 and sup.stats()["queued"] == 10
+        assert runner.active == 2 and (await store.count_by_status())["queued"] == 10
         sup.set_concurrency(5)
         await runner.wait_until(lambda: runner.active == 5)
         sup.set_concurrency(1)
@@ -250,3 +250,18 @@ async def test_follow_ups_racing_cancels_never_crash_the_supervisor(store, hub, 
         assert sup.stats()["running"] in (0, 1)
     events = await store.read_events(task.id, 0, 100_000)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_one_users_cap_leaves_room_for_the_others(autojump_clock, store, hub, alice, bob):
+    runner = Hang()
+    async with running_supervisor(store, hub, runner, concurrency=4, user_concurrency=2) as sup:
+        mine = [await submit(sup, alice, f"a{i}") for i in range(5)]
+        theirs = await submit(sup, bob, "b")
+        await runner.wait_until(lambda: runner.active == 3)
+        await trio.sleep(10)
+        started = [task_id for task_id, _ in runner.starts]
+        assert runner.active == 3 and sorted(started) == sorted([mine[0].id, mine[1].id, theirs.id])
+        runner.release.set()
+        for task in mine:
+            await wait_status(hub, task.id, TaskStatus.SUCCEEDED)
+        assert runner.max_active == 3  # alice never had more than 2 at once; a slot stayed free

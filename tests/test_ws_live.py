@@ -1,4 +1,4 @@
-"""The WebSocket end to end: real Hypercorn on a free port, trio-websocket clients, real clock.
+"""The WebSocket end to end: the real daemon on a free port, trio-websocket clients, real clock.
 
 Timeouts here are short settings (auth 0.2 s, re-check 0.2 s); nothing sleeps to wait for
 something to happen: every wait is on a message or an event.

@@ -10,6 +10,8 @@ from daemon.store import NewEvent
 from daemon.web.fanout import Fanout
 from daemon.web.session import CLOSE_AUTH_FAILED, Session, State
 
+from .helpers import Wakeup
+
 
 class NoLimit:
     def take(self, key) -> float:
@@ -22,8 +24,10 @@ async def make_session(nursery, store, hub, user, *, queue_limit=1000, fanout=No
     async def authenticate(token):
         return user if token == "good" else None
 
-    session = Session(fanout=fanout, store=store, spawn=nursery.start_soon,
-                      authenticate=authenticate, limiter=NoLimit(), queue_limit=queue_limit)
+    wake = Wakeup()
+    session = wake.session = Session(fanout=fanout, store=store, spawn=nursery.start_soon,
+                                     authenticate=authenticate, limiter=NoLimit(), wake=wake,
+                                     queue_limit=queue_limit)
     await session.open("good")
     return session, fanout
 
@@ -32,11 +36,11 @@ async def drain(session, out: list[dict], stop_after_seq: int | None = None) -> 
     """Play the writer: take items in order, 'send' them, record what the client gets."""
     while True:
         if not session.queue:
-            await session.wait_ready()
+            await session.wake.wait()
             continue
         item = session.queue.popleft()
         session.popped()
-        out.append(json.loads(session.text_of(item)))
+        out.append(json.loads(session.payload_of(item)))
         session.sent(item)
         await trio.lowlevel.checkpoint()
         if stop_after_seq is not None and out[-1].get("seq") == stop_after_seq:
@@ -73,7 +77,7 @@ async def test_overflow_drops_the_feed_and_resync_says_what_was_sent(store, hub,
         assert session.resyncs == 1 and len(session.queue) == 1 and session.max_queued == 8
         assert task.id not in fanout.channels  # the live feed is dropped, not buffered
         item = session.queue.popleft()
-        assert json.loads(session.text_of(item)) == {"type": "resync", "task_id": task.id, "after": 2}
+        assert json.loads(session.payload_of(item)) == {"type": "resync", "task_id": task.id, "after": 2}
         nursery.cancel_scope.cancel()
 
 
@@ -90,11 +94,11 @@ async def test_text_deltas_flush_at_most_every_interval(store, hub, alice, autoj
 
         async def consume() -> None:
             while True:
-                await session.wait_ready()
+                await session.wake.wait()
                 while session.queue:
                     item = session.queue.popleft()
                     arrivals.append((trio.current_time() - start,
-                                     json.loads(session.text_of(item))["data"]["text"]))
+                                     json.loads(session.payload_of(item))["data"]["text"]))
 
         nursery.start_soon(consume)
         for i in range(10):  # 10 deltas in 20 ms

@@ -74,8 +74,18 @@ def check_stuck(turns: Sequence[Mapping[str, Any]], repeats: int) -> None:
 
 
 def for_model(turns: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The stored turns as the Messages API wants them (bookkeeping keys dropped)."""
-    return [{"role": turn["role"], "content": turn["content"]} for turn in turns]
+    """The stored turns as the Messages API wants them (bookkeeping keys dropped).
+
+    Two stored user turns in a row (a note added to a turn the model had not answered) are sent
+    as one, as the API would combine them anyway.
+    """
+    messages: list[dict[str, Any]] = []
+    for turn in turns:
+        if messages and turn["role"] == "user" == messages[-1]["role"]:
+            messages[-1] = {"role": "user", "content": [*messages[-1]["content"], *turn["content"]]}
+        else:
+            messages.append({"role": turn["role"], "content": turn["content"]})
+    return messages
 
 
 def tool_result(tool_use_id: str, output: str, is_error: bool) -> dict[str, Any]:

@@ -21,6 +21,7 @@ async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, s
     picks up from what reached the remote.
     """
     await check_quota(workspace, settings.quota_bytes)
+    await ctx.check_held()
     pushed = await commit_and_push(
         workspace, commit_message(ctx.task.prompt, summary), token=token, ssh_key=settings.ssh_key
     )

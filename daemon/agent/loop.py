@@ -36,6 +36,12 @@ go on without information only the user has, call ask_user with one clear questi
 
 CONTINUE = "Continue from where you stopped."
 
+WORKSPACE_RESET = """\
+[agentd] This task moved to another machine, and its workspace there could not come along. \
+{path} is now a fresh clone of {base}, on the new branch {branch}. The changes you made to files \
+earlier in this task are not in it (earlier tool results describe a workspace that is gone). Look \
+at the files, redo what is still needed, and finish as before."""
+
 
 @dataclass(frozen=True)
 class AgentSettings:
@@ -76,7 +82,13 @@ class AgentRunner:
             s.workspace_root, task.id, task.repo_url, task.base_branch, token=token,
             title=task.prompt, allow_local=s.allow_local_remotes, quota_bytes=s.quota_bytes,
             min_free_bytes=s.min_free_bytes, identity=s.identity, ssh_key=s.ssh_key,
+            known_branch=task.workspace_branch, attempt=task.attempt,
         )
+        if workspace.branch != task.workspace_branch:
+            await ctx.store.update_task(task.id, workspace_branch=workspace.branch)
+        if workspace.reset:
+            await ctx.emit("workspace.reset", {"branch": workspace.branch,
+                                               "previous_branch": task.workspace_branch})
         await ctx.emit("workspace.ready", {"commit": workspace.base_commit, "branch": workspace.branch})
         async with Toolbox(workspace.path, s.tools) as toolbox:
             session = _Session(self, ctx, workspace, toolbox)
@@ -104,6 +116,8 @@ class _Session:
         self.system = SYSTEM_PROMPT.format(
             path=workspace.path, branch=workspace.branch, base=workspace.base_branch
         )
+        # Said to the model once, in the next user turn, when the workspace was reset.
+        self.notes: list[str] = []
 
     async def converse(self) -> RunResult | None:
         """Talk until the model is done (None: deliver the work) or the task must wait."""
@@ -111,6 +125,11 @@ class _Session:
         if not self.turns:
             inputs = await self.store.take_inputs(self.task.id)
             await self._append("user", conv.text_blocks([self.task.prompt, *inputs]))
+        elif self.workspace.reset:
+            w = self.workspace
+            self.notes.append(WORKSPACE_RESET.format(path=w.path, base=w.base_branch, branch=w.branch))
+            if self.turns[-1]["role"] == "user":  # the model has not answered it: add to it
+                await self._append("user", conv.text_blocks(self._take_notes()))
         while True:
             last = self.turns[-1]
             if last["role"] == "assistant":
@@ -130,7 +149,10 @@ class _Session:
             if isinstance(results, RunResult):
                 return results
             inputs = await self.store.take_inputs(self.task.id)
-            await self._append("user", results + conv.text_blocks(inputs))
+            await self._append("user", results + conv.text_blocks(self._take_notes() + inputs))
+        elif self.notes:  # a reset workspace: the model must hear of it before anything else
+            inputs = await self.store.take_inputs(self.task.id)
+            await self._append("user", conv.text_blocks(self._take_notes() + inputs))
         elif stop == "pause_turn":
             pass  # the API goes on from the paused assistant turn as it stands
         elif stop == "max_tokens":
@@ -216,6 +238,10 @@ class _Session:
         answer = "\n\n".join(answers)
         await self._record_result(block["id"], answer, False)
         return answer
+
+    def _take_notes(self) -> list[str]:
+        notes, self.notes = self.notes, []
+        return notes
 
     async def _append(self, role: str, content: list[dict[str, Any]], stop_reason: str | None = None) -> None:
         await self.store.append_message(self.task.id, role, content, stop_reason=stop_reason)

@@ -57,6 +57,9 @@ class Workspace:
     base_branch: str
     base_commit: str
     remote: Remote
+    #: A fresh clone made for a task that had a workspace before (elsewhere, or replaced here):
+    #: what the agent did there is not in it.
+    reset: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,11 +109,19 @@ async def prepare_workspace(
     identity: tuple[str, str],
     ssh_key: Path | None = None,
     timeout: float = CLONE_TIMEOUT,
+    known_branch: str | None = None,
+    attempt: int = 1,
 ) -> Workspace:
     """Clone ``repo_url`` into ``root/<task_id>`` on a new branch and return the workspace.
 
     Shallow (``--depth 1 --single-branch``) on ``base_branch``, or on the remote's HEAD when it
     is None. If the workspace was already prepared (a resumed task), it is returned as is.
+
+    ``known_branch``: the branch the task's store record says its workspace is on (None before
+    its first workspace). A local workspace on another branch is stale (another node went on
+    with the task since) and is replaced. A fresh clone for a task that had a workspace is a
+    *reset*: it gets a branch of its own, ``<name>-a<attempt>``, so that a push never mixes the
+    work of two runs, and ``Workspace.reset`` says so.
     Raises TransientError when the disk has less than ``min_free_bytes`` free (other tasks
     ending and workspace gc free space, so a later attempt can succeed) or when the network
     fails; PermanentError for a bad URL, credentials, a missing repository or branch, and a
@@ -129,9 +140,14 @@ async def prepare_workspace(
     marker = path / ".git" / _MARKER
 
     if marker.exists():
-        return await _reuse(path, marker, remote)
+        kept = json.loads(marker.read_text()).get("branch")
+        if known_branch is None or kept == known_branch:
+            return await _reuse(path, marker, remote)
     if path.exists():
         await trio.to_thread.run_sync(_rmtree, path)
+    branch = branch_name(task_id, title)
+    if known_branch is not None:
+        branch = f"{branch}-a{attempt}"
 
     Path(root).mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(root).free
@@ -149,7 +165,7 @@ async def prepare_workspace(
         await trio.to_thread.run_sync(_rmtree, stale)
     staging = Path(root) / f".staging-{task_id}-{secrets.token_hex(4)}"
     try:
-        ws = await _clone(staging, remote, auth, base_branch, task_id=task_id, title=title,
+        ws = await _clone(staging, remote, auth, base_branch, branch=branch,
                           identity=identity, quota_bytes=quota_bytes, allow_local=allow_local,
                           timeout=timeout)
         os.rename(staging, path)
@@ -158,11 +174,11 @@ async def prepare_workspace(
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_rmtree, staging)
         raise
-    return dataclasses.replace(ws, path=path)
+    return dataclasses.replace(ws, path=path, reset=known_branch is not None)
 
 
 async def _clone(path: Path, remote: Remote, auth: GitAuth, base_branch: str | None, *,
-                 task_id: str, title: str, identity: tuple[str, str], quota_bytes: int,
+                 branch: str, identity: tuple[str, str], quota_bytes: int,
                  allow_local: bool, timeout: float) -> Workspace:
     clone = ["clone", "--depth", "1", "--single-branch", "--no-tags", "--quiet"]
     if base_branch is not None:
@@ -183,7 +199,6 @@ async def _clone(path: Path, remote: Remote, auth: GitAuth, base_branch: str | N
     name, email = identity
     await git("config", "user.name", name)
     await git("config", "user.email", email)
-    branch = branch_name(task_id, title)
     await git("checkout", "--quiet", "-b", branch)
 
     ws = Workspace(path=path, branch=branch, base_branch=base_branch,

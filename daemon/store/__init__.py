@@ -7,22 +7,24 @@ module beneath it: SQLite (apsw, PRAGMAs, the single writer) in ``sqlite*.py``, 
 """
 
 from .base import StoreBase
-from .models import Event, NewEvent, Task, Usage, User, new_task_id
-from .sqlite import DataDirLocked, SqliteStore
+from .models import Event, NewEvent, Node, RemoteNotice, Task, Usage, User, new_task_id
+from .datadir import DataDirLocked
+from .sqlite import SqliteStore
 
 Store = StoreBase
 
 __all__ = [
-    "DataDirLocked", "Event", "NewEvent", "SqliteStore", "Store", "StoreBase", "Task", "Usage",
+    "DataDirLocked", "Event", "NewEvent", "Node", "RemoteNotice", "SqliteStore", "Store", "StoreBase", "Task", "Usage",
     "User", "new_task_id",
 ]
 
 
-async def open_store(data_dir, url: str | None = None) -> Store:
+async def open_store(data_dir, url: str | None = None, *, node_id: str | None = None) -> Store:
     """Open the store the settings name: SQLite in ``data_dir`` (default), or PostgreSQL.
 
     ``url`` is None/"" (or "sqlite") for ``<data_dir>/agentd.db``, or a ``postgresql://`` DSN
-    for a database that several daemons may share. Cancellation: as the backend's ``open``.
+    for a database that several daemons may share (``node_id`` names this one in what it
+    tells the others). Cancellation: as the backend's ``open``.
     """
     from pathlib import Path
 
@@ -34,7 +36,7 @@ async def open_store(data_dir, url: str | None = None) -> Store:
         # Imported here so that psycopg is needed only by those who choose PostgreSQL.
         from .postgres import PostgresStore
 
-        return await PostgresStore.open(url)
+        return await PostgresStore.open(url, node_id=node_id, data_dir=Path(data_dir))
     scheme = url.split("://", 1)[0] if "://" in url else url
     raise ConfigError(
         f"store: unsupported store {scheme!r}; leave it unset for SQLite in the data dir, "

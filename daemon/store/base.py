@@ -9,8 +9,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
+import trio
+
 from ..states import TaskStatus
-from .models import Event, NewEvent, Task, User, new_task_id
+from .models import Event, NewEvent, Node, RemoteNotice, Task, User, new_task_id
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,14 @@ class StoreBase(abc.ABC):
     """
 
     backend: ClassVar[str]
+    #: True when other daemons may share the database (claims, leases, remote events matter).
+    shared: ClassVar[bool] = False
     #: The backend's queries module (``sqlite_queries``, ``postgres_queries``).
     queries: ClassVar[ModuleType]
     #: Where the data is, as ``agentctl status`` shows it.
     path: Any
+    #: The node this store speaks for to other daemons (a shared store), if it was given one.
+    node_id: str | None = None
 
     def __init__(self) -> None:
         self._listeners: list[EventListener] = []
@@ -63,8 +69,11 @@ class StoreBase(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def _write_events(self, task_id: str, fn: Callable[[Any], tuple[T, list[Event]]]) -> T:
+    async def _write_events(self, task_id: str | None, fn: Callable[[Any], tuple[T, list[Event]]]) -> T:
         """Run a write whose ``fn`` returns ``(result, events)`` about ``task_id``; return result.
+
+        ``task_id`` None: the events are about several tasks (a claim); their order is then
+        only the seq order each subscriber checks.
 
         The events are published (``_publish``) once committed, in commit order per task.
         Cancellation: as ``_write``.
@@ -140,8 +149,14 @@ class StoreBase(abc.ABC):
         due_at: float | None = None,
         attempt_delta: int = 0,
         events_before: Sequence[NewEvent] = (),
+        node_id: str | None = None,
+        claim: tuple[str | None, int] | None = None,
     ) -> Task:
         """Validate and apply a status change, with its events, in one transaction.
+
+        ``node_id``: the node starting an attempt (target running). ``claim``: the
+        ``(node_id, attempt)`` of the attempt recording its outcome; refused
+        (``InvalidTransition``) once that attempt no longer holds the task.
 
         Two changes of one task at once (in one process or, on a shared database, on two
         nodes): the second waits for the first's commit and is validated against the status it
@@ -151,6 +166,7 @@ class StoreBase(abc.ABC):
         return await self._write_events(task_id, lambda conn: self.queries.transition(
             conn, task_id, target, now=now, expect=expect, reason=reason, error=error,
             due_at=due_at, attempt_delta=attempt_delta, events_before=events_before,
+            node_id=node_id, claim=claim,
         ))
 
     async def update_task(self, task_id: str, **fields: Any) -> Task:
@@ -276,3 +292,53 @@ class StoreBase(abc.ABC):
     async def revoke_user(self, login: str) -> int:
         now = self.now()
         return await self._write(lambda conn: self.queries.revoke_user(conn, login, now))
+
+    # -- nodes, claims and leases (several daemons on one database) -----------------------------
+
+    async def register_node(self, node: Node) -> None:
+        await self._write(lambda conn: self.queries.register_node(conn, node))
+
+    async def heartbeat(self, node_id: str, *, state: str, concurrency: int, running: int) -> bool:
+        """Renew the node's lease; False when it was lost (its tasks are being taken over)."""
+        now = self.now()
+        return await self._write(lambda conn: self.queries.heartbeat(
+            conn, node_id, now, state=state, concurrency=concurrency, running=running))
+
+    async def leave(self, node_id: str) -> None:
+        now = self.now()
+        await self._write(lambda conn: self.queries.leave(conn, node_id, now))
+
+    async def list_nodes(self) -> list[Node]:
+        return await self._read(self.queries.list_nodes)
+
+    async def mark_lost_nodes(self, lease_s: float) -> list[str]:
+        now = self.now()
+        return await self._write(lambda conn: self.queries.mark_lost_nodes(conn, now, lease_s))
+
+    async def orphaned_tasks(self, lease_s: float) -> list[tuple[str, str | None, int]]:
+        """Running tasks no live node holds: ``(task_id, node_id, attempt)``."""
+        now = self.now()
+        return await self._read(lambda conn: self.queries.orphaned_tasks(conn, now, lease_s))
+
+    async def claim_tasks(self, node_id: str, limit: int, user_limit: int = 0) -> list[Task]:
+        """Start up to ``limit`` queued tasks on ``node_id`` (see ``cluster_queries.claim_tasks``)."""
+        now = self.now()
+
+        def write(conn: Any) -> tuple[list[Task], list[Event]]:
+            return self.queries.claim_tasks(conn, node_id, limit, user_limit, now)
+
+        return await self._write_events(None, write)
+
+    async def due_retries(self, limit: int = 100) -> list[str]:
+        now = self.now()
+        return await self._read(lambda conn: self.queries.due_retries(conn, now, limit))
+
+    async def watch_remote(self, on_notices: Callable[[list[RemoteNotice]], None], *,
+                           task_status: Any) -> None:
+        """Call ``on_notices`` (on the Trio thread) with what other daemons commit; until cancelled.
+
+        A store nobody else writes has nothing to tell: it only signals readiness.
+        Cancellation: stops listening.
+        """
+        task_status.started()
+        await trio.sleep_forever()

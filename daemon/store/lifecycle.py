@@ -32,22 +32,38 @@ def plan_transition(
     due_at: float | None = None,
     attempt_delta: int = 0,
     events_before: Iterable[NewEvent] = (),
+    node_id: str | None = None,
+    claim: tuple[str | None, int] | None = None,
 ) -> tuple[Task, list[NewEvent]]:
     """The task after the change (its ``last_seq`` not yet moved) and the events to append.
 
-    Raises ``InvalidTransition`` when the task is not in ``expect`` or the state machine
-    forbids the change.
+    ``node_id``: the node starting the attempt (with ``target`` running). ``claim``: the
+    ``(node_id, attempt)`` of the attempt that asks; the change is refused unless that attempt
+    still holds the task (a node whose lease ran out must not overwrite the outcome of the node
+    that took the task over).
+
+    Raises ``InvalidTransition`` when the task is not in ``expect``, the claim is no longer
+    held, or the state machine forbids the change.
     """
     if expect is not None and task.status != expect:
         raise InvalidTransition(f"task {task.id} is {task.status.value}, not {expect.value}")
+    if claim is not None and (task.status is not TaskStatus.RUNNING or (task.node_id, task.attempt) != claim):
+        raise InvalidTransition(
+            f"task {task.id}: attempt {claim[1]} on node {claim[0]} no longer holds it "
+            f"({task.status.value}, attempt {task.attempt} on node {task.node_id})"
+        )
     check_transition(task.status, target)
+    running = target is TaskStatus.RUNNING
     changed = dataclasses.replace(
         task, status=target, attempt=task.attempt + attempt_delta, reason=reason, error=error,
         due_at=due_at, updated_at=now,
-        started_at=now if target is TaskStatus.RUNNING else task.started_at,
+        started_at=now if running else task.started_at,
         finished_at=now if target.is_terminal else None,
+        node_id=node_id if running and node_id is not None else task.node_id,
     )
     status_data: dict[str, Any] = {"status": target.value, "attempt": changed.attempt}
+    if running and node_id is not None:
+        status_data["node"] = node_id
     if reason:
         status_data["reason"] = reason
     events = [*events_before, NewEvent("task.status", status_data)]

@@ -72,6 +72,10 @@ class Task:
     finished_at: float | None = None
     last_seq: int = 0
     idempotency_key: str | None = None
+    #: The node (daemon) that runs the task, or ran its latest attempt (``agentctl tasks``).
+    node_id: str | None = None
+    #: The branch of the task's current workspace (set at clone; ``branch`` is set once pushed).
+    workspace_branch: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The JSON shape shown to the task's owner and to operators (no secrets here)."""
@@ -96,6 +100,7 @@ class Task:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "last_seq": self.last_seq,
+            "node": self.node_id,
         }
 
 
@@ -141,3 +146,45 @@ class NewEvent:
 
     type: str
     data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One daemon sharing the store, as its last heartbeat left it (``agentctl status``).
+
+    ``state``: "up", "draining", "stopped" (left in order) or "lost" (its lease ran out and
+    its running tasks were taken over).
+    """
+
+    id: str
+    name: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    state: str
+    concurrency: int
+    running: int
+    http: str | None = None
+
+    def public(self, now: float) -> dict[str, Any]:
+        return {**self.__dict__, "heartbeat_age_s": round(max(0.0, now - self.heartbeat_at), 3)}
+
+
+@dataclass(frozen=True)
+class RemoteNotice:
+    """Another daemon committed events ``first..last`` of a task (``flags``: see
+    ``postgres_queries.notice_flags``)."""
+
+    node: str
+    task_id: str
+    first: int
+    last: int
+    flags: str
+
+    @classmethod
+    def parse(cls, payload: str) -> "RemoteNotice | None":
+        parts = payload.split(" ")
+        if len(parts) != 5 or not parts[2].isdigit() or not parts[3].isdigit():
+            return None
+        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]), parts[4])

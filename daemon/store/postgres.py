@@ -13,6 +13,7 @@ be serialized with row locks (see ``postgres_queries``), which also holds across
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,7 +27,9 @@ from psycopg_pool import ConnectionPool
 from ..errors import ConfigError, PermanentError
 from . import postgres_queries as q
 from .base import StoreBase
-from .models import Event
+from .datadir import lock_data_dir
+from .models import Event, RemoteNotice
+from .postgres_listen import listen
 from .postgres_schema import LATEST, migrate, schema_version
 
 # The test clock's "work in flight" counter (tests/conftest.py); shared with the SQLite backend.
@@ -68,26 +71,32 @@ class PostgresStore(StoreBase):
 
     backend = "postgresql"
     queries = q
+    shared = True
 
-    def __init__(self, dsn: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
+    def __init__(self, dsn: str, *, pool_size: int = DEFAULT_POOL_SIZE, node_id: str | None = None) -> None:
         super().__init__()
         self.dsn = dsn
+        self.node_id = node_id
         self.path = redact(dsn)  # what `agentctl status` shows as the database
         self._pool = ConnectionPool(
             dsn, min_size=min(2, pool_size), max_size=pool_size, open=False, name="agentd-store",
             # autocommit: each call opens its own explicit transaction (conn.transaction()).
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+            configure=self._configure,
         )
         self._limiter = trio.CapacityLimiter(pool_size)
         self._order_locks: dict[str, tuple[trio.Lock, list[int]]] = {}
         self._closed = False
+        self._lock_fd: int | None = None
         self._size = 0
         self._size_at = -math.inf
         self._on_round_trip: Callable[[float], None] | None = None
 
     @classmethod
-    async def open(cls, dsn: str, **kwargs: Any) -> PostgresStore:
+    async def open(cls, dsn: str, *, data_dir: Path | None = None, **kwargs: Any) -> PostgresStore:
         """Connect, migrate the schema (once across concurrently starting daemons), open the pool.
+
+        ``data_dir``: this daemon's own directory, locked (``DataDirLocked``) while open.
 
         Raises ``StoreUnavailable`` when the server cannot be reached. Cancellation: the
         connecting thread is not abandoned; once it ends the store is closed again and the
@@ -95,12 +104,25 @@ class PostgresStore(StoreBase):
         """
         store = cls(dsn, **kwargs)
         try:
+            if data_dir is not None:  # the node's own files (workspaces, node id) stay its own
+                data_dir.mkdir(parents=True, exist_ok=True)
+                store._lock_fd = lock_data_dir(data_dir)
             await store._thread(store._open_sync, abandon=False)
             await trio.lowlevel.checkpoint_if_cancelled()
         except BaseException:
             await store.aclose()
             raise
         return store
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        # The NOTIFY of each event write names its node, so that a node skips its own.
+        conn.execute("SELECT set_config('agentd.node', %s, false)", (self.node_id or "",))
+
+    async def watch_remote(self, on_notices: Callable[[list[RemoteNotice] | None], None], *,
+                           task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Call ``on_notices`` with other daemons' committed events (``postgres_listen.listen``)."""
+        await listen(self.dsn, self.node_id, on_notices, connect_timeout=CONNECT_TIMEOUT_S,
+                     task_status=task_status)
 
     def _open_sync(self) -> None:
         try:
@@ -123,6 +145,9 @@ class PostgresStore(StoreBase):
         self._closed = True
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._pool.close)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def observe_writes(self, callback: Callable[[float], None]) -> None:
         """Have ``callback(seconds)`` told each write's round trip (the metrics use it)."""

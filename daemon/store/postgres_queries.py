@@ -11,6 +11,7 @@ so seqs stay gap-free and a status change is decided on the current status.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any, Iterable, Sequence
 
@@ -18,6 +19,7 @@ from psycopg import Connection
 
 from ..errors import NotFound
 from ..states import TaskStatus
+from . import cluster_queries
 from .lifecycle import created_events, plan_transition
 from .models import Event, NewEvent, Task, Usage, User
 
@@ -27,7 +29,7 @@ from .sqlite_queries import task_from_row, user_from_row
 _TASK_COLUMNS = (
     "id, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at, "
     "reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, last_seq, "
-    "idempotency_key"
+    "idempotency_key, node_id, workspace_branch"
 )
 _USER_COLUMNS = "id, login, created_at, github_id, name, is_operator, disabled"
 
@@ -105,18 +107,23 @@ def transition(
     due_at: float | None = None,
     attempt_delta: int = 0,
     events_before: Iterable[NewEvent] = (),
+    node_id: str | None = None,
+    claim: tuple[str | None, int] | None = None,
 ) -> tuple[Task, list[Event]]:
-    """Change a task's status, validated, with its ``task.status`` (and ``task.finished``) events."""
+    """Change a task's status, validated, with its ``task.status`` (and ``task.finished``) events.
+
+    ``node_id`` and ``claim``: see ``lifecycle.plan_transition``.
+    """
     task = require_task(conn, task_id, lock=True)
     changed, new = plan_transition(
         task, target, now=now, expect=expect, reason=reason, error=error, due_at=due_at,
-        attempt_delta=attempt_delta, events_before=events_before,
+        attempt_delta=attempt_delta, events_before=events_before, node_id=node_id, claim=claim,
     )
     conn.execute(
         "UPDATE tasks SET status = %s, attempt = %s, reason = %s, error = %s, due_at = %s, "
-        "started_at = %s, finished_at = %s, updated_at = %s WHERE id = %s",
+        "started_at = %s, finished_at = %s, updated_at = %s, node_id = %s WHERE id = %s",
         (target.value, changed.attempt, _text(changed.reason), _text(changed.error), changed.due_at,
-         changed.started_at, changed.finished_at, now, task_id),
+         changed.started_at, changed.finished_at, now, changed.node_id, task_id),
     )
     events = append_events(conn, task_id, new, now=now, last_seq=task.last_seq)
     return dataclasses.replace(changed, last_seq=events[-1].seq), events
@@ -124,7 +131,7 @@ def transition(
 
 def update_task(conn: Connection, task_id: str, now: float, **fields: Any) -> Task:
     """Set result fields (usage, branch, pr_url, diff, budget) of a task."""
-    allowed = {"usage", "branch", "pr_url", "diff", "budget"}
+    allowed = {"usage", "branch", "pr_url", "diff", "budget", "workspace_branch"}
     unknown = set(fields) - allowed
     if unknown:
         raise ValueError(f"cannot update task fields {sorted(unknown)}")
@@ -207,8 +214,33 @@ def append_events(
             "INSERT INTO events (task_id, seq, ts, type, data) VALUES (%s, %s, %s, %s, %s)",
             [(e.task_id, e.seq, e.ts, e.type, _dumps(e.data)) for e in events],
         )
-    conn.execute("UPDATE tasks SET last_seq = %s WHERE id = %s", (seq, task_id))
+    # Other nodes learn of the commit (LISTEN agentd_events; ``postgres_listen``). The
+    # notification is sent only if this transaction commits, and in commit order.
+    conn.execute(
+        "UPDATE tasks SET last_seq = %s WHERE id = %s RETURNING pg_notify('agentd_events', "
+        "concat_ws(' ', COALESCE(NULLIF(current_setting('agentd.node', true), ''), '-'), %s::text))",
+        (seq, task_id, f"{task_id} {last_seq + 1} {seq} {notice_flags(new)}"),
+    )
     return events
+
+
+# The event types another node may have to act on: status changes (a cancel, a task to claim,
+# a user's task list) and user messages (the inbox of a task it runs).
+_NOTICE_TYPES = frozenset({"task.created", "task.status", "task.finished", "user.message"})
+
+
+def notice_flags(new: Sequence[NewEvent]) -> str:
+    """``s``: the batch has events other nodes act on; ``q``: a task became queued (work to
+    claim); ``f``: a task stopped running (a user under a cap may start another); ``-``: none."""
+    flags = ""
+    if any(item.type in _NOTICE_TYPES for item in new):
+        flags += "s"
+    statuses = {item.data.get("status") for item in new if item.type == "task.status"}
+    if "queued" in statuses:
+        flags += "q"
+    if statuses - {"queued", "running"}:
+        flags += "f"
+    return flags or "-"
 
 
 def read_events(conn: Connection, task_id: str, after: int, limit: int) -> list[Event]:
@@ -379,3 +411,22 @@ def set_github_token(conn: Connection, user_id: int, token_enc: bytes | None, no
 def github_token_enc(conn: Connection, user_id: int) -> bytes | None:
     row = conn.execute("SELECT github_token_enc FROM users WHERE id = %s", (user_id,)).fetchone()
     return bytes(row[0]) if row and row[0] is not None else None
+
+
+# -- nodes and claims (one SQL text for both backends: cluster_queries) ---------------------------
+
+# Claims take this transaction-scoped advisory lock first, so that the per-user cap is decided
+# on committed counts even when several nodes claim at once ("agentd-claim").
+_CLAIM_LOCK = 0x6167656E74_6463
+_CLUSTER = cluster_queries.Dialect(
+    placeholder="%s", lock_rows=" FOR UPDATE SKIP LOCKED",
+    claim_lock=f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK})", transition=transition,
+)
+register_node = functools.partial(cluster_queries.register_node, _CLUSTER)
+heartbeat = functools.partial(cluster_queries.heartbeat, _CLUSTER)
+leave = functools.partial(cluster_queries.leave, _CLUSTER)
+list_nodes = functools.partial(cluster_queries.list_nodes, _CLUSTER)
+mark_lost_nodes = functools.partial(cluster_queries.mark_lost_nodes, _CLUSTER)
+orphaned_tasks = functools.partial(cluster_queries.orphaned_tasks, _CLUSTER)
+claim_tasks = functools.partial(cluster_queries.claim_tasks, _CLUSTER)
+due_retries = functools.partial(cluster_queries.due_retries, _CLUSTER)

@@ -108,6 +108,24 @@ POSTGRES_SQL: dict[int, str] = {
         );
         CREATE INDEX inbox_pending ON inbox(task_id) WHERE taken_at IS NULL;
     """,
+    4: """
+        ALTER TABLE tasks ADD COLUMN node_id TEXT;
+        ALTER TABLE tasks ADD COLUMN workspace_branch TEXT;
+        ALTER TABLE users ADD COLUMN last_started_at DOUBLE PRECISION;
+        CREATE INDEX tasks_running_by_node ON tasks(node_id) WHERE status = 'running';
+        CREATE TABLE nodes (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            http TEXT,
+            started_at DOUBLE PRECISION NOT NULL,
+            heartbeat_at DOUBLE PRECISION NOT NULL,
+            state TEXT NOT NULL,
+            concurrency INTEGER NOT NULL,
+            running INTEGER NOT NULL DEFAULT 0
+        );
+    """,
 }
 
 _unknown = set(POSTGRES_SQL) - {version for version, _, _ in _SHARED}

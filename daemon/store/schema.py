@@ -107,6 +107,28 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "why each assistant turn stopped (resuming after pause_turn or max_tokens)",
         "ALTER TABLE messages ADD COLUMN stop_reason TEXT;",
     ),
+    (
+        4,
+        "the daemons (nodes) sharing the store, which node runs each task, and its workspace's branch",
+        """
+        ALTER TABLE tasks ADD COLUMN node_id TEXT;
+        ALTER TABLE tasks ADD COLUMN workspace_branch TEXT;
+        ALTER TABLE users ADD COLUMN last_started_at REAL;
+        CREATE INDEX tasks_running_by_node ON tasks(node_id) WHERE status = 'running';
+        CREATE TABLE nodes (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            http TEXT,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            state TEXT NOT NULL,
+            concurrency INTEGER NOT NULL,
+            running INTEGER NOT NULL DEFAULT 0
+        );
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

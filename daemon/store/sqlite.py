@@ -2,46 +2,21 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import apsw
 import trio
 
-from ..errors import ConfigError
 from . import sqlite_queries as q
 from .base import StoreBase
-from .models import Event
+from .datadir import lock_data_dir
+from .models import Event, NewEvent
 from .schema import migrate
 from .sqlite_io import ReaderPool, WriterThread, open_connection
 
 T = TypeVar("T")
-
-
-class DataDirLocked(ConfigError):
-    code = "data_dir_locked"
-
-
-def _lock_data_dir(data_dir: Path) -> int:
-    """Hold an exclusive lock on ``<data-dir>/agentd.lock`` for as long as the store is open."""
-    path = data_dir / "agentd.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            raise DataDirLocked(
-                f"another agentd (pid {holder}) is already using the data dir {data_dir}"
-            ) from None
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 class SqliteStore(StoreBase):
@@ -71,7 +46,7 @@ class SqliteStore(StoreBase):
         """
         data_dir.mkdir(parents=True, exist_ok=True)
         store = cls(data_dir, **kwargs)
-        store._lock_fd = _lock_data_dir(data_dir)
+        store._lock_fd = lock_data_dir(data_dir)
         try:
             await trio.to_thread.run_sync(store._migrate)
             store._writer.start()
@@ -115,6 +90,17 @@ class SqliteStore(StoreBase):
         # of every task are published in commit order without a lock per task.
         result, _ = await self._writer.run(fn, on_commit=lambda out: self._publish(out[1]))
         return result
+
+    async def append_events(self, task_id: str, new: Sequence[NewEvent]) -> list[Event]:
+        """As ``StoreBase.append_events``; the writer merges the appends waiting together.
+
+        Cancellation: as ``_write``.
+        """
+        if not new:
+            return []
+        return await self._writer.run_merged(
+            q.append_event_batch, (task_id, new, self.now()), self._publish
+        )
 
     # -- maintenance ----------------------------------------------------------------------------
 

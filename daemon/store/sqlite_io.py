@@ -1,9 +1,11 @@
 """SQLite I/O off the Trio thread: one writer thread with group commit, pooled reader threads.
 
 All writes go through one thread that owns the only writing connection. It takes every job
-that is waiting, runs them in one ``BEGIN IMMEDIATE`` transaction (each in its own savepoint,
-so one failing job does not undo the others), commits once, then hands all results back to the
-Trio thread in one callback, in submission order. Under load that is one fsync for many jobs.
+that is waiting, runs them in one ``BEGIN IMMEDIATE`` transaction, commits once, then hands all
+results back to the Trio thread in one callback, in submission order. Under load that is one
+fsync for many jobs. One failing job does not undo the others: the batch is then run again with
+a savepoint per job. Consecutive jobs of the same kind can be merged (``run_merged``): the event
+appends of a batch become one ``INSERT`` and one ``UPDATE`` per task.
 """
 
 from __future__ import annotations
@@ -25,11 +27,31 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 512
 BUSY_TIMEOUT_MS = 5000
+# The writer asks for a checkpoint once the WAL holds this many pages (SQLite's own default),
+# and runs one itself only if the WAL outgrows the second figure (the checkpointer lags).
+CHECKPOINT_PAGES = 1000
+CHECKPOINT_INLINE_PAGES = 16000
 
 
-def open_connection(path: Path, *, synchronous: str = "NORMAL", readonly: bool = False):
+class WriterConnection(apsw.Connection):
+    """The writer thread's connection, with what it may remember between its transactions.
+
+    ``last_seqs``: each task's event counter as this connection last wrote or read it (see
+    ``sqlite_queries.append_event_batch``). Safe because this is the file's only writer; the
+    writer forgets it whenever a transaction or savepoint is rolled back.
+    """
+
+    __slots__ = ("last_seqs",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_seqs: dict[str, int] = {}
+
+
+def open_connection(path: Path, *, synchronous: str = "NORMAL", readonly: bool = False,
+                    factory: type[apsw.Connection] = apsw.Connection):
     flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-    conn = apsw.Connection(str(path), flags=flags)
+    conn = factory(str(path), flags=flags)
     conn.set_busy_timeout(BUSY_TIMEOUT_MS)
     if not readonly:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -38,18 +60,32 @@ def open_connection(path: Path, *, synchronous: str = "NORMAL", readonly: bool =
     return conn
 
 
+Merge = Callable[[Any, list[Any]], list[Any]]
+
+
 class _Job(Generic[T]):
-    """One write: the function, who waits for it, and how it ended."""
+    """One write: the function (or merge function and its argument), who waits, how it ended."""
 
-    __slots__ = ("fn", "on_commit", "task", "result", "error")
+    __slots__ = ("fn", "merge", "arg", "on_commit", "task", "result", "error")
 
-    def __init__(self, fn: Callable[[apsw.Connection], T], on_commit: Callable[[T], None] | None,
-                 task: trio.lowlevel.Task) -> None:
+    def __init__(self, fn: Callable[[apsw.Connection], T] | None, merge: Merge | None, arg: Any,
+                 on_commit: Callable[[T], None] | None, task: trio.lowlevel.Task) -> None:
         self.fn = fn
+        self.merge = merge
+        self.arg = arg
         self.on_commit = on_commit
         self.task = task
         self.result: Any = None
         self.error: BaseException | None = None
+
+    def run_alone(self, conn: apsw.Connection) -> None:
+        if self.merge is None:
+            self.result = self.fn(conn)  # type: ignore[misc]
+            return
+        (out,) = self.merge(conn, [self.arg])
+        if isinstance(out, BaseException):
+            raise out
+        self.result = out
 
 
 _STOP = object()
@@ -91,9 +127,22 @@ class WriterThread:
         Cancellation: the wait is shielded. A submitted write is short, and the caller always
         learns whether it committed, so memory and the store never disagree.
         """
+        return await self._submit(_Job(fn, None, None, on_commit, trio.lowlevel.current_task()))
+
+    async def run_merged(self, merge: Merge, arg: Any, on_commit: Callable[[Any], None] | None = None) -> Any:
+        """Like ``run``, for a job that may be merged with the waiting jobs of the same ``merge``.
+
+        Consecutive jobs of a batch with the same ``merge`` run as one call,
+        ``merge(conn, [arg, ...])``, which returns one outcome per argument: the job's result,
+        or an exception for that job alone (``merge`` must then have written nothing for it).
+        If ``merge`` raises, the batch is run again with a savepoint per job and each of them
+        alone (``merge(conn, [arg])``). Cancellation: as ``run``.
+        """
+        return await self._submit(_Job(None, merge, arg, on_commit, trio.lowlevel.current_task()))
+
+    async def _submit(self, job: _Job[T]) -> T:
         if self._closed:
             raise trio.ClosedResourceError("the store is closed")
-        job: _Job[T] = _Job(fn, on_commit, trio.lowlevel.current_task())
         track(+1)
         started = time.perf_counter()
         self._queue.put(job)
@@ -119,11 +168,13 @@ class WriterThread:
 
     def _main(self, ready: threading.Event, failure: list[BaseException]) -> None:
         try:
-            conn = open_connection(self._path, synchronous=self._synchronous)
+            conn = open_connection(self._path, synchronous=self._synchronous, factory=WriterConnection)
         except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
             failure.append(exc)
             ready.set()
             return
+        checkpointer = Checkpointer(self._path, self._synchronous)
+        checkpointer.attach(conn)
         ready.set()
         try:
             while True:
@@ -142,10 +193,11 @@ class WriterThread:
                 if stop:
                     return
         finally:
+            checkpointer.stop()
             conn.close()
 
     @staticmethod
-    def _run_batch(conn: apsw.Connection, jobs: list[_Job[Any]]) -> None:
+    def _run_batch(conn: WriterConnection, jobs: list[_Job[Any]]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except apsw.Error as exc:
@@ -156,19 +208,20 @@ class WriterThread:
         # batch is rolled back and run again with a savepoint per job, so that only the failed
         # job's writes are undone. (A job is a pure function of the connection: safe to rerun.)
         try:
-            for job in jobs:
-                job.result = job.fn(conn)
+            _run_merging(conn, jobs)
         except BaseException:  # noqa: BLE001 - sorted out per job just below
             conn.execute("ROLLBACK")
+            conn.last_seqs.clear()
             conn.execute("BEGIN IMMEDIATE")
             for job in jobs:
                 job.result = job.error = None
                 conn.execute("SAVEPOINT job")
                 try:
-                    job.result = job.fn(conn)
+                    job.run_alone(conn)
                 except BaseException as exc:  # noqa: BLE001 - given back to the job's caller
                     job.error = exc
                     conn.execute("ROLLBACK TO job")
+                    conn.last_seqs.clear()
                 conn.execute("RELEASE job")
         try:
             conn.execute("COMMIT")
@@ -176,8 +229,31 @@ class WriterThread:
             log.error("sqlite commit failed: %s", exc)
             if not conn.getautocommit():
                 conn.execute("ROLLBACK")
+            conn.last_seqs.clear()
             for job in jobs:
                 job.error, job.result = exc, None
+
+
+def _run_merging(conn: apsw.Connection, jobs: list[_Job[Any]]) -> None:
+    """Run the jobs in order, each run of consecutive jobs with one ``merge`` as one call."""
+    i, n = 0, len(jobs)
+    while i < n:
+        job = jobs[i]
+        merge = job.merge
+        if merge is None:
+            job.result = job.fn(conn)  # type: ignore[misc]
+            i += 1
+            continue
+        j = i + 1
+        while j < n and jobs[j].merge is merge:
+            j += 1
+        group = jobs[i:j]
+        for member, out in zip(group, merge(conn, [member.arg for member in group]), strict=True):
+            if isinstance(out, BaseException):
+                member.error = out
+            else:
+                member.result = out
+        i = j
 
 
 def _refuse_abort(raise_cancel: Any) -> trio.lowlevel.Abort:
@@ -193,6 +269,63 @@ def _deliver(jobs: list[_Job[Any]]) -> None:
                 log.exception("on_commit callback failed")
         trio.lowlevel.reschedule(job.task)
     track(-len(jobs))
+
+
+class Checkpointer:
+    """Copies the WAL back into the database on a thread of its own, off the writer's path.
+
+    SQLite's automatic checkpoint runs inside the commit that crosses the threshold, on the
+    writer thread, so every write waits for it. Here the writer's WAL hook only wakes this
+    thread, which runs a PASSIVE checkpoint (it never blocks the writer or the readers) on its
+    own connection. The WAL restarts from its beginning at the first write after a complete
+    checkpoint, as with the automatic one.
+    """
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def attach(self, writer: apsw.Connection) -> None:
+        """Take over checkpointing from ``writer`` (replaces its automatic checkpoint)."""
+        self._thread = threading.Thread(target=self._main, name="agentd-sqlite-checkpoint", daemon=True)
+        self._thread.start()
+        writer.set_wal_hook(self._on_commit)
+
+    def _on_commit(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
+        if pages >= CHECKPOINT_PAGES and not self._wanted.is_set():
+            self._wanted.set()
+        if pages >= CHECKPOINT_INLINE_PAGES:
+            try:
+                conn.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_PASSIVE)
+            except apsw.BusyError:  # the checkpointer is at it
+                pass
+        return apsw.SQLITE_OK
+
+    def _main(self) -> None:
+        conn = open_connection(self._path, synchronous=self._synchronous)
+        try:
+            while True:
+                self._wanted.wait()
+                self._wanted.clear()
+                if self._stopping:
+                    return
+                try:
+                    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                except apsw.Error as exc:  # busy, or I/O: the next commit asks again
+                    log.debug("sqlite checkpoint: %s", exc)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        """Stop the thread (blocking: from the writer thread, before it closes its connection)."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join()
 
 
 class ReaderPool:

@@ -7,6 +7,7 @@ thread. None of them may be called from the Trio thread.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from typing import Any, Iterable, Sequence
@@ -15,13 +16,14 @@ import apsw
 
 from ..errors import NotFound
 from ..states import TaskStatus
+from . import cluster_queries
 from .lifecycle import created_events, plan_transition
 from .models import Event, NewEvent, Task, Usage, User
 
 _TASK_COLUMNS = (
     "id, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at, "
     "reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, last_seq, "
-    "idempotency_key"
+    "idempotency_key, node_id, workspace_branch"
 )
 _USER_COLUMNS = "id, login, created_at, github_id, name, is_operator, disabled"
 
@@ -33,14 +35,15 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 def task_from_row(row: Sequence[Any]) -> Task:
     (tid, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at,
      reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, last_seq,
-     idem) = row
+     idem, node_id, workspace_branch) = row
     return Task(
         id=tid, user_id=user_id, repo_url=repo_url, prompt=prompt, base_branch=base_branch,
         status=TaskStatus(status), attempt=attempt, created_at=created_at, updated_at=updated_at,
         due_at=due_at, reason=reason, error=error, budget=json.loads(budget),
         usage=Usage(**json.loads(usage)), branch=branch, pr_url=pr_url,
         diff=json.loads(diff) if diff else None, started_at=started_at, finished_at=finished_at,
-        last_seq=last_seq, idempotency_key=idem,
+        last_seq=last_seq, idempotency_key=idem, node_id=node_id,
+        workspace_branch=workspace_branch,
     )
 
 
@@ -105,18 +108,23 @@ def transition(
     due_at: float | None = None,
     attempt_delta: int = 0,
     events_before: Iterable[NewEvent] = (),
+    node_id: str | None = None,
+    claim: tuple[str | None, int] | None = None,
 ) -> tuple[Task, list[Event]]:
-    """Change a task's status, validated, with its ``task.status`` (and ``task.finished``) events."""
+    """Change a task's status, validated, with its ``task.status`` (and ``task.finished``) events.
+
+    ``node_id`` and ``claim``: see ``lifecycle.plan_transition``.
+    """
     task = require_task(conn, task_id)
     changed, new = plan_transition(
         task, target, now=now, expect=expect, reason=reason, error=error, due_at=due_at,
-        attempt_delta=attempt_delta, events_before=events_before,
+        attempt_delta=attempt_delta, events_before=events_before, node_id=node_id, claim=claim,
     )
     conn.execute(
         "UPDATE tasks SET status = ?, attempt = ?, reason = ?, error = ?, due_at = ?, "
-        "started_at = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+        "started_at = ?, finished_at = ?, updated_at = ?, node_id = ? WHERE id = ?",
         (target.value, changed.attempt, changed.reason, changed.error, changed.due_at,
-         changed.started_at, changed.finished_at, now, task_id),
+         changed.started_at, changed.finished_at, now, changed.node_id, task_id),
     )
     events = append_events(conn, task_id, new, now=now, last_seq=task.last_seq)
     return dataclasses.replace(changed, last_seq=events[-1].seq), events
@@ -124,7 +132,7 @@ def transition(
 
 def update_task(conn: apsw.Connection, task_id: str, now: float, **fields: Any) -> Task:
     """Set result fields (usage, branch, pr_url, diff) of a task."""
-    allowed = {"usage", "branch", "pr_url", "diff", "budget"}
+    allowed = {"usage", "branch", "pr_url", "diff", "budget", "workspace_branch"}
     unknown = set(fields) - allowed
     if unknown:
         raise ValueError(f"cannot update task fields {sorted(unknown)}")
@@ -183,6 +191,8 @@ def append_events(
     """Give each event the task's next ``seq``; the counter lives on the task row.
 
     ``last_seq``, when the caller has just read the row in this transaction, saves a query.
+    The counter moves only here and in ``append_event_batch``, which keep the writer's memory
+    of it (``WriterConnection.last_seqs``) up to date.
     """
     if not new:
         return []
@@ -202,7 +212,68 @@ def append_events(
         [(e.task_id, e.seq, e.ts, e.type, _dumps(e.data)) for e in events],
     )
     conn.execute("UPDATE tasks SET last_seq = ? WHERE id = ?", (seq, task_id))
+    remembered = getattr(conn, "last_seqs", None)
+    if remembered is not None:
+        remembered[task_id] = seq
     return events
+
+
+class _StaleLastSeq(Exception):
+    """The writer's remembered counter of a task disagrees with the table (a bug elsewhere)."""
+
+
+# Beyond this many tasks, the writer forgets the counters it remembers and reads them again.
+_LAST_SEQS_KEPT = 20_000
+
+
+def append_event_batch(
+    conn: apsw.Connection, appends: list[tuple[str, Sequence[NewEvent], float]]
+) -> list[list[Event] | NotFound]:
+    """Many ``append_events(conn, task_id, new, now=now)`` at once, in order, merged.
+
+    One ``INSERT`` for all the events and one ``UPDATE`` per task. Each task's counter comes
+    from the writer's memory (``conn.last_seqs``) or else one read; every ``UPDATE`` checks
+    the counter it moves from, so a wrong memory raises (the writer then rolls back, forgets
+    and runs each append alone) instead of leaving a gap. An unknown task gets ``NotFound``
+    in its place in the result, and nothing is written for it.
+    """
+    remembered: dict[str, int] | None = getattr(conn, "last_seqs", None)
+    if remembered is None:
+        remembered = {}
+    elif len(remembered) > _LAST_SEQS_KEPT:
+        remembered.clear()
+    select = "SELECT last_seq FROM tasks WHERE id = ?"
+    moved_from: dict[str, int] = {}
+    rows: list[tuple[str, int, float, str, str]] = []
+    outcomes: list[list[Event] | NotFound] = []
+    for task_id, new, now in appends:
+        seq = remembered.get(task_id)
+        if seq is None:
+            row = conn.execute(select, (task_id,)).fetchone()
+            if row is None:
+                outcomes.append(NotFound(f"no task {task_id}"))
+                continue
+            seq = row[0]
+        if task_id not in moved_from:
+            moved_from[task_id] = seq
+        events = []
+        for item in new:
+            seq += 1
+            events.append(Event(task_id, seq, now, item.type, item.data))
+            rows.append((task_id, seq, now, item.type, _dumps(item.data)))
+        remembered[task_id] = seq
+        outcomes.append(events)
+    if rows:
+        # No triggers on tasks: total_changes counts exactly the rows this UPDATE moved.
+        before = conn.total_changes()
+        conn.executemany(
+            "UPDATE tasks SET last_seq = ? WHERE id = ? AND last_seq = ?",
+            [(remembered[task_id], task_id, old) for task_id, old in moved_from.items()],
+        )
+        if conn.total_changes() - before != len(moved_from):
+            raise _StaleLastSeq("a task's event counter moved outside append_events")
+        conn.executemany("INSERT INTO events (task_id, seq, ts, type, data) VALUES (?, ?, ?, ?, ?)", rows)
+    return outcomes
 
 
 def read_events(conn: apsw.Connection, task_id: str, after: int, limit: int) -> list[Event]:
@@ -357,3 +428,16 @@ def github_token_enc(conn: apsw.Connection, user_id: int) -> bytes | None:
 def user_by_id(conn: apsw.Connection, user_id: int) -> User | None:
     row = conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,)).fetchone()
     return user_from_row(row) if row else None
+
+
+# -- nodes and claims (one SQL text for both backends: cluster_queries) ---------------------------
+
+_CLUSTER = cluster_queries.Dialect(placeholder="?", lock_rows="", claim_lock=None, transition=transition)
+register_node = functools.partial(cluster_queries.register_node, _CLUSTER)
+heartbeat = functools.partial(cluster_queries.heartbeat, _CLUSTER)
+leave = functools.partial(cluster_queries.leave, _CLUSTER)
+list_nodes = functools.partial(cluster_queries.list_nodes, _CLUSTER)
+mark_lost_nodes = functools.partial(cluster_queries.mark_lost_nodes, _CLUSTER)
+orphaned_tasks = functools.partial(cluster_queries.orphaned_tasks, _CLUSTER)
+claim_tasks = functools.partial(cluster_queries.claim_tasks, _CLUSTER)
+due_retries = functools.partial(cluster_queries.due_retries, _CLUSTER)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Collection
 
 
 class FairQueue:
@@ -22,11 +23,16 @@ class FairQueue:
         self._owner[task_id] = user_id
         self._by_user.setdefault(user_id, collections.deque()).append(task_id)
 
-    def pop(self) -> tuple[int, str] | None:
-        """The next task: the head of the user whose turn it is; that user moves to the back."""
-        if not self._by_user:
+    def pop(self, skip: Collection[int] = ()) -> tuple[int, str] | None:
+        """The next task: the head of the user whose turn it is; that user moves to the back.
+
+        Users in ``skip`` (at their cap) keep their place and their turn for later.
+        """
+        for user_id, tasks in self._by_user.items():
+            if user_id not in skip:
+                break
+        else:
             return None
-        user_id, tasks = next(iter(self._by_user.items()))
         task_id = tasks.popleft()
         del self._owner[task_id]
         if tasks:

@@ -7,7 +7,9 @@ from typing import Any, Protocol
 
 import trio
 
+from ..errors import PermanentError
 from ..events import EventHub
+from ..states import TaskStatus
 from ..store import Event, NewEvent, Store, Task
 
 
@@ -37,6 +39,20 @@ class RunContext:
 
     def emit_ephemeral(self, type: str, data: dict[str, Any]) -> None:
         self.hub.publish_ephemeral(self.task.id, type, data)
+
+    async def check_held(self) -> None:
+        """Raise ``PermanentError`` (code ``lease_lost``) if this attempt no longer holds its task.
+
+        Asked before what must not happen twice (a push): on a shared store, a node whose lease
+        ran out may not have heard yet that another node took the task over.
+        """
+        now = await self.store.get_task(self.task.id)
+        held = (self.task.node_id, self.task.attempt)
+        if now is None or now.status is not TaskStatus.RUNNING or (now.node_id, now.attempt) != held:
+            raise PermanentError(
+                f"attempt {self.task.attempt} no longer holds task {self.task.id} (another node "
+                "took it over); not pushing", code="lease_lost",
+            )
 
 
 class TaskRunner(Protocol):

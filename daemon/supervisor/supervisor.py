@@ -3,29 +3,41 @@
 Every status change goes through ``store.transition`` (validated there, in one place, with its
 events, in one transaction); this module decides *which* change to make. All its tasks live in
 the nursery of ``run()``; nothing outlives it.
+
+Admission has two modes, chosen by the store. On a store only this daemon writes (SQLite), the
+queue is in memory (``FairQueue``) and an attempt starts with its own transition. On a shared
+store (PostgreSQL, several daemons), tasks are *claimed* from the database in batches
+(``store.claim_tasks``: round-robin across users, a cluster-wide cap per user, ``SKIP LOCKED``),
+woken by other nodes' notices and a short poll; the node's heartbeat is the lease on what it
+runs (``membership``), and other nodes' events reach the hub (``remote_events``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import trio
 
 from .. import logs
 from ..errors import InvalidTransition, NotFound, PermanentError, TransientError
 from ..events import EventHub
+from ..remote_events import RemoteEvents
 from ..states import TaskStatus
-from ..store import NewEvent, Store, Task
+from ..store import Event, NewEvent, Store, Task
 from .fairqueue import FairQueue
+from .membership import LeaseSettings, Membership, NodeIdentity
+from .recovery import Recovery
 from .retry import Backoff
 from .runner import RunContext, RunResult, TaskRunner
 
 log = logging.getLogger(__name__)
 
-_PAGE = 1000
+CLAIM_POLL_S = 1.0  # shared store: how often an idle node looks for work nobody announced
 
 
 @dataclass(eq=False)
@@ -33,8 +45,11 @@ class _Running:
     task_id: str
     user_id: int
     scope: trio.CancelScope
-    why_cancelled: str | None = None  # "cancel" | "shutdown"; None + cancelled = max duration
+    # "cancel" | "shutdown" | "elsewhere" (changed by another node) | "lease_lost";
+    # None + cancelled = max duration
+    why_cancelled: str | None = None
     queued_again: bool = False  # queued while this attempt was still winding down
+    started_seq: int | None = None  # the seq of its "running" event, once started
     done: trio.Event = field(default_factory=trio.Event)
 
 
@@ -51,6 +66,9 @@ class Supervisor:
         backoff: Backoff | None = None,
         max_duration_s: float = 3600.0,
         wall_clock: Callable[[], float] = time.time,
+        user_concurrency: int = 0,
+        node: NodeIdentity | None = None,
+        lease: LeaseSettings | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -58,6 +76,10 @@ class Supervisor:
         self.backoff = backoff or Backoff()
         self.max_duration_s = max_duration_s
         self.wall = wall_clock
+        self.user_concurrency = user_concurrency  # one user's running tasks (all nodes); 0: no cap
+        self.node = node or NodeIdentity(id=store.node_id or "local")
+        self.lease = lease or LeaseSettings()
+        self._shared = store.shared
         self._concurrency = concurrency
         self._queue = FairQueue()
         self._running: dict[str, _Running] = {}
@@ -69,6 +91,13 @@ class Supervisor:
         # need the inbox checked when an attempt ends.
         self._messaged: set[str] = set()
         hub.add_global_listener(self._note_messages)
+        self._recovery = Recovery(store, self.backoff, self.node.id, self.lease.lease_s)
+        self.membership = Membership(store, self.node, self.lease, report=self._report,
+                                     fence=self._fence, sweep=self._take_over)
+        if self._shared:
+            hub.add_global_listener(self._on_remote, remote=True)
+            self._remote = RemoteEvents(store, hub, on_claimable=self._kick,
+                                        capped=user_concurrency > 0)
         self.on_started: Callable[[str], None] | None = None  # benchmarks and metrics hook here
 
     # -- introspection --------------------------------------------------------------------------
@@ -82,13 +111,18 @@ class Supervisor:
         return self._concurrency
 
     def stats(self) -> dict[str, Any]:
+        """This node's view (``queued``: its in-memory queue; a shared store's is in the database)."""
         return {
+            "node": self.node.id,
             "admitting": self._admitting,
             "concurrency": self._concurrency,
             "running": len(self._running),
             "queued": len(self._queue),
             "waiting_retry": len(self._waiting),
         }
+
+    def _report(self) -> tuple[str, int, int]:
+        return ("up" if self._admitting else "draining"), self._concurrency, len(self._running)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -101,16 +135,22 @@ class Supervisor:
         """
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await self.membership.register()
+            if self._shared:  # listening before recovery: nothing committed after is missed
+                await nursery.start(self._remote.run)
             await self._recover()
             self._admitting = True
             nursery.start_soon(self._admission_loop)
+            nursery.start_soon(self.membership.run)
             task_status.started()
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop admitting, let running tasks finish for ``grace_s``, then cancel the rest.
 
         Tasks cancelled here go back to ``queued`` (not counting the attempt) and resume at the
-        next start; waiting retries keep their due time in the store.
+        next start (or, on a shared store, on another node); waiting retries keep their due time
+        in the store. The node then says it left. Cancellation: the grace wait ends early; the
+        rest (cancelling, recording, leaving) still runs to its end.
         """
         self.drain()
         with trio.move_on_after(grace_s):
@@ -123,6 +163,11 @@ class Supervisor:
             scope.cancel()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.membership.leave()
+                except Exception:  # the lease runs out on its own
+                    log.exception("could not mark node %s stopped", self.node.id)
 
     async def wait_idle(self) -> None:
         """Return once no attempt is running (each has recorded its outcome and let go)."""
@@ -158,7 +203,8 @@ class Supervisor:
     async def cancel(self, task_id: str) -> Task:
         """Cancel a task in any non-final state; a running one is stopped and then recorded."""
         # Loop: an attempt that ends as the cancel arrives may queue the task again (a user
-        # message was waiting) and a new attempt may be admitted before we look again.
+        # message was waiting) and a new attempt may be admitted before we look again. A task
+        # running on another node is cancelled in the store; that node sees it and stops.
         while (running := self._running.get(task_id)) is not None:
             running.why_cancelled = "cancel"
             running.queued_again = False
@@ -196,10 +242,20 @@ class Supervisor:
             raise NotFound(f"no task {task_id}")
         return task
 
-    def _note_messages(self, events: list) -> None:
+    def _note_messages(self, events: list[Event]) -> None:
         for event in events:
             if event.type == "user.message":
                 self._messaged.add(event.task_id)
+
+    def _on_remote(self, events: list[Event]) -> None:
+        """Another node changed a task this node runs (a cancel, a takeover): stop, record nothing."""
+        self._note_messages(events)
+        for event in events:
+            running = self._running.get(event.task_id)
+            if (running is not None and event.type == "task.status" and running.why_cancelled is None
+                    and running.started_seq is not None and event.seq > running.started_seq):
+                running.why_cancelled = "elsewhere"
+                running.scope.cancel()
 
     def _kick(self) -> None:
         self._changed.set()
@@ -209,59 +265,104 @@ class Supervisor:
         if running is not None:
             running.queued_again = True  # admitted once this attempt has let go of its slot
             return
-        self._queue.push(task.user_id, task.id)
+        if not self._shared:  # a shared store's queue is the database itself
+            self._queue.push(task.user_id, task.id)
         self._kick()
 
     async def _recover(self) -> None:
-        """Put back what a dead process left: running -> queued (or failed when out of attempts)."""
-        async for task in self._tasks_in(TaskStatus.RUNNING):
-            if self.backoff.exhausted(task.attempt):
-                await self.store.transition(
-                    task.id, TaskStatus.FAILED, reason="interrupted",
-                    error=f"the daemon stopped during attempt {task.attempt}, the last allowed",
-                )
-            else:
-                await self.store.transition(task.id, TaskStatus.QUEUED, reason="recovered after restart")
-        async for task in self._tasks_in(TaskStatus.QUEUED):
+        """Put back what this node's previous process left: running -> queued (or failed when
+        out of attempts). On a shared store, other nodes' running tasks are theirs (their
+        leases decide), and queued and waiting ones are found by claims and sweeps."""
+        await self._recovery.put_back_own("recovered after restart", "the daemon stopped")
+        if self._shared:
+            return
+        async for task in self._recovery.tasks_in(TaskStatus.QUEUED):
             self._queue.push(task.user_id, task.id)
-        async for task in self._tasks_in(TaskStatus.WAITING_RETRY):
+        async for task in self._recovery.tasks_in(TaskStatus.WAITING_RETRY):
             self._schedule_retry(task.id, task.due_at or self.wall())
 
-    async def _tasks_in(self, status: TaskStatus):
-        cursor = None
-        while True:
-            page = await self.store.list_tasks(statuses=[status], before=cursor, limit=_PAGE, oldest_first=True)
-            for seqno, task in page:
-                cursor = seqno
-                yield task
-            if len(page) < _PAGE:
-                return
+    async def _take_over(self) -> None:
+        for task_id in await self._recovery.take_over():
+            if task_id not in self._waiting:  # this node's own timer will do it on time
+                await self._wake_now(task_id)
+
+    async def _fence(self) -> None:
+        """This node lost its lease: stop every attempt without recording, then queue again
+        those of its tasks nobody took over yet (it registers again as a new holder)."""
+        for running in list(self._running.values()):
+            running.why_cancelled = "lease_lost"
+            running.scope.cancel()
+        await self.wait_idle()
+        try:
+            await self._recovery.put_back_own("this node lost its lease", "the node lost its lease")
+        except Exception:  # the store is unreachable: the nodes that reach it take them over
+            log.exception("could not queue this node's tasks again after losing its lease")
 
     async def _admission_loop(self) -> None:
-        assert self._nursery is not None
         while True:
             self._changed = trio.Event()
-            while self._admitting and self._queue and len(self._running) < self._concurrency:
-                user_id, task_id = self._queue.pop()  # type: ignore[misc]
-                running = _Running(task_id, user_id, trio.CancelScope())
-                self._running[task_id] = running
-                self._nursery.start_soon(self._attempt, running)
+            if self._shared:
+                if await self._claim():
+                    continue  # every free slot filled: there may be more
+                with trio.move_on_after(CLAIM_POLL_S):
+                    await self._changed.wait()
+                continue
+            while self._admitting and len(self._running) < self._concurrency:
+                popped = self._queue.pop(skip=self._users_at_cap())
+                if popped is None:
+                    break
+                self._start(*popped)
             await self._changed.wait()
 
-    async def _attempt(self, running: _Running) -> None:
-        """One attempt of one task, from admission to its recorded outcome."""
+    def _users_at_cap(self) -> set[int]:
+        if not self.user_concurrency:
+            return set()
+        counts: dict[int, int] = {}
+        for running in self._running.values():
+            counts[running.user_id] = counts.get(running.user_id, 0) + 1
+        return {user for user, n in counts.items() if n >= self.user_concurrency}
+
+    async def _claim(self) -> bool:
+        """Claim queued tasks for the free slots; True when every free slot was filled."""
+        free = self._concurrency - len(self._running)
+        if not self._admitting or free <= 0:
+            return False
+        try:
+            claimed = await self.store.claim_tasks(self.node.id, free, self.user_concurrency)
+        except Exception:
+            log.exception("claiming tasks failed; trying again shortly")
+            return False
+        for task in claimed:
+            if self._admitting:
+                self._start(task.user_id, task.id, task)
+            else:  # drained while the claim was on its way: no attempt starts after a drain
+                await self.store.transition(task.id, TaskStatus.QUEUED, reason="node draining",
+                                            attempt_delta=-1, claim=(task.node_id, task.attempt))
+        return len(claimed) == free
+
+    def _start(self, user_id: int, task_id: str, claimed: Task | None = None) -> None:
+        assert self._nursery is not None
+        running = _Running(task_id, user_id, trio.CancelScope())
+        self._running[task_id] = running
+        self._nursery.start_soon(self._attempt, running, claimed)
+
+    async def _attempt(self, running: _Running, claimed: Task | None = None) -> None:
+        """One attempt of one task, from admission (or its claim) to its recorded outcome."""
         logs.bind_task(running.task_id)  # every log line of this Trio task (and its children)
         try:
             outcome: RunResult | BaseException | None = None
-            task: Task | None = None
+            task: Task | None = claimed
             with running.scope:
                 running.scope.deadline = trio.current_time() + self.max_duration_s
-                try:
-                    task = await self.store.transition(
-                        running.task_id, TaskStatus.RUNNING, expect=TaskStatus.QUEUED, attempt_delta=1
-                    )
-                except (InvalidTransition, NotFound):
-                    return  # cancelled or changed while it waited for its turn
+                if task is None:
+                    try:
+                        task = await self.store.transition(
+                            running.task_id, TaskStatus.RUNNING, expect=TaskStatus.QUEUED,
+                            attempt_delta=1, node_id=self.node.id,
+                        )
+                    except (InvalidTransition, NotFound):
+                        return  # cancelled or changed while it waited for its turn
+                running.started_seq = task.last_seq
                 if self.on_started is not None:
                     self.on_started(task.id)
                 try:
@@ -283,7 +384,7 @@ class Supervisor:
         finally:
             del self._running[running.task_id]
             self._messaged.discard(running.task_id)
-            if running.queued_again:
+            if running.queued_again and not self._shared:
                 self._queue.push(running.user_id, running.task_id)
             running.done.set()
             self._kick()
@@ -297,7 +398,10 @@ class Supervisor:
             running.queued_again = True  # not our doing: let it have its turn again
 
     async def _record(self, running: _Running, task: Task, outcome: RunResult | BaseException | None) -> None:
-        transition = self.store.transition
+        if running.why_cancelled in ("elsewhere", "lease_lost"):
+            return  # the task is someone else's now: nothing of this attempt is recorded
+        # Only while this attempt still holds the task (see lifecycle.plan_transition).
+        transition = functools.partial(self.store.transition, claim=(task.node_id, task.attempt))
         if outcome is None:  # cancelled
             if running.why_cancelled == "shutdown":
                 await transition(task.id, TaskStatus.QUEUED, reason="daemon shutdown", attempt_delta=-1)
@@ -347,8 +451,11 @@ class Supervisor:
             if self._waiting.get(task_id) is not scope:
                 return
             del self._waiting[task_id]
-            try:
-                task = await self.store.transition(task_id, TaskStatus.QUEUED, expect=TaskStatus.WAITING_RETRY)
-            except (InvalidTransition, NotFound):
-                return
-            self._enqueue(task)
+            await self._wake_now(task_id)
+
+    async def _wake_now(self, task_id: str) -> None:
+        try:
+            task = await self.store.transition(task_id, TaskStatus.QUEUED, expect=TaskStatus.WAITING_RETRY)
+        except (InvalidTransition, NotFound):
+            return
+        self._enqueue(task)

@@ -76,7 +76,7 @@ class TasksFeed:
 
     def __init__(self, hub: Any) -> None:
         self.buffers: dict[_FeedBuffer, None] = {}
-        hub.add_global_listener(self._on_commit)
+        hub.add_global_listener(self._on_commit, remote=True)  # every node's tasks
 
     def _on_commit(self, events: list[Event]) -> None:
         if not self.buffers:

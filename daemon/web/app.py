@@ -1,4 +1,7 @@
-"""The HTTP application (Quart-Trio): health, readiness, metrics, the phone API and ``/ws``."""
+"""The HTTP application (Quart-Trio): health, readiness, metrics and the phone API.
+
+``/ws`` is not a Quart route: ``listener.py`` hands its upgrades to ``ws.py`` on the socket.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from .fanout import Fanout
 from .github_oauth import OAuthFlows, oauth_blueprint
 from .routes import tasks_blueprint
 from .session import CLOSE_GOING_AWAY, Session
-from .ws import register_ws
+from .ws import frame_text, sweep
 
 if TYPE_CHECKING:
     from ..service import Daemon
@@ -42,7 +45,7 @@ class WebState:
     oauth: OAuthFlows
     create_limiter: RateLimiter
     subscribe_limiter: RateLimiter
-    sessions: dict[Session, None] = field(default_factory=dict)
+    sessions: dict[Session, Any] = field(default_factory=dict)  # each with its ws.Connection
     going_away: bool = False
 
     def close_all(self, code: int, reason: str) -> None:
@@ -54,7 +57,7 @@ class WebState:
 class _WebsocketConnection(TrioASGIWebsocketConnection):
     """Quart's connection minus the per-message ``websocket_sent`` signal (unused here).
 
-    The signal costs an async dispatch per message sent; fan-out sends many.
+    The signal costs an async dispatch per message sent on ``/admin/ws``.
     """
 
     async def send_data(self, send: Any, data: str | bytes) -> None:
@@ -65,7 +68,7 @@ class _WebsocketConnection(TrioASGIWebsocketConnection):
 
 
 def hypercorn_config(settings: Settings) -> HypercornConfig:
-    """Hypercorn's settings for the phone API: bind, WebSocket pings, dead-peer timeout."""
+    """Hypercorn's settings: bind, and pings and a dead-peer timeout for ``/admin/ws``."""
     config = HypercornConfig()
     host, port = settings.http_host_port
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -108,7 +111,8 @@ def create_app(daemon: "Daemon") -> QuartTrio:
 
     state = WebState(
         settings=settings, store=daemon.store, supervisor=daemon.supervisor,
-        fanout=Fanout(daemon.hub, daemon.store, delta_interval_s=settings.ws_delta_interval_s),
+        fanout=Fanout(daemon.hub, daemon.store, delta_interval_s=settings.ws_delta_interval_s,
+                      frame=frame_text),
         auth=Authenticator(daemon.store), secrets=load_secret_box(settings),
         oauth=OAuthFlows(login_ttl_s=settings.oauth_login_ttl_s),
         create_limiter=RateLimiter(settings.rate_task_creates_per_min, settings.rate_task_creates_burst),
@@ -118,7 +122,6 @@ def create_app(daemon: "Daemon") -> QuartTrio:
     app.register_blueprint(tasks_blueprint(state))
     app.register_blueprint(oauth_blueprint(state))
     app.register_blueprint(admin_blueprint(state, daemon.stop_requested))  # /admin, operators only
-    register_ws(app, state)
 
     @app.get("/metrics")
     async def metrics():
@@ -132,6 +135,7 @@ def create_app(daemon: "Daemon") -> QuartTrio:
     @app.before_serving
     async def start_background() -> None:
         app.nursery.start_soon(state.fanout.run)
+        app.nursery.start_soon(sweep, state)
         app.nursery.start_soon(_close_websockets_on_drain, daemon, state)
 
     return app

@@ -2,9 +2,11 @@
 
 ``Fanout`` keeps a ``TaskChannel`` per task that has WebSocket subscribers. The hub calls the
 channel's ``deliver`` (sync, on the Trio thread) once per committed event; the channel encodes it
-once and hands the same string to each session (a sync, non-blocking append to its bounded
-queue). ``agent.text_delta`` is coalesced per task to one message per ``delta_interval_s``.
-Status changes of all of a user's tasks (``subscribe_tasks``) come from one global listener.
+and frames it once (``frame``: the WebSocket frame, the same bytes for every subscriber since
+server frames are unmasked) and hands it to each session (a sync, non-blocking append to its
+bounded queue, which the glue may write to the socket right away). ``agent.text_delta`` is
+coalesced per task to one message per ``delta_interval_s``. Status changes of all of a user's
+tasks (``subscribe_tasks``) come from one global listener.
 """
 
 from __future__ import annotations
@@ -49,13 +51,13 @@ class TaskChannel:
             if item.type == DELTA:
                 self._add_delta(item.data)
             else:
-                self._send_ephemeral(encode(item.wire()))
+                self._send_ephemeral(self._fanout.frame(encode(item.wire())))
             return
         # A stored event after deltas ends their block: flush first so order is kept.
         self.flush_delta()
-        text = encode(item.wire())
+        payload = self._fanout.frame(encode(item.wire()))
         for session in tuple(self.sessions):
-            session.live_event(item, text)
+            session.live_event(item, payload)
 
     def _add_delta(self, data: dict[str, Any]) -> None:
         pending = self._delta
@@ -75,11 +77,11 @@ class TaskChannel:
             return
         data, self._delta = self._delta, None
         self._next_delta_at = self._fanout.clock() + self._fanout.delta_interval_s
-        self._send_ephemeral(encode(Ephemeral(self.task_id, DELTA, data).wire()))
+        self._send_ephemeral(self._fanout.frame(encode(Ephemeral(self.task_id, DELTA, data).wire())))
 
-    def _send_ephemeral(self, text: str) -> None:
+    def _send_ephemeral(self, payload: Any) -> None:
         for session in tuple(self.sessions):
-            session.live_ephemeral(self.task_id, text)
+            session.live_ephemeral(self.task_id, payload)
 
 
 def _same_block(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -87,12 +89,22 @@ def _same_block(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in (a.keys() | b.keys()) - {"text"})
 
 
+def _text(text: str) -> str:
+    return text
+
+
 class Fanout:
-    """All live WebSocket routing of one daemon. ``run`` must run while sessions exist."""
+    """All live WebSocket routing of one daemon. ``run`` must run while sessions exist.
+
+    ``frame`` turns a message's JSON text into what sessions queue (the glue's WebSocket frame;
+    by default the text itself, which tests read).
+    """
 
     def __init__(self, hub: EventHub, store: Any, *, delta_interval_s: float = 0.05,
-                 clock: Callable[[], float] = trio.current_time, owners_max: int = 100_000) -> None:
+                 clock: Callable[[], float] = trio.current_time, owners_max: int = 100_000,
+                 frame: Callable[[str], Any] = _text) -> None:
         self.hub = hub
+        self.frame = frame
         self.store = store
         self.delta_interval_s = delta_interval_s
         self.clock = clock
@@ -105,7 +117,7 @@ class Fanout:
         self._due: list[tuple[float, int, TaskChannel]] = []
         self._counter = 0
         self._wakeup = trio.Event()
-        hub.add_global_listener(self._on_commit)
+        hub.add_global_listener(self._on_commit, remote=True)  # tasks on any node
 
     # -- per-task channels ----------------------------------------------------------------------
 
@@ -172,9 +184,9 @@ class Fanout:
         watchers = self.watchers.get(user_id)
         if not watchers:
             return
-        text = encode(event.wire())
+        payload = self.frame(encode(event.wire()))
         for session in tuple(watchers):
-            session.notify(event.task_id, text)
+            session.notify(event.task_id, payload)
 
     # -- the background task ---------------------------------------------------------------------
 

@@ -1,8 +1,11 @@
 """One WebSocket connection's protocol (design §6), without the socket.
 
-The glue in ``ws.py`` feeds each received text to ``handle`` and sends what ``take`` hands out;
-everything in between lives here: authentication, subscriptions with replay-then-live, the
-bounded outgoing queue with ``resync`` on overflow, ping/pong, errors and close codes.
+The glue in ``ws.py`` feeds each received message to ``handle``; whenever something is queued
+(or the session closes) the session calls the glue's ``wake``, which writes the queue out.
+Everything in between lives here: authentication, subscriptions with replay-then-live, the
+bounded outgoing queue with ``resync`` on overflow, ping/pong, errors and close codes. What the
+queue holds is opaque here: ``Fanout.frame`` of the message's JSON text (the WebSocket frame in
+the daemon, the text itself in tests).
 
 Replay and live meet without gap or duplicate: a subscription is attached to the live feed
 *before* its first store read; while it replays, live events wait in a bounded side buffer;
@@ -32,6 +35,7 @@ CLOSE_AUTH_FAILED = 4401  # no valid token, auth timeout, token revoked or expir
 
 REPLAY_PAGE = 200
 MAX_SEQ = 2**63 - 1  # seq is a 64-bit integer in the store: no event is beyond it
+Wire = Any  # what ``Fanout.frame`` makes of a message's JSON text
 
 
 class State(enum.Enum):
@@ -46,7 +50,7 @@ class Subscription:
     after: int  # last seq put in the queue
     sent: int  # last seq the socket accepted
     live: bool = False
-    pending: list[tuple[Event, str]] = field(default_factory=list)
+    pending: list[tuple[Event, Wire]] = field(default_factory=list)
     pending_overflow: bool = False
 
 
@@ -58,21 +62,29 @@ class _Resync:
     sub: Subscription | None
 
 
+Item = tuple[Subscription | _Resync | None, int, Wire]  # (target, seq, payload)
+
+
 class Session:
     """The protocol state of one connection. All methods run on the Trio thread.
 
     ``spawn`` starts a background coroutine for the connection (a replay); ``authenticate``
-    maps a token to its user (or None); ``limiter`` is the per-user subscribe rate limiter.
+    maps a token to its user (or None); ``limiter`` is the per-user subscribe rate limiter;
+    ``wake`` (sync, must not block) is called after each item is queued and when the session
+    closes: the glue writes ``queue`` out in order, calling ``popped`` and ``sent`` per item.
     """
 
     def __init__(self, *, fanout: Fanout, store: Any, spawn: Callable[..., None],
                  authenticate: Callable[[str | None], Awaitable[User | None]],
-                 limiter: Any, queue_limit: int = 1000, max_subscriptions: int = 200) -> None:
+                 limiter: Any, wake: Callable[[], None], queue_limit: int = 1000,
+                 max_subscriptions: int = 200) -> None:
         self.fanout = fanout
+        self.frame = fanout.frame
         self.store = store
         self.spawn = spawn
         self.authenticate = authenticate
         self.limiter = limiter
+        self.wake = wake
         self.queue_limit = queue_limit
         self.max_subscriptions = max_subscriptions
         self.state = State.AWAITING_AUTH
@@ -80,13 +92,11 @@ class Session:
         self.token: str | None = None
         self.subs: dict[str, Subscription] = {}
         self.watching = False
-        self.queue: collections.deque[tuple[Subscription | _Resync | None, int, str]] = collections.deque()
+        self.queue: collections.deque[Item] = collections.deque()
         self.max_queued = 0  # high-water mark, for tests and metrics
         self.resyncs = 0
         self.close_code: int | None = None
         self.close_reason = ""
-        self.closed = trio.Event()
-        self._ready = trio.Event()  # the queue has something
         self._room = trio.Event()  # the queue went below half
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -97,16 +107,15 @@ class Session:
             await self._login(token)
 
     def close(self, code: int, reason: str) -> None:
-        """Ask the glue to close the socket; drops every subscription at once."""
+        """Ask the glue to close the socket; drops every subscription and the queue at once."""
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
         self.close_code, self.close_reason = code, reason
         self._drop_all()
         self.queue.clear()
-        self.closed.set()
-        self._ready.set()
         self._room.set()
+        self.wake()
 
     async def _login(self, token: Any) -> None:
         user = await self.authenticate(token if isinstance(token, str) else None)
@@ -120,14 +129,19 @@ class Session:
     async def recheck(self) -> None:
         """Close with 4401 if the token was revoked or expired since it was checked."""
         if self.state is State.OPEN and await self.authenticate(self.token) is None:
+            self.expire()
+
+    def expire(self) -> None:
+        """The token was found revoked or expired (here or by the glue's sweep): close, 4401."""
+        if self.state is State.OPEN:
             self.close(CLOSE_AUTH_FAILED, "token expired or revoked")
 
     # -- from the client -----------------------------------------------------------------------
 
-    async def handle(self, raw: str | bytes | None) -> None:
+    async def handle(self, raw: str | bytes) -> None:
         if self.state is State.CLOSED:
             return
-        if not isinstance(raw, str):  # Quart hands an empty binary frame over as None
+        if not isinstance(raw, str):
             self.close(CLOSE_POLICY, "binary messages are not part of the protocol")
             return
         try:
@@ -148,7 +162,7 @@ class Session:
             await self._login(message.get("token"))
             return
         if kind == "ping":
-            self._push(None, 0, '{"type":"pong"}')
+            self._push(None, 0, self.frame('{"type":"pong"}'))
         elif kind == "subscribe":
             await self._subscribe(message)
         elif kind == "unsubscribe":
@@ -217,7 +231,7 @@ class Session:
         if task_id is not None:
             body["task_id"] = task_id
         body.update(extra)
-        self._push(None, 0, encode(body))
+        self._push(None, 0, self.frame(encode(body)))
 
     # -- replay ----------------------------------------------------------------------------------
 
@@ -242,7 +256,7 @@ class Session:
                     return
                 for event in page:
                     if event.seq > sub.after:
-                        self._push(sub, event.seq, encode(event.wire()))
+                        self._push(sub, event.seq, self.frame(encode(event.wire())))
                         sub.after = event.seq
                         if self.subs.get(sub.task_id) is not sub:
                             return  # overflowed: a resync is on its way
@@ -254,12 +268,12 @@ class Session:
                 return
 
     def _merge_pending(self, sub: Subscription) -> bool:
-        for event, text in sub.pending:
+        for event, payload in sub.pending:
             if event.seq <= sub.after:
                 continue
             if event.seq != sub.after + 1:
                 return False  # a gap: read the store again
-            self._push(sub, event.seq, text)
+            self._push(sub, event.seq, payload)
             sub.after = event.seq
         sub.pending.clear()
         sub.live = True
@@ -267,13 +281,13 @@ class Session:
 
     # -- from the fan-out (sync, must not block) -------------------------------------------------
 
-    def live_event(self, event: Event, text: str) -> None:
+    def live_event(self, event: Event, payload: Wire) -> None:
         sub = self.subs.get(event.task_id)
         if sub is None:
             return
         if not sub.live:
             if len(sub.pending) < self.queue_limit:
-                sub.pending.append((event, text))
+                sub.pending.append((event, payload))
             else:
                 sub.pending_overflow = True
             return
@@ -283,31 +297,32 @@ class Session:
             sub.live = False
             self.spawn(self._replay, sub)
             return
-        self._push(sub, event.seq, text)
+        self._push(sub, event.seq, payload)
         sub.after = event.seq
 
-    def live_ephemeral(self, task_id: str, text: str) -> None:
+    def live_ephemeral(self, task_id: str, payload: Wire) -> None:
         sub = self.subs.get(task_id)
         if sub is not None and sub.live:
-            self._push(None, 0, text)
+            self._push(None, 0, payload)
 
-    def notify(self, task_id: str, text: str) -> None:
+    def notify(self, task_id: str, payload: Wire) -> None:
         # The task's own subscription already carries its status events: no duplicate.
         if self.watching and task_id not in self.subs:
-            self._push(None, 0, text)
+            self._push(None, 0, payload)
 
     # -- the outgoing queue ----------------------------------------------------------------------
 
-    def _push(self, sub: Subscription | None, seq: int, text: str) -> None:
+    def _push(self, sub: Subscription | None, seq: int, payload: Wire) -> None:
+        """Queue one message and wake the glue; the glue may write it (and close) right here."""
         if self.state is State.CLOSED:
             return
         if len(self.queue) >= self.queue_limit:
             self._overflow()
             return
-        self.queue.append((sub, seq, text))
+        self.queue.append((sub, seq, payload))
         if len(self.queue) > self.max_queued:
             self.max_queued = len(self.queue)
-        self._ready.set()
+        self.wake()
 
     def _overflow(self) -> None:
         """Drop the whole live feed and tell the client where to pick up each stream."""
@@ -320,29 +335,24 @@ class Session:
         if self.watching:
             self._unwatch()
             self.queue.append((_Resync(None, None), 0, ""))
-        self._ready.set()
         self._room.set()
-
-    async def wait_ready(self) -> None:
-        while not self.queue and self.state is not State.CLOSED:
-            self._ready = trio.Event()
-            await self._ready.wait()
+        self.wake()
 
     def popped(self) -> None:
         """The writer took an item off the queue: a waiting replay may go on below half."""
         if len(self.queue) <= self.queue_limit // 2:
             self._room.set()
 
-    @staticmethod
-    def text_of(item: tuple[Subscription | _Resync | None, int, str]) -> str:
-        target, _, text = item
+    def payload_of(self, item: Item) -> Wire:
+        """What to write for a queued item; a resync is encoded now, with what was sent."""
+        target, _, payload = item
         if isinstance(target, _Resync):
             after = target.sub.sent if target.sub is not None else None
-            return encode({"type": "resync", "task_id": target.task_id, "after": after})
-        return text
+            return self.frame(encode({"type": "resync", "task_id": target.task_id, "after": after}))
+        return payload
 
     @staticmethod
-    def sent(item: tuple[Subscription | _Resync | None, int, str]) -> None:
+    def sent(item: Item) -> None:
         target, seq, _ = item
         if isinstance(target, Subscription) and seq > target.sent:
             target.sent = seq

@@ -1,20 +1,40 @@
-"""``/ws``: the thin Trio glue between Quart's WebSocket and ``session.Session``.
+"""``/ws``: WebSocket connections on the raw socket, each driving one ``session.Session``.
 
-Per connection: the handler reads and feeds ``Session.handle``; one writer task sends the
-session's queue in order (one hop per connection, none per subscriber); a ticker re-checks the
-token so a revocation or expiry closes the socket (4401) within ``ws_reauth_interval_s``;
-without an Authorization header, the first message must be ``auth`` within
-``ws_auth_timeout_s``. Protocol pings and dead-peer detection are Hypercorn's: it pings every
-``ws_ping_interval_s`` and drops a connection that sends nothing (not even a pong) for
-``read_timeout`` (see ``app.hypercorn_config``).
+``listener.py`` hands every ``/ws`` upgrade over with its socket. Per connection there is one
+Trio task, the reader: it parses frames (wsproto) and feeds ``Session.handle``. Writing needs no
+task of its own: the fan-out frames each event once (``frame_text``; server frames are not
+masked, so every subscriber gets the same bytes) and the session's ``wake`` writes its queue
+with a non-blocking ``send`` there and then. Only when the kernel's buffer is full does a writer
+task wait for room; it ends once everything is written.
+
+Two sweeps serve all connections (``sweep``): every ``ws_ping_interval_s`` each connection is
+pinged, and one that sent nothing (not even a pong) for the interval plus ``ws_ping_timeout_s``
+is dropped; every ``ws_reauth_interval_s`` each distinct token is checked once and its sessions
+are closed with 4401 if it was revoked or expired. Without an Authorization header the first
+message must be ``auth`` within ``ws_auth_timeout_s``. A message longer than
+``MAX_MESSAGE_CHARS`` closes the connection with 1009. After a close frame, either side's, the
+peer gets ``ws_ping_timeout_s`` to answer before the socket is closed.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import math
+import socket
+from typing import TYPE_CHECKING, Any
 
 import trio
-from quart import Quart, websocket
+from wsproto.connection import Connection as WsProtocol
+from wsproto.connection import ConnectionState as WsState
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Message,
+    Ping,
+    Request,
+    TextMessage,
+)
+from wsproto.handshake import H11Handshake
 
 from .auth import bearer_token
 from .session import CLOSE_AUTH_FAILED, CLOSE_GOING_AWAY, CLOSE_INTERNAL, Session, State
@@ -22,82 +42,314 @@ from .session import CLOSE_AUTH_FAILED, CLOSE_GOING_AWAY, CLOSE_INTERNAL, Sessio
 if TYPE_CHECKING:
     from .app import WebState
 
+log = logging.getLogger(__name__)
 
-def register_ws(app: Quart, state: "WebState") -> None:
-    settings = state.settings
+WS_PATH = "/ws"
+CLOSE_TOO_BIG = 1009
+MAX_MESSAGE_CHARS = 64 * 1024
+RECV_BYTES = 65536
+SWEEP_BATCH = 200  # connections pinged at once
+_PING = b"\x89\x00"  # FIN + ping, unmasked, empty
 
-    @app.websocket("/ws")
-    async def ws() -> None:
-        """One client connection.
 
-        Cancellation (the client went away, or the server stops): the subscriptions are
-        dropped from the fan-out in ``finally``; nothing else is held.
+def frame_text(text: str) -> bytes:
+    """``text`` as one unmasked, unfragmented text frame (RFC 6455 §5.2)."""
+    data = text.encode()
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + data
+    return b"\x81\x7f" + n.to_bytes(8, "big") + data
+
+
+async def serve_websocket(sock: socket.socket, handshake: H11Handshake, request: Request,
+                          leftover: bytes, state: "WebState") -> None:
+    """Accept the upgrade ``request`` received on ``sock`` and serve the connection to its end.
+
+    ``leftover``: what arrived after the request head. The caller closes ``sock`` afterwards.
+    Cancellation: the connection ends at once, without a close frame; its subscriptions are
+    dropped from the fan-out.
+    """
+    greeting = handshake.send(AcceptConnection())
+    assert handshake.connection is not None
+    header = next((v for k, v in request.extra_headers if k.lower() == b"authorization"), None)
+    token = bearer_token(header.decode("latin-1") if header is not None else None)
+    await Connection(sock, handshake.connection, state).run(greeting, leftover, token)
+
+
+class Connection:
+    """One client: the reader's state and the synchronous write path. Runs on the Trio thread."""
+
+    __slots__ = ("sock", "protocol", "state", "session", "nursery", "control", "out", "item",
+                 "writing", "drained", "closing", "close_at", "auth_at", "wait", "done",
+                 "last_heard", "parts", "size")
+
+    def __init__(self, sock: socket.socket, protocol: WsProtocol, state: "WebState") -> None:
+        self.sock, self.protocol, self.state = sock, protocol, state
+        self.session: Session | None = None
+        self.nursery: trio.Nursery | None = None  # open while the reader runs
+        self.control = b""  # control frames waiting (the 101 answer first)
+        self.out: Any = None  # the rest of a frame the socket took only part of
+        self.item: Any = None  # the queue item ``out`` belongs to
+        self.writing = False  # a writer task waits for room
+        self.drained: trio.Event | None = None
+        self.closing = False  # our close frame is queued or sent
+        self.close_at = math.inf
+        self.auth_at = math.inf
+        self.wait: trio.CancelScope | None = None  # the reader's wait for data
+        self.done = False
+        self.last_heard = trio.current_time()
+        self.parts: list[Any] = []
+        self.size = 0
+
+    async def run(self, greeting: bytes, leftover: bytes, token: str | None) -> None:
+        """Send ``greeting`` (the 101), then serve the session until the connection ends.
+
+        Cancellation: as ``serve_websocket``. An unexpected error is logged and closes this
+        connection alone (1011).
         """
-        await websocket.accept()
-        token = bearer_token(websocket.headers.get("Authorization"))
-        session: Session | None = None
+        state, settings = self.state, self.state.settings
+        self.control = greeting
+        self.auth_at = trio.current_time() + settings.ws_auth_timeout_s
+        session = None
         try:
-            async with trio.open_nursery() as nursery:
-                session = Session(
-                    fanout=state.fanout, store=state.store, spawn=nursery.start_soon,
-                    authenticate=state.auth.user_for, limiter=state.subscribe_limiter,
-                    queue_limit=settings.ws_queue_limit,
-                    max_subscriptions=settings.ws_max_subscriptions,
-                )
-                state.sessions[session] = None
-                if state.going_away:
-                    session.close(CLOSE_GOING_AWAY, "server draining")
-                # Header auth completes before the first message is read.
-                if token is not None:
-                    await session.open(token)
-                else:
-                    nursery.start_soon(_auth_deadline, session, settings.ws_auth_timeout_s)
-                nursery.start_soon(_writer, session)
-                nursery.start_soon(_reader, session)
-                nursery.start_soon(_ticker, session, settings.ws_reauth_interval_s)
-                await session.closed.wait()
-                nursery.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as nursery:
+                    self.nursery = nursery
+                    session = self.session = Session(
+                        fanout=state.fanout, store=state.store, spawn=nursery.start_soon,
+                        authenticate=state.auth.user_for, limiter=state.subscribe_limiter,
+                        wake=self.wake, queue_limit=settings.ws_queue_limit,
+                        max_subscriptions=settings.ws_max_subscriptions,
+                    )
+                    state.sessions[session] = self
+                    self.flush()
+                    if state.going_away:
+                        session.close(CLOSE_GOING_AWAY, "server draining")
+                    elif token is not None:  # header auth completes before any message is read
+                        await session.open(token)
+                    self.protocol.receive_data(leftover)  # frames sent right after the head
+                    if not await self._received():
+                        await self._read()
+                    if self.writing and self.closing:  # a close frame still on its way
+                        self.drained = trio.Event()
+                        with trio.move_on_at(self.close_at):
+                            await self.drained.wait()
+                    nursery.cancel_scope.cancel()
+            finally:
+                self.nursery = None
         except Exception:
+            log.exception("WebSocket connection failed")
             if session is not None:
-                session.close(CLOSE_INTERNAL, "internal error")
-            raise
+                session.close(CLOSE_INTERNAL, "internal error")  # written if the socket takes it
         finally:
+            self.done = True
             if session is not None:
                 state.sessions.pop(session, None)
                 session.close(session.close_code or CLOSE_GOING_AWAY, session.close_reason)
-        # A peer that stopped reading must not hold us here: the close frame gets a deadline.
-        with trio.move_on_after(settings.ws_ping_timeout_s):
-            await websocket.close(session.close_code or CLOSE_GOING_AWAY, session.close_reason)
 
+    # -- reading -------------------------------------------------------------------------------
 
-async def _reader(session: Session) -> None:
-    while session.state is not State.CLOSED:
-        await session.handle(await websocket.receive())
-
-
-async def _writer(session: Session) -> None:
-    """Send the queue in order; each item's text was encoded once, when it was queued."""
-    send = websocket.send
-    queue = session.queue
-    while True:
-        if not queue:
-            await session.wait_ready()
-            if session.state is State.CLOSED:
+    async def _read(self) -> None:
+        """Read and handle frames until the peer goes, or the close handshake ends or times out."""
+        sock, session = self.sock, self.session
+        assert session is not None
+        while True:
+            if self.closing:
+                deadline = self.close_at
+            elif session.state is State.AWAITING_AUTH:
+                deadline = self.auth_at
+            else:
+                deadline = math.inf
+            wait = self.wait = trio.CancelScope(deadline=deadline)
+            with wait:
+                await trio.lowlevel.wait_readable(sock)
+            self.wait = None
+            if wait.cancelled_caught:
+                if session.state is State.AWAITING_AUTH:
+                    session.close(CLOSE_AUTH_FAILED, "no auth message in time")
+                    continue
+                return  # our close frame went unanswered
+            try:
+                data = sock.recv(RECV_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError:  # reset by the peer
                 return
-            continue
-        item = queue.popleft()
-        session.popped()
-        await send(session.text_of(item))
-        session.sent(item)
+            if not data:
+                return
+            self.last_heard = trio.current_time()
+            self.protocol.receive_data(data)
+            if await self._received():
+                return
+
+    async def _received(self) -> bool:
+        """Handle the frames parsed so far; True once the close handshake is over."""
+        protocol, session = self.protocol, self.session
+        assert session is not None
+        for event in protocol.events():
+            if isinstance(event, Message):
+                if self.closing:
+                    continue  # what the peer sends after our close frame is dropped
+                self.size += len(event.data)
+                if self.size > MAX_MESSAGE_CHARS:
+                    self.parts = []
+                    session.close(CLOSE_TOO_BIG, f"a message may have {MAX_MESSAGE_CHARS} characters")
+                    continue
+                self.parts.append(event.data)
+                if event.message_finished:
+                    parts, self.parts, self.size = self.parts, [], 0
+                    joiner: Any = "" if isinstance(event, TextMessage) else b""
+                    await session.handle(parts[0] if len(parts) == 1 else joiner.join(parts))
+            elif isinstance(event, Ping):
+                if protocol.state is WsState.OPEN:
+                    self.send_control(protocol.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                if protocol.state is WsState.OPEN:  # wsproto found a protocol error: its code
+                    session.close(event.code, event.reason or "protocol error")
+                    continue
+                if protocol.state is WsState.REMOTE_CLOSING:  # the peer closes first: answer
+                    self._closing()
+                    self.send_control(protocol.send(event.response()))
+                    session.close(event.code, "closed by the client")
+                return True
+        return False
+
+    # -- writing (sync: called from the fan-out, the session and the sweeps) --------------------
+
+    def wake(self) -> None:
+        """The session queued something, or closed: write now, as far as the socket takes it."""
+        if self.done:
+            return
+        assert self.session is not None
+        if self.session.state is State.CLOSED and not self.closing:
+            self._closing()
+            if self.protocol.state is WsState.OPEN:
+                code = self.session.close_code or CLOSE_GOING_AWAY
+                self.control += self.protocol.send(CloseConnection(code, self.session.close_reason))
+        if not self.writing:
+            self.flush()
+
+    def send_control(self, frame: bytes) -> None:
+        if self.done:
+            return
+        self.control += frame
+        if not self.writing:
+            self.flush()
+
+    def ping(self) -> None:
+        if not self.closing:
+            self.send_control(_PING)
+
+    def flush(self) -> None:
+        """Write control frames, then the session's queue, until the socket would block; then
+        leave the rest to a writer task."""
+        sock, session = self.sock, self.session
+        assert session is not None
+        queue = session.queue
+        while True:
+            data = self.out
+            if data is None:
+                if self.control:
+                    data, self.control = self.control, b""
+                elif queue:
+                    item = self.item = queue.popleft()
+                    session.popped()
+                    data = session.payload_of(item)
+                else:
+                    return
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # the peer is gone
+                self.abort()
+                return
+            if sent == len(data):
+                self.out = None
+                if self.item is not None:
+                    session.sent(self.item)
+                    self.item = None
+                continue
+            self.out = memoryview(data)[sent:]
+            if not self.writing and self.nursery is not None:
+                self.writing = True
+                self.nursery.start_soon(self._write_later)
+            return
+
+    async def _write_later(self) -> None:
+        """Wait for room in the socket and write, until nothing is left.
+
+        Cancellation (the connection ends): what is still unwritten goes with it.
+        """
+        try:
+            while self.out is not None and not self.done:
+                await trio.lowlevel.wait_writable(self.sock)
+                self.flush()
+        finally:
+            self.writing = False
+            if self.drained is not None:
+                self.drained.set()
+
+    def _closing(self) -> None:
+        """From now on the reader waits at most ``ws_ping_timeout_s`` for the peer's answer."""
+        self.closing = True
+        self.close_at = trio.current_time() + self.state.settings.ws_ping_timeout_s
+        if self.wait is not None:
+            self.wait.deadline = self.close_at
+
+    def abort(self) -> None:
+        """Drop the connection now, without a close frame (a dead or broken peer)."""
+        self.done = True
+        if self.session is not None:
+            self.session.close(CLOSE_GOING_AWAY, "connection lost")
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
 
 
-async def _ticker(session: Session, interval: float) -> None:
+# -- the sweeps --------------------------------------------------------------------------------
+
+
+async def sweep(state: "WebState") -> None:
+    """Pings and dead-peer drops, and token re-checks, for every connection; until cancelled.
+
+    Cancellation: the sweeps stop; connections stay as they are.
+    """
+    settings = state.settings
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ping_all, state, settings.ws_ping_interval_s, settings.ws_ping_timeout_s)
+        nursery.start_soon(recheck_tokens, state, settings.ws_reauth_interval_s)
+
+
+async def ping_all(state: "WebState", interval: float, timeout: float) -> None:
+    """Ping each connection once per ``interval``, or drop it if it sent nothing for ``interval``
+    plus ``timeout`` (a dead peer goes within one more interval). The connections are taken in
+    batches spread over the interval, so neither the pings nor the pongs come all at once."""
+    while True:
+        start = trio.current_time()
+        conns = list(state.sessions.values())
+        batches = max(1, math.ceil(len(conns) / SWEEP_BATCH))
+        for k in range(batches):
+            await trio.sleep_until(start + interval * (k + 1) / batches)
+            silent_since = trio.current_time() - interval - timeout
+            for conn in conns[k * SWEEP_BATCH:(k + 1) * SWEEP_BATCH]:
+                if conn.last_heard < silent_since:
+                    conn.abort()
+                else:
+                    conn.ping()
+
+
+async def recheck_tokens(state: "WebState", interval: float) -> None:
+    """Each distinct token of an open session once per ``interval``: one store read per token,
+    not one per connection."""
     while True:
         await trio.sleep(interval)
-        await session.recheck()
-
-
-async def _auth_deadline(session: Session, timeout: float) -> None:
-    await trio.sleep(timeout)
-    if session.state is State.AWAITING_AUTH:
-        session.close(CLOSE_AUTH_FAILED, "no auth message in time")
+        by_token: dict[str, list[Session]] = {}
+        for session in state.sessions:
+            if session.state is State.OPEN and session.token is not None:
+                by_token.setdefault(session.token, []).append(session)
+        for token, sessions in by_token.items():
+            if await state.auth.user_for(token) is None:
+                for session in sessions:
+                    session.expire()

@@ -1,7 +1,8 @@
 """A fake phone: the real daemon in-process on a free port, plus HTTP and WebSocket clients.
 
 ``async with running_daemon(tmp_path, runner, **settings) as server`` starts ``Daemon.serve``
-(store, supervisor, Hypercorn, control socket) and stops it in order at the end.
+(store, supervisor, the HTTP port with Hypercorn and ``/ws``, control socket) and stops it in
+order at the end.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from ..events import EventHub
 from ..remote_events import RemoteEvents
 from ..states import TaskStatus
 from ..store import Event, NewEvent, Store, Task
-from .fairqueue import FairQueue
+from .admission import Admission
 from .membership import LeaseSettings, Membership, NodeIdentity
 from .recovery import Recovery
 from .retry import Backoff
@@ -81,7 +81,7 @@ class Supervisor:
         self.lease = lease or LeaseSettings()
         self._shared = store.shared
         self._concurrency = concurrency
-        self._queue = FairQueue()
+        self._queue = Admission(store, self.node.id, user_concurrency)
         self._running: dict[str, _Running] = {}
         self._waiting: dict[str, trio.CancelScope] = {}
         self._admitting = False
@@ -265,8 +265,7 @@ class Supervisor:
         if running is not None:
             running.queued_again = True  # admitted once this attempt has let go of its slot
             return
-        if not self._shared:  # a shared store's queue is the database itself
-            self._queue.push(task.user_id, task.id)
+        self._queue.push(task.user_id, task.id)  # a shared store's queue is the database itself
         self._kick()
 
     async def _recover(self) -> None:
@@ -301,44 +300,24 @@ class Supervisor:
     async def _admission_loop(self) -> None:
         while True:
             self._changed = trio.Event()
-            if self._shared:
-                if await self._claim():
+            free = self._concurrency - len(self._running)
+            if self._admitting and free > 0:
+                users = [running.user_id for running in self._running.values()]
+                taken = await self._queue.take(free, users)
+                for user_id, task_id, claimed in taken:
+                    if self._admitting:
+                        self._start(user_id, task_id, claimed)
+                    elif claimed is not None:  # drained while the claim was on its way
+                        await self._queue.give_back(claimed)
+                    else:
+                        self._queue.push(user_id, task_id)
+                if self._shared and len(taken) == free:
                     continue  # every free slot filled: there may be more
+            if self._shared:  # also look now and then for work nobody announced
                 with trio.move_on_after(CLAIM_POLL_S):
                     await self._changed.wait()
-                continue
-            while self._admitting and len(self._running) < self._concurrency:
-                popped = self._queue.pop(skip=self._users_at_cap())
-                if popped is None:
-                    break
-                self._start(*popped)
-            await self._changed.wait()
-
-    def _users_at_cap(self) -> set[int]:
-        if not self.user_concurrency:
-            return set()
-        counts: dict[int, int] = {}
-        for running in self._running.values():
-            counts[running.user_id] = counts.get(running.user_id, 0) + 1
-        return {user for user, n in counts.items() if n >= self.user_concurrency}
-
-    async def _claim(self) -> bool:
-        """Claim queued tasks for the free slots; True when every free slot was filled."""
-        free = self._concurrency - len(self._running)
-        if not self._admitting or free <= 0:
-            return False
-        try:
-            claimed = await self.store.claim_tasks(self.node.id, free, self.user_concurrency)
-        except Exception:
-            log.exception("claiming tasks failed; trying again shortly")
-            return False
-        for task in claimed:
-            if self._admitting:
-                self._start(task.user_id, task.id, task)
-            else:  # drained while the claim was on its way: no attempt starts after a drain
-                await self.store.transition(task.id, TaskStatus.QUEUED, reason="node draining",
-                                            attempt_delta=-1, claim=(task.node_id, task.attempt))
-        return len(claimed) == free
+            else:
+                await self._changed.wait()
 
     def _start(self, user_id: int, task_id: str, claimed: Task | None = None) -> None:
         assert self._nursery is not None
@@ -384,7 +363,7 @@ class Supervisor:
         finally:
             del self._running[running.task_id]
             self._messaged.discard(running.task_id)
-            if running.queued_again and not self._shared:
+            if running.queued_again:
                 self._queue.push(running.user_id, running.task_id)
             running.done.set()
             self._kick()

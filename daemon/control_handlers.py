@@ -71,6 +71,8 @@ def make_handlers(daemon: "Daemon") -> dict[str, Callable[..., Any]]:
             "phase": daemon.phase,
             "uptime_s": round(time.time() - daemon.started_at, 1),
             **supervisor.stats(),
+            # Waiting to run anywhere (on a shared store, the whole cluster's queue).
+            "queued": counts.get(TaskStatus.QUEUED.value, 0),
             "tasks": {status.value: counts.get(status.value, 0) for status in TaskStatus},
             "db_path": str(store.path),
             "db_size_bytes": store.size_bytes(),

@@ -20,9 +20,19 @@ from typing import Any, Iterator
 import pytest
 
 from . import conftest
+from .fakes import phone
 from .pg import pg_dsn, pg_server  # noqa: F401 - fixtures, registered with this plugin
 
-PARAMETRIZED_MODULES = frozenset({"tests.test_store_events", "tests.test_supervisor"})
+# Every module whose tests touch a store: through the ``store`` fixture, or a whole daemon
+# (``tests/fakes/phone.running_daemon``, which opens the store the test's backend names).
+PARAMETRIZED_MODULES = frozenset({
+    "tests.test_store_events", "tests.test_supervisor", "tests.test_agent_loop",
+    "tests.test_agent_e2e", "tests.test_api_tasks", "tests.test_api_authz", "tests.test_api_limits",
+    "tests.test_ws_live", "tests.test_admin_api", "tests.test_metrics", "tests.test_maintenance",
+    "tests.test_oauth_github", "tests.test_logs", "tests.test_fuzz_api", "tests.test_fuzz_ws",
+    "tests.test_fuzz_control", "tests.test_ws_listener", "tests.test_agentctl_daemon",
+    "tests.test_admin_browser",
+})
 BACKENDS = ("sqlite", "postgres")
 
 
@@ -33,7 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "store" not in metafunc.fixturenames or metafunc.module.__name__ not in PARAMETRIZED_MODULES:
+    if metafunc.module.__name__ not in PARAMETRIZED_MODULES or not _touches_a_store(metafunc):
         return
     only = metafunc.definition.get_closest_marker("sqlite_only")
     params = []
@@ -44,6 +54,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             marks.append(pytest.mark.skip(reason=f"SQLite only: {why}"))
         params.append(pytest.param(name, id=name, marks=marks))
     metafunc.parametrize("backend", params, indirect=True)
+
+
+def _touches_a_store(metafunc: pytest.Metafunc) -> bool:
+    """The test uses the ``store`` fixture, or starts a daemon (in this process or as a
+    subprocess), itself or through a fixture."""
+    if "store" in metafunc.fixturenames:
+        return True
+    functions = [metafunc.definition.function]
+    for name in metafunc.fixturenames:
+        functions += [fixturedef.func for fixturedef in metafunc._arg2fixturedefs.get(name, ())]
+    starts = {"running_daemon", "DaemonProcess"}
+    return any(starts & set(f.__code__.co_names) for f in functions if hasattr(f, "__code__"))
 
 
 class _PostgresOpener:
@@ -71,6 +93,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     dsn = request.getfixturevalue("pg_dsn")  # skips, with the reason, without a server
     opener = _PostgresOpener(dsn)
     monkeypatch.setattr(conftest, "SqliteStore", opener)
+    monkeypatch.setattr(phone, "STORE_URL", dsn)  # daemons the test starts use it too
     yield name
     # Torn down after ``store``: had it been set up first, it would have opened SQLite.
     if "store" in request.fixturenames and opener.opened == 0:

@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .fakes import phone
+
 ROOT = Path(__file__).resolve().parents[1]
 # The line may be a JSON log line: the URL ends at a quote or a comma as well as at a space.
 READY = re.compile(r"agentd serving on (http://[^\s\",]+)")
@@ -39,6 +41,8 @@ class DaemonProcess:
             **os.environ, "PYTHONPATH": str(ROOT), "AGENTD_ALLOW_LOCAL_REMOTES": "1",
             "PYTHONUNBUFFERED": "1", **(extra_env or {}),
         }
+        if phone.STORE_URL and "AGENTD_STORE" not in self.env:  # the test's backend
+            self.env["AGENTD_STORE"] = phone.STORE_URL
         self.env.pop("ANTHROPIC_API_KEY", None)
         self.args = args or []
         self.proc: subprocess.Popen[str] | None = None

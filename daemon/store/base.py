@@ -320,11 +320,18 @@ class StoreBase(abc.ABC):
         now = self.now()
         return await self._read(lambda conn: self.queries.orphaned_tasks(conn, now, lease_s))
 
-    async def claim_tasks(self, node_id: str, limit: int, user_limit: int = 0) -> list[Task]:
-        """Start up to ``limit`` queued tasks on ``node_id`` (see ``cluster_queries.claim_tasks``)."""
+    async def claim_tasks(self, node_id: str, limit: int, user_limit: int = 0, *,
+                          still_wanted: Callable[[], bool] = lambda: True) -> list[Task]:
+        """Start up to ``limit`` queued tasks on ``node_id`` (see ``cluster_queries.claim_tasks``).
+
+        ``still_wanted`` is asked once more in the transaction, just before claiming: a node
+        that began draining while the claim waited for its turn claims nothing.
+        """
         now = self.now()
 
         def write(conn: Any) -> tuple[list[Task], list[Event]]:
+            if not still_wanted():
+                return [], []
             return self.queries.claim_tasks(conn, node_id, limit, user_limit, now)
 
         return await self._write_events(None, write)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..states import TaskStatus
 from ..store import Store, Task
@@ -39,16 +39,19 @@ class Admission:
     def remove(self, task_id: str) -> None:
         self._queue.remove(task_id)
 
-    async def take(self, free: int, running_users: Iterable[int]) -> list[tuple[int, str, Task | None]]:
+    async def take(self, free: int, running_users: Iterable[int],
+                   still_wanted: Callable[[], bool]) -> list[tuple[int, str, Task | None]]:
         """Up to ``free`` tasks to start: ``(user_id, task_id, task)``, where ``task`` is the
-        task already started by a claim, or None when the attempt must start it.
+        task already started by a claim, or None when the attempt must start it. A claim asks
+        ``still_wanted()`` once more just before it claims.
 
         Cancellation (shared store): the claim's transaction is not abandoned (see
         ``StoreBase._write``); a failed claim is logged and yields nothing.
         """
         if self.shared:
             try:
-                claimed = await self.store.claim_tasks(self.node_id, free, self.user_limit)
+                claimed = await self.store.claim_tasks(self.node_id, free, self.user_limit,
+                                                       still_wanted=still_wanted)
             except Exception:
                 log.exception("claiming tasks failed; trying again shortly")
                 return []

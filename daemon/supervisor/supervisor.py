@@ -303,7 +303,7 @@ class Supervisor:
             free = self._concurrency - len(self._running)
             if self._admitting and free > 0:
                 users = [running.user_id for running in self._running.values()]
-                taken = await self._queue.take(free, users)
+                taken = await self._queue.take(free, users, lambda: self._admitting)
                 for user_id, task_id, claimed in taken:
                     if self._admitting:
                         self._start(user_id, task_id, claimed)

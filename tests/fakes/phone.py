@@ -58,6 +58,11 @@ class Server:
         return open_websocket_url(self.ws_url, extra_headers=headers, **kwargs)
 
 
+# The store daemons started here use: None (SQLite in their data dir) unless the test's backend
+# is PostgreSQL (tests/backends.py sets it to the test's database).
+STORE_URL: str | None = None
+
+
 @asynccontextmanager
 async def running_daemon(tmp_path: Path, runner: Any = None, **overrides: Any) -> AsyncIterator[Server]:
     sock_dir = Path(tempfile.mkdtemp(prefix="agentd-", dir="/tmp"))  # unix paths: <= 108 bytes
@@ -66,6 +71,7 @@ async def running_daemon(tmp_path: Path, runner: Any = None, **overrides: Any) -
         allow_local_remotes=True, grace_period_s=0.0,
     )
     fields.update(overrides)
+    fields.setdefault("store", STORE_URL)
     daemon = Daemon(Settings(**fields), runner=runner or NoopRunner())
     async with trio.open_nursery() as nursery:
         urls = await nursery.start(daemon.serve)

@@ -76,6 +76,15 @@ async def user(node: Node, login: str):
     return await node.store.upsert_user(login)
 
 
+async def running_on_node_0(nodes: list[Node], runners: list[Hang]):
+    """A task of alice's, running on node 0 (node 1 drained meanwhile)."""
+    nodes[1].supervisor.drain()
+    alice = await user(nodes[0], "alice")
+    task = await submit(nodes[0].supervisor, alice)
+    await runners[0].wait_until(lambda: runners[0].active == 1)
+    return task
+
+
 async def running_events(store, task_id: str) -> list[dict]:
     return [e.data for e in await store.read_events(task_id) if e.type == "task.status"
             and e.data["status"] == "running"]
@@ -145,10 +154,7 @@ async def test_a_dead_nodes_tasks_are_taken_over_after_its_lease(autojump_clock,
 async def test_a_node_that_lost_its_lease_stops_and_records_nothing(autojump_clock, pg_dsn):
     runners = [Hang(), Hang()]
     async with cluster(pg_dsn, runners, concurrency=1) as nodes:
-        nodes[1].supervisor.drain()
-        alice = await user(nodes[0], "alice")
-        task = await submit(nodes[0].supervisor, alice)
-        await runners[0].wait_until(lambda: runners[0].active == 1)
+        task = await running_on_node_0(nodes, runners)
         held = await nodes[0].store.get_task(task.id)
         # Node 0 is found lost (say its heartbeats stopped reaching the database a while).
         await nodes[1].store._write(lambda conn: conn.execute("UPDATE nodes SET state = 'lost' WHERE id = 'n0'"))
@@ -179,10 +185,7 @@ async def test_a_node_that_lost_its_lease_stops_and_records_nothing(autojump_clo
 async def test_cancel_on_one_node_stops_the_attempt_on_another(autojump_clock, pg_dsn):
     runners = [Hang(), Hang()]
     async with cluster(pg_dsn, runners, concurrency=1) as nodes:
-        nodes[1].supervisor.drain()
-        alice = await user(nodes[0], "alice")
-        task = await submit(nodes[0].supervisor, alice)
-        await runners[0].wait_until(lambda: runners[0].active == 1)
+        task = await running_on_node_0(nodes, runners)
         assert (await nodes[1].supervisor.cancel(task.id)).status is TaskStatus.CANCELLED
         await runners[0].wait_until(lambda: runners[0].active == 0)
         await trio.sleep(5)

@@ -205,3 +205,21 @@ async def test_inbox_keeps_user_messages_until_taken(store, alice):
     assert await store.take_inputs(task.id) == []
     with pytest.raises(NotFound):
         await store.add_input("missing", "hello")
+
+
+async def test_claims_take_users_in_turn_and_hold_a_users_cap(store, alice, bob):
+    async def create(user, prompt):
+        task, _ = await store.create_task(user_id=user.id, repo_url="r", prompt=prompt)
+        return task.id
+
+    a = [await create(alice, f"a{i}") for i in range(3)]
+    b = await create(bob, "b0")
+    claimed = await store.claim_tasks("n1", 3, user_limit=2)
+    assert [t.id for t in claimed] == [a[0], b, a[1]]
+    assert all(t.status is TaskStatus.RUNNING and t.node_id == "n1" and t.attempt == 1 for t in claimed)
+    assert await store.claim_tasks("n2", 5, user_limit=2) == []  # alice is at her cap
+    await store.transition(a[0], TaskStatus.SUCCEEDED, claim=("n1", 1))
+    (third,) = await store.claim_tasks("n2", 5, user_limit=2)
+    assert third.id == a[2] and third.node_id == "n2"
+    running = [e.data for e in await store.read_events(a[2]) if e.type == "task.status"][-1]
+    assert running == {"status": "running", "attempt": 1, "node": "n2"}

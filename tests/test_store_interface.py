@@ -50,7 +50,8 @@ def test_backends_define_no_public_method_of_their_own(cls):
 def test_both_queries_modules_offer_what_the_interface_calls_alike():
     called = set(re.findall(r"self\.queries\.(\w+)", inspect.getsource(base)))
     assert {"insert_task", "transition", "read_events", "revoke_user"} <= called
-    for name in sorted(called):
+    assert isinstance(sqlite_queries.CLUSTER, type(postgres_queries.CLUSTER))  # one SQL text
+    for name in sorted(called - {"CLUSTER"}):
         lite = inspect.signature(getattr(sqlite_queries, name)).parameters
         pg = inspect.signature(getattr(postgres_queries, name)).parameters
         # The same parameters in the same order; one side may add optional ones (PostgreSQL's

@@ -296,29 +296,29 @@ class StoreBase(abc.ABC):
     # -- nodes, claims and leases (several daemons on one database) -----------------------------
 
     async def register_node(self, node: Node) -> None:
-        await self._write(lambda conn: self.queries.register_node(conn, node))
+        await self._write(lambda conn: self.queries.CLUSTER.register_node(conn, node))
 
     async def heartbeat(self, node_id: str, *, state: str, concurrency: int, running: int) -> bool:
         """Renew the node's lease; False when it was lost (its tasks are being taken over)."""
         now = self.now()
-        return await self._write(lambda conn: self.queries.heartbeat(
+        return await self._write(lambda conn: self.queries.CLUSTER.heartbeat(
             conn, node_id, now, state=state, concurrency=concurrency, running=running))
 
     async def leave(self, node_id: str) -> None:
         now = self.now()
-        await self._write(lambda conn: self.queries.leave(conn, node_id, now))
+        await self._write(lambda conn: self.queries.CLUSTER.leave(conn, node_id, now))
 
     async def list_nodes(self) -> list[Node]:
-        return await self._read(self.queries.list_nodes)
+        return await self._read(self.queries.CLUSTER.list_nodes)
 
     async def mark_lost_nodes(self, lease_s: float) -> list[str]:
         now = self.now()
-        return await self._write(lambda conn: self.queries.mark_lost_nodes(conn, now, lease_s))
+        return await self._write(lambda conn: self.queries.CLUSTER.mark_lost_nodes(conn, now, lease_s))
 
     async def orphaned_tasks(self, lease_s: float) -> list[tuple[str, str | None, int]]:
         """Running tasks no live node holds: ``(task_id, node_id, attempt)``."""
         now = self.now()
-        return await self._read(lambda conn: self.queries.orphaned_tasks(conn, now, lease_s))
+        return await self._read(lambda conn: self.queries.CLUSTER.orphaned_tasks(conn, now, lease_s))
 
     async def claim_tasks(self, node_id: str, limit: int, user_limit: int = 0, *,
                           still_wanted: Callable[[], bool] = lambda: True) -> list[Task]:
@@ -332,13 +332,13 @@ class StoreBase(abc.ABC):
         def write(conn: Any) -> tuple[list[Task], list[Event]]:
             if not still_wanted():
                 return [], []
-            return self.queries.claim_tasks(conn, node_id, limit, user_limit, now)
+            return self.queries.CLUSTER.claim_tasks(conn, node_id, limit, user_limit, now)
 
         return await self._write_events(None, write)
 
     async def due_retries(self, limit: int = 100) -> list[str]:
         now = self.now()
-        return await self._read(lambda conn: self.queries.due_retries(conn, now, limit))
+        return await self._read(lambda conn: self.queries.CLUSTER.due_retries(conn, now, limit))
 
     async def watch_remote(self, on_notices: Callable[[list[RemoteNotice]], None], *,
                            task_status: Any) -> None:

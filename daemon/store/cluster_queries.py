@@ -2,8 +2,8 @@
 
 apsw and psycopg connections both have ``execute(sql, params)`` returning a cursor with
 ``fetchone``/``fetchall``; what differs (placeholders, row locking, the backend's own
-``transition``) is in a ``Dialect`` each backend's queries module defines, and binds these
-functions to it. Every function runs inside the one transaction the store opened for it.
+``transition``) is in the ``Dialect`` each backend's queries module defines as ``CLUSTER``,
+whose methods are these queries. Every function runs inside the one transaction the store opened for it.
 
 Times are the nodes' clocks (``now`` from the store), so leases assume the nodes' clocks agree
 to well within the lease timeout (NTP does; the default lease is 15 s).
@@ -29,136 +29,136 @@ class Dialect:
     lock_rows: str  # appended to a SELECT that picks rows to change: "" or " FOR UPDATE SKIP LOCKED"
     claim_lock: str | None  # run first in a claim so that claims decide one at a time, or None
     transition: Callable[..., tuple[Task, list[Event]]]
+    #: ``(id, user_id, seqno, rn)`` of each user's first ``?`` queued tasks, ``rn`` their rank
+    #: within the user (PostgreSQL reads only those through a LATERAL join; SQLite numbers all).
+    queue_heads: str = (
+        "SELECT id, user_id, seqno, rn FROM (SELECT id, user_id, seqno, "
+        "ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY seqno) AS rn FROM tasks "
+        "WHERE status = 'queued') WHERE rn <= ?"
+    )
 
     def sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
 
+    # The queries, as methods of the dialect they are written in; each backend's queries
+    # module holds its dialect as ``CLUSTER``.
+
+    # -- nodes ----------------------------------------------------------------------------------
+
+    def register_node(self, conn: Any, node: Node) -> None:
+        """Insert or refresh this node's row as "up" (a restart of a node keeps its id)."""
+        conn.execute(self.sql(
+            f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, host = excluded.host, "
+            "pid = excluded.pid, started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, "
+            "state = excluded.state, concurrency = excluded.concurrency, running = excluded.running, "
+            "http = excluded.http"
+        ), (node.id, node.name, node.host, node.pid, node.started_at, node.heartbeat_at, node.state,
+            node.concurrency, node.running, node.http))
+
+    def heartbeat(self, conn: Any, node_id: str, now: float, *, state: str, concurrency: int,
+                  running: int) -> bool:
+        """Renew the node's lease; False (and nothing written) when the lease was lost meanwhile.
+
+        A lost node's tasks have been, or are being, taken over: it must stop them, then register
+        again before it claims anything.
+        """
+        row = conn.execute(self.sql("SELECT state FROM nodes WHERE id = ?"), (node_id,)).fetchone()
+        if row is None or row[0] == "lost":
+            return False
+        conn.execute(self.sql(
+            "UPDATE nodes SET heartbeat_at = ?, state = ?, concurrency = ?, running = ? WHERE id = ?"
+        ), (now, state, concurrency, running, node_id))
+        return True
+
+    def leave(self, conn: Any, node_id: str, now: float) -> None:
+        """Mark the node stopped in order (its tasks were put back first)."""
+        conn.execute(self.sql("UPDATE nodes SET state = 'stopped', running = 0, heartbeat_at = ? "
+                           "WHERE id = ? AND state <> 'lost'"), (now, node_id))
+
+    def list_nodes(self, conn: Any) -> list[Node]:
+        rows = conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name, id").fetchall()
+        return [_node(row) for row in rows]
+
+    def mark_lost_nodes(self, conn: Any, now: float, lease_s: float) -> list[str]:
+        """Nodes whose lease ran out (no heartbeat for ``lease_s``) become "lost"; their ids."""
+        rows = conn.execute(self.sql(
+            "SELECT id FROM nodes WHERE state IN ('up', 'draining') AND heartbeat_at < ?" + self.lock_rows
+        ), (now - lease_s,)).fetchall()
+        lost = [row[0] for row in rows]
+        for node_id in lost:
+            conn.execute(self.sql("UPDATE nodes SET state = 'lost' WHERE id = ?"), (node_id,))
+        return lost
+
+    def orphaned_tasks(self, conn: Any, now: float, lease_s: float) -> list[tuple[str, str | None, int]]:
+        """Running tasks no live node holds: ``(task_id, node_id, attempt)``, oldest first.
+
+        A node holds its running tasks while its lease is fresh; a task of a lost, stopped or
+        unknown node, or of a node silent for ``lease_s``, is an orphan any node may take over.
+        """
+        rows = conn.execute(self.sql(
+            "SELECT t.id, t.node_id, t.attempt FROM tasks t LEFT JOIN nodes n ON n.id = t.node_id "
+            "WHERE t.status = 'running' AND (n.id IS NULL OR n.state IN ('lost', 'stopped') "
+            "OR n.heartbeat_at < ?) ORDER BY t.seqno"
+        ), (now - lease_s,)).fetchall()
+        return [(row[0], row[1], row[2]) for row in rows]
+
+
+    # -- claims ---------------------------------------------------------------------------------
+
+    def claim_tasks(self, conn: Any, node_id: str, limit: int, user_limit: int,
+                    now: float) -> tuple[list[Task], list[Event]]:
+        """Start up to ``limit`` queued tasks on ``node_id``: round-robin across users, FIFO within.
+
+        Round-robin: each user's oldest queued task first, the user who last had a task started
+        longest ago (``users.last_started_at``) first among those; then each user's second, ...
+
+        ``user_limit`` (0: none) caps one user's running tasks across every node. Each claimed task
+        is moved to running (attempt + 1, ``node_id`` set) with its events, in this transaction.
+        Claims decide one at a time (``claim_lock``) so the per-user cap holds across nodes; rows
+        another transaction holds (a cancel in progress) are skipped, not waited for.
+        """
+        if limit <= 0:
+            return [], []
+        if self.claim_lock is not None:
+            conn.execute(self.claim_lock)
+        ranked = conn.execute(self.sql(
+            "WITH running AS (SELECT user_id, COUNT(*) AS n FROM tasks WHERE status = 'running' "
+            f"GROUP BY user_id), queue AS ({self.queue_heads}) "
+            "SELECT q.id FROM queue q LEFT JOIN running r ON r.user_id = q.user_id "
+            "JOIN users u ON u.id = q.user_id "
+            "WHERE ? = 0 OR q.rn + COALESCE(r.n, 0) <= ? "
+            "ORDER BY q.rn, COALESCE(u.last_started_at, 0), q.seqno LIMIT ?"
+        ), (limit, user_limit, user_limit, limit)).fetchall()
+        wanted = [row[0] for row in ranked]
+        if not wanted:
+            return [], []
+        marks = ", ".join("?" for _ in wanted)
+        free = {row[0] for row in conn.execute(self.sql(
+            f"SELECT id FROM tasks WHERE id IN ({marks}) AND status = 'queued'" + self.lock_rows
+        ), wanted).fetchall()}
+        tasks: list[Task] = []
+        events: list[Event] = []
+        for task_id in wanted:
+            if task_id not in free:
+                continue
+            task, new = self.transition(conn, task_id, TaskStatus.RUNNING, now=now, expect=TaskStatus.QUEUED,
+                                     attempt_delta=1, node_id=node_id)
+            # The user whose task started longest ago goes first next time (round-robin across
+            # claims); within one claim, in the order claimed.
+            conn.execute(self.sql("UPDATE users SET last_started_at = ? WHERE id = ?"),
+                         (now + len(tasks) * 1e-6, task.user_id))
+            tasks.append(task)
+            events.extend(new)
+        return tasks, events
+
+    def due_retries(self, conn: Any, now: float, limit: int) -> list[str]:
+        """Tasks waiting for a retry whose time has come (a node that died may have held the timer)."""
+        rows = conn.execute(self.sql(
+            "SELECT id FROM tasks WHERE status = 'waiting_retry' AND due_at <= ? ORDER BY due_at LIMIT ?"
+        ), (now, limit)).fetchall()
+        return [row[0] for row in rows]
+
 
 def _node(row: Any) -> Node:
     return Node(*row[:9], http=row[9])
-
-
-# -- nodes --------------------------------------------------------------------------------------
-
-def register_node(d: Dialect, conn: Any, node: Node) -> None:
-    """Insert or refresh this node's row as "up" (a restart of a node keeps its id)."""
-    conn.execute(d.sql(
-        f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (id) DO UPDATE SET name = excluded.name, host = excluded.host, "
-        "pid = excluded.pid, started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, "
-        "state = excluded.state, concurrency = excluded.concurrency, running = excluded.running, "
-        "http = excluded.http"
-    ), (node.id, node.name, node.host, node.pid, node.started_at, node.heartbeat_at, node.state,
-        node.concurrency, node.running, node.http))
-
-
-def heartbeat(d: Dialect, conn: Any, node_id: str, now: float, *, state: str, concurrency: int,
-              running: int) -> bool:
-    """Renew the node's lease; False (and nothing written) when the lease was lost meanwhile.
-
-    A lost node's tasks have been, or are being, taken over: it must stop them, then register
-    again before it claims anything.
-    """
-    row = conn.execute(d.sql("SELECT state FROM nodes WHERE id = ?"), (node_id,)).fetchone()
-    if row is None or row[0] == "lost":
-        return False
-    conn.execute(d.sql(
-        "UPDATE nodes SET heartbeat_at = ?, state = ?, concurrency = ?, running = ? WHERE id = ?"
-    ), (now, state, concurrency, running, node_id))
-    return True
-
-
-def leave(d: Dialect, conn: Any, node_id: str, now: float) -> None:
-    """Mark the node stopped in order (its tasks were put back first)."""
-    conn.execute(d.sql("UPDATE nodes SET state = 'stopped', running = 0, heartbeat_at = ? "
-                       "WHERE id = ? AND state <> 'lost'"), (now, node_id))
-
-
-def list_nodes(d: Dialect, conn: Any) -> list[Node]:
-    rows = conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name, id").fetchall()
-    return [_node(row) for row in rows]
-
-
-def mark_lost_nodes(d: Dialect, conn: Any, now: float, lease_s: float) -> list[str]:
-    """Nodes whose lease ran out (no heartbeat for ``lease_s``) become "lost"; their ids."""
-    rows = conn.execute(d.sql(
-        "SELECT id FROM nodes WHERE state IN ('up', 'draining') AND heartbeat_at < ?" + d.lock_rows
-    ), (now - lease_s,)).fetchall()
-    lost = [row[0] for row in rows]
-    for node_id in lost:
-        conn.execute(d.sql("UPDATE nodes SET state = 'lost' WHERE id = ?"), (node_id,))
-    return lost
-
-
-def orphaned_tasks(d: Dialect, conn: Any, now: float, lease_s: float) -> list[tuple[str, str | None, int]]:
-    """Running tasks no live node holds: ``(task_id, node_id, attempt)``, oldest first.
-
-    A node holds its running tasks while its lease is fresh; a task of a lost, stopped or
-    unknown node, or of a node silent for ``lease_s``, is an orphan any node may take over.
-    """
-    rows = conn.execute(d.sql(
-        "SELECT t.id, t.node_id, t.attempt FROM tasks t LEFT JOIN nodes n ON n.id = t.node_id "
-        "WHERE t.status = 'running' AND (n.id IS NULL OR n.state IN ('lost', 'stopped') "
-        "OR n.heartbeat_at < ?) ORDER BY t.seqno"
-    ), (now - lease_s,)).fetchall()
-    return [(row[0], row[1], row[2]) for row in rows]
-
-
-# -- claims -------------------------------------------------------------------------------------
-
-def claim_tasks(d: Dialect, conn: Any, node_id: str, limit: int, user_limit: int,
-                now: float) -> tuple[list[Task], list[Event]]:
-    """Start up to ``limit`` queued tasks on ``node_id``: round-robin across users, FIFO within.
-
-    Round-robin: each user's oldest queued task first, the user who last had a task started
-    longest ago (``users.last_started_at``) first among those; then each user's second, ...
-
-    ``user_limit`` (0: none) caps one user's running tasks across every node. Each claimed task
-    is moved to running (attempt + 1, ``node_id`` set) with its events, in this transaction.
-    Claims decide one at a time (``claim_lock``) so the per-user cap holds across nodes; rows
-    another transaction holds (a cancel in progress) are skipped, not waited for.
-    """
-    if limit <= 0:
-        return [], []
-    if d.claim_lock is not None:
-        conn.execute(d.claim_lock)
-    ranked = conn.execute(d.sql(
-        "WITH running AS (SELECT user_id, COUNT(*) AS n FROM tasks WHERE status = 'running' "
-        "GROUP BY user_id), "
-        "queue AS (SELECT id, user_id, seqno, "
-        "ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY seqno) AS rn FROM tasks "
-        "WHERE status = 'queued') "
-        "SELECT q.id FROM queue q LEFT JOIN running r ON r.user_id = q.user_id "
-        "JOIN users u ON u.id = q.user_id "
-        "WHERE ? = 0 OR q.rn + COALESCE(r.n, 0) <= ? "
-        "ORDER BY q.rn, COALESCE(u.last_started_at, 0), q.seqno LIMIT ?"
-    ), (user_limit, user_limit, limit)).fetchall()
-    wanted = [row[0] for row in ranked]
-    if not wanted:
-        return [], []
-    marks = ", ".join("?" for _ in wanted)
-    free = {row[0] for row in conn.execute(d.sql(
-        f"SELECT id FROM tasks WHERE id IN ({marks}) AND status = 'queued'" + d.lock_rows
-    ), wanted).fetchall()}
-    tasks: list[Task] = []
-    events: list[Event] = []
-    for task_id in wanted:
-        if task_id not in free:
-            continue
-        task, new = d.transition(conn, task_id, TaskStatus.RUNNING, now=now, expect=TaskStatus.QUEUED,
-                                 attempt_delta=1, node_id=node_id)
-        # The user whose task started longest ago goes first next time (round-robin across
-        # claims); within one claim, in the order claimed.
-        conn.execute(d.sql("UPDATE users SET last_started_at = ? WHERE id = ?"),
-                     (now + len(tasks) * 1e-6, task.user_id))
-        tasks.append(task)
-        events.extend(new)
-    return tasks, events
-
-
-def due_retries(d: Dialect, conn: Any, now: float, limit: int) -> list[str]:
-    """Tasks waiting for a retry whose time has come (a node that died may have held the timer)."""
-    rows = conn.execute(d.sql(
-        "SELECT id FROM tasks WHERE status = 'waiting_retry' AND due_at <= ? ORDER BY due_at LIMIT ?"
-    ), (now, limit)).fetchall()
-    return [row[0] for row in rows]

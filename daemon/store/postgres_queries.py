@@ -11,7 +11,6 @@ so seqs stay gap-free and a status change is decided on the current status.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from typing import Any, Iterable, Sequence
 
@@ -418,15 +417,13 @@ def github_token_enc(conn: Connection, user_id: int) -> bytes | None:
 # Claims take this transaction-scoped advisory lock first, so that the per-user cap is decided
 # on committed counts even when several nodes claim at once ("agentd-claim").
 _CLAIM_LOCK = 0x6167656E74_6463
-_CLUSTER = cluster_queries.Dialect(
+CLUSTER = cluster_queries.Dialect(
     placeholder="%s", lock_rows=" FOR UPDATE SKIP LOCKED",
     claim_lock=f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK})", transition=transition,
+    queue_heads=(
+        "SELECT h.id, w.user_id, h.seqno, h.rn FROM "
+        "(SELECT DISTINCT user_id FROM tasks WHERE status = 'queued') w CROSS JOIN LATERAL "
+        "(SELECT t.id, t.seqno, ROW_NUMBER() OVER (ORDER BY t.seqno) AS rn FROM tasks t "
+        "WHERE t.user_id = w.user_id AND t.status = 'queued' ORDER BY t.seqno LIMIT %s) h"
+    ),
 )
-register_node = functools.partial(cluster_queries.register_node, _CLUSTER)
-heartbeat = functools.partial(cluster_queries.heartbeat, _CLUSTER)
-leave = functools.partial(cluster_queries.leave, _CLUSTER)
-list_nodes = functools.partial(cluster_queries.list_nodes, _CLUSTER)
-mark_lost_nodes = functools.partial(cluster_queries.mark_lost_nodes, _CLUSTER)
-orphaned_tasks = functools.partial(cluster_queries.orphaned_tasks, _CLUSTER)
-claim_tasks = functools.partial(cluster_queries.claim_tasks, _CLUSTER)
-due_retries = functools.partial(cluster_queries.due_retries, _CLUSTER)

@@ -129,6 +129,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        5,
+        "each user's queued tasks in order, for claims",
+        "CREATE INDEX tasks_queued_by_user ON tasks(user_id, seqno) WHERE status = 'queued';",
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -432,12 +432,4 @@ def user_by_id(conn: apsw.Connection, user_id: int) -> User | None:
 
 # -- nodes and claims (one SQL text for both backends: cluster_queries) ---------------------------
 
-_CLUSTER = cluster_queries.Dialect(placeholder="?", lock_rows="", claim_lock=None, transition=transition)
-register_node = functools.partial(cluster_queries.register_node, _CLUSTER)
-heartbeat = functools.partial(cluster_queries.heartbeat, _CLUSTER)
-leave = functools.partial(cluster_queries.leave, _CLUSTER)
-list_nodes = functools.partial(cluster_queries.list_nodes, _CLUSTER)
-mark_lost_nodes = functools.partial(cluster_queries.mark_lost_nodes, _CLUSTER)
-orphaned_tasks = functools.partial(cluster_queries.orphaned_tasks, _CLUSTER)
-claim_tasks = functools.partial(cluster_queries.claim_tasks, _CLUSTER)
-due_retries = functools.partial(cluster_queries.due_retries, _CLUSTER)
+CLUSTER = cluster_queries.Dialect(placeholder="?", lock_rows="", claim_lock=None, transition=transition)

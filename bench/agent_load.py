@@ -1,6 +1,7 @@
 """500 concurrent agent tasks against a model that takes 1 s per turn: event-loop lag and RSS.
 
-    .venv/bin/python bench/agent_load.py [--tasks 500] [--turns 6] [--delay 1] [--json]
+    .venv/bin/python bench/agent_load.py [--tasks 500] [--turns 6] [--delay 1]
+                                         [--provider lean|sdk-stream] [--json]
 
 The daemon runs in this process exactly as ``agentd serve --model anthropic`` would
 (``Daemon`` with its own runner: the real ``AnthropicProvider`` over the SDK, the agent loop,
@@ -9,7 +10,9 @@ process. Each task clones a small local bare repository, then talks ``--turns`` 
 ``view README.md`` tool call but the last), then delivers (nothing changed: no push). A Trio
 task sleeps 10 ms in a loop and records how late it wakes: the loop lag. Reported overall and
 for the conversation phase (every workspace ready, no task finished yet), when all ``--tasks``
-are waiting on the model at once; RSS before, at its peak, and per task.
+are waiting on the model at once; RSS before, at its peak, and per task; the daemon's CPU per
+model turn. ``--provider sdk-stream`` swaps in the SDK's own stream helper, as the provider read
+responses before its lean SSE parser (``tests/anthropic_sdk_reference.py``), for comparison.
 """
 
 from __future__ import annotations
@@ -48,8 +51,19 @@ from tests.fakes.git_http import make_bare_repo
 TICK_S = 0.01
 
 
-async def run(tasks: int, turns: int, delay_s: float, timeout_s: float) -> dict[str, Any]:
+def use_provider(name: str) -> None:
+    """Make ``agentd``'s factory build ``name``: the lean parser (as shipped) or the SDK stream."""
+    if name == "sdk-stream":
+        import daemon.agent.anthropic_provider as provider_module
+        from tests.anthropic_sdk_reference import SdkStreamProvider
+
+        provider_module.AnthropicProvider = SdkStreamProvider  # type: ignore[misc]
+
+
+async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
+              provider: str = "lean") -> dict[str, Any]:
     raise_fd_limit(20_000)
+    use_provider(provider)
     tmp = Path(tempfile.mkdtemp(prefix="agentd-load-", dir="/tmp"))
     bare = make_bare_repo(tmp)
     fake = Child([sys.executable, str(ROOT / "bench" / "slow_fake_anthropic.py"),
@@ -136,7 +150,7 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float) -> dict[
     conversation = (marks.get("all_ready", end), marks.get("first_finished", end))
     peak = peak_rss(start, end)
     return {
-        "tasks": tasks, "turns": turns, "delay_s": delay_s,
+        "tasks": tasks, "turns": turns, "delay_s": delay_s, "provider": provider,
         "statuses": dict(statuses),
         "model_turns": counts["agent.usage"],
         "wall_s": round(end - start, 2),
@@ -150,6 +164,7 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float) -> dict[
         "rss_conversation_peak_mib": round(peak_rss(*conversation) / 1024, 1),
         "rss_per_task_kib": round((peak - rss_before) / tasks, 1),
         "daemon_cores": round(cpu / (end - start), 2),
+        "daemon_cpu_ms_per_turn": round(cpu / max(1, counts["agent.usage"]) * 1000, 2),
         "fake_api_cores": round(fake_cpu / (end - start), 2),
         "git_and_tools_cores": round(kids / (end - start), 2),
         # Everything else busy on the machine meanwhile (a shared VM: other people's work).
@@ -164,9 +179,11 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--delay", type=float, default=1.0, help="seconds per model turn")
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--provider", choices=("lean", "sdk-stream"), default="lean",
+                        help="how responses are read: agentd's SSE parser, or the SDK's stream helper")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    emit(trio.run(run, args.tasks, args.turns, args.delay, args.timeout), args.json)
+    emit(trio.run(run, args.tasks, args.turns, args.delay, args.timeout, args.provider), args.json)
 
 
 if __name__ == "__main__":

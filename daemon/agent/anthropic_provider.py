@@ -1,8 +1,10 @@
 """Claude through the ``anthropic`` SDK, streaming, under Trio.
 
 The SDK's async client runs on anyio, so it works unchanged inside the daemon's Trio loop. It
-retries short outages itself (``max_retries``); whatever is left over is mapped onto agentd's
-two error classes, which is all the supervisor looks at:
+makes the request (auth, base URL, headers, retries, status errors); the streamed body is parsed
+by ``anthropic_stream``, which costs a fraction of the SDK's stream helper's CPU per turn. The
+SDK retries short outages itself (``max_retries``); whatever is left over is mapped onto
+agentd's two error classes, which is all the supervisor looks at:
 
 - ``TransientError``: 429 (``retry_after`` from the ``retry-after`` header), 529 overloaded,
   other 5xx, 408/409, connection failures, timeouts, a stream that ends or errors midway;
@@ -25,13 +27,34 @@ import anthropic
 import httpx2
 from anthropic import Middleware
 
-from daemon.agent.model import ModelReply, ModelRequest, Usage, cost_of, with_cache_breakpoints
+from daemon.agent.anthropic_stream import (
+    MessageAssembler,
+    SSEDecoder,
+    StreamBroken,
+    StreamedMessage,
+    StreamErrorEvent,
+)
+from daemon.agent.model import (
+    ModelReply,
+    ModelRequest,
+    Usage,
+    cost_of,
+    with_cache_breakpoints,
+)
 from daemon.errors import PermanentError, TransientError
 
-__all__ = ["AnthropicProvider", "DEFAULT_MODEL"]
+__all__ = ["DEFAULT_MODEL", "AnthropicProvider"]
 
 # The current Sonnet: the speed / intelligence / price balance a coding agent wants.
 DEFAULT_MODEL = "claude-sonnet-5-5"
+
+# Connection pools (one SDK client each) and how many requests one carries before the next is
+# used. A pool's bookkeeping walks all its connections, probing each idle one's socket, whenever a
+# request starts or ends: O(connections) per request, so O(tasks²) CPU with hundreds of tasks on
+# one pool (about 2 ms per model turn at 500 tasks, ``bench/agent_load.py``). Filling the first
+# pool first keeps a small daemon on one pool, its connections kept alive and reused.
+DEFAULT_POOLS = 16
+POOL_REQUESTS = 32
 
 # Error types that mean "the API had a problem", whatever the HTTP status they came with
 # (an SSE ``error`` event arrives inside a 200 response).
@@ -49,6 +72,10 @@ class AnthropicProvider:
     its own retry. Longer waits than this are not left to the SDK but surface at once as a
     ``TransientError`` carrying ``retry_after``, so the supervisor can park the task and free
     its concurrency slot instead of holding it while asleep.
+
+    ``pools``: how many SDK clients (each with its own HTTP connection pool) may share the
+    requests, ``POOL_REQUESTS`` at a time each before the next pool is used (see ``DEFAULT_POOLS``). ``http_client``: one client of your own instead (a test transport, a
+    proxy setup); it is the only pool then.
     """
 
     name = "anthropic"
@@ -61,25 +88,39 @@ class AnthropicProvider:
         max_retries: int = 2,
         timeout: float = 300.0,
         max_sdk_retry_wait: float = 30.0,
+        pools: int = DEFAULT_POOLS,
+        http_client: httpx2.AsyncClient | None = None,
     ) -> None:
         if not api_key:
             raise PermanentError("anthropic: no API key configured (set ANTHROPIC_API_KEY)")
         self.model = model
         self._api_key = api_key  # kept only to redact it from error messages
+        if http_client is None:
+            tls = httpx2.create_ssl_context()  # one CA store for all pools, not one each
+            http_clients = [anthropic.DefaultAsyncHttpxClient(verify=tls) for _ in range(max(1, pools))]
+        else:
+            http_clients = [http_client]
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key,
             base_url=base_url,
             max_retries=max_retries,
             timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
             middleware=[_LongWaitsToCaller(max_sdk_retry_wait)],
+            http_client=http_clients[0],
         )
+        # The same configuration (key, base URL, retries, timeout, middleware) on every pool.
+        self._clients = [self._client] + [
+            self._client.with_options(http_client=c) for c in http_clients[1:]
+        ]
+        self._in_flight = [0] * len(self._clients)
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(model={self.model!r}, base_url={str(self._client.base_url)!r})"
 
     async def aclose(self) -> None:
         """Close the pooled HTTP connections."""
-        await self._client.close()
+        for client in self._clients:
+            await client.close()
 
     async def complete(
         self, request: ModelRequest, on_text_delta: Callable[[str], None] | None = None
@@ -102,42 +143,82 @@ class AnthropicProvider:
         if tools:
             params["tools"] = tools
         try:
-            async with self._client.messages.stream(**params) as stream:
-                async for event in stream:
-                    if on_text_delta is not None and event.type == "text":
-                        on_text_delta(event.text)
-                final = await stream.get_final_message()
+            message = await self._stream(params, on_text_delta)
         except anthropic.APIStatusError as err:
             raise self._status_error(err) from err
         except anthropic.APIConnectionError as err:  # includes APITimeoutError
             raise TransientError(self._redact(f"anthropic: {_describe(err)}")) from err
-        except httpx2.TransportError as err:
+        except (httpx2.TransportError, httpx2.DecodingError) as err:
             # Failures while reading the stream body are raised by httpx2 itself, unwrapped.
             raise TransientError(
                 self._redact(f"anthropic: response stream broke: {_describe(err)}")
             ) from err
+        except StreamBroken as err:
+            # E.g. the body ended without message_stop: a cut connection, not an answer.
+            raise TransientError(self._redact(f"anthropic: {err}")) from err
 
-        if final.stop_reason is None:
-            # The body ended without message_delta/message_stop: a cut connection, not an answer.
-            raise TransientError(
-                "anthropic: the response stream ended before the message was complete"
-            )
-        model = final.model or self.model
-        u = final.usage
+        model = message.model or self.model
+        u = message.usage
         usage = Usage(
-            input_tokens=u.input_tokens or 0,
-            output_tokens=u.output_tokens or 0,
-            cache_read_tokens=u.cache_read_input_tokens or 0,
-            cache_write_tokens=u.cache_creation_input_tokens or 0,
+            input_tokens=u.get("input_tokens") or 0,
+            output_tokens=u.get("output_tokens") or 0,
+            cache_read_tokens=u.get("cache_read_input_tokens") or 0,
+            cache_write_tokens=u.get("cache_creation_input_tokens") or 0,
         )
         usage = dataclasses.replace(usage, cost_usd=cost_of(model, usage))
-        # Only the fields the API sent, minus nulls (e.g. "citations": null), so that the blocks
-        # can be sent back verbatim as the assistant turn of the next request.
-        content = [
-            {k: v for k, v in block.to_dict(mode="json").items() if v is not None}
-            for block in final.content
-        ]
-        return ModelReply(content=content, stop_reason=final.stop_reason, usage=usage, model=model)
+        return ModelReply(
+            content=message.content, stop_reason=message.stop_reason, usage=usage, model=model
+        )
+
+    async def _stream(
+        self, params: dict[str, Any], on_text_delta: Callable[[str], None] | None
+    ) -> StreamedMessage:
+        """POST with ``stream: true`` through the SDK, and parse the SSE body ourselves.
+
+        The SDK still makes the request: auth, base URL, headers, its retries and the
+        middleware, and its status errors for a non-2xx answer. Only the body is read here,
+        raw, by ``anthropic_stream`` rather than by the SDK's stream helper, which builds a
+        pydantic object per event and re-accumulates a message snapshot at each (most of this
+        call's CPU). An ``error`` event becomes the ``APIStatusError`` the SDK would raise.
+
+        Cancellation: leaving the ``async with`` closes the response, which drops the
+        connection mid-body.
+        """
+        pool = self._pick_pool()
+        self._in_flight[pool] += 1
+        try:
+            return await self._stream_on(self._clients[pool], params, on_text_delta)
+        finally:
+            self._in_flight[pool] -= 1
+
+    def _pick_pool(self) -> int:
+        """The first pool with room, else the least busy one."""
+        in_flight = self._in_flight
+        for pool, n in enumerate(in_flight):
+            if n < POOL_REQUESTS:
+                return pool
+        return in_flight.index(min(in_flight))
+
+    async def _stream_on(
+        self,
+        client: anthropic.AsyncAnthropic,
+        params: dict[str, Any],
+        on_text_delta: Callable[[str], None] | None,
+    ) -> StreamedMessage:
+        create = client.messages.with_streaming_response.create
+        async with create(**params, stream=True) as response:
+            http = response.http_response
+            decoder = SSEDecoder()
+            assembler = MessageAssembler(on_text_delta)
+            try:
+                async for chunk in http.aiter_bytes():
+                    for name, data in decoder.feed(chunk):
+                        assembler.event(name, data)
+                for name, data in decoder.close():
+                    assembler.event(name, data)
+            except StreamErrorEvent as err:
+                raise anthropic.APIStatusError(str(err.body), response=http, body=err.body) from None
+        return assembler.result()
 
     def _status_error(self, err: anthropic.APIStatusError) -> TransientError | PermanentError:
         status = err.status_code

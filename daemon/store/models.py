@@ -11,6 +11,8 @@ from typing import Any
 from ..states import TaskStatus
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_wire_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_json_str = json.encoder.encode_basestring_ascii  # a str as JSON, as json.dumps writes it
 
 
 def new_task_id(now: float | None = None) -> str:
@@ -106,13 +108,18 @@ class Task:
 
 @dataclass(frozen=True)
 class Event:
-    """One durable step of a task; ``seq`` is gap-free per task, starting at 1."""
+    """One durable step of a task; ``seq`` is gap-free per task, starting at 1.
+
+    ``data_json``: ``data`` as the store wrote it (JSON text), when the store has it at hand;
+    ``wire_json`` reuses it instead of encoding ``data`` again. Not part of equality.
+    """
 
     task_id: str
     seq: int
     ts: float
     type: str
     data: dict[str, Any]
+    data_json: str | None = field(default=None, compare=False, repr=False)
 
     def wire(self) -> dict[str, Any]:
         """The WebSocket / control-socket shape (design §6)."""
@@ -126,7 +133,17 @@ class Event:
         }
 
     def wire_json(self) -> str:
-        return json.dumps(self.wire(), separators=(",", ":"))
+        """``wire()`` as compact JSON text, the same value as ``json.dumps(self.wire())``.
+
+        With ``data_json`` the text around it is put together here (the data is not encoded
+        again); non-ASCII characters of the data then stay as they are rather than escaped.
+        """
+        data, ts = self.data_json, self.ts
+        # A finite float's repr is its JSON; anything unusual goes the long way.
+        if data is None or type(ts) is not float or ts - ts != 0 or type(self.seq) is not int:
+            return _wire_dumps(self.wire())
+        return (f'{{"type":"event","task_id":{_json_str(self.task_id)},"seq":{self.seq},'
+                f'"event":{_json_str(self.type)},"ts":{ts!r},"data":{data}}}')
 
 
 @dataclass(frozen=True)

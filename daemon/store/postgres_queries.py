@@ -207,11 +207,11 @@ def append_events(
     events = []
     for item in new:
         seq += 1
-        events.append(Event(task_id, seq, now, item.type, item.data))
+        events.append(Event(task_id, seq, now, item.type, item.data, _dumps(item.data)))
     with conn.cursor() as cur:  # executemany pipelines the inserts: one round trip, not n
         cur.executemany(
             "INSERT INTO events (task_id, seq, ts, type, data) VALUES (%s, %s, %s, %s, %s)",
-            [(e.task_id, e.seq, e.ts, e.type, _dumps(e.data)) for e in events],
+            [(e.task_id, e.seq, e.ts, e.type, e.data_json) for e in events],
         )
     # Other nodes learn of the commit (LISTEN agentd_events; ``postgres_listen``). The
     # notification is sent only if this transaction commits, and in commit order.
@@ -247,7 +247,7 @@ def read_events(conn: Connection, task_id: str, after: int, limit: int) -> list[
         "SELECT seq, ts, type, data FROM events WHERE task_id = %s AND seq > %s ORDER BY seq LIMIT %s",
         (task_id, after, limit),
     ).fetchall()
-    return [Event(task_id, seq, ts, etype, json.loads(data)) for seq, ts, etype, data in rows]
+    return [Event(task_id, seq, ts, etype, json.loads(data), data) for seq, ts, etype, data in rows]
 
 
 # -- conversation -------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ class SqliteStore(StoreBase):
         self._writer = WriterThread(self.path, synchronous=synchronous)
         self._readers = ReaderPool(self.path)
         self._lock_fd: int | None = None
+        # One object for every append, so the writer can publish a batch's appends in one call.
+        self._publish_appends = self._publish
 
     @classmethod
     async def open(cls, data_dir: Path, **kwargs: Any) -> "SqliteStore":
@@ -99,7 +101,7 @@ class SqliteStore(StoreBase):
         if not new:
             return []
         return await self._writer.run_merged(
-            q.append_event_batch, (task_id, new, self.now()), self._publish
+            q.append_event_batch, (task_id, new, self.now()), self._publish_appends
         )
 
     # -- maintenance ----------------------------------------------------------------------------

@@ -5,7 +5,8 @@ that is waiting, runs them in one ``BEGIN IMMEDIATE`` transaction, commits once,
 results back to the Trio thread in one callback, in submission order. Under load that is one
 fsync for many jobs. One failing job does not undo the others: the batch is then run again with
 a savepoint per job. Consecutive jobs of the same kind can be merged (``run_merged``): the event
-appends of a batch become one ``INSERT`` and one ``UPDATE`` per task.
+appends of a batch become one ``INSERT`` and one ``UPDATE`` for all their tasks, and their events
+reach the listeners in one call.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ Merge = Callable[[Any, list[Any]], list[Any]]
 class _Job(Generic[T]):
     """One write: the function (or merge function and its argument), who waits, how it ended."""
 
-    __slots__ = ("fn", "merge", "arg", "on_commit", "task", "result", "error")
+    __slots__ = ("fn", "merge", "arg", "on_commit", "task", "started", "result", "error")
 
     def __init__(self, fn: Callable[[apsw.Connection], T] | None, merge: Merge | None, arg: Any,
                  on_commit: Callable[[T], None] | None, task: trio.lowlevel.Task) -> None:
@@ -75,6 +76,7 @@ class _Job(Generic[T]):
         self.arg = arg
         self.on_commit = on_commit
         self.task = task
+        self.started = 0.0
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -129,14 +131,18 @@ class WriterThread:
         """
         return await self._submit(_Job(fn, None, None, on_commit, trio.lowlevel.current_task()))
 
-    async def run_merged(self, merge: Merge, arg: Any, on_commit: Callable[[Any], None] | None = None) -> Any:
+    async def run_merged(self, merge: Merge, arg: Any, on_commit: Callable[[list[Any]], None] | None = None) -> list[Any]:
         """Like ``run``, for a job that may be merged with the waiting jobs of the same ``merge``.
 
         Consecutive jobs of a batch with the same ``merge`` run as one call,
-        ``merge(conn, [arg, ...])``, which returns one outcome per argument: the job's result,
-        or an exception for that job alone (``merge`` must then have written nothing for it).
-        If ``merge`` raises, the batch is run again with a savepoint per job and each of them
-        alone (``merge(conn, [arg])``). Cancellation: as ``run``.
+        ``merge(conn, [arg, ...])``, which returns one outcome per argument: the job's result
+        (a list), or an exception for that job alone (``merge`` must then have written nothing
+        for it). If ``merge`` raises, the batch is run again with a savepoint per job and each
+        of them alone (``merge(conn, [arg])``).
+
+        ``on_commit`` is called once for the committed jobs of a batch that are next to each
+        other and share it (the same object), with their results concatenated in order: the
+        event appends of a batch reach the listeners in one call. Cancellation: as ``run``.
         """
         return await self._submit(_Job(None, merge, arg, on_commit, trio.lowlevel.current_task()))
 
@@ -144,13 +150,11 @@ class WriterThread:
         if self._closed:
             raise trio.ClosedResourceError("the store is closed")
         track(+1)
-        started = time.perf_counter()
+        job.started = time.perf_counter()
         self._queue.put(job)
         # Uncancellable, like a shielded wait, without a cancel scope and an Event per write:
         # ``_deliver`` reschedules this task once the batch has committed.
         await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
-        if self.on_round_trip is not None:
-            self.on_round_trip(time.perf_counter() - started)
         if job.error is not None:
             raise job.error
         return job.result
@@ -189,7 +193,7 @@ class WriterThread:
                 if jobs:
                     self._run_batch(conn, jobs)
                     assert self._token is not None
-                    self._token.run_sync_soon(_deliver, jobs)
+                    self._token.run_sync_soon(self._deliver, jobs)
                 if stop:
                     return
         finally:
@@ -233,6 +237,35 @@ class WriterThread:
             for job in jobs:
                 job.error, job.result = exc, None
 
+    def _deliver(self, jobs: list[_Job[Any]]) -> None:
+        """On the Trio thread, once a batch committed: its callbacks in order, then its waiters."""
+        # The results of neighbouring merged jobs with one ``on_commit`` go out in one call (for
+        # the appends, one pass through the listeners per batch instead of one per append).
+        gathered: list[Any] = []
+        gathered_for: Callable[[Any], None] | None = None
+        for job in jobs:
+            on_commit = job.on_commit
+            if job.error is not None or on_commit is None:
+                continue
+            if job.merge is not None:
+                if on_commit is not gathered_for:
+                    _call(gathered_for, gathered)
+                    gathered, gathered_for = [], on_commit
+                gathered.extend(job.result)
+                continue
+            _call(gathered_for, gathered)
+            gathered, gathered_for = [], None
+            _call(on_commit, job.result)
+        _call(gathered_for, gathered)
+        observe = self.on_round_trip
+        now = time.perf_counter()
+        reschedule = trio.lowlevel.reschedule
+        for job in jobs:
+            if observe is not None:
+                observe(now - job.started)
+            reschedule(job.task)
+        track(-len(jobs))
+
 
 def _run_merging(conn: apsw.Connection, jobs: list[_Job[Any]]) -> None:
     """Run the jobs in order, each run of consecutive jobs with one ``merge`` as one call."""
@@ -260,15 +293,13 @@ def _refuse_abort(raise_cancel: Any) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.FAILED
 
 
-def _deliver(jobs: list[_Job[Any]]) -> None:
-    for job in jobs:
-        if job.error is None and job.on_commit is not None:
-            try:
-                job.on_commit(job.result)
-            except Exception:  # a broken listener must not lose the other results
-                log.exception("on_commit callback failed")
-        trio.lowlevel.reschedule(job.task)
-    track(-len(jobs))
+def _call(callback: Callable[[Any], None] | None, value: Any) -> None:
+    if callback is None:
+        return
+    try:
+        callback(value)
+    except Exception:  # a broken listener must not lose the other results
+        log.exception("on_commit callback failed")
 
 
 class Checkpointer:

@@ -28,8 +28,22 @@ _TASK_COLUMNS = (
 _USER_COLUMNS = "id, login, created_at, github_id, name, is_operator, disabled"
 
 
-# One encoder for every write: json.dumps with options builds a new one on each call.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# One encoder for every write: json.dumps with options builds a new one on each call, and
+# JSONEncoder.encode its C encoder; this one is built once (every event's data goes through it).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_C_ENCODE = (json.encoder.c_make_encoder(None, _ENCODER.default, json.encoder.encode_basestring,
+                                         None, ":", ",", False, False, True)
+             if json.encoder.c_make_encoder is not None else None)
+
+
+def _dumps(value: Any) -> str:
+    """``value`` as compact JSON text, as ``_ENCODER.encode`` writes it."""
+    if _C_ENCODE is None:
+        return _ENCODER.encode(value)
+    try:
+        return "".join(_C_ENCODE(value, 0))
+    except RecursionError:  # without the cycle check: let the usual encoder say what is wrong
+        return _ENCODER.encode(value)
 
 
 def task_from_row(row: Sequence[Any]) -> Task:
@@ -206,10 +220,10 @@ def append_events(
     events = []
     for item in new:
         seq += 1
-        events.append(Event(task_id, seq, now, item.type, item.data))
+        events.append(Event(task_id, seq, now, item.type, item.data, _dumps(item.data)))
     conn.executemany(
         "INSERT INTO events (task_id, seq, ts, type, data) VALUES (?, ?, ?, ?, ?)",
-        [(e.task_id, e.seq, e.ts, e.type, _dumps(e.data)) for e in events],
+        [(e.task_id, e.seq, e.ts, e.type, e.data_json) for e in events],
     )
     conn.execute("UPDATE tasks SET last_seq = ? WHERE id = ?", (seq, task_id))
     remembered = getattr(conn, "last_seqs", None)
@@ -259,21 +273,50 @@ def append_event_batch(
         events = []
         for item in new:
             seq += 1
-            events.append(Event(task_id, seq, now, item.type, item.data))
-            rows.append((task_id, seq, now, item.type, _dumps(item.data)))
+            text = _dumps(item.data)
+            events.append(Event(task_id, seq, now, item.type, item.data, text))
+            rows.append((task_id, seq, now, item.type, text))
         remembered[task_id] = seq
         outcomes.append(events)
     if rows:
-        # No triggers on tasks: total_changes counts exactly the rows this UPDATE moved.
+        # No triggers on tasks: total_changes counts exactly the rows these UPDATEs moved.
         before = conn.total_changes()
-        conn.executemany(
-            "UPDATE tasks SET last_seq = ? WHERE id = ? AND last_seq = ?",
-            [(remembered[task_id], task_id, old) for task_id, old in moved_from.items()],
-        )
+        _many_rows(conn, _MOVE_COUNTERS, [(task_id, remembered[task_id], old)
+                                          for task_id, old in moved_from.items()])
         if conn.total_changes() - before != len(moved_from):
             raise _StaleLastSeq("a task's event counter moved outside append_events")
-        conn.executemany("INSERT INTO events (task_id, seq, ts, type, data) VALUES (?, ?, ?, ?, ?)", rows)
+        _many_rows(conn, _INSERT_EVENTS, rows)
     return outcomes
+
+
+# Statements over many rows at once, ``{values}`` being ``(?, ...), (?, ...)`` for each row.
+# One statement per chunk rather than ``executemany``: apsw lets go of the GIL for each step
+# it runs, and every time the writer wants it back while the Trio thread runs Python, both
+# threads pay a GIL handoff (up to the 5 ms switch interval in latency, and the CPU of the
+# wake-ups). Chunks are powers of two, so at most nine texts per statement are ever prepared
+# (apsw caches them). ``OR FAIL``: a statement over many rows that may abort halfway would
+# otherwise keep a statement journal (a copy of every page it changes) to undo just itself;
+# here a failure rolls the whole transaction (or the job's savepoint) back anyway.
+_MOVE_COUNTERS = ("UPDATE OR FAIL tasks SET last_seq = v.column2 FROM (VALUES {values}) AS v "
+                  "WHERE tasks.id = v.column1 AND tasks.last_seq = v.column3", 3)
+_INSERT_EVENTS = ("INSERT OR FAIL INTO events (task_id, seq, ts, type, data) VALUES {values}", 5)
+_CHUNK_ROWS = 256
+
+
+@functools.lru_cache(maxsize=32)
+def _chunk_sql(template: str, width: int, count: int) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return template.format(values=", ".join([row] * count))
+
+
+def _many_rows(conn: apsw.Connection, statement: tuple[str, int], rows: list[tuple[Any, ...]]) -> None:
+    template, width = statement
+    i, n = 0, len(rows)
+    while i < n:
+        count = min(_CHUNK_ROWS, 1 << ((n - i).bit_length() - 1))
+        conn.execute(_chunk_sql(template, width, count),
+                     [value for row in rows[i:i + count] for value in row])
+        i += count
 
 
 def read_events(conn: apsw.Connection, task_id: str, after: int, limit: int) -> list[Event]:
@@ -281,7 +324,7 @@ def read_events(conn: apsw.Connection, task_id: str, after: int, limit: int) -> 
         "SELECT seq, ts, type, data FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
         (task_id, after, limit),
     ).fetchall()
-    return [Event(task_id, seq, ts, etype, json.loads(data)) for seq, ts, etype, data in rows]
+    return [Event(task_id, seq, ts, etype, json.loads(data), data) for seq, ts, etype, data in rows]
 
 
 # -- conversation -------------------------------------------------------------------------------

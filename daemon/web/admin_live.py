@@ -83,7 +83,7 @@ class TasksFeed:
             return
         for event in events:
             if event.type in STATUS_EVENTS:
-                text = encode(event.wire())
+                text = event.wire_json()
                 for buffer in tuple(self.buffers):
                     buffer.push(event.task_id, text)
 
@@ -167,7 +167,7 @@ class _Link:
         """
         with scope:
             async for event in self.state.fanout.hub.follow(task_id, after):
-                await self.out_send.send(encode(event.wire()))
+                await self.out_send.send(event.wire_json())
 
     async def _pump_feed(self, scope: trio.CancelScope) -> None:
         """Move the all-tasks feed to the socket. Cancellation: the buffer is unregistered."""

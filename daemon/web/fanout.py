@@ -2,7 +2,8 @@
 
 ``Fanout`` keeps a ``TaskChannel`` per task that has WebSocket subscribers. The hub calls the
 channel's ``deliver`` (sync, on the Trio thread) once per committed event; the channel encodes it
-and frames it once (``frame``: the WebSocket frame, the same bytes for every subscriber since
+(``Event.wire_json``: around the data text the store already wrote, not encoding it again) and
+frames it once (``frame``: the WebSocket frame, the same bytes for every subscriber since
 server frames are unmasked) and hands it to each session (a sync, non-blocking append to its
 bounded queue, which the glue may write to the socket right away). ``agent.text_delta`` is
 coalesced per task to one message per ``delta_interval_s``. Status changes of all of a user's
@@ -55,7 +56,7 @@ class TaskChannel:
             return
         # A stored event after deltas ends their block: flush first so order is kept.
         self.flush_delta()
-        payload = self._fanout.frame(encode(item.wire()))
+        payload = self._fanout.frame(item.wire_json())  # the store's data text, not encoded again
         for session in tuple(self.sessions):
             session.live_event(item, payload)
 
@@ -184,7 +185,7 @@ class Fanout:
         watchers = self.watchers.get(user_id)
         if not watchers:
             return
-        payload = self.frame(encode(event.wire()))
+        payload = self.frame(event.wire_json())
         for session in tuple(watchers):
             session.notify(event.task_id, payload)
 

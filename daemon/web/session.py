@@ -256,7 +256,7 @@ class Session:
                     return
                 for event in page:
                     if event.seq > sub.after:
-                        self._push(sub, event.seq, self.frame(encode(event.wire())))
+                        self._push(sub, event.seq, self.frame(event.wire_json()))
                         sub.after = event.seq
                         if self.subs.get(sub.task_id) is not sub:
                             return  # overflowed: a resync is on its way

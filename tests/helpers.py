@@ -4,6 +4,7 @@ play a WebSocket session's writer."""
 from __future__ import annotations
 
 import math
+import threading
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -57,3 +58,34 @@ class Wakeup:
         while not self.session.queue and self.session.state is not State.CLOSED:
             self._event = trio.Event()
             await self._event.wait()
+
+
+async def in_one_batch(store, *jobs) -> list[object]:
+    """Start each ``job()`` (a store call) in order while the writer is held, then let it run.
+
+    Returns each job's result or exception, in order.
+    """
+    gate = threading.Event()
+    held = trio.Event()
+
+    def hold(conn) -> None:
+        trio.from_thread.run_sync(held.set, trio_token=token)
+        gate.wait(10)
+
+    token = trio.lowlevel.current_trio_token()
+    outcomes: list[object] = [None] * len(jobs)
+
+    async def run(i: int, job) -> None:
+        try:
+            outcomes[i] = await job()
+        except Exception as exc:  # noqa: BLE001 - compared by the test
+            outcomes[i] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store._writer.run, hold)
+        await held.wait()
+        for i, job in enumerate(jobs):
+            nursery.start_soon(run, i, job)
+            await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+    return outcomes

@@ -9,7 +9,6 @@ the listeners, in commit order. These tests say that neither shortcut changes wh
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import trio
@@ -19,6 +18,8 @@ from daemon.metrics import Metrics, render
 from daemon.states import TaskStatus
 from daemon.store import Event, NewEvent
 from daemon.store import sqlite_queries as q
+
+from .helpers import in_one_batch
 
 ODD_DATA = [
     {},
@@ -99,33 +100,6 @@ async def test_a_refused_event_fails_alone_and_leaves_no_gap(store, alice):
 sqlite_only = pytest.mark.sqlite_only("the SQLite writer thread")
 
 
-async def held_batch(store, *calls):
-    """Run the store ``calls`` while the writer is held, so that they commit in one batch."""
-    gate, held = threading.Event(), trio.Event()
-    token = trio.lowlevel.current_trio_token()
-
-    def hold(conn) -> None:
-        trio.from_thread.run_sync(held.set, trio_token=token)
-        gate.wait(10)
-
-    outcomes: list = [None] * len(calls)
-
-    async def run(i: int, call) -> None:
-        try:
-            outcomes[i] = await call()
-        except Exception as exc:  # noqa: BLE001 - compared by the test
-            outcomes[i] = exc
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(store._writer.run, hold)
-        await held.wait()
-        for i, call in enumerate(calls):
-            nursery.start_soon(run, i, call)
-            await trio.testing.wait_all_tasks_blocked()
-        gate.set()
-    return outcomes
-
-
 @sqlite_only
 async def test_a_batchs_appends_reach_the_listeners_in_one_call_in_commit_order(store, alice):
     tasks = [(await store.create_task(user_id=alice.id, repo_url="r", prompt="p"))[0] for _ in range(3)]
@@ -136,7 +110,7 @@ async def test_a_batchs_appends_reach_the_listeners_in_one_call_in_commit_order(
     def append(task_id: str, n: int = 1):
         return lambda: store.append_events(task_id, [NewEvent("agent.text", {"i": i}) for i in range(n)])
 
-    outcomes = await held_batch(
+    outcomes = await in_one_batch(
         store, append(one), append(two, 3), append(one), append("missing"), append(three),
         lambda: store.transition(one, TaskStatus.RUNNING), append(two), append(one),
     )
@@ -162,7 +136,7 @@ async def test_a_broken_listener_does_not_stop_the_others_or_the_writers(store, 
 
     store.add_listener(broken)
     store.add_listener(lambda events: seen.extend(e.seq for e in events))
-    outcomes = await held_batch(store, *[
+    outcomes = await in_one_batch(store, *[
         (lambda: store.append_events(task.id, [NewEvent("agent.text", {})])) for _ in range(4)])
     assert [o[0].seq for o in outcomes] == seen == [3, 4, 5, 6]
 
@@ -175,7 +149,7 @@ async def test_many_events_of_many_tasks_in_one_batch_stay_gap_free(store, alice
         (lambda t=t, n=n: store.append_events(t.id, [NewEvent("agent.text", {"n": k}) for k in range(n)]))
         for n in (1, 37, 300) for t in tasks
     ]
-    await held_batch(store, *calls)
+    await in_one_batch(store, *calls)
     for task in tasks:
         events = await store.read_events(task.id, 0, 10_000)
         assert [e.seq for e in events] == list(range(1, 2 + 1 + 1 + 37 + 300))

@@ -8,7 +8,6 @@ that appends, transitions and failing jobs share one transaction.
 
 from __future__ import annotations
 
-import threading
 from collections import defaultdict
 
 import pytest
@@ -18,6 +17,8 @@ from daemon.errors import InvalidTransition, NotFound
 from daemon.states import TaskStatus
 from daemon.store import NewEvent
 from daemon.store import sqlite_queries as q
+
+from .helpers import in_one_batch
 
 pytestmark = pytest.mark.sqlite_only("the SQLite writer thread")
 
@@ -60,37 +61,6 @@ async def assert_gap_free(store, task_id: str, published: Published | None = Non
     if published is not None:
         assert published.seqs[task_id] == seqs[-len(published.seqs[task_id]):]
     return len(seqs)
-
-
-async def in_one_batch(store, *jobs) -> list[object]:
-    """Start each ``job()`` (a store call) in order while the writer is held, then let it run.
-
-    Returns each job's result or exception, in order.
-    """
-    gate = threading.Event()
-    held = trio.Event()
-
-    def hold(conn) -> None:
-        trio.from_thread.run_sync(held.set, trio_token=token)
-        gate.wait(10)
-
-    token = trio.lowlevel.current_trio_token()
-    outcomes: list[object] = [None] * len(jobs)
-
-    async def run(i: int, job) -> None:
-        try:
-            outcomes[i] = await job()
-        except Exception as exc:  # noqa: BLE001 - compared by the test
-            outcomes[i] = exc
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(store._writer.run, hold)
-        await held.wait()
-        for i, job in enumerate(jobs):
-            nursery.start_soon(run, i, job)
-            await trio.testing.wait_all_tasks_blocked()
-        gate.set()
-    return outcomes
 
 
 async def test_concurrent_single_appends_with_transitions_stay_gap_free_and_in_order(store, alice):

@@ -38,7 +38,7 @@ class WriterConnection(apsw.Connection):
     """The writer thread's connection, with what it may remember between its transactions.
 
     ``last_seqs``: each task's event counter as this connection last wrote or read it (see
-    ``sqlite_queries.append_event_batch``). Safe because this is the file's only writer; the
+    ``sqlite_appends.append_event_batch``). Safe because this is the file's only writer; the
     writer forgets it whenever a transaction or savepoint is rolled back.
     """
 

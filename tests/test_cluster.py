@@ -144,8 +144,9 @@ async def test_a_dead_nodes_tasks_are_taken_over_after_its_lease(autojump_clock,
             assert [e.seq for e in events] == list(range(1, len(events) + 1))
             statuses = [(e.data["status"], e.data.get("node")) for e in events if e.type == "task.status"]
             assert statuses == [("queued", None), ("running", "n0"), ("queued", None),
-                                ("running", "n1"), ("succeeded", None)]
-            assert "taken over from node n0" in [e.data.get("reason") for e in events]
+                                ("running", "n1"), ("succeeded", None)], [e.data for e in events]
+            assert "taken over from node n0" in [e.data.get("reason") for e in events], \
+                [e.data for e in events]
             assert (await nodes[1].store.get_task(task.id)).attempt == 2
         lost = {n.id: n.state for n in await nodes[1].store.list_nodes()}
         assert lost["n0"] == "lost" and lost["n1"] == "up"
@@ -245,5 +246,5 @@ async def test_a_node_restarting_puts_back_only_its_own_running_tasks(autojump_c
             await wait_status(again.hub, mine.id, TaskStatus.SUCCEEDED)
             assert (await again.store.get_task(theirs.id)).status is TaskStatus.RUNNING
             reasons = [e.data.get("reason") for e in await again.store.read_events(mine.id)]
-            assert "recovered after restart" in reasons
+            assert "recovered after restart" in reasons, reasons
         runners[1].release.set()

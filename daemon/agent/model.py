@@ -204,28 +204,32 @@ def with_cache_breakpoints(request: ModelRequest) -> tuple[list[dict], list[dict
     that order of value while room remains. The request is never mutated: everything returned
     is a copy. An empty system prompt yields no system block (the API rejects empty text).
     """
-    tools = copy.deepcopy(request.tools)
+    # Copies only of what changes (the last message, its marked block, the last tool): the
+    # conversation grows every turn, and copying all of it each time cost more than the call.
+    tools = list(request.tools)
     system = [{"type": "text", "text": request.system}] if request.system else []
-    messages = copy.deepcopy(request.messages)
+    messages = list(request.messages)
     room = MAX_CACHE_BREAKPOINTS - _count_breakpoints(tools, messages)
 
     if messages and room > 0:
-        last = messages[-1]
+        last = messages[-1] = dict(messages[-1])
         if isinstance(last.get("content"), str):
             if last["content"]:
                 last["content"] = [{"type": "text", "text": last["content"]}]
         blocks = last.get("content")
         if isinstance(blocks, list):
-            for block in reversed(blocks):
+            for i in range(len(blocks) - 1, -1, -1):
+                block = blocks[i]
                 if isinstance(block, dict) and _cacheable(block):
                     if "cache_control" not in block:
-                        block["cache_control"] = dict(EPHEMERAL)
+                        last["content"] = blocks = list(blocks)
+                        blocks[i] = {**block, "cache_control": dict(EPHEMERAL)}
                         room -= 1
                     break
     if system and room > 0:
         system[0]["cache_control"] = dict(EPHEMERAL)
         room -= 1
     if tools and room > 0 and "cache_control" not in tools[-1]:
-        tools[-1]["cache_control"] = dict(EPHEMERAL)
+        tools[-1] = {**tools[-1], "cache_control": dict(EPHEMERAL)}
         room -= 1
     return tools, system, messages

@@ -32,6 +32,7 @@ from ..store import Event, NewEvent, Store, Task
 from .admission import Admission
 from .membership import LeaseSettings, Membership, NodeIdentity
 from .recovery import Recovery
+from .retry_timers import RetryTimers
 from .retry import Backoff
 from .runner import RunContext, RunResult, TaskRunner
 
@@ -83,7 +84,7 @@ class Supervisor:
         self._concurrency = concurrency
         self._queue = Admission(store, self.node.id, user_concurrency)
         self._running: dict[str, _Running] = {}
-        self._waiting: dict[str, trio.CancelScope] = {}
+        self._waiting = RetryTimers(store, wall_clock, self._enqueue)
         self._admitting = False
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -159,8 +160,7 @@ class Supervisor:
             running.why_cancelled = "shutdown"
             running.scope.cancel()
         await self.wait_idle()
-        for scope in self._waiting.values():
-            scope.cancel()
+        self._waiting.cancel_all()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
@@ -216,18 +216,14 @@ class Supervisor:
             # The attempt ended on its own just before the cancel (say into waiting_retry):
             # cancel it from the state it reached, or refuse if that state is final.
         self._queue.remove(task_id)
-        timer = self._waiting.pop(task_id, None)
-        if timer is not None:
-            timer.cancel()
+        self._waiting.cancel(task_id)
         return await self.store.transition(task_id, TaskStatus.CANCELLED, reason="cancelled by request")
 
     async def requeue(self, task_id: str, *, reason: str, fresh_attempts: bool = False) -> Task:
         """Queue a waiting or finished task again (an answer, a follow-up, an operator retry)."""
         task = await self._require(task_id)
         delta = -task.attempt if fresh_attempts else 0
-        timer = self._waiting.pop(task_id, None)
-        if timer is not None:
-            timer.cancel()
+        self._waiting.cancel(task_id)
         task = await self.store.transition(
             task_id, TaskStatus.QUEUED, expect=task.status, reason=reason, attempt_delta=delta
         )
@@ -283,7 +279,7 @@ class Supervisor:
     async def _take_over(self) -> None:
         for task_id in await self._recovery.take_over():
             if task_id not in self._waiting:  # this node's own timer will do it on time
-                await self._wake_now(task_id)
+                await self._waiting.wake_now(task_id)
 
     async def _fence(self) -> None:
         """This node lost its lease: stop every attempt without recording, then queue again
@@ -420,21 +416,4 @@ class Supervisor:
 
     def _schedule_retry(self, task_id: str, due_at: float) -> None:
         assert self._nursery is not None
-        scope = trio.CancelScope()
-        self._waiting[task_id] = scope
-        self._nursery.start_soon(self._wake_at, task_id, due_at, scope)
-
-    async def _wake_at(self, task_id: str, due_at: float, scope: trio.CancelScope) -> None:
-        with scope:
-            await trio.sleep(max(0.0, due_at - self.wall()))
-            if self._waiting.get(task_id) is not scope:
-                return
-            del self._waiting[task_id]
-            await self._wake_now(task_id)
-
-    async def _wake_now(self, task_id: str) -> None:
-        try:
-            task = await self.store.transition(task_id, TaskStatus.QUEUED, expect=TaskStatus.WAITING_RETRY)
-        except (InvalidTransition, NotFound):
-            return
-        self._enqueue(task)
+        self._waiting.schedule(self._nursery, task_id, due_at)

@@ -24,21 +24,10 @@ from pathlib import Path
 
 import pytest
 
-PREFERRED_VERSION = "15"
+# One finder of the server binary for the tests and the benchmarks (standard library only).
+from bench.pg_server import find_bindir
+
 INSTALL_HINT = "install Debian's postgresql package (bash .ci/system-deps does, as root)"
-
-
-def find_bindir() -> Path | None:
-    """The bin dir of the installed PostgreSQL server, 15 first, else the newest."""
-    override = os.environ.get("AGENTD_PG_BINDIR")
-    if override:
-        return Path(override) if (Path(override) / "postgres").exists() else None
-    preferred = Path(f"/usr/lib/postgresql/{PREFERRED_VERSION}/bin")
-    if (preferred / "postgres").exists():
-        return preferred
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
-                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
-    return found[-1].parent if found else None
 
 
 def unavailable_reason() -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import apsw
 
@@ -95,29 +95,15 @@ def insert_task(
 
 
 def transition(
-    conn: apsw.Connection,
-    task_id: str,
-    target: TaskStatus,
-    *,
-    now: float,
-    expect: TaskStatus | None = None,
-    reason: str | None = None,
-    error: str | None = None,
-    due_at: float | None = None,
-    attempt_delta: int = 0,
-    events_before: Iterable[NewEvent] = (),
-    node_id: str | None = None,
-    claim: tuple[str | None, int] | None = None,
+    conn: apsw.Connection, task_id: str, target: TaskStatus, *, now: float, **change: Any
 ) -> tuple[Task, list[Event]]:
     """Change a task's status, validated, with its ``task.status`` (and ``task.finished``) events.
 
-    ``node_id`` and ``claim``: see ``lifecycle.plan_transition``.
+    ``change``: what ``lifecycle.plan_transition`` takes (expect, reason, error, due_at,
+    attempt_delta, events_before, node_id, claim), decided there for every backend.
     """
     task = require_task(conn, task_id)
-    changed, new = plan_transition(
-        task, target, now=now, expect=expect, reason=reason, error=error, due_at=due_at,
-        attempt_delta=attempt_delta, events_before=events_before, node_id=node_id, claim=claim,
-    )
+    changed, new = plan_transition(task, target, now=now, **change)
     conn.execute(
         "UPDATE tasks SET status = ?, attempt = ?, reason = ?, error = ?, due_at = ?, "
         "started_at = ?, finished_at = ?, updated_at = ?, node_id = ? WHERE id = ?",

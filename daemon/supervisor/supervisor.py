@@ -303,10 +303,9 @@ class Supervisor:
                 for user_id, task_id, claimed in taken:
                     if self._admitting:
                         self._start(user_id, task_id, claimed)
-                    elif claimed is not None:  # drained while the claim was on its way
+                    else:  # drained while a claim was on its way (an in-memory take never waits)
+                        assert claimed is not None
                         await self._queue.give_back(claimed)
-                    else:
-                        self._queue.push(user_id, task_id)
                 if self._shared and len(taken) == free:
                     continue  # every free slot filled: there may be more
             if self._shared:  # also look now and then for work nobody announced

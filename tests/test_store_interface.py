@@ -3,17 +3,20 @@
 What the methods do is specified in test_store_events.py and test_supervisor.py, on both
 backends. Here: that the backends really are the one interface (nothing public of their own
 beyond opening, closing and maintenance), that each queries module offers what the interface
-calls with the same parameters, and what both backends do with a broken event listener.
+calls with the same parameters, what both backends do with a broken event listener, and that
+the task a write returns is the one a read gives back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 
 import pytest
 
-from daemon.store import SqliteStore, Store, StoreBase, open_store
+from daemon.states import TaskStatus
+from daemon.store import SqliteStore, Store, StoreBase, Task, open_store
 from daemon.store import base, postgres_queries, sqlite_queries
 
 # Public names a backend may define itself: opening, closing, maintenance, metrics.
@@ -90,3 +93,31 @@ async def test_a_broken_listener_hides_neither_the_result_nor_the_events(any_sto
         e.type for e in await any_store.read_events(task.id)
     ]
     assert "event listener failed" in caplog.text
+
+
+async def test_what_a_write_returns_is_what_a_read_gives_back(any_store):
+    # The SQLite writer builds the returned task from what it wrote instead of reading it back.
+    alice = await any_store.upsert_user("alice")
+    written, _ = await any_store.create_task(
+        user_id=alice.id, repo_url="r", prompt="p", base_branch="dev", budget={"max_turns": 3},
+        idempotency_key="k1")
+    assert written == await any_store.get_task(written.id)
+    again, created = await any_store.create_task(
+        user_id=alice.id, repo_url="r", prompt="p", idempotency_key="k1")
+    assert (again, created) == (written, False)
+    running = await any_store.transition(written.id, TaskStatus.RUNNING, attempt_delta=1, node_id="n1")
+    assert running == await any_store.get_task(written.id)
+    assert (running.status, running.attempt, running.node_id) == (TaskStatus.RUNNING, 1, "n1")
+    done = await any_store.transition(written.id, TaskStatus.FAILED, error="boom", claim=("n1", 1))
+    assert done == await any_store.get_task(written.id)
+    assert done.last_seq == (await any_store.read_events(written.id))[-1].seq
+
+
+def test_evolve_is_dataclasses_replace():
+    task = Task(id="t", user_id=1, repo_url="r", prompt="p", base_branch=None,
+                status=TaskStatus.QUEUED, attempt=0, created_at=1.0, updated_at=1.0)
+    changes = {"status": TaskStatus.RUNNING, "attempt": 1, "node_id": "n", "last_seq": 9}
+    assert task.evolve(**changes) == dataclasses.replace(task, **changes)
+    assert task.status is TaskStatus.QUEUED  # the original is untouched
+    with pytest.raises(TypeError, match="no field"):
+        task.evolve(colour="red")

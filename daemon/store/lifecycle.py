@@ -6,7 +6,6 @@ for the changed task and the events to append, then writes both in its own SQL.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Iterable
 
 from ..errors import InvalidTransition
@@ -35,7 +34,7 @@ def plan_transition(
     node_id: str | None = None,
     claim: tuple[str | None, int] | None = None,
 ) -> tuple[Task, list[NewEvent]]:
-    """The task after the change (its ``last_seq`` not yet moved) and the events to append.
+    """The task after the change (``last_seq`` counting the new events) and the events to append.
 
     ``node_id``: the node starting the attempt (with ``target`` running). ``claim``: the
     ``(node_id, attempt)`` of the attempt that asks; the change is refused unless that attempt
@@ -54,14 +53,8 @@ def plan_transition(
         )
     check_transition(task.status, target)
     running = target is TaskStatus.RUNNING
-    changed = dataclasses.replace(
-        task, status=target, attempt=task.attempt + attempt_delta, reason=reason, error=error,
-        due_at=due_at, updated_at=now,
-        started_at=now if running else task.started_at,
-        finished_at=now if target.is_terminal else None,
-        node_id=node_id if running and node_id is not None else task.node_id,
-    )
-    status_data: dict[str, Any] = {"status": target.value, "attempt": changed.attempt}
+    attempt = task.attempt + attempt_delta
+    status_data: dict[str, Any] = {"status": target.value, "attempt": attempt}
     if running and node_id is not None:
         status_data["node"] = node_id
     if reason:
@@ -72,4 +65,11 @@ def plan_transition(
         if error or reason:
             finished["error"] = error or reason
         events.append(NewEvent("task.finished", finished))
+    changed = task.evolve(
+        status=target, attempt=attempt, reason=reason, error=error, due_at=due_at, updated_at=now,
+        started_at=now if running else task.started_at,
+        finished_at=now if target.is_terminal else None,
+        node_id=node_id if running and node_id is not None else task.node_id,
+        last_seq=task.last_seq + len(events),
+    )
     return changed, events

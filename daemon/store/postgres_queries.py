@@ -10,7 +10,6 @@ so seqs stay gap-free and a status change is decided on the current status.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any, Sequence
 
@@ -111,7 +110,7 @@ def transition(
          changed.started_at, changed.finished_at, now, changed.node_id, task_id),
     )
     events = append_events(conn, task_id, new, now=now, last_seq=task.last_seq)
-    return dataclasses.replace(changed, last_seq=events[-1].seq), events
+    return changed, events
 
 
 def update_task(conn: Connection, task_id: str, now: float, **fields: Any) -> Task:

@@ -6,7 +6,6 @@ thread. None of them may be called from the Trio thread.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from typing import Any, Sequence
@@ -34,15 +33,22 @@ def task_from_row(row: Sequence[Any]) -> Task:
     (tid, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at,
      reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, last_seq,
      idem, node_id, workspace_branch) = row
+    # Most rows hold the empty budget and usage: every status change reads a row, so skip
+    # the JSON decoder for them.
     return Task(
         id=tid, user_id=user_id, repo_url=repo_url, prompt=prompt, base_branch=base_branch,
-        status=TaskStatus(status), attempt=attempt, created_at=created_at, updated_at=updated_at,
-        due_at=due_at, reason=reason, error=error, budget=json.loads(budget),
-        usage=Usage(**json.loads(usage)), branch=branch, pr_url=pr_url,
-        diff=json.loads(diff) if diff else None, started_at=started_at, finished_at=finished_at,
-        last_seq=last_seq, idempotency_key=idem, node_id=node_id,
+        status=_STATUSES[status], attempt=attempt, created_at=created_at, updated_at=updated_at,
+        due_at=due_at, reason=reason, error=error,
+        budget={} if budget == "{}" else json.loads(budget),
+        usage=_NO_USAGE if usage == "{}" else Usage(**json.loads(usage)), branch=branch,
+        pr_url=pr_url, diff=json.loads(diff) if diff else None, started_at=started_at,
+        finished_at=finished_at, last_seq=last_seq, idempotency_key=idem, node_id=node_id,
         workspace_branch=workspace_branch,
     )
+
+
+_STATUSES = {status.value: status for status in TaskStatus}
+_NO_USAGE = Usage()
 
 
 def user_from_row(row: Sequence[Any]) -> User:
@@ -77,21 +83,30 @@ def insert_task(
     now: float,
 ) -> tuple[Task, list[Event], bool]:
     """Insert a queued task with its first events; with a known idempotency key, return that task."""
+    cursor = conn.cursor()
     if idempotency_key is not None:
-        row = conn.execute(
+        row = cursor.execute(
             f"SELECT {_TASK_COLUMNS} FROM tasks WHERE user_id = ? AND idempotency_key = ?",
             (user_id, idempotency_key),
         ).fetchone()
         if row:
             return task_from_row(row), [], False
-    conn.execute(
+    budget_json = _dumps(budget)
+    events = _number_events(task_id, created_events(repo_url, prompt, base_branch), now, 0)
+    cursor.execute(
         "INSERT INTO tasks (id, user_id, repo_url, prompt, base_branch, status, budget, "
-        "created_at, updated_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, updated_at, idempotency_key, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (task_id, user_id, repo_url, prompt, base_branch, TaskStatus.QUEUED.value,
-         _dumps(budget), now, now, idempotency_key),
+         budget_json, now, now, idempotency_key, len(events)),
     )
-    events = append_events(conn, task_id, created_events(repo_url, prompt, base_branch), now=now)
-    return require_task(conn, task_id), events, True
+    _insert_events(conn, cursor, events)
+    # The row as get_task would read it back, without reading it back.
+    task = Task(
+        id=task_id, user_id=user_id, repo_url=repo_url, prompt=prompt, base_branch=base_branch,
+        status=TaskStatus.QUEUED, attempt=0, created_at=now, updated_at=now,
+        budget=json.loads(budget_json), last_seq=len(events), idempotency_key=idempotency_key,
+    )
+    return task, events, True
 
 
 def transition(
@@ -102,16 +117,23 @@ def transition(
     ``change``: what ``lifecycle.plan_transition`` takes (expect, reason, error, due_at,
     attempt_delta, events_before, node_id, claim), decided there for every backend.
     """
-    task = require_task(conn, task_id)
+    # One cursor for the four statements: apsw makes a new one for each ``conn.execute``, and
+    # that is a good part of a statement's cost here.
+    cursor = conn.cursor()
+    row = cursor.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no task {task_id}")
+    task = task_from_row(row)
     changed, new = plan_transition(task, target, now=now, **change)
-    conn.execute(
+    events = _number_events(task_id, new, now, task.last_seq)
+    cursor.execute(
         "UPDATE tasks SET status = ?, attempt = ?, reason = ?, error = ?, due_at = ?, "
-        "started_at = ?, finished_at = ?, updated_at = ?, node_id = ? WHERE id = ?",
+        "started_at = ?, finished_at = ?, updated_at = ?, node_id = ?, last_seq = ? WHERE id = ?",
         (target.value, changed.attempt, changed.reason, changed.error, changed.due_at,
-         changed.started_at, changed.finished_at, now, changed.node_id, task_id),
+         changed.started_at, changed.finished_at, now, changed.node_id, changed.last_seq, task_id),
     )
-    events = append_events(conn, task_id, new, now=now, last_seq=task.last_seq)
-    return dataclasses.replace(changed, last_seq=events[-1].seq), events
+    _insert_events(conn, cursor, events)
+    return changed, events
 
 
 def update_task(conn: apsw.Connection, task_id: str, now: float, **fields: Any) -> Task:
@@ -175,31 +197,39 @@ def append_events(
     """Give each event the task's next ``seq``; the counter lives on the task row.
 
     ``last_seq``, when the caller has just read the row in this transaction, saves a query.
-    The counter moves only here and in ``append_event_batch``, which keep the writer's memory
-    of it (``WriterConnection.last_seqs``) up to date.
+    The counter moves only through ``_insert_events`` (here, in ``insert_task`` and
+    ``transition``) and ``append_event_batch``, which keep the writer's memory of it
+    (``WriterConnection.last_seqs``) up to date.
     """
     if not new:
         return []
     now = time.time() if now is None else now
+    cursor = conn.cursor()
     if last_seq is None:
-        row = conn.execute("SELECT last_seq FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        row = cursor.execute("SELECT last_seq FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             raise NotFound(f"no task {task_id}")
         last_seq = row[0]
-    seq = last_seq
-    events = []
-    for item in new:
-        seq += 1
-        events.append(Event(task_id, seq, now, item.type, item.data, _dumps(item.data)))
-    conn.executemany(
+    events = _number_events(task_id, new, now, last_seq)
+    cursor.execute("UPDATE tasks SET last_seq = ? WHERE id = ?", (events[-1].seq, task_id))
+    _insert_events(conn, cursor, events)
+    return events
+
+
+def _number_events(task_id: str, new: Sequence[NewEvent], now: float, last_seq: int) -> list[Event]:
+    return [Event(task_id, last_seq + i, now, item.type, item.data, _dumps(item.data))
+            for i, item in enumerate(new, 1)]
+
+
+def _insert_events(conn: apsw.Connection, cursor: apsw.Cursor, events: list[Event]) -> None:
+    """Insert numbered events whose ``last_seq`` the caller has already moved on the task row."""
+    cursor.executemany(
         "INSERT INTO events (task_id, seq, ts, type, data) VALUES (?, ?, ?, ?, ?)",
         [(e.task_id, e.seq, e.ts, e.type, e.data_json) for e in events],
     )
-    conn.execute("UPDATE tasks SET last_seq = ? WHERE id = ?", (seq, task_id))
     remembered = getattr(conn, "last_seqs", None)
     if remembered is not None:
-        remembered[task_id] = seq
-    return events
+        remembered[events[0].task_id] = events[-1].seq
 
 
 def read_events(conn: apsw.Connection, task_id: str, after: int, limit: int) -> list[Event]:

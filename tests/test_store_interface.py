@@ -121,3 +121,15 @@ def test_evolve_is_dataclasses_replace():
     assert task.status is TaskStatus.QUEUED  # the original is untouched
     with pytest.raises(TypeError, match="no field"):
         task.evolve(colour="red")
+
+
+def test_task_ids_are_ulids_in_crockford_base32(monkeypatch):
+    import daemon.store.models as models
+
+    monkeypatch.setattr(models.secrets, "randbits", lambda bits: (1 << bits) - 2)
+    # 2026-01-01T00:00:00Z = 1767225600000 ms; the ULID spec's alphabet, lowercase.
+    assert models.new_task_id(1767225600.0) == "01kdvdna00zzzzzzzzzzzzzzzy"
+    monkeypatch.undo()
+    ids = [models.new_task_id(1767225600.0 + i / 1000) for i in range(300)]
+    assert ids == sorted(ids) and len(set(ids)) == 300
+    assert all(len(i) == 26 and set(i) <= set("0123456789abcdefghjkmnpqrstvwxyz") for i in ids)

@@ -15,7 +15,7 @@ from daemon.states import TaskStatus
 from daemon.supervisor import Backoff
 
 from .conftest import fake_wall
-from .helpers import running_supervisor, submit, wait_status
+from .helpers import in_one_batch, running_supervisor, submit, wait_status
 from .runners import FailPermanently, FailTimes, Hang, SucceedAfter
 
 
@@ -265,3 +265,45 @@ async def test_one_users_cap_leaves_room_for_the_others(autojump_clock, store, h
         for task in mine:
             await wait_status(hub, task.id, TaskStatus.SUCCEEDED)
         assert runner.max_active == 3  # alice never had more than 2 at once; a slot stayed free
+
+
+async def test_a_task_submitted_to_a_free_slot_is_created_running_in_one_commit(autojump_clock, store, hub, alice):
+    if store.shared:
+        pytest.skip("on a shared store tasks start by claims")
+    batches = []
+    store.add_listener(lambda events: batches.append([(e.type, e.data.get("status")) for e in events]))
+    runner = Hang()
+    async with running_supervisor(store, hub, runner, concurrency=1) as sup:
+        first = await submit(sup, alice)
+        assert (first.status, first.attempt, first.node_id) == (TaskStatus.RUNNING, 1, sup.node.id)
+        second = await submit(sup, alice)  # no slot left: it waits its turn
+        assert second.status is TaskStatus.QUEUED
+        await runner.wait_until(lambda: runner.active == 1)
+        await trio.sleep(5)
+        assert [task_id for task_id, _ in runner.starts] == [first.id]
+        runner.release.set()
+        await wait_status(hub, second.id, TaskStatus.SUCCEEDED)
+    created = [("task.created", None), ("task.status", "queued")]
+    assert batches[:2] == [[*created, ("task.status", "running")], created]
+    assert (await store.get_task(first.id)).status is TaskStatus.SUCCEEDED
+
+
+async def test_a_task_created_running_as_the_node_drains_goes_back_to_the_queue(autojump_clock, store, hub, alice):
+    if store.shared:
+        pytest.skip("on a shared store tasks start by claims")
+    runner = SucceedAfter(1)
+    async with running_supervisor(store, hub, runner, concurrency=1) as sup:
+
+        async def drain() -> None:
+            sup.drain()
+
+        # The drain comes while the task is being written (already as running).
+        task, _ = await in_one_batch(store, lambda: submit(sup, alice), drain)
+        assert (task.status, task.attempt, task.reason) == (TaskStatus.QUEUED, 0, "node draining")
+        await trio.sleep(5)
+        assert runner.starts == []
+        sup.resume()
+        await wait_status(hub, task.id, TaskStatus.SUCCEEDED)
+    assert (await store.get_task(task.id)).attempt == 1
+    statuses = [e.data["status"] for e in await store.read_events(task.id) if e.type == "task.status"]
+    assert statuses == ["queued", "running", "queued", "running", "succeeded"]

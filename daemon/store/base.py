@@ -124,8 +124,13 @@ class StoreBase(abc.ABC):
         base_branch: str | None = None,
         budget: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        start_on: str | None = None,
     ) -> tuple[Task, bool]:
-        """Insert a queued task; with a known idempotency key return the first one (created=False)."""
+        """Insert a queued task; with a known idempotency key return the first one (created=False).
+
+        ``start_on``: a node id; the new task then goes on, in the same transaction, from queued
+        to running there (attempt 1, events of both changes), as ``transition`` would do it.
+        """
         now = self.now()
         task_id = new_task_id(now)
 
@@ -134,6 +139,11 @@ class StoreBase(abc.ABC):
                 conn, task_id=task_id, user_id=user_id, repo_url=repo_url, prompt=prompt,
                 base_branch=base_branch, budget=budget or {}, idempotency_key=idempotency_key, now=now,
             )
+            if created and start_on is not None:
+                task, started = self.queries.transition(
+                    conn, task_id, TaskStatus.RUNNING, now=now, expect=TaskStatus.QUEUED,
+                    attempt_delta=1, node_id=start_on)
+                events = [*events, *started]
             return (task, created), events
 
         return await self._write_events(task_id, write)

@@ -27,6 +27,7 @@ class Admission:
         self.user_limit = user_limit
         self.shared = store.shared
         self._queue = FairQueue()
+        self._held: Counter[int] = Counter()  # per user: slots of tasks being created running
 
     def __len__(self) -> int:
         """Tasks waiting in memory (a shared store's queue is counted in the database)."""
@@ -38,6 +39,27 @@ class Admission:
 
     def remove(self, task_id: str) -> None:
         self._queue.remove(task_id)
+
+    def hold_slot(self, user_id: int, running_users: list[int], free: int) -> bool:
+        """Whether a task submitted now may be created already running (one commit, not two):
+        in memory only, a slot ``free``, nobody waiting, the user under the cap. If so, the slot
+        is held for it until ``release_slot``: ``slots_held`` counts it, ``take`` sees its user.
+        """
+        if self.shared or free <= 0 or len(self._queue):
+            return False
+        if self.user_limit and running_users.count(user_id) + self._held[user_id] >= self.user_limit:
+            return False
+        self._held[user_id] += 1
+        return True
+
+    def release_slot(self, user_id: int) -> None:
+        """The task is written (and started, or queued): its slot is counted as running now."""
+        self._held[user_id] -= 1
+        if not self._held[user_id]:
+            del self._held[user_id]
+
+    def slots_held(self) -> int:
+        return self._held.total()
 
     async def take(self, free: int, running_users: Iterable[int],
                    still_wanted: Callable[[], bool]) -> list[tuple[int, str, Task | None]]:
@@ -56,7 +78,7 @@ class Admission:
                 log.exception("claiming tasks failed; trying again shortly")
                 return []
             return [(task.user_id, task.id, task) for task in claimed]
-        counts = Counter(running_users)
+        counts = Counter(running_users) + self._held
         at_cap = {user for user, n in counts.items() if self.user_limit and n >= self.user_limit}
         taken: list[tuple[int, str, Task | None]] = []
         while len(taken) < free:
@@ -70,7 +92,8 @@ class Admission:
                 at_cap.add(user_id)
         return taken
 
-    async def give_back(self, task: Task) -> None:
-        """A claimed task this node will not start after all (it drained meanwhile)."""
-        await self.store.transition(task.id, TaskStatus.QUEUED, reason="node draining",
-                                    attempt_delta=-1, claim=(task.node_id, task.attempt))
+    async def give_back(self, task: Task) -> Task:
+        """A task started for this node (claimed, or created running) that it will not run
+        after all (it drained meanwhile): queued again, the attempt not counted."""
+        return await self.store.transition(task.id, TaskStatus.QUEUED, reason="node draining",
+                                           attempt_delta=-1, claim=(task.node_id, task.attempt))

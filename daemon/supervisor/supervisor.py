@@ -14,7 +14,6 @@ runs (``membership``), and other nodes' events reach the hub (``remote_events``)
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -28,9 +27,10 @@ from ..errors import InvalidTransition, NotFound, PermanentError, TransientError
 from ..events import EventHub
 from ..remote_events import RemoteEvents
 from ..states import TaskStatus
-from ..store import Event, NewEvent, Store, Task
+from ..store import Event, Store, Task
 from .admission import Admission
 from .membership import LeaseSettings, Membership, NodeIdentity
+from .outcomes import plan_outcome
 from .recovery import Recovery
 from .retry_timers import RetryTimers
 from .retry import Backoff
@@ -192,10 +192,27 @@ class Supervisor:
     # -- commands -------------------------------------------------------------------------------
 
     async def submit(self, *, user_id: int, repo_url: str, prompt: str, **kwargs: Any) -> tuple[Task, bool]:
-        """Store a new queued task (or find the one with the same idempotency key) and queue it."""
-        task, created = await self.store.create_task(
-            user_id=user_id, repo_url=repo_url, prompt=prompt, **kwargs
-        )
+        """Store a new queued task (or find the one with the same idempotency key) and queue it.
+
+        With a slot free and nobody waiting (on a store only this daemon writes), the task is
+        created already running, in the same transaction, and starts at once: one commit
+        instead of two. Cancellation: the creation is not abandoned (see ``StoreBase._write``).
+        """
+        start = self._admitting and self._queue.hold_slot(user_id, self._running_users(), self._free())
+        try:
+            task, created = await self.store.create_task(
+                user_id=user_id, repo_url=repo_url, prompt=prompt,
+                start_on=self.node.id if start else None, **kwargs
+            )
+        finally:
+            if start:
+                self._queue.release_slot(user_id)
+        if created and task.status is TaskStatus.RUNNING:
+            if self._admitting:
+                self._start(user_id, task.id, task)
+                return task, created
+            # Drained (or shutting down) while it was written: back in the queue, uncounted.
+            task = await self._queue.give_back(task)
         if created:
             self._enqueue(task)
         return task, created
@@ -253,6 +270,12 @@ class Supervisor:
                 running.why_cancelled = "elsewhere"
                 running.scope.cancel()
 
+    def _free(self) -> int:
+        return self._concurrency - len(self._running) - self._queue.slots_held()
+
+    def _running_users(self) -> list[int]:
+        return [running.user_id for running in self._running.values()]
+
     def _kick(self) -> None:
         self._changed.set()
 
@@ -296,10 +319,9 @@ class Supervisor:
     async def _admission_loop(self) -> None:
         while True:
             self._changed = trio.Event()
-            free = self._concurrency - len(self._running)
+            free = self._free()
             if self._admitting and free > 0:
-                users = [running.user_id for running in self._running.values()]
-                taken = await self._queue.take(free, users, lambda: self._admitting)
+                taken = await self._queue.take(free, self._running_users(), lambda: self._admitting)
                 for user_id, task_id, claimed in taken:
                     if self._admitting:
                         self._start(user_id, task_id, claimed)
@@ -374,44 +396,22 @@ class Supervisor:
     async def _record(self, running: _Running, task: Task, outcome: RunResult | BaseException | None) -> None:
         if running.why_cancelled in ("elsewhere", "lease_lost"):
             return  # the task is someone else's now: nothing of this attempt is recorded
+        planned = plan_outcome(outcome, running.why_cancelled, task.attempt, backoff=self.backoff,
+                               now=self.wall(), max_duration_s=self.max_duration_s)
         # Only while this attempt still holds the task (see lifecycle.plan_transition).
-        transition = functools.partial(self.store.transition, claim=(task.node_id, task.attempt))
-        if outcome is None:  # cancelled
-            if running.why_cancelled == "shutdown":
-                await transition(task.id, TaskStatus.QUEUED, reason="daemon shutdown", attempt_delta=-1)
-            elif running.why_cancelled == "cancel":
-                await transition(task.id, TaskStatus.CANCELLED, reason="cancelled by request")
-            else:
-                await transition(task.id, TaskStatus.FAILED, reason="max_duration_exceeded",
-                                 error=f"the attempt ran longer than {self.max_duration_s:g} s")
-        elif isinstance(outcome, RunResult):
-            waiting = outcome.status == "waiting_input"
-            target = TaskStatus.WAITING_INPUT if waiting else TaskStatus.SUCCEEDED
-            await transition(task.id, target, reason=outcome.reason)
+        await self.store.transition(task.id, planned.target, claim=(task.node_id, task.attempt),
+                                    **planned.change)
+        if planned.target is TaskStatus.WAITING_RETRY:
+            self._schedule_retry(task.id, planned.change["due_at"])
+        elif planned.target in (TaskStatus.SUCCEEDED, TaskStatus.WAITING_INPUT):
             # A user message that arrived after the agent last looked must not wait for the
             # next one: the task goes on with it now.
             if task.id in self._messaged and await self.store.pending_inputs(task.id):
                 try:
                     await self.requeue(task.id, reason="a user message arrived as the attempt ended",
-                                       fresh_attempts=not waiting)
+                                       fresh_attempts=planned.target is TaskStatus.SUCCEEDED)
                 except InvalidTransition:
                     pass  # already queued again by whoever delivered the message
-        elif isinstance(outcome, TransientError):
-            if self.backoff.exhausted(task.attempt):
-                await transition(task.id, TaskStatus.FAILED, reason="max_attempts",
-                                 error=f"gave up after {task.attempt} attempts: {outcome.message}")
-                return
-            delay = self.backoff.delay(task.attempt, outcome.retry_after)
-            due_at = self.wall() + delay
-            await transition(
-                task.id, TaskStatus.WAITING_RETRY, reason=outcome.message, due_at=due_at,
-                events_before=[NewEvent("task.retry_scheduled", {
-                    "attempt": task.attempt, "delay_s": round(delay, 3), "reason": outcome.message})],
-            )
-            self._schedule_retry(task.id, due_at)
-        else:
-            assert isinstance(outcome, PermanentError)
-            await transition(task.id, TaskStatus.FAILED, reason=outcome.code, error=outcome.message)
 
     def _schedule_retry(self, task_id: str, due_at: float) -> None:
         assert self._nursery is not None

@@ -11,8 +11,9 @@ process. Each task clones a small local bare repository, then talks ``--turns`` 
 task sleeps 10 ms in a loop and records how late it wakes: the loop lag. Reported overall and
 for the conversation phase (every workspace ready, no task finished yet), when all ``--tasks``
 are waiting on the model at once; RSS before, at its peak, and per task; the daemon's CPU per
-model turn. ``--provider sdk-stream`` swaps in the SDK's own stream helper, as the provider read
-responses before its lean SSE parser (``tests/anthropic_sdk_reference.py``), for comparison.
+model turn, and the Trio thread's share of it. ``--provider sdk-stream`` swaps in the SDK's own
+stream helper, as the provider read responses before its lean SSE parser
+(``tests/anthropic_sdk_reference.py``), for comparison.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import emit, machine
 from ws_common import (
+    CLK_TCK,
     Child,
     Histogram,
     busy_seconds,
@@ -45,10 +47,17 @@ from ws_common import (
 )
 
 from daemon.config import Settings
-from daemon.service import Daemon
+from daemon.service import Daemon, freeze_what_startup_built
 from tests.fakes.git_http import make_bare_repo
 
 TICK_S = 0.01
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """utime + stime of one thread: the Trio thread is the main one (``tid == pid``)."""
+    raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def use_provider(name: str) -> None:
@@ -112,11 +121,13 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
         with trio.fail_after(timeout_s):
             async with trio.open_nursery() as nursery:
                 await nursery.start(daemon.serve)
+                freeze_what_startup_built()  # as `agentd serve` does once ready
                 daemon.hub.add_global_listener(on_commit)
                 user = await daemon.store.upsert_user("bench")
                 await trio.sleep(0.5)
                 rss_before = rss_kib(pid)
                 cpu0, fake0, busy0 = cpu_seconds(pid), cpu_seconds(fake.pid), busy_seconds()
+                trio0 = thread_cpu_seconds(pid, pid)
                 kids0 = children_cpu_seconds(pid)
                 nursery.start_soon(sampler)
                 marks["start"] = now()
@@ -128,6 +139,7 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
                 marks["submitted"] = now()
                 await all_done.wait()
                 cpu, fake_cpu = cpu_seconds(pid) - cpu0, cpu_seconds(fake.pid) - fake0
+                trio_cpu = thread_cpu_seconds(pid, pid) - trio0
                 kids = children_cpu_seconds(pid) - kids0
                 others = busy_seconds() - busy0 - cpu - fake_cpu - kids
                 sampling.cancel()
@@ -165,6 +177,8 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
         "rss_per_task_kib": round((peak - rss_before) / tasks, 1),
         "daemon_cores": round(cpu / (end - start), 2),
         "daemon_cpu_ms_per_turn": round(cpu / max(1, counts["agent.usage"]) * 1000, 2),
+        # Of it, the Trio thread's: the share that delays every other task (the loop lag).
+        "trio_thread_cpu_ms_per_turn": round(trio_cpu / max(1, counts["agent.usage"]) * 1000, 2),
         "fake_api_cores": round(fake_cpu / (end - start), 2),
         "git_and_tools_cores": round(kids / (end - start), 2),
         # Everything else busy on the machine meanwhile (a shared VM: other people's work).

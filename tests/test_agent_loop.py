@@ -108,6 +108,32 @@ async def test_the_same_call_again_and_again_is_stuck(store, hub, tmp_path):
     assert sum(1 for e in events if e.type == "agent.tool_call") == 3  # the 4th is refused
 
 
+async def test_a_tool_use_id_used_again_later_gets_its_stored_result_not_a_second_run(store, hub, tmp_path):
+    """Tool calls are known by id for the whole task: a repeated id is answered from the store
+    (as after a restart), even when the first call was made earlier in the same attempt."""
+    script = {"turns": [
+        {"content": [tool_use("same", "bash", command="echo run >> runs.txt; echo first")]},
+        {"content": [tool_use("same", "bash", command="echo run >> runs.txt; echo second")]},
+        {"content": [text("Done.")]},
+    ]}
+    _, task, events = await run_task(store, hub, tmp_path, script)
+    assert task.status is TaskStatus.SUCCEEDED, task.error
+    assert [e.type for e in events].count("agent.tool_call") == 1
+    turns = await store.list_messages(task.id)
+    assert [turns[i]["content"][0]["content"] for i in (2, 4)] == ["first\n", "first\n"]
+    assert (tmp_path / "workspaces" / task.id / "runs.txt").read_text() == "run\n"
+
+
+async def test_a_turns_text_and_usage_events_follow_each_other(store, hub, tmp_path):
+    script = {"turns": [{"content": [text("One."), text("  "), text("Two.")]}]}
+    _, task, events = await run_task(store, hub, tmp_path, script)
+    turn = [e for e in events if e.type.startswith("agent.")]
+    assert [(e.type, e.data.get("text")) for e in turn] == [
+        ("agent.text", "One."), ("agent.text", "Two."), ("agent.usage", None)]
+    assert [e.seq for e in turn] == list(range(turn[0].seq, turn[0].seq + 3))
+    assert turn[-1].data["stop_reason"] == "end_turn" and "input_tokens" in turn[-1].data
+
+
 @pytest.mark.parametrize("stop_reason", ["max_tokens", "pause_turn"])
 async def test_max_tokens_and_pause_turn_go_on(store, hub, tmp_path, stop_reason):
     script = {"turns": [

@@ -54,6 +54,37 @@ def test_the_same_call_n_times_in_a_row_is_stuck_but_variety_is_not():
     check_stuck(turns_of(call("bash", command="ls"), call("bash", command="pwd"), *same[:3]), repeats=4)
 
 
+def _stuck_by_the_whole_conversation(turns, repeats):
+    """The rule as first written: every call of the conversation, then its last `repeats`."""
+    import json
+
+    calls = [(b["name"], json.dumps(b.get("input"), sort_keys=True))
+             for t in turns if t["role"] == "assistant" for b in t["content"] if b.get("type") == "tool_use"]
+    return len(calls) >= repeats and len(set(calls[-repeats:])) == 1
+
+
+def test_stuck_looks_back_only_as_far_as_it_must_and_decides_as_before():
+    """Mixed turns (several calls, text only, user turns between) decide as the whole-conversation rule."""
+    import random
+
+    rng = random.Random(7)
+    blocks = [call("bash", command="ls"), call("bash", command="ls"), call("bash", command="pwd"),
+              call("str_replace_based_edit_tool", command="view", path="a"),
+              {"type": "text", "text": "thinking"}]
+    for _ in range(2000):
+        turns = []
+        for _ in range(rng.randrange(0, 9)):
+            turns.append({"role": "user", "content": [{"type": "text", "text": "go"}]})
+            turns.append({"role": "assistant", "content": rng.choices(blocks, k=rng.randrange(0, 4))})
+        repeats = rng.randrange(2, 6)
+        try:
+            check_stuck(turns, repeats)
+            stuck = False
+        except PermanentError:
+            stuck = True
+        assert stuck == _stuck_by_the_whole_conversation(turns, repeats), (turns, repeats)
+
+
 def test_commit_message_has_a_short_title_and_the_summary():
     message = commit_message("Make the parser accept " + "very " * 30 + "long input", "Changed parse().")
     title, blank, body = message.split("\n", 2)

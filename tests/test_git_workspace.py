@@ -100,6 +100,48 @@ async def test_push_again_only_after_new_changes(tmp_path, bare):
     assert git_out(bare, "rev-parse", f"refs/heads/{ws.branch}") == second.commit
 
 
+async def test_clone_writes_the_identity_into_the_workspace_config(tmp_path, bare):
+    ws = await prepare(tmp_path, str(bare))
+    assert git_out(ws.path, "config", "--local", "user.name") == IDENTITY[0]
+    assert git_out(ws.path, "config", "--local", "user.email") == IDENTITY[1]
+
+
+async def test_remote_head_detached_without_base_branch_is_permanent(tmp_path, bare):
+    """Cloned HEAD names no branch: the error `git symbolic-ref --short HEAD` gave before."""
+    tree = git_out(bare, "rev-parse", "main^{tree}")
+    loose = git_out(bare, "-c", "user.name=x", "-c", "user.email=x@x", "commit-tree", "-p", "main",
+                    "-m", "not on a branch", tree)
+    git_out(bare, "update-ref", "--no-deref", "HEAD", loose)
+    with pytest.raises(PermanentError, match="git symbolic-ref failed .*not a symbolic ref"):
+        await prepare(tmp_path, bare.as_uri(), base=None)
+    assert not (tmp_path / "ws" / "3f2a9c1d-7777").exists()
+
+
+async def test_untracked_files_are_committed_whatever_the_workspace_config_hides(tmp_path, bare):
+    """The quick "nothing to commit" check must see everything `git add -A` would stage."""
+    ws = await prepare(tmp_path, str(bare))
+    await run_git(["config", "status.showUntrackedFiles", "no"], cwd=ws.path)
+    (ws.path / "new").mkdir()
+    (ws.path / "new" / "file.txt").write_text("hidden from a plain git status\n")
+    result = await commit_and_push(ws, "add a file", token=None)
+    assert result is not None and result.files_changed == ["new/file.txt"]
+
+
+async def test_ignored_files_alone_are_no_change(tmp_path, bare):
+    ws = await prepare(tmp_path, str(bare))
+    (ws.path / ".git" / "info" / "exclude").write_text("build/\n")
+    (ws.path / "build").mkdir()
+    (ws.path / "build" / "out.o").write_text("x")
+    assert await commit_and_push(ws, "nothing", token=None) is None
+
+
+async def test_detached_workspace_is_refused(tmp_path, bare):
+    ws = await prepare(tmp_path, str(bare))
+    await run_git(["checkout", "-q", "--detach"], cwd=ws.path)
+    with pytest.raises(PermanentError, match="no longer on its branch"):
+        await commit_and_push(ws, "x", token=None)
+
+
 async def test_resume_reuses_prepared_workspace(tmp_path, bare):
     ws = await prepare(tmp_path, str(bare))
     (ws.path / "work.txt").write_text("in progress\n")
@@ -114,6 +156,21 @@ async def test_half_made_workspace_is_cloned_again(tmp_path, bare):
     ws = await prepare(tmp_path, str(bare))
     assert not (leftover / "junk").exists()
     assert (ws.path / "calc.py").exists()
+
+
+async def test_a_dead_clones_staging_directory_is_removed_and_no_other(tmp_path, bare):
+    """A daemon killed mid-clone leaves `.staging-<task>-<random>`; the next clone of that task
+    removes it (read-only leftovers included), and leaves other tasks' alone."""
+    root = tmp_path / "ws"
+    dead = root / ".staging-3f2a9c1d-7777-0badc0de"
+    other = root / ".staging-3f2a9c1d-8888-0badc0de"
+    for leftover in (dead, other):
+        (leftover / "sub").mkdir(parents=True)
+        (leftover / "sub" / "f").write_text("x")
+    (dead / "sub").chmod(0o500)
+    ws = await prepare(tmp_path, str(bare))
+    assert (ws.path / "calc.py").exists()
+    assert sorted(p.name for p in root.iterdir()) == [other.name, ws.path.name]
 
 
 async def test_workspace_off_its_branch_is_refused(tmp_path, bare):

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import apsw
 import httpx2
@@ -98,6 +99,11 @@ def test_sigkill_mid_task_then_restart_completes_without_rerunning_the_tool(tmp_
         for line in follower.stdout:
             if json.loads(line).get("event") == "agent.tool_call":
                 break
+        # The event is written just before the command starts: kill once it has really run.
+        ran = data / "workspaces" / task_id / "runs.txt"
+        deadline = time.monotonic() + 60
+        while not ran.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         daemon.proc.kill()
         daemon.proc.wait(30)
         follower.kill()

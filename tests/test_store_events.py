@@ -149,6 +149,8 @@ async def test_recovery_after_a_crash_requeues_running_and_keeps_retry_due_times
     async with running_supervisor(store, hub, FailTimes(1), backoff=Backoff(1000, 1000, 5)) as sup:
         flaky = await submit(sup, alice, "flaky")
         await wait_status(hub, flaky.id, TaskStatus.WAITING_RETRY)
+        # The stuck task, recovered here, must not be cut off mid-attempt by this teardown.
+        await wait_status(hub, stuck.id, TaskStatus.SUCCEEDED)
     due_at = (await store.get_task(flaky.id)).due_at
     await store.aclose()
 

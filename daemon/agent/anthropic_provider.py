@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import anthropic
 import httpx2
 from anthropic import Middleware
+from anthropic._constants import RAW_RESPONSE_HEADER
 
 from daemon.agent.anthropic_stream import (
     MessageAssembler,
@@ -43,7 +45,7 @@ from daemon.agent.model import (
 )
 from daemon.errors import PermanentError, TransientError
 
-__all__ = ["DEFAULT_MODEL", "AnthropicProvider"]
+__all__ = ["DEFAULT_MODEL", "AnthropicProvider", "request_body"]
 
 # The current Sonnet: the speed / intelligence / price balance a coding agent wants.
 DEFAULT_MODEL = "claude-sonnet-5-5"
@@ -132,18 +134,9 @@ class AnthropicProvider:
         may still be billed. The partial turn is lost, so the caller simply sends the same
         request again when it resumes.
         """
-        tools, system, messages = with_cache_breakpoints(request)
-        params: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": request.max_tokens,
-            "messages": messages,
-        }
-        if system:
-            params["system"] = system
-        if tools:
-            params["tools"] = tools
+        body = request_body(self.model, request)
         try:
-            message = await self._stream(params, on_text_delta)
+            message = await self._stream(body, on_text_delta)
         except anthropic.APIStatusError as err:
             raise self._status_error(err) from err
         except anthropic.APIConnectionError as err:  # includes APITimeoutError
@@ -171,23 +164,27 @@ class AnthropicProvider:
         )
 
     async def _stream(
-        self, params: dict[str, Any], on_text_delta: Callable[[str], None] | None
+        self, body: bytes, on_text_delta: Callable[[str], None] | None
     ) -> StreamedMessage:
-        """POST with ``stream: true`` through the SDK, and parse the SSE body ourselves.
+        """POST ``body`` (``stream: true``) through the SDK, and parse the SSE body ourselves.
 
-        The SDK still makes the request: auth, base URL, headers, its retries and the
-        middleware, and its status errors for a non-2xx answer. Only the body is read here,
-        raw, by ``anthropic_stream`` rather than by the SDK's stream helper, which builds a
-        pydantic object per event and re-accumulates a message snapshot at each (most of this
-        call's CPU). An ``error`` event becomes the ``APIStatusError`` the SDK would raise.
+        The SDK still makes the request: auth, base URL, headers, timeouts, its retries and
+        the middleware, and its status errors for a non-2xx answer. It is handed the JSON
+        already encoded (``client.post(content=...)``, what ``messages.create`` ends in) so
+        that it does not walk and copy the whole conversation on every turn first. The body
+        is read here, raw, by ``anthropic_stream`` rather than by the SDK's stream helper,
+        which builds a pydantic object per event and re-accumulates a message snapshot at
+        each. An ``error`` event becomes the ``APIStatusError`` the SDK would raise. What
+        ``create`` does beyond this: an OpenTelemetry span (recorded only under an OpenTelemetry
+        SDK, which agentd does not set up) and a warning for a deprecated model id.
 
-        Cancellation: leaving the ``async with`` closes the response, which drops the
-        connection mid-body.
+        Cancellation: the response is closed on the way out, which drops the connection
+        mid-body.
         """
         pool = self._pick_pool()
         self._in_flight[pool] += 1
         try:
-            return await self._stream_on(self._clients[pool], params, on_text_delta)
+            return await self._stream_on(self._clients[pool], body, on_text_delta)
         finally:
             self._in_flight[pool] -= 1
 
@@ -202,11 +199,19 @@ class AnthropicProvider:
     async def _stream_on(
         self,
         client: anthropic.AsyncAnthropic,
-        params: dict[str, Any],
+        body: bytes,
         on_text_delta: Callable[[str], None] | None,
     ) -> StreamedMessage:
-        create = client.messages.with_streaming_response.create
-        async with create(**params, stream=True) as response:
+        response = await client.post(
+            "/v1/messages",
+            content=body,
+            # As `messages.with_streaming_response`: the response is handed back unread.
+            options={"headers": {RAW_RESPONSE_HEADER: "stream"}},
+            cast_to=anthropic.types.Message,
+            stream=True,
+            stream_cls=anthropic.AsyncStream[anthropic.types.RawMessageStreamEvent],
+        )
+        try:
             http = response.http_response
             decoder = SSEDecoder()
             assembler = MessageAssembler(on_text_delta)
@@ -218,6 +223,8 @@ class AnthropicProvider:
                     assembler.event(name, data)
             except StreamErrorEvent as err:
                 raise anthropic.APIStatusError(str(err.body), response=http, body=err.body) from None
+        finally:
+            await response.close()
         return assembler.result()
 
     def _status_error(self, err: anthropic.APIStatusError) -> TransientError | PermanentError:
@@ -259,6 +266,25 @@ class _LongWaitsToCaller(Middleware):
         if wait is not None and wait > self.max_wait:
             http.headers["x-should-retry"] = "false"
         return response
+
+
+def request_body(model: str, request: ModelRequest) -> bytes:
+    """The JSON of a streamed Messages API call for ``request``, with prompt-cache breakpoints.
+
+    Byte for byte what ``messages.create(..., stream=True)`` sends for the same arguments:
+    its keys in its order, encoded as the SDK's encoder does (compact, UTF-8, no NaN).
+    """
+    tools, system, messages = with_cache_breakpoints(request)
+    params: dict[str, Any] = {"max_tokens": request.max_tokens, "messages": messages,
+                              "model": model, "stream": True}
+    if system:
+        params["system"] = system
+    if tools:
+        params["tools"] = tools
+    return _ENCODER.encode(params).encode()
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def retry_after_of(headers: Mapping[str, str]) -> float | None:

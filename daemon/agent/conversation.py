@@ -61,12 +61,17 @@ def tool_uses(turn: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def check_stuck(turns: Sequence[Mapping[str, Any]], repeats: int) -> None:
     """Raise ``stuck`` when the last ``repeats`` tool calls were the same call with the same input."""
-    calls = [
-        (block["name"], json.dumps(block.get("input"), sort_keys=True))
-        for turn in turns if turn["role"] == "assistant"
-        for block in tool_uses(turn)
-    ]
-    if len(calls) >= repeats and len(set(calls[-repeats:])) == 1:
+    # From the newest turn back, only as far as the last `repeats` calls: asked at every turn,
+    # this must not cost more as the conversation grows.
+    last: list[Mapping[str, Any]] = []
+    for turn in reversed(turns):
+        if turn["role"] == "assistant":
+            last[:0] = tool_uses(turn)
+            if len(last) >= repeats:
+                break
+    calls = [(block["name"], json.dumps(block.get("input"), sort_keys=True))
+             for block in last[-repeats:]]
+    if len(calls) >= repeats and len(set(calls)) == 1:
         name = calls[-1][0]
         raise PermanentError(
             f"stuck: the agent made the same {name} call {repeats} times in a row", code="stuck"

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from ..errors import PermanentError
 from ..git import Workspace, prepare_workspace
-from ..store import Task, Usage
+from ..store import NewEvent, Task, Usage
 from ..supervisor import RunContext, RunResult
 from . import conversation as conv
 from .delivery import deliver
@@ -118,6 +118,12 @@ class _Session:
         )
         # Said to the model once, in the next user turn, when the workspace was reset.
         self.notes: list[str] = []
+        # One copy per attempt: providers copy what they decorate (with_cache_breakpoints).
+        self.tools = tool_definitions()
+        # The task's tool calls as the store has them, by tool_use id: read once per attempt,
+        # then kept in step with this attempt's own writes (the only writer of them) instead of
+        # read again, whole, at every turn.
+        self.calls: dict[str, dict[str, Any]] | None = None
 
     async def converse(self) -> RunResult | None:
         """Talk until the model is done (None: deliver the work) or the task must wait."""
@@ -172,7 +178,7 @@ class _Session:
         assistant_turns = sum(1 for t in self.turns if t["role"] == "assistant")
         conv.check_budget(self.budget, assistant_turns, self.usage)
         request = ModelRequest(
-            system=self.system, tools=tool_definitions(), messages=conv.for_model(self.turns),
+            system=self.system, tools=self.tools, messages=conv.for_model(self.turns),
             max_tokens=self.runner.settings.max_output_tokens,
         )
         reply: ModelReply = await self.runner.provider.complete(
@@ -181,16 +187,19 @@ class _Session:
         await self._append("assistant", reply.content, stop_reason=reply.stop_reason)
         self.usage = self.usage + reply.usage
         await self.store.update_task(self.task.id, usage=self.usage)
-        for block in reply.content:
-            if block.get("type") == "text" and block["text"].strip():
-                await self.ctx.emit("agent.text", {"text": block["text"]})
-        await self.ctx.emit("agent.usage", {**reply.usage.__dict__, "model": reply.model,
-                                            "stop_reason": reply.stop_reason})
+        # The turn's events in one commit (what ctx.emit does for one), in the same order.
+        events = [NewEvent("agent.text", {"text": block["text"]}) for block in reply.content
+                  if block.get("type") == "text" and block["text"].strip()]
+        events.append(NewEvent("agent.usage", {**reply.usage.__dict__, "model": reply.model,
+                                               "stop_reason": reply.stop_reason}))
+        await self.store.append_events(self.task.id, events)
 
     async def _answer_tools(self, turn: dict[str, Any]) -> list[dict[str, Any]] | RunResult:
         """A tool_result for every tool_use of ``turn``: run, recovered, or the user's answer."""
         conv.check_stuck(self.turns, self.runner.settings.stuck_repeats)
-        known = {call["id"]: call for call in await self.store.list_tool_calls(self.task.id)}
+        if self.calls is None:
+            self.calls = {call["id"]: call for call in await self.store.list_tool_calls(self.task.id)}
+        known = dict(self.calls)
         results = []
         for block in conv.tool_uses(turn):
             call = known.get(block["id"])
@@ -211,14 +220,23 @@ class _Session:
 
     async def _run_tool(self, block: dict[str, Any]) -> tuple[str, bool]:
         tool_input = block.get("input") or {}
-        await self.store.start_tool_call(self.task.id, block["id"], block["name"], tool_input)
+        await self._start_call(block["id"], block["name"], tool_input)
         await self.ctx.emit("agent.tool_call", {"id": block["id"], "name": block["name"], "input": tool_input})
         result = await self.toolbox.run(block["name"], tool_input)
         await self._record_result(block["id"], result.output, result.is_error)
         return result.output, result.is_error
 
+    async def _start_call(self, tool_use_id: str, name: str, tool_input: Any) -> None:
+        await self.store.start_tool_call(self.task.id, tool_use_id, name, tool_input)
+        if self.calls is not None and tool_use_id not in self.calls:  # the store ignores a repeat
+            self.calls[tool_use_id] = {"id": tool_use_id, "name": name, "input": tool_input,
+                                       "status": "started", "output": None, "is_error": None}
+
     async def _record_result(self, tool_use_id: str, output: str, is_error: bool) -> None:
         await self.store.finish_tool_call(self.task.id, tool_use_id, output, is_error)
+        if self.calls is not None and tool_use_id in self.calls:  # the store updates no other
+            self.calls[tool_use_id] = {**self.calls[tool_use_id], "status": "done",
+                                       "output": output, "is_error": is_error}
         await self.ctx.emit("agent.tool_result", {
             "id": tool_use_id, "is_error": is_error, "output": conv.cap_for_event(output)})
 
@@ -228,7 +246,7 @@ class _Session:
             return call["output"]
         question = str((block.get("input") or {}).get("question") or "").strip()
         if call is None:
-            await self.store.start_tool_call(self.task.id, block["id"], block["name"], block.get("input") or {})
+            await self._start_call(block["id"], block["name"], block.get("input") or {})
             await self.ctx.emit("agent.tool_call", {"id": block["id"], "name": block["name"],
                                                     "input": block.get("input") or {}})
             await self.ctx.emit("agent.question", {"text": question})

@@ -127,6 +127,7 @@ class RecordedRequest:
     body: Any  # parsed JSON, or the raw text when it was not JSON
     # Set when the client closed the connection before the response was complete.
     disconnected: trio.Event = field(default_factory=trio.Event)
+    raw_body: bytes = b""  # as sent, for byte-for-byte comparisons
 
 
 class FakeAnthropicAPI:
@@ -195,7 +196,7 @@ class FakeAnthropicAPI:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        rec = RecordedRequest(scope["method"], scope["path"], headers, body)
+        rec = RecordedRequest(scope["method"], scope["path"], headers, body, raw_body=raw)
         self.requests.append(rec)
         await self._respond(rec, receive, send)
 

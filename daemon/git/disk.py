@@ -1,0 +1,83 @@
+"""Workspaces on disk: their size (for the quota) and their removal (for gc and re-clones)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+__all__ = ["gc_workspaces", "rmtree", "workspace_size"]
+
+
+async def workspace_size(path: Path) -> int:
+    """Bytes on disk under ``path`` (allocated blocks, hard links counted once, symlinks
+    not followed).
+
+    Cancellation: the walk runs in a worker thread that is abandoned (it finishes on its own,
+    touching nothing), and the cancellation propagates at once.
+    """
+    return await trio.to_thread.run_sync(_du, Path(path), abandon_on_cancel=True)
+
+
+def _du(path: Path) -> int:
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        for name in dirnames + filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue  # removed while walking
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+    return total
+
+
+async def gc_workspaces(root: Path, keep: Callable[[str], bool]) -> list[str]:
+    """Remove every workspace directory under ``root`` whose task id ``keep`` rejects;
+    return the removed task ids, sorted. Directories whose names start with '.' are skipped.
+
+    Cancellation: each removal runs in a worker thread and is not interrupted (a half-removed
+    workspace would be neither usable nor gone); cancellation takes effect once the directory
+    being removed is gone, and the ones not reached yet stay.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    removed = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir() or entry.is_symlink():
+            continue
+        if keep(entry.name):
+            continue
+        await trio.to_thread.run_sync(rmtree, entry)
+        removed.append(entry.name)
+    return removed
+
+
+def rmtree(path: Path) -> None:
+    """Remove ``path`` and everything under it, whatever permissions the agent left."""
+    try:
+        shutil.rmtree(path)
+    except OSError:
+        # The agent may have left read-only or unreadable directories: open them up, retry.
+        _make_owner_rwx(path)
+        for dirpath, dirnames, _files in os.walk(path):
+            for name in dirnames:
+                _make_owner_rwx(Path(dirpath, name))
+        shutil.rmtree(path)
+
+
+def _make_owner_rwx(path: Path) -> None:
+    try:
+        if not path.is_symlink():
+            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | stat.S_IRWXU)
+    except OSError:
+        pass

@@ -47,7 +47,7 @@ from ws_common import (
 )
 
 from daemon.config import Settings
-from daemon.service import Daemon, freeze_what_startup_built
+from daemon.service import Daemon, tune_gc_for_serving
 from tests.fakes.git_http import make_bare_repo
 
 TICK_S = 0.01
@@ -121,7 +121,7 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
         with trio.fail_after(timeout_s):
             async with trio.open_nursery() as nursery:
                 await nursery.start(daemon.serve)
-                freeze_what_startup_built()  # as `agentd serve` does once ready
+                tune_gc_for_serving()  # as `agentd serve` does once ready
                 daemon.hub.add_global_listener(on_commit)
                 user = await daemon.store.upsert_user("bench")
                 await trio.sleep(0.5)

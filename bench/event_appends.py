@@ -2,12 +2,12 @@
 
 - group commit: W coroutines, each appending events one at a time to its own task through
   ``store.append_events`` (the path every ``ctx.emit`` takes); the writer thread commits all
-  waiting appends in one transaction, merged into one ``INSERT`` and one ``UPDATE`` per task.
-  The batch sizes it reached are counted by wrapping ``WriterThread._run_batch`` (the bench
-  only observes; the daemon is unchanged).
+  waiting appends in one transaction, merged into one ``INSERT``. The batch sizes it reached
+  are counted by wrapping ``WriterThread._run_batch`` (the bench only observes; the daemon is
+  unchanged).
 - one commit per event: the same apsw, the same file system, the same SQL
-  (``sqlite_queries.append_events``: the insert and the task's ``last_seq``), but each event in
-  its own ``BEGIN IMMEDIATE ... COMMIT``, in a plain loop.
+  (``sqlite_queries.append_events``), but each event in its own ``BEGIN IMMEDIATE ... COMMIT``,
+  in a plain loop.
 
 Both with ``PRAGMA synchronous=FULL`` and ``NORMAL`` (WAL). Events/s. For reference, group commit
 is also run with several events per call (what an emitter with a burst of events could do).
@@ -34,6 +34,7 @@ from common import emit, machine
 from daemon.store import (
     NewEvent,
     SqliteStore,
+    sqlite_conns,
     sqlite_io,
 )
 from daemon.store import sqlite_queries as q
@@ -111,7 +112,7 @@ async def group_commit(events: int, writers: int, synchronous: str, per_call: in
 def one_commit_per_event(events: int, synchronous: str, max_seconds: float) -> dict[str, Any]:
     """A loop of single-event transactions; stops at ``events`` or ``max_seconds``."""
     with tempfile.TemporaryDirectory(prefix="agentd-bench-") as tmp:
-        conn = sqlite_io.open_connection(Path(tmp) / "agentd.db", synchronous=synchronous)
+        conn = sqlite_conns.open_connection(Path(tmp) / "agentd.db", synchronous=synchronous)
         try:
             migrate(conn)
             with conn:

@@ -69,9 +69,10 @@ def build_db(data_dir: Path, tasks: int, events: int) -> dict[str, Any]:
                   _dumps({"input_tokens": 12000, "output_tokens": 900}), now, now, now, now + 60,
                   per_task, f"agentd/{tid}") for tid in ids),
             )
+            task_nos = dict(conn.execute("SELECT id, seqno FROM tasks").fetchall())
             conn.executemany(
-                "INSERT INTO events (task_id, seq, ts, type, data) VALUES (?, ?, ?, ?, ?)",
-                (row for tid in ids for row in _task_events(tid, per_task, now)),
+                "INSERT INTO events (task_no, seq, ts, type, data) VALUES (?, ?, ?, ?, ?)",
+                (row for tid in ids for row in _task_events(task_nos[tid], per_task, now)),
             )
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         count = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
@@ -82,7 +83,7 @@ def build_db(data_dir: Path, tasks: int, events: int) -> dict[str, Any]:
             "db_mib": round(size / 2**20, 1)}
 
 
-def _task_events(tid: str, n: int, ts: float):
+def _task_events(tid: int, n: int, ts: float):
     """A finished task's log: created, queued, running, agent text..., succeeded, finished."""
     yield tid, 1, ts, "task.created", _dumps({"repo_url": "r", "prompt": "Fix the failing test"})
     yield tid, 2, ts, "task.status", '{"status":"queued","attempt":0}'

@@ -1,7 +1,7 @@
 """WebSocket delivery and idle connections: agentd against a minimal ``websockets`` server.
 
     .venv/bin/python bench/ws_delivery.py [--scenario a,b,idle] [--systems agentd,websockets]
-        [--seconds 15] [--json]
+        [--seconds 15] [--tasks N --clients N (a smaller fan-out run)] [--json]
 
 Scenarios (issue 8):
 - ``a``, the phone's real pattern: 2,000 clients, 1,000 running tasks each emitting 10 events/s,
@@ -272,6 +272,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--baseline-seconds", type=float, default=8.0)
     parser.add_argument("--conns", type=int, help="idle connections (default: the size's)")
+    parser.add_argument("--tasks", type=int, help="fan-out scenarios: emitting tasks (default: the size's)")
+    parser.add_argument("--clients", type=int, help="fan-out scenarios: clients (default: the size's)")
     parser.add_argument("--connect-concurrency", type=int, help="handshakes in flight per client process")
     parser.add_argument("--profile", type=Path, help="py-spy the servers over each window, into DIR")
     parser.add_argument("--json", action="store_true")
@@ -287,6 +289,10 @@ def main() -> None:
         params.update(seconds=args.seconds, warmup=min(args.warmup, args.seconds / 3), drain=1.0,
                       baseline_seconds=max(args.baseline_seconds, 2 * min(args.warmup, args.seconds / 3)))
         params["profile"] = args.profile
+        if scenario != "idle" and args.tasks:
+            params["tasks"] = args.tasks
+        if scenario != "idle" and args.clients:
+            params["clients"] = args.clients
         if scenario == "idle" and args.conns:
             params["conns"] = args.conns
         if scenario == "idle" and args.connect_concurrency:

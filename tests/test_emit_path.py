@@ -8,6 +8,7 @@ the listeners, in commit order. These tests say that neither shortcut changes wh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -17,6 +18,7 @@ from daemon.errors import NotFound
 from daemon.metrics import Metrics, render
 from daemon.states import TaskStatus
 from daemon.store import Event, NewEvent
+from daemon.store import sqlite_appends
 from daemon.store import sqlite_queries as q
 
 from .helpers import in_one_batch
@@ -55,6 +57,18 @@ def test_wire_json_of_an_unusual_timestamp_is_json_dumps(ts):
 def test_the_stored_text_is_not_part_of_an_events_identity():
     assert Event("t", 1, 1.0, "x", {"a": 1}, '{"a":1}') == Event("t", 1, 1.0, "x", {"a": 1})
     assert "data_json" not in repr(Event("t", 1, 1.0, "x", {"a": 1}, '{"a":1}'))
+
+
+def test_the_writers_quick_event_is_the_same_as_event():
+    """The appends and replays build events without the frozen dataclass's ``__init__``."""
+    quick = sqlite_appends._event("t", 3, 1.5, "agent.text", {"a": 1}, '{"a":1}')
+    slow = Event("t", 3, 1.5, "agent.text", {"a": 1}, '{"a":1}')
+    assert type(quick) is Event
+    assert quick == slow and repr(quick) == repr(slow)
+    assert quick.__dict__ == slow.__dict__
+    assert [f.name for f in dataclasses.fields(Event)] == list(quick.__dict__)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        quick.seq = 4  # type: ignore[misc]
 
 
 def test_the_stores_encoder_refuses_what_json_refuses():

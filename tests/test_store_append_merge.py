@@ -1,7 +1,7 @@
 """The SQLite writer merges the event appends of a batch: seq stays gap-free, order holds.
 
 The writer runs every waiting job in one transaction and turns consecutive appends into one
-``INSERT`` and one ``UPDATE`` per task, with each task's counter remembered between batches.
+``INSERT``, with each task's last seq remembered between batches.
 These tests build batches on purpose (the writer thread is held up while the jobs queue) so
 that appends, transitions and failing jobs share one transaction.
 """

@@ -126,6 +126,8 @@ POSTGRES_SQL: dict[int, str] = {
             running INTEGER NOT NULL DEFAULT 0
         );
     """,
+    # SQLite's events table changed layout for its page writes; PostgreSQL's stays as it is.
+    6: "-- nothing to do on PostgreSQL",
 }
 
 _unknown = set(POSTGRES_SQL) - {version for version, _, _ in _SHARED}

@@ -134,6 +134,34 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "each user's queued tasks in order, for claims",
         "CREATE INDEX tasks_queued_by_user ON tasks(user_id, seqno) WHERE status = 'queued';",
     ),
+    (
+        6,
+        "events appended in commit order, found through an index on (task seqno, seq)",
+        # Keyed by (task_id, seq), each event of a commit went into its own task's leaf page:
+        # one page written to the WAL (and again by the checkpoint) per event, with several
+        # tasks emitting at once. In a rowid table a commit's events share the last pages, and
+        # the index entries are small integers (about 300 to a page). A task's last seq is
+        # MAX(seq) from that index; tasks.last_seq is no longer written (see
+        # sqlite_appends.TASK_LAST_SEQ). Events of a task that does not exist could never be
+        # read, so the copy leaves them behind.
+        """
+        CREATE TABLE events_v6 (
+            id INTEGER PRIMARY KEY,
+            task_no INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            ts REAL NOT NULL,
+            type TEXT NOT NULL,
+            data TEXT NOT NULL
+        );
+        INSERT INTO events_v6 (task_no, seq, ts, type, data)
+            SELECT tasks.seqno, events.seq, events.ts, events.type, events.data
+            FROM tasks JOIN events ON events.task_id = tasks.id
+            ORDER BY tasks.seqno, events.seq;
+        DROP TABLE events;
+        ALTER TABLE events_v6 RENAME TO events;
+        CREATE UNIQUE INDEX events_by_task ON events(task_no, seq);
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

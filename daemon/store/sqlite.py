@@ -14,7 +14,8 @@ from .base import StoreBase
 from .datadir import lock_data_dir
 from .models import Event, NewEvent
 from .schema import migrate
-from .sqlite_io import ReaderPool, WriterThread, open_connection
+from .sqlite_conns import ReaderPool, open_connection
+from .sqlite_io import WriterThread
 
 T = TypeVar("T")
 

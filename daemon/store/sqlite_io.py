@@ -1,12 +1,13 @@
-"""SQLite I/O off the Trio thread: one writer thread with group commit, pooled reader threads.
+"""SQLite writes off the Trio thread: one writer thread with group commit (readers: sqlite_conns).
 
 All writes go through one thread that owns the only writing connection. It takes every job
 that is waiting, runs them in one ``BEGIN IMMEDIATE`` transaction, commits once, then hands all
 results back to the Trio thread in one callback, in submission order. Under load that is one
 fsync for many jobs. One failing job does not undo the others: the batch is then run again with
 a savepoint per job. Consecutive jobs of the same kind can be merged (``run_merged``): the event
-appends of a batch become one ``INSERT`` and one ``UPDATE`` for all their tasks, and their events
-reach the listeners in one call.
+appends of a batch become one ``INSERT``, and their events reach the listeners in one call. While
+many tasks write, the writer lingers a little before a batch to make it larger, and batches that
+commit before the Trio thread took the previous ones go back with it, with one wake-up.
 """
 
 from __future__ import annotations
@@ -22,43 +23,37 @@ import apsw
 import trio
 
 from .inflight import track
+from .sqlite_conns import Checkpointer, open_connection
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BATCH = 512
-BUSY_TIMEOUT_MS = 5000
-# The writer asks for a checkpoint once the WAL holds this many pages (SQLite's own default),
-# and runs one itself only if the WAL outgrows the second figure (the checkpointer lags).
-CHECKPOINT_PAGES = 1000
-CHECKPOINT_INLINE_PAGES = 16000
+# Lingering: after a batch of at least LINGER_AFTER jobs, the writer waits up to LINGER_S for
+# more before it begins the next one, unless the Trio thread has nothing to do (see ``_take``).
+LINGER_AFTER = 4
+LINGER_S = 0.002
 
 
 class WriterConnection(apsw.Connection):
     """The writer thread's connection, with what it may remember between its transactions.
 
-    ``last_seqs``: each task's event counter as this connection last wrote or read it (see
-    ``sqlite_appends.append_event_batch``). Safe because this is the file's only writer; the
-    writer forgets it whenever a transaction or savepoint is rolled back.
+    ``last_seqs``: each task's last event seq as this connection last wrote or read it;
+    ``task_nos``: each task's ``seqno``, the key of its events (see ``sqlite_appends``). Safe
+    because this is the file's only writer; the writer forgets both whenever a transaction or
+    savepoint is rolled back.
     """
 
-    __slots__ = ("last_seqs",)
+    __slots__ = ("last_seqs", "task_nos")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.last_seqs: dict[str, int] = {}
+        self.task_nos: dict[str, int] = {}
 
-
-def open_connection(path: Path, *, synchronous: str = "NORMAL", readonly: bool = False,
-                    factory: type[apsw.Connection] = apsw.Connection):
-    flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-    conn = factory(str(path), flags=flags)
-    conn.set_busy_timeout(BUSY_TIMEOUT_MS)
-    if not readonly:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn
+    def forget(self) -> None:
+        self.last_seqs.clear()
+        self.task_nos.clear()
 
 
 Merge = Callable[[Any, list[Any]], list[Any]]
@@ -103,8 +98,14 @@ class WriterThread:
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._closed = False
+        # Committed jobs the Trio thread has yet to take, and whether it has been told to.
+        self._done: list[_Job[Any]] = []
+        self._done_lock = threading.Lock()
+        self._delivery_due = False
         # Told each write's round trip in seconds (queue + group commit), e.g. by the metrics.
         self.on_round_trip: Callable[[float], None] | None = None
+        self.linger_after, self.linger_s = LINGER_AFTER, LINGER_S
+        self._trio_idle = _TrioIdle(self)
 
     def start(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -129,7 +130,12 @@ class WriterThread:
         Cancellation: the wait is shielded. A submitted write is short, and the caller always
         learns whether it committed, so memory and the store never disagree.
         """
-        return await self._submit(_Job(fn, None, None, on_commit, trio.lowlevel.current_task()))
+        job = _Job(fn, None, None, on_commit, trio.lowlevel.current_task())
+        self._enqueue(job)
+        await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+        if job.error is not None:
+            raise job.error
+        return job.result
 
     async def run_merged(self, merge: Merge, arg: Any, on_commit: Callable[[list[Any]], None] | None = None) -> list[Any]:
         """Like ``run``, for a job that may be merged with the waiting jobs of the same ``merge``.
@@ -144,20 +150,23 @@ class WriterThread:
         other and share it (the same object), with their results concatenated in order: the
         event appends of a batch reach the listeners in one call. Cancellation: as ``run``.
         """
-        return await self._submit(_Job(None, merge, arg, on_commit, trio.lowlevel.current_task()))
+        # (The wait is written out here and in ``run``, not shared: a coroutine between the
+        # caller and the wait costs each of thousands of appends a second a little.)
+        job = _Job(None, merge, arg, on_commit, trio.lowlevel.current_task())
+        self._enqueue(job)
+        await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+        if job.error is not None:
+            raise job.error
+        return job.result
 
-    async def _submit(self, job: _Job[T]) -> T:
+    def _enqueue(self, job: _Job[Any]) -> None:
+        """Queue ``job``; its caller then waits (uncancellable like a shielded wait, without a
+        cancel scope and an Event per write) until ``_deliver`` reschedules it."""
         if self._closed:
             raise trio.ClosedResourceError("the store is closed")
         track(+1)
         job.started = time.perf_counter()
         self._queue.put(job)
-        # Uncancellable, like a shielded wait, without a cancel scope and an Event per write:
-        # ``_deliver`` reschedules this task once the batch has committed.
-        await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
-        if job.error is not None:
-            raise job.error
-        return job.result
 
     async def aclose(self) -> None:
         """Finish the queued writes, then stop the thread and close its connection."""
@@ -167,6 +176,7 @@ class WriterThread:
         self._queue.put(_STOP)
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._thread.join)
+        self._trio_idle.watch(False)
 
     # -- the thread --------------------------------------------------------------------------
 
@@ -181,24 +191,57 @@ class WriterThread:
         checkpointer.attach(conn)
         ready.set()
         try:
+            previous = 0
             while True:
-                batch = [self._queue.get()]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                stop = any(job is _STOP for job in batch)
-                jobs = [job for job in batch if job is not _STOP]
+                jobs, stop = self._take(previous)
                 if jobs:
                     self._run_batch(conn, jobs)
-                    assert self._token is not None
-                    self._token.run_sync_soon(self._deliver, jobs)
+                    self._hand_back(jobs)
                 if stop:
                     return
+                previous = len(jobs)
         finally:
             checkpointer.stop()
             conn.close()
+
+    def _take(self, previous: int) -> tuple[list[_Job[Any]], bool]:
+        """The next batch (waiting for its first job), and whether the store is closing.
+
+        A commit costs about as much CPU as writing a few dozen events (BEGIN, COMMIT, the WAL
+        frames, the Trio thread's wake-up, the handoffs of the GIL between the two threads),
+        so while many tasks write, fewer and larger commits cost less. After a batch of
+        ``linger_after`` jobs or more, the writer waits up to ``linger_s`` for more, but not
+        once the Trio thread, where every write comes from, goes to sleep with no timer due
+        within ``linger_s``: nothing more is coming then (every writer already waits on this
+        one). A writer alone (batches of one) never waits, and Trio's sleep is watched only
+        after large batches (``_deliver``). One wait, not a poll: each wake-up of this thread
+        costs a GIL handoff.
+        """
+        batch: list[Any] = [self._queue.get()]
+        self._drain(batch)
+        idle = self._trio_idle
+        if (previous >= self.linger_after and idle.watching and not idle.sleeping
+                and len(batch) < MAX_BATCH and batch[-1] is not _STOP):
+            idle.woken.clear()
+            idle.lingering = True  # before looking at ``sleeping`` again: see _TrioIdle
+            try:
+                if not idle.sleeping:
+                    idle.woken.wait(self.linger_s)
+            finally:
+                idle.lingering = False
+            self._drain(batch)
+        # Nothing is queued after _STOP (``_enqueue`` refuses once closed): it can only be last.
+        if batch[-1] is _STOP:
+            return batch[:-1], True
+        return batch, False
+
+    def _drain(self, batch: list[Any]) -> None:
+        get = self._queue.get_nowait
+        while len(batch) < MAX_BATCH and batch[-1] is not _STOP:
+            try:
+                batch.append(get())
+            except queue.Empty:
+                return
 
     @staticmethod
     def _run_batch(conn: WriterConnection, jobs: list[_Job[Any]]) -> None:
@@ -215,7 +258,7 @@ class WriterThread:
             _run_merging(conn, jobs)
         except BaseException:  # noqa: BLE001 - sorted out per job just below
             conn.execute("ROLLBACK")
-            conn.last_seqs.clear()
+            conn.forget()
             conn.execute("BEGIN IMMEDIATE")
             for job in jobs:
                 job.result = job.error = None
@@ -225,7 +268,7 @@ class WriterThread:
                 except BaseException as exc:  # noqa: BLE001 - given back to the job's caller
                     job.error = exc
                     conn.execute("ROLLBACK TO job")
-                    conn.last_seqs.clear()
+                    conn.forget()
                 conn.execute("RELEASE job")
         try:
             conn.execute("COMMIT")
@@ -233,17 +276,50 @@ class WriterThread:
             log.error("sqlite commit failed: %s", exc)
             if not conn.getautocommit():
                 conn.execute("ROLLBACK")
-            conn.last_seqs.clear()
+            conn.forget()
             for job in jobs:
                 job.error, job.result = exc, None
 
+    def _hand_back(self, jobs: list[_Job[Any]]) -> None:
+        """Give a committed batch to the Trio thread, waking it only if it was not woken yet.
+
+        Waking Trio from another thread costs it about as much as delivering a small batch
+        (the wake-up socket, the loop's turn, the entry queue's task); while it is busy, the
+        batches that commit meanwhile join the one it has yet to take, in commit order.
+        """
+        with self._done_lock:
+            self._done += jobs
+            if self._delivery_due:
+                return
+            self._delivery_due = True
+        assert self._token is not None
+        self._token.run_sync_soon(self._deliver_done)
+
+    def _deliver_done(self) -> None:
+        with self._done_lock:
+            jobs, self._done = self._done, []
+            self._delivery_due = False
+        self._deliver(jobs)
+
     def _deliver(self, jobs: list[_Job[Any]]) -> None:
-        """On the Trio thread, once a batch committed: its callbacks in order, then its waiters."""
+        """On the Trio thread, once jobs committed: their callbacks in order, then their waiters."""
+        # Watch Trio's sleep only while batches are large: it costs every turn of its loop.
+        if len(jobs) >= self.linger_after:
+            self._trio_idle.watch(True)
+        elif len(jobs) == 1:
+            self._trio_idle.watch(False)
         # The results of neighbouring merged jobs with one ``on_commit`` go out in one call (for
         # the appends, one pass through the listeners per batch instead of one per append).
+        # The waiters resume only after this returns: rescheduling them as we go is the same.
         gathered: list[Any] = []
         gathered_for: Callable[[Any], None] | None = None
+        observe = self.on_round_trip
+        now = time.perf_counter()
+        reschedule = trio.lowlevel.reschedule
         for job in jobs:
+            if observe is not None:
+                observe(now - job.started)
+            reschedule(job.task)
             on_commit = job.on_commit
             if job.error is not None or on_commit is None:
                 continue
@@ -257,14 +333,48 @@ class WriterThread:
             gathered, gathered_for = [], None
             _call(on_commit, job.result)
         _call(gathered_for, gathered)
-        observe = self.on_round_trip
-        now = time.perf_counter()
-        reschedule = trio.lowlevel.reschedule
-        for job in jobs:
-            if observe is not None:
-                observe(now - job.started)
-            reschedule(job.task)
         track(-len(jobs))
+
+
+class _TrioIdle(trio.abc.Instrument):
+    """Tells the writer when the Trio thread goes to sleep with no timer due within ``linger_s``.
+
+    ``sleeping`` is true from then until it wakes up; ``woken`` is set then if the writer is
+    lingering (it sets ``lingering`` before it looks at ``sleeping``, so one of the two sees
+    the other). Trio calls these once per turn of its loop while ``watching`` (the writer
+    lingers only then).
+    """
+
+    def __init__(self, writer: WriterThread) -> None:
+        self._writer = writer
+        self.watching = False
+        self.sleeping = False
+        self.lingering = False
+        self.woken = threading.Event()
+
+    def watch(self, on: bool) -> None:
+        """Start or stop watching (on the Trio thread)."""
+        if on == self.watching:
+            return
+        if on:
+            trio.lowlevel.add_instrument(self)
+        else:
+            try:
+                trio.lowlevel.remove_instrument(self)
+            except KeyError:  # trio drops an instrument that raised
+                pass
+            self.sleeping = False
+            self.woken.set()  # a lingering writer would wait for nothing
+        self.watching = on
+
+    def before_io_wait(self, timeout: float) -> None:
+        if timeout > self._writer.linger_s:
+            self.sleeping = True
+            if self.lingering:
+                self.woken.set()
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.sleeping = False
 
 
 def _run_merging(conn: apsw.Connection, jobs: list[_Job[Any]]) -> None:
@@ -300,115 +410,3 @@ def _call(callback: Callable[[Any], None] | None, value: Any) -> None:
         callback(value)
     except Exception:  # a broken listener must not lose the other results
         log.exception("on_commit callback failed")
-
-
-class Checkpointer:
-    """Copies the WAL back into the database on a thread of its own, off the writer's path.
-
-    SQLite's automatic checkpoint runs inside the commit that crosses the threshold, on the
-    writer thread, so every write waits for it. Here the writer's WAL hook only wakes this
-    thread, which runs a PASSIVE checkpoint (it never blocks the writer or the readers) on its
-    own connection. The WAL restarts from its beginning at the first write after a complete
-    checkpoint, as with the automatic one.
-    """
-
-    def __init__(self, path: Path, synchronous: str) -> None:
-        self._path = path
-        self._synchronous = synchronous
-        self._wanted = threading.Event()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    def attach(self, writer: apsw.Connection) -> None:
-        """Take over checkpointing from ``writer`` (replaces its automatic checkpoint)."""
-        self._thread = threading.Thread(target=self._main, name="agentd-sqlite-checkpoint", daemon=True)
-        self._thread.start()
-        writer.set_wal_hook(self._on_commit)
-
-    def _on_commit(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
-        if pages >= CHECKPOINT_PAGES and not self._wanted.is_set():
-            self._wanted.set()
-        if pages >= CHECKPOINT_INLINE_PAGES:
-            try:
-                conn.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_PASSIVE)
-            except apsw.BusyError:  # the checkpointer is at it
-                pass
-        return apsw.SQLITE_OK
-
-    def _main(self) -> None:
-        conn = open_connection(self._path, synchronous=self._synchronous)
-        try:
-            while True:
-                self._wanted.wait()
-                self._wanted.clear()
-                if self._stopping:
-                    return
-                try:
-                    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
-                except apsw.Error as exc:  # busy, or I/O: the next commit asks again
-                    log.debug("sqlite checkpoint: %s", exc)
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        """Stop the thread (blocking: from the writer thread, before it closes its connection)."""
-        if self._thread is None:
-            return
-        self._stopping = True
-        self._wanted.set()
-        self._thread.join()
-
-
-class ReaderPool:
-    """Read-only connections, one per worker thread, used through ``trio.to_thread``."""
-
-    def __init__(self, path: Path, *, threads: int = 4) -> None:
-        self._path = path
-        self._local = threading.local()
-        self._all: list[apsw.Connection] = []
-        self._idle = threading.Condition()
-        self._busy = 0
-        self._closed = False
-        self._limiter = trio.CapacityLimiter(threads)
-
-    async def run(self, fn: Callable[[apsw.Connection], T]) -> T:
-        """Run ``fn(conn)`` on a reader thread.
-
-        Cancellation: abandons the wait, the query runs to its (short) end in its thread;
-        ``close`` waits for it.
-        """
-        track(+1)
-        try:
-            return await trio.to_thread.run_sync(
-                self._call, fn, limiter=self._limiter, abandon_on_cancel=True
-            )
-        finally:
-            track(-1)
-
-    def _call(self, fn: Callable[[apsw.Connection], T]) -> T:
-        with self._idle:
-            if self._closed:
-                raise trio.ClosedResourceError("the store is closed")
-            self._busy += 1
-        try:
-            conn = getattr(self._local, "conn", None)
-            if conn is None:
-                conn = open_connection(self._path, readonly=True)
-                self._local.conn = conn
-                with self._idle:
-                    self._all.append(conn)
-            with conn:  # one read transaction: a consistent snapshot for multi-statement reads
-                return fn(conn)
-        finally:
-            with self._idle:
-                self._busy -= 1
-                self._idle.notify_all()
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Close every connection once no read is running (blocking: call it from a thread)."""
-        with self._idle:
-            self._closed = True
-            self._idle.wait_for(lambda: self._busy == 0, timeout)
-            for conn in self._all:
-                conn.close()
-            self._all.clear()

@@ -18,12 +18,16 @@ from . import cluster_queries
 from .lifecycle import created_events, plan_transition
 from .models import Event, NewEvent, Task, Usage, User
 # The writer calls q.append_event_batch; the encoder is every write's.
-from .sqlite_appends import append_event_batch  # noqa: F401
+from .sqlite_appends import TASK_LAST_SEQ, append_event_batch, read_events  # noqa: F401
 from .sqlite_appends import dumps as _dumps
+# Numbered events of one task are written there too; a task's last seq is MAX(seq) of its
+# events (``TASK_LAST_SEQ``), no longer ``tasks.last_seq``.
+from .sqlite_appends import insert_events as _insert_events
+from .sqlite_appends import last_seq as _last_seq
 
 _TASK_COLUMNS = (
     "id, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at, "
-    "reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, last_seq, "
+    f"reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, {TASK_LAST_SEQ}, "
     "idempotency_key, node_id, workspace_branch"
 )
 _USER_COLUMNS = "id, login, created_at, github_id, name, is_operator, disabled"
@@ -95,9 +99,9 @@ def insert_task(
     events = _number_events(task_id, created_events(repo_url, prompt, base_branch), now, 0)
     cursor.execute(
         "INSERT INTO tasks (id, user_id, repo_url, prompt, base_branch, status, budget, "
-        "created_at, updated_at, idempotency_key, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, updated_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (task_id, user_id, repo_url, prompt, base_branch, TaskStatus.QUEUED.value,
-         budget_json, now, now, idempotency_key, len(events)),
+         budget_json, now, now, idempotency_key),
     )
     _insert_events(conn, cursor, events)
     # The row as get_task would read it back, without reading it back.
@@ -128,9 +132,9 @@ def transition(
     events = _number_events(task_id, new, now, task.last_seq)
     cursor.execute(
         "UPDATE tasks SET status = ?, attempt = ?, reason = ?, error = ?, due_at = ?, "
-        "started_at = ?, finished_at = ?, updated_at = ?, node_id = ?, last_seq = ? WHERE id = ?",
+        "started_at = ?, finished_at = ?, updated_at = ?, node_id = ? WHERE id = ?",
         (target.value, changed.attempt, changed.reason, changed.error, changed.due_at,
-         changed.started_at, changed.finished_at, now, changed.node_id, changed.last_seq, task_id),
+         changed.started_at, changed.finished_at, now, changed.node_id, task_id),
     )
     _insert_events(conn, cursor, events)
     return changed, events
@@ -194,24 +198,20 @@ def append_events(
     conn: apsw.Connection, task_id: str, new: Sequence[NewEvent], *, now: float | None = None,
     last_seq: int | None = None,
 ) -> list[Event]:
-    """Give each event the task's next ``seq``; the counter lives on the task row.
+    """Give each event the task's next ``seq``: one more than the task's last event's.
 
-    ``last_seq``, when the caller has just read the row in this transaction, saves a query.
-    The counter moves only through ``_insert_events`` (here, in ``insert_task`` and
-    ``transition``) and ``append_event_batch``, which keep the writer's memory of it
-    (``WriterConnection.last_seqs``) up to date.
+    ``last_seq``, when the caller has just read the task in this transaction, saves a query.
+    Events are written only through ``_insert_events`` (here, in ``insert_task`` and
+    ``transition``) and ``append_event_batch``, which keep the writer's memory of each task's
+    last seq (``WriterConnection.last_seqs``) up to date.
     """
     if not new:
         return []
     now = time.time() if now is None else now
     cursor = conn.cursor()
     if last_seq is None:
-        row = cursor.execute("SELECT last_seq FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no task {task_id}")
-        last_seq = row[0]
+        last_seq = _last_seq(conn, cursor, task_id)
     events = _number_events(task_id, new, now, last_seq)
-    cursor.execute("UPDATE tasks SET last_seq = ? WHERE id = ?", (events[-1].seq, task_id))
     _insert_events(conn, cursor, events)
     return events
 
@@ -219,25 +219,6 @@ def append_events(
 def _number_events(task_id: str, new: Sequence[NewEvent], now: float, last_seq: int) -> list[Event]:
     return [Event(task_id, last_seq + i, now, item.type, item.data, _dumps(item.data))
             for i, item in enumerate(new, 1)]
-
-
-def _insert_events(conn: apsw.Connection, cursor: apsw.Cursor, events: list[Event]) -> None:
-    """Insert numbered events whose ``last_seq`` the caller has already moved on the task row."""
-    cursor.executemany(
-        "INSERT INTO events (task_id, seq, ts, type, data) VALUES (?, ?, ?, ?, ?)",
-        [(e.task_id, e.seq, e.ts, e.type, e.data_json) for e in events],
-    )
-    remembered = getattr(conn, "last_seqs", None)
-    if remembered is not None:
-        remembered[events[0].task_id] = events[-1].seq
-
-
-def read_events(conn: apsw.Connection, task_id: str, after: int, limit: int) -> list[Event]:
-    rows = conn.execute(
-        "SELECT seq, ts, type, data FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        (task_id, after, limit),
-    ).fetchall()
-    return [Event(task_id, seq, ts, etype, json.loads(data), data) for seq, ts, etype, data in rows]
 
 
 # -- conversation -------------------------------------------------------------------------------

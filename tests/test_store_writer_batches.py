@@ -13,10 +13,11 @@ from __future__ import annotations
 import threading
 import time
 
+import apsw
 import pytest
 import trio
 
-from daemon.store import NewEvent
+from daemon.store import NewEvent, sqlite_io
 
 from .helpers import in_one_batch
 from .test_store_append_merge import merged  # noqa: F401, F811 - the fixture: appends per merged call
@@ -135,3 +136,22 @@ async def test_batches_committed_before_trio_takes_them_come_back_with_one_wake_
             time.sleep(0.001)  # noqa: ASYNC251 - holding the Trio thread is the point
     assert committed == ["first", "second"]  # on_commit in commit order
     assert deliveries == [2]
+
+
+async def test_a_batch_the_writer_cannot_even_roll_back_fails_its_callers_and_the_writer_goes_on(
+        store, monkeypatch):
+    alice = await store.upsert_user("alice")
+    real = sqlite_io.WriterThread._run_batch
+    batches = []
+
+    def breaks_once(conn, jobs):
+        batches.append(len(jobs))
+        if len(batches) == 1:
+            raise apsw.IOError("disk I/O error")
+        return real(conn, jobs)
+
+    monkeypatch.setattr(sqlite_io.WriterThread, "_run_batch", staticmethod(breaks_once))
+    with pytest.raises(apsw.IOError, match="disk I/O error"):
+        await store.create_task(user_id=alice.id, repo_url="r", prompt="lost")
+    task, created = await store.create_task(user_id=alice.id, repo_url="r", prompt="kept")
+    assert created and [t.prompt for _, t in await store.list_tasks()] == ["kept"]

@@ -62,6 +62,9 @@ class SqliteStore(StoreBase):
         conn = open_connection(self.path)
         try:
             migrate(conn)
+            # An upgrade that rewrote a table (v6 copies the events) leaves a WAL as large as
+            # the copy; nobody else has the file open yet, so give that room back now.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
 

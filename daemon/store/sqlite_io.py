@@ -195,7 +195,10 @@ class WriterThread:
             while True:
                 jobs, stop = self._take(previous)
                 if jobs:
-                    self._run_batch(conn, jobs)
+                    try:
+                        self._run_batch(conn, jobs)
+                    except Exception as exc:  # noqa: BLE001 - given to the batch's callers
+                        _fail_batch(conn, jobs, exc)
                     self._hand_back(jobs)
                 if stop:
                     return
@@ -375,6 +378,21 @@ class _TrioIdle(trio.abc.Instrument):
 
     def after_io_wait(self, timeout: float) -> None:
         self.sleeping = False
+
+
+def _fail_batch(conn: WriterConnection, jobs: list[_Job[Any]], exc: Exception) -> None:
+    """What ``_run_batch`` cannot sort out itself (a ROLLBACK or BEGIN that fails, say on an
+    I/O error or a full disk): every job of the batch fails with ``exc``, so that its caller
+    learns it instead of waiting for ever, and the writer goes on with the next batch."""
+    log.error("sqlite writer: a batch failed: %s", exc)
+    for job in jobs:
+        job.error, job.result = exc, None
+    conn.forget()
+    try:
+        if not conn.getautocommit():
+            conn.execute("ROLLBACK")
+    except apsw.Error:
+        pass
 
 
 def _run_merging(conn: apsw.Connection, jobs: list[_Job[Any]]) -> None:

@@ -23,6 +23,7 @@ import apsw
 import trio
 
 from .inflight import track
+from .trio_idle import TrioIdle
 from .sqlite_conns import Checkpointer, open_connection
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class WriterThread:
         # Told each write's round trip in seconds (queue + group commit), e.g. by the metrics.
         self.on_round_trip: Callable[[float], None] | None = None
         self.linger_after, self.linger_s = LINGER_AFTER, LINGER_S
-        self._trio_idle = _TrioIdle(self)
+        self._trio_idle = TrioIdle(self)
 
     def start(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -226,7 +227,7 @@ class WriterThread:
         if (previous >= self.linger_after and idle.watching and not idle.sleeping
                 and len(batch) < MAX_BATCH and batch[-1] is not _STOP):
             idle.woken.clear()
-            idle.lingering = True  # before looking at ``sleeping`` again: see _TrioIdle
+            idle.lingering = True  # before looking at ``sleeping`` again: see TrioIdle
             try:
                 if not idle.sleeping:
                     idle.woken.wait(self.linger_s)
@@ -337,47 +338,6 @@ class WriterThread:
             _call(on_commit, job.result)
         _call(gathered_for, gathered)
         track(-len(jobs))
-
-
-class _TrioIdle(trio.abc.Instrument):
-    """Tells the writer when the Trio thread goes to sleep with no timer due within ``linger_s``.
-
-    ``sleeping`` is true from then until it wakes up; ``woken`` is set then if the writer is
-    lingering (it sets ``lingering`` before it looks at ``sleeping``, so one of the two sees
-    the other). Trio calls these once per turn of its loop while ``watching`` (the writer
-    lingers only then).
-    """
-
-    def __init__(self, writer: WriterThread) -> None:
-        self._writer = writer
-        self.watching = False
-        self.sleeping = False
-        self.lingering = False
-        self.woken = threading.Event()
-
-    def watch(self, on: bool) -> None:
-        """Start or stop watching (on the Trio thread)."""
-        if on == self.watching:
-            return
-        if on:
-            trio.lowlevel.add_instrument(self)
-        else:
-            try:
-                trio.lowlevel.remove_instrument(self)
-            except KeyError:  # trio drops an instrument that raised
-                pass
-            self.sleeping = False
-            self.woken.set()  # a lingering writer would wait for nothing
-        self.watching = on
-
-    def before_io_wait(self, timeout: float) -> None:
-        if timeout > self._writer.linger_s:
-            self.sleeping = True
-            if self.lingering:
-                self.woken.set()
-
-    def after_io_wait(self, timeout: float) -> None:
-        self.sleeping = False
 
 
 def _fail_batch(conn: WriterConnection, jobs: list[_Job[Any]], exc: Exception) -> None:

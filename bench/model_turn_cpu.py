@@ -16,8 +16,6 @@ rounds is reported. Bounded: ``--rounds`` × 2 × conversations × turns request
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -40,20 +38,13 @@ SYSTEM = "You are a careful software engineer working for a user. " * 12  # ~ th
 
 async def serve(pieces: int, turns: int) -> None:
     """The child: the slow fake with no delay, its deltas cut into ``pieces`` pieces."""
-    from slow_fake_anthropic import SlowFakeAnthropicAPI
+    from slow_fake_anthropic import SlowFakeAnthropicAPI, serve_until_stdin_closes
 
     import tests.fakes.anthropic_api as fake_api
 
     original = fake_api._chunks
     fake_api._chunks = lambda s, n=3: original(s, pieces)
-    fake = SlowFakeAnthropicAPI(delay_s=0.0, turns=turns)
-    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(fake.serve)
-        print(json.dumps({"url": url}), flush=True)
-        while await stdin.receive_some(1024):
-            pass
-        nursery.cancel_scope.cancel()
+    await serve_until_stdin_closes(SlowFakeAnthropicAPI(delay_s=0.0, turns=turns))
 
 
 async def conversation(provider: Any, turns: int, tools: list[dict]) -> int:

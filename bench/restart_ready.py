@@ -63,11 +63,11 @@ def build_db(data_dir: Path, tasks: int, events: int) -> dict[str, Any]:
             ids = sorted(new_task_id(now + i * 0.001) for i in range(tasks))
             conn.executemany(
                 "INSERT INTO tasks (id, user_id, repo_url, prompt, status, attempt, budget, usage, "
-                "created_at, updated_at, started_at, finished_at, last_seq, branch) "
-                "VALUES (?, ?, ?, ?, 'succeeded', 1, '{}', ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, updated_at, started_at, finished_at, branch) "
+                "VALUES (?, ?, ?, ?, 'succeeded', 1, '{}', ?, ?, ?, ?, ?, ?)",
                 ((tid, user_id, "https://github.com/example/repo.git", "Fix the failing test",
                   _dumps({"input_tokens": 12000, "output_tokens": 900}), now, now, now, now + 60,
-                  per_task, f"agentd/{tid}") for tid in ids),
+                  f"agentd/{tid}") for tid in ids),
             )
             task_nos = dict(conn.execute("SELECT id, seqno FROM tasks").fetchall())
             conn.executemany(

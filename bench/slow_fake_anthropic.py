@@ -61,7 +61,11 @@ class SlowFakeAnthropicAPI(FakeAnthropicAPI):
 
 
 async def main(delay_s: float, turns: int) -> None:
-    fake = SlowFakeAnthropicAPI(delay_s=delay_s, turns=turns)
+    await serve_until_stdin_closes(SlowFakeAnthropicAPI(delay_s=delay_s, turns=turns))
+
+
+async def serve_until_stdin_closes(fake: SlowFakeAnthropicAPI) -> None:
+    """Serve ``fake``, print ``{"url": ...}`` once listening, stop when the parent closes stdin."""
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     async with trio.open_nursery() as nursery:
         url = await nursery.start(fake.serve)

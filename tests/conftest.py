@@ -10,6 +10,7 @@ from daemon.store import inflight
 
 from daemon.events import EventHub
 from daemon.store import SqliteStore
+from daemon.store import sqlite_queries as q
 
 pytest_plugins = ["tests.backends"]
 
@@ -64,3 +65,17 @@ def autojump_clock():
 
     clock._autojump = jump_unless_store_busy
     return clock
+
+
+@pytest.fixture
+def merged(monkeypatch) -> list[int]:
+    """How many appends each merged call of the writer took, in order."""
+    sizes: list[int] = []
+    merge = q.append_event_batch
+
+    def counted(conn, appends):
+        sizes.append(len(appends))
+        return merge(conn, appends)
+
+    monkeypatch.setattr(q, "append_event_batch", counted)
+    return sizes

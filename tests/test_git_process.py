@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from daemon.errors import PermanentError, TransientError
 from daemon.git import run_git
@@ -109,9 +110,21 @@ async def test_many_at_once_each_get_their_own_output(tmp_path):
 
 
 async def test_git_and_what_it_starts_run_at_background_priority_in_the_daemons_session(tmp_path):
-    # The alias's shell asks once its group has surely been given the priority (set just
-    # after the start).
-    done = await run_git(["-c", "alias.where=!sleep 1; nice; ps -o sid= -p $$", "where"])
-    nice, session = done.stdout.split()
+    # The alias's shell asks once the test says so: after git is running (the shell wrote its
+    # pid) and run_git has gone on to set the group's priority and wait for git's end.
+    go, pidfile = tmp_path / "go", tmp_path / "pid"
+    alias = (f"alias.where=!echo $$ > {pidfile}; while [ ! -e {go} ]; do sleep 0.01; done; "
+             "nice; ps -o sid= -p $$")
+    async with trio.open_nursery() as nursery:
+        done = []
+
+        async def where() -> None:
+            done.append(await run_git(["-c", alias, "where"], timeout=30))
+
+        nursery.start_soon(where)
+        await _pid_from(pidfile)
+        await trio.testing.wait_all_tasks_blocked()
+        go.touch()
+    nice, session = done[0].stdout.split()
     assert int(nice) == GIT_NICE
     assert int(session) == os.getsid(0)

@@ -39,20 +39,6 @@ class Published:
             self.seqs[event.task_id].append(event.seq)
 
 
-@pytest.fixture
-def merged(monkeypatch) -> list[int]:
-    """How many appends each merged call of the writer took, in order."""
-    sizes: list[int] = []
-    merge = q.append_event_batch
-
-    def counted(conn, appends):
-        sizes.append(len(appends))
-        return merge(conn, appends)
-
-    monkeypatch.setattr(q, "append_event_batch", counted)
-    return sizes
-
-
 async def assert_gap_free(store, task_id: str, published: Published | None = None) -> int:
     events = await store.read_events(task_id, 0, 100_000)
     seqs = [e.seq for e in events]

@@ -20,7 +20,6 @@ import trio
 from daemon.store import NewEvent, sqlite_io
 
 from .helpers import in_one_batch
-from .test_store_append_merge import merged  # noqa: F401, F811 - the fixture: appends per merged call
 
 pytestmark = pytest.mark.sqlite_only("the SQLite writer thread")
 

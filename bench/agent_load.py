@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import emit, machine
+from common import emit, loop_pinned, machine
 from ws_common import (
     CLK_TCK,
     Child,
@@ -84,7 +84,7 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
             data_dir=tmp / "data", http="127.0.0.1:0", control_socket=tmp / "c.sock",
             concurrency=min(1024, tasks), grace_period_s=0.0, model="anthropic",
             anthropic_api_key="bench-key", anthropic_base_url=url, allow_local_remotes=True,
-            min_free_disk_mb=0, max_attempts=1, log_level="WARNING",
+            min_free_disk_mb=0, max_attempts=1, log_level="WARNING", pin_loop_cpu=loop_pinned(),
         )
         daemon = Daemon(settings)
         lags: list[tuple[float, float]] = []

@@ -43,6 +43,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def loop_pinned() -> bool:
+    """Pin the event loop's CPU as ``agentd serve`` does by default (``daemon/cpu_pin.py``);
+    ``AGENTD_PIN_LOOP_CPU=0`` in the environment measures without."""
+    return os.environ.get("AGENTD_PIN_LOOP_CPU", "1").lower() not in ("0", "false", "no")
+
+
 def machine() -> dict[str, Any]:
     return {
         "cores": os.cpu_count(),

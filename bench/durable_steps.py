@@ -24,8 +24,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import emit, machine
+from common import emit, loop_pinned, machine
 
+from daemon.cpu_pin import loop_on_one_cpu
 from daemon.events import EventHub
 from daemon.store import SqliteStore
 from daemon.supervisor import RunContext, RunResult, Supervisor
@@ -45,7 +46,7 @@ class ThreeStepRunner:
 async def _with_supervisor(concurrency: int, synchronous: str, body) -> Any:
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="agentd-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="agentd-bench-") as tmp, loop_on_one_cpu(loop_pinned()):
         store = await SqliteStore.open(Path(tmp), synchronous=synchronous)
         try:
             hub = EventHub(store)

@@ -29,8 +29,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import emit, machine
+from common import emit, loop_pinned, machine
 
+from daemon.cpu_pin import loop_on_one_cpu
 from daemon.store import (
     NewEvent,
     SqliteStore,
@@ -72,7 +73,7 @@ async def group_commit(events: int, writers: int, synchronous: str, per_call: in
     per_writer = calls_per_writer * per_call
     total = per_writer * writers
     batch = [NewEvent("agent.text", DATA)] * per_call
-    with tempfile.TemporaryDirectory(prefix="agentd-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="agentd-bench-") as tmp, loop_on_one_cpu(loop_pinned()):
         store = await SqliteStore.open(Path(tmp), synchronous=synchronous)
         try:
             user = await store.upsert_user("bench")

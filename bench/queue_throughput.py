@@ -26,6 +26,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import loop_pinned  # noqa: E402
+from daemon.cpu_pin import loop_on_one_cpu  # noqa: E402
 from daemon.events import EventHub  # noqa: E402
 from daemon.store import SqliteStore  # noqa: E402
 from daemon.supervisor import NoopRunner, Supervisor  # noqa: E402
@@ -37,7 +39,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def with_supervisor(concurrency: int, body):
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, loop_on_one_cpu(loop_pinned()):  # as agentd serve
         store = await SqliteStore.open(Path(tmp))
         try:
             hub = EventHub(store)

@@ -30,6 +30,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import loop_pinned
 from ws_common import Histogram, now, raise_fd_limit
 
 from daemon.config import Settings
@@ -146,7 +147,7 @@ async def main(tasks: int, users: int, max_fds: int) -> None:
         concurrency=max(4, min(1024, tasks)), grace_period_s=0.0,
         # Many phones of few users connect at once: the per-user subscribe limit must not bite.
         rate_subscribes_burst=1_000_000, rate_subscribes_per_min=1e9,
-        log_level="WARNING",
+        log_level="WARNING", pin_loop_cpu=loop_pinned(),
     )
     runner = EmitterRunner(tasks)
     daemon = Daemon(settings, runner=runner)

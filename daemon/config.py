@@ -48,6 +48,7 @@ ENV_KEYS: dict[str, str] = {
     "AGENTD_NODE_NAME": "node_name",
     "AGENTD_LOG_LEVEL": "log_level",
     "AGENTD_LOG_FORMAT": "log_format",
+    "AGENTD_PIN_LOOP_CPU": "pin_loop_cpu",
 }
 
 
@@ -137,6 +138,7 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, else JSON
     metrics_refresh_s: float = Field(5 * SECONDS, gt=0)  # how old /metrics' task counts may be
+    pin_loop_cpu: bool = True  # the event loop and the SQLite writer on one CPU (daemon/cpu_pin.py)
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> "Settings":

@@ -24,6 +24,7 @@ from .agent.factory import build_runner
 from .config import Settings
 from .control_handlers import make_handlers
 from .control_server import ControlServer
+from .cpu_pin import loop_on_one_cpu
 from .events import EventHub
 from .maintenance import collect_periodically
 from .metrics import Metrics
@@ -82,7 +83,12 @@ class Daemon:
 
         Cancellation: everything stops at once; running tasks stay ``running`` in the store and
         are recovered at the next start, like after a crash. Use ``request_stop`` to drain.
+        While serving, this thread and the SQLite writer run on one CPU (``pin_loop_cpu``).
         """
+        with loop_on_one_cpu(self.settings.pin_loop_cpu):
+            await self._serve(task_status=task_status)
+
+    async def _serve(self, *, task_status: Any) -> None:
         settings = self.settings
         # A bad model setting or secret key stops us here, before anything is opened.
         self.secrets = load_secret_box(settings)

@@ -89,3 +89,12 @@ async def in_one_batch(store, *jobs) -> list[object]:
             await trio.testing.wait_all_tasks_blocked()
         gate.set()
     return outcomes
+
+
+def cpu_list(text: str) -> set[int]:
+    """``0-2,5`` (as /proc/<pid>/status writes ``Cpus_allowed_list``) -> {0, 1, 2, 5}."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus

@@ -14,9 +14,12 @@ import pytest
 import trio
 import trio.testing
 
+from daemon.cpu_pin import loop_on_one_cpu
 from daemon.errors import PermanentError, TransientError
 from daemon.git import run_git
 from daemon.git.process import GIT_NICE
+
+from .helpers import cpu_list
 
 
 async def test_output_exit_code_and_classified_failure(tmp_path):
@@ -111,20 +114,24 @@ async def test_many_at_once_each_get_their_own_output(tmp_path):
 
 async def test_git_and_what_it_starts_run_at_background_priority_in_the_daemons_session(tmp_path):
     # The alias's shell asks once the test says so: after git is running (the shell wrote its
-    # pid) and run_git has gone on to set the group's priority and wait for git's end.
+    # pid) and run_git has gone on to set the group's priority and wait for git's end. The
+    # event loop's thread is pinned to one CPU meanwhile, as when serving: git gets them all.
     go, pidfile = tmp_path / "go", tmp_path / "pid"
     alias = (f"alias.where=!echo $$ > {pidfile}; while [ ! -e {go} ]; do sleep 0.01; done; "
-             "nice; ps -o sid= -p $$")
-    async with trio.open_nursery() as nursery:
-        done = []
+             "nice; ps -o sid= -p $$; sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/$PPID/status")
+    wide = os.sched_getaffinity(0)
+    with loop_on_one_cpu():
+        async with trio.open_nursery() as nursery:
+            done = []
 
-        async def where() -> None:
-            done.append(await run_git(["-c", alias, "where"], timeout=30))
+            async def where() -> None:
+                done.append(await run_git(["-c", alias, "where"], timeout=30))
 
-        nursery.start_soon(where)
-        await _pid_from(pidfile)
-        await trio.testing.wait_all_tasks_blocked()
-        go.touch()
-    nice, session = done[0].stdout.split()
+            nursery.start_soon(where)
+            await _pid_from(pidfile)
+            await trio.testing.wait_all_tasks_blocked()
+            go.touch()
+    nice, session, git_cpus = done[0].stdout.decode().split()
     assert int(nice) == GIT_NICE
     assert int(session) == os.getsid(0)
+    assert cpu_list(git_cpus) == wide

@@ -15,6 +15,9 @@ import pytest
 import trio
 
 from daemon.agent.tools import Toolbox, ToolSettings, probe_sandbox
+from daemon.cpu_pin import loop_on_one_cpu
+
+from .helpers import cpu_list
 
 
 # Probed once at collection, outside any test's trio run, so that the skip keeps its reason.
@@ -302,3 +305,11 @@ async def test_multi_line_commands_and_heredocs(make_toolbox):
     command = "cat > notes.txt <<'EOF'\nit's $HOME \"quoted\"\nEOF\nfor i in 1 2; do\n  echo $i\ndone"
     assert (await bash(tb, command)).output == "1\n2\n"
     assert (tb.workspace / "notes.txt").read_text() == "it's $HOME \"quoted\"\n"
+
+
+async def test_the_shell_gets_every_cpu_while_the_loop_is_pinned(make_toolbox):
+    wide = os.sched_getaffinity(0)
+    with loop_on_one_cpu():
+        tb = make_toolbox()
+        out = await bash(tb, "sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status")
+    assert cpu_list(out.output.strip()) == wide

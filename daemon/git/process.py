@@ -24,6 +24,7 @@ from pathlib import Path
 
 import trio
 
+from daemon.cpu_pin import release as release_cpu
 from daemon.errors import AgentdError, PermanentError, TransientError
 from daemon.git.remote import Remote, redact
 
@@ -198,6 +199,7 @@ def background_priority(process: trio.Process) -> None:
         os.setpriority(os.PRIO_PGRP, process.pid, GIT_NICE)
     except OSError:  # already gone
         pass
+    release_cpu(process.pid)  # not on the event loop's CPU (daemon/cpu_pin.py)
 
 
 async def _kill_group(process: trio.Process) -> None:

@@ -13,6 +13,7 @@ from typing import Callable, TypeVar
 import apsw
 import trio
 
+from ..cpu_pin import release as release_cpu
 from .inflight import track
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Checkpointer:
         return apsw.SQLITE_OK
 
     def _main(self) -> None:
+        release_cpu()  # a checkpoint runs off the GIL: on any CPU, not the loop's
         conn = open_connection(self._path, synchronous=self._synchronous)
         try:
             while True:
@@ -128,6 +130,7 @@ class ReaderPool:
         try:
             conn = getattr(self._local, "conn", None)
             if conn is None:
+                release_cpu()  # a new worker thread: its queries may run beside the loop
                 conn = open_connection(self._path, readonly=True)
                 self._local.conn = conn
                 with self._idle:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import trio
 
+from ...cpu_pin import release as release_cpu
 from .base import HeadTail, ToolResult
 
 _CHUNK = 65536
@@ -165,6 +166,7 @@ class BashSession:
             # Own session and process group: one killpg reaches every command and child.
             start_new_session=True,
         )
+        release_cpu(self._proc.pid)  # the user's commands: not on the event loop's CPU
 
 
 def _with_note(text: str, note: str) -> str:

@@ -9,7 +9,7 @@ import trio
 from daemon.errors import InvalidTransition, NotFound
 from daemon.events import EventHub
 from daemon.states import TaskStatus
-from daemon.store import DataDirLocked, NewEvent, SqliteStore
+from daemon.store import DataDirLocked, NewEvent, SqliteStore, Usage
 from daemon.store.schema import LATEST
 from daemon.supervisor import Backoff
 
@@ -196,6 +196,34 @@ async def test_backup_is_a_consistent_copy(store, alice, tmp_path):
     with pytest.raises(FileExistsError):
         await store.backup(target)
 
+
+
+async def test_an_agent_turn_its_usage_and_its_events_commit_together(store, alice):
+    task, _ = await store.create_task(user_id=alice.id, repo_url="r", prompt="p")
+    writes: list[float] = []
+    store.observe_writes(writes.append)
+    usage = Usage(input_tokens=10, output_tokens=5, cost_usd=0.01)
+    await store.append_message(task.id, "assistant", [{"type": "text", "text": "hi"}],
+                               stop_reason="tool_use", usage=usage,
+                               events=[NewEvent("agent.text", {"text": "hi"}),
+                                       NewEvent("agent.usage", {"input_tokens": 10})])
+    await store.start_tool_call(task.id, "t1", "view", {"path": "x"},
+                                events=[NewEvent("agent.tool_call", {"id": "t1"})])
+    await store.finish_tool_call(task.id, "t1", "ok", False,
+                                 events=[NewEvent("agent.tool_result", {"id": "t1"})])
+    assert len(writes) == 3  # one commit each
+    assert (await store.get_task(task.id)).usage == usage
+    assert [m["role"] for m in await store.list_messages(task.id)] == ["assistant"]
+    assert [(c["status"], c["output"]) for c in await store.list_tool_calls(task.id)] == [("done", "ok")]
+    events = await store.read_events(task.id)
+    assert [e.type for e in events[-4:]] == ["agent.text", "agent.usage", "agent.tool_call",
+                                             "agent.tool_result"]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    # All or nothing: the turn of a task that does not exist leaves no message behind.
+    with pytest.raises(NotFound):
+        await store.append_message("nope", "assistant", [{"type": "text", "text": "x"}],
+                                   events=[NewEvent("agent.text", {"text": "x"})])
+    assert await store.list_messages("nope") == []
 
 
 async def test_inbox_keeps_user_messages_until_taken(store, alice):

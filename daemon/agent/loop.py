@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 from ..errors import PermanentError
 from ..git import Workspace, prepare_workspace
@@ -184,15 +184,14 @@ class _Session:
         reply: ModelReply = await self.runner.provider.complete(
             request, on_text_delta=lambda text: self.ctx.emit_ephemeral("agent.text_delta", {"text": text})
         )
-        await self._append("assistant", reply.content, stop_reason=reply.stop_reason)
         self.usage = self.usage + reply.usage
-        await self.store.update_task(self.task.id, usage=self.usage)
-        # The turn's events in one commit (what ctx.emit does for one), in the same order.
         events = [NewEvent("agent.text", {"text": block["text"]}) for block in reply.content
                   if block.get("type") == "text" and block["text"].strip()]
         events.append(NewEvent("agent.usage", {**reply.usage.__dict__, "model": reply.model,
                                                "stop_reason": reply.stop_reason}))
-        await self.store.append_events(self.task.id, events)
+        # The turn, the task's usage so far and the turn's events: one commit.
+        await self._append("assistant", reply.content, stop_reason=reply.stop_reason,
+                           usage=self.usage, events=events)
 
     async def _answer_tools(self, turn: dict[str, Any]) -> list[dict[str, Any]] | RunResult:
         """A tool_result for every tool_use of ``turn``: run, recovered, or the user's answer."""
@@ -221,24 +220,27 @@ class _Session:
     async def _run_tool(self, block: dict[str, Any]) -> tuple[str, bool]:
         tool_input = block.get("input") or {}
         await self._start_call(block["id"], block["name"], tool_input)
-        await self.ctx.emit("agent.tool_call", {"id": block["id"], "name": block["name"], "input": tool_input})
         result = await self.toolbox.run(block["name"], tool_input)
         await self._record_result(block["id"], result.output, result.is_error)
         return result.output, result.is_error
 
-    async def _start_call(self, tool_use_id: str, name: str, tool_input: Any) -> None:
-        await self.store.start_tool_call(self.task.id, tool_use_id, name, tool_input)
+    async def _start_call(self, tool_use_id: str, name: str, tool_input: Any,
+                          *also: NewEvent) -> None:
+        """Record the call as started, with its ``agent.tool_call`` event (and ``also``)."""
+        announce = NewEvent("agent.tool_call", {"id": tool_use_id, "name": name, "input": tool_input})
+        await self.store.start_tool_call(self.task.id, tool_use_id, name, tool_input,
+                                         events=[announce, *also])
         if self.calls is not None and tool_use_id not in self.calls:  # the store ignores a repeat
             self.calls[tool_use_id] = {"id": tool_use_id, "name": name, "input": tool_input,
                                        "status": "started", "output": None, "is_error": None}
 
     async def _record_result(self, tool_use_id: str, output: str, is_error: bool) -> None:
-        await self.store.finish_tool_call(self.task.id, tool_use_id, output, is_error)
+        await self.store.finish_tool_call(self.task.id, tool_use_id, output, is_error, events=[
+            NewEvent("agent.tool_result", {"id": tool_use_id, "is_error": is_error,
+                                           "output": conv.cap_for_event(output)})])
         if self.calls is not None and tool_use_id in self.calls:  # the store updates no other
             self.calls[tool_use_id] = {**self.calls[tool_use_id], "status": "done",
                                        "output": output, "is_error": is_error}
-        await self.ctx.emit("agent.tool_result", {
-            "id": tool_use_id, "is_error": is_error, "output": conv.cap_for_event(output)})
 
     async def _ask_user(self, block: dict[str, Any], call: dict[str, Any] | None) -> str | RunResult:
         """The user's answer to an ``ask_user`` call, or a result that makes the task wait for it."""
@@ -246,10 +248,8 @@ class _Session:
             return call["output"]
         question = str((block.get("input") or {}).get("question") or "").strip()
         if call is None:
-            await self._start_call(block["id"], block["name"], block.get("input") or {})
-            await self.ctx.emit("agent.tool_call", {"id": block["id"], "name": block["name"],
-                                                    "input": block.get("input") or {}})
-            await self.ctx.emit("agent.question", {"text": question})
+            await self._start_call(block["id"], block["name"], block.get("input") or {},
+                                   NewEvent("agent.question", {"text": question}))
         answers = await self.store.take_inputs(self.task.id)
         if not answers:
             return RunResult(status="waiting_input", reason=question or "the agent has a question")
@@ -261,8 +261,11 @@ class _Session:
         notes, self.notes = self.notes, []
         return notes
 
-    async def _append(self, role: str, content: list[dict[str, Any]], stop_reason: str | None = None) -> None:
-        await self.store.append_message(self.task.id, role, content, stop_reason=stop_reason)
+    async def _append(self, role: str, content: list[dict[str, Any]], stop_reason: str | None = None,
+                      usage: Usage | None = None, events: Sequence[NewEvent] = ()) -> None:
+        """Add a turn to the conversation, with the usage and events to commit with it."""
+        await self.store.append_message(self.task.id, role, content, stop_reason=stop_reason,
+                                        usage=usage, events=events)
         turn: dict[str, Any] = {"role": role, "content": content}
         if stop_reason is not None:
             turn["stop_reason"] = stop_reason

@@ -12,7 +12,7 @@ from typing import Any, Callable, ClassVar, Sequence, TypeVar
 import trio
 
 from ..states import TaskStatus
-from .models import Event, NewEvent, Node, RemoteNotice, Task, User, new_task_id
+from .models import Event, NewEvent, Node, RemoteNotice, Task, Usage, User, new_task_id
 
 log = logging.getLogger(__name__)
 
@@ -221,27 +221,47 @@ class StoreBase(abc.ABC):
     # -- conversation ---------------------------------------------------------------------------
 
     async def append_message(self, task_id: str, role: str, content: Any, *,
-                             stop_reason: str | None = None) -> int:
-        """Append one turn of the conversation; returns its index."""
+                             stop_reason: str | None = None, usage: Usage | None = None,
+                             events: Sequence[NewEvent] = ()) -> int:
+        """Append one turn of the conversation; returns its index.
+
+        In the same transaction: ``usage``, the task's usage so far, and ``events`` (an agent
+        turn is one commit, not three).
+        """
         now = self.now()
-        return await self._write(
-            lambda conn: self.queries.append_message(conn, task_id, role, content, now, stop_reason)
-        )
+
+        def write(conn: Any) -> tuple[int, list[Event]]:
+            index = self.queries.append_message(conn, task_id, role, content, now, stop_reason)
+            if usage is not None:
+                self.queries.set_usage(conn, task_id, usage, now)
+            return index, self.queries.append_events(conn, task_id, events, now=now)
+
+        return await self._write_events(task_id, write)
 
     async def list_messages(self, task_id: str) -> list[dict[str, Any]]:
         return await self._read(lambda conn: self.queries.list_messages(conn, task_id))
 
-    async def start_tool_call(self, task_id: str, tool_use_id: str, name: str, tool_input: Any) -> None:
+    async def start_tool_call(self, task_id: str, tool_use_id: str, name: str, tool_input: Any, *,
+                              events: Sequence[NewEvent] = ()) -> None:
+        """Record that a tool call starts, with ``events`` in the same transaction."""
         now = self.now()
-        await self._write(
-            lambda conn: self.queries.start_tool_call(conn, task_id, tool_use_id, name, tool_input, now)
-        )
 
-    async def finish_tool_call(self, task_id: str, tool_use_id: str, output: str, is_error: bool) -> None:
+        def write(conn: Any) -> tuple[None, list[Event]]:
+            self.queries.start_tool_call(conn, task_id, tool_use_id, name, tool_input, now)
+            return None, self.queries.append_events(conn, task_id, events, now=now)
+
+        await self._write_events(task_id, write)
+
+    async def finish_tool_call(self, task_id: str, tool_use_id: str, output: str, is_error: bool, *,
+                               events: Sequence[NewEvent] = ()) -> None:
+        """Record a tool call's result, with ``events`` in the same transaction."""
         now = self.now()
-        await self._write(
-            lambda conn: self.queries.finish_tool_call(conn, task_id, tool_use_id, output, is_error, now)
-        )
+
+        def write(conn: Any) -> tuple[None, list[Event]]:
+            self.queries.finish_tool_call(conn, task_id, tool_use_id, output, is_error, now)
+            return None, self.queries.append_events(conn, task_id, events, now=now)
+
+        await self._write_events(task_id, write)
 
     async def list_tool_calls(self, task_id: str) -> list[dict[str, Any]]:
         return await self._read(lambda conn: self.queries.list_tool_calls(conn, task_id))

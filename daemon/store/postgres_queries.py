@@ -132,6 +132,12 @@ def update_task(conn: Connection, task_id: str, now: float, **fields: Any) -> Ta
     return require_task(conn, task_id)
 
 
+def set_usage(conn: Connection, task_id: str, usage: Usage, now: float) -> None:
+    """The task's usage so far (an agent turn writes it with its message; nothing read back)."""
+    conn.execute("UPDATE tasks SET usage = %s, updated_at = %s WHERE id = %s",
+                 (_dumps(usage.__dict__), now, task_id))
+
+
 def list_tasks(
     conn: Connection,
     *,

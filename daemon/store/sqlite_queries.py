@@ -159,6 +159,12 @@ def update_task(conn: apsw.Connection, task_id: str, now: float, **fields: Any) 
     return require_task(conn, task_id)
 
 
+def set_usage(conn: apsw.Connection, task_id: str, usage: Usage, now: float) -> None:
+    """The task's usage so far (an agent turn writes it with its message; nothing read back)."""
+    conn.execute("UPDATE tasks SET usage = ?, updated_at = ? WHERE id = ?",
+                 (_dumps(usage.__dict__), now, task_id))
+
+
 def list_tasks(
     conn: apsw.Connection,
     *,

@@ -379,8 +379,10 @@ def render(rows: list[Row], size_name: str, elapsed_s: float) -> str:
          "better). Every agentd state change is a committed SQLite transaction (WAL; "
          "synchronous=NORMAL unless said); the Redis peers keep jobs in memory (no RDB/AOF). DBOS "
          "uses its SQLite system database in its default mode (rollback journal, synchronous=FULL); "
-         "the faster of its sync and async styles is shown. Figures from a shared 2-core VM vary "
-         "from run to run; latency p99 most of all."),
+         "the faster of its sync and async styles is shown. agentd runs as `agentd serve` does by "
+         "default, its event loop and SQLite writer on one CPU (`pin_loop_cpu`); the peers run "
+         "unpinned, as they come. Figures from a shared 2-core VM vary from run to run; latency "
+         "p99 most of all."),
     ]
     if any("PostgreSQL" in row.name for row in rows):
         lines[-1] += (

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 
-from ...cpu_pin import release as release_cpu
+from ...cpu_pin import pinned_cpu, release as release_cpu
 from .base import HeadTail, ToolResult
 
 _CHUNK = 65536
@@ -166,7 +166,12 @@ class BashSession:
             # Own session and process group: one killpg reaches every command and child.
             start_new_session=True,
         )
-        release_cpu(self._proc.pid)  # the user's commands: not on the event loop's CPU
+        # The user's commands: not on the event loop's CPU. bubblewrap may have forked the
+        # sandbox's processes already: theirs too (what they fork later inherits theirs).
+        release_cpu(self._proc.pid)
+        if pinned_cpu() is not None:
+            for pid in await trio.to_thread.run_sync(_descendants, self._proc.pid):
+                release_cpu(pid)
 
 
 def _with_note(text: str, note: str) -> str:

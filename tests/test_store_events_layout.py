@@ -70,6 +70,8 @@ async def test_v6_carries_every_event_over_in_order(tmp_path):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST
         assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 700 + 3 + 1 + 1
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        # v7: the counter v5 kept on the task row is gone (the events say it).
+        assert "last_seq" not in {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
     finally:
         conn.close()
 

@@ -128,6 +128,8 @@ POSTGRES_SQL: dict[int, str] = {
     """,
     # SQLite's events table changed layout for its page writes; PostgreSQL's stays as it is.
     6: "-- nothing to do on PostgreSQL",
+    # The counter lives on the task row here (postgres_queries.append_events): kept.
+    7: "-- nothing to do on PostgreSQL",
 }
 
 _unknown = set(POSTGRES_SQL) - {version for version, _, _ in _SHARED}

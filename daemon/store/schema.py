@@ -162,6 +162,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE UNIQUE INDEX events_by_task ON events(task_no, seq);
         """,
     ),
+    (
+        7,
+        "SQLite: tasks.last_seq dropped (a task's last seq is read from its events since v6)",
+        # Nothing has written or read it since v6; left in place, it would read as a counter
+        # that says 0. (PostgreSQL keeps its own: the counter lives on the task row there.)
+        "ALTER TABLE tasks DROP COLUMN last_seq;",
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -16,12 +16,15 @@ competes with the loop for its CPU. Linux only; elsewhere, and on one CPU, nothi
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 __all__ = ["loop_on_one_cpu", "release", "pinned_cpu"]
+
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _wide: frozenset[int] | None = None  # the CPUs allowed before pinning, while pinned
@@ -61,11 +64,16 @@ def release(pid: int = 0) -> None:
         return
     try:
         os.sched_setaffinity(pid, wide)
-    except (ProcessLookupError, PermissionError):
+    except OSError:  # gone already, or the CPU set changed since: it keeps the CPU it has
         pass
 
 
 def _pin() -> int | None:
+    """Pin the calling thread (the first use) or share the pin; ``None``: not pinned.
+
+    Pinning is only a speed-up: if the system refuses it (a container's CPU set that changed
+    under us, say), the daemon runs unpinned and says so.
+    """
     global _wide, _cpu, _depth
     if not hasattr(os, "sched_setaffinity"):
         return None
@@ -75,7 +83,11 @@ def _pin() -> int | None:
             if len(allowed) < 2:
                 return None
             cpu = max(allowed)
-            os.sched_setaffinity(0, {cpu})
+            try:
+                os.sched_setaffinity(0, {cpu})
+            except OSError as exc:
+                log.warning("event loop not pinned to CPU %d: %s", cpu, exc)
+                return None
             _wide, _cpu = allowed, cpu
         _depth += 1
         return _cpu
@@ -87,5 +99,8 @@ def _unpin() -> None:
         _depth -= 1
         if _depth == 0:
             assert _wide is not None
-            os.sched_setaffinity(0, _wide)
+            try:
+                os.sched_setaffinity(0, _wide)
+            except OSError as exc:  # the CPUs we had are no longer ours: keep what we have
+                log.warning("event loop's CPUs not restored: %s", exc)
             _wide = _cpu = None

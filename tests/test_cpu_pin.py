@@ -96,3 +96,14 @@ async def test_the_daemon_pins_while_serving_as_its_setting_says(tmp_path, pin):
         assert cpus_of_thread("agentd-sqlite-writer") == expected
         daemon.request_stop()
     assert os.sched_getaffinity(0) == WIDE
+
+
+def test_a_refused_pin_leaves_the_daemon_unpinned_and_says_so(monkeypatch, caplog):
+    def refuse(pid, cpus):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    with loop_on_one_cpu() as cpu:
+        assert cpu is None and cpu_pin.pinned_cpu() is None
+        release()  # nothing pinned: nothing to do
+    assert "not pinned" in caplog.text

@@ -30,7 +30,7 @@ from .maintenance import collect_periodically
 from .metrics import Metrics
 from .sdnotify import Notifier, watchdog
 from .secrets import SecretBox, load_secret_box
-from .store import Store, open_store
+from .store import Store, is_sqlite, open_store
 from .store.datadir import node_id
 from .supervisor import Backoff, Supervisor, TaskRunner
 from .supervisor.membership import LeaseSettings, NodeIdentity
@@ -83,9 +83,10 @@ class Daemon:
 
         Cancellation: everything stops at once; running tasks stay ``running`` in the store and
         are recovered at the next start, like after a crash. Use ``request_stop`` to drain.
-        While serving, this thread and the SQLite writer run on one CPU (``pin_loop_cpu``).
+        While serving on SQLite, this thread and the writer run on one CPU (``pin_loop_cpu``).
         """
-        with loop_on_one_cpu(self.settings.pin_loop_cpu):
+        # Pinned only with SQLite, whose writer thread it is for (PostgreSQL has none).
+        with loop_on_one_cpu(self.settings.pin_loop_cpu and is_sqlite(self.settings.store)):
             await self._serve(task_status=task_status)
 
     async def _serve(self, *, task_status: Any) -> None:

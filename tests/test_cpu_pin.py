@@ -14,6 +14,7 @@ from daemon.config import load_settings
 from daemon.cpu_pin import loop_on_one_cpu, release
 from daemon.service import Daemon
 from daemon.store import SqliteStore
+from daemon.store import sqlite as sqlite_module
 from daemon.supervisor import NoopRunner
 
 from .daemon_process import short_socket_dir
@@ -43,9 +44,20 @@ def test_the_calling_thread_and_the_threads_it_starts_share_one_cpu_until_the_en
         thread.start()
         thread.join()
         assert seen == {"inherited": {cpu}, "released": WIDE}
-        with loop_on_one_cpu() as again:  # a second daemon in the same process shares the pin
+        with loop_on_one_cpu() as again:  # a second daemon on the same thread shares the pin
             assert again == cpu
         assert os.sched_getaffinity(0) == {cpu}
+        elsewhere: list[int | None] = []
+
+        def another_thread() -> None:
+            release()
+            with loop_on_one_cpu() as other:  # not pinned while the loop's thread is
+                elsewhere.extend([other, *sorted(os.sched_getaffinity(0))])
+
+        thread = threading.Thread(target=another_thread)
+        thread.start()
+        thread.join()
+        assert elsewhere == [None, *sorted(WIDE)]
     assert os.sched_getaffinity(0) == WIDE
     assert cpu_pin.pinned_cpu() is None
 
@@ -71,13 +83,23 @@ def test_a_started_process_gets_every_cpu_back_and_a_gone_one_is_no_error():
         release(child.pid)  # reaped: nothing to do
 
 
-async def test_the_writer_stays_on_the_loops_cpu_the_checkpointer_and_readers_do_not(tmp_path):
+async def test_the_writer_stays_on_the_loops_cpu_the_checkpointer_readers_and_backup_do_not(tmp_path, monkeypatch):
     with loop_on_one_cpu() as cpu:
         store = await SqliteStore.open(tmp_path)
         try:
             assert cpus_of_thread("agentd-sqlite-writer") == {cpu}
             assert cpus_of_thread("agentd-sqlite-checkpoint") == WIDE
             assert await store._readers.run(lambda conn: os.sched_getaffinity(0)) == WIDE
+            copies: list[set[int]] = []
+            real_release = cpu_pin.release
+
+            def seen_release(pid: int = 0) -> None:  # the backup's copy, on its worker thread
+                real_release(pid)
+                copies.append(os.sched_getaffinity(0))
+
+            monkeypatch.setattr(sqlite_module, "release_cpu", seen_release)
+            await store.backup(tmp_path / "copy.db")
+            assert copies == [WIDE]
         finally:
             await store.aclose()
 
@@ -107,3 +129,16 @@ def test_a_refused_pin_leaves_the_daemon_unpinned_and_says_so(monkeypatch, caplo
         assert cpu is None and cpu_pin.pinned_cpu() is None
         release()  # nothing pinned: nothing to do
     assert "not pinned" in caplog.text
+
+
+async def test_on_postgresql_the_daemon_pins_nothing(tmp_path, request):
+    dsn = request.getfixturevalue("pg_dsn")  # skips, with the reason, without a server
+    settings = load_settings(env={}, flags={
+        "data_dir": tmp_path / "data", "http": "127.0.0.1:0", "store": dsn,
+        "control_socket": short_socket_dir() / "agentd.sock",
+    })
+    daemon = Daemon(settings, runner=NoopRunner())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.serve)
+        assert os.sched_getaffinity(0) == WIDE  # no writer thread to share a CPU with
+        daemon.request_stop()

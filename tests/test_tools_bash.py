@@ -259,12 +259,16 @@ async def test_cancellation_kills_the_process_group_and_reaps_it(make_toolbox):
     assert (await bash(tb, "echo fresh")).output == "fresh\n"
 
 
-async def test_aclose_kills_background_jobs(make_toolbox):
+@pytest.mark.parametrize("from_a_cancelled_task", [False, True])
+async def test_aclose_kills_background_jobs(make_toolbox, from_a_cancelled_task):
     tb = make_toolbox()
     m = marker()
     await bash(tb, f"sleep {m} &")
     await wait_for_sleepers(m, 1)
-    await tb.aclose()
+    with trio.CancelScope() as scope:
+        if from_a_cancelled_task:  # as in the cleanup of a cancelled attempt
+            scope.cancel()
+        await tb.aclose()
     assert sleepers(m) == []
     assert zombie_children() == []
     with pytest.raises(trio.ClosedResourceError):
@@ -313,3 +317,24 @@ async def test_the_shell_gets_every_cpu_while_the_loop_is_pinned(make_toolbox):
         tb = make_toolbox()
         out = await bash(tb, "sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status")
     assert cpu_list(out.output.strip()) == wide
+
+
+async def test_a_cancel_as_the_shell_starts_with_the_loop_pinned_still_kills_it(make_toolbox, monkeypatch):
+    # The cancellation arrives just as the new shell exists, before the call guards it (while
+    # its processes get every CPU back): the shell must not outlive the call.
+    real_open, started = trio.lowlevel.open_process, []
+    scope = trio.CancelScope()
+
+    async def open_then_cancel(*args, **kwargs):
+        process = await real_open(*args, **kwargs)
+        started.append(process.pid)
+        scope.cancel()
+        return process
+
+    monkeypatch.setattr(trio.lowlevel, "open_process", open_then_cancel)
+    tb = make_toolbox()
+    with loop_on_one_cpu(), scope:
+        await bash(tb, "echo never")
+    assert scope.cancelled_caught
+    assert not alive(started[0])
+

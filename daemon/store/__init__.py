@@ -15,8 +15,13 @@ Store = StoreBase
 
 __all__ = [
     "DataDirLocked", "Event", "NewEvent", "Node", "RemoteNotice", "SqliteStore", "Store", "StoreBase", "Task", "Usage",
-    "User", "new_task_id",
+    "User", "is_sqlite", "new_task_id", "open_store",
 ]
+
+
+def is_sqlite(url: str | None) -> bool:
+    """Whether the store setting ``url`` names SQLite in the data dir (the default)."""
+    return not url or url == "sqlite"
 
 
 async def open_store(data_dir, url: str | None = None, *, node_id: str | None = None) -> Store:
@@ -30,7 +35,7 @@ async def open_store(data_dir, url: str | None = None, *, node_id: str | None = 
 
     from ..errors import ConfigError
 
-    if not url or url == "sqlite":
+    if is_sqlite(url):
         return await SqliteStore.open(Path(data_dir))
     if url.startswith(("postgresql://", "postgres://")):
         # Imported here so that psycopg is needed only by those who choose PostgreSQL.

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import apsw
 import trio
 
+from ..cpu_pin import release as release_cpu
 from . import sqlite_queries as q
 from .base import StoreBase
 from .datadir import lock_data_dir
@@ -116,6 +117,7 @@ class SqliteStore(StoreBase):
         Cancellation: the copy runs to its end in its thread; the caller stops waiting.
         """
         def copy() -> None:
+            release_cpu()  # a long copy, mostly outside the GIL: not on the event loop's CPU
             if destination.exists():
                 raise FileExistsError(f"{destination} already exists")
             target = apsw.Connection(str(destination))

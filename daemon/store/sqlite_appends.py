@@ -151,8 +151,8 @@ def insert_events(conn: apsw.Connection, cursor: apsw.Cursor, events: list[Event
 
 
 def last_seq(conn: apsw.Connection, cursor: apsw.Cursor, task_id: str) -> int:
-    """The task's last seq, read from the table (this path has no check of the writer's
-    memory, and is rare); ``NotFound`` if there is no such task."""
+    """The task's last seq, read from the table (one seek of ``events_by_task``; this path
+    does not trust the writer's memory); ``NotFound`` if there is no such task."""
     row = cursor.execute(_LOOKUP, (task_id,)).fetchone()
     if row is None:
         raise NotFound(f"no task {task_id}")

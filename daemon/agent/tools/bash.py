@@ -168,9 +168,12 @@ class BashSession:
         )
         # The user's commands: not on the event loop's CPU. bubblewrap may have forked the
         # sandbox's processes already: theirs too (what they fork later inherits theirs).
+        # Shielded: a cancellation here, before ``run`` guards the shell, would leave it running.
         release_cpu(self._proc.pid)
         if pinned_cpu() is not None:
-            for pid in await trio.to_thread.run_sync(_descendants, self._proc.pid):
+            with trio.CancelScope(shield=True):
+                pids = await trio.to_thread.run_sync(_descendants, self._proc.pid)
+            for pid in pids:
                 release_cpu(pid)
 
 

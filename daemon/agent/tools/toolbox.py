@@ -85,17 +85,18 @@ class Toolbox:
     async def aclose(self) -> None:
         """Kill the shell's process group and remove its temporary home. Idempotent.
 
-        Cancellation: the kill is shielded; the removal of the home directory runs in a worker
-        thread that is waited for.
+        Cancellation: shielded, so that the cleanup of a cancelled task still kills the shell
+        and removes its home (in a worker thread that is waited for).
         """
         self._closed = True
-        async with self._bash_lock:
-            if self._bash is not None:
-                await self._bash.kill()
-                self._bash = None
-        if self._home is not None:
-            home, self._home = self._home, None
-            await trio.to_thread.run_sync(shutil.rmtree, home, True)
+        with trio.CancelScope(shield=True):
+            async with self._bash_lock:
+                if self._bash is not None:
+                    await self._bash.kill()
+                    self._bash = None
+            if self._home is not None:
+                home, self._home = self._home, None
+                await trio.to_thread.run_sync(shutil.rmtree, home, True)
 
     async def _run_bash(self, input: dict) -> ToolResult:
         command = input.get("command")

@@ -1,7 +1,7 @@
 """500 concurrent agent tasks against a model that takes 1 s per turn: event-loop lag and RSS.
 
     .venv/bin/python bench/agent_load.py [--tasks 500] [--turns 6] [--delay 1]
-                                         [--provider lean|sdk-stream] [--json]
+                                         [--provider lean|sdk-stream] [--steps] [--json]
 
 The daemon runs in this process exactly as ``agentd serve --model anthropic`` would
 (``Daemon`` with its own runner: the real ``AnthropicProvider`` over the SDK, the agent loop,
@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import emit, loop_pinned, machine
+from loop_steps import StepRecorder
 from ws_common import (
     CLK_TCK,
     Child,
@@ -70,7 +71,7 @@ def use_provider(name: str) -> None:
 
 
 async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
-              provider: str = "lean") -> dict[str, Any]:
+              provider: str = "lean", steps: StepRecorder | None = None) -> dict[str, Any]:
     raise_fd_limit(20_000)
     use_provider(provider)
     tmp = Path(tempfile.mkdtemp(prefix="agentd-load-", dir="/tmp"))
@@ -183,6 +184,7 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
         "git_and_tools_cores": round(kids / (end - start), 2),
         # Everything else busy on the machine meanwhile (a shared VM: other people's work).
         "other_cores": round(max(0.0, others) / (end - start), 2),
+        **({"loop_steps": steps.summary()} if steps is not None else {}),
         "machine": machine(),
     }
 
@@ -195,9 +197,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--provider", choices=("lean", "sdk-stream"), default="lean",
                         help="how responses are read: agentd's SSE parser, or the SDK's stream helper")
+    parser.add_argument("--steps", action="store_true",
+                        help="also say what the loop's time went to (bench/loop_steps.py)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    emit(trio.run(run, args.tasks, args.turns, args.delay, args.timeout, args.provider), args.json)
+    steps = StepRecorder() if args.steps else None
+    emit(trio.run(run, args.tasks, args.turns, args.delay, args.timeout, args.provider, steps,
+                  instruments=[steps] if steps else []), args.json)
 
 
 if __name__ == "__main__":

@@ -73,12 +73,14 @@ async def test_agentd_server_stamps_events_and_delivers_them_over_ws(tmp_path):
 def test_agent_load_runs_tasks_through_the_slow_fake_model():
     done = subprocess.run(
         [sys.executable, str(BENCH / "agent_load.py"), "--tasks", "3", "--turns", "2", "--delay", "0.2",
-         "--timeout", "60", "--json"],
+         "--timeout", "60", "--steps", "--json"],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["statuses"] == {"succeeded": 3} and result["model_turns"] == 6
     assert result["lag_overall"]["samples"] > 0 and result["rss_peak_mib"] > 0
+    steps = result["loop_steps"]  # the instrument saw the loop's batches
+    assert steps["batches"] > 0 and steps["batches_over_10ms"] <= steps["batches"]
 
 
 @pytest.mark.slow

@@ -217,3 +217,34 @@ async def test_a_message_that_arrives_as_the_attempt_ends_is_not_stranded(store,
     assert statuses == ["queued", "running", "succeeded", "queued", "running", "succeeded"]
     task = await store.get_task(task.id)
     assert branch_file(bare, task.branch, "more.txt") == "more\n"
+
+
+async def test_a_message_sent_mid_turn_reaches_the_next_turn_and_quiet_turns_skip_the_inbox(
+        store, hub, tmp_path, monkeypatch):
+    script = {"turns": [
+        {"content": [tool_use("a", "bash", command="echo one")]},
+        {"content": [tool_use("b", "bash", command="echo two")]},
+        {"content": [text("done")]},
+    ]}
+    from daemon.agent.loop import _Session
+
+    original_run_tool, original_take = _Session._run_tool, store.take_inputs
+    takes: list[list[str]] = []
+
+    async def run_tool_and_hear_from_the_user(self, block):
+        if block["id"] == "a":
+            await self.store.add_input(self.task.id, "also this")
+        return await original_run_tool(self, block)
+
+    async def counted_take(task_id):
+        takes.append(await original_take(task_id))
+        return takes[-1]
+
+    monkeypatch.setattr(_Session, "_run_tool", run_tool_and_hear_from_the_user)
+    monkeypatch.setattr(store, "take_inputs", counted_take)
+    _, task, _ = await run_task(store, hub, tmp_path, script)
+    assert task.status is TaskStatus.SUCCEEDED, task.error
+    # At the start (the attempt cannot know), and once after the message: not every turn.
+    assert takes == [[], ["also this"]]
+    turns = await store.list_messages(task.id)
+    assert turns[2]["content"][-1] == {"type": "text", "text": "also this"}

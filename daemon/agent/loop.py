@@ -129,7 +129,7 @@ class _Session:
         """Talk until the model is done (None: deliver the work) or the task must wait."""
         self.turns = await self.store.list_messages(self.task.id)
         if not self.turns:
-            inputs = await self.store.take_inputs(self.task.id)
+            inputs = await self.ctx.take_inputs()
             await self._append("user", conv.text_blocks([self.task.prompt, *inputs]))
         elif self.workspace.reset:
             w = self.workspace
@@ -154,21 +154,21 @@ class _Session:
             results = await self._answer_tools(last)
             if isinstance(results, RunResult):
                 return results
-            inputs = await self.store.take_inputs(self.task.id)
+            inputs = await self.ctx.take_inputs()
             await self._append("user", results + conv.text_blocks(self._take_notes() + inputs))
         elif self.notes:  # a reset workspace: the model must hear of it before anything else
-            inputs = await self.store.take_inputs(self.task.id)
+            inputs = await self.ctx.take_inputs()
             await self._append("user", conv.text_blocks(self._take_notes() + inputs))
         elif stop == "pause_turn":
             pass  # the API goes on from the paused assistant turn as it stands
         elif stop == "max_tokens":
-            inputs = await self.store.take_inputs(self.task.id)
+            inputs = await self.ctx.take_inputs()
             await self._append("user", conv.text_blocks([CONTINUE, *inputs]))
         elif stop == "refusal":
             raise PermanentError(f"the model refused: {conv.final_text(last) or 'no reason given'}",
                                  code="refusal")
         else:  # end_turn, stop_sequence: done, unless the user said more meanwhile
-            inputs = await self.store.take_inputs(self.task.id)
+            inputs = await self.ctx.take_inputs()
             if not inputs:
                 return "done"
             await self._append("user", conv.text_blocks(inputs))
@@ -250,7 +250,7 @@ class _Session:
         if call is None:
             await self._start_call(block["id"], block["name"], block.get("input") or {},
                                    NewEvent("agent.question", {"text": question}))
-        answers = await self.store.take_inputs(self.task.id)
+        answers = await self.ctx.take_inputs()
         if not answers:
             return RunResult(status="waiting_input", reason=question or "the agent has a question")
         answer = "\n\n".join(answers)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
@@ -24,6 +24,16 @@ class RunResult:
     reason: str | None = None
 
 
+class Inbox:
+    """Whether user messages may be waiting for the agent: set by the supervisor as each
+    ``user.message`` of the task commits (here or, on a shared store, on another node)."""
+
+    __slots__ = ("maybe_waiting",)
+
+    def __init__(self) -> None:
+        self.maybe_waiting = True  # at the start of an attempt: unknown, look
+
+
 @dataclass
 class RunContext:
     """What a runner may use: its task as admitted, the store and the live event hub."""
@@ -31,11 +41,20 @@ class RunContext:
     task: Task
     store: Store
     hub: EventHub
+    inbox: Inbox = field(default_factory=Inbox)
 
     async def emit(self, type: str, data: dict[str, Any]) -> Event:
         """Append a durable event to this task (committed before this returns)."""
         (event,) = await self.store.append_events(self.task.id, [NewEvent(type, data)])
         return event
+
+    async def take_inputs(self) -> list[str]:
+        """``store.take_inputs`` for this task, without a write when no message came since the
+        last take (most turns of most tasks)."""
+        if not self.inbox.maybe_waiting:
+            return []
+        self.inbox.maybe_waiting = False  # before the take: a message committed meanwhile sets it
+        return await self.store.take_inputs(self.task.id)
 
     def emit_ephemeral(self, type: str, data: dict[str, Any]) -> None:
         self.hub.publish_ephemeral(self.task.id, type, data)

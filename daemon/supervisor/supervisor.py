@@ -34,7 +34,7 @@ from .outcomes import plan_outcome
 from .recovery import Recovery
 from .retry_timers import RetryTimers
 from .retry import Backoff
-from .runner import RunContext, RunResult, TaskRunner
+from .runner import Inbox, RunContext, RunResult, TaskRunner
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class _Running:
     queued_again: bool = False  # queued while this attempt was still winding down
     started_seq: int | None = None  # the seq of its "running" event, once started
     done: trio.Event = field(default_factory=trio.Event)
+    inbox: Inbox = field(default_factory=Inbox)  # told when a user message arrives
 
 
 class Supervisor:
@@ -259,6 +260,9 @@ class Supervisor:
         for event in events:
             if event.type == "user.message":
                 self._messaged.add(event.task_id)
+                running = self._running.get(event.task_id)
+                if running is not None:
+                    running.inbox.maybe_waiting = True
 
     def _on_remote(self, events: list[Event]) -> None:
         """Another node changed a task this node runs (a cancel, a takeover): stop, record nothing."""
@@ -362,7 +366,7 @@ class Supervisor:
                 if self.on_started is not None:
                     self.on_started(task.id)
                 try:
-                    outcome = await self.runner.run(RunContext(task, self.store, self.hub))
+                    outcome = await self.runner.run(RunContext(task, self.store, self.hub, running.inbox))
                 except (TransientError, PermanentError) as exc:
                     outcome = exc
                 except Exception as exc:

@@ -129,6 +129,7 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
                 rss_before = rss_kib(pid)
                 cpu0, fake0, busy0 = cpu_seconds(pid), cpu_seconds(fake.pid), busy_seconds()
                 trio0 = thread_cpu_seconds(pid, pid)
+                writes0 = daemon.metrics.store_write_seconds.count
                 kids0 = children_cpu_seconds(pid)
                 nursery.start_soon(sampler)
                 marks["start"] = now()
@@ -141,6 +142,7 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
                 await all_done.wait()
                 cpu, fake_cpu = cpu_seconds(pid) - cpu0, cpu_seconds(fake.pid) - fake0
                 trio_cpu = thread_cpu_seconds(pid, pid) - trio0
+                writes = daemon.metrics.store_write_seconds.count - writes0
                 kids = children_cpu_seconds(pid) - kids0
                 others = busy_seconds() - busy0 - cpu - fake_cpu - kids
                 sampling.cancel()
@@ -180,6 +182,8 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
         "daemon_cpu_ms_per_turn": round(cpu / max(1, counts["agent.usage"]) * 1000, 2),
         # Of it, the Trio thread's: the share that delays every other task (the loop lag).
         "trio_thread_cpu_ms_per_turn": round(trio_cpu / max(1, counts["agent.usage"]) * 1000, 2),
+        # Store writes (each a round trip to the writer thread) per model turn, all included.
+        "store_writes_per_turn": round(writes / max(1, counts["agent.usage"]), 2),
         "fake_api_cores": round(fake_cpu / (end - start), 2),
         "git_and_tools_cores": round(kids / (end - start), 2),
         # Everything else busy on the machine meanwhile (a shared VM: other people's work).

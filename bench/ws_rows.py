@@ -92,7 +92,9 @@ def ws_suite(size: dict[str, Any], *, Row: Any, run_step: Callable[..., dict[str
             f"p99 (all waiting on the model / whole run), RSS",
             f"{lag['p99_ms']:.0f} / {whole['p99_ms']:.0f} ms; RSS peak {load['rss_peak_mib']:.0f} MiB "
             f"(+{load['rss_per_task_kib']:.0f} KiB per task); {load['wall_s']:.0f} s for "
-            f"{load['model_turns']:,} turns (ideal {load['turns']} s)",
+            f"{load['model_turns']:,} turns (ideal {load['turns']} s); "
+            f"{load['daemon_cpu_ms_per_turn']:.1f} ms daemon CPU and "
+            f"{load['store_writes_per_turn']:.1f} store writes per turn",
             target="lag p99 < 10 ms", met=(lag["p99_ms"] or 0) < 10 and (whole["p99_ms"] or 0) < 10))
     else:
         rows.append(Row(f"{n} concurrent agent tasks (1 s per turn): loop lag p99, RSS", "failed",

@@ -185,6 +185,11 @@ class TrioHistogram(Collector):
         self._counts[bisect.bisect_left(self._bounds, value)] += 1
         self._sum += value
 
+    @property
+    def count(self) -> int:
+        """How many values were observed."""
+        return sum(self._counts)
+
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self._name, self._documentation)
 

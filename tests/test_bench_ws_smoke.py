@@ -70,6 +70,12 @@ async def test_agentd_server_stamps_events_and_delivers_them_over_ws(tmp_path):
         await trio.to_thread.run_sync(server.stop, 20)
 
 
+class _Row:  # run_all's Row, reduced to what the rows carry
+    def __init__(self, name, agentd, peer="—", ratio=None, target="—", met=None):
+        self.name, self.agentd, self.peer, self.ratio, self.target, self.met = (
+            name, agentd, peer, ratio, target, met)
+
+
 def test_agent_load_runs_tasks_through_the_slow_fake_model():
     done = subprocess.run(
         [sys.executable, str(BENCH / "agent_load.py"), "--tasks", "3", "--turns", "2", "--delay", "0.2",
@@ -79,8 +85,13 @@ def test_agent_load_runs_tasks_through_the_slow_fake_model():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["statuses"] == {"succeeded": 3} and result["model_turns"] == 6
     assert result["lag_overall"]["samples"] > 0 and result["rss_peak_mib"] > 0
+    assert result["store_writes_per_turn"] > 0
     steps = result["loop_steps"]  # the instrument saw the loop's batches
     assert steps["batches"] > 0 and steps["batches_over_10ms"] <= steps["batches"]
+    # The README row made of it (the WebSocket steps "failed" here: not run).
+    rows = ws_rows.ws_suite({"rounds": 1}, Row=_Row, py=lambda *a: list(map(str, a)),
+                            run_step=lambda label, argv: result if "agent_load" in argv[0] else None)
+    assert "store writes per turn" in rows[-1].agentd and rows[-1].met is False
 
 
 @pytest.mark.slow
@@ -98,12 +109,7 @@ def test_ws_delivery_side_by_side_and_its_rows():
         assert a["expected"] == 6 * 10 * 1.0 and a["delivered"] > 0 and a["latency"]["p99_ms"] is not None
         assert result["idle"][system]["conns"] == 20
 
-    class Row:  # run_all's Row, reduced to what the rows carry
-        def __init__(self, name, agentd, peer="—", ratio=None, target="—", met=None):
-            self.name, self.agentd, self.peer, self.ratio, self.target, self.met = (
-                name, agentd, peer, ratio, target, met)
-
     canned = {"a": result["a"], "b": result["a"], "idle": result["idle"]}
-    rows = ws_rows.ws_suite({"rounds": 1}, Row=Row, py=lambda *a: list(map(str, a)),
+    rows = ws_rows.ws_suite({"rounds": 1}, Row=_Row, py=lambda *a: list(map(str, a)),
                             run_step=lambda label, argv: canned if "ws_delivery" in argv[0] else None)
     assert len(rows) == 6 and all("failed" not in row.agentd for row in rows[:5])

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import trio
-import trio.testing
 
 from daemon.cpu_pin import loop_on_one_cpu
 from daemon.errors import PermanentError, TransientError
 from daemon.git import run_git
+from daemon.git import process as git_process
 from daemon.git.process import GIT_NICE
 
 from .helpers import cpu_list
@@ -112,14 +112,23 @@ async def test_many_at_once_each_get_their_own_output(tmp_path):
     assert results == {i: f"{i}\n".encode() for i in range(100)}
 
 
-async def test_git_and_what_it_starts_run_at_background_priority_in_the_daemons_session(tmp_path):
-    # The alias's shell asks once the test says so: after git is running (the shell wrote its
-    # pid) and run_git has gone on to set the group's priority and wait for git's end. The
-    # event loop's thread is pinned to one CPU meanwhile, as when serving: git gets them all.
+async def test_git_and_what_it_starts_run_at_background_priority_in_the_daemons_session(
+        tmp_path, monkeypatch):
+    # The alias's shell asks once the test says so: after run_git has set the priority of git's
+    # group (told by the wrapper below; git may start before trio hears it has). The event
+    # loop's thread is pinned to one CPU meanwhile, as when serving: git gets them all.
     go, pidfile = tmp_path / "go", tmp_path / "pid"
     alias = (f"alias.where=!echo $$ > {pidfile}; while [ ! -e {go} ]; do sleep 0.01; done; "
              "nice; ps -o sid= -p $$; sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/$PPID/status")
     wide = os.sched_getaffinity(0)
+    prioritized = trio.Event()
+    real_priority = git_process.background_priority
+
+    def and_say_so(process: trio.Process) -> None:
+        real_priority(process)
+        prioritized.set()
+
+    monkeypatch.setattr(git_process, "background_priority", and_say_so)
     with loop_on_one_cpu():
         async with trio.open_nursery() as nursery:
             done = []
@@ -129,7 +138,7 @@ async def test_git_and_what_it_starts_run_at_background_priority_in_the_daemons_
 
             nursery.start_soon(where)
             await _pid_from(pidfile)
-            await trio.testing.wait_all_tasks_blocked()
+            await prioritized.wait()
             go.touch()
     nice, session, git_cpus = done[0].stdout.decode().split()
     assert int(nice) == GIT_NICE

@@ -91,7 +91,8 @@ def test_agent_load_runs_tasks_through_the_slow_fake_model():
     # The README row made of it (the WebSocket steps "failed" here: not run).
     rows = ws_rows.ws_suite({"rounds": 1}, Row=_Row, py=lambda *a: list(map(str, a)),
                             run_step=lambda label, argv: result if "agent_load" in argv[0] else None)
-    assert "store writes per turn" in rows[-1].agentd and rows[-1].met is False
+    lags = (result["lag_conversation"]["p99_ms"] or 0, result["lag_overall"]["p99_ms"] or 0)
+    assert "store writes per turn" in rows[-1].agentd and rows[-1].met == (max(lags) < 10)
 
 
 @pytest.mark.slow

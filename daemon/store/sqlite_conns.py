@@ -59,6 +59,7 @@ class Checkpointer:
         """Take over checkpointing from ``writer`` (replaces its automatic checkpoint)."""
         self._thread = threading.Thread(target=self._main, name="agentd-sqlite-checkpoint", daemon=True)
         self._thread.start()
+        release_cpu(self._thread.native_id)  # a checkpoint runs off the GIL: not on the loop's CPU
         writer.set_wal_hook(self._on_commit)
 
     def _on_commit(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
@@ -72,7 +73,6 @@ class Checkpointer:
         return apsw.SQLITE_OK
 
     def _main(self) -> None:
-        release_cpu()  # a checkpoint runs off the GIL: on any CPU, not the loop's
         conn = open_connection(self._path, synchronous=self._synchronous)
         try:
             while True:

@@ -172,9 +172,7 @@ class BashSession:
         release_cpu(self._proc.pid)
         if pinned_cpu() is not None:
             with trio.CancelScope(shield=True):
-                pids = await trio.to_thread.run_sync(_descendants, self._proc.pid)
-            for pid in pids:
-                release_cpu(pid)
+                await trio.to_thread.run_sync(_release_tree, self._proc.pid)
 
 
 def _with_note(text: str, note: str) -> str:
@@ -207,6 +205,26 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     # The command name is in parentheses and may itself contain spaces and parentheses.
     fields = data[data.rfind(b")") + 2 :].split()
     return fields[0].decode(), int(fields[1])
+
+
+def _release_tree(root: int) -> None:
+    """Give every process under ``root`` every CPU (``cpu_pin.release``), looking again until
+    none is left on the loop's: one forked meanwhile by a process not yet released would keep
+    it. Bounded: a tree still growing after a few looks is released by what it inherits."""
+    loop_cpu = {pinned_cpu()}
+    for _ in range(5):
+        pinned = [pid for pid in _descendants(root) if _cpus_of(pid) == loop_cpu]
+        if not pinned:
+            return
+        for pid in pinned:
+            release_cpu(pid)
+
+
+def _cpus_of(pid: int) -> set[int] | None:
+    try:
+        return os.sched_getaffinity(pid)
+    except OSError:  # gone
+        return None
 
 
 def _descendants(root: int) -> list[int]:

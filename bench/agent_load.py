@@ -74,6 +74,8 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
               provider: str = "lean", steps: StepRecorder | None = None) -> dict[str, Any]:
     raise_fd_limit(20_000)
     use_provider(provider)
+    if steps is not None:
+        trio.lowlevel.add_instrument(steps)
     tmp = Path(tempfile.mkdtemp(prefix="agentd-load-", dir="/tmp"))
     bare = make_bare_repo(tmp)
     fake = Child([sys.executable, str(ROOT / "bench" / "slow_fake_anthropic.py"),
@@ -206,8 +208,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     steps = StepRecorder() if args.steps else None
-    emit(trio.run(run, args.tasks, args.turns, args.delay, args.timeout, args.provider, steps,
-                  instruments=[steps] if steps else []), args.json)
+    emit(trio.run(run, args.tasks, args.turns, args.delay, args.timeout, args.provider, steps),
+         args.json)
 
 
 if __name__ == "__main__":

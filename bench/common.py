@@ -3,7 +3,8 @@
 The agentd-side benchmarks (``queue_throughput``, ``durable_steps``, ``event_appends``,
 ``restart_ready``) each run in a fresh process started by ``run_all.py``, and print one JSON
 object as their last line with ``--json``; so do the peers under ``bench/peers/``. Nothing here
-imports the daemon, so the peers' venv can use it too.
+imports the daemon at import time (only ``loop_pinned``, agentd's side, does when called), so
+the peers' venv can use it too.
 """
 
 from __future__ import annotations
@@ -44,9 +45,13 @@ def cpu_model() -> str:
 
 
 def loop_pinned() -> bool:
-    """Pin the event loop's CPU as ``agentd serve`` does by default (``daemon/cpu_pin.py``);
-    ``AGENTD_PIN_LOOP_CPU=0`` in the environment measures without."""
-    return os.environ.get("AGENTD_PIN_LOOP_CPU", "1").lower() not in ("0", "false", "no")
+    """Pin the event loop's CPU as ``agentd serve`` would here (``daemon/cpu_pin.py``): its
+    setting, read from ``AGENTD_PIN_LOOP_CPU`` by the daemon's own parser (``=false``: without).
+    For agentd's side only: it imports the daemon."""
+    from daemon.config import load_settings
+
+    name = "AGENTD_PIN_LOOP_CPU"
+    return load_settings(env={name: os.environ[name]} if name in os.environ else {}).pin_loop_cpu
 
 
 def machine() -> dict[str, Any]:

@@ -307,3 +307,19 @@ async def test_a_task_created_running_as_the_node_drains_goes_back_to_the_queue(
     assert (await store.get_task(task.id)).attempt == 1
     statuses = [e.data["status"] for e in await store.read_events(task.id) if e.type == "task.status"]
     assert statuses == ["queued", "running", "queued", "running", "succeeded"]
+
+
+async def test_a_task_submitted_as_the_previous_outcome_commits_starts_in_its_slot(autojump_clock, store, hub, alice):
+    # The phone's pattern (and the one-by-one benchmark's): the next task is sent the moment
+    # the last one finished. The finished attempt still winds down in that moment; its slot is
+    # free once its outcome committed, so each next task is created running in one commit.
+    if store.shared:
+        pytest.skip("on a shared store tasks start by claims")
+    finished = trio.Event()
+    hub.add_global_listener(lambda events: any(e.type == "task.finished" for e in events) and finished.set())
+    async with running_supervisor(store, hub, SucceedAfter(0), concurrency=1) as sup:
+        for _ in range(20):
+            finished = trio.Event()
+            task = await submit(sup, alice)
+            assert task.status is TaskStatus.RUNNING
+            await finished.wait()

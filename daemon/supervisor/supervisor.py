@@ -53,6 +53,10 @@ class _Running:
     started_seq: int | None = None  # the seq of its "running" event, once started
     done: trio.Event = field(default_factory=trio.Event)
     inbox: Inbox = field(default_factory=Inbox)  # told when a user message arrives
+    # The runner returned and the outcome is on its way to the store; once it has committed
+    # (``slot_free``) the next task may have the slot, while this attempt still winds down.
+    recording: bool = False
+    slot_free: bool = False
 
 
 class Supervisor:
@@ -85,6 +89,7 @@ class Supervisor:
         self._concurrency = concurrency
         self._queue = Admission(store, self.node.id, user_concurrency)
         self._running: dict[str, _Running] = {}
+        self._slots_freed = 0  # attempts in ``_running`` whose outcome has committed
         self._waiting = RetryTimers(store, wall_clock, self._enqueue)
         self._admitting = False
         self._changed = trio.Event()
@@ -92,7 +97,7 @@ class Supervisor:
         # Tasks a user wrote to (``user.message``) since their attempt last looked: only those
         # need the inbox checked when an attempt ends.
         self._messaged: set[str] = set()
-        hub.add_global_listener(self._note_messages)
+        hub.add_global_listener(self._on_committed)
         self._recovery = Recovery(store, self.backoff, self.node.id, self.lease.lease_s)
         self.membership = Membership(store, self.node, self.lease, report=self._report,
                                      fence=self._fence, sweep=self._take_over)
@@ -256,18 +261,30 @@ class Supervisor:
             raise NotFound(f"no task {task_id}")
         return task
 
-    def _note_messages(self, events: list[Event]) -> None:
+    def _on_committed(self, events: list[Event]) -> None:
+        """This node's commits: note user messages; free the slot of an attempt whose outcome
+        committed (a task submitted in the same moment then starts in it at once)."""
         for event in events:
             if event.type == "user.message":
-                self._messaged.add(event.task_id)
+                self._note_message(event.task_id)
+            elif event.type == "task.status":
                 running = self._running.get(event.task_id)
-                if running is not None:
-                    running.inbox.maybe_waiting = True
+                if running is not None and running.recording and not running.slot_free:
+                    running.slot_free = True
+                    self._slots_freed += 1
+                    self._kick()
+
+    def _note_message(self, task_id: str) -> None:
+        self._messaged.add(task_id)
+        running = self._running.get(task_id)
+        if running is not None:
+            running.inbox.maybe_waiting = True
 
     def _on_remote(self, events: list[Event]) -> None:
         """Another node changed a task this node runs (a cancel, a takeover): stop, record nothing."""
-        self._note_messages(events)
         for event in events:
+            if event.type == "user.message":
+                self._note_message(event.task_id)
             running = self._running.get(event.task_id)
             if (running is not None and event.type == "task.status" and running.why_cancelled is None
                     and running.started_seq is not None and event.seq > running.started_seq):
@@ -275,10 +292,10 @@ class Supervisor:
                 running.scope.cancel()
 
     def _free(self) -> int:
-        return self._concurrency - len(self._running) - self._queue.slots_held()
+        return self._concurrency - (len(self._running) - self._slots_freed) - self._queue.slots_held()
 
     def _running_users(self) -> list[int]:
-        return [running.user_id for running in self._running.values()]
+        return [running.user_id for running in self._running.values() if not running.slot_free]
 
     def _kick(self) -> None:
         self._changed.set()
@@ -383,6 +400,8 @@ class Supervisor:
                 log.warning("task %s: outcome not recorded: %s", running.task_id, exc.message)
         finally:
             del self._running[running.task_id]
+            if running.slot_free:
+                self._slots_freed -= 1
             self._messaged.discard(running.task_id)
             if running.queued_again:
                 self._queue.push(running.user_id, running.task_id)
@@ -402,6 +421,7 @@ class Supervisor:
             return  # the task is someone else's now: nothing of this attempt is recorded
         planned = plan_outcome(outcome, running.why_cancelled, task.attempt, backoff=self.backoff,
                                now=self.wall(), max_duration_s=self.max_duration_s)
+        running.recording = True
         # Only while this attempt still holds the task (see lifecycle.plan_transition).
         await self.store.transition(task.id, planned.target, claim=(task.node_id, task.attempt),
                                     **planned.change)

@@ -12,6 +12,11 @@
 Both with ``PRAGMA synchronous=FULL`` and ``NORMAL`` (WAL). Events/s. For reference, group commit
 is also run with several events per call (what an emitter with a burst of events could do).
 
+- Trio's floor: the same number of tasks each parking (``wait_task_rescheduled``) and being
+  rescheduled by one task, with no store at all: what any awaited call costs a Trio task at the
+  least, on this machine, so one event per awaited call can never cost less than this plus the
+  writer's share of an event (the ten-per-call run's CPU per event, nearly all of it the writer's).
+
     .venv/bin/python bench/event_appends.py [--events 100000] [--writers 500] [--json]
 """
 
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -110,6 +116,31 @@ async def group_commit(events: int, writers: int, synchronous: str, per_call: in
             "cpu_us_per_event": round(cpu / total * 1e6, 1)}
 
 
+async def trio_park_resume(tasks: int, rounds: int = 100) -> dict[str, Any]:
+    """CPU per park/resume of ``tasks`` Trio tasks woken all at once, as the writer wakes its callers."""
+    from trio.lowlevel import Abort, current_task, reschedule, wait_task_rescheduled
+
+    parked: list[trio.lowlevel.Task] = []
+    with loop_on_one_cpu(loop_pinned()):
+        async def caller() -> None:
+            for _ in range(rounds):
+                parked.append(current_task())
+                await wait_task_rescheduled(lambda _: Abort.FAILED)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(tasks):
+                nursery.start_soon(caller)
+            await trio.testing.wait_all_tasks_blocked()
+            cpu_began = time.process_time()
+            for _ in range(rounds):
+                woken, parked[:] = list(parked), []
+                for task in woken:
+                    reschedule(task)
+                await trio.testing.wait_all_tasks_blocked()
+            cpu = time.process_time() - cpu_began
+    return {"tasks": tasks, "rounds": rounds, "cpu_us_per_call": round(cpu / (tasks * rounds) * 1e6, 2)}
+
+
 def one_commit_per_event(events: int, synchronous: str, max_seconds: float) -> dict[str, Any]:
     """A loop of single-event transactions; stops at ``events`` or ``max_seconds``."""
     with tempfile.TemporaryDirectory(prefix="agentd-bench-") as tmp:
@@ -150,7 +181,8 @@ def main() -> None:
     parser.add_argument("--synchronous", nargs="+", default=["FULL", "NORMAL"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result: dict[str, Any] = {"system": "agentd", "machine": machine(), "runs": {}}
+    result: dict[str, Any] = {"system": "agentd", "machine": machine(), "runs": {},
+                              "trio_floor": trio.run(trio_park_resume, args.writers)}
     for sync in args.synchronous:
         result["runs"][sync] = {
             "group": trio.run(group_commit, args.events, args.writers, sync),

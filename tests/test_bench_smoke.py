@@ -44,13 +44,20 @@ def test_durable_steps_run_one_by_one_and_concurrently():
     assert result["one_by_one"]["tasks"] == 8 and result["concurrent"]["tasks"] == 8
 
 
-def test_event_appends_compare_group_commit_with_one_commit_per_event():
+def test_event_appends_compare_group_commit_with_one_commit_per_event(monkeypatch):
     result = run_bench("event_appends.py", "--events", 200, "--writers", 10,
                        "--single-events", 50, "--batched-per-call", 5, "--synchronous", "FULL")
     full = result["runs"]["FULL"]
     assert full["group"]["events"] == 200 and full["group"]["commits"] >= 1
     assert full["group_batched"]["events_per_call"] == 5
     assert full["single"]["events"] == 50
+    assert result["trio_floor"]["tasks"] == 10 and result["trio_floor"]["cpu_us_per_call"] > 0
+    # The table's row says what one event per awaited call costs at the least, from this run.
+    monkeypatch.setattr(run_all, "run_step", lambda label, argv: result)
+    group_row, batched_row = run_all.appends_suite({"rounds": 1, "events": 0, "writers": 0, "single_events": 0})
+    floor = result["trio_floor"]["cpu_us_per_call"] + full["group_batched"]["cpu_us_per_event"]
+    assert f"floor {floor:.1f} µs" in group_row.agentd and "park/resume" in group_row.agentd
+    assert "5 events per call" in batched_row.name
 
 
 @pytest.mark.slow

@@ -43,6 +43,7 @@ from daemon.agent.model import (
     cost_of,
     with_cache_breakpoints,
 )
+from daemon.agent.reply_gate import DEFAULT_SLOTS, ReplyGate, gated_http_client
 from daemon.errors import PermanentError, TransientError
 
 __all__ = ["DEFAULT_MODEL", "AnthropicProvider", "request_body"]
@@ -76,8 +77,10 @@ class AnthropicProvider:
     its concurrency slot instead of holding it while asleep.
 
     ``pools``: how many SDK clients (each with its own HTTP connection pool) may share the
-    requests, ``POOL_REQUESTS`` at a time each before the next pool is used (see ``DEFAULT_POOLS``). ``http_client``: one client of your own instead (a test transport, a
-    proxy setup); it is the only pool then.
+    requests, ``POOL_REQUESTS`` at a time each before the next pool is used (see
+    ``DEFAULT_POOLS``). ``reply_slots``: how many tasks at a time may parse the replies that have
+    arrived (``reply_gate``; 0: no gate). ``http_client``: one client of your own instead (a test
+    transport, a proxy setup); it is the only pool then, and not gated.
     """
 
     name = "anthropic"
@@ -91,15 +94,17 @@ class AnthropicProvider:
         timeout: float = 300.0,
         max_sdk_retry_wait: float = 30.0,
         pools: int = DEFAULT_POOLS,
+        reply_slots: int = DEFAULT_SLOTS,
         http_client: httpx2.AsyncClient | None = None,
     ) -> None:
         if not api_key:
             raise PermanentError("anthropic: no API key configured (set ANTHROPIC_API_KEY)")
         self.model = model
         self._api_key = api_key  # kept only to redact it from error messages
+        self._gate = ReplyGate(reply_slots) if reply_slots and http_client is None else None
         if http_client is None:
             tls = httpx2.create_ssl_context()  # one CA store for all pools, not one each
-            http_clients = [anthropic.DefaultAsyncHttpxClient(verify=tls) for _ in range(max(1, pools))]
+            http_clients = [self._new_http_client(tls) for _ in range(max(1, pools))]
         else:
             http_clients = [http_client]
         self._client = anthropic.AsyncAnthropic(
@@ -115,6 +120,10 @@ class AnthropicProvider:
             self._client.with_options(http_client=c) for c in http_clients[1:]
         ]
         self._in_flight = [0] * len(self._clients)
+
+    def _new_http_client(self, tls: Any) -> httpx2.AsyncClient:
+        gated = gated_http_client(self._gate, verify=tls) if self._gate is not None else None
+        return gated or anthropic.DefaultAsyncHttpxClient(verify=tls)
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(model={self.model!r}, base_url={str(self._client.base_url)!r})"
@@ -187,6 +196,8 @@ class AnthropicProvider:
             return await self._stream_on(self._clients[pool], body, on_text_delta)
         finally:
             self._in_flight[pool] -= 1
+            if self._gate is not None:  # whatever path the call took, its slot is free again
+                self._gate.release()
 
     def _pick_pool(self) -> int:
         """The first pool with room, else the least busy one."""

@@ -1,0 +1,202 @@
+"""The reply gate: replies that arrive together are parsed a slot at a time, and no slot is held
+while its task waits on the network, after its response is closed, or once cancelled.
+
+A small HTTP/1.1 server on 127.0.0.1 answers through real sockets, each path its own way; the
+client is httpx2 with ``GatedHTTPTransport``, as the Anthropic provider builds it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import httpx2
+import pytest
+import trio
+import trio.testing
+
+from daemon.agent.anthropic_provider import AnthropicProvider
+from daemon.agent.model import ModelRequest
+from daemon.agent.reply_gate import GatedHTTPTransport, ReplyGate, gated_http_client
+
+from .fakes.anthropic_api import FakeAnthropicAPI, message, text
+
+KEY = "sk-ant-test-gate"
+WAIT_S = 10  # a deadlock fails the test instead of hanging it
+
+
+class ReplyServer:
+    """``/full``: a whole reply at once. ``/held``: its first chunk, the rest once ``go_on`` is
+    set. ``/burst``: nothing until ``burst`` requests have arrived, then all their replies."""
+
+    def __init__(self, burst: int = 0) -> None:
+        self.go_on = trio.Event()
+        self.burst = burst
+        self.arrived = 0
+        self.all_arrived = trio.Event()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = await stream.receive_some()
+            if not chunk:
+                return
+            request += chunk
+        path = request.split(b" ", 2)[1]
+        if path == b"/held":
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            await self.go_on.wait()
+            await stream.send_all(b"4\r\nrest\r\n0\r\n\r\n")
+            return
+        if path == b"/burst":
+            self.arrived += 1
+            if self.arrived == self.burst:
+                self.all_arrived.set()
+            await self.all_arrived.wait()
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwhole")
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        await trio.serve_tcp(self.handle, 0, host="127.0.0.1", task_status=task_status)
+
+
+@pytest.fixture
+async def served(nursery):
+    async def start(server: ReplyServer, slots: int):
+        listeners = await nursery.start(server.serve)
+        port = listeners[0].socket.getsockname()[1]
+        gate = ReplyGate(slots)
+        client = httpx2.AsyncClient(transport=GatedHTTPTransport(gate), base_url=f"http://127.0.0.1:{port}")
+        return gate, client
+
+    return start
+
+
+async def read_all(client: httpx2.AsyncClient, path: str) -> bytes:
+    async with client.stream("GET", path) as response:
+        return b"".join([part async for part in response.aiter_raw()])
+
+
+async def test_a_streaming_reply_holds_no_slot_while_it_waits_for_more(served, nursery):
+    server = ReplyServer()
+    gate, client = await served(server, 1)
+    first = trio.Event()
+    bodies: list[bytes] = []
+
+    async def streaming() -> None:
+        async with client.stream("GET", "/held") as response:
+            parts = []
+            async for part in response.aiter_raw():
+                parts.append(part)
+                first.set()
+            bodies.append(b"".join(parts))
+
+    nursery.start_soon(streaming)
+    await first.wait()
+    with trio.fail_after(WAIT_S):  # the streaming task waits for its next chunk: no slot held
+        assert await read_all(client, "/full") == b"whole"
+    server.go_on.set()
+    with trio.fail_after(WAIT_S):
+        while not bodies:
+            await trio.sleep(0.01)
+    assert bodies == [b"firstrest"] and gate.held() == 0
+    await client.aclose()
+
+
+async def test_a_closed_reply_gives_its_slot_back(served, nursery):
+    server = ReplyServer()
+    gate, client = await served(server, 1)
+    other_done = trio.Event()
+    results: list[bytes] = []
+
+    async def reads_then_waits() -> None:
+        # Its last read took the slot; closing the response must give it back, since this task
+        # now waits on something else (as the SDK sleeps before a retry).
+        results.append(await read_all(client, "/full"))
+        with trio.fail_after(WAIT_S):
+            await other_done.wait()
+
+    async def other() -> None:
+        results.append(await read_all(client, "/full"))
+        other_done.set()
+
+    async with trio.open_nursery() as both:
+        both.start_soon(reads_then_waits)
+        await trio.testing.wait_all_tasks_blocked()
+        both.start_soon(other)
+    assert results == [b"whole", b"whole"] and gate.held() == 0
+    await client.aclose()
+
+
+async def test_replies_arriving_together_are_parsed_a_slot_at_a_time(served):
+    server = ReplyServer(burst=12)
+    gate, client = await served(server, 2)
+    bodies: list[bytes] = []
+
+    async def one() -> None:
+        bodies.append(await read_all(client, "/burst"))
+
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as all_of_them:
+            for _ in range(12):
+                all_of_them.start_soon(one)
+    assert bodies == [b"whole"] * 12
+    assert gate.most_held == 2 and gate.held() == 0
+    await client.aclose()
+
+
+async def test_a_task_cancelled_while_waiting_for_a_slot_takes_none(served, nursery):
+    server = ReplyServer()
+    gate, client = await served(server, 1)
+    first = trio.Event()
+
+    async def holds_the_slot() -> None:
+        async with client.stream("GET", "/held") as response:
+            iterator = response.aiter_raw()
+            await iterator.__anext__()  # parsed the first chunk: holds the slot until its next read
+            first.set()
+            await server.go_on.wait()
+            async for _ in iterator:
+                pass
+
+    nursery.start_soon(holds_the_slot)
+    await first.wait()
+    with trio.CancelScope() as waiting:
+        async def cancel_once_parked() -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            assert gate.held() == 1
+            waiting.cancel()
+
+        nursery.start_soon(cancel_once_parked)
+        await read_all(client, "/full")  # its reply arrives; it waits for the slot; cancelled
+    assert waiting.cancelled_caught
+    server.go_on.set()
+    with trio.fail_after(WAIT_S):
+        assert await read_all(client, "/full") == b"whole"
+    assert gate.held() == 0
+    await client.aclose()
+
+
+async def test_the_provider_parses_replies_through_its_gate():
+    api = FakeAnthropicAPI()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(api.serve)
+        provider = AnthropicProvider(KEY, base_url=url, max_retries=0, pools=1)
+        api.push(message(text("hello")))
+        reply = await provider.complete(ModelRequest(system="s", messages=[{"role": "user", "content": "hi"}],
+                                                     tools=[], max_tokens=100))
+        assert reply.content == [{"type": "text", "text": "hello"}]
+        assert provider._gate is not None and provider._gate.most_held == 1 and provider._gate.held() == 0
+        await provider.aclose()
+        nursery.cancel_scope.cancel()
+
+
+def test_with_a_proxy_in_the_environment_the_sdk_client_is_kept(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert gated_http_client(ReplyGate()) is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("NO_PROXY", "example.com")
+    assert isinstance(gated_http_client(ReplyGate()), httpx2.AsyncClient)
+
+
+def test_a_gate_needs_a_slot():
+    with pytest.raises(ValueError):
+        ReplyGate(0)

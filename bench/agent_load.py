@@ -190,7 +190,8 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
         "git_and_tools_cores": round(kids / (end - start), 2),
         # Everything else busy on the machine meanwhile (a shared VM: other people's work).
         "other_cores": round(max(0.0, others) / (end - start), 2),
-        **({"loop_steps": steps.summary()} if steps is not None else {}),
+        **({"loop_steps": steps.summary(), "loop_steps_conversation": steps.summary(
+            since=conversation[0], until=conversation[1])} if steps is not None else {}),
         "machine": machine(),
     }
 

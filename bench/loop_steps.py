@@ -5,7 +5,8 @@ ready when a batch began before it looks at its timers again, so a timer is late
 length of the batch it falls in: the batches say what the loop lag is made of. A task step
 that takes long (``LONG_S``) is counted under the innermost ``daemon/`` frame it stopped at:
 what ran just before that await. A step's time is wall time: it includes waiting for the GIL
-that another thread of the process holds.
+that another thread of the process holds. Times are CLOCK_MONOTONIC (``time.perf_counter`` on
+Linux), so ``summary`` can be asked about a window of the run.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ class StepRecorder(trio.abc.Instrument):
         self._step_began = 0.0
         self._batch_began: float | None = None
         self._batch_tasks = 0
-        self.batches: list[tuple[float, int]] = []  # (seconds, tasks stepped)
-        self.long_steps: collections.Counter[str] = collections.Counter()
-        self.long_seconds: collections.Counter[str] = collections.Counter()
+        self.batches: list[tuple[float, float, int]] = []  # (began, seconds, tasks stepped)
+        # Long steps by place: (began, seconds), in order.
+        self.long: collections.defaultdict[str, list[tuple[float, float]]] = collections.defaultdict(list)
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._step_began = time.perf_counter()
@@ -40,12 +41,12 @@ class StepRecorder(trio.abc.Instrument):
         took = time.perf_counter() - self._step_began
         if took >= LONG_S:
             place = f"{task.name.rsplit('.', 1)[-1]} @ {self._stopped_at(task)}"
-            self.long_steps[place] += 1
-            self.long_seconds[place] += took
+            self.long[place].append((self._step_began, took))
 
     def before_io_wait(self, timeout: float) -> None:
         if self._batch_began is not None:
-            self.batches.append((time.perf_counter() - self._batch_began, self._batch_tasks))
+            began = self._batch_began
+            self.batches.append((began, time.perf_counter() - began, self._batch_tasks))
             self._batch_began = None
 
     def _stopped_at(self, task: trio.lowlevel.Task) -> str:
@@ -60,15 +61,19 @@ class StepRecorder(trio.abc.Instrument):
                         or getattr(awaiting, "gi_yieldfrom", None))
         return place
 
-    def summary(self, top: int = 8) -> dict[str, Any]:
-        long_batches = [(s, n) for s, n in self.batches if s >= BATCH_S]
+    def summary(self, top: int = 8, since: float = float("-inf"), until: float = float("inf")) -> dict[str, Any]:
+        """Batches and long steps that began in [since, until)."""
+        long_batches = [(s, n) for began, s, n in self.batches if s >= BATCH_S and since <= began < until]
+        long_steps = {place: [took for began, took in steps if since <= began < until]
+                      for place, steps in self.long.items()}
+        ranked = sorted(((len(took), sum(took), place) for place, took in long_steps.items() if took),
+                        reverse=True)[:top]
         return {
-            "batches": len(self.batches),
+            "batches": sum(1 for began, _, _ in self.batches if since <= began < until),
             "batches_over_10ms": len(long_batches),
             "seconds_in_batches_over_10ms": round(sum(s for s, _ in long_batches), 2),
             "median_tasks_in_batches_over_10ms": (sorted(n for _, n in long_batches)[len(long_batches) // 2]
                                                   if long_batches else 0),
-            "long_steps": [{"place": place, "steps": count,
-                            "ms": round(self.long_seconds[place] * 1000)}
-                           for place, count in self.long_steps.most_common(top)],
+            "long_steps": [{"place": place, "steps": count, "ms": round(seconds * 1000)}
+                           for count, seconds, place in ranked],
         }

@@ -87,6 +87,7 @@ def test_agent_load_runs_tasks_through_the_slow_fake_model():
     assert result["lag_overall"]["samples"] > 0 and result["rss_peak_mib"] > 0
     assert result["store_writes_per_turn"] > 0
     steps = result["loop_steps"]  # the instrument saw the loop's batches
+    assert result["loop_steps_conversation"]["batches"] <= steps["batches"]
     assert steps["batches"] > 0 and steps["batches_over_10ms"] <= steps["batches"]
     # The README row made of it (the WebSocket steps "failed" here: not run).
     rows = ws_rows.ws_suite({"rounds": 1}, Row=_Row, py=lambda *a: list(map(str, a)),

@@ -73,6 +73,8 @@ class Settings(BaseModel):
     anthropic_api_key: str | None = Field(None, repr=False)
     anthropic_base_url: str | None = None
     anthropic_model: str = "claude-sonnet-5-5"
+    # How many tasks at a time may parse the model replies that have arrived (daemon/agent/reply_gate.py); 0: no gate.
+    model_reply_slots: int = Field(1, ge=0, le=1024)
     allow_local_remotes: bool = False
     github_api: str = "https://api.github.com"
 

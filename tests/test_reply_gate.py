@@ -21,18 +21,30 @@ from daemon.agent.reply_gate import GatedHTTPTransport, ReplyGate, gated_http_cl
 from .fakes.anthropic_api import FakeAnthropicAPI, message, text
 
 KEY = "sk-ant-test-gate"
+SSE = [
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","type":"message",'
+    b'"role":"assistant","model":"m","content":[],"stop_reason":null,"stop_sequence":null,'
+    b'"usage":{"input_tokens":1,"output_tokens":1}}}\n\n',
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn",'
+    b'"stop_sequence":null},"usage":{"output_tokens":1}}\n\n',
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
+]
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 WAIT_S = 10  # a deadlock fails the test instead of hanging it
 
 
 class ReplyServer:
     """``/full``: a whole reply at once. ``/held``: its first chunk, the rest once ``go_on`` is
-    set. ``/burst``: nothing until ``burst`` requests have arrived, then all their replies."""
+    set. ``/burst``: nothing until ``burst`` requests have arrived, then all their replies.
+    ``/drop``: the connection closed without a byte (a keep-alive race, a balancer's reset).
+    ``/sse``: a minimal Messages API stream, the first time after a ``/drop``-like close."""
 
     def __init__(self, burst: int = 0) -> None:
         self.go_on = trio.Event()
         self.burst = burst
         self.arrived = 0
         self.all_arrived = trio.Event()
+        self.dropped = False
 
     async def handle(self, stream: trio.SocketStream) -> None:
         request = b""
@@ -42,6 +54,15 @@ class ReplyServer:
                 return
             request += chunk
         path = request.split(b" ", 2)[1]
+        if path == b"/drop" or (path == b"/v1/messages" and not self.dropped):
+            self.dropped = True
+            await stream.aclose()
+            return
+        if path == b"/v1/messages":
+            body = b"".join(SSE)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                                  b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            return
         if path == b"/held":
             await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
             await self.go_on.wait()
@@ -58,11 +79,17 @@ class ReplyServer:
         await trio.serve_tcp(self.handle, 0, host="127.0.0.1", task_status=task_status)
 
 
+@pytest.fixture(autouse=True)
+def no_proxy_in_the_environment(monkeypatch):
+    for name in PROXY_VARIABLES:  # a proxy leaves the provider's clients ungated
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 async def served(nursery):
     async def start(server: ReplyServer, slots: int):
         listeners = await nursery.start(server.serve)
-        port = listeners[0].socket.getsockname()[1]
+        port = server.port = listeners[0].socket.getsockname()[1]
         gate = ReplyGate(slots)
         client = httpx2.AsyncClient(transport=GatedHTTPTransport(gate), base_url=f"http://127.0.0.1:{port}")
         return gate, client
@@ -175,6 +202,40 @@ async def test_a_task_cancelled_while_waiting_for_a_slot_takes_none(served, nurs
     await client.aclose()
 
 
+async def test_a_request_that_fails_before_its_response_holds_no_slot(served):
+    server = ReplyServer()
+    gate, client = await served(server, 1)
+    with pytest.raises(httpx2.RemoteProtocolError):
+        await read_all(client, "/drop")
+    assert gate.held() == 0
+    with trio.fail_after(WAIT_S):
+        assert await read_all(client, "/full") == b"whole"
+    await client.aclose()
+
+
+async def test_no_slot_is_held_while_the_sdk_sleeps_before_a_retry(served, monkeypatch):
+    import anthropic._base_client
+
+    server = ReplyServer()
+    await served(server, 1)  # only its port: the provider builds its own clients
+    url = f"http://127.0.0.1:{server.port}"
+    provider = AnthropicProvider(KEY, base_url=url, max_retries=1, pools=1)
+    held_while_sleeping: list[int] = []
+    sleep = anthropic._base_client.AsyncAPIClient._sleep_for_retry
+
+    async def spy(self, *args, **kwargs):
+        held_while_sleeping.append(provider._gate.held())
+        return await sleep(self, *args, **kwargs)
+
+    monkeypatch.setattr(anthropic._base_client.AsyncAPIClient, "_sleep_for_retry", spy)
+    with trio.fail_after(WAIT_S):
+        reply = await provider.complete(ModelRequest(system="s", messages=[{"role": "user", "content": "hi"}],
+                                                     tools=[], max_tokens=10))
+    await provider.aclose()
+    assert server.dropped and reply.stop_reason == "end_turn"
+    assert held_while_sleeping == [0]
+
+
 async def test_the_provider_parses_replies_through_its_gate():
     api = FakeAnthropicAPI()
     async with trio.open_nursery() as nursery:
@@ -197,6 +258,13 @@ def test_with_a_proxy_in_the_environment_the_sdk_client_is_kept(monkeypatch):
     assert isinstance(gated_http_client(ReplyGate()), httpx2.AsyncClient)
 
 
-def test_a_gate_needs_a_slot():
+def test_a_gate_needs_a_slot_and_the_setting_can_turn_it_off(tmp_path):
+    from daemon.agent.factory import build_provider
+    from daemon.config import Settings
+
     with pytest.raises(ValueError):
         ReplyGate(0)
+    settings = Settings(data_dir=tmp_path, model="anthropic", anthropic_api_key=KEY)
+    assert build_provider(settings)._gate.slots == 1
+    assert build_provider(settings.model_copy(update={"model_reply_slots": 4}))._gate.slots == 4
+    assert build_provider(settings.model_copy(update={"model_reply_slots": 0}))._gate is None

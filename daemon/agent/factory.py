@@ -18,7 +18,7 @@ def build_provider(settings: Settings) -> ModelProvider:
 
         return AnthropicProvider(
             settings.anthropic_api_key, base_url=settings.anthropic_base_url,
-            model=settings.anthropic_model,
+            model=settings.anthropic_model, reply_slots=settings.model_reply_slots,
         )
     if settings.script is None:
         raise ConfigError(

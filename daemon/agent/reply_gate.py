@@ -11,9 +11,10 @@ holds a few replies being parsed instead of hundreds.
 A task gives its slot back whenever it goes to the network for more (a reply streamed over
 thirty seconds holds a slot only while a chunk is parsed), when the response is closed (read to
 its end, or given up, as the SDK does before it sleeps to retry), and at the latest when the
-model call ends (``ReplyGate.release``, in ``AnthropicProvider.complete``). Between those a
-holder only runs Python (parsing): it never waits on anything but its own next read, so one slot
-loses no throughput under one GIL.
+model call ends (``ReplyGate.release``, in ``AnthropicProvider.complete``); a request that
+fails before it has a response gives it back too. Between those a holder runs Python (parsing)
+and, as a response ends, httpx's pool bookkeeping; it never waits on the network or a timer,
+so one slot loses no throughput under one GIL.
 
 The gate sits under httpx, in its connection pool's network backend (the only place that sees a
 reply's first bytes before they are parsed); ``GatedHTTPTransport`` puts it there.
@@ -21,6 +22,7 @@ reply's first bytes before they are parsed); ``GatedHTTPTransport`` puts it ther
 
 from __future__ import annotations
 
+import logging
 import socket
 import urllib.request
 from collections.abc import AsyncIterator, Iterable
@@ -30,6 +32,8 @@ import anthropic
 import httpcore2
 import httpx2
 import trio
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SLOTS = 1
 
@@ -90,7 +94,8 @@ class _GatedStream(httpcore2.AsyncNetworkStream):
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         self._gate.release()
         data = await self._inner.read(max_bytes, timeout)
-        await self._gate.acquire()
+        if data:  # the end of the connection is nothing to parse: no slot for it
+            await self._gate.acquire()
         return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
@@ -154,7 +159,13 @@ class GatedHTTPTransport(httpx2.AsyncHTTPTransport):
         pool._network_backend = _GatedBackend(pool._network_backend, gate)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await super().handle_async_request(request)
+        try:
+            response = await super().handle_async_request(request)
+        except BaseException:
+            # No response to close (the connection dropped, bad headers, cancelled): the slot
+            # its reads took must not stay held while the caller, say, sleeps to retry.
+            self._gate.release()
+            raise
         assert isinstance(response.stream, httpx2.AsyncByteStream)
         response.stream = _ReleaseOnClose(response.stream, self._gate)
         return response
@@ -164,9 +175,12 @@ def gated_http_client(gate: ReplyGate, verify: Any = True) -> httpx2.AsyncClient
     """An HTTP client with the SDK's defaults whose replies pass ``gate``.
 
     None when the environment names a proxy (``HTTPS_PROXY``...): the SDK's default client
-    mounts one transport per proxy from it, and those are left as they are (ungated).
+    mounts one transport per proxy from it, and those are left as they are (ungated; said once
+    in the log).
     """
-    if any(scheme != "no" for scheme in urllib.request.getproxies()):
+    proxies = [scheme for scheme in urllib.request.getproxies() if scheme != "no"]
+    if proxies:
+        log.info("model replies are not gated: the environment sets a proxy (%s)", ", ".join(sorted(proxies)))
         return None
     transport = GatedHTTPTransport(gate, verify=verify, limits=anthropic.DEFAULT_CONNECTION_LIMITS,
                                    socket_options=_KEEPALIVE)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -29,34 +28,17 @@ from ..remote_events import RemoteEvents
 from ..states import TaskStatus
 from ..store import Event, Store, Task
 from .admission import Admission
+from .attempts import Attempt, Attempts
 from .membership import LeaseSettings, Membership, NodeIdentity
 from .outcomes import plan_outcome
 from .recovery import Recovery
 from .retry_timers import RetryTimers
 from .retry import Backoff
-from .runner import Inbox, RunContext, RunResult, TaskRunner
+from .runner import RunContext, RunResult, TaskRunner
 
 log = logging.getLogger(__name__)
 
 CLAIM_POLL_S = 1.0  # shared store: how often an idle node looks for work nobody announced
-
-
-@dataclass(eq=False)
-class _Running:
-    task_id: str
-    user_id: int
-    scope: trio.CancelScope
-    # "cancel" | "shutdown" | "elsewhere" (changed by another node) | "lease_lost";
-    # None + cancelled = max duration
-    why_cancelled: str | None = None
-    queued_again: bool = False  # queued while this attempt was still winding down
-    started_seq: int | None = None  # the seq of its "running" event, once started
-    done: trio.Event = field(default_factory=trio.Event)
-    inbox: Inbox = field(default_factory=Inbox)  # told when a user message arrives
-    # The runner returned and the outcome is on its way to the store; once it has committed
-    # (``slot_free``) the next task may have the slot, while this attempt still winds down.
-    recording: bool = False
-    slot_free: bool = False
 
 
 class Supervisor:
@@ -88,8 +70,7 @@ class Supervisor:
         self._shared = store.shared
         self._concurrency = concurrency
         self._queue = Admission(store, self.node.id, user_concurrency)
-        self._running: dict[str, _Running] = {}
-        self._slots_freed = 0  # attempts in ``_running`` whose outcome has committed
+        self._running = Attempts()
         self._waiting = RetryTimers(store, wall_clock, self._enqueue)
         self._admitting = False
         self._changed = trio.Event()
@@ -123,13 +104,13 @@ class Supervisor:
             "node": self.node.id,
             "admitting": self._admitting,
             "concurrency": self._concurrency,
-            "running": len(self._running),
+            "running": self._running.holding(),
             "queued": len(self._queue),
             "waiting_retry": len(self._waiting),
         }
 
     def _report(self) -> tuple[str, int, int]:
-        return ("up" if self._admitting else "draining"), self._concurrency, len(self._running)
+        return ("up" if self._admitting else "draining"), self._concurrency, self._running.holding()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -162,7 +143,7 @@ class Supervisor:
         self.drain()
         with trio.move_on_after(grace_s):
             await self.wait_idle()
-        for running in list(self._running.values()):
+        for running in self._running.all():
             running.why_cancelled = "shutdown"
             running.scope.cancel()
         await self.wait_idle()
@@ -178,7 +159,7 @@ class Supervisor:
     async def wait_idle(self) -> None:
         """Return once no attempt is running (each has recorded its outcome and let go)."""
         while self._running:
-            await next(iter(self._running.values())).done.wait()
+            await next(self._running.all()).done.wait()
 
     def drain(self) -> None:
         """Stop admitting new attempts; running ones go on."""
@@ -242,13 +223,18 @@ class Supervisor:
         self._waiting.cancel(task_id)
         return await self.store.transition(task_id, TaskStatus.CANCELLED, reason="cancelled by request")
 
-    async def requeue(self, task_id: str, *, reason: str, fresh_attempts: bool = False) -> Task:
-        """Queue a waiting or finished task again (an answer, a follow-up, an operator retry)."""
+    async def requeue(self, task_id: str, *, reason: str, fresh_attempts: bool = False,
+                      expect: TaskStatus | None = None) -> Task:
+        """Queue a waiting or finished task again (an answer, a follow-up, an operator retry).
+
+        ``expect``: only from this status (``InvalidTransition`` otherwise); default: whatever
+        status the task has when read here.
+        """
         task = await self._require(task_id)
         delta = -task.attempt if fresh_attempts else 0
         self._waiting.cancel(task_id)
         task = await self.store.transition(
-            task_id, TaskStatus.QUEUED, expect=task.status, reason=reason, attempt_delta=delta
+            task_id, TaskStatus.QUEUED, expect=expect or task.status, reason=reason, attempt_delta=delta
         )
         self._enqueue(task)
         return task
@@ -267,11 +253,10 @@ class Supervisor:
         for event in events:
             if event.type == "user.message":
                 self._note_message(event.task_id)
-            elif event.type == "task.status":
-                running = self._running.get(event.task_id)
-                if running is not None and running.recording and not running.slot_free:
-                    running.slot_free = True
-                    self._slots_freed += 1
+            elif event.type == "task.status" and not self._shared:
+                # (On a shared store a claim could take the task again meanwhile: its slot is
+                # free only once the attempt is gone, see ``_start``.)
+                if self._running.outcome_committed(event.task_id):
                     self._kick()
 
     def _note_message(self, task_id: str) -> None:
@@ -292,10 +277,10 @@ class Supervisor:
                 running.scope.cancel()
 
     def _free(self) -> int:
-        return self._concurrency - (len(self._running) - self._slots_freed) - self._queue.slots_held()
+        return self._concurrency - self._running.holding() - self._queue.slots_held()
 
     def _running_users(self) -> list[int]:
-        return [running.user_id for running in self._running.values() if not running.slot_free]
+        return self._running.users()
 
     def _kick(self) -> None:
         self._changed.set()
@@ -328,7 +313,7 @@ class Supervisor:
     async def _fence(self) -> None:
         """This node lost its lease: stop every attempt without recording, then queue again
         those of its tasks nobody took over yet (it registers again as a new holder)."""
-        for running in list(self._running.values()):
+        for running in self._running.all():
             running.why_cancelled = "lease_lost"
             running.scope.cancel()
         await self.wait_idle()
@@ -359,11 +344,24 @@ class Supervisor:
 
     def _start(self, user_id: int, task_id: str, claimed: Task | None = None) -> None:
         assert self._nursery is not None
-        running = _Running(task_id, user_id, trio.CancelScope())
-        self._running[task_id] = running
+        previous = self._running.get(task_id)
+        if previous is not None:
+            # Its last attempt here still winds down (on a shared store a follow-up queued it
+            # again and a claim took it meanwhile): this one starts once that one is gone.
+            self._nursery.start_soon(self._start_after, previous, user_id, task_id, claimed)
+            return
+        running = Attempt(task_id, user_id, trio.CancelScope())
+        self._running.add(running)
         self._nursery.start_soon(self._attempt, running, claimed)
 
-    async def _attempt(self, running: _Running, claimed: Task | None = None) -> None:
+    async def _start_after(self, previous: Attempt, user_id: int, task_id: str, claimed: Task | None) -> None:
+        await previous.done.wait()
+        if self._admitting:
+            self._start(user_id, task_id, claimed)
+        elif claimed is not None:  # drained meanwhile
+            await self._queue.give_back(claimed)
+
+    async def _attempt(self, running: Attempt, claimed: Task | None = None) -> None:
         """One attempt of one task, from admission (or its claim) to its recorded outcome."""
         logs.bind_task(running.task_id)  # every log line of this Trio task (and its children)
         try:
@@ -399,16 +397,14 @@ class Supervisor:
                 # change stands. One task's race must never take the supervisor down.
                 log.warning("task %s: outcome not recorded: %s", running.task_id, exc.message)
         finally:
-            del self._running[running.task_id]
-            if running.slot_free:
-                self._slots_freed -= 1
+            self._running.remove(running)
             self._messaged.discard(running.task_id)
             if running.queued_again:
                 self._queue.push(running.user_id, running.task_id)
             running.done.set()
             self._kick()
 
-    async def _not_started(self, running: _Running) -> None:
+    async def _not_started(self, running: Attempt) -> None:
         """An attempt cancelled while it was being started (before ``running`` was written)."""
         if running.why_cancelled == "cancel":
             await self.store.transition(running.task_id, TaskStatus.CANCELLED, expect=TaskStatus.QUEUED,
@@ -416,7 +412,7 @@ class Supervisor:
         elif running.why_cancelled is None:
             running.queued_again = True  # not our doing: let it have its turn again
 
-    async def _record(self, running: _Running, task: Task, outcome: RunResult | BaseException | None) -> None:
+    async def _record(self, running: Attempt, task: Task, outcome: RunResult | BaseException | None) -> None:
         if running.why_cancelled in ("elsewhere", "lease_lost"):
             return  # the task is someone else's now: nothing of this attempt is recorded
         planned = plan_outcome(outcome, running.why_cancelled, task.attempt, backoff=self.backoff,
@@ -432,10 +428,13 @@ class Supervisor:
             # next one: the task goes on with it now.
             if task.id in self._messaged and await self.store.pending_inputs(task.id):
                 try:
+                    # From the status just recorded only: queued again meanwhile by whoever
+                    # delivered the message (and maybe claimed already), it stays theirs.
                     await self.requeue(task.id, reason="a user message arrived as the attempt ended",
-                                       fresh_attempts=planned.target is TaskStatus.SUCCEEDED)
+                                       fresh_attempts=planned.target is TaskStatus.SUCCEEDED,
+                                       expect=planned.target)
                 except InvalidTransition:
-                    pass  # already queued again by whoever delivered the message
+                    pass
 
     def _schedule_retry(self, task_id: str, due_at: float) -> None:
         assert self._nursery is not None

@@ -21,6 +21,7 @@ import trio
 from quart_trio import QuartTrio
 
 from .agent.factory import build_runner
+from .agent.loop import AgentRunner
 from .config import Settings
 from .control_handlers import make_handlers
 from .control_server import ControlServer
@@ -124,6 +125,8 @@ class Daemon:
                     settings.workspace_keep_days,
                 )
                 self.phase = "serving"
+                if isinstance(runner, AgentRunner):
+                    services.start_soon(self._warm_up, runner)
                 log.info("agentd serving on %s", ", ".join(self.http_urls))
                 self.notifier.notify(f"READY=1\nSTATUS=serving on {', '.join(self.http_urls)}")
                 task_status.started(self.http_urls)
@@ -146,6 +149,17 @@ class Daemon:
                 await store.aclose()
             self.notifier.close()
             self.phase = "stopped"
+
+    @staticmethod
+    async def _warm_up(runner: AgentRunner) -> None:
+        """Build the model provider now, in the background (``factory.BuiltInBackground``)."""
+        began = time.perf_counter()
+        try:
+            await runner.warm_up()
+        except Exception as exc:  # the first task that needs it says so again, as its error
+            log.warning("the model provider could not be loaded: %s", exc)
+        else:
+            log.info("model provider %s loaded in %.2f s", runner.provider.name, time.perf_counter() - began)
 
     async def _serve_http(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """HTTP and ``/ws`` until ``_http_closing`` is set, then a graceful close of open requests."""

@@ -31,7 +31,8 @@ def short_socket_dir() -> Path:
 
 class DaemonProcess:
     def __init__(self, data_dir: Path, *, script: dict[str, Any] | None = None,
-                 extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, args: list[str] | None = None,
+                 anthropic_key: str | None = None) -> None:
         self.data_dir = data_dir
         self.socket = short_socket_dir() / "agentd.sock"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -44,17 +45,23 @@ class DaemonProcess:
         if phone.STORE_URL and "AGENTD_STORE" not in self.env:  # the test's backend
             self.env["AGENTD_STORE"] = phone.STORE_URL
         self.env.pop("ANTHROPIC_API_KEY", None)
+        self.model_args = ["--model", "scripted", "--script", str(self.script_path)]
+        if anthropic_key is not None:  # Claude's provider (ANTHROPIC_BASE_URL from extra_env, say)
+            self.env["ANTHROPIC_API_KEY"] = anthropic_key
+            self.model_args = ["--model", "anthropic"]
         self.args = args or []
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.log: list[str] = []
         self._ready = threading.Event()
+        self._logged = threading.Condition()
+        self._ended = False
 
     def start(self, timeout: float = 60) -> "DaemonProcess":
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", "serve", "--data-dir", str(self.data_dir),
              "--http", "127.0.0.1:0", "--control-socket", str(self.socket),
-             "--model", "scripted", "--script", str(self.script_path), *self.args],
+             *self.model_args, *self.args],
             env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True,
         )
@@ -67,12 +74,24 @@ class DaemonProcess:
     def _read_log(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.log.append(line)
+            with self._logged:
+                self.log.append(line)
+                self._logged.notify_all()
             match = READY.search(line)
             if match and not self.url:
                 self.url = match.group(1)
                 self._ready.set()
         self._ready.set()  # the process ended: unblock start()
+        with self._logged:
+            self._ended = True
+            self._logged.notify_all()
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> bool:
+        """Whether a log line containing ``text`` came within ``timeout`` (False once it exited)."""
+        with self._logged:
+            return self._logged.wait_for(
+                lambda: self._ended or any(text in line for line in self.log), timeout
+            ) and any(text in line for line in self.log)
 
     def agentctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

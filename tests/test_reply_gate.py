@@ -259,7 +259,7 @@ def test_with_a_proxy_in_the_environment_the_sdk_client_is_kept(monkeypatch):
 
 
 def test_a_gate_needs_a_slot_and_the_setting_can_turn_it_off(tmp_path):
-    from daemon.agent.factory import build_provider
+    from daemon.agent.factory import anthropic_provider as build_provider
     from daemon.config import Settings
 
     with pytest.raises(ValueError):

@@ -69,6 +69,12 @@ class AgentRunner:
         self.settings = settings
         self._github_token = github_token
 
+    async def warm_up(self) -> None:
+        """Load what the first task would otherwise wait for (the model's SDK), if anything."""
+        warm_up = getattr(self.provider, "warm_up", None)
+        if warm_up is not None:
+            await warm_up()
+
     async def run(self, ctx: RunContext) -> RunResult:
         """One attempt of a task.
 

@@ -1,0 +1,127 @@
+"""The Claude provider is built in the background once the daemon serves, and a task run by the
+daemon with it (the real SDK against the fake Messages API) waits for it if it must."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import trio
+import trio.testing
+
+from daemon.agent.factory import BuiltInBackground, build_provider
+from daemon.agent.model import ModelReply, ModelRequest, Usage
+from daemon.config import Settings
+from daemon.service import Daemon
+
+from .daemon_process import DaemonProcess, short_socket_dir
+from .fakes.anthropic_api import FakeAnthropicAPI, message, text
+from .fakes.git_http import make_bare_repo
+
+REQUEST = ModelRequest(system="s", tools=[], messages=[{"role": "user", "content": "hi"}], max_tokens=10)
+
+
+class Echo:
+    name = "echo"
+
+    async def complete(self, request, on_text_delta=None):
+        return ModelReply(content=[{"type": "text", "text": "ok"}], stop_reason="end_turn", usage=Usage(), model="m")
+
+
+async def test_callers_that_come_first_wait_for_one_build_off_the_event_loop():
+    may_finish = threading.Event()
+    builds: list[int] = []
+
+    def build():
+        builds.append(threading.get_ident())
+        may_finish.wait(10)
+        return Echo()
+
+    provider = BuiltInBackground("echo", build)
+    replies = []
+
+    async def call() -> None:
+        replies.append(await provider.complete(REQUEST))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(provider.warm_up)
+        for _ in range(3):
+            nursery.start_soon(call)
+        await trio.testing.wait_all_tasks_blocked()
+        assert replies == []  # they wait for the build
+        may_finish.set()
+    assert len(builds) == 1 and builds[0] != threading.get_ident()
+    assert [r.content for r in replies] == [[{"type": "text", "text": "ok"}]] * 3
+
+
+async def test_a_failed_build_is_the_callers_error_and_the_next_call_tries_again():
+    attempts = []
+
+    def build():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("no SDK today")
+        return Echo()
+
+    provider = BuiltInBackground("echo", build)
+    with pytest.raises(RuntimeError, match="no SDK today"):
+        await provider.complete(REQUEST)
+    assert (await provider.complete(REQUEST)).stop_reason == "end_turn"
+    assert len(attempts) == 2
+
+
+async def test_a_caller_cancelled_while_it_waits_leaves_the_provider_to_the_next():
+    may_finish = threading.Event()
+    provider = BuiltInBackground("echo", lambda: may_finish.wait(10) and Echo())
+    with trio.move_on_after(0.05) as waited:
+        await provider.complete(REQUEST)
+    assert waited.cancelled_caught
+    may_finish.set()
+    assert (await provider.complete(REQUEST)).stop_reason == "end_turn"
+
+
+def test_the_daemon_builds_claude_in_the_background(tmp_path):
+    settings = Settings(data_dir=tmp_path, model="anthropic", anthropic_api_key="sk-ant-test")
+    assert isinstance(build_provider(settings), BuiltInBackground)
+
+
+async def test_a_task_runs_on_claude_through_the_daemon(tmp_path):
+    api = FakeAnthropicAPI(api_key="sk-ant-test")
+    api.push(message(text("Nothing needs changing.")))
+    bare = make_bare_repo(tmp_path)
+    async with trio.open_nursery() as servers:
+        url = await servers.start(api.serve)
+        settings = Settings(
+            data_dir=tmp_path / "data", http="127.0.0.1:0", control_socket=short_socket_dir() / "agentd.sock",
+            model="anthropic", anthropic_api_key="sk-ant-test", anthropic_base_url=url,
+            allow_local_remotes=True, min_free_disk_mb=0, max_attempts=1, pin_loop_cpu=False,
+        )
+        daemon = Daemon(settings)
+        finished = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.serve)
+            daemon.hub.add_global_listener(
+                lambda events: any(e.type == "task.finished" for e in events) and finished.set())
+            user = await daemon.store.upsert_user("alice")
+            task, _ = await daemon.supervisor.submit(user_id=user.id, repo_url=str(bare), prompt="look around")
+            with trio.fail_after(30):
+                await finished.wait()
+            done = await daemon.store.get_task(task.id)
+            assert done.status.value == "succeeded", done
+            assert len(api.requests) == 1 and api.requests[0].path == "/v1/messages"
+            assert daemon.supervisor.runner.provider._provider is not None  # built, once
+            daemon.request_stop()
+        servers.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+def test_agentd_serve_with_claude_serves_before_the_sdk_is_loaded(tmp_path):
+    daemon = DaemonProcess(tmp_path / "data", anthropic_key="sk-ant-test",
+                           extra_env={"ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}).start()
+    try:
+        assert daemon.wait_for_log("model provider anthropic loaded")  # in a second or two
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+    lines = "".join(daemon.log)
+    assert lines.index("agentd serving on") < lines.index("model provider anthropic loaded")

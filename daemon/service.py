@@ -155,11 +155,15 @@ class Daemon:
         """Build the model provider now, in the background (``factory.BuiltInBackground``)."""
         began = time.perf_counter()
         try:
-            await runner.warm_up()
+            if not await runner.warm_up():
+                return
         except Exception as exc:  # the first task that needs it says so again, as its error
             log.warning("the model provider could not be loaded: %s", exc)
-        else:
-            log.info("model provider %s loaded in %.2f s", runner.provider.name, time.perf_counter() - began)
+            return
+        # What the SDK's import built lives as long as the process: out of the collector's way,
+        # as what was there at startup (``tune_gc_for_serving``).
+        gc.freeze()
+        log.info("model provider %s loaded in %.2f s", runner.provider.name, time.perf_counter() - began)
 
     async def _serve_http(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """HTTP and ``/ws`` until ``_http_closing`` is set, then a graceful close of open requests."""

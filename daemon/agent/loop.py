@@ -69,11 +69,13 @@ class AgentRunner:
         self.settings = settings
         self._github_token = github_token
 
-    async def warm_up(self) -> None:
-        """Load what the first task would otherwise wait for (the model's SDK), if anything."""
+    async def warm_up(self) -> bool:
+        """Load what the first task would otherwise wait for (the model's SDK); False: nothing to."""
         warm_up = getattr(self.provider, "warm_up", None)
-        if warm_up is not None:
-            await warm_up()
+        if warm_up is None:
+            return False
+        await warm_up()
+        return True
 
     async def run(self, ctx: RunContext) -> RunResult:
         """One attempt of a task.

@@ -130,6 +130,7 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
                 # The SDK is loaded once the daemon serves (factory.BuiltInBackground): what it
                 # costs is the daemon's, not the tasks'.
                 await daemon.supervisor.runner.warm_up()
+                tune_gc_for_serving()  # as `agentd serve` does once the provider is loaded
                 await trio.sleep(0.5)
                 rss_before = rss_kib(pid)
                 cpu0, fake0, busy0 = cpu_seconds(pid), cpu_seconds(fake.pid), busy_seconds()

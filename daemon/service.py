@@ -58,6 +58,7 @@ class Daemon:
         self.notifier = Notifier.from_environ()  # a no-op outside systemd
         self._runner = runner
         self._stop_requested = trio.Event()
+        self.model_loaded = trio.Event()  # set once a provider loaded after serving is (Claude's)
         self._http_closing = trio.Event()
         self._http_done = trio.Event()
         self._grace_scope: trio.CancelScope | None = None
@@ -150,20 +151,17 @@ class Daemon:
             self.notifier.close()
             self.phase = "stopped"
 
-    @staticmethod
-    async def _warm_up(runner: AgentRunner) -> None:
+    async def _warm_up(self, runner: AgentRunner) -> None:
         """Build the model provider now, in the background (``factory.BuiltInBackground``)."""
         began = time.perf_counter()
         try:
             if not await runner.warm_up():
                 return
-        except Exception as exc:  # the first task that needs it says so again, as its error
-            log.warning("the model provider could not be loaded: %s", exc)
+        except Exception as exc:  # the first task that needs it fails with the same words
+            log.error("%s", exc, exc_info=exc.__cause__ or exc)
             return
-        # What the SDK's import built lives as long as the process: out of the collector's way,
-        # as what was there at startup (``tune_gc_for_serving``).
-        gc.freeze()
         log.info("model provider %s loaded in %.2f s", runner.provider.name, time.perf_counter() - began)
+        self.model_loaded.set()
 
     async def _serve_http(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """HTTP and ``/ws`` until ``_http_closing`` is set, then a graceful close of open requests."""
@@ -200,6 +198,16 @@ async def run_daemon(daemon: Daemon) -> None:
 
         nursery.start_soon(watch_signals, daemon)
         await nursery.start(serve)
+        tune_gc_for_serving()
+        nursery.start_soon(tune_gc_once_loaded, daemon)
+
+
+async def tune_gc_once_loaded(daemon: Daemon) -> None:
+    """Once the model provider is loaded (after serving), put what its import built out of the
+    collector's way too, if no task runs yet: what a running task holds would be frozen with it,
+    never collected. Cancellation: nothing done."""
+    await daemon.model_loaded.wait()
+    if daemon.supervisor is not None and daemon.supervisor.stats()["running"] == 0:
         tune_gc_for_serving()
 
 

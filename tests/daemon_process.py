@@ -73,18 +73,20 @@ class DaemonProcess:
 
     def _read_log(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
+        try:
+            for line in self.proc.stdout:
+                with self._logged:
+                    self.log.append(line)
+                    self._logged.notify_all()
+                match = READY.search(line)
+                if match and not self.url:
+                    self.url = match.group(1)
+                    self._ready.set()
+        finally:
+            self._ready.set()  # the process ended: unblock start()
             with self._logged:
-                self.log.append(line)
+                self._ended = True
                 self._logged.notify_all()
-            match = READY.search(line)
-            if match and not self.url:
-                self.url = match.group(1)
-                self._ready.set()
-        self._ready.set()  # the process ended: unblock start()
-        with self._logged:
-            self._ended = True
-            self._logged.notify_all()
 
     def wait_for_log(self, text: str, timeout: float = 60) -> bool:
         """Whether a log line containing ``text`` came within ``timeout`` (False once it exited)."""

@@ -3,21 +3,28 @@ daemon with it (the real SDK against the fake Messages API) waits for it if it m
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
 import trio.testing
 
+from daemon import service
 from daemon.agent.factory import BuiltInBackground, build_provider
 from daemon.agent.model import ModelReply, ModelRequest, Usage
 from daemon.config import Settings
+from daemon.errors import ConfigError, PermanentError
 from daemon.service import Daemon
 
 from .daemon_process import DaemonProcess, short_socket_dir
 from .fakes.anthropic_api import FakeAnthropicAPI, message, text
 from .fakes.git_http import make_bare_repo
 
+ROOT = Path(__file__).resolve().parents[1]
 REQUEST = ModelRequest(system="s", tools=[], messages=[{"role": "user", "content": "hi"}], max_tokens=10)
 
 
@@ -54,7 +61,7 @@ async def test_callers_that_come_first_wait_for_one_build_off_the_event_loop():
     assert [r.content for r in replies] == [[{"type": "text", "text": "ok"}]] * 3
 
 
-async def test_a_failed_build_is_the_callers_error_and_the_next_call_tries_again():
+async def test_a_failed_build_is_the_callers_permanent_error_and_the_next_call_tries_again():
     attempts = []
 
     def build():
@@ -64,7 +71,7 @@ async def test_a_failed_build_is_the_callers_error_and_the_next_call_tries_again
         return Echo()
 
     provider = BuiltInBackground("echo", build)
-    with pytest.raises(RuntimeError, match="no SDK today"):
+    with pytest.raises(PermanentError, match="model echo: could not be loaded: RuntimeError: no SDK today"):
         await provider.complete(REQUEST)
     assert (await provider.complete(REQUEST)).stop_reason == "end_turn"
     assert len(attempts) == 2
@@ -83,6 +90,56 @@ async def test_a_caller_cancelled_while_it_waits_leaves_the_provider_to_the_next
 def test_the_daemon_builds_claude_in_the_background(tmp_path):
     settings = Settings(data_dir=tmp_path, model="anthropic", anthropic_api_key="sk-ant-test")
     assert isinstance(build_provider(settings), BuiltInBackground)
+
+
+def test_nothing_before_serving_imports_the_sdk(tmp_path):
+    # A fresh interpreter does what `agentd serve` does before it serves: its imports, then
+    # the runner with Claude configured.
+    code = (
+        "import sys; import daemon.cli, daemon.service\n"
+        "from daemon.agent.factory import build_runner\n"
+        "from daemon.config import Settings\n"
+        f"build_runner(Settings(data_dir={str(tmp_path)!r}, model='anthropic', anthropic_api_key='k'))\n"
+        "print(sorted(m for m in sys.modules if m == 'anthropic' or m.startswith('anthropic.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("url, says", [
+    ("http://[::1", "anthropic_base_url: Invalid port"),
+    ("ftp://api.example", "anthropic_base_url: needs http:// or https://"),
+    ("api.example:443", "anthropic_base_url: needs http:// or https://"),
+])
+def test_a_bad_base_url_stops_the_daemon_before_it_serves(tmp_path, url, says):
+    settings = Settings(data_dir=tmp_path, model="anthropic", anthropic_api_key="k", anthropic_base_url=url)
+    with pytest.raises(ConfigError, match=says):
+        build_provider(settings)
+
+
+def test_a_missing_ca_file_stops_the_daemon_before_it_serves(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "nowhere.pem"))
+    with pytest.raises(ConfigError, match="TLS for the model's API"):
+        build_provider(Settings(data_dir=tmp_path, model="anthropic", anthropic_api_key="k"))
+
+
+async def test_the_collector_is_tuned_again_once_loaded_unless_a_task_runs():
+    class Stub:
+        def __init__(self, running: int) -> None:
+            self.model_loaded = trio.Event()
+            self.supervisor = SimpleNamespace(stats=lambda: {"running": running})
+
+    for running, tuned in ((0, True), (1, False)):
+        daemon, calls = Stub(running), []
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(service, "tune_gc_for_serving", lambda: calls.append(1))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(service.tune_gc_once_loaded, daemon)
+                await trio.testing.wait_all_tasks_blocked()
+                assert calls == []
+                daemon.model_loaded.set()
+        assert calls == ([1] if tuned else [])
 
 
 async def test_a_task_runs_on_claude_through_the_daemon(tmp_path):
@@ -115,7 +172,7 @@ async def test_a_task_runs_on_claude_through_the_daemon(tmp_path):
 
 
 @pytest.mark.slow
-def test_agentd_serve_with_claude_serves_before_the_sdk_is_loaded(tmp_path):
+def test_agentd_serve_with_claude_loads_the_provider_once_it_serves(tmp_path):
     daemon = DaemonProcess(tmp_path / "data", anthropic_key="sk-ant-test",
                            extra_env={"ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}).start()
     try:

@@ -80,7 +80,8 @@ class AnthropicProvider:
     requests, ``POOL_REQUESTS`` at a time each before the next pool is used (see
     ``DEFAULT_POOLS``). ``reply_slots``: how many tasks at a time may parse the replies that have
     arrived (``reply_gate``; 0: no gate). ``http_client``: one client of your own instead (a test
-    transport, a proxy setup); it is the only pool then, and not gated.
+    transport, a proxy setup); it is the only pool then, and not gated. ``ssl_context``: the
+    pools' TLS context (default: httpx's, with its CA store).
     """
 
     name = "anthropic"
@@ -96,6 +97,7 @@ class AnthropicProvider:
         pools: int = DEFAULT_POOLS,
         reply_slots: int = DEFAULT_SLOTS,
         http_client: httpx2.AsyncClient | None = None,
+        ssl_context: Any = None,
     ) -> None:
         if not api_key:
             raise PermanentError("anthropic: no API key configured (set ANTHROPIC_API_KEY)")
@@ -103,7 +105,8 @@ class AnthropicProvider:
         self._api_key = api_key  # kept only to redact it from error messages
         self._gate = ReplyGate(reply_slots) if reply_slots and http_client is None else None
         if http_client is None:
-            tls = httpx2.create_ssl_context()  # one CA store for all pools, not one each
+            # One CA store for all pools, not one each.
+            tls = ssl_context if ssl_context is not None else httpx2.create_ssl_context()
             http_clients = [self._new_http_client(tls) for _ in range(max(1, pools))]
         else:
             http_clients = [http_client]

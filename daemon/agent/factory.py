@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
+import httpx2
 import trio
 
 from ..config import MIB, Settings
 from ..cpu_pin import release as release_cpu
-from ..errors import ConfigError
+from ..errors import ConfigError, PermanentError
 from .conversation import Budget
 from .loop import AgentRunner, AgentSettings, TokenLookup
 from .model import ModelProvider, ModelReply, ModelRequest
@@ -31,17 +34,24 @@ class BuiltInBackground:
         self._build = build
         self._provider: ModelProvider | None = None
         self._building = trio.Lock()
+        self._thread = trio.CapacityLimiter(1)  # its own: not behind 40 others' file work
 
     async def provider(self) -> ModelProvider:
         """The provider, built now if it is not yet (once: concurrent callers wait for it).
 
-        Raises what building raised (the next call tries again). Cancellation: the caller
-        stops waiting; the build goes on in its thread and a later call starts another.
+        Raises ``PermanentError`` saying why it could not be built (the next call tries
+        again). Cancellation: the caller stops waiting; the build goes on in its thread and a
+        later call starts another.
         """
         if self._provider is None:
             async with self._building:
                 if self._provider is None:
-                    self._provider = await trio.to_thread.run_sync(self._build_off_loop, abandon_on_cancel=True)
+                    try:
+                        self._provider = await trio.to_thread.run_sync(
+                            self._build_off_loop, limiter=self._thread, abandon_on_cancel=True)
+                    except Exception as exc:
+                        raise PermanentError(
+                            f"model {self.name}: could not be loaded: {type(exc).__name__}: {exc}") from exc
         return self._provider
 
     def _build_off_loop(self) -> ModelProvider:
@@ -55,7 +65,7 @@ class BuiltInBackground:
         return await (await self.provider()).complete(request, on_text_delta)
 
 
-def anthropic_provider(settings: Settings) -> ModelProvider:
+def anthropic_provider(settings: Settings, ssl_context: Any = None) -> ModelProvider:
     """Claude through the SDK (imported here: see ``BuiltInBackground``)."""
     from .anthropic_provider import AnthropicProvider
 
@@ -63,14 +73,18 @@ def anthropic_provider(settings: Settings) -> ModelProvider:
     return AnthropicProvider(
         settings.anthropic_api_key, base_url=settings.anthropic_base_url,
         model=settings.anthropic_model, reply_slots=settings.model_reply_slots,
+        ssl_context=ssl_context,
     )
 
 
 def build_provider(settings: Settings) -> ModelProvider:
+    """The provider the settings ask for. What can be wrong in them is found here, before the
+    daemon serves (``ConfigError``); Claude's SDK itself is loaded later (``BuiltInBackground``)."""
     if settings.model_name == "anthropic":
         if not settings.anthropic_api_key:
             raise ConfigError("config: model: 'anthropic' needs ANTHROPIC_API_KEY")
-        return BuiltInBackground("anthropic", partial(anthropic_provider, settings))
+        return BuiltInBackground("anthropic", partial(
+            anthropic_provider, settings, ssl_context=_checked_tls(settings)))
     if settings.script is None:
         raise ConfigError(
             "config: script: the scripted model needs a script (--script FILE); "
@@ -82,6 +96,22 @@ def build_provider(settings: Settings) -> ModelProvider:
         return ScriptedProvider.from_file(settings.script)
     except Exception as exc:  # a bad script is a configuration problem, said in one line
         raise ConfigError(f"config: script: {getattr(exc, 'message', exc)}") from None
+
+
+def _checked_tls(settings: Settings) -> ssl.SSLContext:
+    """The TLS context of the model's connections (its CA store read now), after checking the
+    base URL: a mistake in either is a configuration error at startup, not a failed task."""
+    if settings.anthropic_base_url is not None:
+        try:
+            url = httpx2.URL(settings.anthropic_base_url)
+        except httpx2.InvalidURL as exc:
+            raise ConfigError(f"config: anthropic_base_url: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError("config: anthropic_base_url: needs http:// or https:// and a host")
+    try:
+        return httpx2.create_ssl_context()
+    except (OSError, ssl.SSLError) as exc:  # SSL_CERT_FILE / SSL_CERT_DIR naming what is not there
+        raise ConfigError(f"config: TLS for the model's API: {exc}") from None
 
 
 def agent_settings(settings: Settings) -> AgentSettings:

@@ -97,3 +97,22 @@ class Hang(Recorder):
             raise
         finally:
             self.leave()
+
+
+class MessagedAsItEnds(Recorder):
+    """The first attempt: the user writes to the task as it ends. Later ones: run until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = trio.Event()
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        self.enter(ctx)
+        try:
+            if len(self.starts) == 1:
+                await ctx.store.add_input(ctx.task.id, "one more thing")
+            else:
+                await self.release.wait()
+            return RunResult()
+        finally:
+            self.leave()

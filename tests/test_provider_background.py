@@ -80,8 +80,14 @@ async def test_a_failed_build_is_the_callers_permanent_error_and_the_next_call_t
 async def test_a_caller_cancelled_while_it_waits_leaves_the_provider_to_the_next():
     may_finish = threading.Event()
     provider = BuiltInBackground("echo", lambda: may_finish.wait(10) and Echo())
-    with trio.move_on_after(0.05) as waited:
-        await provider.complete(REQUEST)
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as waited:
+            async def cancel_once_waiting() -> None:
+                await trio.testing.wait_all_tasks_blocked()  # the caller waits for the build
+                waited.cancel()
+
+            nursery.start_soon(cancel_once_waiting)
+            await provider.complete(REQUEST)
     assert waited.cancelled_caught
     may_finish.set()
     assert (await provider.complete(REQUEST)).stop_reason == "end_turn"

@@ -105,7 +105,7 @@ async def read_all(client: httpx2.AsyncClient, path: str) -> bytes:
 async def test_a_streaming_reply_holds_no_slot_while_it_waits_for_more(served, nursery):
     server = ReplyServer()
     gate, client = await served(server, 1)
-    first = trio.Event()
+    first, done = trio.Event(), trio.Event()
     bodies: list[bytes] = []
 
     async def streaming() -> None:
@@ -115,6 +115,7 @@ async def test_a_streaming_reply_holds_no_slot_while_it_waits_for_more(served, n
                 parts.append(part)
                 first.set()
             bodies.append(b"".join(parts))
+        done.set()
 
     nursery.start_soon(streaming)
     await first.wait()
@@ -122,8 +123,7 @@ async def test_a_streaming_reply_holds_no_slot_while_it_waits_for_more(served, n
         assert await read_all(client, "/full") == b"whole"
     server.go_on.set()
     with trio.fail_after(WAIT_S):
-        while not bodies:
-            await trio.sleep(0.01)
+        await done.wait()
     assert bodies == [b"firstrest"] and gate.held() == 0
     await client.aclose()
 

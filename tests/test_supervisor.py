@@ -16,7 +16,7 @@ from daemon.supervisor import Backoff
 
 from .conftest import fake_wall
 from .helpers import in_one_batch, running_supervisor, submit, wait_status
-from .runners import FailPermanently, FailTimes, Hang, SucceedAfter
+from .runners import FailPermanently, FailTimes, Hang, MessagedAsItEnds, SucceedAfter
 
 
 def test_backoff_ceilings_double_then_cap():
@@ -325,37 +325,12 @@ async def test_a_task_submitted_as_the_previous_outcome_commits_starts_in_its_sl
             await finished.wait()
 
 
-class _MessagedAsItEnds:
-    """Attempt 1: the user writes as it ends. Attempt 2 and on: run until released."""
-
-    def __init__(self) -> None:
-        self.attempts = self.running = self.most = 0
-        self.second_started = trio.Event()
-        self.release = trio.Event()
-
-    async def run(self, ctx):
-        from daemon.supervisor import RunResult
-
-        self.attempts += 1
-        self.running += 1
-        self.most = max(self.most, self.running)
-        try:
-            if self.attempts == 1:
-                await ctx.store.add_input(ctx.task.id, "one more thing")
-                return RunResult()
-            self.second_started.set()
-            await self.release.wait()
-            return RunResult()
-        finally:
-            self.running -= 1
-
-
 async def test_a_task_queued_again_while_its_attempt_winds_down_runs_once_at_a_time(
         autojump_clock, store, hub, alice, monkeypatch):
     # The outcome has committed and the ending attempt looks for the user's message when a
     # follow-up queues the task again. On a shared store a claim may take it at once: the next
     # attempt waits for the last one to be gone, and the ending attempt leaves the task to it.
-    runner = _MessagedAsItEnds()
+    runner = MessagedAsItEnds()
     looking, go_on = trio.Event(), trio.Event()
     pending_inputs = store.pending_inputs
 
@@ -373,8 +348,8 @@ async def test_a_task_queued_again_while_its_attempt_winds_down_runs_once_at_a_t
         await trio.sleep(5)  # claim polls on a shared store
         go_on.set()
         await first.done.wait()
-        await runner.second_started.wait()
-        assert runner.attempts == 2 and runner.most == 1
+        await runner.wait_until(lambda: len(runner.starts) == 2)
+        assert runner.max_active == 1
         assert (await store.get_task(task.id)).status is TaskStatus.RUNNING
         runner.release.set()
         await wait_status(hub, task.id, TaskStatus.SUCCEEDED)

@@ -34,7 +34,9 @@ from common import loop_pinned
 from ws_common import Histogram, now, raise_fd_limit
 
 from daemon.config import Settings
+from daemon.events import EventHub
 from daemon.service import Daemon, tune_gc_for_serving
+from daemon.store import Event
 from daemon.supervisor import RunContext, RunResult
 from daemon.tokens import hash_token, new_token
 
@@ -102,10 +104,25 @@ class Pacer:
 
 
 async def emit(runner: EmitterRunner, task_ids: list[str], start: float, seconds: float,
-               rate: float, window: tuple[float, float]) -> dict[str, Any]:
-    late, lag = Histogram(), Histogram()
+               rate: float, window: tuple[float, float], hub: EventHub | None = None) -> dict[str, Any]:
+    """Emit as the docstring at the top says; with ``hub``, also time each event from its send
+    time ``data.t`` to its committed batch reaching the hub, whose listeners run just before the
+    WebSocket fan-out writes it to the sockets (``to_sockets``: the server's share of latency)."""
+    late, lag, to_sockets = Histogram(), Histogram(), Histogram()
     count = in_window = 0
     pacer = Pacer()
+    timing = True
+
+    def committed(events: list[Event]) -> None:
+        if timing:
+            t = now()
+            for event in events:
+                sent = event.data.get("t")
+                if sent is not None and window[0] <= sent < window[1]:
+                    to_sockets.add(t - sent)
+
+    if hub is not None:
+        hub.add_global_listener(committed)
 
     async def one(ctx: RunContext, phase: float) -> None:
         nonlocal count, in_window
@@ -136,7 +153,11 @@ async def emit(runner: EmitterRunner, task_ids: list[str], start: float, seconds
             for i, task_id in enumerate(task_ids):
                 nursery.start_soon(one, runner.contexts[task_id], i / len(task_ids) / rate)
         outer.cancel_scope.cancel()
-    return {"emitted": count, "in_window": in_window, "late": late.summary(), "lag": lag.summary()}
+    timing = False  # the listener stays (the hub has no removal for it): it then does nothing
+    result = {"emitted": count, "in_window": in_window, "late": late.summary(), "lag": lag.summary()}
+    if hub is not None:
+        result["to_sockets"] = to_sockets.summary()
+    return result
 
 
 async def main(tasks: int, users: int, max_fds: int) -> None:
@@ -185,7 +206,7 @@ async def main(tasks: int, users: int, max_fds: int) -> None:
                 cmd = json.loads(line)
                 if cmd["cmd"] == "emit":
                     result = await emit(runner, ids[:cmd["tasks"]], cmd["start"], cmd["seconds"], cmd["rate"],
-                                          (cmd.get("w0", 0.0), cmd.get("w1", float("inf"))))
+                                          (cmd.get("w0", 0.0), cmd.get("w1", float("inf"))), daemon.hub)
                     print(json.dumps(result), flush=True)
         runner.finish.set()
         daemon.request_stop()

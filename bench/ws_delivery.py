@@ -21,7 +21,11 @@ sent: a server that fell behind is still sending older events); "net" subtracts 
 same server's CPU per emitted event with no client connected (agentd: the appends and the
 runner loops; the peer: its emitter loops), times the events emitted in the window: what is
 left is the delivery cost proper. The machine has
-few cores: client CPU is reported too, since it competes with the server.
+few cores: client CPU is reported too, since it competes with the server. For agentd,
+``server_to_sockets`` is the server's own share of the latency: from the stamp to the committed
+event reaching the hub, whose listeners run just before the fan-out writes it to the sockets.
+``--systems websockets-pinned`` runs the peer on the one CPU agentd pins its loop to: what the
+pinning alone does to the clients' latency on a machine this small.
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ PEERS_PY = BENCH / ".venv-peers" / "bin" / "python"
 SERVERS = {
     "agentd": [sys.executable, str(BENCH / "ws_agentd_server.py")],
     "websockets": [str(PEERS_PY), str(BENCH / "ws_peer_server.py")],
+    # The peer on one CPU, the one agentd's loop and writer are pinned to (daemon/cpu_pin.py):
+    # what that pinning alone does to latency while the clients share the machine.
+    "websockets-pinned": ["taskset", "-c", str(max(os.sched_getaffinity(0))),
+                          str(PEERS_PY), str(BENCH / "ws_peer_server.py")],
 }
 
 
@@ -205,6 +213,7 @@ def run_fanout(system: str, scenario: str, params: dict[str, Any], tmp: Path) ->
         "scheduled_in_window": round(params["tasks"] * rate * window),
         "emit_late": emitted["late"],
         "server_loop_lag": emitted["lag"],
+        **({"server_to_sockets": emitted["to_sockets"]} if "to_sockets" in emitted else {}),
     }
 
 

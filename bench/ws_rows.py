@@ -29,6 +29,8 @@ def _latency_row(Row: Any, title: str, target_ms: float, result: dict[str, Any] 
         lat, due = r["latency"], r["latency_from_due"]
         share = r["delivered"] / r["expected"] * 100 if r["expected"] else 0
         extra = f"; {share:.0f}% delivered" if share < 99 else ""
+        if r.get("server_to_sockets"):  # agentd: the server's own share, stamp to the sockets
+            extra += f"; in the server p99 {r['server_to_sockets']['p99_ms']:.0f} ms"
         return (f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} ms (from due: p99 {due['p99_ms']:.0f} ms"
                 f"{extra}){who}")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -171,6 +173,38 @@ async def test_a_dead_clones_staging_directory_is_removed_and_no_other(tmp_path,
     ws = await prepare(tmp_path, str(bare))
     assert (ws.path / "calc.py").exists()
     assert sorted(p.name for p in root.iterdir()) == [other.name, ws.path.name]
+
+
+async def test_file_system_calls_stay_off_the_trio_thread(tmp_path, bare, monkeypatch):
+    """A rename or a stat can wait for the file system's journal while hundreds of clones
+    write: none of a workspace's own file system calls may run on the event loop's thread."""
+    loop_thread = threading.get_ident()
+    on_loop: list[str] = []
+
+    def watched(owner: object, name: str) -> None:
+        real = getattr(owner, name)
+
+        def call(*args, **kwargs):
+            if threading.get_ident() == loop_thread:
+                on_loop.append(name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, call)
+
+    (tmp_path / "ws" / "3f2a9c1d-7777" / "half-made").mkdir(parents=True)  # to be replaced
+    for owner, name in [(os, "rename"), (os, "replace"), (os, "scandir"), (shutil, "disk_usage"),
+                        (Path, "exists"), (Path, "read_text"), (Path, "write_text"),
+                        (Path, "mkdir"), (Path, "iterdir"), (Path, "is_dir")]:
+        watched(owner, name)
+
+    ws = await prepare(tmp_path, str(bare))
+    assert await prepare(tmp_path, str(bare)) == ws  # reused: its marker read off-loop too
+    with open(ws.path / "calc.py", "w") as edit:  # the agent's edit (not a watched call)
+        edit.write("def add(a, b):\n    return a + b\n")
+    assert await commit_and_push(ws, "Fix add", token=None) is not None
+    assert await gc_workspaces(tmp_path / "ws", keep=lambda _: False) == [ws.path.name]
+
+    assert on_loop == []
 
 
 async def test_workspace_off_its_branch_is_refused(tmp_path, bare):

@@ -48,18 +48,21 @@ async def gc_workspaces(root: Path, keep: Callable[[str], bool]) -> list[str]:
     workspace would be neither usable nor gone); cancellation takes effect once the directory
     being removed is gone, and the ones not reached yet stay.
     """
-    root = Path(root)
-    if not root.is_dir():
-        return []
     removed = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith(".") or not entry.is_dir() or entry.is_symlink():
-            continue
+    for entry in await trio.to_thread.run_sync(_workspace_dirs, Path(root)):
         if keep(entry.name):
             continue
         await trio.to_thread.run_sync(rmtree, entry)
         removed.append(entry.name)
     return removed
+
+
+def _workspace_dirs(root: Path) -> list[Path]:
+    # In a worker thread: a stat per workspace, and any of them may wait on the disk.
+    if not root.is_dir():
+        return []
+    return sorted(entry for entry in root.iterdir()
+                  if not entry.name.startswith(".") and entry.is_dir() and not entry.is_symlink())
 
 
 def rmtree(path: Path) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,19 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": f"{platform.system()} {platform.release()}",
     }
+
+
+def host_speed(additions: int = 3_000_000, tries: int = 3) -> float:
+    """Seconds this host takes for a fixed pure-Python loop (the best of ``tries``; lower is
+    faster): a shared VM's speed changes from hour to hour, and every figure with it."""
+    best = float("inf")
+    for _ in range(tries):
+        began = time.perf_counter()
+        total = 0
+        for i in range(additions):
+            total += i
+        best = min(best, time.perf_counter() - began)
+    return best
 
 
 def emit(result: dict[str, Any], as_json: bool) -> None:

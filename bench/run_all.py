@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, machine
+from common import ROOT, host_speed, machine
 from pg_server import pg_server
 from pg_server import unavailable_reason as pg_unavailable
 from redis_server import redis_server
@@ -373,13 +373,15 @@ NEEDS_PEERS = {"queue", "durable", "ws", "pg"}
 
 # -- output ------------------------------------------------------------------------------------
 
-def render(rows: list[Row], size_name: str, elapsed_s: float) -> str:
+def render(rows: list[Row], size_name: str, elapsed_s: float, speed: tuple[float, float]) -> str:
     m = machine()
     head = ["Benchmark", "agentd", "Peer (same run)", "agentd advantage", "Target", "Met"]
     lines = [
         (f"Measured {datetime.date.today().isoformat()} by `make bench` ({size_name} size, best of "
          f"{SIZES[size_name]['rounds']} interleaved rounds, "
-         f"{elapsed_s:.0f} s) on {m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['kernel']}."),
+         f"{elapsed_s:.0f} s) on {m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['kernel']}. "
+         f"Host speed (`bench/common.py:host_speed`, 3 million pure-Python additions; lower is faster): "
+         f"{speed[0]:.2f} s before the run, {speed[1]:.2f} s after."),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -428,12 +430,14 @@ def main() -> None:
     size = SIZES[size_name]
     if NEEDS_PEERS & set(chosen):
         ensure_peers_venv()
+    speed_before = host_speed()
     began = time.perf_counter()
     rows: list[Row] = []
     for name in chosen:
         rows.extend(SUITES[name](size))
     rows.extend([] if "ws" in chosen else PENDING)
-    block = render(rows, size_name, time.perf_counter() - began)
+    elapsed = time.perf_counter() - began
+    block = render(rows, size_name, elapsed, (speed_before, host_speed()))
     print(block)
     if args.json_out:
         args.json_out.write_text(json.dumps([row.__dict__ for row in rows], indent=2))

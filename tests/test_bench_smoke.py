@@ -88,12 +88,13 @@ def test_table_replaces_only_the_marked_readme_block(tmp_path, monkeypatch):
     monkeypatch.setattr(run_all, "README", readme)
     rows = [run_all.Row("Queue, jobs/s", "2,000", "600 (SAQ)", 3.3, "≥ 2× SAQ", True),
             *run_all.PENDING]
-    block = run_all.render(rows, "quick", 1.0)
+    block = run_all.render(rows, "quick", 1.0, (0.21, 0.35))
     run_all.write_readme(block)
     text = readme.read_text()
     assert text.startswith("# agentd\nbefore\n") and text.endswith(f"{run_all.END}\nafter\n")
     assert "old table" not in text and "| Queue, jobs/s | 2,000 | 600 (SAQ) | 3.30× |" in text
     assert text.count("not run yet") == len(run_all.PENDING)
+    assert "0.21 s before the run, 0.35 s after" in text
 
 
 def test_readme_without_markers_is_refused(tmp_path, monkeypatch):

@@ -285,6 +285,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, help="fan-out scenarios: clients (default: the size's)")
     parser.add_argument("--connect-concurrency", type=int, help="handshakes in flight per client process")
     parser.add_argument("--profile", type=Path, help="py-spy the servers over each window, into DIR")
+    parser.add_argument("--pinned-peer", action="store_true",
+                        help="scenario a also with the peer on the CPU agentd pins its loop to")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     raise_fd_limit(20_000)
@@ -307,7 +309,10 @@ def main() -> None:
         if scenario == "idle" and args.connect_concurrency:
             params["connect_concurrency"] = args.connect_concurrency
         out[scenario] = {"params": {k: v for k, v in params.items() if k != "profile"}}
-        for system in [s.strip() for s in args.systems.split(",") if s.strip()]:
+        systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+        if args.pinned_peer and scenario == "a" and "websockets-pinned" not in systems:
+            systems.append("websockets-pinned")
+        for system in systems:
             print(f"[{time.strftime('%H:%M:%S')}] ws {scenario}: {system} ...", file=sys.stderr, flush=True)
             if scenario == "idle":
                 out[scenario][system] = run_idle(system, params, tmp)

@@ -20,7 +20,8 @@ def _is_quick(size: dict[str, Any]) -> bool:
     return size.get("ws_quick", size.get("rounds", 3) == 1)
 
 
-def _latency_row(Row: Any, title: str, target_ms: float, result: dict[str, Any] | None) -> Any:
+def _latency_row(Row: Any, title: str, target_ms: float, result: dict[str, Any] | None,
+                 peer_name: str = "`websockets`") -> Any:
     agentd, peer = (result or {}).get("agentd"), (result or {}).get("websockets")
 
     def cell(r: dict[str, Any] | None, who: str = "") -> str:
@@ -41,7 +42,14 @@ def _latency_row(Row: Any, title: str, target_ms: float, result: dict[str, Any] 
     ratio = None
     if agentd and peer and agentd["latency_from_due"]["p99_ms"]:
         ratio = peer["latency_from_due"]["p99_ms"] / agentd["latency_from_due"]["p99_ms"]
-    return Row(title, cell(agentd), cell(peer, " (`websockets`)"), ratio, f"p99 < {target_ms:g} ms", met)
+    return Row(title, cell(agentd), cell(peer, f" ({peer_name})"), ratio, f"p99 < {target_ms:g} ms", met)
+
+
+def _reference(row: Any) -> Any:
+    """The row as a reference: what the pinning alone costs the clients on this machine (the
+    peer pinned as agentd's loop is), no target of its own."""
+    row.target, row.met = "—", None
+    return row
 
 
 def _cpu_row(Row: Any, title: str, result: dict[str, Any] | None) -> Any:
@@ -64,12 +72,17 @@ def ws_suite(size: dict[str, Any], *, Row: Any, run_step: Callable[..., dict[str
              py: Callable[..., list[str]]) -> list[Any]:
     s = QUICK if _is_quick(size) else FULL
     delivery = run_step("websocket delivery (a), (b), idle", py(
-        "ws_delivery.py", "--scenario", "a,b,idle", "--seconds", s["seconds"], "--conns", s["conns"]))
+        "ws_delivery.py", "--scenario", "a,b,idle", "--seconds", s["seconds"], "--conns", s["conns"],
+        "--pinned-peer"))
     a = (delivery or {}).get("a")
     b = (delivery or {}).get("b")
     rows = [
         _latency_row(Row, "WebSocket (a) 2,000 clients, 1,000 tasks × 10 ev/s: event-to-receipt p50 / p99",
                      50, a),
+        _reference(_latency_row(
+            Row, "WebSocket (a), the peer on one CPU as agentd's loop and writer are (reference)", 50,
+            {"agentd": (a or {}).get("agentd"), "websockets": (a or {}).get("websockets-pinned")},
+            "`websockets` pinned")),
         _latency_row(Row, "WebSocket (b) 1 task → 1,000 clients at 10 ev/s: event-to-receipt p50 / p99",
                      100, b),
         _cpu_row(Row, "WebSocket server CPU per delivered message, (a)", a),

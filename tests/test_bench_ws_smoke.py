@@ -102,16 +102,21 @@ def test_agent_load_runs_tasks_through_the_slow_fake_model():
 def test_ws_delivery_side_by_side_and_its_rows():
     done = subprocess.run(
         [sys.executable, str(BENCH / "ws_delivery.py"), "--size", "smoke", "--scenario", "a,idle",
-         "--seconds", "1.5", "--warmup", "0.5", "--baseline-seconds", "1", "--json"],
+         "--seconds", "1.5", "--warmup", "0.5", "--baseline-seconds", "1", "--pinned-peer", "--json"],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    for system in ("agentd", "websockets"):
+    for system in ("agentd", "websockets", "websockets-pinned"):
         a = result["a"][system]
         assert a["expected"] == 6 * 10 * 1.0 and a["delivered"] > 0 and a["latency"]["p99_ms"] is not None
+    for system in ("agentd", "websockets"):
         assert result["idle"][system]["conns"] == 20
+    assert "websockets-pinned" not in result["idle"]  # the pinned peer runs scenario a only
+    assert result["a"]["agentd"]["server_to_sockets"]["samples"] > 0
 
     canned = {"a": result["a"], "b": result["a"], "idle": result["idle"]}
     rows = ws_rows.ws_suite({"rounds": 1}, Row=_Row, py=lambda *a: list(map(str, a)),
                             run_step=lambda label, argv: canned if "ws_delivery" in argv[0] else None)
-    assert len(rows) == 6 and all("failed" not in row.agentd for row in rows[:5])
+    assert len(rows) == 7 and all("failed" not in row.agentd for row in rows[:6])
+    assert "in the server p99" in rows[0].agentd
+    assert "`websockets` pinned" in rows[1].peer and rows[1].met is None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -175,36 +176,76 @@ async def test_a_dead_clones_staging_directory_is_removed_and_no_other(tmp_path,
     assert sorted(p.name for p in root.iterdir()) == [other.name, ws.path.name]
 
 
-async def test_file_system_calls_stay_off_the_trio_thread(tmp_path, bare, monkeypatch):
+# File system events Python audits (sys.addaudithook), and the calls it does not audit.
+_FS_EVENTS = frozenset({"open", "os.rename", "os.scandir", "os.listdir", "os.mkdir", "os.remove",
+                        "os.rmdir", "os.chmod", "shutil.rmtree"})
+_UNAUDITED = ("stat", "lstat", "statvfs")
+_loop_fs: dict[str, object] = {"thread": None, "seen": []}
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _loop_fs["thread"] == threading.get_ident() and event in _FS_EVENTS:
+        if event == "open" and not isinstance(args[0], (str, bytes, os.PathLike)):
+            return  # os.fdopen and the like: no path, nothing to wait for
+        _loop_fs["seen"].append(event)
+
+
+@pytest.fixture
+def file_system_on_loop(monkeypatch):
+    """What file system calls the calling (Trio) thread makes while ``watching()``."""
+    if not _loop_fs.get("hooked"):
+        sys.addaudithook(_audit)  # hooks cannot be removed: this one is idle outside the test
+        _loop_fs["hooked"] = True
+    for name in _UNAUDITED:
+        real = getattr(os, name)
+
+        def call(*args, _real=real, _name=name, **kwargs):
+            if _loop_fs["thread"] == threading.get_ident():
+                _loop_fs["seen"].append(f"os.{_name}")
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(os, name, call)
+
+    @contextlib.contextmanager
+    def watching():
+        _loop_fs.update(thread=threading.get_ident(), seen=[])
+        try:
+            yield _loop_fs["seen"]
+        finally:
+            _loop_fs["thread"] = None
+
+    return watching
+
+
+async def test_file_system_calls_stay_off_the_trio_thread(tmp_path, bare, file_system_on_loop):
     """A rename or a stat can wait for the file system's journal while hundreds of clones
     write: none of a workspace's own file system calls may run on the event loop's thread."""
-    loop_thread = threading.get_ident()
-    on_loop: list[str] = []
-
-    def watched(owner: object, name: str) -> None:
-        real = getattr(owner, name)
-
-        def call(*args, **kwargs):
-            if threading.get_ident() == loop_thread:
-                on_loop.append(name)
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(owner, name, call)
-
     (tmp_path / "ws" / "3f2a9c1d-7777" / "half-made").mkdir(parents=True)  # to be replaced
-    for owner, name in [(os, "rename"), (os, "replace"), (os, "scandir"), (shutil, "disk_usage"),
-                        (Path, "exists"), (Path, "read_text"), (Path, "write_text"),
-                        (Path, "mkdir"), (Path, "iterdir"), (Path, "is_dir")]:
-        watched(owner, name)
+    with file_system_on_loop() as seen:
+        ws = await prepare(tmp_path, str(bare))
+        assert await prepare(tmp_path, str(bare)) == ws  # reused: its marker read off-loop too
+    (ws.path / "calc.py").write_text("def add(a, b):\n    return a + b\n")  # the agent's edit
+    with file_system_on_loop() as seen_later:
+        assert await commit_and_push(ws, "Fix add", token=None) is not None
+        assert await gc_workspaces(tmp_path / "ws", keep=lambda _: False) == [ws.path.name]
+    assert seen == [] and seen_later == []
 
+
+async def test_a_damaged_marker_is_refused_not_wiped(tmp_path, bare):
     ws = await prepare(tmp_path, str(bare))
-    assert await prepare(tmp_path, str(bare)) == ws  # reused: its marker read off-loop too
-    with open(ws.path / "calc.py", "w") as edit:  # the agent's edit (not a watched call)
-        edit.write("def add(a, b):\n    return a + b\n")
-    assert await commit_and_push(ws, "Fix add", token=None) is not None
-    assert await gc_workspaces(tmp_path / "ws", keep=lambda _: False) == [ws.path.name]
+    (ws.path / "work.txt").write_text("the agent's work\n")
+    (ws.path / ".git" / "agentd-workspace.json").write_text("null")
+    with pytest.raises(PermanentError, match="damaged marker"):
+        await prepare(tmp_path, str(bare))
+    assert (ws.path / "work.txt").read_text() == "the agent's work\n"
 
-    assert on_loop == []
+
+async def test_a_lost_marker_stops_the_push(tmp_path, bare):
+    ws = await prepare(tmp_path, str(bare))
+    (ws.path / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    (ws.path / ".git" / "agentd-workspace.json").unlink()
+    with pytest.raises(PermanentError, match="lost its marker"):
+        await commit_and_push(ws, "Fix add", token=None)
 
 
 async def test_workspace_off_its_branch_is_refused(tmp_path, bare):

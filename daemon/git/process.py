@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import functools
 import os
 import re
 import shlex
@@ -153,7 +154,10 @@ async def run_git(
     op = op or next((a for a in args if not a.startswith("-")), "command")
     try:
         with trio.fail_after(timeout):
-            done = await _run_in_background(argv, cwd, git_env(remote, auth, allow_local=allow_local))
+            make_env = functools.partial(git_env, remote, auth, allow_local=allow_local)
+            # With a token, the askpass script is looked for (and written) on disk: off the loop.
+            env = await trio.to_thread.run_sync(make_env) if auth.token else make_env()
+            done = await _run_in_background(argv, cwd, env)
     except trio.TooSlowError:
         raise TransientError(f"git {op} timed out after {timeout:g} s", code="git_timeout") from None
     except FileNotFoundError:

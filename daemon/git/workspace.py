@@ -8,7 +8,6 @@ last, so its presence means "fully prepared"; a directory without it is a half-m
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import re
@@ -127,8 +126,9 @@ async def prepare_workspace(
     fails; PermanentError for a bad URL, credentials, a missing repository or branch, and a
     clone larger than ``quota_bytes`` (that clone is removed at once).
 
-    Cancellation: the running git process is killed; the half-made directory is left behind
-    and replaced by the next call for the same task.
+    Cancellation: the running git process is killed and the staging directory removed (a
+    file system step already running in its worker thread finishes first); a directory a
+    killed daemon left half-made is replaced by the next call for the same task.
     """
     if not _TASK_ID.match(task_id):
         raise PermanentError(f"invalid task id for a workspace: {task_id!r}")
@@ -141,7 +141,7 @@ async def prepare_workspace(
 
     # Every file system call here runs in a worker thread: even a rename or a stat can wait
     # for the file system's journal while hundreds of clones write (a rename on the Trio
-    # thread once held the loop for 0.9 s at 500 tasks).
+    # thread held the loop for up to 1.7 s at 500 tasks).
     meta = await trio.to_thread.run_sync(_read_marker, marker)
     if meta is not None and (known_branch is None or meta.get("branch") == known_branch):
         return await _reuse(path, meta, remote)
@@ -174,10 +174,19 @@ async def prepare_workspace(
 
 
 def _read_marker(marker: Path) -> dict | None:
+    """The workspace's marker, or None when there is none (not prepared, or half-made)."""
     try:
-        return json.loads(marker.read_text())
-    except FileNotFoundError:
+        text = marker.read_text()
+    except (FileNotFoundError, NotADirectoryError):  # no .git, or .git is a file
         return None
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):  # the agent can write in .git: refuse, never wipe its work
+        raise PermanentError(f"workspace {marker.parent.parent.name} has a damaged marker "
+                             f"({marker.name}); refusing to use or replace it", code="workspace_marker")
+    return meta
 
 
 def _make_room(root: Path, path: Path, task_id: str) -> int:
@@ -292,10 +301,13 @@ async def commit_and_push(
         elif staged.returncode != 0:
             raise PermanentError(f"git diff failed: {staged.stderr.strip()}")
         head = (await git("rev-parse", "HEAD")).stdout.decode().strip()
-    marker = ws.path / ".git" / _MARKER
-    meta = await trio.to_thread.run_sync(_read_marker, marker) or {}
     if head == ws.base_commit:
         return None
+    marker = ws.path / ".git" / _MARKER
+    meta = await trio.to_thread.run_sync(_read_marker, marker)
+    if meta is None:
+        raise PermanentError(f"workspace {ws.path.name} lost its marker ({marker.name}); not pushing",
+                             code="workspace_marker")
 
     if head != meta.get("pushed_commit"):
         await _check_push_config(ws)
@@ -305,7 +317,8 @@ async def commit_and_push(
         refspec = f"refs/heads/{ws.branch}:refs/heads/{ws.branch}"
         await run_git(["push", "--quiet", "--no-verify", "--", ws.remote.url, refspec],
                       cwd=ws.path, remote=ws.remote, auth=auth, op="push", timeout=timeout)
-        await trio.to_thread.run_sync(functools.partial(_write_marker, marker, ws, pushed_commit=head))
+        with trio.CancelScope(shield=True):  # a finished push is recorded, whatever comes
+            await trio.to_thread.run_sync(_write_marker, marker, ws, head)
     # Already pushed (by an attempt that died before recording it): the same result again,
     # so the caller can still record it; nothing is pushed twice.
 
@@ -379,7 +392,7 @@ def _local_git(path: Path):
     return git
 
 
-def _write_marker(marker: Path, ws: Workspace, *, pushed_commit: str | None) -> None:
+def _write_marker(marker: Path, ws: Workspace, pushed_commit: str | None) -> None:
     meta = {k: v for k, v in asdict(ws).items() if k in ("branch", "base_branch", "base_commit")}
     meta.update(remote_url=ws.remote.url, pushed_commit=pushed_commit)
     tmp = marker.with_suffix(".tmp")

@@ -22,21 +22,23 @@ async def collect_workspaces(store: Store, root: Path, keep_days: float, *, now:
     A task that is not finished keeps its workspace whatever its age: it may resume.
     Cancellation: the directory being removed is finished; the others stay.
     """
-    if not root.is_dir():
-        return []
     now = time.time() if now is None else now
     cutoff = now - keep_days * 86400
     keep: set[str] = set()
-    for entry in root.iterdir():
-        task = await store.get_task(entry.name)
+    for name in await trio.to_thread.run_sync(_entry_names, root):  # a listing may wait on the disk
+        task = await store.get_task(name)
         if task is None:
             continue  # no task owns it: an orphan, removed
         if not task.status.is_terminal or (task.finished_at or now) > cutoff:
-            keep.add(entry.name)
+            keep.add(name)
     removed = await gc_workspaces(root, keep.__contains__)
     if removed:
         log.info("removed %d workspaces", len(removed))
     return removed
+
+
+def _entry_names(root: Path) -> list[str]:
+    return [entry.name for entry in root.iterdir()] if root.is_dir() else []
 
 
 async def collect_periodically(store: Store, root: Path, keep_days: float,

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
+
 import pytest
 import trio
 from trio.testing import MockClock
@@ -79,3 +84,44 @@ def merged(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(q, "append_event_batch", counted)
     return sizes
+
+
+# File system events Python audits (sys.addaudithook), and the calls it does not audit.
+_FS_EVENTS = frozenset({"open", "os.rename", "os.scandir", "os.listdir", "os.mkdir", "os.remove",
+                        "os.rmdir", "os.chmod", "shutil.rmtree"})
+_UNAUDITED = ("stat", "lstat", "statvfs")
+_loop_fs: dict[str, object] = {"thread": None, "seen": []}
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _loop_fs["thread"] == threading.get_ident() and event in _FS_EVENTS:
+        if event == "open" and not isinstance(args[0], (str, bytes, os.PathLike)):
+            return  # os.fdopen and the like: no path, nothing to wait for
+        _loop_fs["seen"].append(event)
+
+
+@pytest.fixture
+def file_system_on_loop(monkeypatch):
+    """What file system calls the calling (Trio) thread makes while ``watching()``."""
+    if not _loop_fs.get("hooked"):
+        sys.addaudithook(_audit)  # hooks cannot be removed: this one is idle outside the test
+        _loop_fs["hooked"] = True
+    for name in _UNAUDITED:
+        real = getattr(os, name)
+
+        def call(*args, _real=real, _name=name, **kwargs):
+            if _loop_fs["thread"] == threading.get_ident():
+                _loop_fs["seen"].append(f"os.{_name}")
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(os, name, call)
+
+    @contextlib.contextmanager
+    def watching():
+        _loop_fs.update(thread=threading.get_ident(), seen=[])
+        try:
+            yield _loop_fs["seen"]
+        finally:
+            _loop_fs["thread"] = None
+
+    return watching

@@ -18,6 +18,7 @@ from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import trio
 from pydantic import BaseModel, Field
 from quart import Blueprint, Response, g
 from quart_schema import hide, validate_querystring
@@ -111,7 +112,7 @@ def admin_blueprint(state: "WebState", stop_requested: Any) -> Blueprint:
     @bp.get("/admin")
     @hide
     async def page():
-        body = (STATIC_DIR / "admin.html").read_bytes()
+        body = await trio.to_thread.run_sync((STATIC_DIR / "admin.html").read_bytes)
         return Response(body, content_type="text/html; charset=utf-8")
 
     @bp.get("/admin/static/<name>")
@@ -120,7 +121,8 @@ def admin_blueprint(state: "WebState", stop_requested: Any) -> Blueprint:
         content_type = STATIC_FILES.get(name)
         if content_type is None:
             raise ApiError(404, "not_found", f"no file {name}")
-        return Response((STATIC_DIR / name).read_bytes(), content_type=content_type)
+        body = await trio.to_thread.run_sync((STATIC_DIR / name).read_bytes)
+        return Response(body, content_type=content_type)
 
     async def logins(tasks: list[Task]) -> dict[int, str]:
         """user id -> login for these tasks: one lookup per distinct user of the page."""

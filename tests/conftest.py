@@ -90,13 +90,14 @@ def merged(monkeypatch) -> list[int]:
 _FS_EVENTS = frozenset({"open", "os.rename", "os.scandir", "os.listdir", "os.mkdir", "os.remove",
                         "os.rmdir", "os.chmod", "shutil.rmtree"})
 _UNAUDITED = ("stat", "lstat", "statvfs")
-_loop_fs: dict[str, object] = {"thread": None, "seen": []}
+_loop_fs: dict[str, object] = {"thread": None, "seen": [], "stats": True}
 
 
 def _audit(event: str, args: tuple) -> None:
     if _loop_fs["thread"] == threading.get_ident() and event in _FS_EVENTS:
-        if event == "open" and not isinstance(args[0], (str, bytes, os.PathLike)):
-            return  # os.fdopen and the like: no path, nothing to wait for
+        if event == "open" and (not isinstance(args[0], (str, bytes, os.PathLike))
+                                or os.fsdecode(args[0]).startswith("/proc/")):
+            return  # os.fdopen and the like (no path), /proc (in memory): nothing to wait for
         _loop_fs["seen"].append(event)
 
 
@@ -110,15 +111,16 @@ def file_system_on_loop(monkeypatch):
         real = getattr(os, name)
 
         def call(*args, _real=real, _name=name, **kwargs):
-            if _loop_fs["thread"] == threading.get_ident():
+            if _loop_fs["thread"] == threading.get_ident() and _loop_fs["stats"]:
                 _loop_fs["seen"].append(f"os.{_name}")
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(os, name, call)
 
     @contextlib.contextmanager
-    def watching():
-        _loop_fs.update(thread=threading.get_ident(), seen=[])
+    def watching(stats: bool = True):
+        """``stats=False``: only what changes the file system or reads a file, not stats."""
+        _loop_fs.update(thread=threading.get_ident(), seen=[], stats=stats)
         try:
             yield _loop_fs["seen"]
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from daemon.agent.tools import sandbox
 from daemon.states import TaskStatus
 
 from .agent_env import FIX_SCRIPT, agent_supervisor, bare_repo, branch_file, text, tool_use
@@ -40,6 +41,23 @@ async def test_a_task_fixes_the_bug_and_pushes_a_branch(store, hub, tmp_path):
     assert task.usage.input_tokens > 0 and task.usage.output_tokens > 0
     usage_events = [e for e in events if e.type == "agent.usage"]
     assert len(usage_events) == 4
+
+
+async def test_a_whole_task_leaves_the_disk_to_worker_threads(store, hub, tmp_path, file_system_on_loop,
+                                                               monkeypatch):
+    """Clone, tools (the sandbox's first probe included), commit and push: nothing that writes
+    or reads the disk runs on the event loop's thread (a rename there once waited 1.7 s for the
+    journal behind 500 clones). Stats of known paths (resolving the workspace) are left out."""
+    bare = bare_repo(tmp_path, None)
+    monkeypatch.setattr(sandbox, "_probe", None)  # probed again in this task, as on a fresh start
+    sandbox._system_binds.cache_clear()
+    async with agent_supervisor(store, hub, tmp_path, script=FIX_SCRIPT) as sup:
+        alice = await store.upsert_user("alice")
+        with file_system_on_loop(stats=False) as on_loop:
+            task, _ = await sup.submit(user_id=alice.id, repo_url=str(bare), prompt="Fix add()")
+            await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+    assert (await store.get_task(task.id)).status is TaskStatus.SUCCEEDED
+    assert on_loop == []
 
 
 async def test_conversation_is_persisted_with_all_tool_results_in_one_user_turn(store, hub, tmp_path):

@@ -129,10 +129,11 @@ async def probe_sandbox() -> SandboxProbe:
 
 
 async def _run_probe() -> SandboxProbe:
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
+    # Finding bwrap, a scratch dir and the host's binds touch the disk: in a worker thread.
+    bwrap, tmp = await trio.to_thread.run_sync(_probe_setup)
+    if bwrap is None or tmp is None:
         return SandboxProbe(False, "bwrap (bubblewrap) is not installed")
-    with tempfile.TemporaryDirectory(prefix="agentd-probe-") as tmp:
+    try:
         argv = [*bwrap_argv(bwrap, Path(tmp)), "bash", "-c", "true"]
         with trio.move_on_after(10):
             done = await trio.run_process(
@@ -149,7 +150,20 @@ async def _run_probe() -> SandboxProbe:
             return SandboxProbe(
                 False, f"bwrap failed (exit {done.returncode}): {err or 'no message'}", bwrap
             )
-    return SandboxProbe(False, "bwrap did not finish within 10 s", bwrap)
+        return SandboxProbe(False, "bwrap did not finish within 10 s", bwrap)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(shutil.rmtree, tmp, True)
+
+
+def _probe_setup() -> tuple[str | None, str | None]:
+    """``bwrap``'s path and a scratch dir to probe it in (both None without it); the host's
+    binds are cached on the way."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return None, None
+    _system_binds()
+    return bwrap, tempfile.mkdtemp(prefix="agentd-probe-")
 
 
 def shell_argv(*, sandboxed: bool, bwrap: str | None, workspace: Path) -> list[str]:

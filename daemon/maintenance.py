@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from .git import gc_workspaces
+from .git import gc_workspaces, workspace_dirs
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -25,20 +25,16 @@ async def collect_workspaces(store: Store, root: Path, keep_days: float, *, now:
     now = time.time() if now is None else now
     cutoff = now - keep_days * 86400
     keep: set[str] = set()
-    for name in await trio.to_thread.run_sync(_entry_names, root):  # a listing may wait on the disk
-        task = await store.get_task(name)
+    for entry in await workspace_dirs(root):
+        task = await store.get_task(entry.name)
         if task is None:
             continue  # no task owns it: an orphan, removed
         if not task.status.is_terminal or (task.finished_at or now) > cutoff:
-            keep.add(name)
+            keep.add(entry.name)
     removed = await gc_workspaces(root, keep.__contains__)
     if removed:
         log.info("removed %d workspaces", len(removed))
     return removed
-
-
-def _entry_names(root: Path) -> list[str]:
-    return [entry.name for entry in root.iterdir()] if root.is_dir() else []
 
 
 async def collect_periodically(store: Store, root: Path, keep_days: float,

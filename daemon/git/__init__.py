@@ -16,6 +16,7 @@ from daemon.git.workspace import (
     prepare_workspace,
     workspace_size,
 )
+from daemon.git.disk import workspace_dirs
 
 __all__ = [
     "GitAuth",
@@ -33,5 +34,6 @@ __all__ = [
     "prepare_workspace",
     "redact",
     "run_git",
+    "workspace_dirs",
     "workspace_size",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import trio
 
-__all__ = ["gc_workspaces", "rmtree", "workspace_size"]
+__all__ = ["gc_workspaces", "rmtree", "workspace_dirs", "workspace_size"]
 
 
 async def workspace_size(path: Path) -> int:
@@ -49,7 +49,7 @@ async def gc_workspaces(root: Path, keep: Callable[[str], bool]) -> list[str]:
     being removed is gone, and the ones not reached yet stay.
     """
     removed = []
-    for entry in await trio.to_thread.run_sync(_workspace_dirs, Path(root)):
+    for entry in await workspace_dirs(root):
         if keep(entry.name):
             continue
         await trio.to_thread.run_sync(rmtree, entry)
@@ -57,8 +57,15 @@ async def gc_workspaces(root: Path, keep: Callable[[str], bool]) -> list[str]:
     return removed
 
 
+async def workspace_dirs(root: Path) -> list[Path]:
+    """The workspace directories under ``root``, sorted (not the '.'-named: staging dirs).
+
+    In a worker thread: a stat per workspace, and any of them may wait on the disk.
+    """
+    return await trio.to_thread.run_sync(_workspace_dirs, Path(root))
+
+
 def _workspace_dirs(root: Path) -> list[Path]:
-    # In a worker thread: a stat per workspace, and any of them may wait on the disk.
     if not root.is_dir():
         return []
     return sorted(entry for entry in root.iterdir()

@@ -192,8 +192,7 @@ def _read_marker(marker: Path) -> dict | None:
 def _make_room(root: Path, path: Path, task_id: str) -> int:
     """Remove what a clone for ``task_id`` would replace (a half-made or stale workspace, and
     staging dirs a killed daemon left) and return the bytes free for it."""
-    if path.exists():
-        rmtree(path)
+    _remove_if_present(path)
     root.mkdir(parents=True, exist_ok=True)
     prefix = f".staging-{task_id}-"
     with os.scandir(root) as entries:

@@ -1,5 +1,6 @@
-"""The reply gate: replies that arrive together are parsed a slot at a time, and no slot is held
-while its task waits on the network, after its response is closed, or once cancelled.
+"""The reply gate: requests are built and replies that arrive together parsed a slot at a time,
+and no slot is held while its task waits on the network or for a pool's connection, after its
+response is closed, or once cancelled.
 
 A small HTTP/1.1 server on 127.0.0.1 answers through real sockets, each path its own way; the
 client is httpx2 with ``GatedHTTPTransport``, as the Anthropic provider builds it.
@@ -47,33 +48,38 @@ class ReplyServer:
         self.dropped = False
 
     async def handle(self, stream: trio.SocketStream) -> None:
+        while await self.answer(stream):  # keep-alive: the next request on the same connection
+            pass
+
+    async def answer(self, stream: trio.SocketStream) -> bool:
         request = b""
         while b"\r\n\r\n" not in request:
             chunk = await stream.receive_some()
             if not chunk:
-                return
+                return False
             request += chunk
         path = request.split(b" ", 2)[1]
         if path == b"/drop" or (path == b"/v1/messages" and not self.dropped):
             self.dropped = True
             await stream.aclose()
-            return
+            return False
         if path == b"/v1/messages":
             body = b"".join(SSE)
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                                   b"content-length: %d\r\n\r\n%s" % (len(body), body))
-            return
+            return True
         if path == b"/held":
             await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
             await self.go_on.wait()
             await stream.send_all(b"4\r\nrest\r\n0\r\n\r\n")
-            return
+            return True
         if path == b"/burst":
             self.arrived += 1
             if self.arrived == self.burst:
                 self.all_arrived.set()
             await self.all_arrived.wait()
         await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwhole")
+        return True
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         await trio.serve_tcp(self.handle, 0, host="127.0.0.1", task_status=task_status)
@@ -87,11 +93,12 @@ def no_proxy_in_the_environment(monkeypatch):
 
 @pytest.fixture
 async def served(nursery):
-    async def start(server: ReplyServer, slots: int):
+    async def start(server: ReplyServer, slots: int, **transport):
         listeners = await nursery.start(server.serve)
         port = server.port = listeners[0].socket.getsockname()[1]
         gate = ReplyGate(slots)
-        client = httpx2.AsyncClient(transport=GatedHTTPTransport(gate), base_url=f"http://127.0.0.1:{port}")
+        client = httpx2.AsyncClient(transport=GatedHTTPTransport(gate, **transport),
+                                    base_url=f"http://127.0.0.1:{port}")
         return gate, client
 
     return start
@@ -248,6 +255,102 @@ async def test_the_provider_parses_replies_through_its_gate():
         assert provider._gate is not None and provider._gate.most_held == 1 and provider._gate.held() == 0
         await provider.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_model_calls_build_their_requests_a_slot_at_a_time(monkeypatch):
+    """What a group commit wakes together (tasks sending their next request) is built one by one."""
+    api = FakeAnthropicAPI()
+    entered_holding: list[tuple[bool, int]] = []
+    handle = GatedHTTPTransport.handle_async_request
+
+    async def spy(self, request):
+        gate = self._gate
+        entered_holding.append((trio.lowlevel.current_task() in gate._holders, gate.held()))
+        return await handle(self, request)
+
+    monkeypatch.setattr(GatedHTTPTransport, "handle_async_request", spy)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(api.serve)
+        provider = AnthropicProvider(KEY, base_url=url, max_retries=0, pools=1)
+        request = ModelRequest(system="s", messages=[{"role": "user", "content": "hi"}], tools=[], max_tokens=10)
+        for _ in range(5):
+            api.push(message(text("hello")))
+        with trio.fail_after(WAIT_S):
+            async with trio.open_nursery() as calls:
+                for _ in range(5):
+                    calls.start_soon(provider.complete, request)
+        assert entered_holding == [(True, 1)] * 5
+        assert provider._gate.held() == 0
+        await provider.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_request_holds_no_slot_while_it_connects_or_is_written(served, monkeypatch):
+    """A connect (TCP and TLS to the API: a round trip or more) or a write that fills the
+    socket's buffer waits on the network: the slot taken to build the request is free by then."""
+    from httpcore2._backends import trio as httpcore_trio
+
+    server = ReplyServer()
+    gate, client = await served(server, 1)
+    held: dict[str, list[int]] = {"connect": [], "write": []}
+    connect, write = httpcore_trio.TrioBackend.connect_tcp, httpcore_trio.TrioStream.write
+
+    async def spy_connect(self, *args, **kwargs):
+        held["connect"].append(gate.held())
+        return await connect(self, *args, **kwargs)
+
+    async def spy_write(self, *args, **kwargs):
+        held["write"].append(gate.held())
+        return await write(self, *args, **kwargs)
+
+    monkeypatch.setattr(httpcore_trio.TrioBackend, "connect_tcp", spy_connect)
+    monkeypatch.setattr(httpcore_trio.TrioStream, "write", spy_write)
+    with trio.fail_after(WAIT_S):
+        for _ in range(2):  # on a new connection, then on the kept-alive one (written, not opened)
+            await gate.acquire()  # as AnthropicProvider does before it builds a request
+            assert await read_all(client, "/full") == b"whole"
+    assert held["connect"] == [0] and len(held["write"]) >= 2 and set(held["write"]) == {0}
+    assert gate.held() == 0
+    await client.aclose()
+
+
+async def test_a_holder_does_not_wait_for_a_connection_of_a_full_pool_with_its_slot(served, nursery):
+    """The request holding the pool's only connection needs the slot to read its reply; the
+    request waiting for that connection must not hold the slot meanwhile."""
+    server = ReplyServer()
+    gate, client = await served(server, 1, limits=httpx2.Limits(max_connections=1))
+    streaming = trio.Event()
+
+    async def holds_the_connection() -> None:
+        async with client.stream("GET", "/held") as response:
+            iterator = response.aiter_raw()
+            await iterator.__anext__()
+            streaming.set()
+            async for _ in iterator:  # waits for the rest; then needs the slot to parse it
+                pass
+
+    nursery.start_soon(holds_the_connection)
+    await streaming.wait()
+
+    async def go_on_once_queued() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        server.go_on.set()
+
+    nursery.start_soon(go_on_once_queued)
+    with trio.fail_after(WAIT_S):
+        await gate.acquire()
+        assert await read_all(client, "/full") == b"whole"
+    assert gate.held() == 0
+    await client.aclose()
+
+
+def test_the_transport_sees_when_its_pool_has_room():
+    """Where httpcore keeps a pool's requests and limit (a release that moves them makes every
+    request give its slot back before the pool, slower but safe: this test says so)."""
+    transport = GatedHTTPTransport(ReplyGate(), limits=httpx2.Limits(max_connections=1))
+    assert transport._pool_has_room()
+    transport._pool._requests.append(object())
+    assert not transport._pool_has_room()
 
 
 def test_with_a_proxy_in_the_environment_the_sdk_client_is_kept(monkeypatch):

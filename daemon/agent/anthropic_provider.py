@@ -78,8 +78,8 @@ class AnthropicProvider:
 
     ``pools``: how many SDK clients (each with its own HTTP connection pool) may share the
     requests, ``POOL_REQUESTS`` at a time each before the next pool is used (see
-    ``DEFAULT_POOLS``). ``reply_slots``: how many tasks at a time may parse the replies that have
-    arrived (``reply_gate``; 0: no gate). ``http_client``: one client of your own instead (a test
+    ``DEFAULT_POOLS``). ``reply_slots``: how many tasks at a time may build a request or parse
+    the replies that have arrived (``reply_gate``; 0: no gate). ``http_client``: one client of your own instead (a test
     transport, a proxy setup); it is the only pool then, and not gated. ``ssl_context``: the
     pools' TLS context (default: httpx's, with its CA store).
     """
@@ -196,6 +196,8 @@ class AnthropicProvider:
         pool = self._pick_pool()
         self._in_flight[pool] += 1
         try:
+            if self._gate is not None:  # building the request (the SDK, httpx) takes a slot
+                await self._gate.acquire()
             return await self._stream_on(self._clients[pool], body, on_text_delta)
         finally:
             self._in_flight[pool] -= 1

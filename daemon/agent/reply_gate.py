@@ -1,20 +1,24 @@
-"""Model replies are read one (or a few) at a time, so that hundreds arriving together do not stall the loop.
+"""Model calls run their Python a few at a time, so that hundreds going together do not stall the loop.
 
 When hundreds of tasks wait on the model and their replies come in together, every one of those
 tasks is woken in the same Trio scheduling batch, and Trio runs them all (httpx reading the
 headers, the SDK, the SSE parse) before it looks at its timers and sockets again: a WebSocket
 push, an API request or a heartbeat waits behind the whole batch (500 tasks here: a loop lag
-p99 of about 250 ms). Behind the gate, a task that has received bytes of a reply waits, parked
-and first come first served, for one of ``slots`` before it may go on to parse them, so a batch
-holds a few replies being parsed instead of hundreds.
+p99 of about 250 ms). The same happens on the way out: the ~20 tasks whose writes one group
+commit hands back all build their next request (the SDK, httpx) in one batch. Behind the gate, a
+task waits, parked and first come first served, for one of ``slots`` before it builds a request
+(``AnthropicProvider``) and before it parses bytes of a reply that arrived, so a batch holds a
+few of those instead of dozens or hundreds.
 
-A task gives its slot back whenever it goes to the network for more (a reply streamed over
-thirty seconds holds a slot only while a chunk is parsed), when the response is closed (read to
-its end, or given up, as the SDK does before it sleeps to retry), and at the latest when the
-model call ends (``ReplyGate.release``, in ``AnthropicProvider.complete``); a request that
-fails before it has a response gives it back too. Between those a holder runs Python (parsing)
-and, as a response ends, httpx's pool bookkeeping; it never waits on the network or a timer,
-so one slot loses no throughput under one GIL.
+A task gives its slot back whenever it goes to the network: as its request opens a connection
+or is written, before it would wait for a free connection of a full pool, whenever it reads
+for more (a reply streamed over thirty seconds holds a slot only while a chunk is parsed), when
+the response is closed (read to its end, or given up, as the SDK does before it sleeps to
+retry), and at the latest when the model call ends (``ReplyGate.release``, in
+``AnthropicProvider.complete``); a request that fails before it has a response gives it back
+too. Between those a holder runs Python (building, parsing) and httpx's pool bookkeeping; it
+never waits on the network, a timer or another task's slot, so one slot loses no throughput
+under one GIL (and no holder can wait on a waiter).
 
 The gate sits under httpx, in its connection pool's network backend (the only place that sees a
 reply's first bytes before they are parsed); ``GatedHTTPTransport`` puts it there.
@@ -47,7 +51,8 @@ _KEEPALIVE = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)] + [
 
 
 class ReplyGate:
-    """At most ``slots`` Trio tasks at a time go on with bytes of a model reply; the rest wait in line."""
+    """At most ``slots`` Trio tasks at a time build a model request or go on with bytes of a
+    model reply; the rest wait in line."""
 
     def __init__(self, slots: int = DEFAULT_SLOTS) -> None:
         if slots < 1:
@@ -99,6 +104,7 @@ class _GatedStream(httpcore2.AsyncNetworkStream):
         return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._gate.release()  # the request is built: sending it may wait on the network
         await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:
@@ -120,11 +126,13 @@ class _GatedBackend(httpcore2.AsyncNetworkBackend):
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None) -> httpcore2.AsyncNetworkStream:
+        self._gate.release()
         stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         return _GatedStream(stream, self._gate)
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[Any] | None = None) -> httpcore2.AsyncNetworkStream:
+        self._gate.release()
         return _GatedStream(await self._inner.connect_unix_socket(path, timeout, socket_options), self._gate)
 
     async def sleep(self, seconds: float) -> None:
@@ -159,6 +167,10 @@ class GatedHTTPTransport(httpx2.AsyncHTTPTransport):
         pool._network_backend = _GatedBackend(pool._network_backend, gate)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if not self._pool_has_room():
+            # The request would wait for another one's connection, which may need the slot to
+            # read its reply to the end: no slot is held through that wait.
+            self._gate.release()
         try:
             response = await super().handle_async_request(request)
         except BaseException:
@@ -169,6 +181,15 @@ class GatedHTTPTransport(httpx2.AsyncHTTPTransport):
         assert isinstance(response.stream, httpx2.AsyncByteStream)
         response.stream = _ReleaseOnClose(response.stream, self._gate)
         return response
+
+    def _pool_has_room(self) -> bool:
+        """Whether a new request gets a connection at once (the pool's in-flight requests,
+        each holding or waiting for a connection, are fewer than its connection limit); False
+        if this httpcore keeps them elsewhere (then the slot is always given back first;
+        tests/test_reply_gate.py fails)."""
+        requests = getattr(self._pool, "_requests", None)
+        limit = getattr(self._pool, "_max_connections", None)
+        return requests is not None and limit is not None and len(requests) < limit
 
 
 def gated_http_client(gate: ReplyGate, verify: Any = True) -> httpx2.AsyncClient | None:

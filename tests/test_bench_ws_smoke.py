@@ -120,6 +120,6 @@ def test_ws_delivery_side_by_side_and_its_rows():
     canned = {"a": result["a"], "b": result["a"], "idle": result["idle"]}
     rows = ws_rows.ws_suite({"rounds": 1}, Row=_Row, py=lambda *a: list(map(str, a)),
                             run_step=lambda label, argv: canned if "ws_delivery" in argv[0] else None)
-    assert len(rows) == 8 and all("failed" not in row.agentd for row in rows[:6])
+    assert len(rows) == 7 and all("failed" not in row.agentd for row in rows[:6])
     assert "in the server p99" in rows[0].agentd
     assert "`websockets` pinned" in rows[1].peer and rows[1].met is None

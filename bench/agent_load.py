@@ -48,7 +48,8 @@ from ws_common import (
 )
 
 from daemon.config import Settings
-from daemon.service import Daemon, tune_gc_for_serving
+from daemon.gc_tuning import tune_gc_for_serving
+from daemon.service import Daemon
 from tests.fakes.git_http import make_bare_repo
 
 TICK_S = 0.01

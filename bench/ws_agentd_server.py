@@ -35,7 +35,8 @@ from ws_common import Histogram, now, raise_fd_limit
 
 from daemon.config import Settings
 from daemon.events import EventHub
-from daemon.service import Daemon, tune_gc_for_serving
+from daemon.gc_tuning import tune_gc_for_serving
+from daemon.service import Daemon
 from daemon.store import Event
 from daemon.supervisor import RunContext, RunResult
 from daemon.tokens import hash_token, new_token

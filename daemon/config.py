@@ -73,7 +73,8 @@ class Settings(BaseModel):
     anthropic_api_key: str | None = Field(None, repr=False)
     anthropic_base_url: str | None = None
     anthropic_model: str = "claude-sonnet-5-5"
-    # How many tasks at a time may parse the model replies that have arrived (daemon/agent/reply_gate.py); 0: no gate.
+    # How many tasks at a time may build a model request or parse the replies that have arrived
+    # (daemon/agent/reply_gate.py); 0: no gate.
     model_reply_slots: int = Field(1, ge=0, le=1024)
     allow_local_remotes: bool = False
     github_api: str = "https://api.github.com"
@@ -141,6 +142,7 @@ class Settings(BaseModel):
     log_format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, else JSON
     metrics_refresh_s: float = Field(5 * SECONDS, gt=0)  # how old /metrics' task counts may be
     pin_loop_cpu: bool = True  # the event loop and the SQLite writer on one CPU (daemon/cpu_pin.py)
+    gc_young_interval_s: float = Field(0.1, ge=0)  # 0: only the automatic ones (daemon/gc_tuning.py)
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> "Settings":

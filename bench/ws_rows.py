@@ -102,20 +102,29 @@ def ws_suite(size: dict[str, Any], *, Row: Any, run_step: Callable[..., dict[str
     load = run_step(f"{n} concurrent agent tasks", py("agent_load.py", "--tasks", n))
     title = f"{n} concurrent agent tasks, fake model 1 s per turn"
     if load:
-        lag, whole = load["lag_conversation"], load["lag_overall"]
+        lag, whole, ready = load["lag_conversation"], load["lag_overall"], load["all_workspaces_ready_s"]
         rows.append(Row(
             f"{title}, {load['turns']} turns, all waiting on the model: loop lag p50 / p99, RSS",
-            f"{lag['p50_ms']:.1f} / {lag['p99_ms']:.1f} ms; RSS peak {load['rss_peak_mib']:.0f} MiB "
+            f"{_ms(lag['p50_ms'])} / {_ms(lag['p99_ms'])} ms; RSS peak {load['rss_peak_mib']:.0f} MiB "
             f"(+{load['rss_per_task_kib']:.0f} KiB per task); {load['wall_s']:.0f} s for "
             f"{load['model_turns']:,} turns (ideal {load['turns']} s); "
             f"{load['daemon_cpu_ms_per_turn']:.1f} ms daemon CPU and "
             f"{load['store_writes_per_turn']:.1f} store writes per turn",
-            target="lag p99 < 10 ms", met=(lag["p99_ms"] or 0) < 10))
+            target="lag p99 < 10 ms", met=_under_10_ms(lag["p99_ms"])))
         rows.append(Row(
             f"{title}, whole run (the {n} workspaces cloned at once, then the turns): loop lag p50 / p99",
-            f"{whole['p50_ms']:.1f} / {whole['p99_ms']:.1f} ms; every workspace ready after "
-            f"{load['all_workspaces_ready_s']:.1f} s",
-            target="lag p99 < 10 ms", met=(whole["p99_ms"] or 0) < 10))
+            f"{_ms(whole['p50_ms'])} / {_ms(whole['p99_ms'])} ms; "
+            + (f"every workspace ready after {ready:.1f} s" if ready is not None else "not every workspace got ready"),
+            target="lag p99 < 10 ms", met=_under_10_ms(whole["p99_ms"])))
     else:
         rows.append(Row(f"{title}: loop lag p99, RSS", "failed", target="lag p99 < 10 ms"))
     return rows
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _under_10_ms(p99_ms: float | None) -> bool:
+    """Met only with samples: a phase with none (it never began) proves nothing."""
+    return p99_ms is not None and p99_ms < 10

@@ -153,6 +153,13 @@ class Settings(BaseModel):
             )
         return self
 
+    @field_validator("gc_young_interval_s")
+    @classmethod
+    def _off_or_at_least_10_ms(cls, value: float) -> float:
+        if 0 < value < 0.01:
+            raise ValueError("must be 0 (off) or at least 0.01 (each tick is a collection)")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_name(cls, value: Any) -> Any:

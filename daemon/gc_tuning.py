@@ -26,7 +26,7 @@ def tune_gc_for_serving() -> None:
 
 
 async def collect_young_periodically(interval_s: float = YOUNG_INTERVAL_S) -> None:
-    """Collect the young generation every ``interval_s``, besides the automatic collections.
+    """Collect the young generation every ``interval_s``, and the older ones when they are due.
 
     CPython 3.11 starts a young collection once allocations minus deallocations of tracked
     objects pass the threshold, and deallocations of old objects count too. A daemon whose
@@ -34,14 +34,28 @@ async def collect_young_periodically(interval_s: float = YOUNG_INTERVAL_S) -> No
     new ones, so at 500 agent tasks the young generation held 60,000-80,000 objects by the
     time it was collected: 20-45 ms with the loop stopped, about once a second, which made
     the loop lag's p99 (``bench/agent_load.py``, the tasks waiting on the model: 11-12 ms
-    against 6-7 ms with this, its worst 35-60 against 8-31 ms; the daemon's CPU per turn did
-    not change measurably). Collected every 100 ms, it holds what 100 ms made: the same work,
-    in pieces of a few milliseconds. Nothing is done while the collector is disabled or
-    nothing new is tracked.
+    against 6-8 ms with this; the daemon's CPU per turn did not change measurably). Collected
+    every 100 ms, it holds what 100 ms made: the same work, in pieces of a few milliseconds.
+
+    These collections reset the count that starts the automatic ones, which are then rare, and
+    only an automatic collection ever collects an older generation. So each tick collects, as
+    CPython would, the oldest generation whose count of younger collections passed its
+    threshold (with ``tune_gc_for_serving``'s, the middle one about every 20 ticks, and all but
+    what is frozen about every 2,000), else the young one. Unlike CPython, a full collection
+    does not wait for the objects that survived collections to grow by a quarter. Nothing is
+    done while the collector is disabled.
 
     Cancellation: stops between collections (a collection runs to its end, as any does).
     """
     while True:
         await trio.sleep(interval_s)
-        if gc.isenabled() and gc.get_count()[0] > 0:
-            gc.collect(0)
+        if gc.isenabled():
+            gc.collect(_due_generation())
+
+
+def _due_generation() -> int:
+    counts, thresholds = gc.get_count(), gc.get_threshold()
+    for generation in (2, 1):
+        if counts[generation] > thresholds[generation]:
+            return generation
+    return 0

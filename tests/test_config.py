@@ -45,6 +45,8 @@ def test_systemd_directories_give_the_default_places():
         ("concurrency = 0\n", {}, "config: concurrency: Input should be greater than or equal to 1 (got 0)"),
         ('http = "localhost"\n', {}, "config: http: expected HOST:PORT, got 'localhost'"),
         ("", {"AGENTD_MODEL": "gpt"}, "config: model: Input should be 'anthropic' or 'scripted'"),
+        ("gc_young_interval_s = 0.001\n", {},
+         "config: gc_young_interval_s: must be 0 (off) or at least 0.01"),
         ("concurrency = [\n", {}, "invalid TOML"),
     ],
 )

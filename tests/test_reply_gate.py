@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from daemon.agent.anthropic_provider import AnthropicProvider
+from daemon.agent.anthropic_provider import AnthropicProvider, request_body
 from daemon.agent.model import ModelRequest
 from daemon.agent.reply_gate import GatedHTTPTransport, ReplyGate, gated_http_client
 
@@ -257,6 +257,27 @@ async def test_the_provider_parses_replies_through_its_gate():
         nursery.cancel_scope.cancel()
 
 
+async def test_a_first_request_waits_for_no_worker_thread_with_the_slot(monkeypatch):
+    """The SDK would look the platform up in a worker thread (Trio's limiter, shared with the
+    daemon's file work) at each client's first request, after the slot is taken."""
+    import anthropic._base_client
+
+    threads: list[object] = []
+    monkeypatch.setattr(anthropic._base_client, "asyncify",
+                        lambda fn: threads.append(fn) or (lambda: trio.to_thread.run_sync(fn)))
+    api = FakeAnthropicAPI()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(api.serve)
+        provider = AnthropicProvider(KEY, base_url=url, max_retries=0, pools=2)
+        request = ModelRequest(system="s", messages=[{"role": "user", "content": "hi"}], tools=[], max_tokens=10)
+        for client in provider._clients:  # each pool's first request
+            api.push(message(text("hello")))
+            await provider._stream_on(client, request_body(provider.model, request), None)
+        await provider.aclose()
+        nursery.cancel_scope.cancel()
+    assert threads == []
+
+
 async def test_model_calls_build_their_requests_a_slot_at_a_time(monkeypatch):
     """What a group commit wakes together (tasks sending their next request) is built one by one."""
     api = FakeAnthropicAPI()
@@ -356,6 +377,9 @@ def test_the_transport_sees_when_its_pool_has_room():
 def test_with_a_proxy_in_the_environment_the_sdk_client_is_kept(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     assert gated_http_client(ReplyGate()) is None
+    # and the provider has no gate: one its transports never give back would be held for a
+    # whole call, one call at a time
+    assert AnthropicProvider(KEY, pools=2)._gate is None
     monkeypatch.delenv("HTTPS_PROXY")
     monkeypatch.setenv("NO_PROXY", "example.com")
     assert isinstance(gated_http_client(ReplyGate()), httpx2.AsyncClient)

@@ -27,6 +27,7 @@ from typing import Any
 import anthropic
 import httpx2
 from anthropic import Middleware
+from anthropic._base_client import get_platform
 from anthropic._constants import RAW_RESPONSE_HEADER
 
 from daemon.agent.anthropic_stream import (
@@ -79,9 +80,9 @@ class AnthropicProvider:
     ``pools``: how many SDK clients (each with its own HTTP connection pool) may share the
     requests, ``POOL_REQUESTS`` at a time each before the next pool is used (see
     ``DEFAULT_POOLS``). ``reply_slots``: how many tasks at a time may build a request or parse
-    the replies that have arrived (``reply_gate``; 0: no gate). ``http_client``: one client of your own instead (a test
-    transport, a proxy setup); it is the only pool then, and not gated. ``ssl_context``: the
-    pools' TLS context (default: httpx's, with its CA store).
+    the replies that have arrived (``reply_gate``; 0: no gate). ``http_client``: one client of
+    your own instead (a test transport, a proxy setup); it is the only pool then, and not gated.
+    ``ssl_context``: the pools' TLS context (default: httpx's, with its CA store).
     """
 
     name = "anthropic"
@@ -107,7 +108,7 @@ class AnthropicProvider:
         if http_client is None:
             # One CA store for all pools, not one each.
             tls = ssl_context if ssl_context is not None else httpx2.create_ssl_context()
-            http_clients = [self._new_http_client(tls) for _ in range(max(1, pools))]
+            http_clients = self._new_http_clients(tls, max(1, pools))
         else:
             http_clients = [http_client]
         self._client = anthropic.AsyncAnthropic(
@@ -123,10 +124,24 @@ class AnthropicProvider:
             self._client.with_options(http_client=c) for c in http_clients[1:]
         ]
         self._in_flight = [0] * len(self._clients)
+        # The SDK finds the platform for its headers at a client's first request, in a worker
+        # thread from Trio's default limiter, which the daemon's file work shares: found here
+        # (on the thread that builds the provider), that request waits for no thread with the
+        # gate's slot held.
+        found = get_platform()
+        for client in self._clients:
+            client._platform = found
 
-    def _new_http_client(self, tls: Any) -> httpx2.AsyncClient:
-        gated = gated_http_client(self._gate, verify=tls) if self._gate is not None else None
-        return gated or anthropic.DefaultAsyncHttpxClient(verify=tls)
+    def _new_http_clients(self, tls: Any, count: int) -> list[httpx2.AsyncClient]:
+        """Clients whose replies pass the gate; the SDK's own, and no gate, if the environment
+        names a proxy (``gated_http_client``): a gate no transport gives back would be held
+        from a call's start to its end."""
+        if self._gate is not None:
+            first = gated_http_client(self._gate, verify=tls)
+            if first is not None:
+                return [first] + [gated_http_client(self._gate, verify=tls) for _ in range(count - 1)]
+            self._gate = None
+        return [anthropic.DefaultAsyncHttpxClient(verify=tls) for _ in range(count)]
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(model={self.model!r}, base_url={str(self._client.base_url)!r})"

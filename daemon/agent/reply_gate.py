@@ -7,18 +7,20 @@ push, an API request or a heartbeat waits behind the whole batch (500 tasks here
 p99 of about 250 ms). The same happens on the way out: the ~20 tasks whose writes one group
 commit hands back all build their next request (the SDK, httpx) in one batch. Behind the gate, a
 task waits, parked and first come first served, for one of ``slots`` before it builds a request
-(``AnthropicProvider``) and before it parses bytes of a reply that arrived, so a batch holds a
-few of those instead of dozens or hundreds.
+(``AnthropicProvider``, for a call's first attempt; the SDK's retries build theirs without
+one) and before it parses bytes of a reply that arrived, so a batch holds a few of those
+instead of dozens or hundreds.
 
 A task gives its slot back whenever it goes to the network: as its request opens a connection
 or is written, before it would wait for a free connection of a full pool, whenever it reads
 for more (a reply streamed over thirty seconds holds a slot only while a chunk is parsed), when
 the response is closed (read to its end, or given up, as the SDK does before it sleeps to
 retry), and at the latest when the model call ends (``ReplyGate.release``, in
-``AnthropicProvider.complete``); a request that fails before it has a response gives it back
-too. Between those a holder runs Python (building, parsing) and httpx's pool bookkeeping; it
-never waits on the network, a timer or another task's slot, so one slot loses no throughput
-under one GIL (and no holder can wait on a waiter).
+``AnthropicProvider._stream``); a request that fails before it has a response gives it back
+too. Between those a holder runs Python (building, parsing) and httpx's pool bookkeeping (which
+may close an expired idle connection: a close that does not wait on the peer); it never waits
+on the network, a timer or another task's slot, so one slot loses no throughput under one GIL
+(and no holder can wait on a waiter).
 
 The gate sits under httpx, in its connection pool's network backend (the only place that sees a
 reply's first bytes before they are parsed); ``GatedHTTPTransport`` puts it there.
@@ -133,7 +135,8 @@ class _GatedBackend(httpcore2.AsyncNetworkBackend):
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[Any] | None = None) -> httpcore2.AsyncNetworkStream:
         self._gate.release()
-        return _GatedStream(await self._inner.connect_unix_socket(path, timeout, socket_options), self._gate)
+        stream = await self._inner.connect_unix_socket(path, timeout, socket_options)
+        return _GatedStream(stream, self._gate)
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
@@ -169,7 +172,10 @@ class GatedHTTPTransport(httpx2.AsyncHTTPTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if not self._pool_has_room():
             # The request would wait for another one's connection, which may need the slot to
-            # read its reply to the end: no slot is held through that wait.
+            # read its reply to the end: no slot is held through that wait. (With room, the
+            # pool assigns a connection at once, reserved for this request; its retry after
+            # ConnectionNotAvailable, which could wait, is for a connection another request
+            # took first, which reservation rules out for the HTTP/1.1 connections made here.)
             self._gate.release()
         try:
             response = await super().handle_async_request(request)

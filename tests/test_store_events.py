@@ -253,3 +253,22 @@ async def test_claims_take_users_in_turn_and_hold_a_users_cap(store, alice, bob)
     assert third.id == a[2] and third.node_id == "n2"
     running = [e.data for e in await store.read_events(a[2]) if e.type == "task.status"][-1]
     assert running == {"status": "running", "attempt": 1, "node": "n2"}
+
+
+async def test_a_result_and_its_event_are_written_together(store, alice):
+    """``update_task(..., events=...)``: both or neither (a delivered push recorded but never
+    announced would stay unannounced: the resumed task sees it recorded)."""
+    task, _ = await store.create_task(user_id=alice.id, repo_url="r", prompt="p")
+    seen: list[str] = []
+    store.add_listener(lambda events: seen.extend(e.type for e in events))
+    pushed = NewEvent("git.pushed", {"branch": "agentd/x", "commit": "c1"})
+    updated = await store.update_task(task.id, branch="agentd/x", diff={"commit": "c1"}, events=[pushed])
+    events = await store.read_events(task.id)
+    assert updated.branch == "agentd/x" and events[-1].type == "git.pushed"
+    assert updated.last_seq == events[-1].seq and seen == ["git.pushed"]
+
+    unencodable = NewEvent("git.pr_opened", {"url": object()})
+    with pytest.raises(TypeError):
+        await store.update_task(task.id, pr_url="https://example.test/pr/1", events=[unencodable])
+    after = await store.get_task(task.id)
+    assert after.pr_url is None and after.last_seq == events[-1].seq

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..git import Workspace, check_quota, commit_and_push, open_pull_request
+from ..store import NewEvent
 from ..supervisor import RunContext, RunResult
 from .conversation import commit_message
 
@@ -17,7 +18,7 @@ async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, s
     """Push what changed (``git.pushed``) and open a PR (``git.pr_opened``); idempotent on resume.
 
     A push that happened in an earlier attempt is not repeated nor announced twice; its PR is
-    still opened if that step failed last time. Cancellation: the running git process is killed; the next attempt
+    still opened if that step failed last time. A result and its event are written together. Cancellation: the running git process is killed; the next attempt
     picks up from what reached the remote.
     """
     await check_quota(workspace, settings.quota_bytes)
@@ -31,9 +32,9 @@ async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, s
     if (task.diff or {}).get("commit") != pushed.commit:  # not recorded by an earlier attempt
         diff = {"commit": pushed.commit, "files": pushed.files_changed,
                 "lines_added": pushed.lines_added, "lines_removed": pushed.lines_removed}
-        task = await ctx.store.update_task(task.id, branch=pushed.branch, diff=diff)
-        await ctx.emit("git.pushed", {"branch": pushed.branch, "commit": pushed.commit,
-                                      "files_changed": pushed.files_changed})
+        announced = NewEvent("git.pushed", {"branch": pushed.branch, "commit": pushed.commit,
+                                            "files_changed": pushed.files_changed})
+        task = await ctx.store.update_task(task.id, branch=pushed.branch, diff=diff, events=[announced])
     if task.pr_url is None and token:
         repo = workspace.remote.github(settings.github_web_host)
         if repo is not None:
@@ -42,6 +43,5 @@ async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, s
                 base=workspace.base_branch, title=commit_message(task.prompt, summary).splitlines()[0],
                 body=f"{summary or 'Changes made by agentd.'}\n\n---\nPrompt:\n\n{task.prompt}",
             )
-            await ctx.store.update_task(task.id, pr_url=url)
-            await ctx.emit("git.pr_opened", {"url": url})
+            await ctx.store.update_task(task.id, pr_url=url, events=[NewEvent("git.pr_opened", {"url": url})])
     return RunResult()

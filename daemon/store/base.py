@@ -179,9 +179,21 @@ class StoreBase(abc.ABC):
             node_id=node_id, claim=claim,
         ))
 
-    async def update_task(self, task_id: str, **fields: Any) -> Task:
+    async def update_task(self, task_id: str, *, events: Sequence[NewEvent] = (), **fields: Any) -> Task:
+        """Set result fields of a task, and append ``events`` about them in the same transaction.
+
+        One transaction, so that no crash can leave a result recorded that no event announces:
+        a task resumed after one sees the result recorded and does not announce it again.
+        """
         now = self.now()
-        return await self._write(lambda conn: self.queries.update_task(conn, task_id, now, **fields))
+        if not events:
+            return await self._write(lambda conn: self.queries.update_task(conn, task_id, now, **fields))
+
+        def write(conn: Any) -> tuple[Task, list[Event]]:
+            appended = self.queries.append_events(conn, task_id, events, now=now)
+            return self.queries.update_task(conn, task_id, now, **fields), appended
+
+        return await self._write_events(task_id, write)
 
     async def get_task(self, task_id: str) -> Task | None:
         return await self._read(lambda conn: self.queries.get_task(conn, task_id))

@@ -18,8 +18,9 @@ async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, s
     """Push what changed (``git.pushed``) and open a PR (``git.pr_opened``); idempotent on resume.
 
     A push that happened in an earlier attempt is not repeated nor announced twice; its PR is
-    still opened if that step failed last time. A result and its event are written together. Cancellation: the running git process is killed; the next attempt
-    picks up from what reached the remote.
+    still opened if that step failed last time. A result and its event are written together.
+    Cancellation: the running git process is killed; the next attempt picks up from what
+    reached the remote.
     """
     await check_quota(workspace, settings.quota_bytes)
     await ctx.check_held()

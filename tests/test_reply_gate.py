@@ -30,6 +30,7 @@ SSE = [
     b'"stop_sequence":null},"usage":{"output_tokens":1}}\n\n',
     b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
 ]
+REQUEST = ModelRequest(system="s", messages=[{"role": "user", "content": "hi"}], tools=[], max_tokens=10)
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 WAIT_S = 10  # a deadlock fails the test instead of hanging it
 
@@ -102,6 +103,22 @@ async def served(nursery):
         return gate, client
 
     return start
+
+
+@pytest.fixture
+async def fake_api(nursery):
+    """A fake Messages API, and ``provider_for(pools)``: a gated provider on it (closed after)."""
+    api = FakeAnthropicAPI()
+    url = await nursery.start(api.serve)
+    providers: list[AnthropicProvider] = []
+
+    def provider_for(pools: int) -> AnthropicProvider:
+        providers.append(AnthropicProvider(KEY, base_url=url, max_retries=0, pools=pools))
+        return providers[-1]
+
+    yield api, provider_for
+    for provider in providers:
+        await provider.aclose()
 
 
 async def read_all(client: httpx2.AsyncClient, path: str) -> bytes:
@@ -236,28 +253,22 @@ async def test_no_slot_is_held_while_the_sdk_sleeps_before_a_retry(served, monke
 
     monkeypatch.setattr(anthropic._base_client.AsyncAPIClient, "_sleep_for_retry", spy)
     with trio.fail_after(WAIT_S):
-        reply = await provider.complete(ModelRequest(system="s", messages=[{"role": "user", "content": "hi"}],
-                                                     tools=[], max_tokens=10))
+        reply = await provider.complete(REQUEST)
     await provider.aclose()
     assert server.dropped and reply.stop_reason == "end_turn"
     assert held_while_sleeping == [0]
 
 
-async def test_the_provider_parses_replies_through_its_gate():
-    api = FakeAnthropicAPI()
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(api.serve)
-        provider = AnthropicProvider(KEY, base_url=url, max_retries=0, pools=1)
-        api.push(message(text("hello")))
-        reply = await provider.complete(ModelRequest(system="s", messages=[{"role": "user", "content": "hi"}],
-                                                     tools=[], max_tokens=100))
-        assert reply.content == [{"type": "text", "text": "hello"}]
-        assert provider._gate is not None and provider._gate.most_held == 1 and provider._gate.held() == 0
-        await provider.aclose()
-        nursery.cancel_scope.cancel()
+async def test_the_provider_parses_replies_through_its_gate(fake_api):
+    api, provider_for = fake_api
+    provider = provider_for(pools=1)
+    api.push(message(text("hello")))
+    reply = await provider.complete(REQUEST)
+    assert reply.content == [{"type": "text", "text": "hello"}]
+    assert provider._gate is not None and provider._gate.most_held == 1 and provider._gate.held() == 0
 
 
-async def test_a_first_request_waits_for_no_worker_thread_with_the_slot(monkeypatch):
+async def test_a_first_request_waits_for_no_worker_thread_with_the_slot(fake_api, monkeypatch):
     """The SDK would look the platform up in a worker thread (Trio's limiter, shared with the
     daemon's file work) at each client's first request, after the slot is taken."""
     import anthropic._base_client
@@ -265,22 +276,17 @@ async def test_a_first_request_waits_for_no_worker_thread_with_the_slot(monkeypa
     threads: list[object] = []
     monkeypatch.setattr(anthropic._base_client, "asyncify",
                         lambda fn: threads.append(fn) or (lambda: trio.to_thread.run_sync(fn)))
-    api = FakeAnthropicAPI()
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(api.serve)
-        provider = AnthropicProvider(KEY, base_url=url, max_retries=0, pools=2)
-        request = ModelRequest(system="s", messages=[{"role": "user", "content": "hi"}], tools=[], max_tokens=10)
-        for client in provider._clients:  # each pool's first request
-            api.push(message(text("hello")))
-            await provider._stream_on(client, request_body(provider.model, request), None)
-        await provider.aclose()
-        nursery.cancel_scope.cancel()
+    api, provider_for = fake_api
+    provider = provider_for(pools=2)
+    for client in provider._clients:  # each pool's first request
+        api.push(message(text("hello")))
+        await provider._stream_on(client, request_body(provider.model, REQUEST), None)
     assert threads == []
 
 
-async def test_model_calls_build_their_requests_a_slot_at_a_time(monkeypatch):
+async def test_model_calls_build_their_requests_a_slot_at_a_time(fake_api, monkeypatch):
     """What a group commit wakes together (tasks sending their next request) is built one by one."""
-    api = FakeAnthropicAPI()
+    api, provider_for = fake_api
     entered_holding: list[tuple[bool, int]] = []
     handle = GatedHTTPTransport.handle_async_request
 
@@ -290,20 +296,15 @@ async def test_model_calls_build_their_requests_a_slot_at_a_time(monkeypatch):
         return await handle(self, request)
 
     monkeypatch.setattr(GatedHTTPTransport, "handle_async_request", spy)
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(api.serve)
-        provider = AnthropicProvider(KEY, base_url=url, max_retries=0, pools=1)
-        request = ModelRequest(system="s", messages=[{"role": "user", "content": "hi"}], tools=[], max_tokens=10)
-        for _ in range(5):
-            api.push(message(text("hello")))
-        with trio.fail_after(WAIT_S):
-            async with trio.open_nursery() as calls:
-                for _ in range(5):
-                    calls.start_soon(provider.complete, request)
-        assert entered_holding == [(True, 1)] * 5
-        assert provider._gate.held() == 0
-        await provider.aclose()
-        nursery.cancel_scope.cancel()
+    provider = provider_for(pools=1)
+    for _ in range(5):
+        api.push(message(text("hello")))
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as calls:
+            for _ in range(5):
+                calls.start_soon(provider.complete, REQUEST)
+    assert entered_holding == [(True, 1)] * 5
+    assert provider._gate.held() == 0
 
 
 async def test_a_request_holds_no_slot_while_it_connects_or_is_written(served, monkeypatch):

@@ -169,6 +169,9 @@ async def main(tasks: int, users: int, max_fds: int) -> None:
         concurrency=max(4, min(1024, tasks)), grace_period_s=0.0,
         # Many phones of few users connect at once: the per-user subscribe limit must not bite.
         rate_subscribes_burst=1_000_000, rate_subscribes_per_min=1e9,
+        # ...nor the caps on the HTTP port (all clients are on 127.0.0.1, 15,000 when idle).
+        http_max_connections=16_384, http_max_connections_per_address=0,
+        ws_max_connections_per_user=0,
         log_level="WARNING", pin_loop_cpu=loop_pinned(),
     )
     runner = EmitterRunner(tasks)

@@ -73,7 +73,8 @@ async def append(daemon: Daemon, task_id: str, m: int) -> None:
 async def main(n: int, m: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="agentd-bench-", dir="/tmp"))
     settings = Settings(data_dir=tmp / "data", http="127.0.0.1:0", control_socket=tmp / "c.sock",
-                        rate_subscribes_burst=10_000, ws_queue_limit=max(1000, 2 * m))
+                        rate_subscribes_burst=10_000, ws_queue_limit=max(1000, 2 * m),
+                        ws_max_connections_per_user=0, http_max_connections_per_address=0)
     daemon = Daemon(settings, runner=NoopRunner())
     with trio.fail_after(600):
         async with trio.open_nursery() as nursery:

@@ -217,6 +217,8 @@ COMMANDS: dict[str, Command] = {
     "user-add": Command("users.add", lambda ns: {"login": ns.login, **({"operator": True} if ns.operator else {})},
                         _show_token),
     "revoke": Command("users.revoke", lambda ns: {"login": ns.login}),
+    "user-link": Command("users.link", lambda ns: {"login": ns.login, "github_id": ns.github_id,
+                                                   **({"operator": True} if ns.operator else {})}),
     "backup": Command("backup", lambda ns: {"path": os.path.abspath(ns.path)}),
     "gc": Command("gc"),
 }
@@ -236,6 +238,13 @@ def _non_negative(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("0 is not a GitHub user id")
     return value
 
 
@@ -272,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operator", action="store_true", default=False,
                    help="the user may use the admin page (/admin) and its API")
     add("revoke", "revoke a user's API tokens").add_argument("login", metavar="LOGIN")
+    p = add("user-link", "link an account to a GitHub user id: their GitHub sign-in reaches it")
+    p.add_argument("login", metavar="LOGIN")
+    p.add_argument("github_id", metavar="GITHUB_ID", type=_positive,
+                   help="GitHub's numeric user id (https://api.github.com/users/NAME shows it)")
+    p.add_argument("--operator", action="store_true", default=False,
+                   help="also make the account an operator")
     add("backup", "write a consistent copy of the database to PATH").add_argument(
         "path", metavar="PATH")
     add("gc", "remove old workspaces and expired data")

@@ -41,6 +41,7 @@ COMMANDS: tuple[str, ...] = (
     "users.list",
     "users.add",
     "users.revoke",
+    "users.link",
     "backup",
     "gc",
 )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,6 +16,10 @@ from .config import load_settings
 from .errors import ConfigError
 
 EXIT_CONFIG = 2
+PRIVATE_UMASK = 0o077
+# What earlier versions (or an operator's mkdir) may have left open to others in the data dir.
+_PRIVATE_PATHS = {"": 0o700, "workspaces": 0o700, "agentd.db": 0o600, "agentd.db-wal": 0o600,
+                  "agentd.db-shm": 0o600, "secret.key": 0o600}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,6 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .service import Daemon, run_daemon
 
     configure_logging(settings.log_level, settings.log_format)
+    make_private(settings.data_dir)
     exit_code = 0
     try:
         trio.run(run_daemon, Daemon(settings))
@@ -77,6 +85,28 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"agentd: {group.exceptions[0]}", file=sys.stderr)
         exit_code = EXIT_CONFIG
     return exit_code
+
+
+def make_private(data_dir: Path) -> None:
+    """From here on, what this process creates is its user's alone: umask 077 (files 0600,
+    directories 0700), inherited by every process it starts (git, the tools' shells). Of what
+    exists already, the data dir, ``workspaces``, the database and the secret key lose any
+    permission for group and others (logged); files this user does not own are left alone.
+    """
+    os.umask(PRIVATE_UMASK)
+    log = logging.getLogger("agentd")
+    for name, mode in _PRIVATE_PATHS.items():
+        path = data_dir / name if name else data_dir
+        try:
+            st = os.lstat(path)
+            if (st.st_uid != os.geteuid() or stat.S_ISLNK(st.st_mode)
+                    or not stat.S_IMODE(st.st_mode) & 0o077):
+                continue
+            os.chmod(path, mode)
+        except OSError:
+            continue  # not there yet (made private when made), or not ours to change
+        log.warning("%s was mode %03o, open to others; made it %03o", path,
+                    stat.S_IMODE(st.st_mode), mode)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ ENV_KEYS: dict[str, str] = {
     "AGENTD_LOG_LEVEL": "log_level",
     "AGENTD_LOG_FORMAT": "log_format",
     "AGENTD_PIN_LOOP_CPU": "pin_loop_cpu",
+    # Repository addresses (issue 18)
+    "AGENTD_ALLOW_PRIVATE_REMOTES": "allow_private_remotes",
 }
 
 
@@ -77,6 +79,9 @@ class Settings(BaseModel):
     # (daemon/agent/reply_gate.py); 0: no gate.
     model_reply_slots: int = Field(1, ge=0, le=1024)
     allow_local_remotes: bool = False
+    # Repository addresses (issue 18): let repo_url reach loopback, private, link-local and
+    # unique-local addresses (daemon/git/addresses.py). allow_local_remotes implies it.
+    allow_private_remotes: bool = False
     github_api: str = "https://api.github.com"
 
     # Retries: exponential backoff with full jitter.
@@ -136,6 +141,14 @@ class Settings(BaseModel):
     tool_timeout_s: float = Field(120 * SECONDS, gt=0)
     tool_output_cap_bytes: int = Field(30_000, ge=1000)
     sandbox: Literal["auto", "required", "off"] = "auto"
+    # Per-task limits of the tools' sandbox (daemon/agent/tools/limits.py says which hold where)
+    # and, as root, the uids tasks run as (one per running task; the gid is the same number).
+    sandbox_max_processes: int = Field(512, ge=16)
+    sandbox_memory_mb: int = Field(4096, ge=64)
+    sandbox_cpu_s: int = Field(600, ge=1)
+    sandbox_tmp_mb: int = Field(512, ge=1)
+    sandbox_uid_base: int = Field(600_000, ge=1000, le=2_000_000_000)
+    sandbox_uid_count: int = Field(65_536, ge=0, le=100_000_000)  # 0: tasks run as the daemon's user
 
     # Operations (issue 7)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -143,6 +156,13 @@ class Settings(BaseModel):
     metrics_refresh_s: float = Field(5 * SECONDS, gt=0)  # how old /metrics' task counts may be
     pin_loop_cpu: bool = True  # the event loop and the SQLite writer on one CPU (daemon/cpu_pin.py)
     gc_young_interval_s: float = Field(0.1, ge=0)  # 0: only the automatic ones (daemon/gc_tuning.py)
+
+    # The HTTP port under abuse (issue 18): daemon/web/listener.py, ws.py, session.py.
+    http_max_connections: int = Field(4096, ge=1)  # open at once; more are answered 503, closed
+    http_max_connections_per_address: int = Field(256, ge=0)  # an IPv4 address, IPv6 /64; 0: none
+    http_request_timeout_s: float = Field(30 * SECONDS, gt=0)  # a whole request, head and body
+    ws_queue_max_bytes: int = Field(1 * MIB, ge=64 * 1024)  # bytes waiting per connection
+    ws_max_connections_per_user: int = Field(32, ge=0)  # authenticated WebSockets; 0: no cap
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> "Settings":

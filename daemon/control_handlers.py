@@ -164,10 +164,31 @@ def make_handlers(daemon: "Daemon") -> dict[str, Callable[..., Any]]:
         login = str(args.get("login") or "").strip()
         if not login or len(login) > 64 or not login.replace("-", "").replace("_", "").isalnum():
             raise BadArguments(f"invalid login {login!r}: letters, digits, '-' and '_' only")
+        existing = await store.user_by_login(login)
+        if (args.get("operator") and existing is not None and existing.github_id is not None
+                and not existing.is_operator):
+            # Whoever signed in with GitHub as `login` need not be who the operator thinks:
+            # an operator account is reached by GitHub only when an operator names the id.
+            raise BadArguments(
+                f"{login} is the account of GitHub user id {existing.github_id}, made by a GitHub "
+                f"sign-in; to make it an operator, confirm that id: agentctl user-link {login} "
+                f"{existing.github_id} --operator")
         user = await store.upsert_user(login, is_operator=bool(args.get("operator")))
         token = new_token()
         await store.add_token(user.id, hash_token(token), expires_at=time.time() + TOKEN_TTL_S, label="agentctl")
         return {"login": user.login, "user_id": user.id, "token": token}
+
+    async def users_link(args: dict[str, Any]) -> dict[str, Any]:
+        """Link the account ``login`` to GitHub user ``github_id`` (``operator``: and make it
+        an operator); the only way a GitHub sign-in reaches an account it did not make."""
+        store, _, _ = parts()
+        login = _str_arg(args, "login")
+        github_id = _int_arg(args, "github_id", 0, low=1)
+        if not login or not github_id or len(login) > 200 or "\x00" in login:
+            raise BadArguments("user-link needs a login and a GitHub user id (a whole number)")
+        user = await store.link_github(login, github_id, operator=bool(args.get("operator")))
+        return {"login": user.login, "user_id": user.id, "github_id": user.github_id,
+                "is_operator": user.is_operator}
 
     async def users_revoke(args: dict[str, Any]) -> dict[str, Any]:
         store, _, _ = parts()
@@ -207,5 +228,6 @@ def make_handlers(daemon: "Daemon") -> dict[str, Callable[..., Any]]:
         "users.list": users_list,
         "users.add": users_add,
         "users.revoke": users_revoke,
+        "users.link": users_link,
         "backup": backup,
     }

@@ -16,14 +16,11 @@ returns an async iterator with ``@streaming``.
 from __future__ import annotations
 
 import functools
-import grp
 import inspect
 import logging
 import os
-import shutil
 import socket as _socket
 import stat
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -45,6 +42,7 @@ from control.protocol import (
     parse_request,
 )
 from daemon.errors import AgentdError, ConfigError
+from daemon.socket_access import group_gid, peer_groups, peer_uid, unreachable_by_group
 
 log = logging.getLogger("agentd.control")
 
@@ -82,16 +80,6 @@ def is_streaming(handler: Callable[..., Any]) -> bool:
     )
 
 
-def peer_uid(sock: trio.socket.SocketType) -> int | None:
-    """The uid of the process at the other end, or ``None`` where SO_PEERCRED does not exist."""
-    peercred = getattr(_socket, "SO_PEERCRED", None)
-    if peercred is None:
-        return None
-    raw = sock.getsockopt(_socket.SOL_SOCKET, peercred, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", raw)
-    return uid
-
-
 class _ClientGone(Exception):
     """Writing to the peer failed: it hung up, so its remaining work is pointless."""
 
@@ -100,9 +88,13 @@ class ControlServer:
     """Serves ``handlers`` on the unix socket ``path``.
 
     The socket file is made mode 0600, or 0660 owned by ``group`` when one is given. Peers
-    are admitted by uid (SO_PEERCRED): the daemon's own uid, root, and ``allowed_uids``; a
-    refused peer gets one error line and is closed. Each connection may pipeline requests;
-    each request runs in its own task and its reply goes out as soon as it is ready.
+    are admitted by their credentials (SO_PEERCRED): the daemon's own uid, root,
+    ``allowed_uids``, and, with ``group``, any process whose primary or supplementary groups
+    include it (``socket_access.peer_groups``); a refused peer gets one error line and is
+    closed. With ``group``, a socket directory the server makes is 0710 owned by the group,
+    and a directory on the way that the group cannot search is named in a warning. Each
+    connection may pipeline requests; each request runs in its own task and its reply goes
+    out as soon as it is ready.
     """
 
     def __init__(
@@ -116,6 +108,7 @@ class ControlServer:
     ) -> None:
         self.path = Path(path)
         self.group = group
+        self.group_gid: int | None = None  # resolved when the socket is made
         self.allowed_uids = frozenset({os.geteuid(), 0} | set(allowed_uids or ()))
         self.max_line = max_line
         self._handlers = dict(handlers)
@@ -139,7 +132,7 @@ class ControlServer:
         """
         self._check_path_length()
         await self._clear_stale_socket()
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._make_directory()
         sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         bound: tuple[int, int] | None = None
         try:
@@ -196,17 +189,33 @@ class ControlServer:
         finally:
             probe.close()
 
-    def _set_mode(self) -> None:
-        # bind() created the file under the umask; a peer that connects before this chmod
-        # still has to pass the uid check, so the short window grants nothing.
-        os.chmod(self.path, 0o600)
+    def _make_directory(self) -> None:
         if self.group is not None:
             try:
-                grp.getgrnam(self.group)
+                self.group_gid = group_gid(self.group)
             except KeyError:
                 raise ConfigError(
                     f"control socket group {self.group!r} does not exist") from None
-            shutil.chown(self.path, group=self.group)
+        parent = self.path.parent
+        made = not parent.exists()
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.group_gid is None:
+            return
+        if made:  # ours: members may enter it, not list it
+            os.chown(parent, -1, self.group_gid)
+            os.chmod(parent, 0o710)
+        blocked = unreachable_by_group(self.path, self.group_gid)
+        if blocked is not None:
+            log.warning("members of group %s cannot reach the control socket %s: they may not "
+                        "enter %s; set control_socket to a path in a directory they can enter",
+                        self.group, self.path, blocked)
+
+    def _set_mode(self) -> None:
+        # bind() created the file under the umask; a peer that connects before this chmod
+        # still has to pass the peer check, so the short window grants nothing.
+        os.chmod(self.path, 0o600)
+        if self.group_gid is not None:
+            os.chown(self.path, -1, self.group_gid)
             os.chmod(self.path, 0o660)
 
     def _unlink_if_ours(self, bound: tuple[int, int]) -> None:
@@ -236,9 +245,16 @@ class ControlServer:
         uid = peer_uid(stream.socket)
         if uid is None or uid in self.allowed_uids:
             return True
+        if self.group_gid is not None:
+            # Off the Trio thread: without SO_PEERGROUPS this reads /proc or the group database.
+            groups = await trio.to_thread.run_sync(peer_groups, stream.socket)
+            if self.group_gid in groups:
+                return True
         log.warning("control socket: refused a peer with uid %d", uid)
+        members = f" or members of group {self.group}" if self.group is not None else ""
         await stream.send_all(encode_error(
-            None, "forbidden", f"uid {uid} may not use the agentd control socket {self.path}"))
+            None, "forbidden", f"uid {uid} may not use the agentd control socket {self.path} "
+                               f"(only uid {os.geteuid()}, root{members})"))
         return False
 
     def handler(self, cmd: str) -> Handler | None:

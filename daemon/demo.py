@@ -25,6 +25,7 @@ from control import ControlClient
 
 from .config import load_settings
 from .errors import ConfigError
+from .git.process import git_env
 from .service import Daemon
 
 PROJECT = {
@@ -59,9 +60,12 @@ SCRIPT = {"turns": [
 
 
 def _git(cwd: Path, *args: str) -> str:
+    # The pushed branch is the agent's work: no hooks, no pager, and not the demo's environment.
     return subprocess.run(
-        ["git", "-c", "user.name=agentd demo", "-c", "user.email=demo@localhost", *args],
+        ["git", "-c", "user.name=agentd demo", "-c", "user.email=demo@localhost",
+         "-c", "core.hooksPath=/dev/null", *args],
         cwd=cwd, check=True, capture_output=True, text=True,
+        env=git_env(None, None, allow_local=True),
     ).stdout
 
 

@@ -17,6 +17,17 @@ from daemon.web.session import State
 from .conftest import fake_wall
 
 
+async def sandboxed_push(ws, message: str, *, identity: tuple[str, str], **overrides):
+    """``commit_and_push`` as the agent loop calls it: the commit made in the task's sandbox."""
+    from daemon.agent.tools import ToolSettings
+    from daemon.agent.tools.sandbox import TaskSandbox
+    from daemon.git import commit_and_push
+
+    async with TaskSandbox(ws.path, ToolSettings()) as sandbox:
+        return await commit_and_push(ws, message, **{
+            "token": None, "confinement": sandbox, "identity": identity, **overrides})
+
+
 @asynccontextmanager
 async def running_supervisor(store, hub, runner, **kwargs) -> AsyncIterator[Supervisor]:
     """A supervisor started on the store; hard-cancelled on exit (like a crash) unless shut down."""
@@ -98,3 +109,24 @@ def cpu_list(text: str) -> set[int]:
         first, _, last = part.partition("-")
         cpus.update(range(int(first), int(last or first) + 1))
     return cpus
+
+
+def sqlite_at_version(path, version: int):
+    """An apsw connection to a new SQLite database at ``path`` migrated up to ``version`` only,
+    as that version of agentd left it: for tests of the migrations after it."""
+    import apsw
+
+    from daemon.store.schema import MIGRATIONS
+
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE schema_migrations "
+                 "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)")
+    for number, description, sql in MIGRATIONS:
+        if number > version:
+            break
+        with conn:
+            conn.execute(sql)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (number, description))
+            conn.execute(f"PRAGMA user_version = {number}")
+    return conn

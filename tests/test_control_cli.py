@@ -249,7 +249,7 @@ async def test_a_usage_error_is_not_mistaken_for_an_unreachable_daemon():
 def test_every_command_of_the_design_exists_and_maps_to_a_protocol_command():
     assert set(cli.COMMANDS) == {
         "status", "tasks", "task", "cancel", "retry", "tail", "drain", "resume", "concurrency",
-        "users", "user-add", "revoke", "backup", "gc"}
+        "users", "user-add", "revoke", "user-link", "backup", "gc"}
     assert {c.cmd for c in cli.COMMANDS.values()} == set(PROTOCOL_COMMANDS)
 
 

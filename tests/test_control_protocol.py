@@ -44,7 +44,7 @@ def test_the_command_names_are_those_of_the_design():
     assert set(COMMANDS) == {
         "status", "tasks.list", "tasks.get", "tasks.cancel", "tasks.retry", "tasks.tail",
         "drain", "resume", "concurrency.set", "users.list", "users.add", "users.revoke",
-        "backup", "gc",
+        "users.link", "backup", "gc",
     }
     assert STREAMING_COMMANDS == {"tasks.tail"}
 

@@ -90,3 +90,9 @@ def test_commit_message_has_a_short_title_and_the_summary():
     title, blank, body = message.split("\n", 2)
     assert len(title) <= 72 and title.endswith("...") and blank == ""
     assert body.startswith("Changed parse().")
+
+
+def test_commit_message_drops_control_characters_the_model_or_user_sent():
+    """A NUL cannot even be passed to git; escapes would reach whoever reads the log."""
+    message = commit_message("fix\x00 it\r\nnow", "done\x1b[31m red\ud800\tok")
+    assert message == "fix it now\n\ndone[31m red\tok\n\nPrompt:\nfix it\nnow\n"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Settings
+from daemon.web.http_limits import FD_HEADROOM
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 GRACE_S = Settings().grace_period_s
@@ -59,6 +60,18 @@ def test_the_systemd_unit_is_a_hardened_notify_service():
                          "ProtectProc", "ProcSubset"):
         assert breaks_bwrap not in service, breaks_bwrap
     assert "AF_NETLINK" in one["RestrictAddressFamilies"]  # bwrap sets up loopback over netlink
+
+
+def test_the_systemd_unit_bounds_the_daemon_and_delegates_its_cgroup():
+    service = unit_file(DEPLOY / "agentd.service")["Service"]
+    one = {key: values[-1] for key, values in service.items()}
+    # Room for every connection the cap allows, plus the daemon's own files.
+    assert int(one["LimitNOFILE"]) >= Settings().http_max_connections + FD_HEADROOM
+    assert int(one["TasksMax"]) >= 512  # a fork bomb meets this before the host's pid_max
+    high, most = (int(one[key].removesuffix("%")) for key in ("MemoryHigh", "MemoryMax"))
+    assert high < most < 100  # a share of the host's memory: the host itself stays alive
+    assert one["Delegate"] == "yes"  # the sandbox's per-task cgroups live in this subtree
+    assert one.get("ProtectControlGroups", "no") == "no"  # it would make the subtree read-only
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")

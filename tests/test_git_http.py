@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import PermanentError, TransientError
-from daemon.git import commit_and_push, prepare_workspace
+from daemon.git import prepare_workspace
 from tests.fakes.git_http import GitHttpServer, git_out, make_bare_repo
+from tests.helpers import sandboxed_push
 
 TOKEN = "ghs_s3cr3tT0kenValue1234567890"
 USER = "x-access-token"
@@ -46,7 +47,7 @@ def assert_token_absent(path: Path) -> None:
 async def test_push_with_token_over_smart_http(tmp_path, repos, server):
     ws = await prepare(tmp_path, server.url_for("project.git"))
     (ws.path / "feature.py").write_text("print('hello')\n")
-    result = await commit_and_push(ws, "Add feature", token=TOKEN)
+    result = await sandboxed_push(ws, "Add feature", token=TOKEN, identity=IDENTITY)
 
     assert result is not None
     assert git_out(repos / "project.git", "rev-parse", f"refs/heads/{ws.branch}") == result.commit
@@ -55,7 +56,7 @@ async def test_push_with_token_over_smart_http(tmp_path, repos, server):
     assert any(r.authorization and r.status == 200 for r in server.requests)
     config = (ws.path / ".git" / "config").read_text()
     assert TOKEN not in config and USER not in config
-    assert git_out(ws.path, "remote", "get-url", "origin") == server.url_for("project.git")
+    assert git_out(ws.path, "-c", "safe.directory=*", "remote", "get-url", "origin") == server.url_for("project.git")
     assert_token_absent(ws.path)
     assert TOKEN not in repr(ws) and TOKEN not in repr(result)
 
@@ -79,7 +80,7 @@ async def test_wrong_token_on_push_is_permanent(tmp_path, server):
     ws = await prepare(tmp_path, server.url_for("project.git"))
     (ws.path / "f.txt").write_text("f\n")
     with pytest.raises(PermanentError, match="authentication failed") as info:
-        await commit_and_push(ws, "f", token="ghs_anotherWrongOne")
+        await sandboxed_push(ws, "f", token="ghs_anotherWrongOne", identity=IDENTITY)
     assert "ghs_anotherWrongOne" not in str(info.value)
 
 
@@ -95,10 +96,10 @@ async def test_push_retried_after_503_succeeds(tmp_path, repos, server):
     (ws.path / "f.txt").write_text("f\n")
     server.fail_with(503, times=None)
     with pytest.raises(TransientError):
-        await commit_and_push(ws, "f", token=TOKEN)
+        await sandboxed_push(ws, "f", token=TOKEN, identity=IDENTITY)
     server.clear_failures()
     # The commit made by the failed attempt is pushed by the next one.
-    result = await commit_and_push(ws, "f", token=TOKEN)
+    result = await sandboxed_push(ws, "f", token=TOKEN, identity=IDENTITY)
     assert result is not None
     assert git_out(repos / "project.git", "rev-parse", f"refs/heads/{ws.branch}") == result.commit
 

@@ -69,6 +69,30 @@ def test_local_remotes_when_allowed(tmp_path):
         parse_remote("file://otherhost/srv/p.git", allow_local=True)
 
 
+def test_private_hosts_need_the_operator():
+    """Literal hosts are checked at parse time (the table is in test_git_addresses.py);
+    allow_local implies allow_private, since the fakes of tests listen on 127.0.0.1."""
+    for url in ("https://127.0.0.1/o/r.git", "git@10.0.0.5:o/r.git", "https://localhost/o/r"):
+        with pytest.raises(PermanentError, match="AGENTD_ALLOW_PRIVATE_REMOTES=1") as info:
+            parse_remote(url, allow_local=False)
+        assert info.value.code == "repo_address_refused"
+        assert parse_remote(url, allow_local=False, allow_private=True).url == url
+        assert parse_remote(url, allow_local=True).url == url
+    # allow_private does not open what only allow_local does.
+    with pytest.raises(PermanentError, match="plain http"):
+        parse_remote("http://10.0.0.5/o/r.git", allow_local=False, allow_private=True)
+    with pytest.raises(PermanentError, match="local repository paths"):
+        parse_remote("/srv/r.git", allow_local=False, allow_private=True)
+
+
+@pytest.mark.parametrize("url", ["https://[zzz]/o/r", "ssh://git@[1.2.3.4:22]/o/r",
+                                 "https://[::1/o/r", "https://h:99999/o/r"])
+def test_urls_python_cannot_split_are_refused_not_crashing(url):
+    with pytest.raises(PermanentError) as info:
+        parse_remote(url, allow_local=True)
+    assert info.value.code == "invalid_repo_url"
+
+
 def test_github_detection():
     assert parse_remote("https://github.com/octo/project.git", False).github() == ("octo", "project")
     assert parse_remote("git@github.com:octo/project", False).github().name == "project"
@@ -83,12 +107,6 @@ def test_github_detection():
 @pytest.mark.parametrize(
     "stderr, cls, words",
     [
-        ("fatal: unable to access 'https://github.com/o/r/': Could not resolve host: github.com",
-         TransientError, "could not resolve"),
-        ("fatal: unable to access 'https://h/r/': Failed to connect to h port 443: Connection refused",
-         TransientError, "could not connect"),
-        ("ssh: connect to host h port 22: Connection timed out\nfatal: Could not read from remote "
-         "repository.", TransientError, "could not connect"),
         ("fetch-pack: unexpected disconnect while reading sideband packet\nfatal: early EOF",
          TransientError, "connection failed"),
         ("error: RPC failed; HTTP 502 curl 22 The requested URL returned error: 502",
@@ -115,6 +133,31 @@ def test_classify_git_error(stderr, cls, words):
     assert type(err) is cls
     assert words in str(err)
     assert str(err).startswith("git clone failed")
+
+
+@pytest.mark.parametrize(
+    "stderr, message",
+    [
+        ("fatal: unable to access 'https://github.com/o/r/': Could not resolve host: github.com",
+         "could not resolve the repository host (github.com)"),
+        ("fatal: unable to access 'https://h/r/': Failed to connect to github.com port 443: "
+         "Connection refused", "could not reach the repository (github.com): connection refused"),
+        ("ssh: connect to host 140.82.112.3 port 22: Connection timed out\nfatal: Could not read "
+         "from remote repository.", "could not reach the repository (github.com): connection timed out"),
+    ],
+)
+def test_a_remote_out_of_reach_is_said_without_gits_words(stderr, message):
+    err = classify_git_error("clone", 128, stderr, host="github.com")
+    assert type(err) is TransientError and str(err) == message
+
+
+def test_a_pinned_ssh_remote_connects_to_the_checked_address():
+    from daemon.git.addresses import ResolvedRemote
+    remote = parse_remote("git@git.example.com:o/r.git", False)
+    pin = ResolvedRemote(remote, "git.example.com", 22, ("140.82.112.3",), pinned=True)
+    env = git_env(remote, GitAuth(), pin=pin)
+    assert env["GIT_SSH_COMMAND"].endswith(
+        "-o HostKeyAlias=git.example.com -o Hostname=140.82.112.3")
 
 
 def test_redact_removes_tokens_and_url_credentials():

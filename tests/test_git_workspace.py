@@ -12,12 +12,12 @@ from daemon.errors import PermanentError, TransientError
 from daemon.git import (
     branch_name,
     check_quota,
-    commit_and_push,
     gc_workspaces,
     prepare_workspace,
     run_git,
 )
 from tests.fakes.git_http import git_out, make_bare_repo
+from tests.helpers import sandboxed_push
 
 IDENTITY = ("agentd bot", "agentd@example.invalid")
 
@@ -42,6 +42,15 @@ async def prepare(tmp_path: Path, repo: str, base: str | None = "main", *,
     return await prepare_workspace(tmp_path / "ws", task_id, repo, base, **args)
 
 
+async def push(ws, message: str, **overrides):
+    return await sandboxed_push(ws, message, identity=IDENTITY, **overrides)
+
+
+async def agent_git(ws, *args: str):
+    """git as the agent runs it in its workspace (which the sandbox's uid may own)."""
+    return await run_git(["-c", "safe.directory=*", *args], cwd=ws.path)
+
+
 async def test_clone_branch_commit_push(tmp_path, bare):
     ws = await prepare(tmp_path, str(bare))
 
@@ -56,7 +65,7 @@ async def test_clone_branch_commit_push(tmp_path, bare):
     (ws.path / "calc.py").write_text("def add(a, b):\n    return a + b\n")
     (ws.path / "test_calc.py").write_text("from calc import add\n\n\ndef test_add():\n"
                                          "    assert add(1, 2) == 3\n")
-    result = await commit_and_push(ws, "Fix add", token=None)
+    result = await push(ws, "Fix add")
 
     assert result is not None
     assert result.branch == ws.branch
@@ -78,23 +87,23 @@ async def test_base_branch_none_follows_remote_head(tmp_path, bare):
 async def test_no_change_pushes_nothing(tmp_path, bare):
     ws = await prepare(tmp_path, str(bare))
     refs_before = git_out(bare, "for-each-ref")
-    assert await commit_and_push(ws, "nothing", token=None) is None
+    assert await push(ws, "nothing") is None
     assert git_out(bare, "for-each-ref") == refs_before
 
 
 async def test_push_again_only_after_new_changes(tmp_path, bare):
     ws = await prepare(tmp_path, str(bare))
     (ws.path / "a.txt").write_text("one\n")
-    first = await commit_and_push(ws, "one", token=None)
+    first = await push(ws, "one")
     # Nothing new: the same result again (an attempt may have died before recording it), no push.
-    assert await commit_and_push(ws, "again", token=None) == first
-    assert git_out(ws.path, "rev-list", "--count", f"{first.commit}..HEAD") == "0"
+    assert await push(ws, "again") == first
+    assert git_out(ws.owned / "repo.git", "rev-parse", f"refs/heads/{ws.branch}") == first.commit
 
     # A commit the agent made by itself is pushed too; counts cover the whole branch.
     (ws.path / "b.txt").write_text("two\n")
-    await run_git(["add", "b.txt"], cwd=ws.path)
-    await run_git(["commit", "-q", "-m", "agent commit"], cwd=ws.path)
-    second = await commit_and_push(ws, "unused message", token=None)
+    await agent_git(ws, "add", "b.txt")
+    await agent_git(ws, "commit", "-q", "-m", "agent commit")
+    second = await push(ws, "unused message")
     assert second is not None and second.commit != first.commit
     assert sorted(second.files_changed) == ["a.txt", "b.txt"]
     assert git_out(bare, "rev-parse", f"refs/heads/{ws.branch}") == second.commit
@@ -120,10 +129,10 @@ async def test_remote_head_detached_without_base_branch_is_permanent(tmp_path, b
 async def test_untracked_files_are_committed_whatever_the_workspace_config_hides(tmp_path, bare):
     """The quick "nothing to commit" check must see everything `git add -A` would stage."""
     ws = await prepare(tmp_path, str(bare))
-    await run_git(["config", "status.showUntrackedFiles", "no"], cwd=ws.path)
+    await agent_git(ws, "config", "status.showUntrackedFiles", "no")
     (ws.path / "new").mkdir()
     (ws.path / "new" / "file.txt").write_text("hidden from a plain git status\n")
-    result = await commit_and_push(ws, "add a file", token=None)
+    result = await push(ws, "add a file")
     assert result is not None and result.files_changed == ["new/file.txt"]
 
 
@@ -132,14 +141,14 @@ async def test_ignored_files_alone_are_no_change(tmp_path, bare):
     (ws.path / ".git" / "info" / "exclude").write_text("build/\n")
     (ws.path / "build").mkdir()
     (ws.path / "build" / "out.o").write_text("x")
-    assert await commit_and_push(ws, "nothing", token=None) is None
+    assert await push(ws, "nothing") is None
 
 
 async def test_detached_workspace_is_refused(tmp_path, bare):
     ws = await prepare(tmp_path, str(bare))
-    await run_git(["checkout", "-q", "--detach"], cwd=ws.path)
-    with pytest.raises(PermanentError, match="no longer on its branch"):
-        await commit_and_push(ws, "x", token=None)
+    await agent_git(ws, "checkout", "-q", "--detach")
+    with pytest.raises(PermanentError, match=r"on \(detached HEAD\), not on its branch"):
+        await push(ws, "x")
 
 
 async def test_resume_reuses_prepared_workspace(tmp_path, bare):
@@ -170,7 +179,7 @@ async def test_a_dead_clones_staging_directory_is_removed_and_no_other(tmp_path,
     (dead / "sub").chmod(0o500)
     ws = await prepare(tmp_path, str(bare))
     assert (ws.path / "calc.py").exists()
-    assert sorted(p.name for p in root.iterdir()) == [other.name, ws.path.name]
+    assert sorted(p.name for p in root.iterdir()) == [".owned", other.name, ws.path.name]
 
 
 async def test_file_system_calls_stay_off_the_trio_thread(tmp_path, bare, file_system_on_loop):
@@ -182,7 +191,7 @@ async def test_file_system_calls_stay_off_the_trio_thread(tmp_path, bare, file_s
         assert await prepare(tmp_path, str(bare)) == ws  # reused: its marker read off-loop too
     (ws.path / "calc.py").write_text("def add(a, b):\n    return a + b\n")  # the agent's edit
     with file_system_on_loop() as seen_later:
-        assert await commit_and_push(ws, "Fix add", token=None) is not None
+        assert await push(ws, "Fix add") is not None
         assert await gc_workspaces(tmp_path / "ws", keep=lambda _: False) == [ws.path.name]
     assert seen == [] and seen_later == []
 
@@ -190,8 +199,8 @@ async def test_file_system_calls_stay_off_the_trio_thread(tmp_path, bare, file_s
 async def test_a_damaged_marker_is_refused_not_wiped(tmp_path, bare):
     ws = await prepare(tmp_path, str(bare))
     (ws.path / "work.txt").write_text("the agent's work\n")
-    (ws.path / ".git" / "agentd-workspace.json").write_text("null")
-    with pytest.raises(PermanentError, match="damaged marker"):
+    (ws.owned / "state.json").write_text("null")
+    with pytest.raises(PermanentError, match="damaged record"):
         await prepare(tmp_path, str(bare))
     assert (ws.path / "work.txt").read_text() == "the agent's work\n"
 
@@ -199,16 +208,16 @@ async def test_a_damaged_marker_is_refused_not_wiped(tmp_path, bare):
 async def test_a_lost_marker_stops_the_push(tmp_path, bare):
     ws = await prepare(tmp_path, str(bare))
     (ws.path / "calc.py").write_text("def add(a, b):\n    return a + b\n")
-    (ws.path / ".git" / "agentd-workspace.json").unlink()
-    with pytest.raises(PermanentError, match="lost its marker"):
-        await commit_and_push(ws, "Fix add", token=None)
+    (ws.owned / "state.json").unlink()
+    with pytest.raises(PermanentError, match="lost its record"):
+        await push(ws, "Fix add")
 
 
 async def test_workspace_off_its_branch_is_refused(tmp_path, bare):
     ws = await prepare(tmp_path, str(bare))
-    await run_git(["checkout", "-q", "-b", "elsewhere"], cwd=ws.path)
-    with pytest.raises(PermanentError, match="no longer on its branch"):
-        await commit_and_push(ws, "x", token=None)
+    await agent_git(ws, "checkout", "-q", "-b", "elsewhere")
+    with pytest.raises(PermanentError, match="on elsewhere, not on its branch") as info:
+        await push(ws, "x")
 
 
 async def test_quota_exceeded_after_clone_removes_the_clone(tmp_path, bare):
@@ -255,17 +264,20 @@ async def test_hooks_never_run(tmp_path, bare):
         script.write_text(f"#!/bin/sh\ntouch {witness}\n")
         script.chmod(0o755)
     (ws.path / "x.txt").write_text("x\n")
-    assert await commit_and_push(ws, "x", token=None) is not None
+    assert await push(ws, "x") is not None
     assert not witness.exists()
 
 
-async def test_push_refused_when_agent_redirects_the_remote(tmp_path, bare):
+async def test_the_push_goes_to_the_tasks_remote_whatever_the_workspace_config_says(tmp_path, bare):
     ws = await prepare(tmp_path, str(bare))
     evil = make_bare_repo(tmp_path / "evil")
-    await run_git(["config", f"url.{evil.as_uri()}.insteadOf", bare.as_uri()], cwd=ws.path)
+    for key, value in ((f"url.{evil.as_uri()}.insteadOf", bare.as_uri()),
+                       (f"url.{evil.as_uri()}.pushInsteadOf", bare.as_uri()),
+                       ("remote.origin.pushurl", evil.as_uri()), ("remote.origin.url", evil.as_uri())):
+        await agent_git(ws, "config", key, value)
     (ws.path / "x.txt").write_text("x\n")
-    with pytest.raises(PermanentError, match="url.*could redirect the push"):
-        await commit_and_push(ws, "x", token=None)
+    result = await push(ws, "x")
+    assert git_out(bare, "rev-parse", f"refs/heads/{ws.branch}") == result.commit
     assert "agentd/" not in git_out(evil, "for-each-ref")
 
 

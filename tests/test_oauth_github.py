@@ -10,6 +10,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import trio
 
+from control.client import CommandRefused, ControlClient
+from daemon.errors import AgentdError, Forbidden, NotFound
 from daemon.secrets import load_secret_box
 
 from .fakes.github_oauth import FakeGitHubOAuth
@@ -54,7 +56,17 @@ async def sign_in(server, github, verifier_challenge=None, *, app_state="s1") ->
         back = await browser.get(at_github.headers["Location"])
         assert back.status_code == 302
         assert back.headers["Location"].startswith(APP + "?")
-        return query(back.headers["Location"])
+        return {**query(back.headers["Location"]), "_verifier": verifier}
+
+
+async def redeem(server, answer: dict[str, str], verifier: str | None = None) -> dict:
+    """The app's last leg: the one-time code for an API token; the token response's body."""
+    assert "code" in answer, answer
+    async with server.client() as phone:
+        issued = await phone.post("/auth/token", json={
+            "code": answer["code"], "code_verifier": verifier or answer["_verifier"]})
+    assert issued.status_code == 200, issued.text
+    return issued.json()
 
 
 async def test_phone_sign_in_end_to_end(world):
@@ -120,15 +132,16 @@ async def test_callback_state_is_single_use_and_denial_reaches_the_app(world):
         assert forged.status_code == 400
     github.deny = True
     answer = await sign_in(server, github)
-    assert answer == {"error": "access_denied", "state": "s1"}
+    assert answer == {"error": "access_denied", "state": "s1", "_verifier": answer["_verifier"]}
 
 
 async def test_a_disabled_account_cannot_sign_in_again(world):
     server, github = world
-    await server.store.upsert_user("octocat")
+    await redeem(server, await sign_in(server, github))
     await server.store.revoke_user("octocat")
     answer = await sign_in(server, github)
     assert answer["error"] == "account_disabled" and "code" not in answer
+    assert [u.login for u in await server.store.list_users()] == ["octocat"]
 
 
 async def test_sign_in_is_404_when_not_configured(tmp_path):
@@ -136,3 +149,141 @@ async def test_sign_in_is_404_when_not_configured(tmp_path):
         async with server.client() as browser:
             response = await browser.get("/auth/github/login", params={"app_redirect": APP})
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_configured"
+
+
+# ------------------------------------------------ identity: GitHub's numeric id, never the login
+
+OCTOCAT_ID = 583231
+
+
+async def test_a_login_that_names_a_local_account_gets_a_new_account(world):
+    server, github = world
+    local = await server.store.upsert_user("octocat")  # agentctl user-add octocat
+    body = await redeem(server, await sign_in(server, github))
+    assert body["user"]["login"] == f"octocat-gh{OCTOCAT_ID}" and body["user"]["id"] != local.id
+    assert await server.store.user_by_login("octocat") == local  # untouched: no id, no token
+    assert await server.store.github_token_enc(local.id) is None
+    made = await server.store.user_by_github_id(OCTOCAT_ID)
+    assert (made.id, made.is_operator) == (body["user"]["id"], False)
+
+
+async def test_an_operator_account_is_not_reached_by_a_sign_in_with_its_login(world):
+    server, github = world
+    await server.store.upsert_user("octocat", is_operator=True)
+    body = await redeem(server, await sign_in(server, github))
+    assert body["user"]["login"] == f"octocat-gh{OCTOCAT_ID}"
+    async with server.client(body["token"]) as phone:
+        assert (await phone.get("/admin/api/tasks")).status_code == 403
+        assert (await phone.get("/api/tasks")).status_code == 200
+
+
+async def test_when_the_login_and_its_fallback_are_taken_the_sign_in_is_refused(world):
+    server, github = world
+    await server.store.upsert_user("octocat")
+    await server.store.upsert_user(f"octocat-gh{OCTOCAT_ID}")
+    answer = await sign_in(server, github)
+    assert answer["error"] == "login_taken" and "code" not in answer
+    assert f"agentctl user-link LOGIN {OCTOCAT_ID}" in answer["error_description"]
+    assert await server.store.user_by_github_id(OCTOCAT_ID) is None
+
+
+async def test_a_renamed_github_user_keeps_their_account(world):
+    server, github = world
+    first = await redeem(server, await sign_in(server, github))
+    github.profile = {"login": "octo-renamed", "id": OCTOCAT_ID, "name": "Octo"}
+    again = await redeem(server, await sign_in(server, github))
+    assert again["user"] == {"id": first["user"]["id"], "login": "octocat", "name": "Octo"}
+    assert [u.login for u in await server.store.list_users()] == ["octocat"]
+
+
+async def test_a_reused_login_never_reaches_the_account_of_its_former_owner(world):
+    server, github = world
+    former = await redeem(server, await sign_in(server, github))
+    github.profile = {"login": "octocat", "id": 999, "name": "Not the Octocat"}  # took the name
+    newcomer = await redeem(server, await sign_in(server, github))
+    assert newcomer["user"]["login"] == "octocat-gh999"
+    assert newcomer["user"]["id"] != former["user"]["id"]
+
+
+async def test_an_operator_links_an_account_and_that_github_user_reaches_it(world):
+    server, github = world
+    admin = await server.store.upsert_user("admin", is_operator=True)
+    async with await ControlClient.connect(server.daemon.settings.control_socket_path) as ctl:
+        linked = await ctl.call("users.link", login="admin", github_id=OCTOCAT_ID)
+        assert linked == {"login": "admin", "user_id": admin.id, "github_id": OCTOCAT_ID,
+                          "is_operator": True}
+        await server.store.upsert_user("bob")
+        with pytest.raises(CommandRefused, match="already linked to the account 'admin'") as info:
+            await ctl.call("users.link", login="bob", github_id=OCTOCAT_ID)
+        assert info.value.code == "github_id_taken"
+        with pytest.raises(CommandRefused) as info:
+            await ctl.call("users.link", login="nobody-here", github_id=7)
+        assert info.value.code == "not_found"
+    body = await redeem(server, await sign_in(server, github))
+    assert (body["user"]["id"], body["user"]["login"]) == (admin.id, "admin")
+    async with server.client(body["token"]) as phone:
+        assert (await phone.get("/admin/api/tasks")).status_code == 200
+
+
+async def test_user_add_operator_refuses_an_account_a_sign_in_made(world):
+    server, github = world
+    await redeem(server, await sign_in(server, github))
+    async with await ControlClient.connect(server.daemon.settings.control_socket_path) as ctl:
+        with pytest.raises(CommandRefused, match=f"user-link octocat {OCTOCAT_ID} --operator"):
+            await ctl.call("users.add", login="octocat", operator=True)
+        assert not (await server.store.user_by_login("octocat")).is_operator
+        confirmed = await ctl.call("users.link", login="octocat", github_id=OCTOCAT_ID,
+                                   operator=True)
+        assert confirmed["is_operator"] is True
+
+
+# ------------------------------------------------------------- the store, on every backend
+
+
+async def test_sign_in_finds_by_id_and_link_moves_no_one_else(store):
+    local = await store.upsert_user("octocat")
+    made = await store.sign_in_github(1, "octocat", name="O", token_enc=b"t1")
+    assert (made.login, made.github_id, made.name) == ("octocat-gh1", 1, "O")
+    assert await store.github_token_enc(made.id) == b"t1"
+    renamed = await store.sign_in_github(1, "octo2", name=None, token_enc=b"t2")
+    assert (renamed.id, renamed.login, renamed.name) == (made.id, "octocat-gh1", "O")
+    assert await store.github_token_enc(made.id) == b"t2"
+    with pytest.raises(AgentdError) as info:
+        await store.link_github("octocat", 1)
+    assert info.value.code == "github_id_taken"
+    with pytest.raises(NotFound):
+        await store.link_github("ghost", 5)
+    linked = await store.link_github("octocat", 2, operator=True)
+    assert (linked.id, linked.github_id, linked.is_operator) == (local.id, 2, True)
+    assert (await store.sign_in_github(2, "whoever", name=None, token_enc=b"t3")).id == local.id
+    relinked = await store.link_github("octocat", 3)
+    assert relinked.github_id == 3 and await store.github_token_enc(local.id) is None  # not 2's
+    assert await store.user_by_github_id(2) is None
+
+
+async def test_a_refused_sign_in_writes_nothing(store):
+    await store.upsert_user("a")
+    await store.upsert_user("a-gh7")
+    with pytest.raises(Forbidden) as info:
+        await store.sign_in_github(7, "a", name="A", token_enc=b"t")
+    assert info.value.code == "login_taken"
+    assert [u.login for u in await store.list_users()] == ["a", "a-gh7"]
+    made = await store.sign_in_github(8, "b", name=None, token_enc=None)
+    await store.revoke_user("b")
+    with pytest.raises(Forbidden) as info:
+        await store.sign_in_github(8, "b", name="changed", token_enc=b"t")
+    assert info.value.code == "account_disabled"
+    assert (await store.user_by_id(made.id)).name is None
+
+
+async def test_concurrent_first_sign_ins_of_one_github_user_make_one_account(store):
+    users = []
+
+    async def sign_in_once() -> None:
+        users.append(await store.sign_in_github(42, "dup", name=None, token_enc=b"t"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(sign_in_once)
+    assert len({u.id for u in users}) == 1 and users[0].login == "dup"
+    assert [u.login for u in await store.list_users()] == ["dup"]

@@ -10,24 +10,15 @@ import apsw
 import pytest
 
 from daemon.store import NewEvent, SqliteStore
-from daemon.store.schema import LATEST, MIGRATIONS
+from daemon.store.schema import LATEST
+from tests.helpers import sqlite_at_version
 
 pytestmark = pytest.mark.sqlite_only("the SQLite schema")
 
 
 def _v5_database(path, tasks: dict[str, int]) -> None:
     """A database at schema v5 holding ``tasks`` (id -> number of events), as v5 wrote them."""
-    conn = apsw.Connection(str(path))
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE schema_migrations "
-                 "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)")
-    for version, description, sql in MIGRATIONS:
-        if version > 5:
-            break
-        with conn:
-            conn.execute(sql)
-            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, description))
-            conn.execute(f"PRAGMA user_version = {version}")
+    conn = sqlite_at_version(path, 5)
     with conn:
         conn.execute("INSERT INTO users (login, created_at, updated_at) VALUES ('alice', 0, 0)")
         # Ids out of creation order: the copy must follow the events' task, not the id's order.

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.agent.tools import Toolbox, ToolSettings
+from daemon.agent.tools import Toolbox, ToolSettings, edit as edit_module
+from daemon.agent.tools.paths import PathError, relative_parts
 
 
 @pytest.fixture
@@ -99,6 +100,19 @@ async def test_view_output_is_capped(tmp_path):
         wide = await edit(tb, "view", "wide.txt")
         assert "x" * 250 + " [... line cut: 4750 more bytes]" in wide.output
         assert wide.output.endswith("     2\tshort\n")
+
+
+async def test_view_reads_no_further_than_its_byte_cap(tb, ws, monkeypatch):
+    monkeypatch.setattr(edit_module, "MAX_VIEW_BYTES", 100)
+    (ws / "long.txt").write_text("".join(f"line {i:04}\n" for i in range(50)))  # 10 bytes each
+    head = await edit(tb, "view", "long.txt")
+    assert "    10\tline 0009\n" in head.output and "line 0010" not in head.output
+    assert head.output.endswith(
+        "[stopped after the first 100 bytes of long.txt; use bash (sed -n, tail) further in]\n")
+    far = await edit(tb, "view", "long.txt", view_range=[40, -1])
+    assert far.is_error and "view reads only the first 100 bytes (10 lines)" in far.output
+    (ws / "exact.txt").write_text("x" * 99 + "\n")  # exactly the cap: read whole, no note
+    assert (await edit(tb, "view", "exact.txt")).output.endswith("\t" + "x" * 99 + "\n")
 
 
 async def test_view_empty_file(tb, ws):
@@ -227,6 +241,25 @@ async def test_insert_errors(tb, ws):
     assert (ws / "f").read_text() == "a\nb\n"
 
 
+async def test_files_over_the_edit_cap_are_left_to_bash(tb, ws, monkeypatch):
+    monkeypatch.setattr(edit_module, "MAX_EDIT_BYTES", 100)
+    (ws / "big.txt").write_text("a" * 101)
+    for command, args in [("str_replace", {"old_str": "a" * 101, "new_str": "b"}),
+                          ("insert", {"insert_line": 0, "insert_text": "x"})]:
+        result = await edit(tb, command, "big.txt", **args)
+        assert result.is_error and "big.txt is 101 bytes or more, more than this tool edits (100)" \
+            in result.output
+    assert (ws / "big.txt").read_text() == "a" * 101
+
+
+async def test_an_edit_keeps_permissions_but_not_setuid_bits(tb, ws):
+    script = ws / "tool.sh"
+    script.write_text("echo a\n")
+    script.chmod(0o4755)
+    await edit(tb, "str_replace", "tool.sh", old_str="a", new_str="b")
+    assert script.read_text() == "echo b\n" and script.stat().st_mode & 0o7777 == 0o755
+
+
 # -- commands and input ----------------------------------------------------------------------
 
 
@@ -262,6 +295,29 @@ async def test_paths_outside_are_refused(tb, ws, path):
     assert (ws.parent / "outside.txt").read_text() == "secret\n"
 
 
+@pytest.mark.parametrize(
+    "raw, parts",
+    [("a/./b//c", ("a", "b", "c")), (".", ()), ("a/..", ()), ("/ws/x/../y", ("y",)),
+     ("/ws", ()), ("/alias/z", ("z",))],
+)
+def test_relative_parts_are_lexical_names_below_the_workspace(raw, parts):
+    assert relative_parts("/ws", raw, alias="/alias") == parts
+
+
+@pytest.mark.parametrize("raw", ["..", "/ws/../x", "/wsx/y", "", "a\x00b"])
+def test_relative_parts_refuses_what_is_not_below(raw):
+    with pytest.raises(PathError):
+        relative_parts("/ws", raw, alias="/alias")
+
+
+async def test_a_file_on_the_way_is_not_a_directory(tb, ws):
+    (ws / "f.txt").write_text("x\n")
+    for command, args in [("view", {}), ("create", {"file_text": "x"})]:
+        result = await edit(tb, command, "f.txt/inner", **args)
+        assert result.is_error, result
+        assert result.output == "f.txt is not a directory, so f.txt/inner cannot be reached"
+
+
 async def test_symlinks_leading_outside_are_refused(tb, ws):
     outside = ws.parent / "outside"
     outside.mkdir()
@@ -285,11 +341,20 @@ async def test_symlinks_leading_outside_are_refused(tb, ws):
     assert sorted(os.listdir(outside)) == ["secret.txt"]
 
 
-async def test_symlinks_inside_the_workspace_are_followed(tb, ws):
+async def test_symlinks_inside_the_workspace_are_refused_too(tb, ws):
+    """A link is refused wherever it points: the agent can retarget it between two syscalls."""
     (ws / "real.txt").write_text("a\n")
     (ws / "alias.txt").symlink_to("real.txt")
-    await edit(tb, "str_replace", "alias.txt", old_str="a", new_str="b")
-    assert (ws / "real.txt").read_text() == "b\n"
+    (ws / "sub").mkdir()
+    (ws / "sub" / "f.txt").write_text("a\n")
+    (ws / "sub_link").symlink_to("sub")
+    edited = await edit(tb, "str_replace", "alias.txt", old_str="a", new_str="b")
+    assert edited.is_error and edited.output.startswith(
+        "alias.txt is a symbolic link; the editor does not follow links")
+    through = await edit(tb, "view", "sub_link/f.txt")
+    assert through.is_error and through.output.startswith(
+        "sub_link (on the way to sub_link/f.txt) is a symbolic link")
+    assert (ws / "real.txt").read_text() == "a\n"
     assert (ws / "alias.txt").is_symlink()
 
 

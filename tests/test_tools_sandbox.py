@@ -127,6 +127,27 @@ def test_bwrap_command_line_binds_only_what_it_should(tmp_path):
     assert argv.index("--remount-ro") > argv.index("--bind")
 
 
+def test_bwrap_command_line_for_a_task_uid(tmp_path):
+    """Privileged bwrap (the uid must be the host's), only what setpriv needs, then setpriv."""
+    ws = tmp_path / "data" / "ws"
+    argv = sandbox.bwrap_argv("/usr/bin/bwrap", ws, tmp_bytes=8 << 20, owner=(600123, 600123),
+                              etc_dir=tmp_path)
+    joined = " ".join(argv)
+    assert "--unshare-all" not in argv and "--unshare-user" not in argv
+    assert {"--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"} <= set(argv)
+    kept = [argv[i + 1] for i, a in enumerate(argv) if a == "--cap-add"]
+    assert kept == ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_DAC_READ_SEARCH"]
+    assert argv.index("--cap-drop") < argv.index("--cap-add")
+    assert "--size 8388608 --tmpfs /tmp" in joined
+    assert f"--ro-bind {tmp_path}/passwd /etc/passwd" in joined
+    # The uid walks down to the workspace through directories it may enter.
+    assert f"--perms 0755 --dir {tmp_path / 'data'} --bind {ws} {ws}" in joined
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"] == [str(ws)]
+    assert sandbox.setpriv_argv("/usr/bin/setpriv", (600123, 600124)) == [
+        "/usr/bin/setpriv", "--reuid=600123", "--regid=600124", "--clear-groups",
+        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+
+
 async def test_workspace_path_with_symlinked_parent_works(bwrap_usable, tmp_path):
     real = tmp_path / "real"
     real.mkdir()

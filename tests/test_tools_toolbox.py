@@ -67,6 +67,11 @@ async def test_aclose_is_idempotent_and_removes_the_temporary_home(tmp_path):
         ({"command_timeout_s": 0}, "command_timeout_s"),
         ({"output_cap_bytes": 10}, "output_cap_bytes"),
         ({"sandbox": "maybe"}, "sandbox"),
+        ({"max_processes": 3}, "max_processes"),
+        ({"memory_bytes": 1000}, "memory_bytes"),
+        ({"tmp_bytes": 0}, "tmp_bytes"),
+        ({"uid_base": 0}, "uid_base"),
+        ({"uid_count": -1}, "uid_count"),
     ],
 )
 def test_settings_are_validated(kwargs, key):

@@ -136,13 +136,17 @@ async def test_a_peer_that_never_answers_pings_is_dropped(tmp_path):
         async with server.ws(token) as live:  # trio-websocket answers pings
             silent = BareClient(await trio.open_tcp_stream(host, int(port)))
             async with silent.stream:
+                started = trio.current_time()
                 await silent.upgrade(token)
                 pings = 0
                 with trio.fail_after(5):
                     while (event := await silent.next_event()) is not None:  # read, never answer
                         assert isinstance(event, Ping), event
                         pings += 1
-                assert pings >= 2  # dropped after interval + timeout of silence, not before
+                # Dropped after interval + timeout of silence, not before. A loaded machine only
+                # makes it later (and may merge the pings): a lower bound on the time holds.
+                assert pings >= 1
+                assert trio.current_time() - started >= 0.3
             # The drop unregistered it before the socket closed; the answering peer stays.
             assert len(server.web.sessions) == 1
             await send_json(live, {"type": "ping"})

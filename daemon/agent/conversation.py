@@ -8,6 +8,7 @@ whether a budget is spent and whether the agent is going round in circles.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -117,8 +118,18 @@ def cap_for_event(text: str, cap: int = EVENT_OUTPUT_CAP) -> str:
 
 
 def commit_message(prompt: str, summary: str) -> str:
+    """The commit's message. Control characters (the model's summary may hold any, and a NUL
+    could not even be passed to git) are dropped, tabs and newlines kept."""
+    prompt, summary = _printable(prompt), _printable(summary)
     title = " ".join(prompt.split())
     if len(title) > 72:
         title = title[:69].rstrip() + "..."
     body = summary.strip() or "(the agent gave no summary)"
     return f"{title}\n\n{body}\n\nPrompt:\n{prompt.strip()}\n"
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _printable(text: str) -> str:
+    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))

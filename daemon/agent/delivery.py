@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..git import Workspace, check_quota, commit_and_push, open_pull_request
+from ..git.export import Confinement
 from ..store import NewEvent
 from ..supervisor import RunContext, RunResult
 from .conversation import commit_message
@@ -14,9 +15,11 @@ if TYPE_CHECKING:
 
 
 async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, summary: str,
-                  settings: "AgentSettings") -> RunResult:
+                  settings: "AgentSettings", confinement: Confinement) -> RunResult:
     """Push what changed (``git.pushed``) and open a PR (``git.pr_opened``); idempotent on resume.
 
+    The commit is made in the task's sandbox (``confinement``), the push from agentd's own
+    copy of the repository (``daemon/git/workspace.py``).
     A push that happened in an earlier attempt is not repeated nor announced twice; its PR is
     still opened if that step failed last time. A result and its event are written together.
     Cancellation: the running git process is killed; the next attempt picks up from what
@@ -25,7 +28,9 @@ async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, s
     await check_quota(workspace, settings.quota_bytes)
     await ctx.check_held()
     pushed = await commit_and_push(
-        workspace, commit_message(ctx.task.prompt, summary), token=token, ssh_key=settings.ssh_key
+        workspace, commit_message(ctx.task.prompt, summary), token=token,
+        confinement=confinement, identity=settings.identity, ssh_key=settings.ssh_key,
+        allow_private=settings.allow_local_remotes or settings.allow_private_remotes,
     )
     task = await ctx.store.get_task(ctx.task.id) or ctx.task
     if pushed is None:

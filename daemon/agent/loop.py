@@ -21,6 +21,7 @@ from . import conversation as conv
 from .delivery import deliver
 from .model import ModelProvider, ModelReply, ModelRequest
 from .tools import ASK_USER_TOOL, Toolbox, ToolSettings, tool_definitions
+from .tools.sandbox import TaskSandbox
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class AgentSettings:
     max_output_tokens: int = 8192
     stuck_repeats: int = 5
     allow_local_remotes: bool = False
+    allow_private_remotes: bool = False
     quota_bytes: int = 2_000_000_000
     min_free_bytes: int = 500_000_000
     identity: tuple[str, str] = ("agentd", "agentd@localhost")
@@ -91,6 +93,7 @@ class AgentRunner:
             title=task.prompt, allow_local=s.allow_local_remotes, quota_bytes=s.quota_bytes,
             min_free_bytes=s.min_free_bytes, identity=s.identity, ssh_key=s.ssh_key,
             known_branch=task.workspace_branch, attempt=task.attempt,
+            allow_private=s.allow_private_remotes,
         )
         if workspace.branch != task.workspace_branch:
             await ctx.store.update_task(task.id, workspace_branch=workspace.branch)
@@ -98,12 +101,18 @@ class AgentRunner:
             await ctx.emit("workspace.reset", {"branch": workspace.branch,
                                                "previous_branch": task.workspace_branch})
         await ctx.emit("workspace.ready", {"commit": workspace.base_commit, "branch": workspace.branch})
-        async with Toolbox(workspace.path, s.tools) as toolbox:
-            session = _Session(self, ctx, workspace, toolbox)
-            result = await session.converse()
-        if result is not None:
-            return result
-        return await deliver(ctx, workspace, token=token, summary=session.summary, settings=s)
+        # One confinement for the task's tools and for the git that commits their work.
+        async with TaskSandbox(workspace.path, s.tools) as sandbox:
+            async with Toolbox(workspace.path, s.tools, sandbox=sandbox) as toolbox:
+                session = _Session(self, ctx, workspace, toolbox)
+                result = await session.converse()
+            if result is not None:
+                return result
+            # A fork bomb the last command left may only show now, as its processes are killed.
+            if (hit := await sandbox.limit_reached()) is not None:
+                raise hit
+            return await deliver(ctx, workspace, token=token, summary=session.summary,
+                                 settings=s, confinement=sandbox)
 
 
 class _Session:
@@ -226,10 +235,15 @@ class _Session:
         return results
 
     async def _run_tool(self, block: dict[str, Any]) -> tuple[str, bool]:
+        """Run one call, store its result, then check the task's limits: a fork bomb
+        (``pids_limit``), a full ``/tmp`` (``tmp_full``) or a workspace over its quota
+        (``quota_exceeded``) fail the task here, with the result already stored and the
+        workspace left as it is."""
         tool_input = block.get("input") or {}
         await self._start_call(block["id"], block["name"], tool_input)
         result = await self.toolbox.run(block["name"], tool_input)
         await self._record_result(block["id"], result.output, result.is_error)
+        await self.toolbox.check_limits(self.runner.settings.quota_bytes)
         return result.output, result.is_error
 
     async def _start_call(self, tool_use_id: str, name: str, tool_input: Any,

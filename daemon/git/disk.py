@@ -10,6 +10,9 @@ from pathlib import Path
 
 import trio
 
+# agentd's own copies of the workspaces (daemon/git/owned.py), beside them.
+OWNED_DIR = ".owned"
+
 __all__ = ["gc_workspaces", "rmtree", "workspace_dirs", "workspace_size"]
 
 
@@ -41,7 +44,8 @@ def _du(path: Path) -> int:
 
 
 async def gc_workspaces(root: Path, keep: Callable[[str], bool]) -> list[str]:
-    """Remove every workspace directory under ``root`` whose task id ``keep`` rejects;
+    """Remove every workspace directory under ``root`` whose task id ``keep`` rejects, with
+    its owned copy (``root/.owned/<task-id>``, also when the workspace itself is gone);
     return the removed task ids, sorted. Directories whose names start with '.' are skipped.
 
     Cancellation: each removal runs in a worker thread and is not interrupted (a half-removed
@@ -54,6 +58,9 @@ async def gc_workspaces(root: Path, keep: Callable[[str], bool]) -> list[str]:
             continue
         await trio.to_thread.run_sync(rmtree, entry)
         removed.append(entry.name)
+    for entry in await workspace_dirs(root / OWNED_DIR):
+        if not keep(entry.name):
+            await trio.to_thread.run_sync(rmtree, entry)
     return removed
 
 

@@ -27,6 +27,7 @@ import trio
 
 from daemon.cpu_pin import release as release_cpu
 from daemon.errors import AgentdError, PermanentError, TransientError
+from daemon.git.addresses import ResolvedRemote, connection_error, git_pin_config, ssh_pin_options
 from daemon.git.remote import Remote, redact
 
 __all__ = ["GitAuth", "GitResult", "classify_git_error", "run_git", "TOKEN_USERNAME"]
@@ -93,15 +94,24 @@ def _askpass_path() -> Path:
     return _askpass_dir / "askpass.sh"
 
 
-def git_env(remote: Remote | None, auth: GitAuth | None, *, allow_local: bool = False) -> dict[str, str]:
-    """The environment of a git subprocess: inherited minus any GIT_* and askpass variables,
-    English messages (classification reads them), never a prompt."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("GIT_") and k not in ("SSH_ASKPASS", _TOKEN_ENV, _USERNAME_ENV)
-    }
-    env.update(LC_ALL="C", LANG="C", LANGUAGE="C", GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="")
+# What a git on the host may take from the daemon's environment: where to find programs and
+# the operator's network setup (proxies, CA bundles), never anything else (API keys, secret
+# keys, AGENTD_*, GIT_* that would redirect git).
+_PASSED_THROUGH = ("PATH", "HOME", "TZ", "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+                   "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "SSL_CERT_FILE",
+                   "SSL_CERT_DIR", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def git_env(remote: Remote | None, auth: GitAuth | None, *, allow_local: bool = False,
+            pin: ResolvedRemote | None = None) -> dict[str, str]:
+    """The whole environment of a git subprocess on the host, built from nothing: a path, a
+    home, proxy and CA settings, English messages (classification reads them), never a prompt,
+    and no system or global git config (only what agentd passes with ``-c`` counts)."""
+    env = {k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(LC_ALL="C", LANG="C", LANGUAGE="C", GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="",
+               GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull)
     # Belt and braces over parse_remote: git itself refuses any other transport.
     allowed = ["https", "ssh"] + (["file", "http"] if allow_local else [])
     env["GIT_ALLOW_PROTOCOL"] = ":".join(allowed)
@@ -111,16 +121,17 @@ def git_env(remote: Remote | None, auth: GitAuth | None, *, allow_local: bool = 
         env[_USERNAME_ENV] = TOKEN_USERNAME
         env[_TOKEN_ENV] = auth.token
     if remote is not None and remote.kind == "ssh":
-        env["GIT_SSH_COMMAND"] = ssh_command(auth.ssh_key)
+        env["GIT_SSH_COMMAND"] = ssh_command(auth.ssh_key, ssh_pin_options(pin) if pin else ())
     return env
 
 
-def ssh_command(key: Path | None) -> str:
-    """``GIT_SSH_COMMAND``: the operator's key only, new hosts accepted once, never a prompt."""
+def ssh_command(key: Path | None, pin_options: Sequence[str] = ()) -> str:
+    """``GIT_SSH_COMMAND``: the operator's key only, new hosts accepted once, never a prompt;
+    ``pin_options`` (``ssh_pin_options``) hold ssh to the address that was checked."""
     cmd = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new"]
     if key is not None:
         cmd += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
-    return shlex.join(cmd)
+    return shlex.join(cmd + list(pin_options))
 
 
 async def run_git(
@@ -133,12 +144,14 @@ async def run_git(
     timeout: float = 60.0,
     check: bool = True,
     allow_local: bool | None = None,
+    pin: ResolvedRemote | None = None,
 ) -> GitResult:
     """Run ``git <args>`` off the Trio loop and return its output, stderr redacted.
 
     With ``check`` a non-zero exit raises the error :func:`classify_git_error` picks for
     ``op`` (default: the git subcommand). Running longer than ``timeout`` seconds raises
-    TransientError.
+    TransientError. ``pin``, from :func:`daemon.git.addresses.resolve_remote` for ``remote``,
+    holds git (curl, ssh) to the addresses that were checked and turns http redirects off.
 
     Cancellation: git runs in its own process group, and the whole group (git plus its
     remote helpers, ssh, askpass) is sent SIGKILL at once; the cancellation then propagates.
@@ -150,11 +163,13 @@ async def run_git(
     argv = ["git"]
     for setting in _SAFE_CONFIG:
         argv += ["-c", setting]
+    if pin is not None:
+        argv += git_pin_config(pin)
     argv += list(args)
     op = op or next((a for a in args if not a.startswith("-")), "command")
     try:
         with trio.fail_after(timeout):
-            make_env = functools.partial(git_env, remote, auth, allow_local=allow_local)
+            make_env = functools.partial(git_env, remote, auth, allow_local=allow_local, pin=pin)
             # With a token, the askpass script is looked for (and written) on disk: off the loop.
             env = await trio.to_thread.run_sync(make_env) if auth.token else make_env()
             done = await _run_in_background(argv, cwd, env)
@@ -164,7 +179,8 @@ async def run_git(
         raise PermanentError("git is not installed on this server", code="git_missing") from None
     stderr = redact(done.stderr.decode(errors="replace"), auth.secrets())
     if check and done.returncode != 0:
-        raise classify_git_error(op, done.returncode, stderr)
+        raise classify_git_error(op, done.returncode, stderr,
+                                 host=remote.host if remote is not None else None)
     return GitResult(done.returncode, done.stdout, stderr)
 
 
@@ -176,7 +192,7 @@ async def _run_in_background(argv: list[str], cwd: Path | None,
     async def run(task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED) -> None:
         completed.append(await trio.run_process(
             argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_stdout=True,
-            capture_stderr=True, check=False, process_group=0, deliver_cancel=_kill_group,
+            capture_stderr=True, check=False, process_group=0, deliver_cancel=kill_group,
             task_status=task_status,
         ))
 
@@ -206,7 +222,8 @@ def background_priority(process: trio.Process) -> None:
     release_cpu(process.pid)  # not on the event loop's CPU (daemon/cpu_pin.py)
 
 
-async def _kill_group(process: trio.Process) -> None:
+async def kill_group(process: trio.Process) -> None:
+    """SIGKILL to ``process``'s whole group (it leads one of its own)."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -229,13 +246,10 @@ _PERMANENT = [
     (r"\[rejected\]|non-fast-forward|fetch first", "the remote branch has other commits"),
     (r"host key verification failed", "ssh host key verification failed"),
 ]
+# Failures to resolve or connect are told in words of their own (addresses.connection_error).
 _TRANSIENT = [
-    (r"could not resolve host|temporary failure in name resolution|name or service not known",
-     "could not resolve the host"),
     (r"returned error: 5\d\d|\bhttp 5\d\d\b|internal server error|bad gateway"
      r"|service unavailable|gateway time-?out", "the server had an error"),
-    (r"connection refused|couldn't connect|failed to connect|network is unreachable"
-     r"|no route to host|connect to host .*timed out", "could not connect"),
     (r"timed out|connection reset|broken pipe|early eof|unexpected disconnect"
      r"|remote end hung up|rpc failed|transfer closed|ssl_read|gnutls|tls connection",
      "the connection failed"),
@@ -243,16 +257,22 @@ _TRANSIENT = [
 ]
 
 
-def classify_git_error(op: str, returncode: int, stderr: str) -> AgentdError:
+def classify_git_error(op: str, returncode: int, stderr: str,
+                       host: str | None = None) -> AgentdError:
     """Turn a failed git command into TransientError (network, 5xx: try again later) or
     PermanentError (credentials, missing repository, refused push, anything unrecognised, so
-    that a misconfiguration fails fast with git's own words). ``stderr`` must be redacted."""
+    that a misconfiguration fails fast with git's own words). ``stderr`` must be redacted.
+    A remote that could not be resolved or reached (``host``: the remote's) is said in clean
+    words, "could not reach the repository (host): connection refused", without git's."""
     text = stderr.lower()
     detail = _detail(stderr)
     # Permanent first: an auth failure over ssh also says "the remote end hung up".
     for pattern, reason in _PERMANENT:
         if re.search(pattern, text):
             return PermanentError(f"git {op} failed: {reason}{detail}", code="git_failed")
+    unreachable = connection_error(stderr, host)
+    if unreachable is not None:
+        return unreachable
     for pattern, reason in _TRANSIENT:
         if re.search(pattern, text):
             return TransientError(f"git {op} failed: {reason}{detail}", code="git_unavailable")

@@ -2,7 +2,10 @@
 
 ``repo_url`` comes from a phone user, and git treats some URL shapes as commands
 (``ext::sh -c ...``) or options (``-uploadpack=...``), so every URL is checked here before any
-git process sees it. Nothing here touches the network or the disk.
+git process sees it. A host that is a loopback name or a private, loopback or link-local IP
+literal (in any of the forms git accepts) is refused here too, unless allowed; names are
+resolved and checked at clone and push time (``daemon/git/addresses.py``). Nothing here touches
+the network or the disk.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from daemon.errors import PermanentError
+from daemon.git.addresses import check_literal_host
 
 __all__ = ["GitHubRepo", "Remote", "parse_remote", "redact"]
 
@@ -60,7 +64,7 @@ class Remote:
         return GitHubRepo(parts[0], parts[1])
 
 
-def parse_remote(repo_url: str, allow_local: bool) -> Remote:
+def parse_remote(repo_url: str, allow_local: bool, *, allow_private: bool = False) -> Remote:
     """Validate ``repo_url`` and say what it points at, or raise PermanentError saying why not.
 
     Accepted: ``https://host/...``; ssh as ``ssh://[user@]host[:port]/path`` or
@@ -68,8 +72,12 @@ def parse_remote(repo_url: str, allow_local: bool) -> Remote:
     plain ``http://`` (the fake servers of tests and demos listen on 127.0.0.1 without TLS,
     and a token must not cross a real network in clear text).
     Refused: remote-helper syntax (``ext::``, ``fd::``, ...), anything starting with ``-``,
-    credentials inside the URL, control characters, other schemes.
+    credentials inside the URL, control characters, other schemes; and (PermanentError
+    ``repo_address_refused``) a host that is ``localhost`` or an IP literal of a refused class
+    (loopback, private, link-local, unique-local...: see ``daemon/git/addresses.py``), unless
+    ``allow_private`` or ``allow_local`` (the fakes of tests listen on 127.0.0.1) is set.
     """
+    private_ok = allow_local or allow_private
     if not isinstance(repo_url, str) or not repo_url.strip():
         raise PermanentError("repository URL is empty", code="invalid_repo_url")
     url = repo_url.strip()
@@ -91,12 +99,16 @@ def parse_remote(repo_url: str, allow_local: bool) -> Remote:
 
     scheme_match = _SCHEME.match(url)
     if scheme_match:
-        return _parse_url(url, scheme_match.group(1).lower(), allow_local)
+        try:
+            return _parse_url(url, scheme_match.group(1).lower(), allow_local, private_ok)
+        except ValueError:  # urlsplit: a bracketed host that is no IP address, a bad port
+            raise PermanentError("repository URL has an invalid host name",
+                                 code="invalid_repo_url") from None
 
     scp = _SCP_LIKE.match(url)
     if scp and "/" not in url.split(":", 1)[0]:
         host, path = scp.group("host"), scp.group("path")
-        _check_host(host)
+        _check_host(host, private_ok)
         if path.startswith("-"):
             raise PermanentError(
                 "repository path must not start with '-'", code="invalid_repo_url"
@@ -106,7 +118,7 @@ def parse_remote(repo_url: str, allow_local: bool) -> Remote:
     return _local(Path(url), allow_local)
 
 
-def _parse_url(url: str, scheme: str, allow_local: bool) -> Remote:
+def _parse_url(url: str, scheme: str, allow_local: bool, private_ok: bool) -> Remote:
     parts = urllib.parse.urlsplit(url)
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
@@ -118,7 +130,7 @@ def _parse_url(url: str, scheme: str, allow_local: bool) -> Remote:
         if parts.password is not None:
             raise _credentials_error()
         host = parts.hostname or ""
-        _check_host(host if ":" not in host else f"[{host}]")
+        _check_host(_as_written(host, parts.netloc), private_ok)
         if (parts.username or "").startswith("-") or parts.path.lstrip("/").startswith("-"):
             raise PermanentError(
                 "repository URL parts must not start with '-'", code="invalid_repo_url"
@@ -135,7 +147,7 @@ def _parse_url(url: str, scheme: str, allow_local: bool) -> Remote:
         if "@" in parts.netloc:
             raise _credentials_error()
         host = parts.hostname or ""
-        _check_host(host if ":" not in host else f"[{host}]")
+        _check_host(_as_written(host, parts.netloc), private_ok)
         try:
             parts.port  # noqa: B018 - raises ValueError on a malformed port
         except ValueError:
@@ -153,6 +165,12 @@ def _parse_url(url: str, scheme: str, allow_local: bool) -> Remote:
     )
 
 
+def _as_written(host: str, netloc: str) -> str:
+    # urlsplit drops the brackets of [::1] and of an IPvFuture [v1.x]: put them back, so that
+    # a bracketed host is checked as an IPv6 address and nothing else.
+    return f"[{host}]" if ":" in host or "[" in netloc else host
+
+
 def _local(path: Path, allow_local: bool) -> Remote:
     if not allow_local:
         raise PermanentError(
@@ -164,9 +182,12 @@ def _local(path: Path, allow_local: bool) -> Remote:
     return Remote(kind="local", url=absolute.as_uri(), host=None, path=str(absolute))
 
 
-def _check_host(host: str) -> None:
+def _check_host(host: str, private_ok: bool) -> None:
+    if "%" in host and host.startswith("["):  # an IPv6 zone id: check_literal_host says so
+        check_literal_host(host, allow_private=private_ok)
     if not host or not _HOST.match(host):
         raise PermanentError("repository URL has an invalid host name", code="invalid_repo_url")
+    check_literal_host(host, allow_private=private_ok)
 
 
 def _credentials_error() -> PermanentError:

@@ -1,25 +1,31 @@
 """A task's workspace: a shallow clone on its own branch, then a commit pushed back.
 
-Layout: ``<root>/<task-id>/`` is the clone itself. ``.git/agentd-workspace.json`` is written
-last, so its presence means "fully prepared"; a directory without it is a half-made clone
-(crash, cancellation) and is made again from scratch.
+Layout: ``<root>/<task-id>/`` is the clone the agent works in; ``<root>/.owned/<task-id>/`` is
+agentd's own copy of it and the task's record (``owned.py``), which the agent never sees. The
+record is written last, so a workspace is "fully prepared" when both exist; anything else is a
+half-made clone (crash, cancellation) and is made again from scratch.
+
+After the clone no git on the host runs in the workspace: the agent's work leaves it as a
+bundle made in the sandbox (``export.py``), and is pushed from the owned repository.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import secrets
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from daemon.errors import PermanentError, TransientError
+from daemon.git import owned as owned_repo
 from daemon.git.disk import gc_workspaces, rmtree, workspace_size
+from daemon.git.addresses import ResolvedRemote, resolve_remote
+from daemon.git.export import Confinement, export_bundle
 from daemon.git.process import GitAuth, classify_git_error, run_git
 from daemon.git.remote import Remote, parse_remote
 
@@ -34,20 +40,10 @@ __all__ = [
     "workspace_size",
 ]
 
-_MARKER = "agentd-workspace.json"
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CLONE_TIMEOUT = 600.0
 PUSH_TIMEOUT = 300.0
 LOCAL_TIMEOUT = 120.0
-
-# Keys in the workspace's own config that `git push` would obey and that could send the
-# credentials elsewhere or run a program while the token is in git's environment. The agent
-# can write .git/config, so they are looked for before each push.
-_UNSAFE_PUSH_CONFIG = re.compile(
-    r"^(include\.|includeif\.|url\.|http\.|credential|remote\.(?!origin\.[^.]+$)"
-    r"|core\.(sshcommand|gitproxy|askpass|hookspath|fsmonitor)$|push\.gpgsign$|gpg\.)"
-)
-
 
 @dataclass(frozen=True)
 class Workspace:
@@ -56,6 +52,8 @@ class Workspace:
     base_branch: str
     base_commit: str
     remote: Remote
+    #: agentd's own copy and record (``<root>/.owned/<task-id>``): pushes go from there.
+    owned: Path
     #: A fresh clone made for a task that had a workspace before (elsewhere, or replaced here):
     #: what the agent did there is not in it.
     reset: bool = False
@@ -110,6 +108,7 @@ async def prepare_workspace(
     timeout: float = CLONE_TIMEOUT,
     known_branch: str | None = None,
     attempt: int = 1,
+    allow_private: bool = False,
 ) -> Workspace:
     """Clone ``repo_url`` into ``root/<task_id>`` on a new branch and return the workspace.
 
@@ -123,8 +122,10 @@ async def prepare_workspace(
     work of two runs, and ``Workspace.reset`` says so.
     Raises TransientError when the disk has less than ``min_free_bytes`` free (other tasks
     ending and workspace gc free space, so a later attempt can succeed) or when the network
-    fails; PermanentError for a bad URL, credentials, a missing repository or branch, and a
-    clone larger than ``quota_bytes`` (that clone is removed at once).
+    fails; PermanentError for a bad URL, credentials, a missing repository or branch, a host
+    at a private address (unless ``allow_private`` or ``allow_local``; the name is resolved
+    and git held to the addresses checked: ``addresses.py``), and a clone larger than
+    ``quota_bytes`` (that clone is removed at once).
 
     Cancellation: the running git process is killed and the staging directory removed (a
     file system step already running in its worker thread finishes first); a directory a
@@ -132,24 +133,25 @@ async def prepare_workspace(
     """
     if not _TASK_ID.match(task_id):
         raise PermanentError(f"invalid task id for a workspace: {task_id!r}")
-    remote = parse_remote(repo_url, allow_local)
+    remote = parse_remote(repo_url, allow_local, allow_private=allow_private)
     if base_branch is not None:
         _check_branch(base_branch)
     auth = GitAuth(token=token, ssh_key=ssh_key)
     path = Path(root) / task_id
-    marker = path / ".git" / _MARKER
+    owned = owned_repo.owned_path(root, task_id)
 
     # Every file system call here runs in a worker thread: even a rename or a stat can wait
     # for the file system's journal while hundreds of clones write (a rename on the Trio
     # thread held the loop for up to 1.7 s at 500 tasks).
-    meta = await trio.to_thread.run_sync(_read_marker, marker)
+    meta = await trio.to_thread.run_sync(_read_prepared, path, owned)
     if meta is not None and (known_branch is None or meta.get("branch") == known_branch):
-        return await _reuse(path, meta, remote)
+        return _reuse(path, owned, meta, remote)
     branch = branch_name(task_id, title)
     if known_branch is not None:
         branch = f"{branch}-a{attempt}"
 
-    free = await trio.to_thread.run_sync(_make_room, Path(root), path, task_id)
+    pin = await resolve_remote(remote, allow_private=allow_local or allow_private)
+    free = await trio.to_thread.run_sync(_make_room, Path(root), task_id)
     if free < min_free_bytes:
         raise TransientError(
             f"not enough free disk space for a workspace: {_mb(free)} MB free, "
@@ -157,55 +159,59 @@ async def prepare_workspace(
             code="disk_full",
         )
 
-    # Clone into a staging directory and rename it into place once complete: a git process
+    # Clone into staging directories and rename them into place once complete: a git process
     # orphaned by a daemon killed mid-clone may still be writing into its own staging dir, and
     # must never share a directory with the clone that replaces it.
-    staging = Path(root) / f".staging-{task_id}-{secrets.token_hex(4)}"
+    suffix = f".staging-{task_id}-{secrets.token_hex(4)}"
+    staging, owned_staging = Path(root) / suffix, owned.parent / suffix
     try:
-        ws = await _clone(staging, remote, auth, base_branch, branch=branch,
+        ws = await _clone(staging, remote, auth, base_branch, pin, owned=owned, branch=branch,
                           identity=identity, quota_bytes=quota_bytes, allow_local=allow_local,
                           timeout=timeout)
-        await trio.to_thread.run_sync(_move_into_place, staging, path, ws)
+        # agentd's own copy is made before the agent has touched the clone.
+        await owned_repo.make_owned(staging, owned_staging)
+        await trio.to_thread.run_sync(_move_into_place, staging, path, owned_staging, owned, ws)
     except BaseException:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_remove_if_present, staging)
+            await trio.to_thread.run_sync(_remove_stagings, staging, owned_staging)
         raise
     return dataclasses.replace(ws, path=path, reset=known_branch is not None)
 
 
-def _read_marker(marker: Path) -> dict | None:
-    """The workspace's marker, or None when there is none (not prepared, or half-made)."""
-    try:
-        text = marker.read_text()
-    except (FileNotFoundError, NotADirectoryError):  # no .git, or .git is a file
-        return None
-    try:
-        meta = json.loads(text)
-    except ValueError:
-        meta = None
-    if not isinstance(meta, dict):  # the agent can write in .git: refuse, never wipe its work
-        raise PermanentError(f"workspace {marker.parent.parent.name} has a damaged marker "
-                             f"({marker.name}); refusing to use or replace it", code="workspace_marker")
-    return meta
+def _read_prepared(path: Path, owned: Path) -> dict | None:
+    """The task's record when its workspace is fully prepared, else None."""
+    meta = owned_repo.read_state(owned)
+    return meta if meta is not None and path.is_dir() else None
 
 
-def _make_room(root: Path, path: Path, task_id: str) -> int:
-    """Remove what a clone for ``task_id`` would replace (a half-made or stale workspace, and
-    staging dirs a killed daemon left) and return the bytes free for it."""
-    _remove_if_present(path)
-    root.mkdir(parents=True, exist_ok=True)
+def _make_room(root: Path, task_id: str) -> int:
+    """Remove what a clone for ``task_id`` would replace (a half-made or stale workspace and
+    its owned copy, and staging dirs a killed daemon left) and return the bytes free for it."""
+    owned = owned_repo.owned_path(root, task_id)
+    for path in (root / task_id, owned):
+        _remove_if_present(path)
+    owned.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".staging-{task_id}-"
-    with os.scandir(root) as entries:
-        stale = [entry.path for entry in entries if entry.name.startswith(prefix)]
-    for stale_path in stale:
-        rmtree(Path(stale_path))
+    for parent in (root, owned.parent):
+        with os.scandir(parent) as entries:
+            stale = [entry.path for entry in entries if entry.name.startswith(prefix)]
+        for stale_path in stale:
+            rmtree(Path(stale_path))
     return shutil.disk_usage(root).free
 
 
-def _move_into_place(staging: Path, path: Path, ws: Workspace) -> None:
-    # The marker last inside the clone: its presence means "fully prepared".
-    _write_marker(staging / ".git" / _MARKER, ws, pushed_commit=None)
+def _move_into_place(staging: Path, path: Path, owned_staging: Path, owned: Path,
+                     ws: Workspace) -> None:
+    # The record is written last, and the workspace renamed after it: both there means
+    # "fully prepared".
+    owned_repo.write_state(owned_staging, _state(ws, pushed_commit=None))
+    os.rename(owned_staging, owned)
     os.rename(staging, path)
+
+
+def _remove_stagings(*paths: Path) -> None:
+    for path in paths:
+        _remove_if_present(path)
 
 
 def _remove_if_present(path: Path) -> None:
@@ -213,8 +219,9 @@ def _remove_if_present(path: Path) -> None:
         rmtree(path)
 
 
-async def _clone(path: Path, remote: Remote, auth: GitAuth, base_branch: str | None, *,
-                 branch: str, identity: tuple[str, str], quota_bytes: int,
+async def _clone(path: Path, remote: Remote, auth: GitAuth, base_branch: str | None,
+                 pin: ResolvedRemote, *,
+                 owned: Path, branch: str, identity: tuple[str, str], quota_bytes: int,
                  allow_local: bool, timeout: float) -> Workspace:
     # Three git processes per workspace (each costs a fork, an exec and about 1 ms of CPU): the
     # identity goes into the new repository's config with the clone itself (--config), and one
@@ -226,7 +233,7 @@ async def _clone(path: Path, remote: Remote, auth: GitAuth, base_branch: str | N
         clone.append(f"--branch={base_branch}")
     clone += ["--", remote.url, str(path)]
     await run_git(clone, remote=remote, auth=auth, op="clone", timeout=timeout,
-                  allow_local=allow_local)
+                  allow_local=allow_local, pin=pin)
 
     size = await workspace_size(path)
     if size > quota_bytes:
@@ -246,28 +253,16 @@ async def _clone(path: Path, remote: Remote, auth: GitAuth, base_branch: str | N
     await git("checkout", "--quiet", "-b", branch)
 
     return Workspace(path=path, branch=branch, base_branch=base_branch,
-                     base_commit=base_commit, remote=remote)
+                     base_commit=base_commit, remote=remote, owned=owned)
 
 
-async def _reuse(path: Path, meta: dict, remote: Remote) -> Workspace:
+def _reuse(path: Path, owned: Path, meta: dict, remote: Remote) -> Workspace:
     if meta.get("remote_url") != remote.url:
         raise PermanentError(
             f"workspace {path.name} was prepared for another repository ({meta.get('remote_url')})"
         )
-    ws = Workspace(path=path, branch=meta["branch"], base_branch=meta["base_branch"],
-                   base_commit=meta["base_commit"], remote=remote)
-    await _ensure_on_branch(ws)
-    return ws
-
-
-async def _ensure_on_branch(ws: Workspace) -> None:
-    git = _local_git(ws.path)
-    head = await git("symbolic-ref", "--quiet", "--short", "HEAD", check=False)
-    if head.returncode != 0 or head.stdout.decode().strip() != ws.branch:
-        raise PermanentError(
-            f"the workspace is no longer on its branch {ws.branch}; refusing to commit elsewhere",
-            code="workspace_branch",
-        )
+    return Workspace(path=path, branch=meta["branch"], base_branch=meta["base_branch"],
+                     base_commit=meta["base_commit"], remote=remote, owned=owned)
 
 
 async def commit_and_push(
@@ -275,128 +270,77 @@ async def commit_and_push(
     message: str,
     *,
     token: str | None,
+    confinement: Confinement,
+    identity: tuple[str, str],
     ssh_key: Path | None = None,
     timeout: float = PUSH_TIMEOUT,
+    allow_private: bool = False,
 ) -> PushResult | None:
     """Commit every change in the workspace (``git add -A``) and push the branch.
 
-    Returns None, pushing nothing, when the branch is still at the clone's commit. When the
-    branch was already pushed at its current commit, returns that result without pushing
-    again (an earlier attempt may have died before recording it). Commits the agent made itself are pushed too. The counts
-    in the result cover the whole branch against ``ws.base_commit``. Hooks never run.
-    Raises PermanentError when the agent's edits to ``.git/config`` could redirect the push.
+    The commit is made in the sandbox (``confinement``, the task's; ``export.py``) by
+    ``identity``, and what it made is pushed from the owned repository to the task's remote:
+    no git on the host reads the workspace. Returns None, pushing nothing, when the branch has
+    no commit beyond the clone's. When the branch was already pushed at its current commit,
+    returns that result without pushing again (an earlier attempt may have died before
+    recording it). Commits the agent made itself are pushed too; the counts in the result cover
+    the whole branch against ``ws.base_commit``. Hooks never run. Raises PermanentError when
+    the workspace is off its branch (``workspace_branch``) or its commits cannot be taken,
+    and when the remote's host now resolves to a private address (unless ``allow_private``).
 
-    Cancellation: the running git process is killed; a commit already made stays and is
-    pushed by the next call.
+    Cancellation: the running git process (or the sandbox) is killed; a commit already made
+    stays in the workspace and is pushed by the next call.
     """
-    git = _local_git(ws.path)
-    head = await _clean_head(ws)
-    if head is None:
-        await _ensure_on_branch(ws)
-        await git("add", "-A")
-        staged = await git("diff", "--cached", "--quiet", check=False)
-        if staged.returncode == 1:
-            await git("commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message)
-        elif staged.returncode != 0:
-            raise PermanentError(f"git diff failed: {staged.stderr.strip()}")
-        head = (await git("rev-parse", "HEAD")).stdout.decode().strip()
+    meta = await trio.to_thread.run_sync(owned_repo.read_state, ws.owned)
+    if meta is None:
+        raise PermanentError(f"workspace {ws.path.name} lost its record; not pushing",
+                             code="workspace_marker")
+    bundle = ws.owned / "export.bundle"
+    try:
+        export = await export_bundle(ws.path, bundle, branch=ws.branch,
+                                     base_commit=ws.base_commit, message=message,
+                                     identity=identity, confinement=confinement)
+        if export.bundle is None:
+            return None
+        head = await owned_repo.fetch_bundle(ws.owned, export.bundle, ws.branch)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_unlink_if_present, bundle)
     if head == ws.base_commit:
         return None
-    marker = ws.path / ".git" / _MARKER
-    meta = await trio.to_thread.run_sync(_read_marker, marker)
-    if meta is None:
-        raise PermanentError(f"workspace {ws.path.name} lost its marker ({marker.name}); not pushing",
-                             code="workspace_marker")
-
     if head != meta.get("pushed_commit"):
-        await _check_push_config(ws)
         auth = GitAuth(token=token, ssh_key=ssh_key)
-        # The URL comes from the validated Remote, not from the workspace's (agent-writable)
-        # config; no remote-tracking ref is needed since the branch belongs to this task.
-        refspec = f"refs/heads/{ws.branch}:refs/heads/{ws.branch}"
-        await run_git(["push", "--quiet", "--no-verify", "--", ws.remote.url, refspec],
-                      cwd=ws.path, remote=ws.remote, auth=auth, op="push", timeout=timeout)
+        # Resolved again: the host's addresses may have changed since the clone.
+        pin = await resolve_remote(ws.remote, allow_private=allow_private)
+        await owned_repo.push_branch(ws.owned, ws.remote, ws.branch, auth, timeout, pin)
         with trio.CancelScope(shield=True):  # a finished push is recorded, whatever comes
-            await trio.to_thread.run_sync(_write_marker, marker, ws, head)
+            await trio.to_thread.run_sync(owned_repo.write_state, ws.owned,
+                                          _state(ws, pushed_commit=head))
     # Already pushed (by an attempt that died before recording it): the same result again,
     # so the caller can still record it; nothing is pushed twice.
-
-    numstat = await git("diff", "--numstat", "-z", "--no-renames", ws.base_commit, head)
-    files, added, removed = _parse_numstat(numstat.stdout)
+    files, added, removed = await owned_repo.numstat(ws.owned, ws.base_commit, head)
     return PushResult(branch=ws.branch, commit=head, files_changed=files,
                       lines_added=added, lines_removed=removed)
 
 
-async def _clean_head(ws: Workspace) -> str | None:
-    """HEAD's commit when the workspace is on its branch with nothing to commit, else None.
-
-    One ``git status`` answers what ``symbolic-ref``, ``add -A``, ``diff --cached`` and
-    ``rev-parse`` would (four processes) when the agent changed nothing, the common case. It
-    is asked to show every change ``add -A`` could stage, whatever the workspace's config
-    says (untracked files, submodules); anything else, or a failure, returns None and the
-    caller takes the long way, which says exactly what went wrong.
-    """
-    status = await _local_git(ws.path)(
-        "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal",
-        "--ignore-submodules=none", "--no-ahead-behind", check=False)
-    if status.returncode != 0:
-        return None
-    oid = branch = None
-    for entry in status.stdout.decode(errors="replace").split("\0"):
-        if entry.startswith("# branch.oid "):
-            oid = entry[len("# branch.oid "):]
-        elif entry.startswith("# branch.head "):
-            branch = entry[len("# branch.head "):]
-        elif entry and not entry.startswith("#"):
-            return None  # a change, staged or not, or an untracked file
-    if branch != ws.branch or oid is None or not re.fullmatch(r"[0-9a-f]{40,64}", oid):
-        return None
-    return oid
+def _unlink_if_present(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
-async def _check_push_config(ws: Workspace) -> None:
-    git = _local_git(ws.path)
-    listed = await git("config", "--local", "--null", "--list", check=False)
-    for entry in listed.stdout.decode(errors="replace").split("\0"):
-        key, _, value = entry.partition("\n")
-        key = key.lower()
-        if not key:
-            continue
-        if _UNSAFE_PUSH_CONFIG.match(key):
-            raise PermanentError(
-                f"the workspace's git config sets '{key}', which could redirect the push; "
-                "refusing to push with credentials",
-                code="unsafe_git_config",
-            )
-
-
-def _parse_numstat(out: bytes) -> tuple[list[str], int, int]:
-    files: list[str] = []
-    added = removed = 0
-    for record in out.decode(errors="replace").split("\0"):
-        if not record:
-            continue
-        plus, minus, name = record.split("\t", 2)
-        files.append(name)
-        # Binary files show "-" for both counts.
-        added += int(plus) if plus.isdigit() else 0
-        removed += int(minus) if minus.isdigit() else 0
-    return files, added, removed
+def _state(ws: Workspace, *, pushed_commit: str | None) -> dict:
+    return {"branch": ws.branch, "base_branch": ws.base_branch, "base_commit": ws.base_commit,
+            "remote_url": ws.remote.url, "pushed_commit": pushed_commit}
 
 
 def _local_git(path: Path):
+    """git in a fresh clone that no agent has touched yet (never in a workspace after that)."""
     async def git(*args: str, check: bool = True):
         return await run_git(list(args), cwd=path, timeout=LOCAL_TIMEOUT, check=check)
 
     return git
-
-
-def _write_marker(marker: Path, ws: Workspace, pushed_commit: str | None) -> None:
-    meta = {k: v for k, v in asdict(ws).items() if k in ("branch", "base_branch", "base_commit")}
-    meta.update(remote_url=ws.remote.url, pushed_commit=pushed_commit)
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, marker)
 
 
 async def check_quota(ws: Workspace | Path, quota_bytes: int) -> int:

@@ -317,6 +317,25 @@ class StoreBase(abc.ABC):
     async def user_by_login(self, login: str) -> User | None:
         return await self._read(lambda conn: self.queries.user_by_login(conn, login))
 
+    async def user_by_github_id(self, github_id: int) -> User | None:
+        return await self._read(lambda conn: self.queries.user_by_github_id(conn, github_id))
+
+    async def sign_in_github(self, github_id: int, login: str, *, name: str | None,
+                             token_enc: bytes | None) -> User:
+        """The account of GitHub user ``github_id``, found by that id alone (made if none, as
+        ``login`` or ``<login>-gh<id>``), with its encrypted token; see ``identity_queries``.
+        Raises ``Forbidden`` (``account_disabled``, ``login_taken``), writing nothing."""
+        now = self.now()
+        return await self._write(lambda conn: self.queries.sign_in_github(
+            conn, github_id, login, name, token_enc, now))
+
+    async def link_github(self, login: str, github_id: int, *, operator: bool = False) -> User:
+        """An operator links the account ``login`` to GitHub user ``github_id`` (``operator``:
+        and makes it an operator)."""
+        now = self.now()
+        return await self._write(
+            lambda conn: self.queries.link_github(conn, login, github_id, operator, now))
+
     async def list_users(self) -> list[User]:
         return await self._read(self.queries.list_users)
 

@@ -10,6 +10,7 @@ so seqs stay gap-free and a status change is decided on the current status.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Sequence
 
@@ -17,7 +18,7 @@ from psycopg import Connection
 
 from ..errors import NotFound
 from ..states import TaskStatus
-from . import cluster_queries
+from . import cluster_queries, identity_queries
 from .lifecycle import created_events, plan_transition
 from .models import Event, NewEvent, Task, Usage, User
 
@@ -29,7 +30,11 @@ _TASK_COLUMNS = (
     "reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, last_seq, "
     "idempotency_key, node_id, workspace_branch"
 )
-_USER_COLUMNS = "id, login, created_at, github_id, name, is_operator, disabled"
+_USER_COLUMNS = identity_queries.USER_COLUMNS
+# GitHub identities: one SQL text for both backends, with this backend's placeholder.
+sign_in_github = functools.partial(identity_queries.sign_in_github, ph="%s")
+link_github = functools.partial(identity_queries.link_github, ph="%s")
+user_by_github_id = functools.partial(identity_queries.user_by_github_id, ph="%s")
 
 
 # One encoder for every write (json.dumps with options builds a new one per call). ASCII-only

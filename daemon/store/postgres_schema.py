@@ -130,6 +130,12 @@ POSTGRES_SQL: dict[int, str] = {
     6: "-- nothing to do on PostgreSQL",
     # The counter lives on the task row here (postgres_queries.append_events): kept.
     7: "-- nothing to do on PostgreSQL",
+    8: """
+        UPDATE api_tokens SET revoked_at = EXTRACT(EPOCH FROM now())
+            WHERE label = 'github sign-in' AND revoked_at IS NULL
+            AND user_id IN (SELECT id FROM users WHERE is_operator);
+        UPDATE users SET github_id = NULL, github_token_enc = NULL WHERE is_operator;
+    """,
 }
 
 _unknown = set(POSTGRES_SQL) - {version for version, _, _ in _SHARED}

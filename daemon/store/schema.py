@@ -169,6 +169,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         # that says 0. (PostgreSQL keeps its own: the counter lives on the task row there.)
         "ALTER TABLE tasks DROP COLUMN last_seq;",
     ),
+    (
+        8,
+        "operators keep no GitHub identity a sign-in gave them by login (identity by id)",
+        # Before v8 a sign-in took the account whose login matched the GitHub login, an
+        # operator's too: whoever signed in that way may not be the operator. Identity is now
+        # GitHub's numeric id, set by a sign-in that made the account or by an operator
+        # (`agentctl user-link`); operators relink theirs, and sign in again for a token.
+        """
+        UPDATE api_tokens SET revoked_at = CAST(strftime('%s', 'now') AS REAL)
+            WHERE label = 'github sign-in' AND revoked_at IS NULL
+            AND user_id IN (SELECT id FROM users WHERE is_operator);
+        UPDATE users SET github_id = NULL, github_token_enc = NULL WHERE is_operator;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -15,6 +15,10 @@ import apsw
 from ..errors import NotFound
 from ..states import TaskStatus
 from . import cluster_queries
+# GitHub identities (and the user row decoder) are written once for both backends.
+from .identity_queries import USER_COLUMNS as _USER_COLUMNS
+from .identity_queries import link_github, sign_in_github, user_by_github_id  # noqa: F401
+from .identity_queries import user_from_row
 from .lifecycle import created_events, plan_transition
 from .models import Event, NewEvent, Task, Usage, User
 # The writer calls q.append_event_batch; the encoder is every write's.
@@ -30,7 +34,6 @@ _TASK_COLUMNS = (
     f"reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, {TASK_LAST_SEQ}, "
     "idempotency_key, node_id, workspace_branch"
 )
-_USER_COLUMNS = "id, login, created_at, github_id, name, is_operator, disabled"
 
 
 def task_from_row(row: Sequence[Any]) -> Task:
@@ -53,11 +56,6 @@ def task_from_row(row: Sequence[Any]) -> Task:
 
 _STATUSES = {status.value: status for status in TaskStatus}
 _NO_USAGE = Usage()
-
-
-def user_from_row(row: Sequence[Any]) -> User:
-    uid, login, created_at, github_id, name, is_operator, disabled = row
-    return User(uid, login, created_at, github_id, name, bool(is_operator), bool(disabled))
 
 
 # -- tasks --------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class WebState:
     create_limiter: RateLimiter
     subscribe_limiter: RateLimiter
     sessions: dict[Session, Any] = field(default_factory=dict)  # each with its ws.Connection
+    connections: Any = None  # the listener's http_limits.ConnectionCaps: open connections
     going_away: bool = False
 
     def close_all(self, code: int, reason: str) -> None:

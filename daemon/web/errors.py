@@ -11,6 +11,7 @@ from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from ..errors import AgentdError, Forbidden, InvalidTransition, NotFound, PermanentError
+from . import json_input
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,14 @@ class JSONBodyRequest(TrioRequest):
 
     Quart turns only a ``ValueError`` from the JSON parser into a 400: a body that is not
     UTF-8 fails before the parser, and one nested deeper than the parser's recursion limit
-    raises ``RecursionError`` from it.
+    raises ``RecursionError`` from it. The parser is ``json_input.loads``: NaN, infinities and
+    numbers beyond a float are refused (the app's provider), with a message saying so.
     """
+
+    def on_json_loading_failed(self, error: Exception) -> Any:
+        if isinstance(error, json_input.NonFiniteNumber):
+            raise ApiError(400, "bad_request", f"malformed request: {error}")
+        return super().on_json_loading_failed(error)
 
     async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
         try:
@@ -93,6 +100,7 @@ def _body_left_unread() -> bool:
 
 def register_error_handlers(app: Quart) -> None:
     app.request_class = JSONBodyRequest
+    app.json = json_input.StrictJSONProvider(app)  # request bodies: finite numbers only
 
     @app.after_request
     async def close_if_body_unread(response):

@@ -112,6 +112,7 @@ class Fanout:
         self.channels: dict[str, TaskChannel] = {}
         self.watchers: dict[int, dict["Session", None]] = collections.defaultdict(dict)
         self.sessions: dict["Session", None] = {}
+        self.user_connections: dict[int, int] = {}  # authenticated sessions per user (session.py)
         self._owners: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._owners_max = owners_max
         self._unresolved: dict[str, list[Event]] = {}

@@ -6,8 +6,9 @@
 2. We remember (state, our own PKCE verifier, the app's challenge) and redirect to GitHub's
    authorize endpoint (``github_oauth_url``: github.com, Enterprise, or a fake in tests).
 3. GitHub sends the browser to ``/auth/github/callback?code&state``; we exchange the code (with
-   our verifier), read ``/user``, create or update the user, keep the GitHub token encrypted,
-   and redirect to ``app_redirect?code=<one-time code>&state=S``.
+   our verifier), read ``/user``, find the account by GitHub's numeric user id alone (never by
+   login: ``store/identity_queries.py``), keep the GitHub token encrypted, and redirect to
+   ``app_redirect?code=<one-time code>&state=S``.
 4. The app posts ``{"code", "code_verifier"}`` to ``POST /auth/token`` and gets an API token.
 
 Logins in progress and one-time codes live in memory with short lifetimes (a restart in the
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, redirect, request
 from quart_schema import validate_request
 
+from ..errors import Forbidden
 from ..tokens import hash_token, new_token
 from .errors import ApiError
 
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 SCOPE = "repo read:user"  # push branches and open pull requests as the user
 CODE_TTL_S = 120.0
 _CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43,128}$")
+# What a GitHub (Enterprise) login may look like; anything else from /user is refused.
+_LOGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 @dataclass
@@ -115,6 +119,14 @@ class TokenRequest(BaseModel):
     grant_type: str = "authorization_code"
     code: str = Field(min_length=1, max_length=200)
     code_verifier: str = Field(min_length=43, max_length=128)
+
+
+def _display_name(name: Any) -> str | None:
+    """GitHub's display name as we keep it: text without control characters, at most 200."""
+    if not isinstance(name, str):
+        return None
+    name = "".join(c for c in name if c.isprintable())[:200]
+    return name or None
 
 
 def _with_query(uri: str, params: dict[str, str | None]) -> str:
@@ -226,16 +238,24 @@ async def _sign_in(state: "WebState", pending: PendingLogin, code: str) -> int:
             if me.status_code != 200:
                 raise ApiError(502, "github_error", f"GitHub /user answered {me.status_code}")
             profile = me.json()
+        except ValueError:
+            raise ApiError(502, "github_error", "GitHub answered something that is not JSON")
         except httpx2.HTTPError as exc:
             raise ApiError(502, "github_unreachable", f"GitHub could not be reached: {type(exc).__name__}")
+    if not isinstance(profile, dict):
+        raise ApiError(502, "github_error", "GitHub /user answered something that is not a user")
     login, github_id = profile.get("login"), profile.get("id")
-    if not isinstance(login, str) or not isinstance(github_id, int):
-        raise ApiError(502, "github_error", "GitHub /user gave no login")
-    existing = await state.store.user_by_login(login)
-    if existing is not None and existing.disabled:
-        # upsert would enable the account again: an operator's revoke must stand.
-        raise ApiError(403, "account_disabled", "this account was disabled by an operator")
-    user = await state.store.upsert_user(login, github_id=github_id, name=profile.get("name"))
-    await state.store.set_github_token(user.id, state.secrets.encrypt(access_token))
-    log.info("user %s signed in with GitHub", login)
+    if not isinstance(github_id, int) or isinstance(github_id, bool) or not 0 < github_id < 2**63:
+        raise ApiError(502, "github_error", "GitHub /user gave no user id")
+    if not isinstance(login, str) or not _LOGIN.fullmatch(login):
+        raise ApiError(502, "github_error", "GitHub /user gave no usable login")
+    # The account is GitHub's immutable id's, never the login's (design §11): see
+    # store/identity_queries.py for what a login that is already taken gives.
+    try:
+        user = await state.store.sign_in_github(
+            github_id, login, name=_display_name(profile.get("name")),
+            token_enc=state.secrets.encrypt(access_token))
+    except Forbidden as exc:
+        raise ApiError(403, exc.code, exc.message) from None
+    log.info("user %s (GitHub %s, id %d) signed in with GitHub", user.login, login, github_id)
     return user.id

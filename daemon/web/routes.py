@@ -2,7 +2,8 @@
 
 Every route needs a bearer token; every task route answers 404 for another user's task (never
 403). Request shapes are pydantic models given to quart-schema, which validates them (422 on a
-mismatch) and generates /openapi.json from them.
+mismatch) and generates /openapi.json from them. Bodies are parsed by ``json_input.loads``
+(no NaN or infinity: 400); text that can reach a commit is ``json_input.Text``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..states import TaskStatus
 from ..store import Task
 from .auth import require_user
 from .errors import ApiError
+from .json_input import Text
 from .session import MAX_SEQ
 
 if TYPE_CHECKING:
@@ -29,20 +31,26 @@ if TYPE_CHECKING:
 # -- request and response shapes (the OpenAPI document is made from these) ----------------------
 
 
+_MAX_INT = 2**63 - 1  # what either store can hold as a number
+
+
 class Budget(BaseModel):
-    """Caps for this task; each optional. The agent loop enforces them."""
+    """Caps for this task; each optional, finite and positive. The agent loop enforces them."""
 
     model_config = ConfigDict(extra="forbid")
-    max_turns: StrictInt | None = Field(None, gt=0)
-    max_tokens: StrictInt | None = Field(None, gt=0)
-    max_usd: StrictFloat | StrictInt | None = Field(None, gt=0)
+    max_turns: StrictInt | None = Field(None, gt=0, le=_MAX_INT)
+    max_tokens: StrictInt | None = Field(None, gt=0, le=_MAX_INT)
+    max_usd: StrictFloat | StrictInt | None = Field(None, gt=0, le=1e12, allow_inf_nan=False)
 
 
 class CreateTask(BaseModel):
+    """Prompt and base branch end up in a commit and a branch: no control characters
+    (``json_input.Text``), refused here rather than at delivery."""
+
     model_config = ConfigDict(extra="forbid")
-    repo_url: str = Field(min_length=1, max_length=2048)
-    prompt: str = Field(min_length=1, max_length=100_000)
-    base_branch: str | None = Field(None, min_length=1, max_length=255)
+    repo_url: Text = Field(min_length=1, max_length=2048)
+    prompt: Text = Field(min_length=1, max_length=100_000)
+    base_branch: Text | None = Field(None, min_length=1, max_length=255)
     budget: Budget | None = None
 
 
@@ -63,7 +71,7 @@ class EventsQuery(BaseModel):
 
 class FollowUp(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(min_length=1, max_length=100_000)
+    text: Text = Field(min_length=1, max_length=100_000)
 
 
 class UsageOut(BaseModel):
@@ -159,7 +167,8 @@ def tasks_blueprint(state: "WebState") -> Blueprint:
         key = request.headers.get("Idempotency-Key") or None
         if key is not None and len(key) > 200:
             raise ApiError(422, "invalid_request", "Idempotency-Key: at most 200 characters")
-        parse_remote(data.repo_url, allow_local=state.settings.allow_local_remotes)
+        parse_remote(data.repo_url, allow_local=state.settings.allow_local_remotes,
+                     allow_private=state.settings.allow_private_remotes)
         state.create_limiter.check(g.user.id, "tasks created")
         budget = data.budget.model_dump(exclude_none=True) if data.budget else {}
         task, created = await state.supervisor.submit(

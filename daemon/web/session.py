@@ -7,6 +7,14 @@ bounded outgoing queue with ``resync`` on overflow, ping/pong, errors and close 
 queue holds is opaque here: ``Fanout.frame`` of the message's JSON text (the WebSocket frame in
 the daemon, the text itself in tests).
 
+The queue is bounded twice: in messages (``queue_limit``) and in bytes (``queue_max_bytes``,
+counted as ``len`` of what is queued; one message is always let into an empty queue, however
+large). Either bound overflowing drops the live feed and sends ``resync`` (design §6). A replay
+never overflows the queue itself: it waits, before each message, until the queue is at most
+half full on both counts. One user holds at most ``max_user_connections`` authenticated
+sessions at once on this daemon (counted in ``Fanout.user_connections``); one more is closed
+with 4429.
+
 Replay and live meet without gap or duplicate: a subscription is attached to the live feed
 *before* its first store read; while it replays, live events wait in a bounded side buffer;
 once the store has nothing newer, the buffer is merged by ``seq`` on the Trio thread with no
@@ -32,6 +40,7 @@ CLOSE_GOING_AWAY = 1001  # the daemon drains or stops: reconnect later
 CLOSE_POLICY = 1008  # binary frames, a message before auth, a malformed auth
 CLOSE_INTERNAL = 1011
 CLOSE_AUTH_FAILED = 4401  # no valid token, auth timeout, token revoked or expired
+CLOSE_TOO_MANY = 4429  # the user has ``max_user_connections`` WebSockets open already
 
 REPLAY_PAGE = 200
 MAX_SEQ = 2**63 - 1  # seq is a 64-bit integer in the store: no event is beyond it
@@ -51,6 +60,7 @@ class Subscription:
     sent: int  # last seq the socket accepted
     live: bool = False
     pending: list[tuple[Event, Wire]] = field(default_factory=list)
+    pending_bytes: int = 0
     pending_overflow: bool = False
 
 
@@ -71,13 +81,17 @@ class Session:
     ``spawn`` starts a background coroutine for the connection (a replay); ``authenticate``
     maps a token to its user (or None); ``limiter`` is the per-user subscribe rate limiter;
     ``wake`` (sync, must not block) is called after each item is queued and when the session
-    closes: the glue writes ``queue`` out in order, calling ``popped`` and ``sent`` per item.
+    closes: the glue writes ``queue`` out in order, taking each item with ``queue.popleft()``
+    and then calling ``popped``, ``payload_of`` (exactly once: it also gives the item's bytes
+    back to ``queue_max_bytes``) and, once written, ``sent``. ``max_user_connections``: 0 is
+    no cap.
     """
 
     def __init__(self, *, fanout: Fanout, store: Any, spawn: Callable[..., None],
                  authenticate: Callable[[str | None], Awaitable[User | None]],
                  limiter: Any, wake: Callable[[], None], queue_limit: int = 1000,
-                 max_subscriptions: int = 200) -> None:
+                 max_subscriptions: int = 200, queue_max_bytes: int = 1 << 20,
+                 max_user_connections: int = 0) -> None:
         self.fanout = fanout
         self.frame = fanout.frame
         self.store = store
@@ -86,14 +100,19 @@ class Session:
         self.limiter = limiter
         self.wake = wake
         self.queue_limit = queue_limit
+        self.queue_max_bytes = queue_max_bytes
         self.max_subscriptions = max_subscriptions
+        self.max_user_connections = max_user_connections
+        self.counted = False  # this session counts in fanout.user_connections
         self.state = State.AWAITING_AUTH
         self.user: User | None = None
         self.token: str | None = None
         self.subs: dict[str, Subscription] = {}
         self.watching = False
         self.queue: collections.deque[Item] = collections.deque()
-        self.max_queued = 0  # high-water mark, for tests and metrics
+        self.queued_bytes = 0  # len() of the payloads in ``queue``
+        self.max_queued = 0  # high-water marks, for tests and metrics
+        self.max_queued_bytes = 0
         self.resyncs = 0
         self.close_code: int | None = None
         self.close_reason = ""
@@ -114,6 +133,13 @@ class Session:
         self.close_code, self.close_reason = code, reason
         self._drop_all()
         self.queue.clear()
+        self.queued_bytes = 0
+        if self.counted and self.user is not None:
+            self.counted = False
+            counts = self.fanout.user_connections
+            counts[self.user.id] -= 1
+            if counts[self.user.id] <= 0:
+                del counts[self.user.id]
         self._room.set()
         self.wake()
 
@@ -124,6 +150,14 @@ class Session:
         if user is None:
             self.close(CLOSE_AUTH_FAILED, "invalid, expired or revoked token")
             return
+        counts = self.fanout.user_connections
+        cap = self.max_user_connections
+        if cap and counts.get(user.id, 0) >= cap:
+            self.close(CLOSE_TOO_MANY, f"too many WebSocket connections for this user (at most "
+                                       f"{cap}); close another one first")
+            return
+        counts[user.id] = counts.get(user.id, 0) + 1
+        self.counted = True
         self.user, self.token, self.state = user, token, State.OPEN
 
     async def recheck(self) -> None:
@@ -180,8 +214,8 @@ class Session:
             self._unwatch()
         elif kind == "auth":
             self.error("already_authenticated", "this connection is already authenticated")
-        else:
-            self.error("unknown_type", f"unknown message type {kind!r}")
+        else:  # cut: the type is the client's, up to a whole message long
+            self.error("unknown_type", f"unknown message type {kind[:64]!r}")
 
     async def _subscribe(self, message: dict[str, Any]) -> None:
         task_id, after = message.get("task_id"), message.get("after", 0)
@@ -243,11 +277,10 @@ class Session:
         """
         while True:
             sub.pending.clear()
+            sub.pending_bytes = 0
             sub.pending_overflow = False
             while True:
-                while len(self.queue) > self.queue_limit // 2 and self.subs.get(sub.task_id) is sub:
-                    self._room = trio.Event()
-                    await self._room.wait()
+                await self._wait_room(sub)
                 if self.subs.get(sub.task_id) is not sub:
                     return
                 page = await self.store.read_events(sub.task_id, sub.after,
@@ -256,6 +289,10 @@ class Session:
                     return
                 for event in page:
                     if event.seq > sub.after:
+                        if not self._has_room():  # big events: a page may exceed the bytes
+                            await self._wait_room(sub)
+                            if self.subs.get(sub.task_id) is not sub:
+                                return
                         self._push(sub, event.seq, self.frame(event.wire_json()))
                         sub.after = event.seq
                         if self.subs.get(sub.task_id) is not sub:
@@ -266,6 +303,18 @@ class Session:
                 continue
             if self._merge_pending(sub):
                 return
+
+    def _has_room(self) -> bool:
+        """At most half full, in messages and in bytes: a replay may push."""
+        return (len(self.queue) <= self.queue_limit // 2
+                and self.queued_bytes <= self.queue_max_bytes // 2)
+
+    async def _wait_room(self, sub: Subscription) -> None:
+        """Until the queue has room (or ``sub`` is dropped). Several replays share one event."""
+        while not self._has_room() and self.subs.get(sub.task_id) is sub:
+            if self._room.is_set():
+                self._room = trio.Event()
+            await self._room.wait()
 
     def _merge_pending(self, sub: Subscription) -> bool:
         for event, payload in sub.pending:
@@ -286,8 +335,10 @@ class Session:
         if sub is None:
             return
         if not sub.live:
-            if len(sub.pending) < self.queue_limit:
+            if (len(sub.pending) < self.queue_limit
+                    and sub.pending_bytes + len(payload) <= self.queue_max_bytes):
                 sub.pending.append((event, payload))
+                sub.pending_bytes += len(payload)
             else:
                 sub.pending_overflow = True
             return
@@ -316,18 +367,23 @@ class Session:
         """Queue one message and wake the glue; the glue may write it (and close) right here."""
         if self.state is State.CLOSED:
             return
-        if len(self.queue) >= self.queue_limit:
+        queue, size = self.queue, self.queued_bytes + len(payload)
+        if len(queue) >= self.queue_limit or (size > self.queue_max_bytes and queue):
             self._overflow()
             return
-        self.queue.append((sub, seq, payload))
-        if len(self.queue) > self.max_queued:
-            self.max_queued = len(self.queue)
+        queue.append((sub, seq, payload))
+        self.queued_bytes = size
+        if len(queue) > self.max_queued:
+            self.max_queued = len(queue)
+        if size > self.max_queued_bytes:
+            self.max_queued_bytes = size
         self.wake()
 
     def _overflow(self) -> None:
         """Drop the whole live feed and tell the client where to pick up each stream."""
         self.resyncs += 1
         self.queue.clear()
+        self.queued_bytes = 0
         subs = list(self.subs.values())
         self._drop_all()
         for sub in subs:
@@ -340,15 +396,19 @@ class Session:
 
     def popped(self) -> None:
         """The writer took an item off the queue: a waiting replay may go on below half."""
-        if len(self.queue) <= self.queue_limit // 2:
+        if self._has_room():
             self._room.set()
 
     def payload_of(self, item: Item) -> Wire:
-        """What to write for a queued item; a resync is encoded now, with what was sent."""
+        """What to write for an item taken off the queue (call once per item: its bytes leave
+        the queue's count here); a resync is encoded now, with what was sent."""
         target, _, payload = item
         if isinstance(target, _Resync):
             after = target.sub.sent if target.sub is not None else None
             return self.frame(encode({"type": "resync", "task_id": target.task_id, "after": after}))
+        self.queued_bytes -= len(payload)
+        if not self._room.is_set() and self._has_room():
+            self._room.set()
         return payload
 
     @staticmethod

@@ -14,6 +14,18 @@ are closed with 4401 if it was revoked or expired. Without an Authorization head
 message must be ``auth`` within ``ws_auth_timeout_s``. A message longer than
 ``MAX_MESSAGE_CHARS`` closes the connection with 1009. After a close frame, either side's, the
 peer gets ``ws_ping_timeout_s`` to answer before the socket is closed.
+
+Under abuse: what waits to be written besides the session's (bounded) queue is bounded too. A
+client's pings are answered for the latest one only (RFC 6455 §5.5.3): one pong waits at a time,
+replaced by the next ping's, and is written once per read; our own ping waits at most once; the
+101 and the close frame are written once each. A read is handled in slices of
+``EVENTS_PER_SLICE`` frames with a checkpoint between them, so a burst of tiny frames (64 KiB
+of empty pings is ~11,000 frames, 60 ms of wsproto's parsing) shares the event loop instead of
+holding it. And each connection has a frame budget (``FRAME_BURST``, refilled at
+``FRAMES_PER_S``; a phone sends a few messages a minute): a client past it is read no faster
+than the budget refills, a read at a time no larger than the frames it may still send, and
+the rest waits in the kernel while TCP slows the client down. A ping flood then costs the
+daemon the same CPU as any other connection, however fast the client sends.
 """
 
 from __future__ import annotations
@@ -49,7 +61,16 @@ CLOSE_TOO_BIG = 1009
 MAX_MESSAGE_CHARS = 64 * 1024
 RECV_BYTES = 65536
 SWEEP_BATCH = 200  # connections pinged at once
+EVENTS_PER_SLICE = 64  # frames handled between checkpoints (about 0.4 ms of wsproto's parsing)
+FRAME_BURST = 1024  # frames a client may send at once (200 subscribes after a reconnect fit)...
+FRAMES_PER_S = 256  # ...and then per second, on average
+MIN_FRAME_BYTES = 6  # a client's frame is masked: 2 bytes of header and 4 of mask at least
 _PING = b"\x89\x00"  # FIN + ping, unmasked, empty
+
+
+def frame_pong(payload: bytes) -> bytes:
+    """A pong echoing ``payload`` (at most 125 bytes: wsproto refuses longer pings)."""
+    return bytes((0x8A, len(payload))) + payload
 
 
 def frame_text(text: str) -> bytes:
@@ -81,15 +102,17 @@ async def serve_websocket(sock: socket.socket, handshake: H11Handshake, request:
 class Connection:
     """One client: the reader's state and the synchronous write path. Runs on the Trio thread."""
 
-    __slots__ = ("sock", "protocol", "state", "session", "nursery", "control", "out", "item",
-                 "writing", "drained", "closing", "close_at", "auth_at", "wait", "done",
-                 "last_heard", "parts", "size")
+    __slots__ = ("sock", "protocol", "state", "session", "nursery", "control", "pong", "ping_due",
+                 "out", "item", "writing", "drained", "closing", "close_at", "auth_at", "wait",
+                 "done", "last_heard", "parts", "size", "frames", "frames_at")
 
     def __init__(self, sock: socket.socket, protocol: WsProtocol, state: "WebState") -> None:
         self.sock, self.protocol, self.state = sock, protocol, state
         self.session: Session | None = None
         self.nursery: trio.Nursery | None = None  # open while the reader runs
-        self.control = b""  # control frames waiting (the 101 answer first)
+        self.control = b""  # the 101 answer, then our close frame: each written once
+        self.pong: bytes | None = None  # the latest ping's payload, to echo (one pong waits)
+        self.ping_due = False  # our ping waits to be written
         self.out: Any = None  # the rest of a frame the socket took only part of
         self.item: Any = None  # the queue item ``out`` belongs to
         self.writing = False  # a writer task waits for room
@@ -102,6 +125,8 @@ class Connection:
         self.last_heard = trio.current_time()
         self.parts: list[Any] = []
         self.size = 0
+        self.frames = float(FRAME_BURST)  # the frame budget left, as of ``frames_at``
+        self.frames_at = trio.current_time()
 
     async def run(self, greeting: bytes, leftover: bytes, token: str | None) -> None:
         """Send ``greeting`` (the 101), then serve the session until the connection ends.
@@ -122,6 +147,8 @@ class Connection:
                         authenticate=state.auth.user_for, limiter=state.subscribe_limiter,
                         wake=self.wake, queue_limit=settings.ws_queue_limit,
                         max_subscriptions=settings.ws_max_subscriptions,
+                        queue_max_bytes=settings.ws_queue_max_bytes,
+                        max_user_connections=settings.ws_max_connections_per_user,
                     )
                     state.sessions[session] = self
                     self.flush()
@@ -164,6 +191,7 @@ class Connection:
                 deadline = math.inf
             wait = self.wait = trio.CancelScope(deadline=deadline)
             with wait:
+                await self._refill()
                 await trio.lowlevel.wait_readable(sock)
             self.wait = None
             if wait.cancelled_caught:
@@ -171,8 +199,8 @@ class Connection:
                     session.close(CLOSE_AUTH_FAILED, "no auth message in time")
                     continue
                 return  # our close frame went unanswered
-            try:
-                data = sock.recv(RECV_BYTES)
+            try:  # no more bytes than the frames the budget allows could fill
+                data = sock.recv(min(RECV_BYTES, int(self.frames) * MIN_FRAME_BYTES))
             except BlockingIOError:
                 continue
             except OSError:  # reset by the peer
@@ -184,11 +212,28 @@ class Connection:
             if await self._received():
                 return
 
+    async def _refill(self) -> None:
+        """Refill the frame budget for the time passed; if less than a slice is left, wait
+        until a slice is there again. Cancellation (a deadline of ``_read``): nothing is lost."""
+        now = trio.current_time()
+        self.frames = min(FRAME_BURST, self.frames + (now - self.frames_at) * FRAMES_PER_S)
+        self.frames_at = now
+        if self.frames < EVENTS_PER_SLICE:
+            await trio.sleep((EVENTS_PER_SLICE - self.frames) / FRAMES_PER_S)
+            self.frames, self.frames_at = float(EVENTS_PER_SLICE), trio.current_time()
+
     async def _received(self) -> bool:
-        """Handle the frames parsed so far; True once the close handshake is over."""
+        """Handle the frames parsed so far, a slice at a time; True once the close handshake is
+        over. The latest ping is answered at the end (and at each slice's end)."""
         protocol, session = self.protocol, self.session
         assert session is not None
+        handled = 0
         for event in protocol.events():
+            handled += 1
+            self.frames -= 1
+            if handled % EVENTS_PER_SLICE == 0:
+                self._answer_ping()
+                await trio.lowlevel.checkpoint()
             if isinstance(event, Message):
                 if self.closing:
                     continue  # what the peer sends after our close frame is dropped
@@ -203,8 +248,8 @@ class Connection:
                     joiner: Any = "" if isinstance(event, TextMessage) else b""
                     await session.handle(parts[0] if len(parts) == 1 else joiner.join(parts))
             elif isinstance(event, Ping):
-                if protocol.state is WsState.OPEN:
-                    self.send_control(protocol.send(event.response()))
+                if protocol.state is WsState.OPEN and not self.closing:
+                    self.pong = bytes(event.payload)  # a newer ping replaces an unanswered one
             elif isinstance(event, CloseConnection):
                 if protocol.state is WsState.OPEN:  # wsproto found a protocol error: its code
                     session.close(event.code, event.reason or "protocol error")
@@ -214,7 +259,12 @@ class Connection:
                     self.send_control(protocol.send(event.response()))
                     session.close(event.code, "closed by the client")
                 return True
+        self._answer_ping()
         return False
+
+    def _answer_ping(self) -> None:
+        if self.pong is not None and not self.writing and not self.done:
+            self.flush()
 
     # -- writing (sync: called from the fan-out, the session and the sweeps) --------------------
 
@@ -232,6 +282,7 @@ class Connection:
             self.flush()
 
     def send_control(self, frame: bytes) -> None:
+        """Write the 101 or a close frame (once each per connection) before anything else."""
         if self.done:
             return
         self.control += frame
@@ -239,8 +290,11 @@ class Connection:
             self.flush()
 
     def ping(self) -> None:
-        if not self.closing:
-            self.send_control(_PING)
+        """Our keep-alive ping; one still unwritten is not doubled."""
+        if not self.closing and not self.done:
+            self.ping_due = True
+            if not self.writing:
+                self.flush()
 
     def flush(self) -> None:
         """Write control frames, then the session's queue, until the socket would block; then
@@ -253,6 +307,13 @@ class Connection:
             if data is None:
                 if self.control:
                     data, self.control = self.control, b""
+                elif self.closing:  # nothing follows a close frame (the session's queue is cleared)
+                    self.pong, self.ping_due = None, False
+                    return
+                elif self.pong is not None:
+                    data, self.pong = frame_pong(self.pong), None
+                elif self.ping_due:
+                    data, self.ping_due = _PING, False
                 elif queue:
                     item = self.item = queue.popleft()
                     session.popped()

@@ -2,7 +2,8 @@
 
 Public surface: ``TOOL_DEFINITIONS`` (what the Messages API ``tools`` parameter gets; copy it
 with ``tool_definitions()`` before adding ``cache_control``), ``Toolbox`` (one per running
-task), ``ToolResult``, ``ToolSettings``, the tool names, and ``probe_sandbox``.
+task), ``TaskSandbox`` (one task's confinement: sandbox, uid, limits, for its tools and its
+git), ``ToolResult``, ``ToolSettings``, the tool names, and ``probe_sandbox``.
 """
 
 from .base import (
@@ -14,7 +15,7 @@ from .base import (
     ToolSettings,
     tool_definitions,
 )
-from .sandbox import SandboxProbe, probe_sandbox
+from .sandbox import SandboxProbe, TaskSandbox, probe_sandbox
 from .toolbox import Toolbox
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "EDIT_TOOL",
     "TOOL_DEFINITIONS",
     "SandboxProbe",
+    "TaskSandbox",
     "ToolResult",
     "ToolSettings",
     "Toolbox",

@@ -53,19 +53,48 @@ class ToolResult:
     is_error: bool = False
 
 
+MIB = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class ToolSettings:
     """Limits for one task's tools.
 
     ``sandbox``: ``auto`` runs bash under bubblewrap when it works on this host (probed once per
     process), ``required`` refuses to run commands without it, ``off`` runs a plain subprocess.
+
+    Per task (``limits.py`` says which mechanism holds each one on which host):
+    ``max_processes`` processes and threads, ``memory_bytes`` of memory, ``cpu_time_s`` seconds
+    of CPU per process, ``file_size_bytes`` per file written (the daemon sets it to the
+    workspace quota), ``tmp_bytes`` for the sandbox's private ``/tmp``.
+    ``uid_base``/``uid_count``: when the daemon is root, each running task's sandbox runs as
+    its own uid (and gid) from ``uid_base`` .. ``uid_base + uid_count - 1``; ``uid_count=0``:
+    as the daemon's user.
     """
 
     command_timeout_s: float = 120.0
     output_cap_bytes: int = 30_000
     sandbox: Literal["auto", "required", "off"] = "auto"
+    max_processes: int = 512
+    memory_bytes: int = 4096 * MIB
+    cpu_time_s: int = 600
+    file_size_bytes: int = 2000 * MIB
+    tmp_bytes: int = 512 * MIB
+    uid_base: int = 600_000
+    uid_count: int = 65_536
 
     def __post_init__(self) -> None:
+        # Below these a shell, git or a compiler cannot start at all: a typo, not a policy.
+        for name, least in (("max_processes", 16), ("memory_bytes", 64 * MIB), ("cpu_time_s", 1),
+                            ("file_size_bytes", MIB), ("tmp_bytes", MIB)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < least:
+                raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+        if not 1 <= self.uid_base or self.uid_count < 0 or self.uid_base + self.uid_count > 2**31:
+            raise ConfigError(
+                f"uid_base and uid_count must name uids between 1 and 2^31, got {self.uid_base!r} "
+                f"and {self.uid_count!r}"
+            )
         if not self.command_timeout_s > 0:
             raise ConfigError(f"command_timeout_s must be > 0, got {self.command_timeout_s!r}")
         # Below a few hundred bytes the cut note would be most of the output.

@@ -22,11 +22,13 @@ import shlex
 import signal
 import subprocess
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import trio
 
 from ...cpu_pin import pinned_cpu, release as release_cpu
 from .base import HeadTail, ToolResult
+from .procs import descendants as _descendants, proc_stat as _proc_stat
 
 _CHUNK = 65536
 
@@ -37,10 +39,14 @@ class BashSession:
     Not safe for concurrent ``run`` calls: the ``Toolbox`` serialises them with a lock.
     """
 
-    def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str],
+                 before_kill: Callable[[int], Awaitable[object]] | None = None) -> None:
         self._argv = argv
         self._cwd = cwd
         self._env = env
+        # Called with the shell's pid before a timeout or an exit kills it: the last look at
+        # the sandbox while it still exists (its /tmp, its processes).
+        self._before_kill = before_kill
         self._proc: trio.Process | None = None
         token = secrets.token_hex(8)
         # The printf below writes the marker from two pieces, so that the command line itself
@@ -104,6 +110,9 @@ class BashSession:
                 await self.kill()
             raise
         out.feed(bytes(carry))
+        if (scope.cancelled_caught or eof) and self._before_kill is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._before_kill(proc.pid)
         if scope.cancelled_caught:
             await self.kill()
             return ToolResult(
@@ -195,18 +204,6 @@ def _signal_pid(pid: int) -> None:
         pass
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, ppid) of a process from /proc, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name is in parentheses and may itself contain spaces and parentheses.
-    fields = data[data.rfind(b")") + 2 :].split()
-    return fields[0].decode(), int(fields[1])
-
-
 def _release_tree(root: int) -> None:
     """Give every process under ``root`` every CPU (``cpu_pin.release``), looking again until
     none is left on the loop's: one forked meanwhile by a process not yet released would keep
@@ -225,27 +222,6 @@ def _cpus_of(pid: int) -> set[int] | None:
         return os.sched_getaffinity(pid)
     except OSError:  # gone
         return None
-
-
-def _descendants(root: int) -> list[int]:
-    """Every live descendant of ``root`` (Linux /proc; empty elsewhere)."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return []
-    children: dict[int, list[int]] = {}
-    for name in names:
-        if name.isdigit():
-            stat = _proc_stat(int(name))
-            if stat is not None:
-                children.setdefault(stat[1], []).append(int(name))
-    found: list[int] = []
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _alive(pid: int) -> bool:

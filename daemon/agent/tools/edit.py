@@ -1,29 +1,51 @@
 """The ``str_replace_based_edit_tool`` (Anthropic text editor, ``text_editor_20250728``).
 
 Commands: ``view`` (a file with line numbers, or a directory two levels deep), ``create``,
-``str_replace`` and ``insert``; ``undo_edit`` does not exist in this tool version. All disk work
-runs in a worker thread so that big files never stall the Trio loop. Writes are atomic (a
-temporary file in the same directory, then ``rename``), so a file is never seen half written.
+``str_replace`` and ``insert``; ``undo_edit`` does not exist in this tool version.
+
+Confinement: a path becomes names below the workspace without touching the disk
+(``paths.relative_parts``: ``..`` that climbs out and absolute paths elsewhere are refused), and
+each name is then opened relative to a directory fd beneath the workspace without following a
+link (``fs_beneath``). A symbolic link anywhere in the path is refused, also one that points
+inside the workspace, because the agent can swap it between any two system calls. Only regular
+files are read or written and directories listed; FIFOs, sockets and devices are refused
+without being opened, and no open can block. Reads are capped (``MAX_VIEW_BYTES`` for view,
+``MAX_EDIT_BYTES`` for the commands that hold a whole file). Writes are atomic: a new temporary
+file in the target's directory, renamed over the target, so a file is never seen half written.
+
+Cancellation: the disk work runs in a worker thread that is abandoned when the caller is
+cancelled, so ``run`` raises ``Cancelled`` at once, whatever the thread is stuck in. The thread
+ends on its own: a read stops before its next chunk; an edit that has not reached its rename is
+dropped (its temporary file removed), leaving the file as it was; an edit whose rename has
+begun lands whole. The thread closes its fds when it ends. An editor runs at most
+``max_threads`` threads, so threads that never end (a file system that stopped answering) are
+bounded: calls beyond that are refused with an error rather than queued.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
 import trio
 
+from . import fs_beneath
 from .base import ToolResult, cap_text
-from .paths import PathError, resolve_in_workspace
+from .paths import PathError, relative_parts
 
 # str_replace and insert read the whole file into memory; beyond this, sed in bash is the tool.
 MAX_EDIT_BYTES = 16 * 1024 * 1024
+# view streams, holding only what it shows, but reads no further than this into a file.
+MAX_VIEW_BYTES = 64 * 1024 * 1024
 _SNIPPET_CONTEXT = 4
 _COMMANDS = ("view", "create", "str_replace", "insert")
+# Ends an abandoned worker thread early: raises trio.Cancelled once the caller has gone.
+_check = trio.from_thread.check_cancelled
 
 
 class _ToolError(Exception):
@@ -31,18 +53,21 @@ class _ToolError(Exception):
 
 
 class Editor:
-    """Runs the text editor tool's commands for one workspace."""
+    """Runs the text editor tool's commands for one workspace (see the module docstring)."""
 
-    def __init__(self, workspace: str, *, alias: str | None, cap_bytes: int) -> None:
+    def __init__(self, workspace: str, *, alias: str | None, cap_bytes: int,
+                 max_threads: int = 8) -> None:
         self._workspace = workspace
         self._alias = alias
         self._cap = cap_bytes
+        self._limiter = trio.CapacityLimiter(max_threads)
 
     async def run(self, input: dict) -> ToolResult:
         """Validate ``input`` and run the command in a worker thread.
 
-        Cancellation: the thread is not abandoned; the command finishes (an edit is applied
-        entirely or not at all) and then the cancellation is delivered.
+        Cancellation: the thread is abandoned and ``Cancelled`` raised at once; an edit not yet
+        committed by its rename is dropped when the thread gets there, one whose rename has
+        begun lands whole. Either way the file is whole, never half written.
         """
         command = input.get("command")
         if command == "undo_edit":
@@ -55,9 +80,20 @@ class Editor:
             return ToolResult(
                 f"Unknown command {command!r}; use one of: {', '.join(_COMMANDS)}", is_error=True
             )
+        if self._limiter.available_tokens < 1:
+            return ToolResult(
+                f"The editor is still busy with {self._limiter.borrowed_tokens} earlier "
+                "operation(s) cancelled while the file system did not answer; use bash, or try "
+                "again later",
+                is_error=True,
+            )
         handler = getattr(self, f"_{command}")
         try:
-            output = await trio.to_thread.run_sync(functools.partial(handler, input))
+            output = await trio.to_thread.run_sync(
+                functools.partial(self._call, handler, input),
+                abandon_on_cancel=True,
+                limiter=self._limiter,
+            )
         except (_ToolError, PathError) as e:
             return ToolResult(str(e), is_error=True)
         except OSError as e:
@@ -66,32 +102,54 @@ class Editor:
 
     # -- commands (worker thread) ---------------------------------------------------------
 
-    def _resolve(self, input: dict) -> tuple[str, str]:
+    def _call(self, handler, input: dict) -> str:
         raw = input.get("path")
         if not isinstance(raw, str):
             raise _ToolError("path is required (a string: relative to the workspace or absolute)")
-        return raw, resolve_in_workspace(self._workspace, raw, alias=self._alias)
+        parts = relative_parts(self._workspace, raw, alias=self._alias)
+        root = fs_beneath.open_root(self._workspace)
+        try:
+            return handler(input, raw, root, parts)
+        finally:
+            os.close(root)
 
-    def _view(self, input: dict) -> str:
-        raw, path = self._resolve(input)
+    @contextlib.contextmanager
+    def _opened(self, root: int, parts: tuple[str, ...], raw: str, missing: str
+                ) -> Iterator[tuple[int, int, os.stat_result]]:
+        """The target's parent directory fd, its own fd and ``fstat``; all closed after."""
+        with contextlib.ExitStack() as stack:
+            try:
+                if parts:
+                    parent = fs_beneath.open_dir(root, parts[:-1], full="/".join(parts))
+                    stack.callback(os.close, parent)
+                    fd, st = fs_beneath.open_entry(parent, parts[-1], display="/".join(parts))
+                else:  # the workspace itself
+                    parent = -1
+                    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root)
+                    st = os.fstat(fd)
+            except FileNotFoundError:
+                raise _ToolError(f"{raw} does not exist{missing}") from None
+            stack.callback(os.close, fd)
+            yield parent, fd, st
+
+    def _view(self, input: dict, raw: str, root: int, parts: tuple[str, ...]) -> str:
         view_range = input.get("view_range")
-        if os.path.isdir(path):
-            if view_range is not None:
-                raise _ToolError("view_range applies to files only; omit it for a directory")
-            return self._list_dir(raw, path)
-        if not os.path.exists(path):
-            raise _ToolError(f"{raw} does not exist")
-        start, end = _parse_range(view_range)
-        with open(path, "rb") as f:
-            if b"\x00" in f.read(8192):
-                size = os.fstat(f.fileno()).st_size
+        with self._opened(root, parts, raw, "") as (_, fd, st):
+            if stat.S_ISDIR(st.st_mode):
+                if view_range is not None:
+                    raise _ToolError("view_range applies to files only; omit it for a directory")
+                return self._list_dir(raw, fd)
+            start, end = _parse_range(view_range)
+            reader = fs_beneath.CappedReader(fd, MAX_VIEW_BYTES, check=_check)
+            f = io.BufferedReader(reader, 64 * 1024)
+            if b"\x00" in f.peek(8192)[:8192]:
                 raise _ToolError(
-                    f"{raw} is a binary file ({size} bytes); inspect it with bash (e.g. xxd)"
+                    f"{raw} is a binary file ({st.st_size} bytes); inspect it with bash (e.g. xxd)"
                 )
-            f.seek(0)
-            return self._numbered(f, raw, start, end)
+            return self._numbered(f, reader, raw, start, end)
 
-    def _numbered(self, f: BinaryIO, raw: str, start: int, end: int) -> str:
+    def _numbered(self, f: BinaryIO, reader: fs_beneath.CappedReader, raw: str, start: int,
+                  end: int) -> str:
         # Streams the file: only the lines shown are held, and at most the output cap of them.
         header = f"Here's the result of running `cat -n` on {raw}:\n"
         parts = [header]
@@ -116,6 +174,19 @@ class Editor:
             parts.append(entry)
             used += size
             last = number
+        else:
+            if reader.capped:
+                if start > number:
+                    raise _ToolError(
+                        f"view_range starts at line {start} but view reads only the first "
+                        f"{MAX_VIEW_BYTES} bytes ({number} lines) of {raw}; use bash "
+                        "(sed -n, tail) further in"
+                    )
+                parts.append(
+                    f"[stopped after the first {MAX_VIEW_BYTES} bytes of {raw}; use bash "
+                    "(sed -n, tail) further in]\n"
+                )
+                return "".join(parts)
         if number == 0:
             return f"{raw} is empty"
         if start > number:
@@ -124,13 +195,14 @@ class Editor:
             )
         return "".join(parts)
 
-    def _list_dir(self, raw: str, path: str) -> str:
+    def _list_dir(self, raw: str, fd: int) -> str:
         header = f"Files and directories up to 2 levels deep in {raw}, excluding hidden items:\n"
         lines: list[str] = []
         budget = self._cap - len(header)
 
-        def walk(directory: str, prefix: str, depth: int) -> None:
+        def walk(directory: int, prefix: str, depth: int) -> None:
             nonlocal budget
+            _check()
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
             for entry in entries:
@@ -145,25 +217,39 @@ class Editor:
                     return
                 lines.append(line)
                 if is_dir and depth < 2:
-                    walk(entry.path, f"{line}", depth + 1)
+                    # By fd, with O_NOFOLLOW: a link swapped in since the scan is not entered.
+                    sub = fs_beneath.open_child_dir(directory, entry.name)
+                    if sub is not None:
+                        try:
+                            walk(sub, line, depth + 1)
+                        finally:
+                            os.close(sub)
 
-        walk(path, "", 1)
+        walk(fd, "", 1)
         return header + ("\n".join(lines) if lines else "(empty directory)") + "\n"
 
-    def _create(self, input: dict) -> str:
-        raw, path = self._resolve(input)
+    def _create(self, input: dict, raw: str, root: int, parts: tuple[str, ...]) -> str:
         text = input.get("file_text")
         if not isinstance(text, str):
             raise _ToolError("create needs file_text (a string: the whole content of the file)")
-        if os.path.isdir(path):
+        if not parts:
             raise _ToolError(f"{raw} is a directory; give a file path")
-        existed = os.path.exists(path)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        _write_atomic(path, text.encode("utf-8"))
-        return f"File {'overwritten' if existed else 'created'}: {raw}"
+        display = "/".join(parts)
+        parent = fs_beneath.open_dir(root, parts[:-1], create=True, full=display)
+        try:
+            st = fs_beneath.lstat(parent, parts[-1])
+            if st is not None:
+                if stat.S_ISDIR(st.st_mode):
+                    raise _ToolError(f"{raw} is a directory; give a file path")
+                fs_beneath.refuse_special(st, display)
+            mode = stat.S_IMODE(st.st_mode) if st is not None else 0o644
+            fs_beneath.write_atomic(parent, parts[-1], text.encode("utf-8"), mode,
+                                    before_commit=_check)
+        finally:
+            os.close(parent)
+        return f"File {'overwritten' if st is not None else 'created'}: {raw}"
 
-    def _str_replace(self, input: dict) -> str:
-        raw, path = self._resolve(input)
+    def _str_replace(self, input: dict, raw: str, root: int, parts: tuple[str, ...]) -> str:
         old, new = input.get("old_str"), input.get("new_str", "")
         if not isinstance(old, str) or old == "":
             raise _ToolError("str_replace needs old_str (non-empty text that occurs once)")
@@ -171,27 +257,30 @@ class Editor:
             new = ""
         if not isinstance(new, str):
             raise _ToolError("new_str must be a string")
-        text = _read_text(raw, path)
-        starts = _occurrences(text, old)
-        if not starts and "\r\n" in text and "\n" in old:
-            # A CRLF file edited with LF text: match it the way the model meant it.
-            old, new = old.replace("\r\n", "\n").replace("\n", "\r\n"), new.replace("\n", "\r\n")
+        with self._opened(root, parts, raw, _MISSING) as (parent, fd, st):
+            text = _read_text(raw, fd, st)
             starts = _occurrences(text, old)
-        if not starts:
-            raise _ToolError(
-                f"No replacement was performed: old_str does not occur verbatim in {raw}. "
-                "Check whitespace and indentation (view the file to copy the exact text)."
-            )
-        if len(starts) > 1:
-            lines = ", ".join(str(text.count("\n", 0, i) + 1) for i in starts[:20])
-            raise _ToolError(
-                f"No replacement was performed: old_str occurs {len(starts)} times in {raw} "
-                f"(starting on lines {lines}). Include more surrounding lines so that it "
-                "occurs exactly once."
-            )
-        at = starts[0]
-        result = text[:at] + new + text[at + len(old) :]
-        _write_atomic(path, result.encode("utf-8"))
+            if not starts and "\r\n" in text and "\n" in old:
+                # A CRLF file edited with LF text: match it the way the model meant it.
+                old = old.replace("\r\n", "\n").replace("\n", "\r\n")
+                new = new.replace("\n", "\r\n")
+                starts = _occurrences(text, old)
+            if not starts:
+                raise _ToolError(
+                    f"No replacement was performed: old_str does not occur verbatim in {raw}. "
+                    "Check whitespace and indentation (view the file to copy the exact text)."
+                )
+            if len(starts) > 1:
+                lines = ", ".join(str(text.count("\n", 0, i) + 1) for i in starts[:20])
+                raise _ToolError(
+                    f"No replacement was performed: old_str occurs {len(starts)} times in {raw} "
+                    f"(starting on lines {lines}). Include more surrounding lines so that it "
+                    "occurs exactly once."
+                )
+            at = starts[0]
+            result = text[:at] + new + text[at + len(old) :]
+            fs_beneath.write_atomic(parent, parts[-1], result.encode("utf-8"),
+                                    stat.S_IMODE(st.st_mode), before_commit=_check)
         first = text.count("\n", 0, at) + 1
         return (
             f"The file {raw} has been edited. A snippet of the result (`cat -n`):\n"
@@ -199,8 +288,7 @@ class Editor:
             + "Review the change and edit again if it is not what you intended."
         )
 
-    def _insert(self, input: dict) -> str:
-        raw, path = self._resolve(input)
+    def _insert(self, input: dict, raw: str, root: int, parts: tuple[str, ...]) -> str:
         # text_editor_20250728 documents new_str, but Claude sends insert_text: accept both.
         new = input.get("insert_text", input.get("new_str"))
         line = input.get("insert_line")
@@ -208,30 +296,35 @@ class Editor:
             raise _ToolError("insert needs insert_text (the text to insert, a string)")
         if not isinstance(line, int) or isinstance(line, bool):
             raise _ToolError("insert needs insert_line (an integer: insert after that line)")
-        text = _read_text(raw, path)
-        count = text.count("\n") + (1 if text and not text.endswith("\n") else 0)
-        if not 0 <= line <= count:
-            raise _ToolError(
-                f"insert_line {line} is out of range: {raw} has {count} lines "
-                f"(0 inserts at the top, {count} appends at the end)"
-            )
-        newline = "\r\n" if "\r\n" in text else "\n"
-        block = new if new.endswith("\n") else new + newline
-        if line == 0:
-            at = 0
-        else:
-            at = _nth_index(text, "\n", line)
-            at = len(text) if at < 0 else at + 1
-        head = text[:at]
-        if head and not head.endswith("\n"):
-            head += newline  # appending to a file that does not end with a newline
-        result = head + block + text[at:]
-        _write_atomic(path, result.encode("utf-8"))
+        with self._opened(root, parts, raw, _MISSING) as (parent, fd, st):
+            text = _read_text(raw, fd, st)
+            count = text.count("\n") + (1 if text and not text.endswith("\n") else 0)
+            if not 0 <= line <= count:
+                raise _ToolError(
+                    f"insert_line {line} is out of range: {raw} has {count} lines "
+                    f"(0 inserts at the top, {count} appends at the end)"
+                )
+            newline = "\r\n" if "\r\n" in text else "\n"
+            block = new if new.endswith("\n") else new + newline
+            if line == 0:
+                at = 0
+            else:
+                at = _nth_index(text, "\n", line)
+                at = len(text) if at < 0 else at + 1
+            head = text[:at]
+            if head and not head.endswith("\n"):
+                head += newline  # appending to a file that does not end with a newline
+            result = head + block + text[at:]
+            fs_beneath.write_atomic(parent, parts[-1], result.encode("utf-8"),
+                                    stat.S_IMODE(st.st_mode), before_commit=_check)
         return (
             f"The file {raw} has been edited. A snippet of the result (`cat -n`):\n"
             + _snippet(result, line + 1, line + block.count("\n"))
             + "Review the change (indentation, duplicated lines) and edit again if needed."
         )
+
+
+_MISSING = " (use create to make a new file)"
 
 
 def _parse_range(view_range: object) -> tuple[int, int]:
@@ -270,19 +363,17 @@ def _lines(f: BinaryIO, limit: int) -> Iterator[str]:
         yield f"{text} [... line cut: {skipped} more bytes]"
 
 
-def _read_text(raw: str, path: str) -> str:
-    if os.path.isdir(path):
+def _read_text(raw: str, fd: int, st: os.stat_result) -> str:
+    if stat.S_ISDIR(st.st_mode):
         raise _ToolError(f"{raw} is a directory")
-    if not os.path.exists(path):
-        raise _ToolError(f"{raw} does not exist (use create to make a new file)")
-    size = os.path.getsize(path)
-    if size > MAX_EDIT_BYTES:
+    data = b""
+    if st.st_size <= MAX_EDIT_BYTES:
+        data = fs_beneath.read_at_most(fd, MAX_EDIT_BYTES, check=_check)
+    if st.st_size > MAX_EDIT_BYTES or len(data) > MAX_EDIT_BYTES:  # or it grew since the fstat
         raise _ToolError(
-            f"{raw} is {size} bytes, more than this tool edits ({MAX_EDIT_BYTES}); "
-            "use bash (sed, python) instead"
+            f"{raw} is {max(st.st_size, len(data))} bytes or more, more than this tool edits "
+            f"({MAX_EDIT_BYTES}); use bash (sed, python) instead"
         )
-    with open(path, "rb") as f:
-        data = f.read()
     try:
         # newline="" semantics: bytes decoded as they are, so CRLF survives the round trip.
         return data.decode("utf-8")
@@ -316,24 +407,3 @@ def _snippet(text: str, first: int, last: int) -> str:
     lo = max(1, first - _SNIPPET_CONTEXT)
     hi = min(len(lines), last + _SNIPPET_CONTEXT)
     return "".join(f"{n:6}\t{lines[n - 1]}\n" for n in range(lo, hi + 1))
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".agentd-edit-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        # rename replaces the directory entry itself: a symlink swapped in meanwhile is
-        # replaced, never followed out of the workspace.
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

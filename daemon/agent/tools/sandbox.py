@@ -1,18 +1,25 @@
-"""How the bash session is started: bubblewrap sandbox or plain process, minimal environment.
+"""How the tools' commands are confined: the bubblewrap sandbox, its probe, the minimal environment.
 
 The sandbox (bubblewrap, ``bwrap``):
 
-- ``--unshare-all``: new user, pid, network, ipc, uts and cgroup namespaces, so no network at
-  all (only a private loopback with nothing listening) and no view of the host's processes;
+- new pid, network, ipc, uts and cgroup namespaces, so no network at all (only a private
+  loopback with nothing listening) and no view of the host's processes;
+- as the daemon's user, also a new user namespace (``--unshare-all``); when the daemon is root
+  and the task has a uid of its own (``identity.py``), bwrap runs privileged instead and
+  ``setpriv`` switches to that uid inside, for good (no capabilities, not even in the bounding
+  set, no groups, ``no_new_privs``): the uid must be the real one on the host, so that files
+  are owned by it and ``RLIMIT_NPROC`` counts the task alone;
 - ``--die-with-parent``: the sandbox dies if the daemon dies;
 - ``--cap-drop ALL``: bwrap keeps every capability when started by root unless told otherwise;
 - read-only binds of ``/usr``, the ``/bin``, ``/sbin``, ``/lib*`` symlinks or directories, and an
   allowlist of ``/etc`` entries (no ``shadow``, ``pip.conf``, ``npmrc``, ``ssh``...);
-- fresh ``/proc``, minimal ``/dev``, a private tmpfs ``/tmp`` holding ``HOME=/tmp/home``;
+- fresh ``/proc``, minimal ``/dev``, private tmpfs ``/tmp`` (``--size``: the task's limit) holding
+  ``HOME=/tmp/home``, and a small private ``/dev/shm``;
 - the workspace bound read-write at its own host path (so the paths Claude sees in ``pwd``
   are the ones the editor tool accepts), and ``/`` itself remounted read-only.
 
-Nothing else of the host is visible, so nothing else is writable.
+Nothing else of the host is visible, so nothing else is writable. ``TaskSandbox``
+(``task_sandbox.py``, re-exported here) puts this together with the task's uid and limits.
 """
 
 from __future__ import annotations
@@ -29,10 +36,17 @@ from pathlib import Path
 
 import trio
 
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_HOME = "/tmp/home"
+# /dev/shm is a tmpfs of its own (POSIX semaphores and shared memory need it writable): this
+# small, so that it is no second /tmp.
+_SHM_BYTES = 64 * 1024 * 1024
+# What privileged bwrap keeps so that it can enter the workspace (owned by the task's uid, maybe
+# mode 0700) and setpriv can switch to that uid; setpriv then drops them all for good.
+_SETPRIV_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_DAC_READ_SEARCH")
 
 # /etc entries programs commonly need (dynamic loader, users for `id`/git, TLS roots, timezone,
 # Debian alternatives, terminfo, language runtimes' system config). Globs allowed.
@@ -81,19 +95,49 @@ def _system_binds() -> tuple[str, ...]:
     return tuple(args)
 
 
-def bwrap_argv(bwrap: str, workspace: Path) -> list[str]:
-    """The bwrap command line (without the program to run) for ``workspace``."""
+def bwrap_argv(bwrap: str, workspace: Path, *, tmp_bytes: int | None = None,
+               owner: tuple[int, int] | None = None, etc_dir: Path | None = None) -> list[str]:
+    """The bwrap command line (without the program to run) for ``workspace``.
+
+    ``tmp_bytes`` bounds ``/tmp``. ``owner``: the daemon is root and the command will switch to
+    that uid/gid inside (``setpriv_argv``): bwrap runs privileged, without a user namespace
+    (the uid must be the real one on the host, for file ownership and ``RLIMIT_NPROC``), and
+    keeps only the capabilities ``setpriv`` needs to drop to it, which it then drops for good.
+    ``etc_dir`` holds ``passwd`` and ``group`` naming that uid, shown instead of the host's.
+    """
     ws = str(workspace)
+    if owner is None:
+        namespaces = ["--unshare-all"]
+        caps = ["--cap-drop", "ALL"]
+    else:
+        namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+                      "--unshare-cgroup-try"]
+        caps = ["--cap-drop", "ALL", *(x for cap in _SETPRIV_CAPS for x in ("--cap-add", cap))]
+    tmp_size = ["--size", str(tmp_bytes)] if tmp_bytes is not None else []
+    shm_size = ["--size", str(min(tmp_bytes, _SHM_BYTES))] if tmp_bytes is not None else []
+    # Directories bwrap makes for mount points are mode 0700 (root's): the task's uid must be
+    # able to walk through /etc and down to the workspace.
+    parents = [x for parent in reversed(workspace.parents) if str(parent) != "/"
+               for x in ("--perms", "0755", "--dir", str(parent))]
+    etc = []
+    if etc_dir is not None:
+        etc = ["--ro-bind", str(etc_dir / "passwd"), "/etc/passwd",
+               "--ro-bind", str(etc_dir / "group"), "/etc/group"]
     return [
         bwrap,
-        "--unshare-all",
+        *namespaces,
         "--die-with-parent",
-        "--cap-drop", "ALL",
+        *caps,
+        "--perms", "0755", "--dir", "/etc",
         *_system_binds(),
+        *etc,
         "--proc", "/proc",
         "--dev", "/dev",
-        "--tmpfs", "/tmp",
-        "--dir", SANDBOX_HOME,
+        # Sticky and world-writable: the sandbox's uid is not the one bwrap creates them as.
+        "--perms", "1777", *tmp_size, "--tmpfs", "/tmp",
+        "--perms", "1777", *shm_size, "--tmpfs", "/dev/shm",
+        "--perms", "0777", "--dir", SANDBOX_HOME,
+        *parents,
         "--bind", ws, ws,
         # After every mount point exists: the root tmpfs bwrap builds is writable otherwise.
         "--remount-ro", "/",
@@ -101,6 +145,14 @@ def bwrap_argv(bwrap: str, workspace: Path) -> list[str]:
         # No --new-session: it would move the shell out of our process group, and the TIOCSTI
         # attack it prevents needs a terminal, which the shell never has (stdin is a pipe).
     ]
+
+
+def setpriv_argv(setpriv: str, owner: tuple[int, int]) -> list[str]:
+    """Inside the sandbox: become ``owner`` for good (no groups, no capabilities, not even in
+    the bounding set, and no gaining any through setuid or file capabilities)."""
+    uid, gid = owner
+    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all", "--no-new-privs", "--"]
 
 
 @dataclass(frozen=True)
@@ -134,7 +186,7 @@ async def _run_probe() -> SandboxProbe:
     if bwrap is None or tmp is None:
         return SandboxProbe(False, "bwrap (bubblewrap) is not installed")
     try:
-        argv = [*bwrap_argv(bwrap, Path(tmp)), "bash", "-c", "true"]
+        argv = [*bwrap_argv(bwrap, Path(tmp), tmp_bytes=1 << 20), "bash", "-c", "true"]
         with trio.move_on_after(10):
             done = await trio.run_process(
                 argv,
@@ -166,10 +218,6 @@ def _probe_setup() -> tuple[str | None, str | None]:
     return bwrap, tempfile.mkdtemp(prefix="agentd-probe-")
 
 
-def shell_argv(*, sandboxed: bool, bwrap: str | None, workspace: Path) -> list[str]:
-    """The command line of the persistent shell."""
-    bash = ["bash", "--noprofile", "--norc"]
-    if sandboxed:
-        assert bwrap is not None
-        return [*bwrap_argv(bwrap, workspace), *bash]
-    return [shutil.which("bash", path=DEFAULT_PATH) or "/bin/bash", *bash[1:]]
+# The per-task confinement built on the above; re-exported here, where it is expected (the
+# package's __init__ imports this module first, so the cycle resolves in this order).
+from .task_sandbox import HostLimits, TaskSandbox, host_limits  # noqa: E402

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import trio
@@ -14,7 +12,10 @@ from daemon.errors import PermanentError
 from .base import ASK_USER_TOOL, BASH_TOOL, EDIT_TOOL, ToolResult, ToolSettings
 from .bash import BashSession
 from .edit import Editor
-from .sandbox import SANDBOX_HOME, probe_sandbox, shell_argv, shell_env
+from .identity import own_and_measure
+from .task_sandbox import TaskSandbox
+
+_MB = 1_000_000
 
 
 class Toolbox:
@@ -24,13 +25,17 @@ class Toolbox:
     come back as ``ToolResult(is_error=True)``, never as exceptions. Exceptions are for the
     daemon: ``PermanentError`` when ``sandbox="required"`` and bubblewrap is unusable (no
     command can run, so the task should fail with that reason), ``trio.ClosedResourceError``
-    after ``aclose``. ``ask_user`` is answered by the agent loop, not here.
+    after ``aclose``; ``check_limits`` raises when the task went over a limit. ``ask_user`` is
+    answered by the agent loop, not here.
 
-    Use ``async with Toolbox(...)`` or call ``aclose`` so that the shell and its temporary home
-    are cleaned up.
+    ``sandbox``: the task's confinement, shared with its git (entered and exited by the
+    caller); without one the toolbox makes its own at the first bash command. Use
+    ``async with Toolbox(...)`` or call ``aclose`` so that the shell and what it left are
+    cleaned up.
     """
 
-    def __init__(self, workspace: Path, settings: ToolSettings = ToolSettings()) -> None:
+    def __init__(self, workspace: Path, settings: ToolSettings = ToolSettings(),
+                 sandbox: TaskSandbox | None = None) -> None:
         given = os.path.abspath(workspace)
         self.workspace = Path(os.path.realpath(given))
         self.settings = settings
@@ -41,8 +46,12 @@ class Toolbox:
         )
         self._bash: BashSession | None = None
         self._bash_lock = trio.Lock()  # one command at a time in the one shell
-        self._home: str | None = None  # temporary HOME of an unsandboxed shell
-        self._sandboxed: bool | None = None
+        # The task's confinement: the caller's (entered and exited by it), else our own,
+        # entered at the first bash command and exited by ``aclose``.
+        self._sandbox = sandbox
+        self._own_sandbox = sandbox is None
+        self._entered = sandbox is not None
+        self._wrote = False  # a call since the last check may have grown the workspace
         self._closed = False
 
     async def __aenter__(self) -> Toolbox:
@@ -54,7 +63,7 @@ class Toolbox:
     @property
     def sandboxed(self) -> bool | None:
         """Whether the shell runs under bubblewrap; None until the first bash command."""
-        return self._sandboxed
+        return self._sandbox.sandboxed if self._entered and self._sandbox is not None else None
 
     async def run(self, name: str, input: dict) -> ToolResult:
         """Run one tool call and return what goes back to the model.
@@ -68,8 +77,10 @@ class Toolbox:
         if not isinstance(input, dict):
             return ToolResult(f"the input of {name} must be a JSON object", is_error=True)
         if name == BASH_TOOL:
+            self._wrote = True
             return await self._run_bash(input)
         if name == EDIT_TOOL:
+            self._wrote = self._wrote or input.get("command") != "view"
             return await self._editor.run(input)
         if name == ASK_USER_TOOL:
             return ToolResult(
@@ -82,21 +93,55 @@ class Toolbox:
             is_error=True,
         )
 
+    async def check_limits(self, quota_bytes: int | None = None) -> None:
+        """Raise ``PermanentError`` when the task went over a limit; call it after each call.
+
+        Codes: ``pids_limit`` (its processes reached ``max_processes``), ``tmp_full`` (the
+        sandbox's ``/tmp`` is full), ``quota_exceeded`` (the workspace holds more than
+        ``quota_bytes``; measured after every call that may have written, including any bash
+        call, since background processes go on writing). Nothing is removed: the messages say
+        the workspace is kept. Measuring also gives the sandbox's uid what the editor wrote.
+
+        Cancellation: the /proc scan and the workspace walk (worker threads) complete first.
+        """
+        if self._entered and self._sandbox is not None:
+            pid = self._bash.pid if self._bash is not None else None
+            hit = await self._sandbox.limit_reached(pid)
+            if hit is not None:
+                raise hit
+        if not (self._wrote or self._bash is not None):
+            return
+        self._wrote = False
+        if self._entered and self._sandbox is not None:
+            size = await self._sandbox.workspace_usage()
+        else:
+            size = await trio.to_thread.run_sync(own_and_measure, self.workspace, None)
+        if quota_bytes is not None and size > quota_bytes:
+            raise PermanentError(
+                f"workspace quota exceeded: {size / _MB:.1f} MB > {quota_bytes / _MB:.1f} MB "
+                "(workspace_quota_mb); the task was stopped and the workspace is kept as it is, "
+                "nothing was removed", code="quota_exceeded")
+
     async def aclose(self) -> None:
-        """Kill the shell's process group and remove its temporary home. Idempotent.
+        """Kill the shell's process group and, when the toolbox made its own sandbox, leave it
+        (its leftover processes killed, its temporary home removed). Idempotent.
 
         Cancellation: shielded, so that the cleanup of a cancelled task still kills the shell
-        and removes its home (in a worker thread that is waited for).
+        and releases the sandbox (in worker threads that are waited for).
         """
         self._closed = True
         with trio.CancelScope(shield=True):
             async with self._bash_lock:
                 if self._bash is not None:
+                    if self._sandbox is not None:
+                        # The last look at a running sandbox (a fork bomb left in the
+                        # background, a full /tmp), kept for ``limit_reached``.
+                        await self._sandbox.limit_reached(self._bash.pid, quick=True)
                     await self._bash.kill()
                     self._bash = None
-            if self._home is not None:
-                home, self._home = self._home, None
-                await trio.to_thread.run_sync(shutil.rmtree, home, True)
+            if self._own_sandbox and self._entered and self._sandbox is not None:
+                self._entered = False
+                await self._sandbox.__aexit__(None, None, None)
 
     async def _run_bash(self, input: dict) -> ToolResult:
         command = input.get("command")
@@ -131,32 +176,12 @@ class Toolbox:
     async def _session(self) -> BashSession:
         if self._bash is not None:
             return self._bash
-        mode = self.settings.sandbox
-        sandboxed, bwrap = False, None
-        if mode != "off":
-            probe = await probe_sandbox()
-            if probe.usable:
-                sandboxed, bwrap = True, probe.bwrap
-            elif mode == "required":
-                raise PermanentError(
-                    "commands must run in the bubblewrap sandbox (sandbox = \"required\") but it "
-                    f"is not usable on this host: {probe.reason}. Install bubblewrap, allow "
-                    "unprivileged user namespaces, or set sandbox to \"auto\" or \"off\".",
-                    code="sandbox_unavailable",
-                )
-        if sandboxed:
-            home = SANDBOX_HOME
-        else:
-            if self._home is None:
-                # Outside the workspace so that caches and dotfiles never end up in the diff.
-                self._home = await trio.to_thread.run_sync(
-                    lambda: tempfile.mkdtemp(prefix="agentd-home-")
-                )
-            home = self._home
-        self._sandboxed = sandboxed
-        self._bash = BashSession(
-            shell_argv(sandboxed=sandboxed, bwrap=bwrap, workspace=self.workspace),
-            cwd=self.workspace,
-            env=shell_env(home),
-        )
+        if not self._entered:
+            self._sandbox = TaskSandbox(self.workspace, self.settings)
+            await self._sandbox.__aenter__()
+            self._entered = True
+        assert self._sandbox is not None
+        argv, options = self._sandbox.command(["bash", "--noprofile", "--norc"])
+        self._bash = BashSession(argv, cwd=options["cwd"], env=options["env"],
+                                 before_kill=self._sandbox.limit_reached)
         return self._bash

@@ -1,0 +1,71 @@
+"""Processes under /proc: the tree below a process, and a sandbox seen from outside (its own
+/proc and /tmp through its pid 1's root). Blocking reads: call from a worker thread (or where a
+short /proc read is acceptable)."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["descendants", "first_child", "proc_stat", "sandbox_processes", "tmp_full"]
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of a process from /proc, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name is in parentheses and may itself contain spaces and parentheses.
+    fields = data[data.rfind(b")") + 2 :].split()
+    return fields[0].decode(), int(fields[1])
+
+
+def descendants(root: int) -> list[int]:
+    """Every live descendant of ``root`` (Linux /proc; empty elsewhere)."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    children: dict[int, list[int]] = {}
+    for name in names:
+        if name.isdigit():
+            stat = proc_stat(int(name))
+            if stat is not None:
+                children.setdefault(stat[1], []).append(int(name))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def first_child(pid: int) -> int | None:
+    """The first child of ``pid`` (for a bwrap: pid 1 of its sandbox), None if it has none."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = f.read().split()
+    except OSError:  # gone, or a kernel without CONFIG_PROC_CHILDREN
+        children = [str(p) for p in descendants(pid)[:1]]
+    return int(children[0]) if children else None
+
+
+def sandbox_processes(inner: int) -> int:
+    """Processes in the sandbox whose pid 1 is ``inner`` (itself not counted), from the
+    sandbox's own /proc: a few entries, not the host's thousands."""
+    try:
+        return sum(name.isdigit() for name in os.listdir(f"/proc/{inner}/root/proc")) - 1
+    except OSError:
+        return 0
+
+
+def tmp_full(inner: int) -> bool:
+    """Whether the /tmp of the sandbox whose pid 1 is ``inner`` is (nearly) full."""
+    try:
+        st = os.statvfs(f"/proc/{inner}/root/tmp")
+    except OSError:
+        return False
+    total = st.f_blocks * st.f_frsize
+    return total > 0 and st.f_bavail * st.f_frsize < max(4 * st.f_frsize, total // 100)

@@ -1,0 +1,374 @@
+"""``TaskSandbox``: one task's confinement (sandbox, identity, limits) for its tools and its git.
+
+The pieces: bubblewrap (``sandbox.py``), a uid of the task's own when the daemon is root
+(``identity.py``), limits from a delegated cgroup v2 or rlimits (``limits.py``). What runs as
+whom, and which limit holds where, is said in those modules and in the README.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from daemon.errors import PermanentError, TransientError
+
+from .base import ToolSettings
+from .identity import Slot, claim_slot, count_tasks, own_and_measure, sweep_uid
+from .limits import Cgroup2, TaskCgroup, cgroup_wrapper, find_cgroup, rlimit_prefix, tool_paths
+from .procs import descendants, first_child, sandbox_processes, tmp_full
+from .sandbox import SANDBOX_HOME, bwrap_argv, probe_sandbox, setpriv_argv, shell_env
+
+__all__ = ["HostLimits", "TaskSandbox", "host_limits"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostLimits:
+    """What this host offers for limits and identity; probed once per process."""
+
+    cgroup: Cgroup2 | None
+    cgroup_reason: str
+    prlimit: str | None
+    setpriv: str | None
+    sh: str | None
+    root: bool
+
+
+_host: HostLimits | None = None
+# Whether bwrap + setpriv to a task uid works here: None until the first task that wants it.
+_identity: tuple[bool, str] | None = None
+_described = False
+
+
+async def host_limits() -> HostLimits:
+    """This host's cgroup v2 delegation and tools, probed once (in a worker thread)."""
+    global _host
+    if _host is None:
+        _host = await trio.to_thread.run_sync(_probe_host)
+    return _host
+
+
+def _probe_host() -> HostLimits:
+    cgroup, reason = find_cgroup()
+    paths = tool_paths()
+    return HostLimits(cgroup, reason, paths["prlimit"], paths["setpriv"], paths["sh"],
+                      os.geteuid() == 0)
+
+
+class TaskSandbox:
+    """One task's confinement: sandbox, identity and limits, for its tools and its git.
+
+    ``async with TaskSandbox(workspace, settings) as box``: on entry bubblewrap is probed
+    (``PermanentError`` ``sandbox_unavailable`` when ``sandbox="required"`` and it is not
+    usable), a uid is claimed when the daemon is root (``TransientError`` ``sandbox_busy``
+    when the range is exhausted) and the workspace given to it, and the task's cgroup made
+    where cgroup v2 is delegated. ``box.command(argv)`` then says how to start any process of
+    the task. On exit every process left of that uid or cgroup is killed and the uid released.
+
+    Attributes: ``sandboxed`` (bubblewrap in use), ``owner`` ((uid, gid) the processes run as,
+    None: the daemon's own), ``workspace`` (its real path, once entered).
+
+    Cancellation: entry and exit run their blocking parts in worker threads; a cancelled entry
+    undoes what it did, exit is shielded.
+    """
+
+    def __init__(self, workspace: Path, settings: ToolSettings = ToolSettings()) -> None:
+        # Resolved to its real path on entry (a file system call: in a worker thread).
+        self.workspace = Path(os.path.abspath(workspace))
+        self.settings = settings
+        self.sandboxed = False
+        self.owner: tuple[int, int] | None = None
+        self._bwrap: str | None = None
+        self._host: HostLimits | None = None
+        self._slot: Slot | None = None
+        self._etc: str | None = None  # root-only dir with the sandbox's passwd and group
+        self._home: str | None = None  # HOME of unsandboxed commands, outside the workspace
+        self._cgroup: TaskCgroup | None = None
+        self._nproc: int | None = None
+        self._hit: PermanentError | None = None
+        self._ran = False  # command() was called: there may be processes to sweep at exit
+
+    async def __aenter__(self) -> TaskSandbox:
+        try:
+            await self._setup()
+        except BaseException:
+            await self._teardown()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._teardown()
+
+    def command(self, argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+        """The full command line for ``argv`` and the keyword options to start it with
+        (``trio.run_process``/``open_process``: ``env`` and ``cwd``).
+
+        Under bubblewrap: the limits' prefix, bwrap with the workspace bound read-write at its
+        own path (the working directory) and, with an ``owner``, the switch to it. Without
+        bubblewrap (``sandbox="off"``, or ``auto`` where it is unusable) ``argv`` runs
+        unconfined but still with the minimal environment and the limits.
+        """
+        host = self._host
+        if host is None:
+            raise RuntimeError("TaskSandbox.command() outside `async with`")
+        self._ran = True
+        s = self.settings
+        prefix: list[str] = []
+        if self._cgroup is not None and host.sh is not None:
+            prefix += cgroup_wrapper(host.sh, self._cgroup.path)
+        if host.prlimit is not None:
+            nproc = s.max_processes if self.owner is not None else self._nproc
+            prefix += rlimit_prefix(host.prlimit, s, nproc=nproc, memory=self._cgroup is None)
+        if not self.sandboxed:
+            return [*prefix, *argv], {"env": shell_env(self._home or "/"), "cwd": self.workspace}
+        assert self._bwrap is not None
+        etc = Path(self._etc) if self._etc is not None and self.owner is not None else None
+        full = [*prefix, *bwrap_argv(self._bwrap, self.workspace, tmp_bytes=s.tmp_bytes,
+                                     owner=self.owner, etc_dir=etc)]
+        if self.owner is not None:
+            assert host.setpriv is not None
+            full += setpriv_argv(host.setpriv, self.owner)
+        return [*full, *argv], {"env": shell_env(SANDBOX_HOME), "cwd": self.workspace}
+
+    async def limit_reached(self, pid: int | None = None, *,
+                            quick: bool = False) -> PermanentError | None:
+        """The error to fail the task with when it hit its process limit (``pids_limit``) or
+        filled its ``/tmp`` (``tmp_full``, seen only while ``pid``, a bwrap this sandbox
+        started, still runs); None otherwise. Once hit, always hit.
+
+        Without a delegated cgroup the process count is looked at for up to 0.25 s, or 3 s
+        while half the limit is in use (``_pids_hit``); ``quick``: never more than 0.25 s.
+
+        Cancellation: the check (a small /proc scan in a worker thread) completes first.
+        """
+        if self._hit is None and self._host is not None:
+            self._hit = await trio.to_thread.run_sync(self._check, pid, quick)
+        return self._hit
+
+    async def workspace_usage(self) -> int:
+        """Bytes the workspace holds; with an ``owner``, files the daemon wrote there (the
+        editor's) are given to it on the way. Cancellation: the walk completes first."""
+        return await trio.to_thread.run_sync(own_and_measure, self.workspace, self.owner)
+
+    async def _setup(self) -> None:
+        s = self.settings
+        self.workspace = Path(await trio.to_thread.run_sync(os.path.realpath, self.workspace))
+        if s.sandbox != "off":
+            probe = await probe_sandbox()
+            if probe.usable:
+                self.sandboxed, self._bwrap = True, probe.bwrap
+            elif s.sandbox == "required":
+                raise PermanentError(
+                    "commands must run in the bubblewrap sandbox (sandbox = \"required\") but it "
+                    f"is not usable on this host: {probe.reason}. Install bubblewrap, allow "
+                    "unprivileged user namespaces, or set sandbox to \"auto\" or \"off\".",
+                    code="sandbox_unavailable",
+                )
+        self._host = host = await host_limits()
+        if self.sandboxed and host.root and host.setpriv is not None and s.uid_count > 0:
+            await self._claim_identity()
+        if host.cgroup is not None and host.sh is not None:
+            self._cgroup = await trio.to_thread.run_sync(_new_cgroup, host.cgroup, s)
+        elif self.owner is None and not host.root:
+            # NPROC as the daemon's user counts all its processes: allow this many more.
+            self._nproc = s.max_processes + await trio.to_thread.run_sync(count_tasks, os.getuid())
+        if not self.sandboxed:
+            self._home = await trio.to_thread.run_sync(
+                lambda: tempfile.mkdtemp(prefix="agentd-home-"))
+        _describe_once(self)
+
+    async def _claim_identity(self) -> None:
+        global _identity
+        s = self.settings
+        if _identity is not None and not _identity[0]:
+            return
+        slot = await trio.to_thread.run_sync(claim_slot, s.uid_base, s.uid_count)
+        if slot is None:
+            raise TransientError(
+                f"every sandbox uid ({s.uid_base}..{s.uid_base + s.uid_count - 1}) is in use; "
+                "the task is tried again later (raise sandbox_uid_count to run more at once)",
+                code="sandbox_busy")
+        self._slot = slot
+        owner = (slot.uid, slot.gid)
+        self._etc = await trio.to_thread.run_sync(_write_etc, owner)
+        if _identity is None:
+            _identity = await self._try_identity(owner)
+            if not _identity[0]:
+                log.warning("sandbox identity unavailable, commands run as the daemon's user: %s",
+                            _identity[1])
+                self._slot = None
+                slot.release()
+                return
+        await trio.to_thread.run_sync(own_and_measure, self.workspace, owner)
+        self.owner = owner
+
+    async def _try_identity(self, owner: tuple[int, int]) -> tuple[bool, str]:
+        """Whether a command runs the way tasks will, as ``owner``, and its file is owner's."""
+        scratch = await trio.to_thread.run_sync(_scratch_for, owner)
+        try:
+            assert self._bwrap is not None and self._host is not None
+            assert self._host.setpriv is not None and self._etc is not None
+            argv = [*bwrap_argv(self._bwrap, Path(scratch), tmp_bytes=1 << 20, owner=owner,
+                                etc_dir=Path(self._etc)),
+                    *setpriv_argv(self._host.setpriv, owner), "bash", "-c", "touch ok"]
+            with trio.move_on_after(10):
+                done = await trio.run_process(argv, check=False, capture_stdout=True,
+                                              capture_stderr=True, stdin=subprocess.DEVNULL,
+                                              env=shell_env(SANDBOX_HOME), cwd=scratch)
+                made = await trio.to_thread.run_sync(os.lstat, os.path.join(scratch, "ok"))
+                if done.returncode == 0 and made.st_uid == owner[0]:
+                    return True, f"uid {owner[0]}"
+                err = done.stderr.decode("utf-8", errors="replace").strip()
+                return False, f"bwrap + setpriv failed (exit {done.returncode}): {err or '-'}"
+            return False, "bwrap + setpriv did not finish within 10 s"
+        except OSError as exc:
+            return False, f"bwrap + setpriv failed: {exc}"
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(shutil.rmtree, scratch, True)
+
+    async def _teardown(self) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._release)
+
+    def _release(self) -> None:
+        cgroup, self._cgroup = self._cgroup, None
+        if cgroup is not None:
+            cgroup.kill()
+            cgroup.remove()
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            if self.owner is not None and self._ran:
+                sweep_uid(slot.uid)
+            slot.release()
+        for attr in ("_etc", "_home"):
+            path = getattr(self, attr)
+            setattr(self, attr, None)
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _check(self, pid: int | None, quick: bool) -> PermanentError | None:
+        s = self.settings
+        # bwrap's child: pid 1 of the sandbox, in its mount and pid namespaces.
+        inner = first_child(pid) if pid is not None and self.sandboxed else None
+        if self._pids_hit(pid, inner, quick):
+            return PermanentError(
+                f"the task's processes reached their limit ({s.max_processes}, "
+                "sandbox_max_processes), a fork bomb or a build that needs more: the task was "
+                "stopped and its processes killed; the workspace is kept as it is",
+                code="pids_limit")
+        if inner is not None and tmp_full(inner):
+            return PermanentError(
+                f"the sandbox's /tmp is full ({s.tmp_bytes // (1024 * 1024)} MB, sandbox_tmp_mb): "
+                "the task was stopped and its processes killed (/tmp goes with them); the "
+                "workspace is kept as it is", code="tmp_full")
+        return None
+
+    def _pids_hit(self, pid: int | None, inner: int | None, quick: bool) -> bool:
+        if self._cgroup is not None:
+            return self._cgroup.pids_limit_hit()
+        if pid is None:
+            return False  # nothing of the task is running to count
+        limit = self.settings.max_processes
+        near = limit - max(2, limit // 8)
+        # No counter says that RLIMIT_NPROC refused a fork: count the sandbox's processes.
+        # A fork bomb reaches the limit within ~100 ms of its start; later its count waves
+        # (bash sleeps 1, 2, 4, 8 s before retrying a failed fork, and processes exit
+        # meanwhile). So look again, 20 ms apart, while anything beyond the shell runs: for a
+        # quarter second, or for a few seconds while at least half the limit is in use.
+        start = time.monotonic()
+        quiet = 0
+        while True:
+            if inner is not None:
+                count = sandbox_processes(inner)
+            elif self.owner is not None:
+                count = count_tasks(self.owner[0])
+            else:
+                count = len(descendants(pid))
+            if count >= near:
+                return True
+            quiet = quiet + 1 if count <= _QUIET else 0
+            window = _LONG_LOOK_S if count >= limit // 2 and not quick else _SHORT_LOOK_S
+            if quiet >= 2 or time.monotonic() - start >= window:
+                return False
+            time.sleep(0.02)
+
+
+_cgroup_names = itertools.count(1)
+# Processes of a sandbox with nothing running but its shell (and a command ending).
+_QUIET = 2
+# How long a limit check looks at a sandbox's process count (see ``_pids_hit``).
+_SHORT_LOOK_S = 0.25
+_LONG_LOOK_S = 3.0
+
+
+def _new_cgroup(parent: Cgroup2, settings: ToolSettings) -> TaskCgroup:
+    while True:
+        try:
+            return TaskCgroup(parent, f"sandbox-{os.getpid()}-{next(_cgroup_names)}", settings)
+        except FileExistsError:
+            continue
+
+
+def _write_etc(owner: tuple[int, int]) -> str:
+    """A root-only directory with the host's passwd and group plus a line naming ``owner``
+    (programs that look their user up, ssh or Python's getpass, then find one)."""
+    uid, gid = owner
+    path = tempfile.mkdtemp(prefix="agentd-etc-")
+    for name, line in (("passwd", f"agentd-sandbox:x:{uid}:{gid}:agentd sandbox:{SANDBOX_HOME}:"
+                                  "/bin/bash\n"),
+                       ("group", f"agentd-sandbox:x:{gid}:\n")):
+        try:
+            with open(os.path.join("/etc", name)) as f:
+                host = f.read()
+        except OSError:
+            host = ""
+        with open(os.path.join(path, name), "w") as f:
+            f.write(host + ("" if host.endswith("\n") or not host else "\n") + line)
+        os.chmod(os.path.join(path, name), 0o644)
+    return path
+
+
+def _scratch_for(owner: tuple[int, int]) -> str:
+    path = tempfile.mkdtemp(prefix="agentd-probe-")
+    os.chown(path, *owner)
+    return path
+
+
+def _describe_once(box: TaskSandbox) -> None:
+    """Log, once per process, which sandbox, identity and limits are in force."""
+    global _described
+    if _described:
+        return
+    _described = True
+    host = box._host
+    assert host is not None
+    sandbox = "bubblewrap" if box.sandboxed else "none (commands run unconfined)"
+    if box.owner is not None:
+        who = f"a uid of its own per task (from {box.settings.uid_base})"
+    else:
+        who = f"the daemon's user (uid {os.getuid()})"
+    if host.cgroup is not None:
+        limits = f"{host.cgroup_reason} (pids, memory per task) + rlimits (cpu, file size)"
+    elif host.prlimit is None:
+        limits = "none: prlimit (util-linux) is not installed"
+    elif box.owner is not None:
+        limits = f"rlimits, processes per task uid ({host.cgroup_reason})"
+    elif host.root:
+        limits = (f"rlimits without a process limit (RLIMIT_NPROC does not count root's "
+                  f"processes; tasks get no uid of their own) ({host.cgroup_reason})")
+    else:
+        limits = (f"rlimits, processes counted for the daemon's whole user "
+                  f"({host.cgroup_reason})")
+    log.info("tool sandbox: %s; commands run as %s; limits: %s", sandbox, who, limits)

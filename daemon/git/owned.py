@@ -1,0 +1,138 @@
+"""The repository agentd owns for each task: what is pushed, and what is counted, comes from here.
+
+Layout under the workspace root: ``.owned/<task-id>/repo.git``, a bare repository copied from
+the fresh clone before the agent ever saw it, with a config agentd wrote; and
+``.owned/<task-id>/state.json``, the task's workspace record (branch, base, remote, the commit
+last pushed). Neither is in the workspace, so neither is visible in the sandbox or writable by
+the agent. The agent's commits arrive as a bundle (``export.py``), checked object by object as
+they are fetched; the push, with the user's token, goes from here to the task's own remote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import trio
+
+from daemon.errors import AgentdError, PermanentError
+from daemon.git.disk import OWNED_DIR
+from daemon.git.addresses import ResolvedRemote
+from daemon.git.process import GitAuth, run_git
+from daemon.git.remote import Remote
+
+__all__ = ["OWNED_DIR", "fetch_bundle", "make_owned", "numstat", "owned_path", "push_branch",
+           "read_state", "write_state"]
+
+LOCAL_TIMEOUT = 120.0
+_STATE = "state.json"
+_REPO = "repo.git"
+_SECTION = re.compile(r"^\s*\[")
+
+
+def owned_path(root: Path, task_id: str) -> Path:
+    """Where the task's owned repository and record live."""
+    return Path(root) / OWNED_DIR / task_id
+
+
+def repo_of(owned: Path) -> Path:
+    return owned / _REPO
+
+
+async def make_owned(clone: Path, owned: Path) -> None:
+    """Copy the fresh clone at ``clone`` (not yet seen by the agent) into ``owned``'s bare
+    repository, with a config of agentd's own. Cancellation: git is killed; the caller removes
+    the half-made directory."""
+    repo = repo_of(owned)
+    await run_git(["clone", "--bare", "--no-hardlinks", "--quiet", "--", str(clone), str(repo)],
+                  timeout=LOCAL_TIMEOUT, op="clone", allow_local=True)
+    await trio.to_thread.run_sync(_keep_core_config, repo / "config")
+
+
+def _keep_core_config(config: Path) -> None:
+    # Only the [core] section git wrote stays: no remote, nothing that names a path or program.
+    kept: list[str] = []
+    section = ""
+    for line in config.read_text().splitlines():
+        if _SECTION.match(line):
+            section = line.strip().lower()
+        if section == "[core]":
+            kept.append(line)
+    config.write_text("\n".join(kept) + "\n")
+
+
+async def fetch_bundle(owned: Path, bundle: Path, branch: str) -> str:
+    """Fetch ``branch`` from ``bundle`` into the owned repository (every object checked) and
+    return its commit. Raises PermanentError (``workspace_bundle``) when the bundle is not a
+    valid bundle of that branch on top of the base."""
+    repo = repo_of(owned)
+    ref = f"refs/heads/{branch}"
+    try:
+        await run_git(["-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags",
+                       "--no-write-fetch-head", "--", str(bundle), f"+{ref}:{ref}"],
+                      cwd=repo, timeout=LOCAL_TIMEOUT, op="fetch", allow_local=True)
+        done = await run_git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+                             cwd=repo, timeout=LOCAL_TIMEOUT)
+    except AgentdError as e:
+        raise PermanentError(f"the commits made in the workspace could not be taken: {e}",
+                             code="workspace_bundle") from None
+    return done.stdout.decode().strip()
+
+
+async def push_branch(owned: Path, remote: Remote, branch: str, auth: GitAuth,
+                      timeout: float, pin: ResolvedRemote) -> None:
+    """Push ``branch`` from the owned repository to ``remote``'s URL (never a configured one),
+    held to the addresses in ``pin``. Cancellation: git and its helpers are killed."""
+    ref = f"refs/heads/{branch}"
+    await run_git(["push", "--quiet", "--no-verify", "--", remote.url, f"{ref}:{ref}"],
+                  cwd=repo_of(owned), remote=remote, auth=auth, op="push", timeout=timeout,
+                  pin=pin)
+
+
+async def numstat(owned: Path, base: str, head: str) -> tuple[list[str], int, int]:
+    """Files changed, lines added and removed from ``base`` to ``head``, read in the owned
+    repository (no external diff, no textconv: only agentd's config counts there)."""
+    done = await run_git(["diff", "--numstat", "-z", "--no-renames", "--no-ext-diff",
+                          "--no-textconv", base, head, "--"],
+                         cwd=repo_of(owned), timeout=LOCAL_TIMEOUT)
+    return _parse_numstat(done.stdout)
+
+
+def _parse_numstat(out: bytes) -> tuple[list[str], int, int]:
+    files: list[str] = []
+    added = removed = 0
+    for record in out.decode(errors="replace").split("\0"):
+        if not record:
+            continue
+        plus, minus, name = record.split("\t", 2)
+        files.append(name)
+        # Binary files show "-" for both counts.
+        added += int(plus) if plus.isdigit() else 0
+        removed += int(minus) if minus.isdigit() else 0
+    return files, added, removed
+
+
+def read_state(owned: Path) -> dict | None:
+    """The task's workspace record, or None when there is none (not prepared, or half-made).
+    A record that is not a JSON object is refused (PermanentError), never silently replaced."""
+    try:
+        text = (owned / _STATE).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise PermanentError(f"workspace {owned.name} has a damaged record ({_STATE}); "
+                             "refusing to use or replace it", code="workspace_marker")
+    return meta
+
+
+def write_state(owned: Path, meta: dict) -> None:
+    """Replace the record atomically."""
+    tmp = owned / f"{_STATE}.tmp"
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, owned / _STATE)

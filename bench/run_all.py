@@ -55,11 +55,11 @@ SIZES = {
     "full": {"jobs": 1000, "concurrency": 10, "latency_jobs": 500, "rate": 100, "durable_tasks": 500,
              "dbos_workflows": 200, "events": 100_000, "writers": 500, "single_events": 20_000,
              "restart_tasks": 10_000, "restart_events": 1_000_000, "repeats": 3, "rounds": 3,
-             "pg_nodes": "1,2,3"},
+             "pg_nodes": "1,2,3", "deliveries": 50},
     "quick": {"jobs": 200, "concurrency": 10, "latency_jobs": 100, "rate": 100, "durable_tasks": 100,
               "dbos_workflows": 30, "events": 10_000, "writers": 200, "single_events": 2_000,
               "restart_tasks": 1_000, "restart_events": 100_000, "repeats": 1, "rounds": 1,
-              "pg_nodes": "1,2,3"},
+              "pg_nodes": "1,2,3", "deliveries": 10},
 }
 STEP_TIMEOUT_S = 600
 
@@ -301,6 +301,32 @@ def restart_suite(size: dict[str, Any]) -> list[Row]:
     ]
 
 
+def delivery_suite(size: dict[str, Any]) -> list[Row]:
+    """One task's delivery with git in the sandbox against the host git it replaced.
+
+    One run, not best-of: ``delivery_cost.py`` interleaves the two itself, one for one, and the
+    row's figure is their difference, which a best-of per side would not keep.
+    """
+    n = size["deliveries"]
+    title = (f"One task's delivery (a fresh clone, 2 files edited, pushed to a local bare repo): "
+             f"p50 / p99 of {n}, git in the sandbox (`TaskSandbox` entered and left) vs the host "
+             f"git before issue 18 (reference; interleaved one for one)")
+    result = run_step("delivery cost", py("delivery_cost.py", "--deliveries", n))
+    if not result:
+        return [Row(title, "failed", target="+≤ 50 ms")]
+    new, old, diff = result["sandboxed"], result["host_git"], result["difference"]
+    total, cpu = new["total"], result["cpu_ms"]
+    return [Row(
+        title,
+        f"{total['p50_ms']:.1f} / {total['p99_ms']:.1f} ms ({diff['p50_ms']:+.1f} / "
+        f"{diff['p99_ms']:+.1f} ms; commit_and_push {new['commit_and_push']['p50_ms']:.1f}, "
+        f"sandbox entry + exit {new['enter']['p50_ms'] + new['exit']['p50_ms']:.1f}; "
+        f"{cpu['sandboxed']:.0f} ms CPU)",
+        f"{old['p50_ms']:.1f} / {old['p99_ms']:.1f} ms ({cpu['host_git']:.0f} ms CPU; host git)",
+        old["p50_ms"] / total["p50_ms"] if total["p50_ms"] else None,
+        "+≤ 50 ms", diff["p50_ms"] <= 50)]
+
+
 def pg_suite(size: dict[str, Any]) -> list[Row]:
     """Queue on PostgreSQL: agentd on 1, 2, 3 node processes vs pgqueuer, SQLite's figure beside.
 
@@ -368,7 +394,7 @@ def pg_suite(size: dict[str, Any]) -> list[Row]:
 SUITES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "queue": queue_suite, "durable": durable_suite, "appends": appends_suite, "restart": restart_suite,
     "ws": lambda size: ws_suite(size, Row=Row, run_step=run_step, py=py),  # bench/ws_rows.py
-    "pg": pg_suite,
+    "delivery": delivery_suite, "pg": pg_suite,
 }
 NEEDS_PEERS = {"queue", "durable", "ws", "pg"}
 

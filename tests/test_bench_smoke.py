@@ -60,6 +60,19 @@ def test_event_appends_compare_group_commit_with_one_commit_per_event(monkeypatc
     assert "5 events per call" in batched_row.name
 
 
+def test_delivery_cost_times_both_ways_and_makes_its_row(monkeypatch):
+    result = run_bench("delivery_cost.py", "--deliveries", 2, "--files", 2)
+    new, old = result["sandboxed"], result["host_git"]
+    assert result["deliveries"] == 2 and new["total"]["p99_ms"] >= new["total"]["p50_ms"] > 0
+    assert set(new) == {"total", "enter", "commit_and_push", "exit"} and old["p50_ms"] > 0
+    difference = new["total"]["p50_ms"] - old["p50_ms"]
+    assert result["difference"]["p50_ms"] == pytest.approx(difference, abs=0.02)
+    monkeypatch.setattr(run_all, "run_step", lambda label, argv: result)
+    (row,) = run_all.delivery_suite({"deliveries": 2})
+    assert row.target == "+≤ 50 ms" and row.met == (result["difference"]["p50_ms"] <= 50)
+    assert f"{new['total']['p50_ms']:.1f} / " in row.agentd and "host git" in row.peer
+
+
 @pytest.mark.slow
 def test_restart_ready_builds_the_db_and_times_both_starts():
     result = run_bench("restart_ready.py", "--tasks", 20, "--events", 400, "--repeats", 1)

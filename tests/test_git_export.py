@@ -193,3 +193,13 @@ async def test_a_host_git_refuses_a_workspace_the_sandbox_owns(tmp_path, bare):
         done = subprocess.run(["git", "-C", str(ws.path), "status"], capture_output=True,
                               text=True, env={"PATH": os.defpath, "HOME": str(tmp_path)})
     assert done.returncode != 0 and "dubious ownership" in done.stderr
+
+
+async def test_the_owned_repository_is_a_bare_copy_with_agentds_config(tmp_path, bare):
+    ws = await prepare(tmp_path, bare)
+    repo = ws.owned / "repo.git"
+    config = (repo / "config").read_text()
+    assert "bare = true" in config and "remote" not in config and "branch" not in config
+    assert not (repo / "hooks").exists() and not (repo / "index").exists()
+    assert git_out(repo, "rev-parse", f"refs/heads/{ws.branch}") == ws.base_commit
+    assert (repo / "shallow").read_text().strip() == ws.base_commit

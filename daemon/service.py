@@ -21,6 +21,7 @@ from quart_trio import QuartTrio
 
 from .agent.factory import build_runner
 from .agent.loop import AgentRunner
+from .agent.tools.task_sandbox import describe_sandbox
 from .config import Settings
 from .control_handlers import make_handlers
 from .control_server import ControlServer
@@ -130,6 +131,8 @@ class Daemon:
                 self.phase = "serving"
                 if isinstance(runner, AgentRunner):
                     services.start_soon(self._warm_up, runner)
+                    services.start_soon(describe_sandbox, runner.settings.tools,
+                                        runner.settings.workspace_root)
                 log.info("agentd serving on %s", ", ".join(self.http_urls))
                 self.notifier.notify(f"READY=1\nSTATUS=serving on {', '.join(self.http_urls)}")
                 task_status.started(self.http_urls)

@@ -231,3 +231,18 @@ async def test_the_mechanism_is_logged_once(workspace, monkeypatch, caplog):
     assert len(lines) == 1
     assert "bubblewrap" in lines[0] and "limits: " in lines[0]
     assert ("cgroup v2" in lines[0]) or ("rlimits" in lines[0])
+
+
+@pytest.mark.slow
+def test_agentd_serve_says_at_start_which_sandbox_and_limits_hold(tmp_path):
+    """The operator learns it from the log when the daemon starts, not at the first task."""
+    from .daemon_process import DaemonProcess
+
+    daemon = DaemonProcess(tmp_path / "data").start()
+    try:
+        assert daemon.wait_for_log("tool sandbox:")
+    finally:
+        assert daemon.stop() == 0
+    line = next(line for line in daemon.log if "tool sandbox:" in line)
+    assert "commands run as" in line and "limits:" in line
+    assert not any(p.name.startswith(".probe-") for p in (tmp_path / "data" / "workspaces").iterdir())

@@ -28,7 +28,7 @@ from .limits import Cgroup2, TaskCgroup, cgroup_wrapper, find_cgroup, rlimit_pre
 from .procs import descendants, first_child, sandbox_processes, tmp_full
 from .sandbox import SANDBOX_HOME, bwrap_argv, probe_sandbox, setpriv_argv, shell_env
 
-__all__ = ["HostLimits", "TaskSandbox", "host_limits"]
+__all__ = ["HostLimits", "TaskSandbox", "describe_sandbox", "host_limits"]
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +338,27 @@ def _write_etc(owner: tuple[int, int]) -> str:
             f.write(host + ("" if host.endswith("\n") or not host else "\n") + line)
         os.chmod(os.path.join(path, name), 0o644)
     return path
+
+
+async def describe_sandbox(settings: ToolSettings, scratch_root: Path) -> None:
+    """Find out now what confinement tasks get on this host, and log it (one line: sandbox,
+    identity, limits), as the first task would otherwise. ``agentd serve`` runs it in the
+    background once serving. A failure is logged, never raised (the first task meets it
+    again). Cancellation: the sandbox is left and the scratch workspace removed."""
+    path = await trio.to_thread.run_sync(_scratch_workspace, Path(scratch_root))
+    try:
+        async with TaskSandbox(path, settings):
+            pass
+    except Exception as exc:
+        log.warning("tool sandbox: %s", exc)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(shutil.rmtree, path, True)
+
+
+def _scratch_workspace(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".probe-", dir=root))  # '.': never taken for a task's
 
 
 def _scratch_for(owner: tuple[int, int]) -> str:

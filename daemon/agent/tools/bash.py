@@ -40,10 +40,12 @@ class BashSession:
     """
 
     def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str],
+                 pass_fds: tuple[int, ...] = (),
                  before_kill: Callable[[int], Awaitable[object]] | None = None) -> None:
         self._argv = argv
         self._cwd = cwd
         self._env = env
+        self._pass_fds = pass_fds
         # Called with the shell's pid before a timeout or an exit kills it: the last look at
         # the sandbox while it still exists (its /tmp, its processes).
         self._before_kill = before_kill
@@ -172,6 +174,7 @@ class BashSession:
             stderr=subprocess.STDOUT,
             cwd=self._cwd,
             env=self._env,
+            pass_fds=self._pass_fds,
             # Own session and process group: one killpg reaches every command and child.
             start_new_session=True,
         )

@@ -9,7 +9,8 @@ The sandbox (bubblewrap, ``bwrap``):
   ``setpriv`` switches to that uid inside, for good (no capabilities, not even in the bounding
   set, no groups, ``no_new_privs``): the uid must be the real one on the host, so that files
   are owned by it and ``RLIMIT_NPROC`` counts the task alone;
-- ``--die-with-parent``: the sandbox dies if the daemon dies;
+- ``--die-with-parent``: the sandbox dies with its parent, the lifeline shell that dies with
+  the daemon's process (``lifeline.py``: not with the worker thread that started it);
 - ``--cap-drop ALL``: bwrap keeps every capability when started by root unless told otherwise;
 - read-only binds of ``/usr``, the ``/bin``, ``/sbin``, ``/lib*`` symlinks or directories, and an
   allowlist of ``/etc`` entries (no ``shadow``, ``pip.conf``, ``npmrc``, ``ssh``...);

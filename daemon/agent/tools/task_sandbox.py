@@ -24,6 +24,7 @@ from daemon.errors import PermanentError, TransientError
 
 from .base import ToolSettings
 from .identity import Slot, claim_slot, count_tasks, own_and_measure, sweep_uid
+from .lifeline import lifeline_argv, lifeline_fd
 from .limits import Cgroup2, TaskCgroup, cgroup_wrapper, find_cgroup, rlimit_prefix, tool_paths
 from .procs import descendants, first_child, sandbox_processes, tmp_full
 from .sandbox import SANDBOX_HOME, bwrap_argv, probe_sandbox, setpriv_argv, shell_env
@@ -98,6 +99,7 @@ class TaskSandbox:
         self._nproc: int | None = None
         self._hit: PermanentError | None = None
         self._ran = False  # command() was called: there may be processes to sweep at exit
+        self._lifeline = False  # command() puts the lifeline shell in front of bwrap
 
     async def __aenter__(self) -> TaskSandbox:
         try:
@@ -112,7 +114,8 @@ class TaskSandbox:
 
     def command(self, argv: list[str]) -> tuple[list[str], dict[str, Any]]:
         """The full command line for ``argv`` and the keyword options to start it with
-        (``trio.run_process``/``open_process``: ``env`` and ``cwd``).
+        (``trio.run_process``/``open_process``: ``env``, ``cwd``, and ``pass_fds`` under
+        bubblewrap: the lifeline, ``lifeline.py``).
 
         Under bubblewrap: the limits' prefix, bwrap with the workspace bound read-write at its
         own path (the working directory) and, with an ``owner``, the switch to it. Without
@@ -139,7 +142,13 @@ class TaskSandbox:
         if self.owner is not None:
             assert host.setpriv is not None
             full += setpriv_argv(host.setpriv, self.owner)
-        return [*full, *argv], {"env": shell_env(SANDBOX_HOME), "cwd": self.workspace}
+        options: dict[str, Any] = {"env": shell_env(SANDBOX_HOME), "cwd": self.workspace}
+        full += argv
+        if (guarded := lifeline_argv(full)) is not None:  # dies with the daemon's process
+            full = guarded
+            options["pass_fds"] = (lifeline_fd(),)
+            self._lifeline = True
+        return full, options
 
     async def limit_reached(self, pid: int | None = None, *,
                             quick: bool = False) -> PermanentError | None:
@@ -260,8 +269,10 @@ class TaskSandbox:
 
     def _check(self, pid: int | None, quick: bool) -> PermanentError | None:
         s = self.settings
-        # bwrap's child: pid 1 of the sandbox, in its mount and pid namespaces.
-        inner = first_child(pid) if pid is not None and self.sandboxed else None
+        # bwrap's child: pid 1 of the sandbox, in its mount and pid namespaces. ``pid`` is the
+        # lifeline shell when there is one (bwrap is its first child), else bwrap itself.
+        bwrap = first_child(pid) if pid is not None and self._lifeline else pid
+        inner = first_child(bwrap) if bwrap is not None and self.sandboxed else None
         if self._pids_hit(pid, inner, quick):
             return PermanentError(
                 f"the task's processes reached their limit ({s.max_processes}, "

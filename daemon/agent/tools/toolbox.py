@@ -183,5 +183,6 @@ class Toolbox:
         assert self._sandbox is not None
         argv, options = self._sandbox.command(["bash", "--noprofile", "--norc"])
         self._bash = BashSession(argv, cwd=options["cwd"], env=options["env"],
+                                 pass_fds=options.get("pass_fds", ()),
                                  before_kill=self._sandbox.limit_reached)
         return self._bash

@@ -55,6 +55,7 @@ from daemon.agent.tools.task_sandbox import host_limits
 from daemon.config import Settings
 from daemon.errors import PermanentError
 from daemon.git import PushResult, Workspace, commit_and_push, prepare_workspace
+from daemon.git.owned import parse_numstat
 from daemon.git.process import GitAuth, run_git
 from tests.fakes.git_http import git_out, make_bare_repo
 
@@ -103,7 +104,7 @@ async def host_git_commit_and_push(ws: Workspace, message: str, *, token: str | 
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(write_marker, ws, head)
     numstat = await git("diff", "--numstat", "-z", "--no-renames", ws.base_commit, head)
-    files, added, removed = _parse_numstat(numstat.stdout)
+    files, added, removed = parse_numstat(numstat.stdout)
     return PushResult(branch=ws.branch, commit=head, files_changed=files,
                       lines_added=added, lines_removed=removed)
 
@@ -141,19 +142,6 @@ async def _check_push_config(ws: Workspace) -> None:
         if key and _UNSAFE_PUSH_CONFIG.match(key):
             raise PermanentError(f"the workspace's git config sets '{key}'",
                                  code="unsafe_git_config")
-
-
-def _parse_numstat(out: bytes) -> tuple[list[str], int, int]:
-    files: list[str] = []
-    added = removed = 0
-    for record in out.decode(errors="replace").split("\0"):
-        if not record:
-            continue
-        plus, minus, name = record.split("\t", 2)
-        files.append(name)
-        added += int(plus) if plus.isdigit() else 0
-        removed += int(minus) if minus.isdigit() else 0
-    return files, added, removed
 
 
 def _local_git(path: Path):

@@ -66,6 +66,44 @@ def serve() -> None:
 # -- the abuser -------------------------------------------------------------------------------
 
 
+def _add(stats: dict[str, int], delta: int) -> None:
+    stats["slow_open"] += delta
+
+
+async def hold_slowly(connect: Any, k: int, stop: Any, *, on_change: Any,
+                      silent_s: float = 60.0) -> None:
+    """Hold a connection open as long as the server lets it: silent (even ``k``) or trickling a
+    request head a byte a second (odd ``k``); when the server cuts it, connect again, as an
+    attacker would (after a 503, a tenth of a second later). Until the ``stop`` event.
+    ``on_change`` is told +1 when a connection is held, -1 when it is gone."""
+    import trio
+
+    while not stop.is_set():
+        try:
+            stream = await connect()
+        except OSError:
+            await trio.sleep(0.1)
+            continue
+        on_change(1)
+        answer = b""
+        async with stream:
+            try:
+                if k % 2:
+                    await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                while not stop.is_set():
+                    with trio.move_on_after(1.0 if k % 2 else silent_s):
+                        answer = await stream.receive_some(4096)
+                        if not answer or answer.startswith(b"HTTP/1.1 503"):
+                            break  # cut (or refused) by the server
+                    if k % 2:
+                        await stream.send_all(b"x")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        on_change(-1)
+        if answer.startswith(b"HTTP/1.1 503"):
+            await trio.sleep(0.1)
+
+
 def abuse(url: str, token: str, slow: int, flooders: int) -> None:
     import trio
     from wsproto import ConnectionType, WSConnection
@@ -81,31 +119,12 @@ def abuse(url: str, token: str, slow: int, flooders: int) -> None:
         return trio.SocketStream(sock)
 
     async def slow_client(source: str, k: int, stop: trio.Event) -> None:
-        while not stop.is_set():
-            try:
-                stream = await connect(source)
-            except OSError:
-                await trio.sleep(0.1)
-                continue
+        async def counted() -> trio.SocketStream:
+            stream = await connect(source)
             stats["slow_connects"] += 1
-            stats["slow_open"] += 1
-            answer = b""
-            async with stream:
-                try:
-                    if k % 2:
-                        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-                    while not stop.is_set():
-                        with trio.move_on_after(1.0 if k % 2 else 60.0):
-                            answer = await stream.receive_some(4096)
-                            if not answer or answer.startswith(b"HTTP/1.1 503"):
-                                break
-                        if k % 2:
-                            await stream.send_all(b"x")
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-            stats["slow_open"] -= 1
-            if answer.startswith(b"HTTP/1.1 503"):
-                await trio.sleep(0.1)
+            return stream
+
+        await hold_slowly(counted, k, stop, on_change=lambda d: _add(stats, d))
 
     async def flood(stop: trio.Event) -> None:
         stream = await connect("127.0.0.1")

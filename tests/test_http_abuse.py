@@ -27,6 +27,8 @@ import trio.testing
 from trio_websocket import ConnectionClosed
 from wsproto.events import Ping, Pong, TextMessage
 
+from bench.http_abuse import hold_slowly
+
 from daemon.store import NewEvent
 from daemon.web.http_limits import ConnectionCaps, RequestDeadline, client_key
 from daemon.web.session import CLOSE_TOO_MANY
@@ -427,32 +429,12 @@ def raise_fd_limit(want: int) -> None:
 
 
 async def slow_client(server, source: str, k: int, stop: trio.Event, held: list[int]) -> None:
-    """Hold a connection open as long as the server lets it: silent (even ``k``) or trickling a
-    request head a byte a second (odd ``k``); when the server cuts it, connect again, as an
-    attacker would (after a 503, a tenth of a second later). Until ``stop``."""
-    while not stop.is_set():
-        try:
-            stream = await connect(server, source)
-        except OSError:
-            return
-        held[0] += 1
-        answer = b""
-        async with stream:
-            try:
-                if k % 2:
-                    await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-                while not stop.is_set():
-                    with trio.move_on_after(1.0 if k % 2 else 20.0):
-                        answer = await stream.receive_some(4096)
-                        if not answer or answer.startswith(b"HTTP/1.1 503"):
-                            break  # cut (or refused) by the server
-                    if k % 2:
-                        await stream.send_all(b"x")
-            except trio.BrokenResourceError:
-                pass
-        held[0] -= 1
-        if answer.startswith(b"HTTP/1.1 503"):
-            await trio.sleep(0.1)
+    """A slow client as the bench's abuser runs it (``bench/http_abuse.py``); ``held[0]``: how
+    many of them hold a connection now."""
+    def changed(delta: int) -> None:
+        held[0] += delta
+
+    await hold_slowly(lambda: connect(server, source), k, stop, on_change=changed, silent_s=20.0)
 
 
 async def ping_flood(client: BareClient, stop: trio.Event, sent: list[int]) -> None:

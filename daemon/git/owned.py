@@ -116,10 +116,11 @@ async def numstat(owned: Path, base: str, head: str) -> tuple[list[str], int, in
     done = await run_git(["diff", "--numstat", "-z", "--no-renames", "--no-ext-diff",
                           "--no-textconv", base, head, "--"],
                          cwd=repo_of(owned), timeout=LOCAL_TIMEOUT)
-    return _parse_numstat(done.stdout)
+    return parse_numstat(done.stdout)
 
 
-def _parse_numstat(out: bytes) -> tuple[list[str], int, int]:
+def parse_numstat(out: bytes) -> tuple[list[str], int, int]:
+    """``git diff --numstat -z --no-renames``'s output: files, lines added, lines removed."""
     files: list[str] = []
     added = removed = 0
     for record in out.decode(errors="replace").split("\0"):

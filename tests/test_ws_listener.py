@@ -138,14 +138,12 @@ async def test_a_peer_that_never_answers_pings_is_dropped(tmp_path):
             async with silent.stream:
                 started = trio.current_time()
                 await silent.upgrade(token)
-                pings = 0
                 with trio.fail_after(5):
                     while (event := await silent.next_event()) is not None:  # read, never answer
                         assert isinstance(event, Ping), event
-                        pings += 1
                 # Dropped after interval + timeout of silence, not before. A loaded machine only
-                # makes it later (and may merge the pings): a lower bound on the time holds.
-                assert pings >= 1
+                # makes it later (and a server starved that long may drop the peer before its
+                # first ping was written): a lower bound on the time holds, a count of pings not.
                 assert trio.current_time() - started >= 0.3
             # The drop unregistered it before the socket closed; the answering peer stays.
             assert len(server.web.sessions) == 1

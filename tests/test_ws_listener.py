@@ -130,7 +130,8 @@ async def test_a_message_over_the_limit_closes_with_1009_at_once(tmp_path):
 
 
 async def test_a_peer_that_never_answers_pings_is_dropped(tmp_path):
-    async with running_daemon(tmp_path, ws_ping_interval_s=0.1, ws_ping_timeout_s=0.2) as server:
+    # A timeout long enough that a loaded machine never starves the answering peer past it.
+    async with running_daemon(tmp_path, ws_ping_interval_s=0.2, ws_ping_timeout_s=2.0) as server:
         _, token = await server.user("alice")
         host, port = server.url.removeprefix("http://").split(":")
         async with server.ws(token) as live:  # trio-websocket answers pings
@@ -144,7 +145,7 @@ async def test_a_peer_that_never_answers_pings_is_dropped(tmp_path):
                 # Dropped after interval + timeout of silence, not before. A loaded machine only
                 # makes it later (and a server starved that long may drop the peer before its
                 # first ping was written): a lower bound on the time holds, a count of pings not.
-                assert trio.current_time() - started >= 0.3
+                assert trio.current_time() - started >= 2.2
             # The drop unregistered it before the socket closed; the answering peer stays.
             assert len(server.web.sessions) == 1
             await send_json(live, {"type": "ping"})

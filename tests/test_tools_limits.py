@@ -246,3 +246,24 @@ def test_agentd_serve_says_at_start_which_sandbox_and_limits_hold(tmp_path):
     line = next(line for line in daemon.log if "tool sandbox:" in line)
     assert "commands run as" in line and "limits:" in line
     assert not any(p.name.startswith(".probe-") for p in (tmp_path / "data" / "workspaces").iterdir())
+
+
+async def test_the_sandbox_cannot_change_the_kernels_settings(tmp_path):
+    """procfs's sysctls are read-only in there, whoever the task runs as."""
+    async with Toolbox(tmp_path, settings()) as toolbox:
+        done = await toolbox.run("bash", {"command": (
+            "echo '|/tmp/x' > /proc/sys/kernel/core_pattern; "
+            "echo 1 > /proc/sys/kernel/sysrq; echo end")})
+    assert "Read-only file system" in done.output and done.output.count("end") == 1
+    assert Path("/proc/sys/kernel/core_pattern").read_text().strip() != "|/tmp/x"
+
+
+@needs_root
+async def test_a_root_daemon_never_runs_a_task_as_root(tmp_path):
+    """Without a uid of its own, a task would be root inside a user namespace mapped onto the
+    host's root: refused, saying how to fix it."""
+    with pytest.raises(PermanentError, match="refusing to run a task as root") as info:
+        async with Toolbox(tmp_path, settings(uid_count=0)) as toolbox:
+            await toolbox.run("bash", {"command": "id -u"})
+    assert info.value.code == "sandbox_unavailable"
+    assert "sandbox_uid_count is 0" in str(info.value)

@@ -155,3 +155,19 @@ async def test_workspace_path_with_symlinked_parent_works(bwrap_usable, tmp_path
     async with Toolbox(Path(tmp_path / "link"), ToolSettings(sandbox="required")) as tb:
         assert await bash(tb, "pwd; touch made") == f"{real}\n"
     assert (real / "made").exists()
+
+
+def test_without_a_task_uid_no_user_namespace_can_be_made_inside():
+    """In bwrap's own user namespace (a daemon that is not root), a nested one would give the
+    task every capability back there."""
+    import shutil
+
+    from daemon.agent.tools.sandbox import _can_disable_userns, bwrap_argv
+
+    bwrap = shutil.which("bwrap")
+    if bwrap is None or not _can_disable_userns(bwrap):
+        pytest.skip("this bwrap has no --disable-userns (0.8 and later)")
+    argv = bwrap_argv(bwrap, Path("/tmp/ws"))
+    assert "--disable-userns" in argv and "--unshare-user" in argv
+    at = argv.index("--proc")
+    assert argv[at + 2:at + 5] == ["--ro-bind", "/proc/sys", "/proc/sys"]

@@ -20,17 +20,19 @@ __all__ = ["lifeline_argv", "lifeline_fd"]
 
 # $1: the pipe's read end (any fd number: pass_fds keeps the parent's); then the command.
 # The command gets neither the pipe nor /dev/null for its stdin (an asynchronous list's
-# default): `<&0` keeps the shell's. Its exit status is the shell's.
+# default): `<&0` keeps the shell's. Its exit status is the shell's. The watcher kills the
+# command only while this shell lives (if it was killed alone, bwrap died with it already,
+# and the pid may be another process's by now).
 _SCRIPT = r"""
 fd=$1; shift
 [ "$fd" = 3 ] || eval "exec 3<&$fd $fd<&-"
 "$@" 3<&- <&0 &
 child=$!
-( read -r _ <&3; kill -KILL "$child" 2>/dev/null ) &
+( read -r _ <&3; kill -0 "$$" 2>/dev/null && kill -KILL "$child" 2>/dev/null ) &
 watcher=$!
 exec 3<&-
 wait "$child"; status=$?
-kill -KILL "$watcher" 2>/dev/null
+{ kill -KILL "$watcher"; wait "$watcher"; } 2>/dev/null
 exit "$status"
 """
 

@@ -108,7 +108,10 @@ def bwrap_argv(bwrap: str, workspace: Path, *, tmp_bytes: int | None = None,
     """
     ws = str(workspace)
     if owner is None:
-        namespaces = ["--unshare-all"]
+        # No user namespaces inside it: a nested one would give the task every capability
+        # again there, and with them the kernel's namespaced attack surface.
+        namespaces = ["--unshare-all", *(["--unshare-user", "--disable-userns"]
+                                        if _can_disable_userns(bwrap) else [])]
         caps = ["--cap-drop", "ALL"]
     else:
         namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
@@ -133,6 +136,8 @@ def bwrap_argv(bwrap: str, workspace: Path, *, tmp_bytes: int | None = None,
         *_system_binds(),
         *etc,
         "--proc", "/proc",
+        # bwrap leaves the new /proc's sysctls writable (its own check cannot see procfs is).
+        "--ro-bind", "/proc/sys", "/proc/sys",
         "--dev", "/dev",
         # Sticky and world-writable: the sandbox's uid is not the one bwrap creates them as.
         "--perms", "1777", *tmp_size, "--tmpfs", "/tmp",
@@ -209,6 +214,17 @@ async def _run_probe() -> SandboxProbe:
             await trio.to_thread.run_sync(shutil.rmtree, tmp, True)
 
 
+@functools.lru_cache(maxsize=4)
+def _can_disable_userns(bwrap: str) -> bool:
+    """Whether this bwrap has ``--disable-userns`` (0.8 and later)."""
+    try:
+        done = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10,
+                              env={"PATH": DEFAULT_PATH})
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--disable-userns" in done.stdout + done.stderr
+
+
 def _probe_setup() -> tuple[str | None, str | None]:
     """``bwrap``'s path and a scratch dir to probe it in (both None without it); the host's
     binds are cached on the way."""
@@ -216,6 +232,7 @@ def _probe_setup() -> tuple[str | None, str | None]:
     if bwrap is None:
         return None, None
     _system_binds()
+    _can_disable_userns(bwrap)
     return bwrap, tempfile.mkdtemp(prefix="agentd-probe-")
 
 

@@ -187,6 +187,16 @@ class TaskSandbox:
         self._host = host = await host_limits()
         if self.sandboxed and host.root and host.setpriv is not None and s.uid_count > 0:
             await self._claim_identity()
+        if self.sandboxed and host.root and self.owner is None:
+            # Without a uid of its own, the task would be root inside a user namespace mapped
+            # onto the host's root: files it makes are root's, and what procfs lets root do
+            # (sysctls) is open to it. Fail closed.
+            raise PermanentError(
+                "the daemon runs as root but tasks cannot get a uid of their own "
+                f"({_identity_reason(s, host)}); refusing to run a task as root. Give them a "
+                "uid range (sandbox_uid_base, sandbox_uid_count > 0), install setpriv "
+                "(util-linux), or run the daemon as an unprivileged user.",
+                code="sandbox_unavailable")
         if host.cgroup is not None and host.sh is not None:
             self._cgroup = await trio.to_thread.run_sync(_new_cgroup, host.cgroup, s)
         elif self.owner is None and not host.root:
@@ -212,13 +222,15 @@ class TaskSandbox:
         owner = (slot.uid, slot.gid)
         self._etc = await trio.to_thread.run_sync(_write_etc, owner)
         if _identity is None:
-            _identity = await self._try_identity(owner)
-            if not _identity[0]:
-                log.warning("sandbox identity unavailable, commands run as the daemon's user: %s",
-                            _identity[1])
+            probed = await self._try_identity(owner)
+            if not probed[0]:
+                log.warning("sandbox identity unavailable: %s", probed[1])
                 self._slot = None
                 slot.release()
+                if "did not finish" not in probed[1]:  # a slow host is asked again next time
+                    _identity = probed
                 return
+            _identity = probed
         await trio.to_thread.run_sync(own_and_measure, self.workspace, owner)
         self.owner = owner
 
@@ -370,6 +382,16 @@ async def describe_sandbox(settings: ToolSettings, scratch_root: Path) -> None:
 def _scratch_workspace(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=".probe-", dir=root))  # '.': never taken for a task's
+
+
+def _identity_reason(settings: ToolSettings, host: HostLimits) -> str:
+    if settings.uid_count <= 0:
+        return "sandbox_uid_count is 0"
+    if host.setpriv is None:
+        return "setpriv is not installed"
+    if _identity is not None and not _identity[0]:
+        return _identity[1]
+    return "the uid probe did not succeed"
 
 
 def _scratch_for(owner: tuple[int, int]) -> str:

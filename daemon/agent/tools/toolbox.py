@@ -52,6 +52,7 @@ class Toolbox:
         self._own_sandbox = sandbox is None
         self._entered = sandbox is not None
         self._wrote = False  # a call since the last check may have grown the workspace
+        self._commanded = False  # a bash call since the last check (processes to look at)
         self._closed = False
 
     async def __aenter__(self) -> Toolbox:
@@ -69,15 +70,15 @@ class Toolbox:
         """Run one tool call and return what goes back to the model.
 
         Cancellation: a running bash command's whole process group is killed and reaped before
-        the cancellation propagates (the next command gets a fresh shell); an editor command
-        already handed to its worker thread completes first (edits are atomic).
+        the cancellation propagates (the next command gets a fresh shell); an editor command's
+        worker thread is abandoned at once (an edit not yet renamed into place is dropped).
         """
         if self._closed:
             raise trio.ClosedResourceError("the toolbox is closed")
         if not isinstance(input, dict):
             return ToolResult(f"the input of {name} must be a JSON object", is_error=True)
         if name == BASH_TOOL:
-            self._wrote = True
+            self._wrote = self._commanded = True
             return await self._run_bash(input)
         if name == EDIT_TOOL:
             self._wrote = self._wrote or input.get("command") != "view"
@@ -104,7 +105,11 @@ class Toolbox:
 
         Cancellation: the /proc scan and the workspace walk (worker threads) complete first.
         """
-        if self._entered and self._sandbox is not None:
+        # Processes are looked at after bash calls only: an editor call starts none (a look
+        # costs up to a quarter second while background processes run, ``limit_reached``), and
+        # what background processes do meanwhile shows at the next command or at the end.
+        if self._entered and self._sandbox is not None and self._commanded:
+            self._commanded = False
             pid = self._bash.pid if self._bash is not None else None
             hit = await self._sandbox.limit_reached(pid)
             if hit is not None:

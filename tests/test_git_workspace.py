@@ -339,3 +339,14 @@ async def test_timeout_is_transient_and_cancel_kills_git(tmp_path):
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
+
+
+async def test_empty_files_count_against_the_quota(tmp_path, bare):
+    """A million empty files use no blocks but fill the inode table: each counts 512 bytes."""
+    ws = await prepare(tmp_path, str(bare), quota_bytes=4_000_000)
+    many = ws.path / "many"
+    many.mkdir()
+    for i in range(8000):
+        (many / str(i)).touch()
+    with pytest.raises(PermanentError, match="workspace quota exceeded"):
+        await check_quota(ws, 4_000_000)

@@ -13,12 +13,18 @@ import trio
 # agentd's own copies of the workspaces (daemon/git/owned.py), beside them.
 OWNED_DIR = ".owned"
 
-__all__ = ["gc_workspaces", "rmtree", "workspace_dirs", "workspace_size"]
+__all__ = ["charged", "gc_workspaces", "rmtree", "workspace_dirs", "workspace_size"]
+
+
+def charged(st: os.stat_result) -> int:
+    """What an entry counts against the quota: its allocated blocks, and at least 512 bytes
+    (an inode): a million empty files fill the disk's inode table while using no blocks."""
+    return max(st.st_blocks * 512, 512)
 
 
 async def workspace_size(path: Path) -> int:
-    """Bytes on disk under ``path`` (allocated blocks, hard links counted once, symlinks
-    not followed).
+    """Bytes on disk under ``path`` (``charged``: allocated blocks, at least 512 an entry;
+    hard links counted once, symlinks not followed).
 
     Cancellation: the walk runs in a worker thread that is abandoned (it finishes on its own,
     touching nothing), and the cancellation propagates at once.
@@ -39,7 +45,7 @@ def _du(path: Path) -> int:
                 if (st.st_dev, st.st_ino) in seen:
                     continue
                 seen.add((st.st_dev, st.st_ino))
-            total += st.st_blocks * 512
+            total += charged(st)
     return total
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from daemon.errors import PermanentError
+from daemon.git.disk import charged
 
 __all__ = ["Slot", "claim_slot", "count_tasks", "own_and_measure", "sweep_uid"]
 
@@ -210,7 +211,7 @@ def own_and_measure(top: Path, owner: tuple[int, int] | None) -> int:
     stack: list[tuple[int, Iterator[str]]] = [(top_fd, iter(()))]
     try:
         st = os.fstat(top_fd)
-        total += st.st_blocks * 512
+        total += charged(st)
         if owner is not None and (st.st_uid, st.st_gid) != owner:
             os.fchown(top_fd, *owner)
         stack[0] = (top_fd, iter(os.listdir(top_fd)))
@@ -233,7 +234,7 @@ def own_and_measure(top: Path, owner: tuple[int, int] | None) -> int:
                     os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
                 except OSError:
                     pass  # removed meanwhile
-            total += st.st_blocks * 512
+            total += charged(st)
             if stat.S_ISDIR(st.st_mode):
                 if len(stack) >= MAX_DEPTH:
                     raise PermanentError(

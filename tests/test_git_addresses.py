@@ -212,12 +212,13 @@ async def test_a_public_name_resolves_to_pinned_addresses():
     assert resolver.asked == ["git.example.com"]
     assert resolved == ResolvedRemote(remote, "git.example.com", 443,
                                       ("140.82.112.3", "2606:50c0::1"), pinned=True)
-    scope = "http.https://git.example.com/o/r.git"
-    assert git_pin_config(resolved) == [
-        "-c", f"{scope}.followRedirects=false",
-        "-c", f"{scope}.curloptResolve=",
-        "-c", f"{scope}.curloptResolve=git.example.com:443:140.82.112.3,[2606:50c0::1]",
-    ]
+    # Scoped to the URL (beats any plain setting) and plain (for a URL git cannot normalise).
+    pins = []
+    for scope in ("http.https://git.example.com/o/r.git", "http"):
+        pins += ["-c", f"{scope}.followRedirects=false",
+                 "-c", f"{scope}.curloptResolve=",
+                 "-c", f"{scope}.curloptResolve=git.example.com:443:140.82.112.3,[2606:50c0::1]"]
+    assert git_pin_config(resolved) == pins
     assert ssh_pin_options(resolved) == []
 
 
@@ -257,7 +258,8 @@ async def test_literals_and_local_remotes_need_no_lookup(tmp_path):
     resolved = await resolve_remote(literal, allow_private=True)
     assert (resolved.addresses, resolved.pinned, resolved.port) == (("127.0.0.1",), False, 9)
     assert git_pin_config(resolved) == [
-        "-c", "http.http://127.0.0.1:9/o/r.git.followRedirects=false"]
+        "-c", "http.http://127.0.0.1:9/o/r.git.followRedirects=false",
+        "-c", "http.followRedirects=false"]
     # http:// exists only where local remotes are allowed, and so private addresses are too.
     assert (await resolve_remote(literal, allow_private=False)).addresses == ("127.0.0.1",)
     https = parse_remote("https://127.0.0.1:9/o/r.git", allow_local=True)

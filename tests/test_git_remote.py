@@ -187,3 +187,14 @@ def test_token_only_in_the_environment_of_https_git(monkeypatch):
     assert ssh["GIT_SSH_COMMAND"] == (
         "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new "
         "-i '/etc/agentd/deploy key' -o IdentitiesOnly=yes")
+
+
+@pytest.mark.parametrize("url", [
+    "https://github.com/o/%zz.git", "https://github.com/o/r.git%", "https://github.com/o/%0a.git",
+    "https://github.com/o/%7f.git", "https://github.com:0/o/r.git",
+])
+def test_urls_git_cannot_normalise_are_refused(url):
+    """git ignores http.<url>.* settings for a URL it cannot normalise: the address pins too."""
+    with pytest.raises(PermanentError, match="escape|port") as info:
+        parse_remote(url, False)
+    assert info.value.code == "invalid_repo_url"

@@ -248,12 +248,15 @@ def git_pin_config(resolved: ResolvedRemote) -> list[str]:
     remote = resolved.remote
     if remote.kind not in ("https", "http"):
         return []
-    scope = _config_scope(remote.url)
-    config = ["-c", f"http.{scope}.followRedirects=false"]
-    if resolved.pinned and resolved.addresses:
-        addresses = ",".join(f"[{a}]" if ":" in a else a for a in resolved.addresses)
-        config += ["-c", f"http.{scope}.curloptResolve=",
-                   "-c", f"http.{scope}.curloptResolve={resolved.host}:{resolved.port}:{addresses}"]
+    config: list[str] = []
+    # Unscoped too: git ignores a URL-scoped setting whose URL it cannot normalise, and no
+    # config level but the command line is read (GIT_CONFIG_NOSYSTEM, GIT_CONFIG_GLOBAL).
+    for prefix in (f"http.{_config_scope(remote.url)}.", "http."):
+        config += ["-c", f"{prefix}followRedirects=false"]
+        if resolved.pinned and resolved.addresses:
+            addresses = ",".join(f"[{a}]" if ":" in a else a for a in resolved.addresses)
+            config += ["-c", f"{prefix}curloptResolve=",
+                       "-c", f"{prefix}curloptResolve={resolved.host}:{resolved.port}:{addresses}"]
     return config
 
 

@@ -118,7 +118,15 @@ def parse_remote(repo_url: str, allow_local: bool, *, allow_private: bool = Fals
     return _local(Path(url), allow_local)
 
 
+# A '%' that is not an escape, or an escaped control character: git cannot normalise such a
+# URL, and then ignores every http.<url>.* setting, the address pins included.
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})|%[01][0-9A-Fa-f]|%7[Ff]")
+
+
 def _parse_url(url: str, scheme: str, allow_local: bool, private_ok: bool) -> Remote:
+    if _BAD_ESCAPE.search(url):
+        raise PermanentError("repository URL has a '%' that is not a valid escape, or an escaped "
+                             "control character", code="invalid_repo_url")
     parts = urllib.parse.urlsplit(url)
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
@@ -149,8 +157,10 @@ def _parse_url(url: str, scheme: str, allow_local: bool, private_ok: bool) -> Re
         host = parts.hostname or ""
         _check_host(_as_written(host, parts.netloc), private_ok)
         try:
-            parts.port  # noqa: B018 - raises ValueError on a malformed port
+            port = parts.port
         except ValueError:
+            port = 0
+        if port == 0:
             raise PermanentError("repository URL has an invalid port", code="invalid_repo_url")
         if not parts.path.strip("/"):
             raise PermanentError("repository URL has no repository path", code="invalid_repo_url")

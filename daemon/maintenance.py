@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from .git import gc_workspaces, workspace_dirs
+from .git import gc_workspaces
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -24,14 +24,14 @@ async def collect_workspaces(store: Store, root: Path, keep_days: float, *, now:
     """
     now = time.time() if now is None else now
     cutoff = now - keep_days * 86400
-    keep: set[str] = set()
-    for entry in await workspace_dirs(root):
-        task = await store.get_task(entry.name)
+
+    async def keep(task_id: str) -> bool:
+        task = await store.get_task(task_id)
         if task is None:
-            continue  # no task owns it: an orphan, removed
-        if not task.status.is_terminal or (task.finished_at or now) > cutoff:
-            keep.add(entry.name)
-    removed = await gc_workspaces(root, keep.__contains__)
+            return False  # no task owns it: an orphan, removed
+        return not task.status.is_terminal or (task.finished_at or now) > cutoff
+
+    removed = await gc_workspaces(root, keep)
     if removed:
         log.info("removed %d workspaces", len(removed))
     return removed
@@ -43,6 +43,6 @@ async def collect_periodically(store: Store, root: Path, keep_days: float,
     while True:
         try:
             await collect_workspaces(store, root, keep_days)
-        except OSError as exc:
-            log.warning("workspace gc failed: %s", exc)
+        except Exception as exc:  # one bad directory must not stop the daemon, or the next run
+            log.warning("workspace gc failed: %s", exc, exc_info=exc)
         await trio.sleep(interval_s)

@@ -15,6 +15,7 @@ from daemon.git import (
     gc_workspaces,
     prepare_workspace,
     run_git,
+    workspace_size,
 )
 from tests.fakes.git_http import git_out, make_bare_repo
 from tests.helpers import sandboxed_push
@@ -40,6 +41,10 @@ async def prepare(tmp_path: Path, repo: str, base: str | None = "main", *,
                 quota_bytes=50_000_000, min_free_bytes=0, identity=IDENTITY)
     args.update(overrides)
     return await prepare_workspace(tmp_path / "ws", task_id, repo, base, **args)
+
+
+async def keep_none(task_id: str) -> bool:
+    return False
 
 
 async def push(ws, message: str, **overrides):
@@ -192,7 +197,7 @@ async def test_file_system_calls_stay_off_the_trio_thread(tmp_path, bare, file_s
     (ws.path / "calc.py").write_text("def add(a, b):\n    return a + b\n")  # the agent's edit
     with file_system_on_loop() as seen_later:
         assert await push(ws, "Fix add") is not None
-        assert await gc_workspaces(tmp_path / "ws", keep=lambda _: False) == [ws.path.name]
+        assert await gc_workspaces(tmp_path / "ws", keep=keep_none) == [ws.path.name]
     assert seen == [] and seen_later == []
 
 
@@ -289,11 +294,35 @@ async def test_gc_removes_only_what_keep_rejects(tmp_path):
     (root / "task-c" / "sub" / "f").write_text("x")
     (root / "task-c" / "sub").chmod(0o500)
 
-    removed = await gc_workspaces(root, keep=lambda task_id: task_id == "task-b")
+    (root / ".owned" / "task-d").mkdir(parents=True)  # its workspace is gone already
+    (root / ".owned" / "task-b").mkdir(parents=True)
 
-    assert removed == ["task-a", "task-c"]
-    assert sorted(p.name for p in root.iterdir()) == [".tmp", "task-b"]
-    assert await gc_workspaces(tmp_path / "missing", keep=lambda _: False) == []
+    async def keep_b(task_id: str) -> bool:
+        return task_id == "task-b"
+
+    removed = await gc_workspaces(root, keep=keep_b)
+
+    assert removed == ["task-a", "task-c", "task-d"]
+    assert sorted(p.name for p in root.iterdir()) == [".owned", ".tmp", "task-b"]
+    assert [p.name for p in (root / ".owned").iterdir()] == ["task-b"]
+    assert await gc_workspaces(tmp_path / "missing", keep=keep_none) == []
+
+
+async def test_gc_asks_about_each_workspace_when_it_gets_to_it(tmp_path):
+    """A task whose record appears while gc runs (a clone just moved into place) keeps its
+    workspace: gc asks about each one as it gets to it, not from an earlier look."""
+    root = tmp_path / "ws"
+    for name in ("task-a", "task-new"):
+        (root / name).mkdir(parents=True)
+    known: set[str] = set()
+
+    async def keep(task_id: str) -> bool:
+        if task_id == "task-a":  # meanwhile, task-new's record is written
+            known.add("task-new")
+        return task_id in known
+
+    assert await gc_workspaces(root, keep) == ["task-a"]
+    assert (root / "task-new").is_dir()
 
 
 def test_branch_name_slug():
@@ -350,3 +379,25 @@ async def test_empty_files_count_against_the_quota(tmp_path, bare):
         (many / str(i)).touch()
     with pytest.raises(PermanentError, match="workspace quota exceeded"):
         await check_quota(ws, 4_000_000)
+
+
+async def test_a_tree_thousands_deep_is_measured_and_removed(tmp_path):
+    """os.walk and shutil.rmtree recurse: an agent's `mkdir a; cd a` loop must not crash the
+    quota check or the collector (which would stop the daemon at every start)."""
+    root = tmp_path / "ws"
+    deep = root / "task-deep"
+    deep.mkdir(parents=True)
+
+    def chain() -> None:
+        fd = os.open(deep, os.O_RDONLY)
+        for _ in range(3000):
+            os.mkdir("a", dir_fd=fd)
+            child = os.open("a", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(fd)
+
+    await trio.to_thread.run_sync(chain)
+    assert await workspace_size(deep) >= 3000 * 512
+    assert await gc_workspaces(root, keep_none) == ["task-deep"]
+    assert not deep.exists()

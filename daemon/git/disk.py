@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from collections.abc import Callable
+import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -33,41 +34,60 @@ async def workspace_size(path: Path) -> int:
 
 
 def _du(path: Path) -> int:
+    # Iterative: os.walk recurses on Python 3.11, and a chain of a thousand directories the
+    # agent made would raise RecursionError.
     total = 0
     seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
-        for name in dirnames + filenames:
+    stack = [str(path)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as listing:
+                entries = list(listing)
+        except OSError:
+            continue  # removed while walking, or unreadable
+        for entry in entries:
             try:
-                st = os.lstat(os.path.join(dirpath, name))
+                st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue  # removed while walking
-            if st.st_nlink > 1:
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
                 if (st.st_dev, st.st_ino) in seen:
                     continue
                 seen.add((st.st_dev, st.st_ino))
             total += charged(st)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)
     return total
 
 
-async def gc_workspaces(root: Path, keep: Callable[[str], bool]) -> list[str]:
-    """Remove every workspace directory under ``root`` whose task id ``keep`` rejects, with
-    its owned copy (``root/.owned/<task-id>``, also when the workspace itself is gone);
-    return the removed task ids, sorted. Directories whose names start with '.' are skipped.
+async def gc_workspaces(root: Path, keep: Callable[[str], Awaitable[bool]]) -> list[str]:
+    """Remove every workspace under ``root`` (and its owned copy, ``root/.owned/<task-id>``,
+    also when the workspace itself is gone) whose task id ``keep`` rejects; return the removed
+    task ids, sorted. Names starting with '.' are skipped.
+
+    ``keep`` is asked about each one just before it would go, not from an earlier listing: a
+    workspace made meanwhile (its task's record exists first) is kept.
 
     Cancellation: each removal runs in a worker thread and is not interrupted (a half-removed
     workspace would be neither usable nor gone); cancellation takes effect once the directory
     being removed is gone, and the ones not reached yet stay.
     """
+    owned = root / OWNED_DIR
+    names = sorted({entry.name for entry in await workspace_dirs(root)}
+                   | {entry.name for entry in await workspace_dirs(owned)})
     removed = []
-    for entry in await workspace_dirs(root):
-        if keep(entry.name):
+    for name in names:
+        if await keep(name):
             continue
-        await trio.to_thread.run_sync(rmtree, entry)
-        removed.append(entry.name)
-    for entry in await workspace_dirs(root / OWNED_DIR):
-        if not keep(entry.name):
-            await trio.to_thread.run_sync(rmtree, entry)
+        for path in (root / name, owned / name):
+            await trio.to_thread.run_sync(_remove_dir, path)
+        removed.append(name)
     return removed
+
+
+def _remove_dir(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        rmtree(path)
 
 
 async def workspace_dirs(root: Path) -> list[Path]:
@@ -86,21 +106,19 @@ def _workspace_dirs(root: Path) -> list[Path]:
 
 
 def rmtree(path: Path) -> None:
-    """Remove ``path`` and everything under it, whatever permissions the agent left."""
+    """Remove ``path`` and everything under it, whatever permissions the agent left and however
+    deep it nests (``shutil.rmtree`` recurses: a chain of a few thousand directories raises
+    RecursionError). Raises OSError when something stays."""
     try:
         shutil.rmtree(path)
-    except OSError:
-        # The agent may have left read-only or unreadable directories: open them up, retry.
-        _make_owner_rwx(path)
-        for dirpath, dirnames, _files in os.walk(path):
-            for name in dirnames:
-                _make_owner_rwx(Path(dirpath, name))
-        shutil.rmtree(path)
-
-
-def _make_owner_rwx(path: Path) -> None:
-    try:
-        if not path.is_symlink():
-            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | stat.S_IRWXU)
-    except OSError:
+        return
+    except (OSError, RecursionError):
         pass
+    # GNU chmod and rm walk trees without a depth limit, and follow no symlink.
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+    subprocess.run(["chmod", "-R", "u+rwx", "--", str(path)], env=env, capture_output=True,
+                   check=False, stdin=subprocess.DEVNULL)
+    done = subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], env=env,
+                          capture_output=True, check=False, stdin=subprocess.DEVNULL)
+    if os.path.lexists(path):
+        raise OSError(f"could not remove {path}: {done.stderr.decode(errors='replace').strip()}")

@@ -203,3 +203,16 @@ async def test_the_owned_repository_is_a_bare_copy_with_agentds_config(tmp_path,
     assert not (repo / "hooks").exists() and not (repo / "index").exists()
     assert git_out(repo, "rev-parse", f"refs/heads/{ws.branch}") == ws.base_commit
     assert (repo / "shallow").read_text().strip() == ws.base_commit
+
+
+async def test_a_long_message_and_a_lock_a_killed_export_left(tmp_path, bare):
+    """The message goes on stdin (an argument holds 128 KiB at most: 50,000 CJK characters of
+    prompt already failed); a lock left by an export killed at its timeout is stale."""
+    ws = await prepare(tmp_path, bare)
+    (ws.path / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    (ws.path / ".git" / "index.lock").write_text("")
+    (ws.owned / "repo.git" / "refs" / "heads" / "agentd").mkdir(parents=True, exist_ok=True)
+    (ws.owned / "repo.git" / "refs" / "heads" / f"{ws.branch}.lock").write_text("")
+    message = "修正" * 60_000
+    result = await sandboxed_push(ws, message, identity=IDENTITY)
+    assert git_out(bare, "log", "-1", "--format=%B", result.commit).strip() == message

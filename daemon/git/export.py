@@ -32,17 +32,22 @@ _STDERR_CAP = 4000
 _OFF_BRANCH = 3
 _NOTHING_NEW = 4
 
-# Run by bash inside the sandbox. Arguments: branch, base commit, message, name, email.
-# The identity is given on the command line (it beats the workspace's config), and hooks are
-# off (delivery is agentd's step, not the repository's); every git writes to stderr except the
-# bundle, the only thing on stdout.
+# Run by bash inside the sandbox. Arguments: branch, base commit, name, email; the message
+# comes on stdin (an argument is limited to 128 KiB), kept in the sandbox's /tmp first so that
+# nothing the workspace's config runs can read it away. The identity is given on the command
+# line (it beats the workspace's config), and hooks are off (delivery is agentd's step, not
+# the repository's); every git writes to stderr except the bundle, the only thing on stdout.
+# A lock a killed export left behind (timeout, shutdown) is removed: nothing else runs there.
 _SCRIPT = r"""
 set -u
-branch=$1 base=$2 message=$3 name=$4 email=$5
+branch=$1 base=$2 name=$3 email=$4
+message=$(mktemp) && cat > "$message" || exit 1
+exec </dev/null
 git() {
   command git -c "user.name=$name" -c "user.email=$email" -c core.hooksPath=/dev/null \
     -c core.fsmonitor=false -c core.pager=cat "$@"
 }
+rm -f -- "$(command git rev-parse --git-path index.lock 2>/dev/null)"
 current=$(git symbolic-ref --quiet --short HEAD 2>/dev/null) || current="(detached HEAD)"
 if [ "$current" != "$branch" ]; then
   echo "the workspace is on $current, not on its branch $branch" >&2
@@ -52,7 +57,7 @@ git add -A >&2 || exit 1
 git diff --cached --quiet >&2
 case $? in
   0) ;;
-  1) git commit --quiet --no-verify --no-gpg-sign -m "$message" >&2 || exit 1 ;;
+  1) git commit --quiet --no-verify --no-gpg-sign --file="$message" >&2 || exit 1 ;;
   *) exit 1 ;;
 esac
 head=$(git rev-parse --verify --quiet "refs/heads/$branch") || exit 1
@@ -96,14 +101,14 @@ async def export_bundle(workspace: Path, bundle: Path, *, branch: str, base_comm
     name, email = identity
     argv, options = confinement.command(
         ["bash", "--noprofile", "--norc", "-c", _SCRIPT, "agentd-export",
-         branch, base_commit, message, name, email])
+         branch, base_commit, name, email])
     options = dict(options)
     options.setdefault("cwd", workspace)
     cwd, env = options.pop("cwd"), options.pop("env")
     fd = await trio.to_thread.run_sync(_open_for_writing, bundle)
     try:
         with trio.move_on_after(timeout) as scope:
-            returncode, stderr = await _run(argv, cwd, env, fd, options)
+            returncode, stderr = await _run(argv, cwd, env, fd, message.encode(), options)
     finally:
         with trio.CancelScope(shield=True):
             size = await trio.to_thread.run_sync(_close, fd)
@@ -117,21 +122,31 @@ async def export_bundle(workspace: Path, bundle: Path, *, branch: str, base_comm
     return _verdict(returncode, stderr, bundle)
 
 
-async def _run(argv: list[str], cwd: Path, env: dict[str, str], stdout: int,
+async def _run(argv: list[str], cwd: Path, env: dict[str, str], stdout: int, stdin: bytes,
                options: dict[str, Any]) -> tuple[int, bytes]:
-    """Run the export; its stderr is read with a cap (the workspace's programs may write
-    without end), its stdout goes straight to ``stdout``. Cancellation: the process group is
-    killed and reaped, then the cancellation propagates."""
+    """Run the export with ``stdin``; its stderr is read with a cap (the workspace's programs
+    may write without end), its stdout goes straight to ``stdout``. Cancellation: the process
+    group is killed and reaped, then the cancellation propagates."""
     proc = await trio.lowlevel.open_process(
-        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+        argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=stdout,
         stderr=subprocess.PIPE, process_group=0, **options)
     try:
         background_priority(proc)
         kept = bytearray()
-        assert proc.stderr is not None
-        async with proc.stderr:
-            while chunk := await proc.stderr.receive_some(65536):
-                kept += chunk[: max(0, _STDERR_CAP - len(kept))]
+        assert proc.stdin is not None and proc.stderr is not None
+
+        async def feed() -> None:
+            async with proc.stdin:
+                try:
+                    await proc.stdin.send_all(stdin)
+                except trio.BrokenResourceError:
+                    pass  # it ended without reading: its exit status says why
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            async with proc.stderr:
+                while chunk := await proc.stderr.receive_some(65536):
+                    kept += chunk[: max(0, _STDERR_CAP - len(kept))]
         return await proc.wait(), bytes(kept)
     except BaseException:
         with trio.CancelScope(shield=True):

@@ -31,6 +31,9 @@ LOCAL_TIMEOUT = 120.0
 _STATE = "state.json"
 _REPO = "repo.git"
 _SECTION = re.compile(r"^\s*\[")
+# Blobs over 1 MB are streamed, not inflated in memory (a 400 MB blob compresses to 1 MB in a
+# bundle), and counted as binary by the diff summary; and no gc is started behind our back.
+_BIG_FILES = ("-c", "core.bigFileThreshold=1m", "-c", "gc.auto=0", "-c", "maintenance.auto=false")
 
 
 def owned_path(root: Path, task_id: str) -> Path:
@@ -88,9 +91,10 @@ async def fetch_bundle(owned: Path, bundle: Path, branch: str) -> str:
     valid bundle of that branch on top of the base."""
     repo = repo_of(owned)
     ref = f"refs/heads/{branch}"
+    await trio.to_thread.run_sync(_remove_stale_locks, repo)
     try:
-        await run_git(["-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags",
-                       "--no-write-fetch-head", "--", str(bundle), f"+{ref}:{ref}"],
+        await run_git([*_BIG_FILES, "-c", "transfer.fsckObjects=true", "fetch", "--quiet",
+                       "--no-tags", "--no-write-fetch-head", "--", str(bundle), f"+{ref}:{ref}"],
                       cwd=repo, timeout=LOCAL_TIMEOUT, op="fetch", allow_local=True)
         done = await run_git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
                              cwd=repo, timeout=LOCAL_TIMEOUT)
@@ -113,10 +117,17 @@ async def push_branch(owned: Path, remote: Remote, branch: str, auth: GitAuth,
 async def numstat(owned: Path, base: str, head: str) -> tuple[list[str], int, int]:
     """Files changed, lines added and removed from ``base`` to ``head``, read in the owned
     repository (no external diff, no textconv: only agentd's config counts there)."""
-    done = await run_git(["diff", "--numstat", "-z", "--no-renames", "--no-ext-diff",
-                          "--no-textconv", base, head, "--"],
+    done = await run_git([*_BIG_FILES, "diff", "--numstat", "-z", "--no-renames",
+                          "--no-ext-diff", "--no-textconv", base, head, "--"],
                          cwd=repo_of(owned), timeout=LOCAL_TIMEOUT)
     return parse_numstat(done.stdout)
+
+
+def _remove_stale_locks(repo: Path) -> None:
+    """Locks a killed fetch left (a timeout, a shutdown): only agentd writes here, one delivery
+    of the task at a time, so any lock is stale."""
+    for lock in [*repo.glob("*.lock"), *repo.joinpath("refs").rglob("*.lock")]:
+        lock.unlink(missing_ok=True)
 
 
 def parse_numstat(out: bytes) -> tuple[list[str], int, int]:

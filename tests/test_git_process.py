@@ -34,12 +34,17 @@ async def test_output_exit_code_and_classified_failure(tmp_path):
         await run_git(["rev-parse", "--verify", "HEAD"], cwd=tmp_path / "r")
 
 
-async def test_large_output_on_both_pipes_is_read_whole(tmp_path):
-    """stdout and stderr are drained together: neither pipe fills up and stalls git."""
-    script = "import sys; sys.stdout.write('o' * 300000); sys.stderr.write('e' * 300000)"
+async def test_large_output_on_both_pipes_is_read_whole_and_stderr_capped(tmp_path):
+    """stdout and stderr are drained together: neither pipe fills up and stalls git. stdout is
+    read whole; of stderr (a hostile server's sideband messages can be endless) the first and
+    last 32 KiB are kept."""
+    script = ("import sys; sys.stdout.write('o' * 300000); "
+              "sys.stderr.write('h' * 40000 + 'e' * 300000 + 'fatal: the end')")
     done = await run_git(["-c", f"alias.both=!{sys.executable} -c \"{script}\"", "both"], check=False)
     assert done.returncode == 0
-    assert done.stdout == b"o" * 300000 and done.stderr == "e" * 300000
+    assert done.stdout == b"o" * 300000
+    assert done.stderr.startswith("h" * 32768 + "\n[...]\n") and done.stderr.endswith("eefatal: the end")
+    assert len(done.stderr) < 70000
 
 
 async def test_git_missing_is_permanent(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ opened; the daemon fetches it (objects checked) into the repository it owns (``o
 from __future__ import annotations
 
 import os
-import subprocess
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,12 +21,14 @@ from typing import Any, Protocol
 import trio
 
 from daemon.errors import PermanentError, TransientError
-from daemon.git.process import background_priority, kill_group
+from daemon.git.process import run_in_group
 
 __all__ = ["Confinement", "Export", "export_bundle"]
 
 EXPORT_TIMEOUT = 120.0
-_STDERR_CAP = 4000
+
+_SAID_CAP = 600
+_CONTROLS = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
 # Exit codes of the script, beside git's own.
 _OFF_BRANCH = 3
@@ -108,7 +110,8 @@ async def export_bundle(workspace: Path, bundle: Path, *, branch: str, base_comm
     fd = await trio.to_thread.run_sync(_open_for_writing, bundle)
     try:
         with trio.move_on_after(timeout) as scope:
-            returncode, stderr = await _run(argv, cwd, env, fd, message.encode(), options)
+            returncode, _, stderr = await run_in_group(argv, cwd, env, stdin=message.encode(),
+                                                       stdout=fd, **options)
     finally:
         with trio.CancelScope(shield=True):
             size = await trio.to_thread.run_sync(_close, fd)
@@ -120,39 +123,6 @@ async def export_bundle(workspace: Path, bundle: Path, *, branch: str, base_comm
         raise PermanentError("git in the workspace made no bundle of the branch (does the "
                              "workspace's git config move its work tree?)", code="workspace_git")
     return _verdict(returncode, stderr, bundle)
-
-
-async def _run(argv: list[str], cwd: Path, env: dict[str, str], stdout: int, stdin: bytes,
-               options: dict[str, Any]) -> tuple[int, bytes]:
-    """Run the export with ``stdin``; its stderr is read with a cap (the workspace's programs
-    may write without end), its stdout goes straight to ``stdout``. Cancellation: the process
-    group is killed and reaped, then the cancellation propagates."""
-    proc = await trio.lowlevel.open_process(
-        argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=stdout,
-        stderr=subprocess.PIPE, process_group=0, **options)
-    try:
-        background_priority(proc)
-        kept = bytearray()
-        assert proc.stdin is not None and proc.stderr is not None
-
-        async def feed() -> None:
-            async with proc.stdin:
-                try:
-                    await proc.stdin.send_all(stdin)
-                except trio.BrokenResourceError:
-                    pass  # it ended without reading: its exit status says why
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            async with proc.stderr:
-                while chunk := await proc.stderr.receive_some(65536):
-                    kept += chunk[: max(0, _STDERR_CAP - len(kept))]
-        return await proc.wait(), bytes(kept)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await kill_group(proc)
-            await proc.wait()
-        raise
 
 
 def _close(fd: int) -> int:
@@ -173,8 +143,11 @@ def _verdict(returncode: int, stderr: bytes, bundle: Path) -> Export:
         return Export(bundle)
     if returncode == _NOTHING_NEW:
         return Export(None)
-    text = stderr.decode("utf-8", errors="replace")
+    # What git said there, as one short line: its last words, without escapes or controls.
+    text = _CONTROLS.sub("", stderr.decode("utf-8", errors="replace"))
     said = " | ".join(line.strip() for line in text.splitlines() if line.strip())
+    if len(said) > _SAID_CAP:
+        said = "…" + said[-_SAID_CAP:]
     if returncode == _OFF_BRANCH:
         raise PermanentError(f"{said}; refusing to commit elsewhere", code="workspace_branch")
     raise PermanentError(f"git failed in the workspace (exit {returncode})"

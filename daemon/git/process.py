@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -172,38 +173,95 @@ async def run_git(
             make_env = functools.partial(git_env, remote, auth, allow_local=allow_local, pin=pin)
             # With a token, the askpass script is looked for (and written) on disk: off the loop.
             env = await trio.to_thread.run_sync(make_env) if auth.token else make_env()
-            done = await _run_in_background(argv, cwd, env)
+            returncode, stdout, raw_stderr = await run_in_group(argv, cwd, env)
     except trio.TooSlowError:
         raise TransientError(f"git {op} timed out after {timeout:g} s", code="git_timeout") from None
     except FileNotFoundError:
         raise PermanentError("git is not installed on this server", code="git_missing") from None
-    stderr = redact(done.stderr.decode(errors="replace"), auth.secrets())
-    if check and done.returncode != 0:
-        raise classify_git_error(op, done.returncode, stderr,
+    stderr = redact(raw_stderr.decode(errors="replace"), auth.secrets())
+    if check and returncode != 0:
+        raise classify_git_error(op, returncode, stderr,
                                  host=remote.host if remote is not None else None)
-    return GitResult(done.returncode, done.stdout, stderr)
+    return GitResult(returncode, stdout, stderr)
 
 
-async def _run_in_background(argv: list[str], cwd: Path | None,
-                             env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
-    """``trio.run_process`` for git: a process group of its own, at background priority."""
-    completed: list[subprocess.CompletedProcess[bytes]] = []
+# What is kept of a git's stderr: its first and last halves. A hostile server (sideband
+# messages) or bundle (an error line per bogus object) can make git write megabytes of it.
+STDERR_CAP = 64 * 1024
 
-    async def run(task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED) -> None:
-        completed.append(await trio.run_process(
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_stdout=True,
-            capture_stderr=True, check=False, process_group=0, deliver_cancel=kill_group,
-            task_status=task_status,
-        ))
 
+async def run_in_group(argv: list[str], cwd: Path | None, env: dict[str, str], *,
+                       stdin: bytes | None = None, stdout: int | None = None,
+                       **options: Any) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` in a process group of its own at background priority; return its exit
+    status, its stdout (b"" when ``stdout`` is a descriptor it writes to directly) and its
+    stderr, of which the first and last ``STDERR_CAP / 2`` bytes are kept. ``stdin`` is written
+    to it (None: ``/dev/null``); ``options`` go to the process (``pass_fds``...).
+
+    Cancellation: the whole group (git and its helpers, or a sandbox) is sent SIGKILL and
+    reaped, then the cancellation propagates.
+    """
+    proc = await trio.lowlevel.open_process(
+        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+        stdout=subprocess.PIPE if stdout is None else stdout, stderr=subprocess.PIPE,
+        process_group=0, **options)
+    out, err = bytearray(), _Capped(STDERR_CAP)
     try:
-        async with trio.open_nursery() as nursery:
-            background_priority(await nursery.start(run))
-    except BaseExceptionGroup as group:  # one task inside: its error is the caller's, as is
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
+        background_priority(proc)
+        try:
+            async with trio.open_nursery() as nursery:
+                if stdin is not None:
+                    nursery.start_soon(_feed, proc.stdin, stdin)
+                if proc.stdout is not None:
+                    nursery.start_soon(_drain, proc.stdout, out.extend)
+                await _drain(proc.stderr, err.feed)
+        except BaseExceptionGroup as group:  # one task failed: its error is the caller's
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        return await proc.wait(), bytes(out), err.bytes()
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await kill_group(proc)
+            await proc.wait()
         raise
-    return completed[0]
+
+
+async def _feed(stream: Any, data: bytes) -> None:
+    async with stream:
+        try:
+            await stream.send_all(data)
+        except trio.BrokenResourceError:
+            pass  # it ended without reading it all: its exit status says why
+
+
+async def _drain(stream: Any, keep: Any) -> None:
+    async with stream:
+        while chunk := await stream.receive_some(65536):
+            keep(chunk)
+
+
+class _Capped:
+    """The first and last ``cap / 2`` bytes of a stream, whatever its length."""
+
+    def __init__(self, cap: int) -> None:
+        self._half = cap // 2
+        self._head = bytearray()
+        self._tail = bytearray()
+        self._cut = False
+
+    def feed(self, chunk: bytes) -> None:
+        room = self._half - len(self._head)
+        self._head += chunk[:room]
+        self._tail += chunk[max(room, 0):]
+        if len(self._tail) > 2 * self._half:
+            del self._tail[:-self._half]
+            self._cut = True
+
+    def bytes(self) -> bytes:
+        if not self._cut and len(self._tail) <= self._half:
+            return bytes(self._head + self._tail)
+        return bytes(self._head) + b"\n[...]\n" + bytes(self._tail[-self._half:])
 
 
 def background_priority(process: trio.Process) -> None:

@@ -164,6 +164,7 @@ class Campaign:
             'sandbox = "required"',  # never a silent unsandboxed run
             "concurrency = 4", "max_attempts = 2", "retry_base_s = 0.2", "retry_cap_s = 0.5",
             "rate_task_creates_burst = 200", "tool_timeout_s = 90",
+            'github_web_host = "127.0.0.1"',  # the token-wanting git server is "GitHub" here
         ]) + "\n")
         return path
 

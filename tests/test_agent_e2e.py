@@ -129,3 +129,29 @@ async def test_push_with_a_token_over_smart_http_and_open_a_pull_request(store, 
     workspace = tmp_path / "workspaces" / task.id
     assert token not in (workspace / ".git" / "config").read_text()
     assert all(token not in str(e.data) for e in events)
+
+
+async def test_the_users_github_token_goes_to_github_only(store, hub, tmp_path):
+    """A repository on another host (a typo-squat of github.com, say) never gets the token:
+    here a server that wants it refuses the clone."""
+    token = "ghp_testtoken0123456789"
+    repos = tmp_path / "served"
+    repos.mkdir()
+    make_bare_repo(repos / "acme", "calc.git", branches={"main": BUGGY_PROJECT})
+    git_server = GitHttpServer(repos, username="x-access-token", token=token)
+    from daemon.agent.scripted_provider import ScriptedProvider
+
+    async def token_for(user_id: int) -> str:
+        return token
+
+    async with trio.open_nursery() as nursery:
+        git_url = await nursery.start(git_server.serve)
+        settings = agent_settings(tmp_path)  # GitHub is github.com: 127.0.0.1 is not it
+        runner = AgentRunner(ScriptedProvider({"turns": []}), settings, github_token=token_for)
+        async with running_supervisor(store, hub, runner) as sup:
+            alice = await store.upsert_user("alice")
+            task, _ = await sup.submit(user_id=alice.id, repo_url=f"{git_url}/acme/calc.git", prompt="x")
+            await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+        nursery.cancel_scope.cancel()
+    task = await store.get_task(task.id)
+    assert task.status is TaskStatus.FAILED and "authentication failed" in task.error

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 from ..errors import PermanentError
-from ..git import Workspace, prepare_workspace
+from ..git import Workspace, parse_remote, prepare_workspace
 from ..store import NewEvent, Task, Usage
 from ..supervisor import RunContext, RunResult
 from . import conversation as conv
@@ -88,6 +88,8 @@ class AgentRunner:
         s = self.settings
         task = ctx.task
         token = await self._github_token(task.user_id) if self._github_token else None
+        if token and not _on_github(task.repo_url, s):
+            token = None  # the user's GitHub token goes to GitHub only, never to another host
         workspace = await prepare_workspace(
             s.workspace_root, task.id, task.repo_url, task.base_branch, token=token,
             title=task.prompt, allow_local=s.allow_local_remotes, quota_bytes=s.quota_bytes,
@@ -113,6 +115,16 @@ class AgentRunner:
                 raise hit
             return await deliver(ctx, workspace, token=token, summary=session.summary,
                                  settings=s, confinement=sandbox)
+
+
+def _on_github(repo_url: str, s: AgentSettings) -> bool:
+    """Whether ``repo_url`` is on the configured GitHub's host (``github_web_host``)."""
+    try:
+        remote = parse_remote(repo_url, s.allow_local_remotes,
+                              allow_private=s.allow_local_remotes or s.allow_private_remotes)
+    except PermanentError:
+        return False  # prepare_workspace says what is wrong with it
+    return remote.kind in ("https", "http") and remote.host == s.github_web_host.lower()
 
 
 class _Session:

@@ -128,9 +128,32 @@ async def test_submodules_are_not_followed_on_the_host(tmp_path, bare):
     await agent_git(ws, "config", "submodule.recurse", "true")
     await agent_git(ws, "config", "push.recurseSubmodules", "on-demand")
     (ws.path / "calc.py").write_text("def add(a, b):\n    return a + b\n")
-    await sandboxed_push(ws, "x", identity=IDENTITY)
+    refs = git_out(bare, "for-each-ref")
+    # A .gitmodules that runs a command on `git submodule update` is refused as git's fsck
+    # refuses it: the daemon checks every object it takes.
+    with pytest.raises(PermanentError, match="gitmodulesUpdate") as info:
+        await sandboxed_push(ws, "x", identity=IDENTITY)
+    assert info.value.code == "workspace_bundle"
     assert not marker.exists()
     assert "agentd/" not in git_out(other, "for-each-ref")
+    assert git_out(bare, "for-each-ref") == refs
+
+
+async def test_a_malformed_object_from_the_workspace_is_refused(tmp_path, bare):
+    """git before 2.46 fetches a bundle without checking its objects: agentd checks them."""
+    ws = await prepare(tmp_path, bare)
+    tree = git_out(ws.path, "-c", "safe.directory=*", "rev-parse", "HEAD^{tree}")
+    bad = (f"tree {tree}\nparent {ws.base_commit}\n"
+           "author A <a@b> 1700000000 +99999\ncommitter A <a@b> 1700000000 +99999\n\nbad\n")
+    done = subprocess.run(["git", "-c", "safe.directory=*", "hash-object", "-t", "commit",
+                           "--literally", "-w", "--stdin"], cwd=ws.path, input=bad, text=True,
+                          capture_output=True, check=True)
+    await agent_git(ws, "update-ref", f"refs/heads/{ws.branch}", done.stdout.strip())
+    refs = git_out(bare, "for-each-ref")
+    with pytest.raises(PermanentError, match="badTimezone") as info:
+        await sandboxed_push(ws, "x", identity=IDENTITY)
+    assert info.value.code == "workspace_bundle"
+    assert git_out(bare, "for-each-ref") == refs
 
 
 async def test_the_daemons_environment_never_reaches_the_sandboxed_git(tmp_path, bare, monkeypatch):

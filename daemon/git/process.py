@@ -145,6 +145,7 @@ async def run_git(
     timeout: float = 60.0,
     check: bool = True,
     allow_local: bool | None = None,
+    stdin: int | None = None,
     pin: ResolvedRemote | None = None,
 ) -> GitResult:
     """Run ``git <args>`` off the Trio loop and return its output, stderr redacted.
@@ -173,7 +174,7 @@ async def run_git(
             make_env = functools.partial(git_env, remote, auth, allow_local=allow_local, pin=pin)
             # With a token, the askpass script is looked for (and written) on disk: off the loop.
             env = await trio.to_thread.run_sync(make_env) if auth.token else make_env()
-            returncode, stdout, raw_stderr = await run_in_group(argv, cwd, env)
+            returncode, stdout, raw_stderr = await run_in_group(argv, cwd, env, stdin=stdin)
     except trio.TooSlowError:
         raise TransientError(f"git {op} timed out after {timeout:g} s", code="git_timeout") from None
     except FileNotFoundError:
@@ -191,18 +192,21 @@ STDERR_CAP = 64 * 1024
 
 
 async def run_in_group(argv: list[str], cwd: Path | None, env: dict[str, str], *,
-                       stdin: bytes | None = None, stdout: int | None = None,
+                       stdin: bytes | int | None = None, stdout: int | None = None,
                        **options: Any) -> tuple[int, bytes, bytes]:
     """Run ``argv`` in a process group of its own at background priority; return its exit
     status, its stdout (b"" when ``stdout`` is a descriptor it writes to directly) and its
-    stderr, of which the first and last ``STDERR_CAP / 2`` bytes are kept. ``stdin`` is written
-    to it (None: ``/dev/null``); ``options`` go to the process (``pass_fds``...).
+    stderr, of which the first and last ``STDERR_CAP / 2`` bytes are kept. ``stdin``: bytes
+    written to it, a descriptor it reads, or None (``/dev/null``); ``options`` go to the
+    process (``pass_fds``...).
 
     Cancellation: the whole group (git and its helpers, or a sandbox) is sent SIGKILL and
     reaped, then the cancellation propagates.
     """
     proc = await trio.lowlevel.open_process(
-        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+        argv, cwd=cwd, env=env,
+        stdin=subprocess.PIPE if isinstance(stdin, bytes) else
+        subprocess.DEVNULL if stdin is None else stdin,
         stdout=subprocess.PIPE if stdout is None else stdout, stderr=subprocess.PIPE,
         process_group=0, **options)
     out, err = bytearray(), _Capped(STDERR_CAP)
@@ -210,7 +214,7 @@ async def run_in_group(argv: list[str], cwd: Path | None, env: dict[str, str], *
         background_priority(proc)
         try:
             async with trio.open_nursery() as nursery:
-                if stdin is not None:
+                if isinstance(stdin, bytes):
                     nursery.start_soon(_feed, proc.stdin, stdin)
                 if proc.stdout is not None:
                     nursery.start_soon(_drain, proc.stdout, out.extend)

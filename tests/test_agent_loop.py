@@ -36,8 +36,8 @@ async def test_a_task_fixes_the_bug_and_pushes_a_branch(store, hub, tmp_path):
     assert pushed["files_changed"] == ["calc.py"]
     assert task.branch == pushed["branch"] and task.branch.startswith("agentd/")
     assert "return a + b" in branch_file(bare, task.branch, "calc.py")
-    assert task.diff == {"commit": pushed["commit"], "files": ["calc.py"], "lines_added": 1,
-                         "lines_removed": 1}
+    assert task.diff == {"commit": pushed["commit"], "files": ["calc.py"], "files_total": 1,
+                         "lines_added": 1, "lines_removed": 1}
     assert task.usage.input_tokens > 0 and task.usage.output_tokens > 0
     usage_events = [e for e in events if e.type == "agent.usage"]
     assert len(usage_events) == 4
@@ -266,3 +266,17 @@ async def test_a_message_sent_mid_turn_reaches_the_next_turn_and_quiet_turns_ski
     assert takes == [[], ["also this"]]
     turns = await store.list_messages(task.id)
     assert turns[2]["content"][-1] == {"type": "text", "text": "also this"}
+
+
+async def test_a_push_of_thousands_of_files_names_the_first_thousand(store, hub, tmp_path):
+    """The agent decides how many files a push has: the event stays small."""
+    script = {"turns": [
+        {"content": [tool_use("a", "bash",
+                              command="mkdir gen && for i in $(seq 1005); do echo $i > gen/f$i; done")]},
+        {"content": [text("Generated.")]},
+    ]}
+    _, task, events = await run_task(store, hub, tmp_path, script)
+    assert task.status is TaskStatus.SUCCEEDED, task.error
+    (pushed,) = [e.data for e in events if e.type == "git.pushed"]
+    assert len(pushed["files_changed"]) == 1000 and pushed["files_total"] == 1005
+    assert task.diff["files_total"] == 1005 and len(task.diff["files"]) == 1000

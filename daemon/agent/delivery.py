@@ -13,6 +13,8 @@ from .conversation import commit_message
 if TYPE_CHECKING:
     from .loop import AgentSettings
 
+MAX_FILES_LISTED = 1000
+
 
 async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, summary: str,
                   settings: "AgentSettings", confinement: Confinement) -> RunResult:
@@ -36,10 +38,14 @@ async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, s
     if pushed is None:
         return RunResult(reason="no changes")
     if (task.diff or {}).get("commit") != pushed.commit:  # not recorded by an earlier attempt
-        diff = {"commit": pushed.commit, "files": pushed.files_changed,
+        # The agent decides how many files a push has: the task and its event name the first
+        # MAX_FILES_LISTED, and say how many there were.
+        files = pushed.files_changed[:MAX_FILES_LISTED]
+        diff = {"commit": pushed.commit, "files": files, "files_total": len(pushed.files_changed),
                 "lines_added": pushed.lines_added, "lines_removed": pushed.lines_removed}
         announced = NewEvent("git.pushed", {"branch": pushed.branch, "commit": pushed.commit,
-                                            "files_changed": pushed.files_changed})
+                                            "files_changed": files,
+                                            "files_total": len(pushed.files_changed)})
         task = await ctx.store.update_task(task.id, branch=pushed.branch, diff=diff, events=[announced])
     if task.pr_url is None and token:
         repo = workspace.remote.github(settings.github_web_host)

@@ -137,11 +137,14 @@ class TaskCgroup:
         return False
 
     def kill(self, deadline_s: float = 5.0) -> None:
-        """Kill every process in the cgroup (``cgroup.kill``, or freeze and SIGKILL each)."""
+        """Kill every process in the cgroup and the cgroups the task made under it
+        (``cgroup.kill`` is recursive; before Linux 5.14, freeze and SIGKILL each of the top's).
+        Its own ``cgroup.procs`` may be empty while a child cgroup holds processes: the
+        subtree is empty when ``cgroup.events`` says ``populated 0``."""
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             pids = [int(p) for p in _read(self.path / "cgroup.procs").split() if int(p) > 0]
-            if not pids:
+            if not pids and "populated 1" not in _read(self.path / "cgroup.events"):
                 return
             try:
                 (self.path / "cgroup.kill").write_text("1")
@@ -158,7 +161,15 @@ class TaskCgroup:
             time.sleep(0.005)
 
     def remove(self) -> None:
-        """Remove the (emptied) cgroup; a few tries while the killed processes are reaped."""
+        """Remove the (emptied) cgroup, the ones the task made under it first; a few tries
+        while the killed processes are reaped."""
+        children = sorted((p for p in self.path.rglob("*") if p.is_dir()),
+                          key=lambda p: len(p.parts), reverse=True)
+        for child in children:
+            try:
+                child.rmdir()
+            except OSError:
+                pass
         for _ in range(200):
             try:
                 self.path.rmdir()

@@ -130,3 +130,17 @@ def sqlite_at_version(path, version: int):
             conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (number, description))
             conn.execute(f"PRAGMA user_version = {number}")
     return conn
+
+
+async def wait_gone(pid: int) -> None:
+    """Until process ``pid`` has exited (a pidfd turns readable when it does): no polling."""
+    import os
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)

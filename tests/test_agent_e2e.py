@@ -4,6 +4,7 @@ token: push over smart HTTP with basic auth, pull request through the fake GitHu
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import trio
@@ -89,12 +90,26 @@ async def test_a_bad_api_key_fails_the_task_with_the_apis_message(store, hub, tm
     assert KEY not in task.error and all(KEY not in str(e.data) for e in events)
 
 
-async def test_push_with_a_token_over_smart_http_and_open_a_pull_request(store, hub, tmp_path):
-    token = "ghp_testtoken0123456789"
+async def run_one(store, hub, runner, repo_url: str, prompt: str):
+    """One task of alice's on ``runner``, to its end."""
+    async with running_supervisor(store, hub, runner) as sup:
+        alice = await store.upsert_user("alice")
+        task, _ = await sup.submit(user_id=alice.id, repo_url=repo_url, prompt=prompt)
+        await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+    return await store.get_task(task.id)
+
+
+def token_git_server(tmp_path, token: str) -> tuple[Path, GitHttpServer]:
+    """acme/calc.git (the buggy project) served over smart HTTP to those with ``token``."""
     repos = tmp_path / "served"
     repos.mkdir()
     make_bare_repo(repos / "acme", "calc.git", branches={"main": BUGGY_PROJECT})
-    git_server = GitHttpServer(repos, username="x-access-token", token=token)
+    return repos, GitHttpServer(repos, username="x-access-token", token=token)
+
+
+async def test_push_with_a_token_over_smart_http_and_open_a_pull_request(store, hub, tmp_path):
+    token = "ghp_testtoken0123456789"
+    repos, git_server = token_git_server(tmp_path, token)
     github = FakeGitHubAPI(token)
     script = {"turns": [
         {"content": [tool_use("e", "str_replace_based_edit_tool", command="str_replace", path="calc.py",
@@ -111,12 +126,8 @@ async def test_push_with_a_token_over_smart_http_and_open_a_pull_request(store, 
         api_url = await nursery.start(github.serve)
         settings = agent_settings(tmp_path, github_api=api_url, github_web_host="127.0.0.1")
         runner = AgentRunner(ScriptedProvider(script), settings, github_token=token_for)
-        async with running_supervisor(store, hub, runner) as sup:
-            alice = await store.upsert_user("alice")
-            task, _ = await sup.submit(user_id=alice.id, repo_url=f"{git_url}/acme/calc.git", prompt="Fix add()")
-            await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+        task = await run_one(store, hub, runner, f"{git_url}/acme/calc.git", "Fix add()")
         nursery.cancel_scope.cancel()
-    task = await store.get_task(task.id)
     events = await store.read_events(task.id)
     assert task.status is TaskStatus.SUCCEEDED, task.error
     (pr,) = github.pulls
@@ -135,10 +146,7 @@ async def test_the_users_github_token_goes_to_github_only(store, hub, tmp_path):
     """A repository on another host (a typo-squat of github.com, say) never gets the token:
     here a server that wants it refuses the clone."""
     token = "ghp_testtoken0123456789"
-    repos = tmp_path / "served"
-    repos.mkdir()
-    make_bare_repo(repos / "acme", "calc.git", branches={"main": BUGGY_PROJECT})
-    git_server = GitHttpServer(repos, username="x-access-token", token=token)
+    repos, git_server = token_git_server(tmp_path, token)
     from daemon.agent.scripted_provider import ScriptedProvider
 
     async def token_for(user_id: int) -> str:
@@ -148,10 +156,6 @@ async def test_the_users_github_token_goes_to_github_only(store, hub, tmp_path):
         git_url = await nursery.start(git_server.serve)
         settings = agent_settings(tmp_path)  # GitHub is github.com: 127.0.0.1 is not it
         runner = AgentRunner(ScriptedProvider({"turns": []}), settings, github_token=token_for)
-        async with running_supervisor(store, hub, runner) as sup:
-            alice = await store.upsert_user("alice")
-            task, _ = await sup.submit(user_id=alice.id, repo_url=f"{git_url}/acme/calc.git", prompt="x")
-            await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+        task = await run_one(store, hub, runner, f"{git_url}/acme/calc.git", "x")
         nursery.cancel_scope.cancel()
-    task = await store.get_task(task.id)
     assert task.status is TaskStatus.FAILED and "authentication failed" in task.error

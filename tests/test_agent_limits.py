@@ -18,7 +18,7 @@ from daemon.agent.tools.identity import count_tasks
 from daemon.states import TaskStatus
 
 from .agent_env import FIX_SCRIPT, agent_supervisor, bare_repo, text, tool_use
-from .helpers import wait_status
+from .helpers import wait_gone, wait_status
 
 MIB = 1024 * 1024
 SANDBOX = trio.run(probe_sandbox)
@@ -73,14 +73,7 @@ async def assert_no_sandbox_processes_left():
     uids = range(TOOLS.uid_base, TOOLS.uid_base + 8)
     with trio.fail_after(10):
         for pid in await trio.to_thread.run_sync(_processes_of, uids):
-            try:
-                fd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                continue
-            try:
-                await trio.lowlevel.wait_readable(fd)
-            finally:
-                os.close(fd)
+            await wait_gone(pid)
     assert all(count_tasks(uid) == 0 for uid in uids)
 
 

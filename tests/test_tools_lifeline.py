@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import trio
@@ -18,6 +17,7 @@ from daemon.agent.tools import probe_sandbox
 from daemon.agent.tools.procs import descendants
 
 from .daemon_process import ROOT
+from .helpers import wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -41,18 +41,6 @@ async def main():
 
 trio.run(main)
 """
-
-
-async def wait_gone(pid: int) -> None:
-    """Until ``pid`` has exited (a pidfd turns readable): no polling."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        await trio.lowlevel.wait_readable(fd)
-    finally:
-        os.close(fd)
 
 
 async def test_the_sandbox_dies_with_the_daemons_process(tmp_path):

@@ -14,13 +14,22 @@ import trio
 # agentd's own copies of the workspaces (daemon/git/owned.py), beside them.
 OWNED_DIR = ".owned"
 
-__all__ = ["charged", "gc_workspaces", "rmtree", "workspace_dirs", "workspace_size"]
+__all__ = ["charged", "first_sight", "gc_workspaces", "rmtree", "workspace_dirs", "workspace_size"]
 
 
 def charged(st: os.stat_result) -> int:
     """What an entry counts against the quota: its allocated blocks, and at least 512 bytes
     (an inode): a million empty files fill the disk's inode table while using no blocks."""
     return max(st.st_blocks * 512, 512)
+
+
+def first_sight(st: os.stat_result, seen: set[tuple[int, int]]) -> bool:
+    """False for a file with several links that was counted already (hard links count once)."""
+    if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+        if (st.st_dev, st.st_ino) in seen:
+            return False
+        seen.add((st.st_dev, st.st_ino))
+    return True
 
 
 async def workspace_size(path: Path) -> int:
@@ -50,10 +59,8 @@ def _du(path: Path) -> int:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue  # removed while walking
-            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                if (st.st_dev, st.st_ino) in seen:
-                    continue
-                seen.add((st.st_dev, st.st_ino))
+            if not first_sight(st, seen):
+                continue
             total += charged(st)
             if stat.S_ISDIR(st.st_mode):
                 stack.append(entry.path)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from daemon.errors import PermanentError
-from daemon.git.disk import charged
+from daemon.git.disk import charged, first_sight
 
 __all__ = ["Slot", "claim_slot", "count_tasks", "own_and_measure", "sweep_uid"]
 
@@ -225,11 +225,10 @@ def own_and_measure(top: Path, owner: tuple[int, int] | None) -> int:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except OSError:
                 continue  # removed while walking
-            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                if (st.st_dev, st.st_ino) in seen:
-                    continue
-                seen.add((st.st_dev, st.st_ino))
-            elif owner is not None and (st.st_uid, st.st_gid) != owner:
+            if not first_sight(st, seen):
+                continue
+            singly_linked = st.st_nlink == 1 or stat.S_ISDIR(st.st_mode)
+            if singly_linked and owner is not None and (st.st_uid, st.st_gid) != owner:
                 try:
                     os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
                 except OSError:

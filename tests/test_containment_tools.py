@@ -82,16 +82,18 @@ def test_the_race_ran_every_call_and_the_task_ended(world):
         refused = sum(results[i]["is_error"] and "symbolic link" in results[i]["output"] for i in ids)
         return refused, sum(not results[i]["is_error"] for i in ids)
 
-    # In every turn, calls through each swapped directory met both of its states: the swapper
-    # ran throughout. (The file's link, once an edit renamed a file over it, stays a file until
-    # the next turn: both states over the whole run.)
+    # The swapper ran in every turn, and calls through each swapped directory met both of its
+    # states over the run. (Not asserted per turn: on a loaded machine a turn's calls may all
+    # run while the swapper waits for a CPU. The file's link, once an edit renamed a file over
+    # it, stays a file until the next turn.)
+    all_ids = []
     for turn in range(len(RACE) // CALLS_PER_TURN):
         assert "SWAPPER started" in results[f"arm-{turn}"]["output"], results[f"arm-{turn}"]
-        ids = [f"{kind}-{n}" for kind in kinds
-               for n in range(turn * PER_KIND_PER_TURN, (turn + 1) * PER_KIND_PER_TURN)]
-        for name in ("rd", "ro"):
-            refused, through = outcomes([i for i in ids if _via(i) == name])
-            assert refused and through, (turn, name, refused, through)
+        all_ids += [f"{kind}-{n}" for kind in kinds
+                    for n in range(turn * PER_KIND_PER_TURN, (turn + 1) * PER_KIND_PER_TURN)]
+    for name in ("rd", "ro"):
+        refused, through = outcomes([i for i in all_ids if _via(i) == name])
+        assert refused and through, (name, refused, through)
     refused, through = outcomes([i for i in results if i.split("-")[0] in kinds and _via(i) == "rf.txt"])
     assert refused and through, ("rf.txt", refused, through)
 

@@ -31,6 +31,8 @@ from typing import Iterator
 from daemon.errors import PermanentError
 from daemon.git.disk import charged, first_sight
 
+from .procs import pids, proc_file
+
 __all__ = ["Slot", "claim_slot", "count_tasks", "own_and_measure", "sweep_uid"]
 
 log = logging.getLogger(__name__)
@@ -99,10 +101,8 @@ def _host_lock(uid: int) -> socket.socket | None:
 
 def _status_fields(pid: str) -> tuple[int, int] | None:
     """(real uid, threads) of a process, None when it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            data = f.read()
-    except OSError:
+    data = proc_file(pid, "status")
+    if data is None:
         return None
     uid = threads = None
     for line in data.splitlines():
@@ -117,16 +117,9 @@ def _status_fields(pid: str) -> tuple[int, int] | None:
     return uid, threads
 
 
-def _pids() -> list[str]:
-    try:
-        return [name for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return []
-
-
 def _uids_in_use() -> set[int]:
     found = set()
-    for pid in _pids():
+    for pid in pids():
         fields = _status_fields(pid)
         if fields is not None:
             found.add(fields[0])
@@ -142,7 +135,7 @@ def _of_uid(uid: int) -> list[tuple[str, int]]:
     anyway, this is the second line.
     """
     found = []
-    for pid in _pids():
+    for pid in pids():
         try:
             if os.stat(f"/proc/{pid}").st_uid != uid:
                 continue

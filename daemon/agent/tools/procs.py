@@ -6,15 +6,31 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["descendants", "first_child", "proc_stat", "sandbox_processes", "tmp_full"]
+__all__ = ["descendants", "first_child", "pids", "proc_file", "proc_stat", "sandbox_processes",
+           "tmp_full"]
+
+
+def pids() -> list[str]:
+    """The pids in /proc (empty where there is none)."""
+    try:
+        return [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+
+
+def proc_file(pid: int | str, entry: str) -> bytes | None:
+    """``/proc/<pid>/<entry>``, or None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/{entry}", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def proc_stat(pid: int) -> tuple[str, int] | None:
     """(state, ppid) of a process from /proc, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
+    data = proc_file(pid, "stat")
+    if data is None:
         return None
     # The command name is in parentheses and may itself contain spaces and parentheses.
     fields = data[data.rfind(b")") + 2 :].split()
@@ -23,16 +39,11 @@ def proc_stat(pid: int) -> tuple[str, int] | None:
 
 def descendants(root: int) -> list[int]:
     """Every live descendant of ``root`` (Linux /proc; empty elsewhere)."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return []
     children: dict[int, list[int]] = {}
-    for name in names:
-        if name.isdigit():
-            stat = proc_stat(int(name))
-            if stat is not None:
-                children.setdefault(stat[1], []).append(int(name))
+    for name in pids():
+        stat = proc_stat(int(name))
+        if stat is not None:
+            children.setdefault(stat[1], []).append(int(name))
     found: list[int] = []
     todo = [root]
     while todo:

@@ -14,7 +14,7 @@ import trio
 # agentd's own copies of the workspaces (daemon/git/owned.py), beside them.
 OWNED_DIR = ".owned"
 
-__all__ = ["charged", "first_sight", "gc_workspaces", "rmtree", "workspace_dirs", "workspace_size"]
+__all__ = ["charged", "first_sight", "gc_workspaces", "remove_if_present", "rmtree", "workspace_dirs", "workspace_size"]
 
 
 def charged(st: os.stat_result) -> int:
@@ -87,12 +87,13 @@ async def gc_workspaces(root: Path, keep: Callable[[str], Awaitable[bool]]) -> l
         if await keep(name):
             continue
         for path in (root / name, owned / name):
-            await trio.to_thread.run_sync(_remove_dir, path)
+            await trio.to_thread.run_sync(remove_if_present, path)
         removed.append(name)
     return removed
 
 
-def _remove_dir(path: Path) -> None:
+def remove_if_present(path: Path) -> None:
+    """``rmtree`` of ``path`` when it is a directory (not a link to one); nothing otherwise."""
     if path.is_dir() and not path.is_symlink():
         rmtree(path)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +22,7 @@ import trio
 from daemon.errors import PermanentError, TransientError
 from daemon.git.process import run_in_group
 
-__all__ = ["Confinement", "Export", "export_bundle"]
+__all__ = ["Confinement", "export_bundle"]
 
 EXPORT_TIMEOUT = 120.0
 
@@ -76,19 +75,12 @@ class Confinement(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Export:
-    """What the sandboxed git made: ``bundle`` holds the branch's commits since the base;
-    None when the branch has none (nothing to deliver)."""
-
-    bundle: Path | None
-
-
 async def export_bundle(workspace: Path, bundle: Path, *, branch: str, base_commit: str,
                         message: str, identity: tuple[str, str], confinement: Confinement,
-                        timeout: float = EXPORT_TIMEOUT) -> Export:
+                        timeout: float = EXPORT_TIMEOUT) -> bool:
     """Commit every change in ``workspace`` (``git add -A``) on ``branch`` and write the
-    branch's commits since ``base_commit`` to ``bundle``, all inside ``confinement``.
+    branch's commits since ``base_commit`` to ``bundle``, all inside ``confinement``. False
+    when the branch has no commit beyond ``base_commit`` (nothing to deliver, no bundle).
 
     ``bundle`` is created (mode 0600, truncated) by the daemon; the sandboxed git only gets its
     file descriptor, so it can write that file and nothing else outside the workspace. Hooks
@@ -122,7 +114,7 @@ async def export_bundle(workspace: Path, bundle: Path, *, branch: str, base_comm
         # `git bundle create -` writes a file named "-" when the config moves the work tree.
         raise PermanentError("git in the workspace made no bundle of the branch (does the "
                              "workspace's git config move its work tree?)", code="workspace_git")
-    return _verdict(returncode, stderr, bundle)
+    return _verdict(returncode, stderr)
 
 
 def _close(fd: int) -> int:
@@ -138,11 +130,11 @@ def _open_for_writing(path: Path) -> int:
                    0o600)
 
 
-def _verdict(returncode: int, stderr: bytes, bundle: Path) -> Export:
+def _verdict(returncode: int, stderr: bytes) -> bool:
     if returncode == 0:
-        return Export(bundle)
+        return True
     if returncode == _NOTHING_NEW:
-        return Export(None)
+        return False
     # What git said there, as one short line: its last words, without escapes or controls.
     text = _CONTROLS.sub("", stderr.decode("utf-8", errors="replace"))
     said = " | ".join(line.strip() for line in text.splitlines() if line.strip())

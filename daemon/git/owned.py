@@ -111,7 +111,8 @@ async def fetch_bundle(owned: Path, bundle: Path, branch: str) -> str:
     except AgentdError as e:
         raise _not_taken(str(e)) from None
     finally:
-        os.close(fd)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(os.close, fd)
     return commit
 
 

@@ -23,7 +23,7 @@ import trio
 
 from daemon.errors import PermanentError, TransientError
 from daemon.git import owned as owned_repo
-from daemon.git.disk import gc_workspaces, rmtree, workspace_size
+from daemon.git.disk import gc_workspaces, remove_if_present, rmtree, workspace_size
 from daemon.git.addresses import ResolvedRemote, resolve_remote
 from daemon.git.export import Confinement, export_bundle
 from daemon.git.process import GitAuth, classify_git_error, run_git
@@ -173,7 +173,8 @@ async def prepare_workspace(
         await trio.to_thread.run_sync(_move_into_place, staging, path, owned_staging, owned, ws)
     except BaseException:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_remove_stagings, staging, owned_staging)
+            for path in (staging, owned_staging):
+                await trio.to_thread.run_sync(remove_if_present, path)
         raise
     return dataclasses.replace(ws, path=path, reset=known_branch is not None)
 
@@ -189,7 +190,7 @@ def _make_room(root: Path, task_id: str) -> int:
     its owned copy, and staging dirs a killed daemon left) and return the bytes free for it."""
     owned = owned_repo.owned_path(root, task_id)
     for path in (root / task_id, owned):
-        _remove_if_present(path)
+        remove_if_present(path)
     owned.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".staging-{task_id}-"
     for parent in (root, owned.parent):
@@ -207,16 +208,6 @@ def _move_into_place(staging: Path, path: Path, owned_staging: Path, owned: Path
     owned_repo.write_state(owned_staging, _state(ws, pushed_commit=None))
     os.rename(owned_staging, owned)
     os.rename(staging, path)
-
-
-def _remove_stagings(*paths: Path) -> None:
-    for path in paths:
-        _remove_if_present(path)
-
-
-def _remove_if_present(path: Path) -> None:
-    if path.exists():
-        rmtree(path)
 
 
 async def _clone(path: Path, remote: Remote, auth: GitAuth, base_branch: str | None,
@@ -297,16 +288,15 @@ async def commit_and_push(
                              code="workspace_marker")
     bundle = ws.owned / "export.bundle"
     try:
-        export = await export_bundle(ws.path, bundle, branch=ws.branch,
-                                     base_commit=ws.base_commit, message=message,
-                                     identity=identity, confinement=confinement)
-        if export.bundle is None:
+        if not await export_bundle(ws.path, bundle, branch=ws.branch,
+                                   base_commit=ws.base_commit, message=message,
+                                   identity=identity, confinement=confinement):
             return None
-        head = await owned_repo.fetch_bundle(ws.owned, export.bundle, ws.branch)
+        head = await owned_repo.fetch_bundle(ws.owned, bundle, ws.branch)
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(_unlink_if_present, bundle)
-    if head == ws.base_commit:
+    if head == ws.base_commit:  # a bundle that names the base itself: nothing new either
         return None
     if head != meta.get("pushed_commit"):
         auth = GitAuth(token=token, ssh_key=ssh_key)

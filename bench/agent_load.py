@@ -58,7 +58,7 @@ TICK_S = 0.01
 def thread_cpu_seconds(pid: int, tid: int) -> float:
     """utime + stime of one thread: the Trio thread is the main one (``tid == pid``)."""
     raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2:].split()
+    fields = raw[raw.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -71,24 +71,48 @@ def use_provider(name: str) -> None:
         provider_module.AnthropicProvider = SdkStreamProvider  # type: ignore[misc]
 
 
-async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
-              provider: str = "lean", steps: StepRecorder | None = None) -> dict[str, Any]:
+async def run(
+    tasks: int,
+    turns: int,
+    delay_s: float,
+    timeout_s: float,
+    provider: str = "lean",
+    steps: StepRecorder | None = None,
+) -> dict[str, Any]:
     raise_fd_limit(20_000)
     use_provider(provider)
     if steps is not None:
         trio.lowlevel.add_instrument(steps)
     tmp = Path(tempfile.mkdtemp(prefix="agentd-load-", dir="/tmp"))
     bare = make_bare_repo(tmp)
-    fake = Child([sys.executable, str(ROOT / "bench" / "slow_fake_anthropic.py"),
-                  "--delay", str(delay_s), "--turns", str(turns)],
-                 stderr_path=tmp / "fake.err", cwd=ROOT)
+    fake = Child(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "slow_fake_anthropic.py"),
+            "--delay",
+            str(delay_s),
+            "--turns",
+            str(turns),
+        ],
+        stderr_path=tmp / "fake.err",
+        cwd=ROOT,
+    )
     try:
         url = fake.expect(timeout=60)["url"]
         settings = Settings(
-            data_dir=tmp / "data", http="127.0.0.1:0", control_socket=tmp / "c.sock",
-            concurrency=min(1024, tasks), grace_period_s=0.0, model="anthropic",
-            anthropic_api_key="bench-key", anthropic_base_url=url, allow_local_remotes=True,
-            min_free_disk_mb=0, max_attempts=1, log_level="WARNING", pin_loop_cpu=loop_pinned(),
+            data_dir=tmp / "data",
+            http="127.0.0.1:0",
+            control_socket=tmp / "c.sock",
+            concurrency=min(1024, tasks),
+            grace_period_s=0.0,
+            model="anthropic",
+            anthropic_api_key="bench-key",
+            anthropic_base_url=url,
+            allow_local_remotes=True,
+            min_free_disk_mb=0,
+            max_attempts=1,
+            log_level="WARNING",
+            pin_loop_cpu=loop_pinned(),
         )
         daemon = Daemon(settings)
         lags: list[tuple[float, float]] = []
@@ -143,8 +167,14 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
                 # All at once, as if from 500 phones (the API handler does the same call).
                 async with trio.open_nursery() as submits:
                     for i in range(tasks):
-                        submits.start_soon(partial(daemon.supervisor.submit, user_id=user.id,
-                                                   repo_url=str(bare), prompt=f"look {i}"))
+                        submits.start_soon(
+                            partial(
+                                daemon.supervisor.submit,
+                                user_id=user.id,
+                                repo_url=str(bare),
+                                prompt=f"look {i}",
+                            )
+                        )
                 marks["submitted"] = now()
                 await all_done.wait()
                 cpu, fake_cpu = cpu_seconds(pid) - cpu0, cpu_seconds(fake.pid) - fake0
@@ -172,7 +202,10 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
     conversation = (marks.get("all_ready", end), marks.get("first_finished", end))
     peak = peak_rss(start, end)
     return {
-        "tasks": tasks, "turns": turns, "delay_s": delay_s, "provider": provider,
+        "tasks": tasks,
+        "turns": turns,
+        "delay_s": delay_s,
+        "provider": provider,
         "statuses": dict(statuses),
         "model_turns": counts["agent.usage"],
         "wall_s": round(end - start, 2),
@@ -195,8 +228,14 @@ async def run(tasks: int, turns: int, delay_s: float, timeout_s: float,
         "git_and_tools_cores": round(kids / (end - start), 2),
         # Everything else busy on the machine meanwhile (a shared VM: other people's work).
         "other_cores": round(max(0.0, others) / (end - start), 2),
-        **({"loop_steps": steps.summary(), "loop_steps_conversation": steps.summary(
-            since=conversation[0], until=conversation[1])} if steps is not None else {}),
+        **(
+            {
+                "loop_steps": steps.summary(),
+                "loop_steps_conversation": steps.summary(since=conversation[0], until=conversation[1]),
+            }
+            if steps is not None
+            else {}
+        ),
         "machine": machine(),
     }
 
@@ -207,15 +246,19 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--delay", type=float, default=1.0, help="seconds per model turn")
     parser.add_argument("--timeout", type=float, default=120.0)
-    parser.add_argument("--provider", choices=("lean", "sdk-stream"), default="lean",
-                        help="how responses are read: agentd's SSE parser, or the SDK's stream helper")
-    parser.add_argument("--steps", action="store_true",
-                        help="also say what the loop's time went to (bench/loop_steps.py)")
+    parser.add_argument(
+        "--provider",
+        choices=("lean", "sdk-stream"),
+        default="lean",
+        help="how responses are read: agentd's SSE parser, or the SDK's stream helper",
+    )
+    parser.add_argument(
+        "--steps", action="store_true", help="also say what the loop's time went to (bench/loop_steps.py)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     steps = StepRecorder() if args.steps else None
-    emit(trio.run(run, args.tasks, args.turns, args.delay, args.timeout, args.provider, steps),
-         args.json)
+    emit(trio.run(run, args.tasks, args.turns, args.delay, args.timeout, args.provider, steps), args.json)
 
 
 if __name__ == "__main__":

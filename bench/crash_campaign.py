@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.crash_campaign import run_campaign  # noqa: E402
+from tests.crash_campaign import run_campaign
 
 
 def main() -> int:
@@ -26,8 +26,10 @@ def main() -> int:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="agentd-crash-") as tmp:
         result = run_campaign(Path(tmp), tasks=args.tasks, rounds=args.rounds, seed=args.seed)
-    print(f"{result.tasks} tasks, {result.kills} SIGKILLs in {time.perf_counter() - began:.0f} s; "
-          f"kills by point: {result.kill_points}")
+    print(
+        f"{result.tasks} tasks, {result.kills} SIGKILLs in {time.perf_counter() - began:.0f} s; "
+        f"kills by point: {result.kill_points}"
+    )
     for problem in result.problems:
         print(f"PROBLEM: {problem}")
     print("all tasks ended correctly" if not result.problems else f"{len(result.problems)} problems")

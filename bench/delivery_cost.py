@@ -28,6 +28,7 @@ pinned to a CPU: the time is the processes', which ``run_git`` releases from the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -37,8 +38,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -54,7 +56,7 @@ from daemon.agent.tools.sandbox import TaskSandbox
 from daemon.agent.tools.task_sandbox import host_limits
 from daemon.config import Settings
 from daemon.errors import PermanentError
-from daemon.git import PushResult, Workspace, commit_and_push, prepare_workspace
+from daemon.git import CloneRequest, PushResult, Workspace, commit_and_push, prepare_workspace
 from daemon.git.owned import parse_numstat
 from daemon.git.process import GitAuth, run_git
 from tests.fakes.git_http import git_out, make_bare_repo
@@ -73,8 +75,9 @@ _UNSAFE_PUSH_CONFIG = re.compile(
 )
 
 
-async def host_git_commit_and_push(ws: Workspace, message: str, *, token: str | None,
-                                   timeout: float = PUSH_TIMEOUT) -> PushResult | None:
+async def host_git_commit_and_push(
+    ws: Workspace, message: str, *, token: str | None, timeout: float = PUSH_TIMEOUT
+) -> PushResult | None:
     """The reference: ``commit_and_push`` of ``daemon/git/workspace.py`` before the commit moved
     into the sandbox, every git on the host in the workspace. Kept here only to be measured
     against; it is not safe against a hostile ``.git`` (that is why it was replaced)."""
@@ -98,29 +101,42 @@ async def host_git_commit_and_push(ws: Workspace, message: str, *, token: str | 
     if head != meta.get("pushed_commit"):
         await _check_push_config(ws)
         refspec = f"refs/heads/{ws.branch}:refs/heads/{ws.branch}"
-        await run_git(["push", "--quiet", "--no-verify", "--", ws.remote.url, refspec],
-                      cwd=ws.path, remote=ws.remote, auth=GitAuth(token=token), op="push",
-                      timeout=timeout)
+        await run_git(
+            ["push", "--quiet", "--no-verify", "--", ws.remote.url, refspec],
+            cwd=ws.path,
+            remote=ws.remote,
+            auth=GitAuth(token=token),
+            op="push",
+            timeout=timeout,
+        )
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(write_marker, ws, head)
     numstat = await git("diff", "--numstat", "-z", "--no-renames", ws.base_commit, head)
     files, added, removed = parse_numstat(numstat.stdout)
-    return PushResult(branch=ws.branch, commit=head, files_changed=files,
-                      lines_added=added, lines_removed=removed)
+    return PushResult(
+        branch=ws.branch, commit=head, files_changed=files, lines_added=added, lines_removed=removed
+    )
 
 
 async def _clean_head(ws: Workspace) -> str | None:
     status = await _local_git(ws.path)(
-        "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal",
-        "--ignore-submodules=none", "--no-ahead-behind", check=False)
+        "status",
+        "--porcelain=v2",
+        "--branch",
+        "-z",
+        "--untracked-files=normal",
+        "--ignore-submodules=none",
+        "--no-ahead-behind",
+        check=False,
+    )
     if status.returncode != 0:
         return None
     oid = branch = None
     for entry in status.stdout.decode(errors="replace").split("\0"):
         if entry.startswith("# branch.oid "):
-            oid = entry[len("# branch.oid "):]
+            oid = entry[len("# branch.oid ") :]
         elif entry.startswith("# branch.head "):
-            branch = entry[len("# branch.head "):]
+            branch = entry[len("# branch.head ") :]
         elif entry and not entry.startswith("#"):
             return None
     if branch != ws.branch or oid is None or not re.fullmatch(r"[0-9a-f]{40,64}", oid):
@@ -131,8 +147,7 @@ async def _clean_head(ws: Workspace) -> str | None:
 async def _ensure_on_branch(ws: Workspace) -> None:
     head = await _local_git(ws.path)("symbolic-ref", "--quiet", "--short", "HEAD", check=False)
     if head.returncode != 0 or head.stdout.decode().strip() != ws.branch:
-        raise PermanentError(f"the workspace is no longer on its branch {ws.branch}",
-                             code="workspace_branch")
+        raise PermanentError(f"the workspace is no longer on its branch {ws.branch}", code="workspace_branch")
 
 
 async def _check_push_config(ws: Workspace) -> None:
@@ -140,8 +155,7 @@ async def _check_push_config(ws: Workspace) -> None:
     for entry in listed.stdout.decode(errors="replace").split("\0"):
         key = entry.partition("\n")[0].lower()
         if key and _UNSAFE_PUSH_CONFIG.match(key):
-            raise PermanentError(f"the workspace's git config sets '{key}'",
-                                 code="unsafe_git_config")
+            raise PermanentError(f"the workspace's git config sets '{key}'", code="unsafe_git_config")
 
 
 def _local_git(path: Path):
@@ -160,8 +174,13 @@ def _read_marker(marker: Path) -> dict | None:
 
 def write_marker(ws: Workspace, pushed_commit: str | None) -> None:
     """The record the old ``prepare_workspace`` left in ``.git`` (and the old push updated)."""
-    meta = {"branch": ws.branch, "base_branch": ws.base_branch, "base_commit": ws.base_commit,
-            "remote_url": ws.remote.url, "pushed_commit": pushed_commit}
+    meta = {
+        "branch": ws.branch,
+        "base_branch": ws.base_branch,
+        "base_commit": ws.base_commit,
+        "remote_url": ws.remote.url,
+        "pushed_commit": pushed_commit,
+    }
     marker = ws.path / ".git" / _MARKER
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta))
@@ -170,10 +189,10 @@ def write_marker(ws: Workspace, pushed_commit: str | None) -> None:
 
 # -- the measurement ---------------------------------------------------------------------------
 
+
 def project(files: int) -> dict[str, str]:
     """A small Python project: a README, the module with the bug, ``files`` more modules."""
-    tree = {"README.md": "# calc\n\nA small calculator.\n",
-            "calc.py": "def add(a, b):\n    return a - b\n"}
+    tree = {"README.md": "# calc\n\nA small calculator.\n", "calc.py": "def add(a, b):\n    return a - b\n"}
     for i in range(files):
         body = "".join(f"def f{j}(x):\n    return x + {j}\n" for j in range(20))
         tree[f"pkg/mod_{i:03d}.py"] = body
@@ -198,9 +217,9 @@ class Deliveries:
         self.count += 1
         s = self.s
         ws = await prepare_workspace(
-            s.workspace_root, f"{kind}-{self.count}", str(self.bare), "main", token=None,
-            title=f"fix add {self.count}", allow_local=True, quota_bytes=s.quota_bytes,
-            min_free_bytes=0, identity=s.identity)
+            CloneRequest(f"{kind}-{self.count}", str(self.bare), "main", title=f"fix add {self.count}"),
+            dataclasses.replace(s.clone_policy, allow_local=True, min_free_bytes=0),
+        )
         await trio.to_thread.run_sync(edit, ws.path)
         return ws
 
@@ -212,16 +231,30 @@ class Deliveries:
             t1 = time.perf_counter()
             if (hit := await box.limit_reached()) is not None:
                 raise hit
-            pushed = await commit_and_push(ws, MESSAGE, token=None, confinement=box,
-                                           identity=s.identity, ssh_key=s.ssh_key,
-                                           allow_private=True)
+            pushed = await commit_and_push(
+                ws,
+                MESSAGE,
+                token=None,
+                confinement=box,
+                identity=s.identity,
+                ssh_key=s.ssh_key,
+                allow_private=True,
+            )
             t2 = time.perf_counter()
-            self.sandbox_info = {"bubblewrap": box.sandboxed, "own_uid": box.owner is not None,
-                                 "cgroup": (await host_limits()).cgroup is not None}
+            self.sandbox_info = {
+                "bubblewrap": box.sandboxed,
+                "own_uid": box.owner is not None,
+                "cgroup": (await host_limits()).cgroup is not None,
+            }
         t3, c1 = time.perf_counter(), _cpu()
         await self.remove(ws)
-        return {"total": t3 - t0, "enter": t1 - t0, "commit_and_push": t2 - t1,
-                "exit": t3 - t2, "cpu": c1 - c0}, pushed
+        return {
+            "total": t3 - t0,
+            "enter": t1 - t0,
+            "commit_and_push": t2 - t1,
+            "exit": t3 - t2,
+            "cpu": c1 - c0,
+        }, pushed
 
     async def host_git(self) -> tuple[dict[str, float], PushResult | None]:
         ws = await self.workspace("host")
@@ -246,8 +279,12 @@ def _cpu() -> float:
 
 def _ms(values: list[float]) -> dict[str, float]:
     ms = [v * 1000 for v in values]
-    return {"p50_ms": round(percentile(ms, 0.50), 2), "p99_ms": round(percentile(ms, 0.99), 2),
-            "mean_ms": round(statistics.fmean(ms), 2), "max_ms": round(max(ms), 2)}
+    return {
+        "p50_ms": round(percentile(ms, 0.50), 2),
+        "p99_ms": round(percentile(ms, 0.99), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+        "max_ms": round(max(ms), 2),
+    }
 
 
 async def run(deliveries: int, files: int, timeout_s: float) -> dict[str, Any]:
@@ -263,11 +300,12 @@ async def _measure(tmp: Path, deliveries: int, files: int) -> dict[str, Any]:
     """The deliveries, ``deliveries`` of each way interleaved, and their summary."""
     bare = make_bare_repo(tmp, branches={"main": project(files)})
     # The daemon's own settings, as `agentd serve` would build them (sandbox "auto").
-    settings = agent_settings(Settings(data_dir=tmp / "data", allow_local_remotes=True,
-                                       min_free_disk_mb=0))
+    settings = agent_settings(Settings(data_dir=tmp / "data", allow_local_remotes=True, min_free_disk_mb=0))
     d = Deliveries(bare, settings)
     ways: dict[str, Callable[[], Awaitable[tuple[dict[str, float], PushResult | None]]]] = {
-        "sandboxed": d.sandboxed, "host_git": d.host_git}
+        "sandboxed": d.sandboxed,
+        "host_git": d.host_git,
+    }
     # Once each, untimed: what a daemon pays once per process (the sandbox probe, imports).
     for way in ways.values():
         await way()
@@ -281,16 +319,18 @@ async def _measure(tmp: Path, deliveries: int, files: int) -> dict[str, Any]:
                 raise SystemExit(f"{name}: the delivery did not push the edit: {pushed}")
             there = await trio.to_thread.run_sync(git_out, bare, "rev-parse", pushed.branch)
             if there != pushed.commit:
-                raise SystemExit(f"{name}: the remote's {pushed.branch} is at {there}, "
-                                 f"not {pushed.commit}")
+                raise SystemExit(f"{name}: the remote's {pushed.branch} is at {there}, not {pushed.commit}")
             for part, seconds in parts.items():
                 times[name].setdefault(part, []).append(seconds)
     cpu = {name: parts.pop("cpu") for name, parts in times.items()}
     new = {part: _ms(values) for part, values in times["sandboxed"].items()}
     old = _ms(times["host_git"]["total"])
-    paired = [a - b for a, b in zip(times["sandboxed"]["total"], times["host_git"]["total"])]
+    paired = [a - b for a, b in zip(times["sandboxed"]["total"], times["host_git"]["total"], strict=True)]
     return {
-        "deliveries": deliveries, "files": files + 2, "sandboxed": new, "host_git": old,
+        "deliveries": deliveries,
+        "files": files + 2,
+        "sandboxed": new,
+        "host_git": old,
         "difference": {
             "p50_ms": round(new["total"]["p50_ms"] - old["p50_ms"], 2),
             "p99_ms": round(new["total"]["p99_ms"] - old["p99_ms"], 2),

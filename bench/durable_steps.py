@@ -100,8 +100,12 @@ async def concurrently(tasks: int, concurrency: int, synchronous: str = "NORMAL"
                 submitters.start_soon(lambda: supervisor.submit(user_id=user.id, repo_url="r", prompt="p"))
         await state["event"].wait()
         elapsed = time.perf_counter() - began
-        return {"tasks": tasks, "concurrency": concurrency, "seconds": round(elapsed, 3),
-                "tasks_per_s": round(tasks / elapsed, 1)}
+        return {
+            "tasks": tasks,
+            "concurrency": concurrency,
+            "seconds": round(elapsed, 3),
+            "tasks_per_s": round(tasks / elapsed, 1),
+        }
 
     return await _with_supervisor(concurrency, synchronous, body)
 
@@ -113,13 +117,16 @@ def main() -> None:
     parser.add_argument("--synchronous", default="NORMAL", choices=["NORMAL", "FULL"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    emit({
-        "system": "agentd",
-        "machine": machine(),
-        "synchronous": args.synchronous,
-        "one_by_one": trio.run(one_by_one, args.tasks, args.synchronous),
-        "concurrent": trio.run(concurrently, args.tasks, args.concurrency, args.synchronous),
-    }, args.json)
+    emit(
+        {
+            "system": "agentd",
+            "machine": machine(),
+            "synchronous": args.synchronous,
+            "one_by_one": trio.run(one_by_one, args.tasks, args.synchronous),
+            "concurrent": trio.run(concurrently, args.tasks, args.concurrency, args.synchronous),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -43,19 +43,28 @@ from daemon.config import Settings
 from daemon.service import Daemon
 
 
-async def measure(tasks: int, rate: float, seconds: float, flat_events: int, single_events: int,
-                  profile: str | None) -> dict[str, Any]:
+async def measure(
+    tasks: int, rate: float, seconds: float, flat_events: int, single_events: int, profile: str | None
+) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="agentd-emitcost-", dir="/tmp"))
-    settings = Settings(data_dir=tmp / "data", http="127.0.0.1:0", control_socket=tmp / "c.sock",
-                        concurrency=max(4, tasks), grace_period_s=0.0, log_level="WARNING")
+    settings = Settings(
+        data_dir=tmp / "data",
+        http="127.0.0.1:0",
+        control_socket=tmp / "c.sock",
+        concurrency=max(4, tasks),
+        grace_period_s=0.0,
+        log_level="WARNING",
+    )
     runner = EmitterRunner(tasks)
     daemon = Daemon(settings, runner=runner)
     out: dict[str, Any] = {"tasks": tasks}
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.serve)
         user = await daemon.store.upsert_user("bench")
-        ids = [(await daemon.supervisor.submit(user_id=user.id, repo_url="file:///b", prompt="p"))[0].id
-               for _ in range(tasks)]
+        ids = [
+            (await daemon.supervisor.submit(user_id=user.id, repo_url="file:///b", prompt="p"))[0].id
+            for _ in range(tasks)
+        ]
         with trio.fail_after(60):
             await runner.all_running.wait()
         contexts = [runner.contexts[task_id] for task_id in ids]
@@ -76,8 +85,12 @@ async def measure(tasks: int, rate: float, seconds: float, flat_events: int, sin
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
         _stop_profiler(profiler)
         n = tasks * flat_events
-        out["flat"] = {"events": n, "events_per_s": round(n / wall),
-                       "cpu_us_per_event": round(cpu / n * 1e6, 1), "cores": round(cpu / wall, 2)}
+        out["flat"] = {
+            "events": n,
+            "events_per_s": round(n / wall),
+            "cpu_us_per_event": round(cpu / n * 1e6, 1),
+            "cores": round(cpu / wall, 2),
+        }
 
         # One emitter alone: every event is a commit of its own (the latency-bound case).
         one = contexts[0]
@@ -85,8 +98,11 @@ async def measure(tasks: int, rate: float, seconds: float, flat_events: int, sin
         for k in range(single_events):
             await one.emit("agent.text", {"text": f"line {k}", "t": 0.0})
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
-        out["single"] = {"events": single_events, "round_trip_us": round(wall / single_events * 1e6, 1),
-                         "cpu_us_per_event": round(cpu / single_events * 1e6, 1)}
+        out["single"] = {
+            "events": single_events,
+            "round_trip_us": round(wall / single_events * 1e6, 1),
+            "cpu_us_per_event": round(cpu / single_events * 1e6, 1),
+        }
 
         if seconds > 0:
             # The emitting loop's own cost (timers, stamps) with an emit that does nothing...
@@ -97,7 +113,8 @@ async def measure(tasks: int, rate: float, seconds: float, flat_events: int, sin
             out["paced"] = await paced(runner, ids, rate, seconds, profile)
             out["paced"]["loop_cpu_us_per_event"] = loop["cpu_us_per_event"]
             out["paced"]["emit_cpu_us_per_event"] = round(
-                out["paced"]["cpu_us_per_event"] - loop["cpu_us_per_event"], 1)
+                out["paced"]["cpu_us_per_event"] - loop["cpu_us_per_event"], 1
+            )
         runner.finish.set()
         daemon.request_stop()
         daemon.request_stop()
@@ -109,8 +126,9 @@ class _NoEmit:
         await trio.lowlevel.checkpoint()
 
 
-async def paced(runner: Any, ids: list[str], rate: float, seconds: float,
-                profile: str | None) -> dict[str, Any]:
+async def paced(
+    runner: Any, ids: list[str], rate: float, seconds: float, profile: str | None
+) -> dict[str, Any]:
     """``ws_agentd_server.emit`` over ``ids``; what it cost over the window after a warm-up."""
     warmup = min(2.0, seconds / 3)
     start = now() + 0.2
@@ -131,15 +149,22 @@ async def paced(runner: Any, ids: list[str], rate: float, seconds: float,
     _stop_profiler(profiler)
     events = max(1, result["in_window"])
     cpu = at["cpu1"] - at["cpu0"]
-    return {"rate": rate, "window_s": round(w1 - w0, 2), "emitted_in_window": result["in_window"],
-            "on_time_share": round(result["in_window"] / (len(ids) * rate * (w1 - w0)), 3),
-            "writes_per_commit": round(counter.jobs / max(1, counter.batches), 1),
-            "cpu_us_per_event": round(cpu / events * 1e6, 1),
-            "cores": round(cpu / (w1 - w0), 2), "late": result["late"],
-            "bytes_written_per_event": round((at["written1"] - at["written0"]) / events),
-            "us_per_event_by_thread": {
-                name: round((spent - at["threads0"].get(name, 0.0)) / events * 1e6, 1)
-                for name, spent in at["threads1"].items() if name != "trio-worker"}}
+    return {
+        "rate": rate,
+        "window_s": round(w1 - w0, 2),
+        "emitted_in_window": result["in_window"],
+        "on_time_share": round(result["in_window"] / (len(ids) * rate * (w1 - w0)), 3),
+        "writes_per_commit": round(counter.jobs / max(1, counter.batches), 1),
+        "cpu_us_per_event": round(cpu / events * 1e6, 1),
+        "cores": round(cpu / (w1 - w0), 2),
+        "late": result["late"],
+        "bytes_written_per_event": round((at["written1"] - at["written0"]) / events),
+        "us_per_event_by_thread": {
+            name: round((spent - at["threads0"].get(name, 0.0)) / events * 1e6, 1)
+            for name, spent in at["threads1"].items()
+            if name != "trio-worker"
+        },
+    }
 
 
 def written_bytes() -> int:
@@ -162,7 +187,7 @@ def thread_cpu() -> dict[str, float]:
             raw = Path(f"/proc/self/task/{tid}/stat").read_text()
         except OSError:
             continue
-        fields = raw[raw.rindex(")") + 2:].split()
+        fields = raw[raw.rindex(")") + 2 :].split()
         name = names.get(int(tid), "other")
         name = "trio-worker" if name.startswith("Trio thread") else name
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
@@ -195,13 +220,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="paced run (0: skip)")
     parser.add_argument("--flat-events", type=int, default=20, help="per task, back to back")
     parser.add_argument("--single-events", type=int, default=3000, help="one task alone, back to back")
-    parser.add_argument("--cprofile", choices=["flat", "paced"],
-                        help="cProfile the Trio thread over one run (to stderr)")
+    parser.add_argument(
+        "--cprofile", choices=["flat", "paced"], help="cProfile the Trio thread over one run (to stderr)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    result = trio.run(measure, args.tasks, args.rate, args.seconds, args.flat_events,
-                      args.single_events, args.cprofile)
+    result = trio.run(
+        measure, args.tasks, args.rate, args.seconds, args.flat_events, args.single_events, args.cprofile
+    )
     print_result({"system": "agentd", "machine": machine(), **result}, args.json)
 
 

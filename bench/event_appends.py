@@ -40,11 +40,12 @@ from common import emit, loop_pinned, machine
 from daemon.cpu_pin import loop_on_one_cpu
 from daemon.store import (
     NewEvent,
+    NewTask,
     SqliteStore,
     sqlite_conns,
     sqlite_io,
+    sqlite_queries as q,
 )
-from daemon.store import sqlite_queries as q
 from daemon.store.schema import migrate
 
 # What an agent emits most: a short text event (a tool call's JSON is larger, not slower to sync).
@@ -109,11 +110,18 @@ async def group_commit(events: int, writers: int, synchronous: str, per_call: in
             assert last and last[-1].seq == per_writer + 2, "every append landed, gap-free"
         finally:
             await store.aclose()
-    return {"events": total, "writers": writers, "events_per_call": per_call, "synchronous": synchronous,
-            "seconds": round(elapsed, 3), "events_per_s": round(total / elapsed),
-            "cpu_s": round(cpu, 3), "commits": counter.batches,
-            "calls_per_commit": round(counter.jobs / max(1, counter.batches), 1),
-            "cpu_us_per_event": round(cpu / total * 1e6, 1)}
+    return {
+        "events": total,
+        "writers": writers,
+        "events_per_call": per_call,
+        "synchronous": synchronous,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(total / elapsed),
+        "cpu_s": round(cpu, 3),
+        "commits": counter.batches,
+        "calls_per_commit": round(counter.jobs / max(1, counter.batches), 1),
+        "cpu_us_per_event": round(cpu / total * 1e6, 1),
+    }
 
 
 async def trio_park_resume(tasks: int, rounds: int = 100) -> dict[str, Any]:
@@ -122,6 +130,7 @@ async def trio_park_resume(tasks: int, rounds: int = 100) -> dict[str, Any]:
 
     parked: list[trio.lowlevel.Task] = []
     with loop_on_one_cpu(loop_pinned()):
+
         async def caller() -> None:
             for _ in range(rounds):
                 parked.append(current_task())
@@ -149,9 +158,7 @@ def one_commit_per_event(events: int, synchronous: str, max_seconds: float) -> d
             migrate(conn)
             with conn:
                 user = q.upsert_user(conn, "bench", time.time())
-                task, _, _ = q.insert_task(
-                    conn, task_id="bench-task", user_id=user.id, repo_url="r", prompt="p",
-                    base_branch=None, budget={}, idempotency_key=None, now=time.time())
+                task, _, _ = q.insert_task(conn, NewTask("bench-task", user.id, "r", "p"), time.time())
             new = [NewEvent("agent.text", DATA)]
             done = 0
             began = time.perf_counter()
@@ -166,28 +173,43 @@ def one_commit_per_event(events: int, synchronous: str, max_seconds: float) -> d
             elapsed = time.perf_counter() - began
         finally:
             conn.close()
-    return {"events": done, "synchronous": synchronous, "seconds": round(elapsed, 3),
-            "events_per_s": round(done / elapsed)}
+    return {
+        "events": done,
+        "synchronous": synchronous,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(done / elapsed),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--writers", type=int, default=500)
-    parser.add_argument("--batched-per-call", type=int, default=10,
-                        help="also run group commit with this many events per call (0: skip)")
+    parser.add_argument(
+        "--batched-per-call",
+        type=int,
+        default=10,
+        help="also run group commit with this many events per call (0: skip)",
+    )
     parser.add_argument("--single-events", type=int, default=20_000)
     parser.add_argument("--single-seconds", type=float, default=5.0)
     parser.add_argument("--synchronous", nargs="+", default=["FULL", "NORMAL"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result: dict[str, Any] = {"system": "agentd", "machine": machine(), "runs": {},
-                              "trio_floor": trio.run(trio_park_resume, args.writers)}
+    result: dict[str, Any] = {
+        "system": "agentd",
+        "machine": machine(),
+        "runs": {},
+        "trio_floor": trio.run(trio_park_resume, args.writers),
+    }
     for sync in args.synchronous:
         result["runs"][sync] = {
             "group": trio.run(group_commit, args.events, args.writers, sync),
-            "group_batched": (trio.run(group_commit, args.events, args.writers, sync,
-                                       args.batched_per_call) if args.batched_per_call else None),
+            "group_batched": (
+                trio.run(group_commit, args.events, args.writers, sync, args.batched_per_call)
+                if args.batched_per_call
+                else None
+            ),
             "single": one_commit_per_event(args.single_events, sync, args.single_seconds),
         }
     emit(result, args.json)

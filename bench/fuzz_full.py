@@ -28,27 +28,38 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ["tests/test_fuzz_api.py", "tests/test_fuzz_ws.py", "tests/test_fuzz_control.py"]
-SHARE = {"tests/test_fuzz_api.py": 0.5, "tests/test_fuzz_ws.py": 0.2,
-         "tests/test_fuzz_control.py": 0.3}
+SHARE = {"tests/test_fuzz_api.py": 0.5, "tests/test_fuzz_ws.py": 0.2, "tests/test_fuzz_control.py": 0.3}
 
 
-def run(path: str, *, scale: float, seed: int, budget_s: float, live: bool,
-        logs: Path) -> dict:
+def run(path: str, *, scale: float, seed: int, budget_s: float, live: bool, logs: Path) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as stats_file:
         stats_path = Path(stats_file.name)
-    env = dict(os.environ, AGENTD_FUZZ_SCALE=str(scale), AGENTD_FUZZ_SEED=str(seed),
-               AGENTD_FUZZ_STATS=str(stats_path))
+    env = dict(
+        os.environ,
+        AGENTD_FUZZ_SCALE=str(scale),
+        AGENTD_FUZZ_SEED=str(seed),
+        AGENTD_FUZZ_STATS=str(stats_path),
+    )
     if live:
         env["AGENTD_FUZZ_LIVE_SUPERVISOR"] = "1"
     name = Path(path).stem + ("-live" if live else "")
     log = logs / f"fuzz-{name}.log"
     start = time.monotonic()
     # pytest-timeout per test, generous: the budget is for the whole file.
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path,
-               f"--timeout={int(budget_s)}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        path,
+        f"--timeout={int(budget_s)}",
+    ]
     try:
-        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                              check=False, timeout=budget_s + 60)
+        proc = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=budget_s + 60
+        )
         output, code = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as exc:
         output = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
@@ -57,8 +68,15 @@ def run(path: str, *, scale: float, seed: int, budget_s: float, live: bool,
     log.write_text(output)
     tallies = json.loads(stats_path.read_text()) if stats_path.stat().st_size else {}
     stats_path.unlink(missing_ok=True)
-    return {"file": name, "code": code, "elapsed_s": round(elapsed, 1), "log": log,
-            "summary": _last_line(output), "failures": _failures(output), "tallies": tallies}
+    return {
+        "file": name,
+        "code": code,
+        "elapsed_s": round(elapsed, 1),
+        "log": log,
+        "summary": _last_line(output),
+        "failures": _failures(output),
+        "tallies": tallies,
+    }
 
 
 def _last_line(output: str) -> str:
@@ -80,8 +98,9 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=600.0)
     parser.add_argument("--max-scale", type=float, default=200.0)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--live", action="store_true",
-                        help="also fuzz the HTTP API with the supervisor running tasks")
+    parser.add_argument(
+        "--live", action="store_true", help="also fuzz the HTTP API with the supervisor running tasks"
+    )
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     logs = Path(tempfile.gettempdir()) / "agentd-fuzz"
@@ -89,8 +108,7 @@ def main() -> int:
     plan = [(path, False) for path in FILES]
     if args.live:
         plan.append(("tests/test_fuzz_api.py", True))
-    shares = {(p, live): SHARE[p] * (0.5 if args.live and p.endswith("api.py") else 1)
-              for p, live in plan}
+    shares = {(p, live): SHARE[p] * (0.5 if args.live and p.endswith("api.py") else 1) for p, live in plan}
     total = sum(shares.values())
     print(f"fuzz_full: seed {seed}, budget {args.budget_s:g} s")
     results = []
@@ -102,13 +120,14 @@ def main() -> int:
         result = run(path, scale=scale, seed=seed, budget_s=budget * 2, live=live, logs=logs)
         result["scale"] = scale
         results.append(result)
-        print(f"\n== {result['file']} x{scale:.0f}: {result['summary']} "
-              f"({result['elapsed_s']} s, exit {result['code']}; log {result['log']})")
+        print(
+            f"\n== {result['file']} x{scale:.0f}: {result['summary']} "
+            f"({result['elapsed_s']} s, exit {result['code']}; log {result['log']})"
+        )
         for failure in result["failures"]:
             print("   " + failure.replace("\n", "\n   "))
         top = sorted(result["tallies"].items(), key=lambda kv: -kv[1])
-        print(f"   answers seen: {sum(result['tallies'].values())} in {len(top)} kinds; "
-              "most common:")
+        print(f"   answers seen: {sum(result['tallies'].values())} in {len(top)} kinds; most common:")
         for key, count in top[:15]:
             print(f"     {count:7d}  {key}")
     failed = [r for r in results if r["code"] != 0]

@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import ROOT, emit, latency_summary, machine  # noqa: E402
+from common import ROOT, emit, latency_summary, machine
 
 PER_ADDRESS = 250
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
@@ -47,8 +47,13 @@ def serve() -> None:
 
     async def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="agentd-bench-", dir="/tmp"))
-        settings = Settings(data_dir=tmp / "data", http="127.0.0.1:0", control_socket=tmp / "c.sock",
-                            grace_period_s=0.0, log_level="WARNING")
+        settings = Settings(
+            data_dir=tmp / "data",
+            http="127.0.0.1:0",
+            control_socket=tmp / "c.sock",
+            grace_period_s=0.0,
+            log_level="WARNING",
+        )
         daemon = Daemon(settings, runner=NoopRunner())
         async with trio.open_nursery() as nursery:
             (url,) = await nursery.start(daemon.serve)
@@ -70,8 +75,7 @@ def _add(stats: dict[str, int], delta: int) -> None:
     stats["slow_open"] += delta
 
 
-async def hold_slowly(connect: Any, k: int, stop: Any, *, on_change: Any,
-                      silent_s: float = 60.0) -> None:
+async def hold_slowly(connect: Any, k: int, stop: Any, *, on_change: Any, silent_s: float = 60.0) -> None:
     """Hold a connection open as long as the server lets it: silent (even ``k``) or trickling a
     request head a byte a second (odd ``k``); when the server cuts it, connect again, as an
     attacker would (after a 503, a tenth of a second later). Until the ``stop`` event.
@@ -129,8 +133,15 @@ def abuse(url: str, token: str, slow: int, flooders: int) -> None:
     async def flood(stop: trio.Event) -> None:
         stream = await connect("127.0.0.1")
         ws = WSConnection(ConnectionType.CLIENT)
-        await stream.send_all(ws.send(Request(host="localhost", target="/ws", extra_headers=[
-            (b"authorization", f"Bearer {token}".encode())])))
+        await stream.send_all(
+            ws.send(
+                Request(
+                    host="localhost",
+                    target="/ws",
+                    extra_headers=[(b"authorization", f"Bearer {token}".encode())],
+                )
+            )
+        )
         while not any(isinstance(e, AcceptConnection) for e in ws.events()):
             ws.receive_data(await stream.receive_some(65536))
         burst = ws.send(Ping(b"")) * (65536 // 6)
@@ -151,11 +162,12 @@ def abuse(url: str, token: str, slow: int, flooders: int) -> None:
             for n, source in enumerate(sources):
                 for k in range(min(PER_ADDRESS, slow - n * PER_ADDRESS)):
                     nursery.start_soon(slow_client, source, k, stop)
-                while stats["slow_open"] < min(slow, (n + 1) * PER_ADDRESS):
+                # Counters the clients bump, polled while they start (no event per client).
+                while stats["slow_open"] < min(slow, (n + 1) * PER_ADDRESS):  # noqa: ASYNC110
                     await trio.sleep(0.01)
             for _ in range(flooders):
                 nursery.start_soon(flood, stop)
-            while flooders and stats["ping_bytes"] == 0:
+            while flooders and stats["ping_bytes"] == 0:  # noqa: ASYNC110
                 await trio.sleep(0.01)
             stats["slow_open_min"] = stats["slow_open"]
             nursery.start_soon(watch, stop)
@@ -172,8 +184,9 @@ def abuse(url: str, token: str, slow: int, flooders: int) -> None:
 
 
 def child(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, __file__, *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
 
 
 def probe(url: str, count: int, every_s: float = 0.02) -> list[float]:
@@ -198,8 +211,18 @@ def bench(slow: int, flooders: int, probes: int) -> dict[str, Any]:
     try:
         info = json.loads(server.stdout.readline())
         baseline = probe(info["url"], probes)
-        abuser = child("--role", "abuse", "--url", info["url"], "--token", info["token"],
-                       "--slow", str(slow), "--flooders", str(flooders))
+        abuser = child(
+            "--role",
+            "abuse",
+            "--url",
+            info["url"],
+            "--token",
+            info["token"],
+            "--slow",
+            str(slow),
+            "--flooders",
+            str(flooders),
+        )
         try:
             assert json.loads(abuser.stdout.readline()) == {"ready": True}
             abused = probe(info["url"], probes)
@@ -216,7 +239,9 @@ def bench(slow: int, flooders: int, probes: int) -> dict[str, Any]:
             server.kill()
     return {
         "machine": machine(),
-        "slow_connections": slow, "ping_flooders": flooders, "probes": probes,
+        "slow_connections": slow,
+        "ping_flooders": flooders,
+        "probes": probes,
         "healthz_idle": latency_summary(baseline),
         "healthz_under_abuse": latency_summary(abused),
         "abuse": done,

@@ -52,28 +52,42 @@ class StepRecorder(trio.abc.Instrument):
     def _stopped_at(self, task: trio.lowlevel.Task) -> str:
         place, awaiting = "?", task.coro
         while awaiting is not None:
-            frame = (getattr(awaiting, "cr_frame", None) or getattr(awaiting, "ag_frame", None)
-                     or getattr(awaiting, "gi_frame", None))
+            frame = (
+                getattr(awaiting, "cr_frame", None)
+                or getattr(awaiting, "ag_frame", None)
+                or getattr(awaiting, "gi_frame", None)
+            )
             if frame is not None and self._package in frame.f_code.co_filename:
                 name = frame.f_code.co_filename
-                place = f"{name[name.rindex(self._package) + 1:]}:{frame.f_lineno}"
-            awaiting = (getattr(awaiting, "cr_await", None) or getattr(awaiting, "ag_await", None)
-                        or getattr(awaiting, "gi_yieldfrom", None))
+                place = f"{name[name.rindex(self._package) + 1 :]}:{frame.f_lineno}"
+            awaiting = (
+                getattr(awaiting, "cr_await", None)
+                or getattr(awaiting, "ag_await", None)
+                or getattr(awaiting, "gi_yieldfrom", None)
+            )
         return place
 
-    def summary(self, top: int = 8, since: float = float("-inf"), until: float = float("inf")) -> dict[str, Any]:
+    def summary(
+        self, top: int = 8, since: float = float("-inf"), until: float = float("inf")
+    ) -> dict[str, Any]:
         """Batches and long steps that began in [since, until)."""
         long_batches = [(s, n) for began, s, n in self.batches if s >= BATCH_S and since <= began < until]
-        long_steps = {place: [took for began, took in steps if since <= began < until]
-                      for place, steps in self.long.items()}
-        ranked = sorted(((len(took), sum(took), place) for place, took in long_steps.items() if took),
-                        reverse=True)[:top]
+        long_steps = {
+            place: [took for began, took in steps if since <= began < until]
+            for place, steps in self.long.items()
+        }
+        ranked = sorted(
+            ((len(took), sum(took), place) for place, took in long_steps.items() if took), reverse=True
+        )[:top]
         return {
             "batches": sum(1 for began, _, _ in self.batches if since <= began < until),
             "batches_over_10ms": len(long_batches),
             "seconds_in_batches_over_10ms": round(sum(s for s, _ in long_batches), 2),
-            "median_tasks_in_batches_over_10ms": (sorted(n for _, n in long_batches)[len(long_batches) // 2]
-                                                  if long_batches else 0),
-            "long_steps": [{"place": place, "steps": count, "ms": round(seconds * 1000)}
-                           for count, seconds, place in ranked],
+            "median_tasks_in_batches_over_10ms": (
+                sorted(n for _, n in long_batches)[len(long_batches) // 2] if long_batches else 0
+            ),
+            "long_steps": [
+                {"place": place, "steps": count, "ms": round(seconds * 1000)}
+                for count, seconds, place in ranked
+            ],
         }

@@ -60,8 +60,14 @@ async def conversation(provider: Any, turns: int, tools: list[dict]) -> int:
         uses = [b for b in reply.content if b["type"] == "tool_use"]
         if not uses:
             break
-        history.append({"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": b["id"], "content": "x = 1\n" * 40} for b in uses]})
+        history.append(
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": b["id"], "content": "x = 1\n" * 40} for b in uses
+                ],
+            }
+        )
     return made
 
 
@@ -93,8 +99,11 @@ async def run(conversations: int, turns: int, pieces: int, rounds: int) -> dict[
     from tests.anthropic_sdk_reference import SdkStreamProvider
 
     tmp = Path(tempfile.mkdtemp(prefix="agentd-turncpu-", dir="/tmp"))
-    fake = Child([sys.executable, __file__, "--serve", "--pieces", str(pieces), "--turns", str(turns)],
-                 stderr_path=tmp / "fake.err", cwd=ROOT)
+    fake = Child(
+        [sys.executable, __file__, "--serve", "--pieces", str(pieces), "--turns", str(turns)],
+        stderr_path=tmp / "fake.err",
+        cwd=ROOT,
+    )
     tools = tool_definitions()
     impls = {"lean": AnthropicProvider, "sdk_stream": SdkStreamProvider}
     results: dict[str, list[float]] = {name: [] for name in impls}
@@ -110,7 +119,10 @@ async def run(conversations: int, turns: int, pieces: int, rounds: int) -> dict[
         fake.stop(10)
     med = {name: statistics.median(v) for name, v in results.items()}
     return {
-        "conversations": conversations, "turns": turns, "pieces": pieces, "rounds": rounds,
+        "conversations": conversations,
+        "turns": turns,
+        "pieces": pieces,
+        "rounds": rounds,
         "cpu_us_per_turn": {name: round(v, 1) for name, v in med.items()},
         "speedup": round(med["sdk_stream"] / med["lean"], 2),
         "rounds_us": results,

@@ -46,8 +46,10 @@ def find_bindir() -> Path | None:
     preferred = Path(f"/usr/lib/postgresql/{PREFERRED_VERSION}/bin")
     if (preferred / "postgres").exists():
         return preferred
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
-                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
     return found[-1].parent if found else None
 
 
@@ -69,11 +71,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run(bindir: Path, *args: str, user: str | None = None, cwd: Path | None = None,
-         timeout_s: float = 120.0, log: Path | None = None) -> None:
-    result = subprocess.run([str(bindir / args[0]), *args[1:]], user=user, cwd=cwd,
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=timeout_s, check=False)
+def _run(
+    bindir: Path,
+    *args: str,
+    user: str | None = None,
+    cwd: Path | None = None,
+    timeout_s: float = 120.0,
+    log: Path | None = None,
+) -> None:
+    result = subprocess.run(
+        [str(bindir / args[0]), *args[1:]],
+        user=user,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
     if result.returncode != 0:
         tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
         raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip()}\n{tail}")
@@ -109,23 +124,80 @@ def pg_server(timeout_s: float = 60.0) -> Iterator[str]:
     port = free_port()
     try:
         # --no-sync only skips flushing initdb's own files; the running server keeps fsync on.
-        _run(bindir, "initdb", "-D", str(datadir), "-U", SUPERUSER, "--auth=trust",
-             "--encoding=UTF8", "--locale=C", "--no-sync", user=user, cwd=root)
-        options = " ".join([f"-p {port}", "-c listen_addresses=127.0.0.1",
-                            f"-c unix_socket_directories={root}", "-c max_connections=200"])
+        _run(
+            bindir,
+            "initdb",
+            "-D",
+            str(datadir),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+            user=user,
+            cwd=root,
+        )
+        options = " ".join(
+            [
+                f"-p {port}",
+                "-c listen_addresses=127.0.0.1",
+                f"-c unix_socket_directories={root}",
+                "-c max_connections=200",
+            ]
+        )
         # -w: pg_ctl returns once the server accepts connections (no sleep-and-hope).
-        _run(bindir, "pg_ctl", "-D", str(datadir), "-l", str(log), "-o", options, "-w",
-             "-t", str(int(timeout_s)), "start", user=user, cwd=root, log=log)
+        _run(
+            bindir,
+            "pg_ctl",
+            "-D",
+            str(datadir),
+            "-l",
+            str(log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(int(timeout_s)),
+            "start",
+            user=user,
+            cwd=root,
+            log=log,
+        )
         yield f"postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres"
     finally:
         try:
             if (datadir / "postmaster.pid").exists():
                 try:
-                    _run(bindir, "pg_ctl", "-D", str(datadir), "-m", "fast", "-w", "-t", "20",
-                         "stop", user=user, cwd=root, timeout_s=30)
+                    _run(
+                        bindir,
+                        "pg_ctl",
+                        "-D",
+                        str(datadir),
+                        "-m",
+                        "fast",
+                        "-w",
+                        "-t",
+                        "20",
+                        "stop",
+                        user=user,
+                        cwd=root,
+                        timeout_s=30,
+                    )
                 except (RuntimeError, subprocess.TimeoutExpired):
-                    _run(bindir, "pg_ctl", "-D", str(datadir), "-m", "immediate", "-w", "stop",
-                         user=user, cwd=root, timeout_s=30)
+                    _run(
+                        bindir,
+                        "pg_ctl",
+                        "-D",
+                        str(datadir),
+                        "-m",
+                        "immediate",
+                        "-w",
+                        "stop",
+                        user=user,
+                        cwd=root,
+                        timeout_s=30,
+                    )
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -137,8 +209,7 @@ def create_database(server_dsn: str, prefix: str = "bench") -> str:
         raise RuntimeError(unavailable_reason() or "no PostgreSQL binaries")
     host, port, _ = _split(server_dsn)
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    _run(bindir, "createdb", "-h", host, "-p", port, "-U", SUPERUSER, "-T", "template0", name,
-         timeout_s=60)
+    _run(bindir, "createdb", "-h", host, "-p", port, "-U", SUPERUSER, "-T", "template0", name, timeout_s=60)
     return server_dsn.rsplit("/", 1)[0] + "/" + name
 
 
@@ -148,8 +219,20 @@ def drop_database(dsn: str) -> None:
     if bindir is None:
         return
     host, port, name = _split(dsn)
-    _run(bindir, "dropdb", "-h", host, "-p", port, "-U", SUPERUSER, "--if-exists", "--force",
-         name, timeout_s=60)
+    _run(
+        bindir,
+        "dropdb",
+        "-h",
+        host,
+        "-p",
+        port,
+        "-U",
+        SUPERUSER,
+        "--if-exists",
+        "--force",
+        name,
+        timeout_s=60,
+    )
 
 
 @contextlib.contextmanager

@@ -37,8 +37,12 @@ async def process_only(tasks: int, concurrency: int) -> dict[str, Any]:
         supervisor.resume()
         await all_done.wait()
         elapsed = time.perf_counter() - began
-        return {"jobs": tasks, "seconds": round(elapsed, 3), "jobs_per_s": round(tasks / elapsed),
-                "enqueue_s": round(enqueued, 3)}
+        return {
+            "jobs": tasks,
+            "seconds": round(elapsed, 3),
+            "jobs_per_s": round(tasks / elapsed),
+            "enqueue_s": round(enqueued, 3),
+        }
 
     return await with_supervisor(concurrency, body)
 
@@ -53,16 +57,28 @@ def main() -> None:
     args = parser.parse_args()
     tp = trio.run(throughput, args.jobs, args.concurrency)
     lat = trio.run(latency, args.latency_jobs, args.concurrency, args.rate)
-    emit({
-        "system": "agentd",
-        "machine": machine(),
-        "concurrency": args.concurrency,
-        "throughput": {"jobs": tp["tasks"], "seconds": tp["seconds"], "jobs_per_s": tp["tasks_per_s"],
-                       "cpu_s": tp["cpu_s"]},
-        "process_only": trio.run(process_only, args.jobs, args.concurrency),
-        "latency": {"jobs": lat["tasks"], "rate_per_s": lat["rate_per_s"], "p50_ms": lat["p50_ms"],
-                    "p99_ms": lat["p99_ms"], "max_ms": lat["max_ms"]},
-    }, args.json)
+    emit(
+        {
+            "system": "agentd",
+            "machine": machine(),
+            "concurrency": args.concurrency,
+            "throughput": {
+                "jobs": tp["tasks"],
+                "seconds": tp["seconds"],
+                "jobs_per_s": tp["tasks_per_s"],
+                "cpu_s": tp["cpu_s"],
+            },
+            "process_only": trio.run(process_only, args.jobs, args.concurrency),
+            "latency": {
+                "jobs": lat["tasks"],
+                "rate_per_s": lat["rate_per_s"],
+                "p50_ms": lat["p50_ms"],
+                "p99_ms": lat["p99_ms"],
+                "max_ms": lat["max_ms"],
+            },
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,13 @@ For each node count N, on a fresh database (``bench/pg_server.py``: durable defa
 4. every task must have run exactly once: one ``task.status`` event with status ``running``
    per task in the ``events`` table (checked, and reported, per node where the events say).
 
-Nodes claim tasks from the database (``store.claim_tasks``: ``SELECT ... FOR UPDATE SKIP
-LOCKED`` in batches, woken by LISTEN/NOTIFY), each task by exactly one node.
+Nodes claim tasks from the database (``store.claim_tasks``: one statement a round, ``FOR UPDATE
+SKIP LOCKED``, woken by LISTEN/NOTIFY), each task by exactly one node.
+
+5. what it cost (``cost``, for the model in README's performance notes): claim rounds, tasks a
+   round and the claim statement's time a round (timed on the node's worker thread), writes a
+   task, and CPU seconds a task of the node processes and of the server processes serving them
+   (``/proc``: the server runs on this machine).
 
     .venv/bin/python bench/queue_pg_nodes.py [--pg DSN] [--nodes 1,2,3] [--jobs 1000] [--json]
 
@@ -50,8 +55,57 @@ NODE_PYTHON = ROOT / ".venv" / "bin" / "python"
 
 # -- one node: a process of its own ------------------------------------------------------------
 
+
+class ClaimCost:
+    """What the node's claims cost: statements (rounds), tasks started, seconds in the claim
+    statements themselves (on the worker thread) and in whole claims (round trips included)."""
+
+    def __init__(self) -> None:
+        self.rounds = self.tasks = self.claims = 0
+        self.statement_s = self.claim_s = 0.0
+
+    def watch(self, store: Any) -> None:
+        """Time ``store``'s claims and the statements under them (this process only)."""
+        from daemon.store import postgres_claims
+
+        dialect = postgres_claims.PostgresDialect
+        statement = dialect.claim_tasks
+
+        def timed_statement(self_: Any, *args: Any) -> Any:
+            began = time.perf_counter()
+            round_ = statement(self_, *args)
+            self.statement_s += time.perf_counter() - began
+            self.rounds += 1
+            self.tasks += len(round_.tasks)
+            return round_
+
+        dialect.claim_tasks = timed_statement  # type: ignore[method-assign]
+        claim = store.claim_tasks
+
+        async def timed_claim(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return await claim(*args, **kwargs)
+            finally:
+                self.claim_s += time.perf_counter() - began
+                self.claims += 1
+
+        store.claim_tasks = timed_claim
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "claims": self.claims,
+            "rounds": self.rounds,
+            "tasks": self.tasks,
+            "statement_s": round(self.statement_s, 4),
+            "claim_s": round(self.claim_s, 4),
+        }
+
+
 async def node_main(dsn: str, index: int, concurrency: int, timeout_s: float) -> None:
-    """Open the store and a supervisor, say ready, run from "go" until stdin closes.
+    """Open the store and a supervisor, say ready, run from "go" until told "stop" (or stdin
+    closes), then say what it did: tasks started, its claims' cost, its CPU seconds and its
+    writes (count, seconds of round trips).
 
     Cancellation: the deadline (``timeout_s``) cancels everything; running tasks then stay
     ``running`` in the database (nobody cares: the database is dropped).
@@ -75,26 +129,44 @@ async def node_main(dsn: str, index: int, concurrency: int, timeout_s: float) ->
             hub = EventHub(store)
             supervisor = Supervisor(store, hub, NoopRunner(), concurrency=concurrency, node=node)
             started = 0
+            writes = [0, 0.0]
 
             def on_started(task_id: str) -> None:
                 nonlocal started
                 started += 1
 
+            def on_write(seconds: float) -> None:
+                writes[0] += 1
+                writes[1] += seconds
+
             supervisor.on_started = on_started
+            cost = ClaimCost()
+            cost.watch(store)
             say(ready=index, pid=os.getpid())
             if (await line()).strip() != "go":
                 return
+            store.observe_writes(on_write)
+            cpu = time.process_time()
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.run)
-                await line()  # EOF or "stop": the parent has what it needs
+                await line()  # "stop" or EOF: the parent has what it needs
+                cpu = time.process_time() - cpu
                 await supervisor.shutdown(grace_s=5)
                 nursery.cancel_scope.cancel()
-            say(node=index, started=started)
+            say(
+                node=index,
+                started=started,
+                cpu_s=round(cpu, 3),
+                writes=writes[0],
+                write_s=round(writes[1], 4),
+                **cost.report(),
+            )
         finally:
             await store.aclose()
 
 
 # -- the parent: submit, start the nodes, time, check -------------------------------------------
+
 
 async def submit_all(dsn: str, jobs: int) -> float:
     """Create ``jobs`` queued tasks (schema installed on first open); seconds it took."""
@@ -119,16 +191,36 @@ async def submit_all(dsn: str, jobs: int) -> float:
 
 
 @contextlib.contextmanager
-def nodes(dsn: str, count: int, concurrency: int, timeout_s: float, logdir: Path) -> Iterator[list[subprocess.Popen[str]]]:
+def nodes(
+    dsn: str, count: int, concurrency: int, timeout_s: float, logdir: Path
+) -> Iterator[list[subprocess.Popen[str]]]:
     """Start ``count`` node processes, wait for each to be ready; stop them all after."""
     procs: list[subprocess.Popen[str]] = []
     try:
         for i in range(count):
             with open(logdir / f"node-{i}.log", "w") as log:  # the child keeps its own copy
-                procs.append(subprocess.Popen(
-                    [str(NODE_PYTHON), str(Path(__file__).resolve()), "node", "--dsn", dsn,
-                     "--index", str(i), "--concurrency", str(concurrency), "--timeout", str(timeout_s)],
-                    cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            str(NODE_PYTHON),
+                            str(Path(__file__).resolve()),
+                            "node",
+                            "--dsn",
+                            dsn,
+                            "--index",
+                            str(i),
+                            "--concurrency",
+                            str(concurrency),
+                            "--timeout",
+                            str(timeout_s),
+                        ],
+                        cwd=ROOT,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=log,
+                        text=True,
+                    )
+                )
         for i, proc in enumerate(procs):
             ready = _read_line(proc, timeout_s)
             if ready is None or "ready" not in ready:
@@ -170,15 +262,55 @@ def _log_tail(logdir: Path, index: int) -> str:
     return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
 
-def measure(server_dsn: str, count: int, jobs: int, concurrency: int, poll_s: float,
-            timeout_s: float) -> dict[str, Any]:
+def backend_cpu_s(conn: Any) -> float:
+    """CPU seconds so far of the server processes serving this database (the nodes'
+    connections; ``/proc``, so the server must run on this machine, as ``pg_server`` starts it)."""
+    pids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    ]
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def costs(reports: list[dict[str, Any]], jobs: int, server_cpu_s: float) -> dict[str, Any]:
+    """Per task and per claim round, over every node: what the model in README's notes uses."""
+    total = {key: sum(r[key] for r in reports) for key in ("rounds", "tasks", "claims", "writes")}
+    seconds = {key: sum(r[key] for r in reports) for key in ("statement_s", "claim_s", "write_s", "cpu_s")}
+    rounds = max(total["rounds"], 1)
+    return {
+        "claim_rounds": total["rounds"],
+        "tasks_per_round": round(total["tasks"] / rounds, 2),
+        "statement_ms_per_round": round(seconds["statement_s"] * 1000 / rounds, 3),
+        "claim_ms_per_claim": round(seconds["claim_s"] * 1000 / max(total["claims"], 1), 3),
+        "writes_per_task": round(total["writes"] / jobs, 2),
+        "write_ms_per_write": round(seconds["write_s"] * 1000 / max(total["writes"], 1), 3),
+        "node_cpu_us_per_task": round(seconds["cpu_s"] * 1e6 / jobs),
+        "server_cpu_us_per_task": round(server_cpu_s * 1e6 / jobs),
+    }
+
+
+def measure(
+    server_dsn: str, count: int, jobs: int, concurrency: int, poll_s: float, timeout_s: float
+) -> dict[str, Any]:
     import psycopg
 
-    with fresh_database(server_dsn, prefix=f"agentd_n{count}") as dsn, \
-            tempfile.TemporaryDirectory(prefix="agentd-bench-nodes-") as tmp:
+    with (
+        fresh_database(server_dsn, prefix=f"agentd_n{count}") as dsn,
+        tempfile.TemporaryDirectory(prefix="agentd-bench-nodes-") as tmp,
+    ):
         enqueue_s = trio.run(submit_all, dsn, jobs)
-        with nodes(dsn, count, concurrency, timeout_s, Path(tmp)) as procs, \
-                psycopg.connect(dsn, autocommit=True) as conn:
+        with (
+            nodes(dsn, count, concurrency, timeout_s, Path(tmp)) as procs,
+            psycopg.connect(dsn, autocommit=True) as conn,
+        ):
+            server_cpu = backend_cpu_s(conn)
             go_wall, began = time.time(), time.perf_counter()
             for proc in procs:
                 assert proc.stdin is not None
@@ -192,24 +324,48 @@ def measure(server_dsn: str, count: int, jobs: int, concurrency: int, poll_s: fl
                 dead = [i for i, p in enumerate(procs) if p.poll() is not None]
                 if dead or time.perf_counter() > deadline:
                     why = f"node {dead[0]} exited" if dead else f"timed out after {timeout_s:g} s"
-                    raise RuntimeError(f"{count} node(s): {why} with {done}/{jobs} succeeded: "
-                                       f"{_log_tail(Path(tmp), dead[0] if dead else 0)}")
+                    raise RuntimeError(
+                        f"{count} node(s): {why} with {done}/{jobs} succeeded: "
+                        f"{_log_tail(Path(tmp), dead[0] if dead else 0)}"
+                    )
                 time.sleep(poll_s)
             polled_s = time.perf_counter() - began
+            server_cpu = backend_cpu_s(conn) - server_cpu
+            reports = []
+            for i, proc in enumerate(procs):
+                assert proc.stdin is not None
+                proc.stdin.write("stop\n")
+                proc.stdin.flush()
+                report = _read_line(proc, timeout_s)
+                if report is None:
+                    raise RuntimeError(f"node {i} said nothing at the end: {_log_tail(Path(tmp), i)}")
+                reports.append(report)
             last_finished = conn.execute("SELECT max(finished_at) FROM tasks").fetchone()[0]
             runs = conn.execute(
                 "SELECT count(*), count(DISTINCT task_id) FROM events "
-                "WHERE type = 'task.status' AND (data::json ->> 'status') = 'running'").fetchone()
-            per_node = dict(conn.execute(
-                "SELECT coalesce(data::json ->> 'node', '?'), count(*) FROM events "
-                "WHERE type = 'task.status' AND (data::json ->> 'status') = 'running' "
-                "GROUP BY 1 ORDER BY 1").fetchall())
+                "WHERE type = 'task.status' AND (data::json ->> 'status') = 'running'"
+            ).fetchone()
+            per_node = dict(
+                conn.execute(
+                    "SELECT coalesce(data::json ->> 'node', '?'), count(*) FROM events "
+                    "WHERE type = 'task.status' AND (data::json ->> 'status') = 'running' "
+                    "GROUP BY 1 ORDER BY 1"
+                ).fetchall()
+            )
         seconds = last_finished - go_wall
-        return {"nodes": count, "jobs": jobs, "seconds": round(seconds, 3),
-                "jobs_per_s": round(jobs / seconds), "polled_s": round(polled_s, 3),
-                "enqueue_s": round(enqueue_s, 3), "running_events": runs[0],
-                "tasks_started": runs[1], "exactly_once": runs[0] == runs[1] == jobs,
-                "runs_per_node": per_node}
+        return {
+            "nodes": count,
+            "jobs": jobs,
+            "seconds": round(seconds, 3),
+            "jobs_per_s": round(jobs / seconds),
+            "polled_s": round(polled_s, 3),
+            "enqueue_s": round(enqueue_s, 3),
+            "running_events": runs[0],
+            "tasks_started": runs[1],
+            "exactly_once": runs[0] == runs[1] == jobs,
+            "runs_per_node": per_node,
+            "cost": costs(reports, jobs, server_cpu),
+        }
 
 
 def main() -> None:
@@ -237,10 +393,16 @@ def main() -> None:
         server = args.pg or stack.enter_context(pg_server())
         results: dict[str, Any] = {}
         for count in counts:
-            results[str(count)] = measure(server, count, args.jobs, args.concurrency, args.poll,
-                                          args.timeout)
-    emit({"system": "agentd on PostgreSQL", "machine": machine(), "concurrency": args.concurrency,
-          "nodes": results}, args.json)
+            results[str(count)] = measure(server, count, args.jobs, args.concurrency, args.poll, args.timeout)
+    emit(
+        {
+            "system": "agentd on PostgreSQL",
+            "machine": machine(),
+            "concurrency": args.concurrency,
+            "nodes": results,
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

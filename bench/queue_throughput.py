@@ -26,11 +26,12 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import loop_pinned  # noqa: E402
-from daemon.cpu_pin import loop_on_one_cpu  # noqa: E402
-from daemon.events import EventHub  # noqa: E402
-from daemon.store import SqliteStore  # noqa: E402
-from daemon.supervisor import NoopRunner, Supervisor  # noqa: E402
+from common import loop_pinned
+
+from daemon.cpu_pin import loop_on_one_cpu
+from daemon.events import EventHub
+from daemon.store import SqliteStore
+from daemon.supervisor import NoopRunner, Supervisor
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -79,8 +80,13 @@ async def throughput(tasks: int, concurrency: int) -> dict:
                 submitters.start_soon(lambda: supervisor.submit(user_id=user.id, repo_url="r", prompt="p"))
         await all_done.wait()
         elapsed = time.perf_counter() - began
-        return {"tasks": tasks, "concurrency": concurrency, "seconds": round(elapsed, 3),
-                "tasks_per_s": round(tasks / elapsed), "cpu_s": round(time.process_time() - cpu_began, 3)}
+        return {
+            "tasks": tasks,
+            "concurrency": concurrency,
+            "seconds": round(elapsed, 3),
+            "tasks_per_s": round(tasks / elapsed),
+            "cpu_s": round(time.process_time() - cpu_began, 3),
+        }
 
     return await with_supervisor(concurrency, body)
 
@@ -114,10 +120,13 @@ async def latency(tasks: int, concurrency: int, rate: float) -> dict:
                 await trio.sleep_until(next_at)
         await all_started.wait()
         delays_ms = [(started[t] - submitted[t]) * 1000 for t in submitted]
-        return {"tasks": tasks, "rate_per_s": rate,
-                "p50_ms": round(statistics.median(delays_ms), 3),
-                "p99_ms": round(percentile(delays_ms, 0.99), 3),
-                "max_ms": round(max(delays_ms), 3)}
+        return {
+            "tasks": tasks,
+            "rate_per_s": rate,
+            "p50_ms": round(statistics.median(delays_ms), 3),
+            "p99_ms": round(percentile(delays_ms, 0.99), 3),
+            "max_ms": round(max(delays_ms), 3),
+        }
 
     return await with_supervisor(concurrency, body)
 
@@ -152,10 +161,14 @@ def main() -> None:
         return
     t, lat = result["throughput"], result["latency"]
     print(f"machine: {result['machine']}")
-    print(f"throughput: {t['tasks']} no-op tasks, concurrency {t['concurrency']}: "
-          f"{t['tasks_per_s']} tasks/s ({t['seconds']} s, {t['cpu_s']} s CPU)")
-    print(f"enqueue-to-start at {lat['rate_per_s']:g} tasks/s ({lat['tasks']} tasks): "
-          f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms")
+    print(
+        f"throughput: {t['tasks']} no-op tasks, concurrency {t['concurrency']}: "
+        f"{t['tasks_per_s']} tasks/s ({t['seconds']} s, {t['cpu_s']} s CPU)"
+    )
+    print(
+        f"enqueue-to-start at {lat['rate_per_s']:g} tasks/s ({lat['tasks']} tasks): "
+        f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ def ensure_redis_server() -> str:
         raise RuntimeError(f"redis-server is not installed; run: {INSTALL_HINT}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env, stdout=subprocess.DEVNULL
+    )
     # The package may start a system instance on 6379 where an init system exists; ours uses
     # its own port and dir, so the two never meet.
     found = shutil.which("redis-server")
@@ -65,10 +66,26 @@ def redis_server(timeout_s: float = 10.0) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="agentd-bench-redis-") as tmp:
         port = free_port()
         proc = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", tmp,
-             "--save", "", "--appendonly", "no", "--protected-mode", "yes",
-             "--logfile", str(Path(tmp) / "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dir",
+                tmp,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--logfile",
+                str(Path(tmp) / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             # Readiness is a PING answered, not a sleep; a dead process ends the wait at once.
@@ -76,8 +93,9 @@ def redis_server(timeout_s: float = 10.0) -> Iterator[str]:
             while not _ping(port):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     log = Path(tmp, "redis.log")
-                    raise RuntimeError("redis-server did not start:\n"
-                                       + (log.read_text() if log.exists() else ""))
+                    raise RuntimeError(
+                        "redis-server did not start:\n" + (log.read_text() if log.exists() else "")
+                    )
                 time.sleep(0.02)
             yield f"redis://127.0.0.1:{port}/0"
         finally:

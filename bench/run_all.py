@@ -38,8 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, host_speed, machine
-from pg_server import pg_server
-from pg_server import unavailable_reason as pg_unavailable
+from pg_rows import pg_suite
 from redis_server import redis_server
 from ws_rows import ws_suite
 
@@ -52,14 +51,46 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 # Full size is what the issue specifies; --quick is for trying the command out (a minute or so).
 SIZES = {
-    "full": {"jobs": 1000, "concurrency": 10, "latency_jobs": 500, "rate": 100, "durable_tasks": 500,
-             "dbos_workflows": 200, "events": 100_000, "writers": 500, "single_events": 20_000,
-             "restart_tasks": 10_000, "restart_events": 1_000_000, "repeats": 3, "rounds": 3,
-             "pg_nodes": "1,2,3", "deliveries": 50},
-    "quick": {"jobs": 200, "concurrency": 10, "latency_jobs": 100, "rate": 100, "durable_tasks": 100,
-              "dbos_workflows": 30, "events": 10_000, "writers": 200, "single_events": 2_000,
-              "restart_tasks": 1_000, "restart_events": 100_000, "repeats": 1, "rounds": 1,
-              "pg_nodes": "1,2,3", "deliveries": 10},
+    "full": {
+        "jobs": 1000,
+        "concurrency": 10,
+        "latency_jobs": 500,
+        "rate": 100,
+        "durable_tasks": 500,
+        "dbos_workflows": 200,
+        "events": 100_000,
+        "writers": 500,
+        "single_events": 20_000,
+        "restart_tasks": 10_000,
+        "restart_events": 1_000_000,
+        "memory_tasks": 10,
+        "memory_settle_s": 3,
+        "repeats": 3,
+        "rounds": 3,
+        "pg_nodes": "1,2,3",
+        "deliveries": 50,
+        "shell_runs": 50,
+    },
+    "quick": {
+        "jobs": 200,
+        "concurrency": 10,
+        "latency_jobs": 100,
+        "rate": 100,
+        "durable_tasks": 100,
+        "dbos_workflows": 30,
+        "events": 10_000,
+        "writers": 200,
+        "single_events": 2_000,
+        "restart_tasks": 1_000,
+        "restart_events": 100_000,
+        "memory_tasks": 2,
+        "memory_settle_s": 0.5,
+        "repeats": 1,
+        "rounds": 1,
+        "pg_nodes": "1,2,3",
+        "deliveries": 10,
+        "shell_runs": 10,
+    },
 }
 STEP_TIMEOUT_S = 600
 
@@ -81,22 +112,40 @@ class Row:
 
 # Rows another suite fills later (WebSocket delivery, idle connections, 500 agent tasks).
 PENDING = [
-    Row("WebSocket (a) 2,000 clients, 1,000 tasks × 10 ev/s: p50/p99", "not run yet",
-        "`websockets` server", target="p99 < 50 ms"),
-    Row("WebSocket (b) 1 task → 1,000 clients at 10 ev/s: p50/p99", "not run yet",
-        "`websockets` server", target="p99 < 100 ms"),
-    Row("WebSocket CPU per delivered message", "not run yet", "`websockets` server",
-        target="≤ 2× peer"),
-    Row("Idle WebSocket connections (15,000): RSS per connection", "not run yet",
-        "`websockets` server", target="≤ 2× peer"),
-    Row("500 concurrent agent tasks (1 s per turn), all waiting on the model: loop lag p99, RSS",
-        "not run yet", target="lag p99 < 10 ms"),
-    Row("500 concurrent agent tasks (1 s per turn), whole run: loop lag p99", "not run yet",
-        target="lag p99 < 10 ms"),
+    Row(
+        "WebSocket (a) 2,000 clients, 1,000 tasks × 10 ev/s: p50/p99",
+        "not run yet",
+        "`websockets` server",
+        target="p99 < 50 ms",
+    ),
+    Row(
+        "WebSocket (b) 1 task → 1,000 clients at 10 ev/s: p50/p99",
+        "not run yet",
+        "`websockets` server",
+        target="p99 < 100 ms",
+    ),
+    Row("WebSocket CPU per delivered message", "not run yet", "`websockets` server", target="≤ 2× peer"),
+    Row(
+        "Idle WebSocket connections (15,000): RSS per connection",
+        "not run yet",
+        "`websockets` server",
+        target="≤ 2× peer",
+    ),
+    Row(
+        "500 concurrent agent tasks (1 s per turn), all waiting on the model: loop lag p99, RSS",
+        "not run yet",
+        target="lag p99 < 10 ms",
+    ),
+    Row(
+        "500 concurrent agent tasks (1 s per turn), whole run: loop lag p99",
+        "not run yet",
+        target="lag p99 < 10 ms",
+    ),
 ]
 
 
 # -- running steps -----------------------------------------------------------------------------
+
 
 def ensure_peers_venv() -> Path:
     """Create or refresh ``bench/.venv-peers`` when ``requirements.txt`` changed."""
@@ -116,8 +165,15 @@ def run_step(label: str, argv: list[str]) -> dict[str, Any] | None:
     """Run one benchmark process; its last stdout line is its JSON result. None on failure."""
     print(f"[{time.strftime('%H:%M:%S')}] {label} ...", file=sys.stderr, flush=True)
     try:
-        done = subprocess.run(argv, check=False, cwd=ROOT, capture_output=True, text=True,
-                              timeout=STEP_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            argv,
+            check=False,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         print(f"  {label}: timed out after {STEP_TIMEOUT_S} s", file=sys.stderr)
         return None
@@ -169,6 +225,7 @@ def py(script: str, *args: Any, python: Path | str = sys.executable) -> list[str
 
 # -- suites: each returns its rows --------------------------------------------------------------
 
+
 def _fmt(value: float, unit: str = "") -> str:
     text = f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
     return f"{text}{unit}"
@@ -178,58 +235,90 @@ def queue_suite(size: dict[str, Any]) -> list[Row]:
     n, c, lat, rate = size["jobs"], size["concurrency"], size["latency_jobs"], size["rate"]
     common = ["--jobs", n, "--concurrency", c, "--latency-jobs", lat, "--rate", rate]
     with redis_server() as url:
-        def arq(delay: float) -> Callable[[], dict[str, Any] | None]:
-            return lambda: run_step(f"queue: arq poll {delay}", py(
-                "peers/arq_bench.py", "--redis", url, "--poll-delay", delay, *common, python=PEERS_PY))
 
-        results = repeated(size["rounds"], {
-            "agentd": lambda: run_step("queue: agentd", py("queue_agentd.py", *common)),
-            "SAQ": lambda: run_step("queue: saq", py("peers/saq_bench.py", "--redis", url, *common,
-                                                      python=PEERS_PY)),
-            "arq, poll 0.01 s": arq(0.01),
-            "arq, default poll 0.5 s": arq(0.5),
-        })
+        def arq(delay: float) -> Callable[[], dict[str, Any] | None]:
+            return lambda: run_step(
+                f"queue: arq poll {delay}",
+                py("peers/arq_bench.py", "--redis", url, "--poll-delay", delay, *common, python=PEERS_PY),
+            )
+
+        results = repeated(
+            size["rounds"],
+            {
+                "agentd": lambda: run_step("queue: agentd", py("queue_agentd.py", *common)),
+                "SAQ": lambda: run_step(
+                    "queue: saq", py("peers/saq_bench.py", "--redis", url, *common, python=PEERS_PY)
+                ),
+                "arq, poll 0.01 s": arq(0.01),
+                "arq, default poll 0.5 s": arq(0.5),
+            },
+        )
     agentd = results.pop("agentd")
     peers = results
     targets = {"SAQ": 2.0, "arq, poll 0.01 s": 1.0}
     rows = []
     shape = f"{n:,} no-op jobs, concurrency {c}"
-    for key, title in (("throughput", f"Queue end to end ({shape}), jobs/s"),
-                       ("process_only", f"Queue, SAQ's shape: enqueue all then process ({shape}), jobs/s")):
+    for key, title in (
+        ("throughput", f"Queue end to end ({shape}), jobs/s"),
+        ("process_only", f"Queue, SAQ's shape: enqueue all then process ({shape}), jobs/s"),
+    ):
         for peer, result in peers.items():
             mine = agentd[key]["jobs_per_s"] if agentd else None
             theirs = result[key]["jobs_per_s"] if result else None
             goal = targets.get(peer)
             ratio = mine / theirs if mine and theirs else None
-            rows.append(Row(
-                f"{title} vs {peer}", _fmt(mine) if mine else "failed",
-                f"{_fmt(theirs)} ({peer})" if theirs else f"failed ({peer})", ratio,
-                f"≥ {goal:g}× {peer}" if goal else "—",
-                None if goal is None or ratio is None else ratio >= goal))
+            rows.append(
+                Row(
+                    f"{title} vs {peer}",
+                    _fmt(mine) if mine else "failed",
+                    f"{_fmt(theirs)} ({peer})" if theirs else f"failed ({peer})",
+                    ratio,
+                    f"≥ {goal:g}× {peer}" if goal else "—",
+                    None if goal is None or ratio is None else ratio >= goal,
+                )
+            )
     for peer, result in peers.items():
         mine_l = agentd["latency"] if agentd else None
         theirs_l = result["latency"] if result else None
-        rows.append(Row(
-            f"Enqueue-to-start at {rate} jobs/s, p50 / p99 ms vs {peer}",
-            f"{mine_l['p50_ms']:.2f} / {mine_l['p99_ms']:.2f}" if mine_l else "failed",
-            f"{theirs_l['p50_ms']:.2f} / {theirs_l['p99_ms']:.2f} ({peer})" if theirs_l else "failed",
-            theirs_l["p99_ms"] / mine_l["p99_ms"] if mine_l and theirs_l else None,
-            "— (p99 ratio shown)"))
+        rows.append(
+            Row(
+                f"Enqueue-to-start at {rate} jobs/s, p50 / p99 ms vs {peer}",
+                f"{mine_l['p50_ms']:.2f} / {mine_l['p99_ms']:.2f}" if mine_l else "failed",
+                f"{theirs_l['p50_ms']:.2f} / {theirs_l['p99_ms']:.2f} ({peer})" if theirs_l else "failed",
+                theirs_l["p99_ms"] / mine_l["p99_ms"] if mine_l and theirs_l else None,
+                "— (p99 ratio shown)",
+            )
+        )
     return rows
 
 
 def durable_suite(size: dict[str, Any]) -> list[Row]:
     n, c = size["durable_tasks"], size["concurrency"]
-    def agentd_run(sync: str) -> Callable[[], dict[str, Any] | None]:
-        return lambda: run_step(f"durable: agentd {sync}", py(
-            "durable_steps.py", "--tasks", n, "--concurrency", c, "--synchronous", sync))
 
-    results = repeated(size["rounds"], {
-        "NORMAL": agentd_run("NORMAL"), "FULL": agentd_run("FULL"),
-        "dbos": lambda: run_step("durable: dbos", py(
-            "peers/dbos_bench.py", "--workflows", size["dbos_workflows"], "--concurrency", c,
-            python=PEERS_PY)),
-    })
+    def agentd_run(sync: str) -> Callable[[], dict[str, Any] | None]:
+        return lambda: run_step(
+            f"durable: agentd {sync}",
+            py("durable_steps.py", "--tasks", n, "--concurrency", c, "--synchronous", sync),
+        )
+
+    results = repeated(
+        size["rounds"],
+        {
+            "NORMAL": agentd_run("NORMAL"),
+            "FULL": agentd_run("FULL"),
+            "dbos": lambda: run_step(
+                "durable: dbos",
+                py(
+                    "peers/dbos_bench.py",
+                    "--workflows",
+                    size["dbos_workflows"],
+                    "--concurrency",
+                    c,
+                    python=PEERS_PY,
+                ),
+            ),
+        },
+    )
     dbos = results.pop("dbos")
     agentd = results
     rows = []
@@ -239,18 +328,37 @@ def durable_suite(size: dict[str, Any]) -> list[Row]:
             mine = result[key]["tasks_per_s"] if result else None
             ratio = mine / theirs if mine and theirs else None
             default = " (default)" if sync == "NORMAL" else ""
-            rows.append(Row(
-                f"3-step durable work {how}, synchronous={sync}{default}, tasks/s vs DBOS workflows/s",
-                _fmt(mine) if mine else "failed",
-                f"{_fmt(theirs)} (DBOS, FULL)" if dbos else "failed (DBOS)",
-                ratio, "≥ 20× DBOS", None if ratio is None else ratio >= 20))
+            rows.append(
+                Row(
+                    f"3-step durable work {how}, synchronous={sync}{default}, tasks/s vs DBOS workflows/s",
+                    _fmt(mine) if mine else "failed",
+                    f"{_fmt(theirs)} (DBOS, FULL)" if dbos else "failed (DBOS)",
+                    ratio,
+                    "≥ 20× DBOS",
+                    None if ratio is None else ratio >= 20,
+                )
+            )
     return rows
 
 
 def appends_suite(size: dict[str, Any]) -> list[Row]:
-    result = repeated(size["rounds"], {"appends": lambda: run_step("event appends", py(
-        "event_appends.py", "--events", size["events"], "--writers", size["writers"],
-        "--single-events", size["single_events"]))})["appends"]
+    result = repeated(
+        size["rounds"],
+        {
+            "appends": lambda: run_step(
+                "event appends",
+                py(
+                    "event_appends.py",
+                    "--events",
+                    size["events"],
+                    "--writers",
+                    size["writers"],
+                    "--single-events",
+                    size["single_events"],
+                ),
+            )
+        },
+    )["appends"]
     if not result:
         return [Row("Durable event appends", "failed")]
     rows = []
@@ -264,40 +372,106 @@ def appends_suite(size: dict[str, Any]) -> list[Row]:
             # What one event per awaited call costs at the least here: Trio's own park and
             # resume of the caller, plus an event's write (the ten-per-call run's CPU per event).
             floor = park + batched["cpu_us_per_event"]
-            mine += (f" ({group['cpu_us_per_event']:.1f} µs CPU per event; floor {floor:.1f} µs = "
-                     f"Trio's park/resume {park:.1f} + an event's write {batched['cpu_us_per_event']:.1f}, "
-                     f"at most {1e6 / floor:,.0f}/s)")
-        rows.append(Row(
-            f"Event appends, group commit ({group['writers']} concurrent writers, 1 event per call, "
-            f"~{group['calls_per_commit']:.0f} per commit), synchronous={sync}, events/s",
-            mine, f"{_fmt(single['events_per_s'])} (one commit per event)",
-            ratio, "≥ 100,000/s and ≥ 20×" if is_full else "—",
-            (group["events_per_s"] >= 100_000 and ratio >= 20) if is_full else None))
+            mine += (
+                f" ({group['cpu_us_per_event']:.1f} µs CPU per event; floor {floor:.1f} µs = "
+                f"Trio's park/resume {park:.1f} + an event's write {batched['cpu_us_per_event']:.1f}, "
+                f"at most {1e6 / floor:,.0f}/s)"
+            )
+        rows.append(
+            Row(
+                f"Event appends, group commit ({group['writers']} concurrent writers, 1 event per call, "
+                f"~{group['calls_per_commit']:.0f} per commit), synchronous={sync}, events/s",
+                mine,
+                f"{_fmt(single['events_per_s'])} (one commit per event)",
+                ratio,
+                "≥ 100,000/s and ≥ 20×" if is_full else "—",
+                (group["events_per_s"] >= 100_000 and ratio >= 20) if is_full else None,
+            )
+        )
         if batched:
-            rows.append(Row(
-                f"Event appends, group commit, {batched['events_per_call']} events per call, "
-                f"synchronous={sync}, events/s (reference)",
-                _fmt(batched["events_per_s"]), f"{_fmt(single['events_per_s'])} (one commit per event)",
-                batched["events_per_s"] / single["events_per_s"], "—"))
+            rows.append(
+                Row(
+                    f"Event appends, group commit, {batched['events_per_call']} events per call, "
+                    f"synchronous={sync}, events/s (reference)",
+                    _fmt(batched["events_per_s"]),
+                    f"{_fmt(single['events_per_s'])} (one commit per event)",
+                    batched["events_per_s"] / single["events_per_s"],
+                    "—",
+                )
+            )
     return rows
 
 
 def restart_suite(size: dict[str, Any]) -> list[Row]:
-    result = run_step("restart to ready", py(
-        "restart_ready.py", "--tasks", size["restart_tasks"], "--events", size["restart_events"],
-        "--repeats", size["repeats"]))
+    result = run_step(
+        "restart to ready",
+        py(
+            "restart_ready.py",
+            "--tasks",
+            size["restart_tasks"],
+            "--events",
+            size["restart_events"],
+            "--repeats",
+            size["repeats"],
+        ),
+    )
     if not result:
         return [Row("Restart to ready", "failed")]
     db, full, empty = result["db"], result["full"], result["empty"]
     data = f"{db['tasks']:,} finished tasks, {db['events']:,} events, {db['db_mib']} MiB"
     return [
-        Row(f"Restart to ready, in process (store open + supervisor started), {data}",
-            f"{full['in_process_s'] * 1000:.1f} ms", f"{empty['in_process_s'] * 1000:.1f} ms (empty db)",
-            None, "< 1 s", full["in_process_s"] < 1.0),
-        Row(f"Restart to ready, `agentd serve` to \"serving on\" (includes Python's start and "
+        Row(
+            f"Restart to ready, in process (store open + supervisor started), {data}",
+            f"{full['in_process_s'] * 1000:.1f} ms",
+            f"{empty['in_process_s'] * 1000:.1f} ms (empty db)",
+            None,
+            "< 1 s",
+            full["in_process_s"] < 1.0,
+        ),
+        Row(
+            f'Restart to ready, `agentd serve` to "serving on" (includes Python\'s start and '
             f"{result['imports_s']:.2f} s of imports), {data}",
-            f"{full['serve_s']:.2f} s", f"{empty['serve_s']:.2f} s (empty db)",
-            None, "< 1 s", full["serve_s"] < 1.0),
+            f"{full['serve_s']:.2f} s",
+            f"{empty['serve_s']:.2f} s (empty db)",
+            None,
+            "< 1 s",
+            full["serve_s"] < 1.0,
+        ),
+    ]
+
+
+def memory_suite(size: dict[str, Any]) -> list[Row]:
+    """Idle RSS (the scripted model; Claude configured, the SDK imported lean and, as before
+    issue 23, whole) and RSS of the daemon and its sandboxes with tasks running."""
+    tasks = size["memory_tasks"]
+    result = run_step("memory", py("memory.py", "--tasks", tasks, "--settle", size["memory_settle_s"]))
+    if not result:
+        return [Row("Idle RSS and RSS with running tasks", "failed", target="< 100 MiB idle")]
+    lean, whole = result["idle_claude"], result["idle_claude_whole_sdk"]
+    scripted, run = result["idle_scripted"], result["running"]
+    per_task = (run["tree"]["mib"] - run["daemon_idle_mib"]) / run["tasks"]
+    return [
+        Row(
+            "Idle RSS of `agentd serve`, Claude configured (a fake key, a local fake Messages API): "
+            "the SDK imported lean vs whole (as before issue 23)",
+            f"{lean['mib']} MiB (samples {lean['min_mib']} to {lean['mib']})",
+            f"{whole['mib']} MiB (whole SDK)",
+            whole["mib"] / lean["mib"],
+            "< 100 MiB",
+            lean["mib"] < 100,
+        ),
+        Row(
+            "Idle RSS of `agentd serve`, the scripted model (reference)",
+            f"{scripted['mib']} MiB (samples {scripted['min_mib']} to {scripted['mib']})",
+        ),
+        Row(
+            f"RSS with {tasks} running tasks, Claude configured, each in its sandbox (a `bash` "
+            f"`sleep`): the daemon and the {run['processes'] - 1} processes below it, summed vs "
+            "the same daemon idle",
+            f"{run['tree']['mib']} MiB (PSS {run['tree_pss_mib']} MiB; the daemon {run['daemon_mib']} "
+            f"MiB; +{per_task:.1f} MiB per task)",
+            f"{run['daemon_idle_mib']} MiB (idle)",
+        ),
     ]
 
 
@@ -308,130 +482,105 @@ def delivery_suite(size: dict[str, Any]) -> list[Row]:
     row's figure is their difference, which a best-of per side would not keep.
     """
     n = size["deliveries"]
-    title = (f"One task's delivery (a fresh clone, 2 files edited, pushed to a local bare repo): "
-             f"p50 / p99 of {n}, git in the sandbox (`TaskSandbox` entered and left) vs the host "
-             f"git before issue 18 (reference; interleaved one for one)")
+    title = (
+        f"One task's delivery (a fresh clone, 2 files edited, pushed to a local bare repo): "
+        f"p50 / p99 of {n}, git in the sandbox (`TaskSandbox` entered and left) vs the host "
+        f"git before issue 18 (reference; interleaved one for one)"
+    )
     result = run_step("delivery cost", py("delivery_cost.py", "--deliveries", n))
     if not result:
         return [Row(title, "failed", target="+≤ 50 ms")]
     new, old, diff = result["sandboxed"], result["host_git"], result["difference"]
     total, cpu = new["total"], result["cpu_ms"]
-    return [Row(
-        title,
-        f"{total['p50_ms']:.1f} / {total['p99_ms']:.1f} ms ({diff['p50_ms']:+.1f} / "
-        f"{diff['p99_ms']:+.1f} ms; commit_and_push {new['commit_and_push']['p50_ms']:.1f}, "
-        f"sandbox entry + exit {new['enter']['p50_ms'] + new['exit']['p50_ms']:.1f}; "
-        f"{cpu['sandboxed']:.0f} ms CPU)",
-        f"{old['p50_ms']:.1f} / {old['p99_ms']:.1f} ms ({cpu['host_git']:.0f} ms CPU; host git)",
-        old["p50_ms"] / total["p50_ms"] if total["p50_ms"] else None,
-        "+≤ 50 ms", diff["p50_ms"] <= 50)]
+    return [
+        Row(
+            title,
+            f"{total['p50_ms']:.1f} / {total['p99_ms']:.1f} ms ({diff['p50_ms']:+.1f} / "
+            f"{diff['p99_ms']:+.1f} ms; commit_and_push {new['commit_and_push']['p50_ms']:.1f}, "
+            f"sandbox entry + exit {new['enter']['p50_ms'] + new['exit']['p50_ms']:.1f}; "
+            f"{cpu['sandboxed']:.0f} ms CPU)",
+            f"{old['p50_ms']:.1f} / {old['p99_ms']:.1f} ms ({cpu['host_git']:.0f} ms CPU; host git)",
+            old["p50_ms"] / total["p50_ms"] if total["p50_ms"] else None,
+            "+≤ 50 ms",
+            diff["p50_ms"] <= 50,
+        )
+    ]
 
 
-def pg_suite(size: dict[str, Any]) -> list[Row]:
-    """Queue on PostgreSQL: agentd on 1, 2, 3 node processes vs pgqueuer, SQLite's figure beside.
-
-    SAQ's shape (all jobs committed first, then processed), one throwaway server for the suite,
-    a fresh database per measurement (each script makes its own).
-    """
-    n, c, rate = size["jobs"], size["concurrency"], size["rate"]
-    shape = f"{n:,} no-op jobs, concurrency {c} per node"
-    title = f"Queue on PostgreSQL, SAQ's shape: enqueue all then process ({shape}), jobs/s"
-    reason = pg_unavailable()
-    if reason:
-        print(f"  pg: skipped: {reason}", file=sys.stderr)
-        return [Row(f"{title}: agentd 1/2/3 nodes vs pgqueuer", f"skipped: {reason}")]
-    raw: list[dict[str, Any] | None] = []  # every agentd run: exactly-once must hold in each
-    with pg_server() as server:
-        def agentd_pg() -> dict[str, Any] | None:
-            raw.append(run_step("pg: agentd nodes", py(
-                "queue_pg_nodes.py", "--pg", server, "--nodes", size["pg_nodes"], "--jobs", n,
-                "--concurrency", c)))
-            return raw[-1]
-
-        results = repeated(size["rounds"], {
-            "agentd": agentd_pg,
-            # The SQLite figure of the same run (its latency part kept short: not used here).
-            "sqlite": lambda: run_step("pg: agentd on sqlite", py(
-                "queue_agentd.py", "--jobs", n, "--concurrency", c, "--latency-jobs", 20,
-                "--rate", rate)),
-            "pgqueuer": lambda: run_step("pg: pgqueuer", py(
-                "peers/pgqueuer_bench.py", "--pg", server, "--jobs", n, "--concurrency", c,
-                "--latency-jobs", size["latency_jobs"], "--rate", rate, python=PEERS_PY)),
-        })
-    agentd, sqlite, pgq = results["agentd"], results["sqlite"], results["pgqueuer"]
-    theirs = pgq["process_only"]["jobs_per_s"] if pgq else None
-    peer = f"{_fmt(theirs)} (pgqueuer)" if theirs else "failed (pgqueuer)"
-    rows = []
-    for count in size["pg_nodes"].split(","):
-        label = f"{title}: agentd {count} node{'s' if count != '1' else ''} vs pgqueuer"
-        result = agentd["nodes"].get(count) if agentd else None
-        if result is None:
-            rows.append(Row(label, "failed", peer))
-            continue
-        if "skipped" in result:
-            rows.append(Row(label, f"not run: {result['skipped']}", peer))
-            continue
-        mine = result["jobs_per_s"]
-        twice = [r["nodes"][count] for r in raw if r and not r["nodes"][count].get("exactly_once", True)]
-        cell = _fmt(mine) + (f" (**a task ran more than once: {twice[0]['running_events']} starts "
-                             f"of {twice[0]['tasks_started']} tasks**)" if twice else "")
-        rows.append(Row(label, cell, peer, mine / theirs if theirs else None))
-    mine = sqlite["process_only"]["jobs_per_s"] if sqlite else None
-    rows.append(Row(f"Queue, SAQ's shape ({shape}), jobs/s: agentd on SQLite, 1 node (same run) "
-                    f"vs pgqueuer on PostgreSQL", _fmt(mine) if mine else "failed", peer,
-                    mine / theirs if mine and theirs else None))
-    if pgq:
-        tp, lat = pgq["throughput"], pgq["latency"]
-        rows.append(Row(f"Queue on PostgreSQL end to end ({n:,} no-op jobs, concurrency {c}), "
-                        "jobs/s: pgqueuer (reference)", "not measured on PostgreSQL",
-                        f"{_fmt(tp['jobs_per_s'])} (pgqueuer)"))
-        rows.append(Row(f"Enqueue-to-start on PostgreSQL at {rate} jobs/s, p50 / p99 ms: pgqueuer "
-                        "(reference)", "not measured on PostgreSQL",
-                        f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} (pgqueuer)"))
-    return rows
+def client_suite(size: dict[str, Any]) -> list[Row]:
+    """The web client's shell, fetched cold from ``agentd serve`` over loopback."""
+    n = size["shell_runs"]
+    result = run_step("client shell", py("client_shell.py", "--runs", n))
+    title = f"Web client shell fetched cold over loopback (`/` and what it loads): p50 / max of {n}"
+    if not result:
+        return [Row(title, "failed", target="< 1 s")]
+    return [
+        Row(
+            f"{title}, {result['files']} files, {result['bytes'] / 1024:.0f} KiB",
+            f"{result['p50_ms']:.1f} / {result['max_ms']:.1f} ms",
+            target="< 1 s",
+            met=result["p50_ms"] < 1000,
+        )
+    ]
 
 
 SUITES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
-    "queue": queue_suite, "durable": durable_suite, "appends": appends_suite, "restart": restart_suite,
+    "queue": queue_suite,
+    "durable": durable_suite,
+    "appends": appends_suite,
+    "restart": restart_suite,
+    "memory": memory_suite,
     "ws": lambda size: ws_suite(size, Row=Row, run_step=run_step, py=py),  # bench/ws_rows.py
-    "delivery": delivery_suite, "pg": pg_suite,
+    "delivery": delivery_suite,
+    "client": client_suite,
+    "pg": lambda size: pg_suite(
+        size, Row=Row, run_step=run_step, py=py, peers_py=PEERS_PY
+    ),  # bench/pg_rows.py
 }
 NEEDS_PEERS = {"queue", "durable", "ws", "pg"}
 
 
 # -- output ------------------------------------------------------------------------------------
 
+
 def render(rows: list[Row], size_name: str, elapsed_s: float, speed: tuple[float, float]) -> str:
     m = machine()
     head = ["Benchmark", "agentd", "Peer (same run)", "agentd advantage", "Target", "Met"]
+    today = datetime.date.today().isoformat()  # noqa: DTZ011 - the local date is the one meant
     lines = [
-        (f"Measured {datetime.date.today().isoformat()} by `make bench` ({size_name} size, best of "
-         f"{SIZES[size_name]['rounds']} interleaved rounds, "
-         f"{elapsed_s:.0f} s) on {m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['kernel']}. "
-         f"Host speed (`bench/common.py:host_speed`, 3 million pure-Python additions; lower is faster): "
-         f"{speed[0]:.2f} s before the run, {speed[1]:.2f} s after."),
+        (
+            f"Measured {today} by `make bench` ({size_name} size, best of "
+            f"{SIZES[size_name]['rounds']} interleaved rounds, "
+            f"{elapsed_s:.0f} s) on {m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['kernel']}. "
+            f"Host speed (`bench/common.py:host_speed`, 3 million pure-Python additions; lower is faster): "
+            f"{speed[0]:.2f} s before the run, {speed[1]:.2f} s after."
+        ),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
         *("| " + " | ".join(row.cells()) + " |" for row in rows),
         "",
-        ("agentd advantage: agentd ÷ peer for rates, peer ÷ agentd for latencies (above 1: agentd "
-         "better). Every agentd state change is a committed SQLite transaction (WAL; "
-         "synchronous=NORMAL unless said); the Redis peers keep jobs in memory (no RDB/AOF). DBOS "
-         "uses its SQLite system database in its default mode (rollback journal, synchronous=FULL); "
-         "the faster of its sync and async styles is shown. agentd runs as `agentd serve` does by "
-         "default, its event loop and SQLite writer on one CPU (`pin_loop_cpu`); the peers run "
-         "unpinned, as they come. Figures from a shared 2-core VM vary from run to run; latency "
-         "p99 most of all."),
+        (
+            "agentd advantage: agentd ÷ peer for rates, peer ÷ agentd for latencies (above 1: agentd "
+            "better). Every agentd state change is a committed SQLite transaction (WAL; "
+            "synchronous=NORMAL unless said); the Redis peers keep jobs in memory (no RDB/AOF). DBOS "
+            "uses its SQLite system database in its default mode (rollback journal, synchronous=FULL); "
+            "the faster of its sync and async styles is shown. agentd runs as `agentd serve` does by "
+            "default, its event loop and SQLite writer on one CPU (`pin_loop_cpu`); the peers run "
+            "unpinned, as they come. Figures from a shared 2-core VM vary from run to run; latency "
+            "p99 most of all."
+        ),
     ]
     if any("PostgreSQL" in row.name for row in rows):
         lines[-1] += (
             " PostgreSQL rows: one throwaway PostgreSQL 15 on the same machine with its durable "
             "defaults (fsync, synchronous_commit on), a fresh database per measurement; each "
-            "agentd node is a process of its own on that database (clock from \"go\" to the "
+            'agentd node is a process of its own on that database (clock from "go" to the '
             "last task's `finished_at`, every task checked to have started exactly once); "
             "pgqueuer runs with asyncpg, its entrypoint's `concurrency_limit` as the concurrency "
-            "and its other defaults (batch size 10).")
+            "and its other defaults (batch size 10). The PostgreSQL targets' ratios are the median "
+            "of each round's own ratio (the spread beside them)."
+        )
     return "\n".join(lines)
 
 

@@ -1,11 +1,11 @@
 """The fake Messages API with a model that takes ``--delay`` seconds per turn, for load runs.
 
 Every ``POST /v1/messages`` waits ``--delay`` s, then answers (streamed like the real API, via
-``tests/fakes/anthropic_api.py``) with a ``tool_use`` that views ``README.md`` or ``calc.py`` (alternately), until the
-conversation holds ``--turns - 1`` assistant turns; then with an ``end_turn`` text. Stateless:
-the reply depends only on the request, so any number of tasks can share it. Requests are not
-recorded (thousands of them). Runs in its own process; prints ``{"url": ...}`` once listening
-and serves until stdin closes.
+``tests/fakes/anthropic_api.py``) with a ``tool_use`` that views ``README.md`` or ``calc.py``
+(alternately), until the conversation holds ``--turns - 1`` assistant turns; then with an
+``end_turn`` text. Stateless: the reply depends only on the request, so any number of tasks can
+share it. Requests are not recorded (thousands of them). Runs in its own process; prints
+``{"url": ...}`` once listening and serves until stdin closes.
 
     .venv/bin/python bench/slow_fake_anthropic.py --delay 1 --turns 6
 """
@@ -46,9 +46,12 @@ class SlowFakeAnthropicAPI(FakeAnthropicAPI):
             return message(text(f"Done after {done + 1} turns: nothing needed changing."))
         # Alternate two files: the same call five times in a row would be "stuck".
         path = ("README.md", "calc.py")[done % 2]
-        return message(text(f"Turn {done + 1}: reading {path}."),
-                       tool_use(f"toolu_{done + 1:03d}", "str_replace_based_edit_tool",
-                                {"command": "view", "path": path}))
+        return message(
+            text(f"Turn {done + 1}: reading {path}."),
+            tool_use(
+                f"toolu_{done + 1:03d}", "str_replace_based_edit_tool", {"command": "view", "path": path}
+            ),
+        )
 
     async def _respond(self, rec: RecordedRequest, receive: Any, send: Any) -> None:
         self.requests.clear()  # nothing is inspected afterwards: keep memory flat

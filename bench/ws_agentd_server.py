@@ -1,14 +1,14 @@
 """agentd under test for the WebSocket benchmarks: the real daemon, events through the real store.
 
 ``Daemon.serve`` runs as ``agentd serve`` would (store, supervisor, the HTTP port with ``/ws``
-on the socket and Hypercorn + Quart-Trio for the rest), with a bench-only runner: each of the ``--tasks`` tasks is admitted by the
-supervisor and stays ``running``; on an ``emit`` command every chosen task appends
-``agent.text`` events at ``rate`` per second (woken when due by one ``Pacer``, as a model
-stream's socket would wake it) through its ``RunContext.emit`` (that is,
+on the socket and Hypercorn + Quart-Trio for the rest), with a bench-only runner: each of the
+``--tasks`` tasks is admitted by the supervisor and stays ``running``; on an ``emit`` command
+every chosen task appends ``agent.text`` events at ``rate`` per second (woken when due by one
+``Pacer``, as a model stream's socket would wake it) through its ``RunContext.emit`` (that is,
 ``store.append_events``: group commit, then the hub, then the WebSocket fan-out), each carrying
-its send time ``data.t`` (CLOCK_MONOTONIC) taken just before the append, and ``data.due``,
-when it was scheduled (later than that when the loop falls behind). Driven by
-``ws_delivery.py`` over stdin/stdout with the same JSON lines as ``ws_peer_server.py``.
+its send time ``data.t`` (CLOCK_MONOTONIC) taken just before the append, and ``data.due``, when
+it was scheduled (later than that when the loop falls behind). Driven by ``ws_delivery.py`` over
+stdin/stdout with the same JSON lines as ``ws_peer_server.py``.
 
     .venv/bin/python bench/ws_agentd_server.py --tasks 1000 --users 100
 """
@@ -104,8 +104,15 @@ class Pacer:
                 await self._sooner.wait()
 
 
-async def emit(runner: EmitterRunner, task_ids: list[str], start: float, seconds: float,
-               rate: float, window: tuple[float, float], hub: EventHub | None = None) -> dict[str, Any]:
+async def emit(
+    runner: EmitterRunner,
+    task_ids: list[str],
+    start: float,
+    seconds: float,
+    rate: float,
+    window: tuple[float, float],
+    hub: EventHub | None = None,
+) -> dict[str, Any]:
     """Emit as the docstring at the top says; with ``hub``, also time each event from its send
     time ``data.t`` to its committed batch reaching the hub, whose listeners run just before the
     WebSocket fan-out writes it to the sockets (``to_sockets``: the server's share of latency)."""
@@ -165,14 +172,20 @@ async def main(tasks: int, users: int, max_fds: int) -> None:
     raise_fd_limit(max_fds)
     tmp = Path(tempfile.mkdtemp(prefix="agentd-wsbench-", dir="/tmp"))
     settings = Settings(
-        data_dir=tmp / "data", http="127.0.0.1:0", control_socket=tmp / "c.sock",
-        concurrency=max(4, min(1024, tasks)), grace_period_s=0.0,
+        data_dir=tmp / "data",
+        http="127.0.0.1:0",
+        control_socket=tmp / "c.sock",
+        concurrency=max(4, min(1024, tasks)),
+        grace_period_s=0.0,
         # Many phones of few users connect at once: the per-user subscribe limit must not bite.
-        rate_subscribes_burst=1_000_000, rate_subscribes_per_min=1e9,
+        rate_subscribes_burst=1_000_000,
+        rate_subscribes_per_min=1e9,
         # ...nor the caps on the HTTP port (all clients are on 127.0.0.1, 15,000 when idle).
-        http_max_connections=16_384, http_max_connections_per_address=0,
+        http_max_connections=16_384,
+        http_max_connections_per_address=0,
         ws_max_connections_per_user=0,
-        log_level="WARNING", pin_loop_cpu=loop_pinned(),
+        log_level="WARNING",
+        pin_loop_cpu=loop_pinned(),
     )
     runner = EmitterRunner(tasks)
     daemon = Daemon(settings, runner=runner)
@@ -190,15 +203,24 @@ async def main(tasks: int, users: int, max_fds: int) -> None:
             user_ids.append(user.id)
         ids = []
         for i in range(tasks):
-            task, _ = await supervisor.submit(user_id=user_ids[i % users], repo_url="file:///bench",
-                                              prompt=f"bench {i}")
+            task, _ = await supervisor.submit(
+                user_id=user_ids[i % users], repo_url="file:///bench", prompt=f"bench {i}"
+            )
             ids.append(task.id)
         with trio.fail_after(120):
             await runner.all_running.wait()
         afters = [(await store.get_task(task_id)).last_seq for task_id in ids]
-        print(json.dumps({"ready": True, "url": url.replace("http", "ws", 1) + "/ws", "tokens": tokens,
-                          "tasks": [[t, i % users, a] for i, (t, a) in enumerate(zip(ids, afters))]}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    "ready": True,
+                    "url": url.replace("http", "ws", 1) + "/ws",
+                    "tokens": tokens,
+                    "tasks": [[t, i % users, a] for i, (t, a) in enumerate(zip(ids, afters, strict=True))],
+                }
+            ),
+            flush=True,
+        )
         buffer = b""
         while True:
             chunk = await stdin.receive_some(65536)
@@ -209,8 +231,15 @@ async def main(tasks: int, users: int, max_fds: int) -> None:
                 line, buffer = buffer.split(b"\n", 1)
                 cmd = json.loads(line)
                 if cmd["cmd"] == "emit":
-                    result = await emit(runner, ids[:cmd["tasks"]], cmd["start"], cmd["seconds"], cmd["rate"],
-                                          (cmd.get("w0", 0.0), cmd.get("w1", float("inf"))), daemon.hub)
+                    result = await emit(
+                        runner,
+                        ids[: cmd["tasks"]],
+                        cmd["start"],
+                        cmd["seconds"],
+                        cmd["rate"],
+                        (cmd.get("w0", 0.0), cmd.get("w1", float("inf"))),
+                        daemon.hub,
+                    )
                     print(json.dumps(result), flush=True)
         runner.finish.set()
         daemon.request_stop()

@@ -42,13 +42,20 @@ class Stats:
         self.closed = 0
 
 
-async def one(url: str, spec: dict, sem: asyncio.Semaphore, stats: Stats, ready: list,
-              all_ready: asyncio.Event, n: int) -> None:
+async def one(
+    url: str, spec: dict, sem: asyncio.Semaphore, stats: Stats, ready: list, all_ready: asyncio.Event, n: int
+) -> None:
     loads = json.loads
     async with sem:
-        ws = await connect(url, additional_headers={"Authorization": f"Bearer {spec['token']}"},
-                           compression=None, ping_interval=None, open_timeout=120,
-                           max_size=1 << 20, close_timeout=1)
+        ws = await connect(
+            url,
+            additional_headers={"Authorization": f"Bearer {spec['token']}"},
+            compression=None,
+            ping_interval=None,
+            open_timeout=120,
+            max_size=1 << 20,
+            close_timeout=1,
+        )
         for task_id, after in spec.get("subs", ()):
             await ws.send(json.dumps({"type": "subscribe", "task_id": task_id, "after": after}))
         if spec.get("watch"):
@@ -91,21 +98,25 @@ async def one(url: str, spec: dict, sem: asyncio.Semaphore, stats: Stats, ready:
 
 
 async def main(spec_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
+    spec = json.loads(Path(spec_path).read_text())  # noqa: ASYNC240 - once, before any connection
     conns = spec["conns"]
     raise_fd_limit(len(conns) + 1000)
     stats = Stats()
     sem = asyncio.Semaphore(spec.get("connect_concurrency", 100))
     ready, all_ready = [0], asyncio.Event()
     began = time.perf_counter()
-    tasks = [asyncio.create_task(one(spec["url"], c, sem, stats, ready, all_ready, len(conns)))
-             for c in conns]
+    tasks = [
+        asyncio.create_task(one(spec["url"], c, sem, stats, ready, all_ready, len(conns))) for c in conns
+    ]
     waiter = asyncio.create_task(all_ready.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED, timeout=300)
     if not all_ready.is_set():
         failed = [t for t in done if t is not waiter and t.exception() is not None]
-        raise SystemExit(f"clients not ready: {ready[0]}/{len(conns)}; "
-                         f"{failed[0].exception()!r}" if failed else f"timeout: {ready[0]}/{len(conns)}")
+        raise SystemExit(
+            f"clients not ready: {ready[0]}/{len(conns)}; {failed[0].exception()!r}"
+            if failed
+            else f"timeout: {ready[0]}/{len(conns)}"
+        )
     print(json.dumps({"ready": ready[0], "connect_s": round(time.perf_counter() - began, 2)}), flush=True)
     loop = asyncio.get_running_loop()
     line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -115,12 +126,22 @@ async def main(spec_path: str) -> None:
     stats.window = (cmd.get("w0", float("inf")), cmd.get("w1", float("inf")))
     cpu0 = time.process_time()
     await asyncio.sleep(max(0.0, cmd["until"] - now()))
-    print(json.dumps({
-        "hist": stats.hist.to_json(), "hist_due": stats.hist_due.to_json(), "in_window": stats.in_window,
-        "received_in_window": stats.received_in_window, "total": stats.total,
-        "resyncs": stats.resyncs, "errors": stats.errors, "closed": stats.closed,
-        "cpu_s": round(time.process_time() - cpu0, 3),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "hist": stats.hist.to_json(),
+                "hist_due": stats.hist_due.to_json(),
+                "in_window": stats.in_window,
+                "received_in_window": stats.received_in_window,
+                "total": stats.total,
+                "resyncs": stats.resyncs,
+                "errors": stats.errors,
+                "closed": stats.closed,
+                "cpu_s": round(time.process_time() - cpu0, 3),
+            }
+        ),
+        flush=True,
+    )
     os._exit(0)  # no closing handshakes: the servers see the peers go away
 
 

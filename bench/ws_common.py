@@ -37,14 +37,14 @@ def sleep_until(when: float) -> None:
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from ``/proc/<pid>/stat``."""
     raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2:].split()
+    fields = raw[raw.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def children_cpu_seconds(pid: int) -> float:
     """cutime + cstime: CPU of the process's children that it has waited for (git, tools)."""
     raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2:].split()
+    fields = raw[raw.rindex(")") + 2 :].split()
     return (int(fields[13]) + int(fields[14])) / CLK_TCK
 
 
@@ -118,19 +118,37 @@ class Histogram:
         return cls({int(k): v for k, v in data.items()})
 
     def summary(self) -> dict[str, Any]:
-        return {"p50_ms": self.percentile_ms(0.50), "p99_ms": self.percentile_ms(0.99),
-                "max_ms": self.max_ms(), "samples": self.count}
+        return {
+            "p50_ms": self.percentile_ms(0.50),
+            "p99_ms": self.percentile_ms(0.99),
+            "max_ms": self.max_ms(),
+            "samples": self.count,
+        }
 
 
 class Child:
     """A child process spoken to in JSON lines over stdin/stdout; stderr goes to a file."""
 
-    def __init__(self, argv: list[str], *, stderr_path: Path, cwd: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        stderr_path: Path,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.stderr_path = stderr_path
         self._stderr = open(stderr_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, cwd=cwd, env=env, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            cwd=cwd,
+            env=env,
+            text=True,
+            bufsize=1,
+        )
         self.pid = self.proc.pid
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
@@ -153,7 +171,9 @@ class Child:
             try:
                 line = self._lines.get(timeout=max(0.0, deadline - now()))
             except queue.Empty:
-                raise RuntimeError(f"pid {self.pid}: no answer in {timeout} s\n{self.stderr_tail()}") from None
+                raise RuntimeError(
+                    f"pid {self.pid}: no answer in {timeout} s\n{self.stderr_tail()}"
+                ) from None
             if line is None:
                 self.proc.wait(5)
                 raise RuntimeError(f"pid {self.pid} exited ({self.proc.returncode})\n{self.stderr_tail()}")

@@ -61,14 +61,22 @@ SERVERS = {
     "websockets": [str(PEERS_PY), str(BENCH / "ws_peer_server.py")],
     # The peer on one CPU, the one agentd's loop and writer are pinned to (daemon/cpu_pin.py):
     # what that pinning alone does to latency while the clients share the machine.
-    "websockets-pinned": ["taskset", "-c", str(max(os.sched_getaffinity(0))),
-                          str(PEERS_PY), str(BENCH / "ws_peer_server.py")],
+    "websockets-pinned": [
+        "taskset",
+        "-c",
+        str(max(os.sched_getaffinity(0))),
+        str(PEERS_PY),
+        str(BENCH / "ws_peer_server.py"),
+    ],
 }
 
 
 def start_server(system: str, tmp: Path, tasks: int, users: int) -> tuple[Child, dict[str, Any]]:
-    server = Child([*SERVERS[system], "--tasks", str(tasks), "--users", str(users)],
-                   stderr_path=tmp / f"{system}-server.err", cwd=ROOT)
+    server = Child(
+        [*SERVERS[system], "--tasks", str(tasks), "--users", str(users)],
+        stderr_path=tmp / f"{system}-server.err",
+        cwd=ROOT,
+    )
     try:
         info = server.expect(timeout=180)
     except Exception:
@@ -77,8 +85,9 @@ def start_server(system: str, tmp: Path, tasks: int, users: int) -> tuple[Child,
     return server, info
 
 
-def start_clients(url: str, conns: list[dict[str, Any]], procs: int, tmp: Path, label: str,
-                  connect_concurrency: int = 100) -> list[Child]:
+def start_clients(
+    url: str, conns: list[dict[str, Any]], procs: int, tmp: Path, label: str, connect_concurrency: int = 100
+) -> list[Child]:
     """Split ``conns`` round-robin over ``procs`` client processes; wait until all are ready."""
     clients = []
     for p in range(procs):
@@ -87,8 +96,13 @@ def start_clients(url: str, conns: list[dict[str, Any]], procs: int, tmp: Path, 
             continue
         spec = tmp / f"{label}-clients-{p}.json"
         spec.write_text(json.dumps({"url": url, "conns": part, "connect_concurrency": connect_concurrency}))
-        clients.append(Child([str(PEERS_PY), str(BENCH / "ws_clients.py"), str(spec)],
-                             stderr_path=tmp / f"{label}-clients-{p}.err", cwd=ROOT))
+        clients.append(
+            Child(
+                [str(PEERS_PY), str(BENCH / "ws_clients.py"), str(spec)],
+                stderr_path=tmp / f"{label}-clients-{p}.err",
+                cwd=ROOT,
+            )
+        )
     try:
         for client in clients:
             client.expect(timeout=300)
@@ -105,9 +119,23 @@ def profile(pid: int, seconds: float, out_dir: Path | None, label: str) -> subpr
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [str(PEERS_PY.parent / "py-spy"), "record", "--rate", "200", "-f", "raw", "--pid", str(pid),
-         "--duration", str(max(1, int(seconds))), "-o", str(out_dir / f"{label}.txt")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            str(PEERS_PY.parent / "py-spy"),
+            "record",
+            "--rate",
+            "200",
+            "-f",
+            "raw",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, int(seconds))),
+            "-o",
+            str(out_dir / f"{label}.txt"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def follower_plan(scenario: str, info: dict[str, Any], params: dict[str, Any]) -> tuple[list[dict], int]:
@@ -140,8 +168,17 @@ def run_fanout(system: str, scenario: str, params: dict[str, Any], tmp: Path) ->
         try:
             t0 = now() + 1.0
             w0, w1 = t0 + warmup, t0 + seconds
-            server.send({"cmd": "emit", "start": t0, "seconds": seconds, "tasks": params["tasks"], "rate": rate,
-                         "w0": w0, "w1": w1})
+            server.send(
+                {
+                    "cmd": "emit",
+                    "start": t0,
+                    "seconds": seconds,
+                    "tasks": params["tasks"],
+                    "rate": rate,
+                    "w0": w0,
+                    "w1": w1,
+                }
+            )
             for client in clients:
                 client.send({"w0": w0, "w1": w1, "until": w1 + params["drain"]})
             sleep_until(w0)
@@ -165,8 +202,17 @@ def run_fanout(system: str, scenario: str, params: dict[str, Any], tmp: Path) ->
         # The same emission with nobody connected: what appending and emitting alone costs.
         b_seconds = params["baseline_seconds"]
         t0 = now() + 0.5
-        server.send({"cmd": "emit", "start": t0, "seconds": b_seconds, "tasks": params["tasks"], "rate": rate,
-                     "w0": t0 + warmup, "w1": t0 + b_seconds})
+        server.send(
+            {
+                "cmd": "emit",
+                "start": t0,
+                "seconds": b_seconds,
+                "tasks": params["tasks"],
+                "rate": rate,
+                "w0": t0 + warmup,
+                "w1": t0 + b_seconds,
+            }
+        )
         sleep_until(t0 + warmup)
         bcpu0 = cpu_seconds(server.pid)
         sleep_until(t0 + b_seconds)
@@ -225,8 +271,14 @@ def run_idle(system: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
         n = params["conns"]
         conns = [{"token": info["tokens"][i % len(info["tokens"])], "subs": []} for i in range(n)]
         began = now()
-        clients = start_clients(info["url"], conns, params["client_procs"], tmp, f"{system}-idle",
-                                connect_concurrency=params["connect_concurrency"])
+        clients = start_clients(
+            info["url"],
+            conns,
+            params["client_procs"],
+            tmp,
+            f"{system}-idle",
+            connect_concurrency=params["connect_concurrency"],
+        )
         connect_s = now() - began
         try:
             time.sleep(2.0)
@@ -285,20 +337,28 @@ def main() -> None:
     parser.add_argument("--clients", type=int, help="fan-out scenarios: clients (default: the size's)")
     parser.add_argument("--connect-concurrency", type=int, help="handshakes in flight per client process")
     parser.add_argument("--profile", type=Path, help="py-spy the servers over each window, into DIR")
-    parser.add_argument("--pinned-peer", action="store_true",
-                        help="scenario a also with the peer on the CPU agentd pins its loop to")
+    parser.add_argument(
+        "--pinned-peer",
+        action="store_true",
+        help="scenario a also with the peer on the CPU agentd pins its loop to",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     raise_fd_limit(20_000)
     if not PEERS_PY.exists():
-        raise SystemExit(f"{PEERS_PY} is missing: run bench/run_all.py once, or create it from "
-                         "bench/requirements.txt")
+        raise SystemExit(
+            f"{PEERS_PY} is missing: run bench/run_all.py once, or create it from bench/requirements.txt"
+        )
     tmp = Path(tempfile.mkdtemp(prefix="ws-delivery-", dir="/tmp"))
     out: dict[str, Any] = {"machine": machine(), "logs": str(tmp)}
     for scenario in [s.strip() for s in args.scenario.split(",") if s.strip()]:
         params = dict(SIZES[args.size][scenario])
-        params.update(seconds=args.seconds, warmup=min(args.warmup, args.seconds / 3), drain=1.0,
-                      baseline_seconds=max(args.baseline_seconds, 2 * min(args.warmup, args.seconds / 3)))
+        params.update(
+            seconds=args.seconds,
+            warmup=min(args.warmup, args.seconds / 3),
+            drain=1.0,
+            baseline_seconds=max(args.baseline_seconds, 2 * min(args.warmup, args.seconds / 3)),
+        )
         params["profile"] = args.profile
         if scenario != "idle" and args.tasks:
             params["tasks"] = args.tasks

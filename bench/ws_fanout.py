@@ -24,7 +24,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: common
 
-from common import cpu_model  # noqa: E402
+from common import cpu_model
+
 from daemon.config import Settings
 from daemon.service import Daemon
 from daemon.store import NewEvent
@@ -72,9 +73,15 @@ async def append(daemon: Daemon, task_id: str, m: int) -> None:
 
 async def main(n: int, m: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="agentd-bench-", dir="/tmp"))
-    settings = Settings(data_dir=tmp / "data", http="127.0.0.1:0", control_socket=tmp / "c.sock",
-                        rate_subscribes_burst=10_000, ws_queue_limit=max(1000, 2 * m),
-                        ws_max_connections_per_user=0, http_max_connections_per_address=0)
+    settings = Settings(
+        data_dir=tmp / "data",
+        http="127.0.0.1:0",
+        control_socket=tmp / "c.sock",
+        rate_subscribes_burst=10_000,
+        ws_queue_limit=max(1000, 2 * m),
+        ws_max_connections_per_user=0,
+        http_max_connections_per_address=0,
+    )
     daemon = Daemon(settings, runner=NoopRunner())
     with trio.fail_after(600):
         async with trio.open_nursery() as nursery:
@@ -91,8 +98,19 @@ async def main(n: int, m: int) -> None:
 
             after = (await daemon.store.get_task(task.id)).last_seq
             proc = await trio.lowlevel.open_process(
-                [sys.executable, __file__, "--child", url.replace("http", "ws", 1) + "/ws", token,
-                 task.id, str(after), str(n), str(m)], stdout=subprocess.PIPE)
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    url.replace("http", "ws", 1) + "/ws",
+                    token,
+                    task.id,
+                    str(after),
+                    str(n),
+                    str(m),
+                ],
+                stdout=subprocess.PIPE,
+            )
             lines = _lines(proc.stdout)
             assert await lines.__anext__() == "ready"
             cpu, wall = time.process_time(), time.perf_counter()
@@ -103,10 +121,14 @@ async def main(n: int, m: int) -> None:
             daemon.request_stop()
     delivered = n * m
     per_msg = (used - baseline) / delivered * 1e6
-    print(f"{n} subscribers x {m} events = {delivered} messages in {wall:.2f} s wall; "
-          f"server CPU {used:.2f} s (appends alone {baseline:.2f} s)")
-    print(f"ws_fanout: {per_msg:.1f} µs CPU per delivered message "
-          f"(nproc {os.cpu_count()}, {cpu_model()}, Python {platform.python_version()})")
+    print(
+        f"{n} subscribers x {m} events = {delivered} messages in {wall:.2f} s wall; "
+        f"server CPU {used:.2f} s (appends alone {baseline:.2f} s)"
+    )
+    print(
+        f"ws_fanout: {per_msg:.1f} µs CPU per delivered message "
+        f"(nproc {os.cpu_count()}, {cpu_model()}, Python {platform.python_version()})"
+    )
 
 
 async def _lines(stream):

@@ -63,8 +63,9 @@ class Peer:
                 self.subs.get(task_id, set()).discard(ws)
             self.watchers.get(user, set()).discard(ws)
 
-    async def emit(self, start: float, seconds: float, tasks: int, rate: float,
-                   window: tuple[float, float]) -> dict:
+    async def emit(
+        self, start: float, seconds: float, tasks: int, rate: float, window: tuple[float, float]
+    ) -> dict:
         late = Histogram()
         lag = Histogram()
         counts = [0, 0]
@@ -82,10 +83,17 @@ class Peer:
                 t = now()
                 late.add(t - target)
                 self.seq[task_id] += 1
-                text = json.dumps({
-                    "type": "event", "task_id": task_id, "seq": self.seq[task_id],
-                    "event": "agent.text", "ts": time.time(), "data": {"text": f"line {k}", "t": t, "due": target},
-                }, separators=(",", ":"))
+                text = json.dumps(
+                    {
+                        "type": "event",
+                        "task_id": task_id,
+                        "seq": self.seq[task_id],
+                        "event": "agent.text",
+                        "ts": time.time(),
+                        "data": {"text": f"line {k}", "t": t, "due": target},
+                    },
+                    separators=(",", ":"),
+                )
                 broadcast(self.subs.get(task_id, ()), text)
                 counts[0] += 1
                 counts[1] += window[0] <= t < window[1]
@@ -111,16 +119,30 @@ async def main(tasks: int, users: int, max_fds: int) -> None:
     # No compression (the clients offer none either), library-default keepalive pings.
     async with serve(peer.handler, "127.0.0.1", 0, compression=None, max_size=64 * 1024) as server:
         port = server.sockets[0].getsockname()[1]
-        print(json.dumps({"ready": True, "url": f"ws://127.0.0.1:{port}/ws", "tokens": peer.tokens,
-                          "tasks": [[t, u, 0] for t, u in peer.tasks]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "ready": True,
+                    "url": f"ws://127.0.0.1:{port}/ws",
+                    "tokens": peer.tokens,
+                    "tasks": [[t, u, 0] for t, u in peer.tasks],
+                }
+            ),
+            flush=True,
+        )
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
             if not line:
                 return
             cmd = json.loads(line)
             if cmd["cmd"] == "emit":
-                result = await peer.emit(cmd["start"], cmd["seconds"], cmd["tasks"], cmd["rate"],
-                                         (cmd.get("w0", 0.0), cmd.get("w1", float("inf"))))
+                result = await peer.emit(
+                    cmd["start"],
+                    cmd["seconds"],
+                    cmd["tasks"],
+                    cmd["rate"],
+                    (cmd.get("w0", 0.0), cmd.get("w1", float("inf"))),
+                )
                 print(json.dumps(result), flush=True)
 
 

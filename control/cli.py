@@ -2,174 +2,90 @@
 
 Exit status: 0 success, 1 the daemon refused the command, 2 the daemon cannot be reached,
 64 a usage error, 130 interrupted (Ctrl-C). Tables are for people; ``--json`` prints the
-daemon's result as it is (``tail --json``: one JSON object per line).
+daemon's result as it is (``tail --json``: one JSON object per line). A task is named by its id
+or the start of it (8 characters at least). Shell completion: argcomplete's
+``eval "$(register-python-argcomplete agentctl)"``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import trio
 
 from .client import CommandRefused, ControlClient, DaemonUnreachable
+from .render import (
+    NODE_COLUMNS,
+    TASK_COLUMNS,
+    event_line,
+    is_waiting_for_input,
+    key_values,
+    render,
+    table,
+)
 
 EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 64, 130
-_CELL_MAX = 60
-_SUMMARY_MAX = 120
 
 
-def default_socket(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
-    """``$AGENTD_CONTROL_SOCKET``, else ``$AGENTD_DATA_DIR/agentd.sock``, else ./agentd-data."""
+# Where the shipped systemd unit's daemon listens (deploy/agentd.service: RuntimeDirectory=agentd).
+SYSTEMD_SOCKET = Path("/run/agentd/agentd.sock")
+
+
+def socket_candidates(env: Mapping[str, str] = os.environ) -> list[Path]:
+    """Where agentctl looks for the control socket, in order, when ``--socket`` is not given:
+    ``$AGENTD_CONTROL_SOCKET`` alone when set, else ``$AGENTD_DATA_DIR/agentd.sock`` alone when
+    set, else the systemd unit's ``/run/agentd/agentd.sock`` then the default data dir's
+    ``./agentd-data/agentd.sock`` (the daemon's own defaults, ``daemon/config.py``)."""
     if env.get("AGENTD_CONTROL_SOCKET"):
-        return Path(env["AGENTD_CONTROL_SOCKET"])
+        return [Path(env["AGENTD_CONTROL_SOCKET"])]
     if env.get("AGENTD_DATA_DIR"):
-        return Path(env["AGENTD_DATA_DIR"]) / "agentd.sock"
-    return Path("agentd-data") / "agentd.sock"
+        return [Path(env["AGENTD_DATA_DIR"]) / "agentd.sock"]
+    return [SYSTEMD_SOCKET, Path("agentd-data") / "agentd.sock"]
 
 
-# ------------------------------------------------------------------------------------ rendering
+class NoSocket(Exception):
+    """None of the places agentctl looks holds a socket; the message lists them."""
+
+    def __init__(self, looked: Sequence[Path]) -> None:
+        places = " and ".join(str(path) for path in looked)
+        super().__init__(
+            f"no agentd control socket found: looked at {places} (is agentd running? "
+            "give --socket PATH or set AGENTD_CONTROL_SOCKET)"
+        )
 
 
-def _is_timestamp(key: str, value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 1e9
-            and (key in ("ts", "created", "updated") or key.endswith("_at")))
-
-
-def fmt(value: Any, key: str = "") -> str:
-    """One value as text for a person."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if _is_timestamp(key, value):
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return str(value)
-
-
-def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    pairs: list[tuple[str, str]] = []
-    for key, value in mapping.items():
-        if isinstance(value, dict) and value:
-            pairs += _flatten(value, f"{prefix}{key}.")
-        else:
-            pairs.append((f"{prefix}{key}", fmt(value, str(key))))
-    return pairs
-
-
-def key_values(mapping: dict[str, Any]) -> str:
-    pairs = _flatten(mapping)
-    width = max((len(k) for k, _ in pairs), default=0)
-    lines = []
-    for key, value in pairs:
-        first, *rest = value.splitlines() or [""]
-        lines.append(f"{key + ':':<{width + 1}} {first}")
-        lines += [" " * (width + 2) + line for line in rest]
-    return "\n".join(lines)
-
-
-Columns = list[tuple[str, tuple[str, ...]]]  # header, keys to look for in this order
-TASK_COLUMNS: Columns = [
-    ("ID", ("id", "task_id")),
-    ("STATUS", ("status",)),
-    ("USER", ("user", "login", "user_login", "user_id")),
-    ("ATTEMPT", ("attempt", "attempts")),
-    ("REPO", ("repo", "repo_url")),
-    ("NODE", ("node",)),
-    ("CREATED", ("created", "created_at")),
-]
-NODE_COLUMNS: Columns = [
-    ("NODE", ("name",)),
-    ("ID", ("id",)),
-    ("STATE", ("state",)),
-    ("HEARTBEAT AGE S", ("heartbeat_age_s",)),
-    ("RUNNING", ("running",)),
-    ("CONCURRENCY", ("concurrency",)),
-    ("HOST", ("host",)),
-    ("PID", ("pid",)),
-]
-
-
-def _cell(row: dict[str, Any], keys: tuple[str, ...]) -> str:
-    for key in keys:
-        if key in row:
-            text = " ".join(fmt(row[key], key).split())
-            return text if len(text) <= _CELL_MAX else text[: _CELL_MAX - 1] + "…"
-    return "-"
-
-
-def table(rows: list[dict[str, Any]], columns: Columns | None = None) -> str:
-    """Rows as aligned columns: the ``columns`` any row has, else every key seen."""
-    if columns is not None:
-        columns = [(h, ks) for h, ks in columns if any(k in r for r in rows for k in ks)]
-    if not columns:
-        seen = dict.fromkeys(k for row in rows for k in row)
-        columns = [(k.upper(), (k,)) for k in seen]
-    cells = [[h for h, _ in columns]] + [[_cell(r, ks) for _, ks in columns] for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
-                     for line in cells)
-
-
-def _rows(result: Any) -> list[dict[str, Any]] | None:
-    """The list of records in a result: the result itself or its one list-of-records value."""
-    if isinstance(result, list) and all(isinstance(r, dict) for r in result):
-        return result
-    if isinstance(result, dict):
-        lists = [v for v in result.values()
-                 if isinstance(v, list) and all(isinstance(r, dict) for r in v)]
-        if len(lists) == 1:
-            return lists[0]
-    return None
-
-
-def render(result: Any, columns: Columns | None = None, empty: str = "(none)") -> str:
-    if result is None or result is True:
-        return "ok"
-    if isinstance(result, (dict, list)):
-        rows = _rows(result)
-        if rows is not None and (columns is not None or isinstance(result, list)):
-            return table(rows, columns) if rows else empty
-        if isinstance(result, dict):
-            return key_values(result)
-        return "\n".join(fmt(item) for item in result)
-    return fmt(result)
-
-
-def event_line(event: Any) -> str:
-    """``seq  ts  type  short data`` for one streamed task event."""
-    if not isinstance(event, dict):
-        return fmt(event)
-    kind = event.get("event") if isinstance(event.get("event"), str) else event.get("type")
-    ts = event.get("ts")
-    if isinstance(ts, (int, float)) and not isinstance(ts, bool):
-        ts = time.strftime("%H:%M:%S", time.localtime(ts))
-    data = event.get("data")
-    if isinstance(data, dict) and isinstance(data.get("text"), str) and len(data) == 1:
-        summary = data["text"]
-    else:
-        summary = "" if data in (None, {}) else fmt(data)
-    summary = " ".join(summary.split())
-    if len(summary) > _SUMMARY_MAX:
-        summary = summary[: _SUMMARY_MAX - 1] + "…"
-    seq = event.get("seq")
-    return f"{'-' if seq is None else seq:>5}  {ts or '-'}  {kind or '?':<18}  {summary}".rstrip()
+def find_socket(env: Mapping[str, str] = os.environ) -> Path:
+    """The first of ``socket_candidates`` that is there, made absolute. One candidate is taken
+    as it is (connecting names it if it is missing); of several, one that cannot be looked at
+    (a directory of the agentd group's) counts as there, so that connecting says why.
+    Raises ``NoSocket`` when none of several is there."""
+    candidates = [Path(os.path.abspath(path)) for path in socket_candidates(env)]
+    if len(candidates) == 1:
+        return candidates[0]
+    for path in candidates:
+        try:
+            os.stat(path)
+        except PermissionError:
+            return path
+        except OSError:
+            continue
+        return path
+    raise NoSocket(candidates)
 
 
 # ------------------------------------------------------------------------------------ commands
 
 
-def _show_token(result: Any, ns: argparse.Namespace) -> None:
+def _show_token(result: object, ns: argparse.Namespace) -> None:
     token = result.get("token") if isinstance(result, dict) else result
     if not isinstance(token, str):
         print(render(result))
@@ -181,12 +97,12 @@ def _show_token(result: Any, ns: argparse.Namespace) -> None:
 @dataclass(frozen=True)
 class Command:
     cmd: str
-    args: Callable[[argparse.Namespace], dict[str, Any]] = lambda ns: {}
-    show: Callable[[Any, argparse.Namespace], None] = lambda result, ns: print(render(result))
+    args: Callable[[argparse.Namespace], dict[str, object]] = lambda ns: {}
+    show: Callable[[object, argparse.Namespace], None] = lambda result, ns: print(render(result))
     streaming: bool = False
 
 
-def _show_status(result: Any, ns: argparse.Namespace) -> None:
+def _show_status(result: object, ns: argparse.Namespace) -> None:
     """This daemon's status, then every node sharing its store."""
     if not isinstance(result, dict) or not isinstance(result.get("nodes"), list):
         print(render(result))
@@ -197,28 +113,64 @@ def _show_status(result: Any, ns: argparse.Namespace) -> None:
     print(table(nodes, NODE_COLUMNS) if nodes else "(none)")
 
 
-def _task(ns: argparse.Namespace) -> dict[str, Any]:
+def _task(ns: argparse.Namespace) -> dict[str, object]:
     return {"id": ns.id}
+
+
+def _operator(ns: argparse.Namespace) -> dict[str, object]:
+    return {"operator": True} if ns.operator else {}
+
+
+BUDGET_FLAGS = ("max_turns", "max_tokens", "max_usd")
+TASK_ID_HELP = "the task's id, or a start of it that no other task's has (8 characters at least)"
+
+
+def _new_task(ns: argparse.Namespace) -> dict[str, object]:
+    """``create``'s arguments; a PROMPT of ``-`` is read from standard input."""
+    budget = {cap: getattr(ns, cap) for cap in BUDGET_FLAGS if getattr(ns, cap) is not None}
+    return {
+        "repo_url": ns.repo,
+        "prompt": sys.stdin.read() if ns.prompt == "-" else ns.prompt,
+        "base_branch": ns.base,
+        "user": ns.user,
+        "budget": budget,
+    }
+
+
+def _show_created(result: object, ns: argparse.Namespace) -> None:
+    """The new task's id on stdout (for ``id=$(agentctl create ...)``), what next on stderr."""
+    if not isinstance(result, dict) or not isinstance(result.get("id"), str):
+        print(render(result))
+        return
+    task_id = result["id"]
+    print(task_id)
+    print(
+        f"task for {result.get('user_login')}, {result.get('status')}; follow it: agentctl tail {task_id}",
+        file=sys.stderr,
+    )
 
 
 COMMANDS: dict[str, Command] = {
     "status": Command("status", show=_show_status),
-    "tasks": Command("tasks.list", lambda ns: {"status": ns.status, "user": ns.user},
-                     lambda r, ns: print(render(r, TASK_COLUMNS, "(no tasks)"))),
+    "tasks": Command(
+        "tasks.list",
+        lambda ns: {"status": ns.status, "user": ns.user},
+        lambda r, ns: print(render(r, TASK_COLUMNS, "(no tasks)")),
+    ),
+    "create": Command("tasks.create", _new_task, _show_created),
     "task": Command("tasks.get", _task),
     "cancel": Command("tasks.cancel", _task),
     "retry": Command("tasks.retry", _task),
-    "tail": Command("tasks.tail", lambda ns: {"id": ns.id, "after": ns.after},
-                    streaming=True),
+    "tail": Command("tasks.tail", lambda ns: {"id": ns.id, "after": ns.after}, streaming=True),
     "drain": Command("drain"),
     "resume": Command("resume"),
     "concurrency": Command("concurrency.set", lambda ns: {"n": ns.n}),
     "users": Command("users.list", show=lambda r, ns: print(render(r, [], "(no users)"))),
-    "user-add": Command("users.add", lambda ns: {"login": ns.login, **({"operator": True} if ns.operator else {})},
-                        _show_token),
+    "user-add": Command("users.add", lambda ns: {"login": ns.login, **_operator(ns)}, _show_token),
     "revoke": Command("users.revoke", lambda ns: {"login": ns.login}),
-    "user-link": Command("users.link", lambda ns: {"login": ns.login, "github_id": ns.github_id,
-                                                   **({"operator": True} if ns.operator else {})}),
+    "user-link": Command(
+        "users.link", lambda ns: {"login": ns.login, "github_id": ns.github_id, **_operator(ns)}
+    ),
     "backup": Command("backup", lambda ns: {"path": os.path.abspath(ns.path)}),
     "gc": Command("gc"),
 }
@@ -241,6 +193,16 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
 def _positive(text: str) -> int:
     value = _non_negative(text)
     if value == 0:
@@ -248,13 +210,43 @@ def _positive(text: str) -> int:
     return value
 
 
+class _Version(argparse.Action):
+    """``--version``: the daemon's version (imported only when asked: it loads the settings)."""
+
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        dest: str = argparse.SUPPRESS,
+        help: str = "print the version and exit",
+    ) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        from daemon import __version__
+
+        print(f"agentctl {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
-    common.add_argument("--socket", type=Path, metavar="PATH",
-                        help="control socket (default: $AGENTD_CONTROL_SOCKET, else "
-                             "$AGENTD_DATA_DIR/agentd.sock, else ./agentd-data/agentd.sock)")
+    common.add_argument(
+        "--socket",
+        type=Path,
+        metavar="PATH",
+        help="control socket (default: $AGENTD_CONTROL_SOCKET, else "
+        "$AGENTD_DATA_DIR/agentd.sock, else the first there of "
+        f"{SYSTEMD_SOCKET} and ./agentd-data/agentd.sock)",
+    )
     common.add_argument("--json", action="store_true", help="print the raw result as JSON")
     parser = _Parser(prog="agentctl", parents=[common], description="Operate a running agentd.")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
@@ -264,31 +256,67 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("tasks", "list tasks")
     p.add_argument("--status", metavar="S", default=None, help="only tasks in this state")
     p.add_argument("--user", metavar="LOGIN", default=None, help="only this user's tasks")
-    for name, help in (("task", "show one task"), ("cancel", "cancel a task"),
-                       ("retry", "queue a failed or cancelled task again")):
-        add(name, help).add_argument("id", metavar="ID")
-    p = add("tail", "follow a task's events until it ends")
-    p.add_argument("id", metavar="ID")
-    p.add_argument("--after", metavar="SEQ", type=_non_negative, default=0,
-                   help="start after this event seq (default 0: from the beginning)")
+    p = add("create", "queue a task on REPO doing PROMPT; prints its id")
+    p.add_argument("repo", metavar="REPO", help="the git repository's URL (https, ssh or git)")
+    p.add_argument("prompt", metavar="PROMPT", help="what the agent is to do; - reads it from standard input")
+    p.add_argument(
+        "--base", metavar="BRANCH", default=None, help="branch to start from (default: the remote's HEAD)"
+    )
+    p.add_argument(
+        "--user",
+        metavar="LOGIN",
+        default=None,
+        help="whose task it is (needed when the daemon has more than one user)",
+    )
+    p.add_argument(
+        "--max-usd", type=_finite, metavar="USD", default=None, help="model cost cap in US dollars"
+    )
+    p.add_argument("--max-turns", type=_non_negative, metavar="N", default=None, help="model turns at most")
+    p.add_argument("--max-tokens", type=_non_negative, metavar="N", default=None, help="tokens at most")
+    for name, help in (
+        ("task", "show one task"),
+        ("cancel", "cancel a task"),
+        ("retry", "queue a failed or cancelled task again"),
+    ):
+        add(name, help).add_argument("id", metavar="ID", help=TASK_ID_HELP)
+    p = add("tail", "print a task's events, following live until it ends or waits for input")
+    p.add_argument("id", metavar="ID", help=TASK_ID_HELP)
+    p.add_argument(
+        "--after",
+        metavar="SEQ",
+        type=_non_negative,
+        default=0,
+        help="start after this event seq (default 0: from the beginning)",
+    )
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        default=False,
+        help="keep following while the task waits for input, until it ends",
+    )
     add("drain", "stop admitting tasks; running ones finish")
     add("resume", "admit tasks again after drain")
-    add("concurrency", "set how many tasks run at once").add_argument(
-        "n", metavar="N", type=_non_negative)
+    add("concurrency", "set how many tasks run at once").add_argument("n", metavar="N", type=_non_negative)
     add("users", "list users")
     p = add("user-add", "create a user and print a new API token")
     p.add_argument("login", metavar="LOGIN")
-    p.add_argument("--operator", action="store_true", default=False,
-                   help="the user may use the admin page (/admin) and its API")
+    p.add_argument(
+        "--operator",
+        action="store_true",
+        default=False,
+        help="the user is an operator: the app's operator view (/#/ops) and the /admin API",
+    )
     add("revoke", "revoke a user's API tokens").add_argument("login", metavar="LOGIN")
     p = add("user-link", "link an account to a GitHub user id: their GitHub sign-in reaches it")
     p.add_argument("login", metavar="LOGIN")
-    p.add_argument("github_id", metavar="GITHUB_ID", type=_positive,
-                   help="GitHub's numeric user id (https://api.github.com/users/NAME shows it)")
-    p.add_argument("--operator", action="store_true", default=False,
-                   help="also make the account an operator")
-    add("backup", "write a consistent copy of the database to PATH").add_argument(
-        "path", metavar="PATH")
+    p.add_argument(
+        "github_id",
+        metavar="GITHUB_ID",
+        type=_positive,
+        help="GitHub's numeric user id (https://api.github.com/users/NAME shows it)",
+    )
+    p.add_argument("--operator", action="store_true", default=False, help="also make the account an operator")
+    add("backup", "write a consistent copy of the database to PATH").add_argument("path", metavar="PATH")
     add("gc", "remove old workspaces and expired data")
     return parser
 
@@ -297,9 +325,7 @@ async def _run(ns: argparse.Namespace, socket: Path, as_json: bool) -> None:
     command = COMMANDS[ns.command]
     async with await ControlClient.connect(socket) as client:
         if command.streaming:
-            async with aclosing(client.stream(command.cmd, **command.args(ns))) as events:
-                async for event in events:
-                    print(json.dumps(event) if as_json else event_line(event), flush=True)
+            await _tail(client, command, ns, as_json)
             return
         result = await client.call(command.cmd, **command.args(ns))
     if as_json:
@@ -308,11 +334,47 @@ async def _run(ns: argparse.Namespace, socket: Path, as_json: bool) -> None:
         command.show(result, ns)
 
 
+async def _tail(client: ControlClient, command: Command, ns: argparse.Namespace, as_json: bool) -> None:
+    """Print the task's events (a line each, or its JSON) until the stream ends, or until the
+    task waits for input unless ``--follow``."""
+    async with aclosing(client.stream(command.cmd, **command.args(ns))) as events:
+        async for event in events:
+            print(json.dumps(event) if as_json else event_line(event), flush=True)
+            if not ns.follow and is_waiting_for_input(event) and await _still_waiting(client, event):
+                print(
+                    f"agentctl: task {event['task_id']} waits for input: answer it with POST "
+                    f"/api/tasks/{event['task_id']}/messages; tail --follow keeps following",
+                    file=sys.stderr,
+                )
+                return
+
+
+async def _still_waiting(client: ControlClient, event: dict[str, object]) -> bool:
+    """Whether the task still waits at this event: a replayed wait that was answered long ago
+    does not stop the tail."""
+    task = await client.call("tasks.get", id=event.get("task_id"))
+    seq = event.get("seq")
+    return (
+        isinstance(task, dict)
+        and task.get("status") == "waiting_input"
+        and isinstance(seq, int)
+        and task.get("last_seq", seq) == seq
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
-    socket = Path(os.path.abspath(getattr(ns, "socket", None) or default_socket()))
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks what to complete: argcomplete answers, exits
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    ns = parser.parse_args(argv)
     try:
-        trio.run(_run, ns, socket, getattr(ns, "json", False))
+        socket = getattr(ns, "socket", None) or find_socket()
+        trio.run(_run, ns, Path(os.path.abspath(socket)), getattr(ns, "json", False))
+    except NoSocket as exc:
+        print(f"agentctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except DaemonUnreachable as exc:
         print(f"agentctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

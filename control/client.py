@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -71,7 +71,7 @@ class ControlClient:
         self._failure: str | None = None
 
     @classmethod
-    async def connect(cls, path: os.PathLike[str] | str, **kw: Any) -> ControlClient:
+    async def connect(cls, path: os.PathLike[str] | str, *, max_line: int = MAX_LINE) -> ControlClient:
         """Connect to the daemon listening on ``path``; raises ``DaemonUnreachable``.
 
         Cancellation: nothing is left open; the half-made socket is closed.
@@ -80,31 +80,38 @@ class ControlClient:
         try:
             stream = await trio.open_unix_socket(os.fspath(path))
         except FileNotFoundError:
-            raise DaemonUnreachable(path, "no socket there (is agentd running? see --socket "
-                                          "and AGENTD_CONTROL_SOCKET)") from None
+            raise DaemonUnreachable(
+                path, "no socket there (is agentd running? see --socket and AGENTD_CONTROL_SOCKET)"
+            ) from None
         except ConnectionRefusedError:
-            raise DaemonUnreachable(path, "connection refused: the socket is stale, agentd "
-                                          "is not running") from None
+            raise DaemonUnreachable(
+                path, "connection refused: the socket is stale, agentd is not running"
+            ) from None
         except PermissionError:
-            raise DaemonUnreachable(path, "permission denied (run as the agentd user or a "
-                                          "member of the socket's group)") from None
+            raise DaemonUnreachable(
+                path, "permission denied (run as the agentd user or a member of the socket's group)"
+            ) from None
         except OSError as exc:
             raise DaemonUnreachable(path, exc.strerror or str(exc)) from None
-        return cls(stream, path, **kw)
+        return cls(stream, path, max_line=max_line)
 
     async def __aenter__(self) -> ControlClient:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connection; the daemon cancels any stream still running for it."""
         await self._stream.aclose()
 
-    async def call(self, cmd: str, **args: Any) -> Any:
+    async def call(self, cmd: str, **args: object) -> Any:
         """Run ``cmd`` and return its result; raises ``CommandRefused`` or ``DaemonUnreachable``.
+
+        The result is JSON as the daemon sent it; ``args`` are encoded as ``protocol.encode``
+        allows.
 
         Cancellation: the reply, when it comes, is dropped; the connection stays usable
         unless the request was cut off half-written.
@@ -122,7 +129,7 @@ class ControlClient:
             raise CommandRefused(reply.code, reply.message)
         raise DaemonUnreachable(self.path, f"daemon streamed events for {cmd}, expected a result")
 
-    async def stream(self, cmd: str, **args: Any) -> AsyncIterator[Any]:
+    async def stream(self, cmd: str, **args: object) -> AsyncGenerator[Any, None]:
         """Yield the events of streaming command ``cmd`` until the daemon ends the stream.
 
         An error reply raises ``CommandRefused`` (possibly after some events). To stop early,
@@ -144,13 +151,14 @@ class ControlClient:
                     raise CommandRefused(reply.code, reply.message)
                 else:
                     raise DaemonUnreachable(
-                        self.path, f"daemon answered {cmd} with one result, expected a stream")
+                        self.path, f"daemon answered {cmd} with one result, expected a stream"
+                    )
         finally:
             self._inbox.pop(id, None)
 
     # ------------------------------------------------------------------------------- private
 
-    async def _send(self, cmd: str, args: dict[str, Any]) -> int:
+    async def _send(self, cmd: str, args: dict[str, object]) -> int:
         if self._failure is not None:
             raise DaemonUnreachable(self.path, self._failure)
         id = next(self._ids)

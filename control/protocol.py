@@ -22,8 +22,9 @@ import datetime
 import enum
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeGuard, TypeVar
 
 MAX_LINE = 4 * 1024 * 1024
 """Longest accepted line in bytes, newline excluded; a longer one ends the connection."""
@@ -31,6 +32,7 @@ MAX_LINE = 4 * 1024 * 1024
 COMMANDS: tuple[str, ...] = (
     "status",
     "tasks.list",
+    "tasks.create",
     "tasks.get",
     "tasks.cancel",
     "tasks.retry",
@@ -69,6 +71,8 @@ class LineTooLong(ProtocolError):
     fatal = True
 
 
+# Request.args, Result.value and Event.event are JSON as it came off the wire (hence ``Any``):
+# whoever reads them checks the shape it needs.
 @dataclass(frozen=True, slots=True)
 class Request:
     id: int
@@ -107,7 +111,7 @@ M = TypeVar("M")
 # ---------------------------------------------------------------------------------------- encode
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: object) -> object:
     # Handlers may return store records as they are; these are the types those contain.
     if isinstance(value, enum.Enum):
         return value.value
@@ -122,38 +126,46 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def encode(message: dict[str, Any], *, max_line: int = MAX_LINE) -> bytes:
-    """One message as a line; raises ``LineTooLong`` rather than send what the peer rejects."""
+def encode(message: Mapping[str, object], *, max_line: int = MAX_LINE) -> bytes:
+    """One message as a line; raises ``LineTooLong`` rather than send what the peer rejects.
+
+    The values may be JSON types or what store records hold (enums, paths, datetimes,
+    dataclasses, sets); anything else raises ``ProtocolError``.
+    """
+    id = message.get("id")
+    known_id = id if _is_int(id) else None
     try:
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                          default=_jsonable)
+        text = json.dumps(
+            message, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_jsonable
+        )
     except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"cannot encode message as JSON: {exc}", id=message.get("id")) from exc
+        raise ProtocolError(f"cannot encode message as JSON: {exc}", id=known_id) from exc
     line = text.encode()
     if len(line) > max_line:
-        raise LineTooLong(f"message of {len(line)} bytes exceeds the {max_line}-byte line limit",
-                          id=message.get("id"))
+        raise LineTooLong(f"message of {len(line)} bytes exceeds the {max_line}-byte line limit", id=known_id)
     return line + b"\n"
 
 
-def encode_request(id: int, cmd: str, args: dict[str, Any] | None = None, **kw: Any) -> bytes:
-    return encode({"id": id, "cmd": cmd, "args": args or {}}, **kw)
+def encode_request(
+    id: int, cmd: str, args: Mapping[str, object] | None = None, *, max_line: int = MAX_LINE
+) -> bytes:
+    return encode({"id": id, "cmd": cmd, "args": args or {}}, max_line=max_line)
 
 
-def encode_result(id: int, result: Any, **kw: Any) -> bytes:
-    return encode({"id": id, "ok": True, "result": result}, **kw)
+def encode_result(id: int, result: object, *, max_line: int = MAX_LINE) -> bytes:
+    return encode({"id": id, "ok": True, "result": result}, max_line=max_line)
 
 
-def encode_error(id: int | None, code: str, message: str, **kw: Any) -> bytes:
-    return encode({"id": id, "ok": False, "error": {"code": code, "message": message}}, **kw)
+def encode_error(id: int | None, code: str, message: str, *, max_line: int = MAX_LINE) -> bytes:
+    return encode({"id": id, "ok": False, "error": {"code": code, "message": message}}, max_line=max_line)
 
 
-def encode_event(id: int, event: Any, **kw: Any) -> bytes:
-    return encode({"id": id, "event": event}, **kw)
+def encode_event(id: int, event: object, *, max_line: int = MAX_LINE) -> bytes:
+    return encode({"id": id, "event": event}, max_line=max_line)
 
 
-def encode_end(id: int, **kw: Any) -> bytes:
-    return encode({"id": id, "ok": True, "end": True}, **kw)
+def encode_end(id: int, *, max_line: int = MAX_LINE) -> bytes:
+    return encode({"id": id, "ok": True, "end": True}, max_line=max_line)
 
 
 # ----------------------------------------------------------------------------------------- parse
@@ -171,7 +183,7 @@ def _load_object(line: bytes) -> dict[str, Any]:
     return obj
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -190,8 +202,7 @@ def parse_request(line: bytes) -> Request:
     if args is None:
         args = {}
     if not isinstance(args, dict):
-        raise ProtocolError(f'request "args" must be a JSON object, not {type(args).__name__}',
-                            id=id)
+        raise ProtocolError(f'request "args" must be a JSON object, not {type(args).__name__}', id=id)
     return Request(id, cmd, args)
 
 
@@ -199,7 +210,9 @@ def parse_reply(line: bytes) -> Reply:
     """A reply line as ``Result``, ``ErrorReply``, ``Event`` or ``End``."""
     obj = _load_object(line)
     id = obj.get("id")
-    if not (_is_int(id) or (id is None and obj.get("ok") is False)):
+    if id is None and obj.get("ok") is False:
+        return _error_reply(None, obj)  # about the connection, not one request
+    if not _is_int(id):
         raise ProtocolError(f'reply "id" must be an integer, not {json.dumps(id)}')
     if "event" in obj:
         return Event(id, obj["event"])
@@ -207,12 +220,16 @@ def parse_reply(line: bytes) -> Reply:
     if ok is True:
         return End(id) if obj.get("end") is True else Result(id, obj.get("result"))
     if ok is False:
-        error = obj.get("error")
-        if not isinstance(error, dict):
-            raise ProtocolError('error reply has no "error" object', id=id)
-        code, message = error.get("code"), error.get("message")
-        return ErrorReply(id, str(code or "internal"), str(message or "(no message)"))
+        return _error_reply(id, obj)
     raise ProtocolError('reply has neither "ok" nor "event"', id=id)
+
+
+def _error_reply(id: int | None, obj: dict[str, Any]) -> ErrorReply:
+    error = obj.get("error")
+    if not isinstance(error, dict):
+        raise ProtocolError('error reply has no "error" object', id=id)
+    code, message = error.get("code"), error.get("message")
+    return ErrorReply(id, str(code or "internal"), str(message or "(no message)"))
 
 
 # ------------------------------------------------------------------------------------- framing
@@ -263,7 +280,6 @@ class LineBuffer(Generic[M]):
 
     def _fail(self, size: int, *, complete: bool) -> None:
         more = "" if complete else " and counting"
-        self._broken = LineTooLong(
-            f"line of {size} bytes{more} exceeds the {self._max_line}-byte limit")
+        self._broken = LineTooLong(f"line of {size} bytes{more} exceeds the {self._max_line}-byte limit")
         self._buf.clear()
         raise self._broken

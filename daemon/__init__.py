@@ -5,13 +5,28 @@ The public surface is what this module exports; everything else may change freel
 
 __version__ = "0.1.0"
 
-from .config import Settings, load_settings  # noqa: E402
-from .errors import (  # noqa: E402
-    AgentdError, ConfigError, Forbidden, InvalidTransition, NotFound, PermanentError, TransientError,
+from .config import Settings, load_settings
+from .errors import (
+    AgentdError,
+    ConfigError,
+    Forbidden,
+    InvalidTransition,
+    NotFound,
+    PermanentError,
+    TransientError,
 )
-from .states import TaskStatus  # noqa: E402
+from .states import TaskStatus
 
 __all__ = [
-    "AgentdError", "ConfigError", "Forbidden", "InvalidTransition", "NotFound", "PermanentError",
-    "Settings", "TaskStatus", "TransientError", "__version__", "load_settings",
+    "AgentdError",
+    "ConfigError",
+    "Forbidden",
+    "InvalidTransition",
+    "NotFound",
+    "PermanentError",
+    "Settings",
+    "TaskStatus",
+    "TransientError",
+    "__version__",
+    "load_settings",
 ]

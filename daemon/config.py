@@ -8,10 +8,12 @@ naming them; every problem becomes one ``ConfigError`` line naming the key.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -49,6 +51,7 @@ ENV_KEYS: dict[str, str] = {
     "AGENTD_LOG_LEVEL": "log_level",
     "AGENTD_LOG_FORMAT": "log_format",
     "AGENTD_PIN_LOOP_CPU": "pin_loop_cpu",
+    "AGENTD_METRICS_HTTP": "metrics_http",
     # Repository addresses (issue 18)
     "AGENTD_ALLOW_PRIVATE_REMOTES": "allow_private_remotes",
 }
@@ -123,7 +126,7 @@ class Settings(BaseModel):
 
     @field_validator("app_redirects", "secret_keys", mode="before")
     @classmethod
-    def _comma_list(cls, value: Any) -> Any:
+    def _comma_list(cls, value: object) -> object:
         # The environment gives one string: "a,b,c".
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -154,6 +157,8 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, else JSON
     metrics_refresh_s: float = Field(5 * SECONDS, gt=0)  # how old /metrics' task counts may be
+    # Where /metrics is served: unset, on the HTTP port; HOST:PORT, there only (a private address).
+    metrics_http: str | None = None
     pin_loop_cpu: bool = True  # the event loop and the SQLite writer on one CPU (daemon/cpu_pin.py)
     gc_young_interval_s: float = Field(0.1, ge=0)  # 0: only the automatic ones (daemon/gc_tuning.py)
 
@@ -165,7 +170,7 @@ class Settings(BaseModel):
     ws_max_connections_per_user: int = Field(32, ge=0)  # authenticated WebSockets; 0: no cap
 
     @model_validator(mode="after")
-    def _lease_outlives_heartbeats(self) -> "Settings":
+    def _lease_outlives_heartbeats(self) -> Settings:
         if self.heartbeat_interval_s * 3 > self.lease_timeout_s:
             raise ValueError(
                 "heartbeat_interval_s must be at most a third of lease_timeout_s (a node must get "
@@ -182,7 +187,7 @@ class Settings(BaseModel):
 
     @field_validator("log_level", mode="before")
     @classmethod
-    def _level_name(cls, value: Any) -> Any:
+    def _level_name(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
     # Workspaces and git.
@@ -194,10 +199,14 @@ class Settings(BaseModel):
     ssh_key: Path | None = None
     github_web_host: str = "github.com"
 
-    @field_validator("http")
+    @field_validator("http", "metrics_http")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         host, sep, port = value.rpartition(":")
+        if port.isdigit() and not host:  # "8080" or ":8080": all interfaces is never a guess
+            raise ValueError(f"expected HOST:PORT, got {value!r}; did you mean 127.0.0.1:{port}?")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"expected HOST:PORT, got {value!r}")
         return value
@@ -212,8 +221,7 @@ class Settings(BaseModel):
 
     @property
     def http_host_port(self) -> tuple[str, int]:
-        host, _, port = self.http.rpartition(":")
-        return host.strip("[]"), int(port)
+        return host_port(self.http)
 
     @property
     def model_name(self) -> str:
@@ -223,15 +231,21 @@ class Settings(BaseModel):
         return "anthropic" if self.anthropic_api_key else "scripted"
 
 
+def host_port(address: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` -> ``("127.0.0.1", 8080)``, ``"[::]:9091"`` -> ``("::", 9091)``."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def load_settings(
     *,
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
-    flags: Mapping[str, Any] | None = None,
+    flags: Mapping[str, object] | None = None,
 ) -> Settings:
     """Build the settings from every source; raise ``ConfigError`` with one readable line."""
     env = os.environ if env is None else env
-    merged: dict[str, Any] = dict(_systemd_defaults(env))
+    merged: dict[str, object] = dict(_systemd_defaults(env))
     if config_file is not None:
         merged.update(_read_toml(config_file))
     for name, key in ENV_KEYS.items():
@@ -241,12 +255,12 @@ def load_settings(
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, merged)) from None
+        raise ConfigError(_describe(exc, merged, config_file)) from None
 
 
-def _systemd_defaults(env: Mapping[str, str]) -> dict[str, Any]:
+def _systemd_defaults(env: Mapping[str, str]) -> dict[str, object]:
     """Under systemd, StateDirectory/RuntimeDirectory give the default places (design §3)."""
-    found: dict[str, Any] = {}
+    found: dict[str, object] = {}
     if env.get("STATE_DIRECTORY"):
         found["data_dir"] = env["STATE_DIRECTORY"].split(":")[0]
     if env.get("RUNTIME_DIRECTORY"):
@@ -254,7 +268,7 @@ def _systemd_defaults(env: Mapping[str, str]) -> dict[str, Any]:
     return found
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path) -> dict[str, object]:
     try:
         with open(path, "rb") as file:
             return tomllib.load(file)
@@ -264,13 +278,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
 
 
-def _describe(exc: ValidationError, given: Mapping[str, Any]) -> str:
+def _describe(exc: ValidationError, given: Mapping[str, object], config_file: Path | None) -> str:
     first = exc.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(settings)"
     if first["type"] == "extra_forbidden":
-        return f"config: unknown key {key!r}"
+        # Only a file can hold a key the settings lack: the environment and the flags are mapped.
+        where = f" in {config_file}" if config_file is not None else ""
+        close = difflib.get_close_matches(key, Settings.model_fields, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ' (README: "Configuration" lists them)'
+        return f"config: unknown setting {key!r}{where}{hint}"
     value = given.get(str(first["loc"][0])) if first["loc"] else None
     message = first["msg"].removeprefix("Value error, ")
     secret = str(first["loc"][0]) in SECRET_KEYS if first["loc"] else False
-    suffix = "" if value is None or secret else f" (got {value!r})"
-    return f"config: {key}: {message}{suffix}"
+    omit = value is None or secret or repr(value) in message
+    return f"config: {key}: {message}" + ("" if omit else f" (got {value!r})")

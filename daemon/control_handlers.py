@@ -1,33 +1,28 @@
-"""What each control-socket command does (design §3, §7), on top of the daemon's parts."""
+"""The control socket's commands (design §3, §7): parse the arguments, call one use case,
+render its result as JSON. Every caller the socket admits is an operator
+(``usecases.CONTROL_OPERATOR``); it names tasks by their id or a unique prefix of it
+(``usecases.IdPrefix``), and tasks are shown with their owner's login (``user_login``)."""
 
 from __future__ import annotations
 
-import os
-import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from typing import Any
 
-from . import __version__
-from .errors import AgentdError, NotFound
-from .maintenance import collect_workspaces
+from . import usecases
+from .control_server import Handler
+from .errors import BadArguments
+from .services import Runtime, Services
 from .states import TaskStatus
 from .store import Task
-from .tokens import hash_token, new_token
-
-if TYPE_CHECKING:
-    from .service import Daemon
-
-TOKEN_TTL_S = 365 * 24 * 3600
-
-
-class BadArguments(AgentdError):
-    code = "bad_arguments"
-
+from .usecases import CONTROL_OPERATOR as OPERATOR, IdPrefix
 
 MAX_INT = 2**63 - 1  # what the store can hold; beyond it SQLite cannot even compare
+Args = dict[str, Any]
 
 
-def _int_arg(args: dict[str, Any], name: str, default: int, *, low: int, high: int = MAX_INT) -> int:
+def _int_arg(args: Args, name: str, default: int, *, low: int, high: int = MAX_INT) -> int:
     """``args[name]`` as a whole number in [low, high] (a number or its digits); ``default``
     when it is missing, empty or 0; anything else is ``BadArguments`` naming the argument."""
     value = args.get(name)
@@ -44,190 +39,157 @@ def _int_arg(args: dict[str, Any], name: str, default: int, *, low: int, high: i
     raise BadArguments(f"{name} must be a whole number from {low} to {high}, got {value!r}")
 
 
-def _str_arg(args: dict[str, Any], name: str) -> str | None:
+def _str_arg(args: Args, name: str) -> str | None:
     value = args.get(name)
     if value is None or isinstance(value, str):
         return value
     raise BadArguments(f"{name} must be a string, got {value!r}")
 
 
-def _task_row(task: Task) -> dict[str, Any]:
-    return task.public()
+def _status_arg(args: Args) -> TaskStatus | None:
+    value = _str_arg(args, "status")
+    if not value:
+        return None
+    try:
+        return TaskStatus(value)
+    except ValueError:
+        raise BadArguments(
+            f"unknown status {value!r}; one of {', '.join(s.value for s in TaskStatus)}"
+        ) from None
 
 
-def make_handlers(daemon: "Daemon") -> dict[str, Callable[..., Any]]:
-    """The command table; ``tasks.tail`` is an async generator (a streaming command)."""
+def _task_id(args: Args) -> IdPrefix:
+    task_id = _str_arg(args, "id")
+    if not task_id:
+        raise BadArguments("a task id is required")
+    return IdPrefix(task_id)
 
-    def parts():
-        assert daemon.store is not None and daemon.supervisor is not None and daemon.hub is not None
-        return daemon.store, daemon.supervisor, daemon.hub
 
-    async def status(args: dict[str, Any]) -> dict[str, Any]:
-        store, supervisor, _ = parts()
-        counts = await store.count_by_status()
+class ControlHandlers:
+    """One method a command; ``tasks_tail`` is an async generator (a streaming command)."""
+
+    def __init__(self, services: Services, runtime: Runtime) -> None:
+        self.svc = services
+        self.runtime = runtime
+
+    def table(self) -> dict[str, Handler]:
+        """The command table for ``ControlServer``."""
         return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "phase": daemon.phase,
-            "uptime_s": round(time.time() - daemon.started_at, 1),
-            **supervisor.stats(),
-            # Waiting to run anywhere (on a shared store, the whole cluster's queue).
-            "queued": counts.get(TaskStatus.QUEUED.value, 0),
-            "tasks": {status.value: counts.get(status.value, 0) for status in TaskStatus},
-            "db_path": str(store.path),
-            "db_size_bytes": store.size_bytes(),
-            "http": daemon.http_urls,
-            "model": daemon.settings.model_name,
-            # The whole cluster as the store knows it (one node on SQLite).
-            "nodes": [node.public(store.now()) for node in await store.list_nodes()],
+            "gc": self.gc,
+            "status": self.status,
+            "tasks.list": self.tasks_list,
+            "tasks.create": self.tasks_create,
+            "tasks.get": self.tasks_get,
+            "tasks.cancel": self.tasks_cancel,
+            "tasks.retry": self.tasks_retry,
+            "tasks.tail": self.tasks_tail,
+            "drain": self.drain,
+            "resume": self.resume,
+            "concurrency.set": self.concurrency_set,
+            "users.list": self.users_list,
+            "users.add": self.users_add,
+            "users.revoke": self.users_revoke,
+            "users.link": self.users_link,
+            "backup": self.backup,
         }
 
-    async def tasks_list(args: dict[str, Any]) -> list[dict[str, Any]]:
-        store, _, _ = parts()
-        statuses = None
-        if _str_arg(args, "status"):
-            try:
-                statuses = [TaskStatus(args["status"])]
-            except ValueError:
-                raise BadArguments(
-                    f"unknown status {args['status']!r}; one of {', '.join(s.value for s in TaskStatus)}"
-                ) from None
-        user_id = None
-        if _str_arg(args, "user"):
-            user = await store.user_by_login(args["user"])
-            if user is None:
-                raise NotFound(f"no user {args['user']}")
-            user_id = user.id
-        limit = _int_arg(args, "limit", 100, low=1)
-        rows = await store.list_tasks(user_id=user_id, statuses=statuses, limit=limit)
-        return [_task_row(task) for _, task in rows]
+    async def status(self, args: Args) -> Args:
+        return await usecases.daemon_status(self.svc, self.runtime)
 
-    async def _task(args: dict[str, Any]) -> Task:
-        store, _, _ = parts()
-        task_id = _str_arg(args, "id")
-        if not task_id:
-            raise BadArguments("a task id is required")
-        task = await store.get_task(task_id)
-        if task is None:
-            raise NotFound(f"no task {task_id}")
-        return task
+    async def _shown(self, *tasks: Task) -> list[Args]:
+        """Tasks as agentctl shows them: with their owner's login."""
+        logins = await usecases.owner_logins(self.svc, tasks)
+        return [{**task.public(), "user_login": logins[task.user_id]} for task in tasks]
 
-    async def tasks_get(args: dict[str, Any]) -> dict[str, Any]:
-        return _task_row(await _task(args))
+    async def tasks_list(self, args: Args) -> list[Args]:
+        page = await usecases.list_tasks(
+            self.svc,
+            OPERATOR,
+            status=_status_arg(args),
+            owner=_str_arg(args, "user") or None,
+            limit=_int_arg(args, "limit", 100, low=1),
+        )
+        return await self._shown(*page.tasks)
 
-    async def tasks_cancel(args: dict[str, Any]) -> dict[str, Any]:
-        _, supervisor, _ = parts()
-        task = await _task(args)
-        return _task_row(await supervisor.cancel(task.id))
+    async def tasks_create(self, args: Args) -> Args:
+        budget = args.get("budget") or {}
+        if not isinstance(budget, dict):
+            raise BadArguments(
+                f"budget must be an object of caps (max_turns, max_tokens, max_usd), got {budget!r}"
+            )
+        created = await usecases.create_task(
+            self.svc,
+            OPERATOR,
+            _str_arg(args, "repo_url") or "",
+            _str_arg(args, "prompt") or "",
+            base_branch=_str_arg(args, "base_branch") or None,
+            budget=budget,
+            owner=_str_arg(args, "user") or None,
+        )
+        return (await self._shown(created.task))[0]
 
-    async def tasks_retry(args: dict[str, Any]) -> dict[str, Any]:
-        _, supervisor, _ = parts()
-        task = await _task(args)
-        return _task_row(await supervisor.requeue(task.id, reason="retried by operator", fresh_attempts=True))
+    async def tasks_get(self, args: Args) -> Args:
+        return (await self._shown(await usecases.get_task(self.svc, OPERATOR, _task_id(args))))[0]
 
-    async def tasks_tail(args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        _, _, hub = parts()
-        task = await _task(args)
-        after = _int_arg(args, "after", 0, low=0)
-        if task.status.is_terminal and after >= task.last_seq:
-            return  # it has ended, and there is nothing after `after` to show: follow nothing
-        async for event in hub.follow(task.id, after):
+    async def tasks_cancel(self, args: Args) -> Args:
+        return (await self._shown(await usecases.cancel_task(self.svc, OPERATOR, _task_id(args))))[0]
+
+    async def tasks_retry(self, args: Args) -> Args:
+        return (await self._shown(await usecases.retry_task(self.svc, OPERATOR, _task_id(args))))[0]
+
+    async def tasks_tail(self, args: Args) -> AsyncIterator[Args]:
+        task_id, after = _task_id(args), _int_arg(args, "after", 0, low=0)
+        async for event in usecases.follow_task(self.svc, OPERATOR, task_id, after):
             yield event.wire()
-            if event.type == "task.finished":
-                return
 
-    async def drain(args: dict[str, Any]) -> dict[str, Any]:
-        _, supervisor, _ = parts()
-        supervisor.drain()
-        return supervisor.stats()
+    async def drain(self, args: Args) -> Args:
+        return usecases.drain(self.svc)
 
-    async def resume(args: dict[str, Any]) -> dict[str, Any]:
-        _, supervisor, _ = parts()
-        supervisor.resume()
-        return supervisor.stats()
+    async def resume(self, args: Args) -> Args:
+        return usecases.resume(self.svc)
 
-    async def concurrency_set(args: dict[str, Any]) -> dict[str, Any]:
-        _, supervisor, _ = parts()
+    async def concurrency_set(self, args: Args) -> Args:
         try:
             limit = int(args.get("n"))  # type: ignore[arg-type]
-            supervisor.set_concurrency(limit)
         except (TypeError, ValueError, OverflowError):
             raise BadArguments(f"concurrency must be a whole number >= 1, got {args.get('n')!r}") from None
-        return supervisor.stats()
+        return usecases.set_concurrency(self.svc, limit)
 
-    async def users_list(args: dict[str, Any]) -> list[dict[str, Any]]:
-        store, _, _ = parts()
-        return [user.__dict__ for user in await store.list_users()]
+    async def users_list(self, args: Args) -> list[Args]:
+        return [asdict(user) for user in await usecases.list_users(self.svc)]
 
-    async def users_add(args: dict[str, Any]) -> dict[str, Any]:
-        store, _, _ = parts()
-        login = str(args.get("login") or "").strip()
-        if not login or len(login) > 64 or not login.replace("-", "").replace("_", "").isalnum():
-            raise BadArguments(f"invalid login {login!r}: letters, digits, '-' and '_' only")
-        existing = await store.user_by_login(login)
-        if (args.get("operator") and existing is not None and existing.github_id is not None
-                and not existing.is_operator):
-            # Whoever signed in with GitHub as `login` need not be who the operator thinks:
-            # an operator account is reached by GitHub only when an operator names the id.
-            raise BadArguments(
-                f"{login} is the account of GitHub user id {existing.github_id}, made by a GitHub "
-                f"sign-in; to make it an operator, confirm that id: agentctl user-link {login} "
-                f"{existing.github_id} --operator")
-        user = await store.upsert_user(login, is_operator=bool(args.get("operator")))
-        token = new_token()
-        await store.add_token(user.id, hash_token(token), expires_at=time.time() + TOKEN_TTL_S, label="agentctl")
-        return {"login": user.login, "user_id": user.id, "token": token}
-
-    async def users_link(args: dict[str, Any]) -> dict[str, Any]:
-        """Link the account ``login`` to GitHub user ``github_id`` (``operator``: and make it
-        an operator); the only way a GitHub sign-in reaches an account it did not make."""
-        store, _, _ = parts()
-        login = _str_arg(args, "login")
-        github_id = _int_arg(args, "github_id", 0, low=1)
-        if not login or not github_id or len(login) > 200 or "\x00" in login:
-            raise BadArguments("user-link needs a login and a GitHub user id (a whole number)")
-        user = await store.link_github(login, github_id, operator=bool(args.get("operator")))
-        return {"login": user.login, "user_id": user.id, "github_id": user.github_id,
-                "is_operator": user.is_operator}
-
-    async def users_revoke(args: dict[str, Any]) -> dict[str, Any]:
-        store, _, _ = parts()
-        login = str(args.get("login") or "")
-        revoked = await store.revoke_user(login)
-        return {"login": login, "tokens_revoked": revoked}
-
-    async def backup(args: dict[str, Any]) -> dict[str, Any]:
-        store, _, _ = parts()
-        path = Path(str(args.get("path") or ""))
-        if not path.is_absolute():
-            raise BadArguments("backup needs an absolute path")
-        try:
-            await store.backup(path)
-        except (FileExistsError, OSError) as exc:
-            raise BadArguments(f"backup to {path} failed: {exc}") from None
-        return {"path": str(path), "size_bytes": path.stat().st_size}
-
-    async def gc(args: dict[str, Any]) -> dict[str, Any]:
-        store, _, _ = parts()
-        removed = await collect_workspaces(
-            store, daemon.settings.data_dir / "workspaces", daemon.settings.workspace_keep_days
+    async def users_add(self, args: Args) -> Args:
+        added = await usecases.add_user(
+            self.svc, str(args.get("login") or ""), operator=bool(args.get("operator"))
         )
-        return {"removed": removed, "keep_days": daemon.settings.workspace_keep_days}
+        return asdict(added)
 
-    return {
-        "gc": gc,
-        "status": status,
-        "tasks.list": tasks_list,
-        "tasks.get": tasks_get,
-        "tasks.cancel": tasks_cancel,
-        "tasks.retry": tasks_retry,
-        "tasks.tail": tasks_tail,
-        "drain": drain,
-        "resume": resume,
-        "concurrency.set": concurrency_set,
-        "users.list": users_list,
-        "users.add": users_add,
-        "users.revoke": users_revoke,
-        "users.link": users_link,
-        "backup": backup,
-    }
+    async def users_link(self, args: Args) -> Args:
+        user = await usecases.link_user(
+            self.svc,
+            _str_arg(args, "login") or "",
+            _int_arg(args, "github_id", 0, low=1),
+            operator=bool(args.get("operator")),
+        )
+        return {
+            "login": user.login,
+            "user_id": user.id,
+            "github_id": user.github_id,
+            "is_operator": user.is_operator,
+        }
+
+    async def users_revoke(self, args: Args) -> Args:
+        login = str(args.get("login") or "")
+        return {"login": login, "tokens_revoked": await usecases.revoke_user(self.svc, login)}
+
+    async def backup(self, args: Args) -> Args:
+        path = Path(str(args.get("path") or ""))
+        return {"path": str(path), "size_bytes": await usecases.backup(self.svc, path)}
+
+    async def gc(self, args: Args) -> Args:
+        return {"removed": await usecases.gc(self.svc), "keep_days": self.svc.settings.workspace_keep_days}
+
+
+def make_handlers(services: Services, runtime: Runtime) -> dict[str, Handler]:
+    """The control socket's command table on these services."""
+    return ControlHandlers(services, runtime).table()

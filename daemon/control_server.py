@@ -32,9 +32,9 @@ from control.protocol import (
     COMMANDS,
     MAX_LINE,
     STREAMING_COMMANDS,
+    LineBuffer,
     ProtocolError,
     Request,
-    LineBuffer,
     encode_end,
     encode_error,
     encode_event,
@@ -75,9 +75,7 @@ def streaming(handler: F) -> F:
 
 
 def is_streaming(handler: Callable[..., Any]) -> bool:
-    return bool(getattr(handler, "_control_streaming", False)) or inspect.isasyncgenfunction(
-        handler
-    )
+    return bool(getattr(handler, "_control_streaming", False)) or inspect.isasyncgenfunction(handler)
 
 
 class _ClientGone(Exception):
@@ -183,7 +181,9 @@ class ControlServer:
                 except PermissionError:
                     raise AgentdError(
                         f"{self.path} belongs to another user; cannot tell whether an agentd is "
-                        "serving there", code="socket_in_use") from None
+                        "serving there",
+                        code="socket_in_use",
+                    ) from None
             # Connected, or a listener too busy to accept within the timeout: either way alive.
             raise AgentdError(f"another agentd is serving on {self.path}", code="socket_in_use")
         finally:
@@ -194,8 +194,7 @@ class ControlServer:
             try:
                 self.group_gid = group_gid(self.group)
             except KeyError:
-                raise ConfigError(
-                    f"control socket group {self.group!r} does not exist") from None
+                raise ConfigError(f"control socket group {self.group!r} does not exist") from None
         parent = self.path.parent
         made = not parent.exists()
         parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -206,9 +205,13 @@ class ControlServer:
             os.chmod(parent, 0o710)
         blocked = unreachable_by_group(self.path, self.group_gid)
         if blocked is not None:
-            log.warning("members of group %s cannot reach the control socket %s: they may not "
-                        "enter %s; set control_socket to a path in a directory they can enter",
-                        self.group, self.path, blocked)
+            log.warning(
+                "members of group %s cannot reach the control socket %s: they may not "
+                "enter %s; set control_socket to a path in a directory they can enter",
+                self.group,
+                self.path,
+                blocked,
+            )
 
     def _set_mode(self) -> None:
         # bind() created the file under the umask; a peer that connects before this chmod
@@ -252,9 +255,14 @@ class ControlServer:
                 return True
         log.warning("control socket: refused a peer with uid %d", uid)
         members = f" or members of group {self.group}" if self.group is not None else ""
-        await stream.send_all(encode_error(
-            None, "forbidden", f"uid {uid} may not use the agentd control socket {self.path} "
-                               f"(only uid {os.geteuid()}, root{members})"))
+        await stream.send_all(
+            encode_error(
+                None,
+                "forbidden",
+                f"uid {uid} may not use the agentd control socket {self.path} "
+                f"(only uid {os.geteuid()}, root{members})",
+            )
+        )
         return False
 
     def handler(self, cmd: str) -> Handler | None:
@@ -308,8 +316,9 @@ class _Connection:
             if request is None:
                 return True
             if request.id in self.in_flight:
-                await self.send(encode_error(request.id, "bad_request",
-                                             f"request id {request.id} is already in flight"))
+                await self.send(
+                    encode_error(request.id, "bad_request", f"request id {request.id} is already in flight")
+                )
                 continue
             await self.slots.acquire()
             self.in_flight.add(request.id)
@@ -320,7 +329,7 @@ class _Connection:
             async with self.send_lock:
                 await self.stream.send_all(line)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise _ClientGone() from exc
+            raise _ClientGone from exc
 
     async def _request(self, request: Request) -> None:
         try:
@@ -357,7 +366,7 @@ class _Connection:
                 line = encode_result(id, result, max_line=self.server.max_line)
         except _ClientGone:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the edge: any failure becomes an error reply
             line = _error_line(id, cmd, exc)
         await self.send(line)
 
@@ -385,5 +394,6 @@ def _error_line(id: int, cmd: str, exc: Exception) -> bytes:
         log.error("control command %s: unsendable reply: %s", cmd, exc.message)
         return encode_error(id, "internal", f"{cmd}: reply could not be sent: {exc.message}")
     log.error("control command %s failed", cmd, exc_info=exc)
-    return encode_error(id, "internal", f"{cmd} failed: {type(exc).__name__}: {exc} "
-                                        "(details in the agentd log)")
+    return encode_error(
+        id, "internal", f"{cmd} failed: {type(exc).__name__}: {exc} (details in the agentd log)"
+    )

@@ -23,10 +23,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
-__all__ = ["loop_on_one_cpu", "release", "pinned_cpu"]
+__all__ = ["loop_on_one_cpu", "pinned_cpu", "release"]
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import httpx2
 import trio
 from trio_websocket import open_websocket_url
 
 from control import ControlClient
+from control.render import event_line
 
 from .config import load_settings
 from .errors import ConfigError
@@ -41,30 +42,68 @@ PROJECT = {
 PROMPT = "The test in test_calc.py fails. Find the bug, fix it, and run the test to check."
 
 
-def _tool(id: str, name: str, **input: Any) -> dict[str, Any]:
+def _tool(id: str, name: str, **input: str) -> dict[str, object]:
     return {"type": "tool_use", "id": id, "name": name, "input": input}
 
 
-SCRIPT = {"turns": [
-    {"content": [{"type": "text", "text": "I'll run the test first to see how it fails."},
-                 _tool("t1", "bash", command="python3 test_calc.py")]},
-    {"content": [{"type": "text", "text": "add() returns -1 for (2, 3). Let me read calc.py."},
-                 _tool("t2", "str_replace_based_edit_tool", command="view", path="calc.py")]},
-    {"content": [{"type": "text", "text": "It subtracts instead of adding. Fixing it."},
-                 _tool("t3", "str_replace_based_edit_tool", command="str_replace", path="calc.py",
-                       old_str="return a - b", new_str="return a + b")]},
-    {"content": [_tool("t4", "bash", command="python3 test_calc.py")]},
-    {"content": [{"type": "text", "text": "Fixed add() in calc.py: it subtracted b instead of "
-                                          "adding it. test_calc.py now passes."}]},
-]}
+SCRIPT = {
+    "turns": [
+        {
+            "content": [
+                {"type": "text", "text": "I'll run the test first to see how it fails."},
+                _tool("t1", "bash", command="python3 test_calc.py"),
+            ]
+        },
+        {
+            "content": [
+                {"type": "text", "text": "add() returns -1 for (2, 3). Let me read calc.py."},
+                _tool("t2", "str_replace_based_edit_tool", command="view", path="calc.py"),
+            ]
+        },
+        {
+            "content": [
+                {"type": "text", "text": "It subtracts instead of adding. Fixing it."},
+                _tool(
+                    "t3",
+                    "str_replace_based_edit_tool",
+                    command="str_replace",
+                    path="calc.py",
+                    old_str="return a - b",
+                    new_str="return a + b",
+                ),
+            ]
+        },
+        {"content": [_tool("t4", "bash", command="python3 test_calc.py")]},
+        {
+            "content": [
+                {
+                    "type": "text",
+                    "text": "Fixed add() in calc.py: it subtracted b instead of "
+                    "adding it. test_calc.py now passes.",
+                }
+            ]
+        },
+    ]
+}
 
 
 def _git(cwd: Path, *args: str) -> str:
     # The pushed branch is the agent's work: no hooks, no pager, and not the demo's environment.
     return subprocess.run(
-        ["git", "-c", "user.name=agentd demo", "-c", "user.email=demo@localhost",
-         "-c", "core.hooksPath=/dev/null", *args],
-        cwd=cwd, check=True, capture_output=True, text=True,
+        [
+            "git",
+            "-c",
+            "user.name=agentd demo",
+            "-c",
+            "user.email=demo@localhost",
+            "-c",
+            "core.hooksPath=/dev/null",
+            *args,
+        ],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
         env=git_env(None, None, allow_local=True),
     ).stdout
 
@@ -82,42 +121,11 @@ def make_project(root: Path) -> Path:
     return bare
 
 
-def describe(message: dict[str, Any]) -> str:
-    """One readable line for one WebSocket event message."""
-    data, kind = message.get("data") or {}, message.get("event", "")
-    if kind == "task.created":
-        detail = f"{data.get('repo_url')}: {data.get('prompt')}"
-    elif kind == "task.finished":
-        detail = str(data.get("status")) + (f": {data['error']}" if data.get("error") else "")
-    elif kind == "task.status":
-        detail = f"{data.get('status')} (attempt {data.get('attempt')})"
-        detail += f": {data['reason']}" if data.get("reason") else ""
-    elif kind == "workspace.ready":
-        detail = f"cloned at {str(data.get('commit'))[:10]}, working on {data.get('branch')}"
-    elif kind == "agent.text":
-        detail = data.get("text", "")
-    elif kind == "agent.tool_call":
-        args = data.get("input") or {}
-        detail = f"{data.get('name')} " + (args.get("command") if data.get("name") == "bash"
-                                           else " ".join(str(v) for v in args.values() if isinstance(v, str))[:100])
-    elif kind == "agent.tool_result":
-        output = (data.get("output") or "").strip().splitlines()
-        first = output[0] if output else "(no output)"
-        more = f" (+{len(output) - 1} lines)" if len(output) > 1 else ""
-        detail = ("error: " if data.get("is_error") else "") + first[:100] + more
-    elif kind == "agent.usage":
-        detail = f"{data.get('input_tokens')} in / {data.get('output_tokens')} out, ${data.get('cost_usd', 0):.4f}"
-    elif kind == "git.pushed":
-        detail = f"{data.get('branch')} at {str(data.get('commit'))[:10]}: {', '.join(data.get('files_changed') or [])}"
-    else:
-        detail = json.dumps(data)[:120]
-    return f"{message.get('seq', ''):>4}  {kind:<18} {detail}"
-
-
 async def follow(url: str, token: str, task_id: str, out: TextIO) -> None:
     """Print every event of the task from seq 1 until ``task.finished``."""
     ws_url = url.replace("http://", "ws://", 1) + "/ws"
-    async with open_websocket_url(ws_url, extra_headers=[(b"authorization", f"Bearer {token}".encode())]) as ws:
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+    async with open_websocket_url(ws_url, extra_headers=headers) as ws:
         await ws.send_message(json.dumps({"type": "subscribe", "task_id": task_id, "after": 0}))
         while True:
             message = json.loads(await ws.get_message())
@@ -125,7 +133,7 @@ async def follow(url: str, token: str, task_id: str, out: TextIO) -> None:
                 raise RuntimeError(f"websocket error: {message.get('message')}")
             if message.get("type") != "event" or message.get("seq") is None:
                 continue
-            print(describe(message), file=out, flush=True)
+            print(event_line(message), file=out, flush=True)
             if message.get("event") == "task.finished":
                 return
 
@@ -136,11 +144,17 @@ async def run_pipeline(root: Path, out: TextIO) -> bool:
     use_claude = bool(os.environ.get("ANTHROPIC_API_KEY"))
     script = root / "script.json"
     script.write_text(json.dumps(SCRIPT))
-    settings = load_settings(flags={
-        "data_dir": root / "data", "http": "127.0.0.1:0", "control_socket": root / "agentd.sock",
-        "allow_local_remotes": True, "model": "anthropic" if use_claude else "scripted",
-        "script": None if use_claude else script, "grace_period_s": 5.0,
-    })
+    settings = load_settings(
+        flags={
+            "data_dir": root / "data",
+            "http": "127.0.0.1:0",
+            "control_socket": root / "agentd.sock",
+            "allow_local_remotes": True,
+            "model": "anthropic" if use_claude else "scripted",
+            "script": None if use_claude else script,
+            "grace_period_s": 5.0,
+        }
+    )
     daemon = Daemon(settings)
     async with trio.open_nursery() as nursery:
         urls = await nursery.start(daemon.serve)
@@ -174,7 +188,7 @@ def run_demo(*, keep: bool = False, out: TextIO = sys.stdout) -> int:
     except* ConfigError as group:
         print(f"agentd demo: {group.exceptions[0]}", file=sys.stderr)
         exit_code = 2
-    except* Exception as group:
+    except* Exception as group:  # noqa: BLE001 - the CLI's last word: any failure, told and exit 1
         print(f"agentd demo failed: {group.exceptions[0]!r}", file=sys.stderr)
     finally:
         if keep:

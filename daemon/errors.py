@@ -58,3 +58,25 @@ class ConfigError(AgentdError):
     """Bad configuration; the message names the key and the problem."""
 
     code = "config"
+
+
+class Conflict(AgentdError):
+    """The request conflicts with one made before (an idempotency key used for another task)."""
+
+    code = "conflict"
+
+
+class RateLimited(AgentdError):
+    """Too many requests of one kind from one user; ``retry_after``: whole seconds to wait."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BadArguments(AgentdError):
+    """A command's arguments are missing or malformed; the message names the argument."""
+
+    code = "bad_arguments"

@@ -33,10 +33,20 @@ _SECRET_PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b(Bearer|token)\s+[A-Za-z0-9._~+/=-]{16,}", re.IGNORECASE), r"\1 [REDACTED]"),
 ]
 # Fields whose whole value is secret, whatever it looks like.
-_SECRET_KEYS = frozenset({
-    "authorization", "api_key", "anthropic_api_key", "token", "access_token", "password",
-    "secret", "client_secret", "github_client_secret", "secret_keys",
-})
+_SECRET_KEYS = frozenset(
+    {
+        "authorization",
+        "api_key",
+        "anthropic_api_key",
+        "token",
+        "access_token",
+        "password",
+        "secret",
+        "client_secret",
+        "github_client_secret",
+        "secret_keys",
+    }
+)
 _MAX_DEPTH = 4
 _HEAD = ("timestamp", "level", "logger", "message", "task_id")
 
@@ -56,8 +66,10 @@ def _redact_value(value: Any, depth: int = 0) -> Any:
     if depth >= _MAX_DEPTH:
         return value
     if isinstance(value, dict):
-        return {k: "[REDACTED]" if str(k).lower() in _SECRET_KEYS else _redact_value(v, depth + 1)
-                for k, v in value.items()}
+        return {
+            k: "[REDACTED]" if str(k).lower() in _SECRET_KEYS else _redact_value(v, depth + 1)
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return type(value)(_redact_value(v, depth + 1) for v in value)
     return value
@@ -87,12 +99,14 @@ def bind_task(task_id: str) -> None:
     structlog.contextvars.bind_contextvars(task_id=task_id)
 
 
-def configure(level: str | int = "INFO", fmt: LogFormat = "auto",
-              stream: TextIO | None = None) -> logging.Handler:
+def configure(
+    level: str | int = "INFO", fmt: LogFormat = "auto", stream: TextIO | None = None
+) -> logging.Handler:
     """Send every log record to ``stream`` (stderr) as JSON lines or console lines.
 
-    ``fmt="auto"`` picks console lines on a terminal and JSON otherwise. Calling it again
-    replaces the previous setup (tests do). Returns the installed handler.
+    ``fmt="auto"`` picks console lines on a terminal and JSON otherwise. Python warnings go
+    the same way (logger ``py.warnings``). Calling it again replaces the previous setup (tests
+    do). Returns the installed handler.
     """
     global _installed
     stream = sys.stderr if stream is None else stream
@@ -105,10 +119,13 @@ def configure(level: str | int = "INFO", fmt: LogFormat = "auto",
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: list[Processor] = (
-        [structlog.processors.EventRenamer("message"), _first_keys,
-         structlog.processors.JSONRenderer(default=str)]
-        if as_json else
-        [structlog.dev.ConsoleRenderer(colors=_isatty(stream))]
+        [
+            structlog.processors.EventRenamer("message"),
+            _first_keys,
+            structlog.processors.JSONRenderer(default=str),
+        ]
+        if as_json
+        else [structlog.dev.ConsoleRenderer(colors=_isatty(stream))]
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
@@ -128,6 +145,9 @@ def configure(level: str | int = "INFO", fmt: LogFormat = "auto",
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     _installed = handler
+    # Python's warnings (a library's DeprecationWarning...) as log records too: never a raw
+    # line among the JSON ones.
+    logging.captureWarnings(True)
     # structlog's own loggers (structlog.get_logger()) end in the same handler.
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 GC_INTERVAL_S = 3600.0
 
 
-async def collect_workspaces(store: Store, root: Path, keep_days: float, *, now: float | None = None) -> list[str]:
+async def collect_workspaces(
+    store: Store, root: Path, keep_days: float, *, now: float | None = None
+) -> list[str]:
     """Remove the workspaces of tasks that ended more than ``keep_days`` ago (and orphans).
 
     A task that is not finished keeps its workspace whatever its age: it may resume.
@@ -37,8 +39,9 @@ async def collect_workspaces(store: Store, root: Path, keep_days: float, *, now:
     return removed
 
 
-async def collect_periodically(store: Store, root: Path, keep_days: float,
-                               interval_s: float = GC_INTERVAL_S) -> None:
+async def collect_periodically(
+    store: Store, root: Path, keep_days: float, interval_s: float = GC_INTERVAL_S
+) -> None:
     """Run ``collect_workspaces`` every ``interval_s`` until cancelled."""
     while True:
         try:

@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import bisect
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .states import TaskStatus
 from .store import Event
+from .thirdparty.prometheus import encoder_for
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +56,23 @@ class Metrics:
         self.attempt_seconds = Histogram(
             "agentd_task_attempt_seconds",
             "Duration of task attempts, by how they ended (the status after running).",
-            ["outcome"], buckets=ATTEMPT_BUCKETS, registry=registry,
+            ["outcome"],
+            buckets=ATTEMPT_BUCKETS,
+            registry=registry,
         )
         self.retries = Counter(
             "agentd_task_retries", "Retries scheduled after a transient failure.", registry=registry
         )
         self.model_tokens = Counter(
-            "agentd_model_tokens", "Model tokens used, by model and kind.",
-            ["model", "kind"], registry=registry,
+            "agentd_model_tokens",
+            "Model tokens used, by model and kind.",
+            ["model", "kind"],
+            registry=registry,
         )
         self.model_cost = Counter(
             "agentd_model_cost_usd", "Model cost in US dollars, by model.", ["model"], registry=registry
         )
-        self.ws_connected = Gauge(
-            "agentd_ws_connections", "Open WebSocket connections.", registry=registry
-        )
+        self.ws_connected = Gauge("agentd_ws_connections", "Open WebSocket connections.", registry=registry)
         self.store_write_seconds = TrioHistogram(
             "agentd_store_write_seconds",
             "Event append latency: round trip of one write through the store's single writer "
@@ -81,7 +83,8 @@ class Metrics:
         self.loop_lag_seconds = Histogram(
             "agentd_event_loop_lag_seconds",
             f"How late the Trio loop woke a {LAG_INTERVAL_S:g} s sleep: time the loop was blocked.",
-            buckets=LAG_BUCKETS, registry=registry,
+            buckets=LAG_BUCKETS,
+            registry=registry,
         )
         ProcessCollector(registry=registry)
         registry.register(_StateCollector(self))
@@ -107,8 +110,9 @@ class Metrics:
         counts = await self._store.count_by_status()
         self.tasks_by_status = {status.value: counts.get(status.value, 0) for status in TaskStatus}
 
-    async def run(self, refresh_s: float = DEFAULT_REFRESH_S, *,
-                  task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, refresh_s: float = DEFAULT_REFRESH_S, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Refresh the snapshot every ``refresh_s`` and sample loop lag, until cancelled.
 
         ``task_status.started()`` after the first snapshot, so the first scrape has real counts.
@@ -152,7 +156,7 @@ class Metrics:
     async def _refresh_quietly(self) -> None:
         try:
             await self.refresh()
-        except Exception as exc:  # a stale gauge is better than a dead daemon
+        except Exception as exc:  # noqa: BLE001 - a stale gauge is better than a dead daemon
             log.warning("metrics: task counts not refreshed: %s", exc)
 
     async def _refresh_every(self, refresh_s: float) -> None:
@@ -179,6 +183,7 @@ class TrioHistogram(Collector):
         self._documentation = documentation
         self._bounds = list(buckets)
         self._counts = [0] * (len(buckets) + 1)  # the last one: above every bound
+        self._le = _bucket_labels(buckets)
         self._sum = 0.0
 
     def observe(self, value: float) -> None:
@@ -195,11 +200,22 @@ class TrioHistogram(Collector):
 
     def collect(self) -> Iterator[Metric]:
         cumulative, total = [], 0
-        for bound, count in zip([*map(floatToGoString, self._bounds), "+Inf"], self._counts):
+        for bound, count in zip(self._le, self._counts, strict=True):
             total += count
             cumulative.append((bound, total))
-        yield HistogramMetricFamily(self._name, self._documentation, buckets=cumulative,
-                                    sum_value=self._sum)
+        yield HistogramMetricFamily(self._name, self._documentation, buckets=cumulative, sum_value=self._sum)
+
+
+def _bucket_labels(bounds: tuple[float, ...]) -> list[str]:
+    """The ``le`` label of each bucket, ``+Inf`` last, as prometheus_client's own ``Histogram``
+    writes them (``1.0``, ``0.005``, ``1e+06``): read once from one that is never registered."""
+    model = Histogram("bucket_labels", "", buckets=bounds, registry=None)
+    return [
+        sample.labels["le"]
+        for family in model.collect()
+        for sample in family.samples
+        if sample.name.endswith("_bucket")
+    ]
 
 
 class _StateCollector(Collector):
@@ -213,25 +229,33 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         supervisor = self._metrics.supervisor
-        return self._families(supervisor.stats() if supervisor is not None else None,
-                              self._metrics.tasks_by_status)
+        return self._families(
+            supervisor.stats() if supervisor is not None else None, self._metrics.tasks_by_status
+        )
 
     @staticmethod
     def _families(stats: dict[str, Any] | None, tasks: dict[str, int]) -> Iterator[Metric]:
-        family = GaugeMetricFamily("agentd_tasks", "Tasks by status (snapshot, refreshed every few s).",
-                                   labels=["status"])
+        family = GaugeMetricFamily(
+            "agentd_tasks", "Tasks by status (snapshot, refreshed every few s).", labels=["status"]
+        )
         for status, count in sorted(tasks.items()):
             family.add_metric([status], count)
         yield family
         for key in ("running", "queued", "waiting_retry", "concurrency"):
-            yield GaugeMetricFamily(f"agentd_supervisor_{key}", f"The supervisor's {key} (live).",
-                                    value=stats[key] if stats else None)
-        yield GaugeMetricFamily("agentd_admitting", "1 while admitting tasks, 0 while draining.",
-                                value=int(stats["admitting"]) if stats else None)
+            yield GaugeMetricFamily(
+                f"agentd_supervisor_{key}",
+                f"The supervisor's {key} (live).",
+                value=stats[key] if stats else None,
+            )
+        yield GaugeMetricFamily(
+            "agentd_admitting",
+            "1 while admitting tasks, 0 while draining.",
+            value=int(stats["admitting"]) if stats else None,
+        )
 
 
 def render(registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
     """``(body, content_type)`` for an HTTP response: Prometheus text format, or OpenMetrics
     when the scraper's ``Accept`` header asks for it."""
-    encoder, content_type = choose_encoder(accept or "")
+    encoder, content_type = encoder_for(accept or "")
     return encoder(registry), content_type

@@ -4,22 +4,24 @@ A store that other daemons write (``store.shared``) tells each daemon which seqs
 another one committed (``store.watch_remote``). ``RemoteEvents`` reads those events back from
 the store and publishes them on the hub, only where someone here cares: the task has
 subscribers (a WebSocket, a follower), or the batch holds events that daemons act on (status
-changes, user messages: notice flag ``s``). Reads go one task at a time in notice order, so each
-task's events are published in seq order. Replay-then-live holds as on one daemon: followers
-skip seqs they have and go back to the store on a gap.
+changes, user messages: notice flag ``s``) and a listener here wants that task's (this daemon
+runs it, or someone watches the task list: ``EventHub.wants_remote``), so that a daemon does
+not read back every start and end of every other daemon's tasks. Reads go one task at a time in
+notice order, so each task's events are published in seq order. Replay-then-live holds as on
+one daemon: followers skip seqs they have and go back to the store on a gap.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
 from .events import EventHub
-from .store import RemoteNotice, Store
+from .store import Event, RemoteNotice, Store
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,9 @@ READ_PAGE = 500
 class RemoteEvents:
     """Owns one task (``run``) that reads noticed events back and publishes them."""
 
-    def __init__(self, store: Store, hub: EventHub, *, on_claimable: Callable[[], None],
-                 capped: bool = False) -> None:
+    def __init__(
+        self, store: Store, hub: EventHub, *, on_claimable: Callable[[], None], capped: bool = False
+    ) -> None:
         self._store = store
         self._hub = hub
         self._on_claimable = on_claimable
@@ -40,25 +43,38 @@ class RemoteEvents:
         self._pending: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
         self._wakeup = trio.Event()
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen to the store and publish until cancelled; ``started()`` once listening.
 
         Cancellation: stops listening; notices not yet read are dropped (the store has them).
         """
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publisher)
-            await nursery.start(self._store.watch_remote, self.on_notices)
+            await nursery.start(
+                functools.partial(self._store.watch_remote, self.on_notices, wanted=self.wanted)
+            )
             task_status.started()
 
+    def wanted(self, notice: RemoteNotice) -> bool:
+        """Whether ``notice`` matters here (see the module docstring). Asked on the store's
+        listening thread: it only reads (membership tests, which the GIL keeps whole)."""
+        if any(flag in notice.flags for flag in self._wake_flags):
+            return True
+        if self._hub.followed(notice.task_id):
+            return True
+        return "s" in notice.flags and self._hub.wants_remote(notice.task_id)
+
     def on_notices(self, notices: list[RemoteNotice] | None) -> None:
-        """Called on the Trio thread by the store; must not block."""
+        """Called on the Trio thread by the store with the notices ``wanted`` kept; must not block."""
         if notices is None:  # listening began again: what we follow may have moved meanwhile
             self._catch_up()
             return
         claimable = False
         for notice in notices:
             claimable = claimable or any(flag in notice.flags for flag in self._wake_flags)
-            if "s" in notice.flags or self._hub.followed(notice.task_id):
+            if self._hub.followed(notice.task_id) or (
+                "s" in notice.flags and self._hub.wants_remote(notice.task_id)
+            ):
                 self._want(notice.task_id, notice.first, notice.last)
         if claimable:
             self._on_claimable()  # a task was queued (or a capped user's task ended) elsewhere
@@ -93,13 +109,13 @@ class RemoteEvents:
             if events:
                 self._hub.publish_remote(events)
 
-    async def _read(self, task_id: str, first: int, last: int) -> list:
+    async def _read(self, task_id: str, first: int, last: int) -> list[Event]:
         if first == 0:  # catch-up: only the newest event
             task = await self._store.get_task(task_id)
             if task is None or task.last_seq == 0:
                 return []
             first = last = task.last_seq
-        events = []
+        events: list[Event] = []
         while first <= last:
             page = await self._store.read_events(task_id, first - 1, min(READ_PAGE, last - first + 1))
             if not page:

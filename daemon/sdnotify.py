@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 import trio
 
@@ -31,8 +31,7 @@ class Notifier:
         self._warned = False
 
     @classmethod
-    def from_environ(cls, environ: MutableMapping[str, str] | None = None, *,
-                     unset: bool = True) -> "Notifier":
+    def from_environ(cls, environ: MutableMapping[str, str] | None = None, *, unset: bool = True) -> Notifier:
         """Read ``$NOTIFY_SOCKET`` and the watchdog settings, then (by default) unset them.
 
         Unsetting keeps them from leaking into git and the agent's shell: systemd would ignore

@@ -5,18 +5,27 @@ Keys are Fernet keys (AES-128-CBC + HMAC-SHA256, urlsafe base64), newest first, 
 (``secret_key_file``, one key a line, newest first; default ``<data_dir>/secret.key``, created
 with mode 0600 when missing). Rotation: put a new key first and keep the old ones after it; new
 secrets use the first key, old ones still decrypt, and ``rotate`` re-encrypts with the newest.
+
+Daemons sharing a store must share the keys: what one encrypts, the others decrypt. The store
+keeps a key check (a known text encrypted with a node's newest key, never a key); a node whose
+keys cannot decrypt it refuses to start (``check_cluster_key``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from .config import Settings
 from .errors import ConfigError, PermanentError
+from .store import Store
+
+#: Where the store keeps the key check, and the text it encrypts.
+KEY_CHECK = "secret_key_check"
+_KEY_CHECK_TEXT = b"agentd: the keys of the daemons sharing this store"
 
 
 class SecretBox:
@@ -35,6 +44,7 @@ class SecretBox:
                 ) from None
         if not fernets:
             raise ConfigError("no secret key configured")
+        self._fernets = fernets
         self._box = MultiFernet(fernets)
 
     def __repr__(self) -> str:
@@ -49,12 +59,29 @@ class SecretBox:
         except InvalidToken:
             raise PermanentError(
                 "a stored secret cannot be decrypted with the configured keys "
-                "(was a key removed from the rotation?)", code="secret_undecryptable",
+                "(was a key removed from the rotation?)",
+                code="secret_undecryptable",
             ) from None
 
     def rotate(self, token: bytes) -> bytes:
         """Re-encrypt with the newest key (for a rotation sweep)."""
         return self._box.rotate(token)
+
+    def key_check(self) -> bytes:
+        """A known text encrypted with the newest key: tells another node's keys from these."""
+        return self._box.encrypt(_KEY_CHECK_TEXT)
+
+    def reads_key_check(self, token: bytes) -> bool | None:
+        """True: ``token`` is a key check made with the newest key; False: with an older one of
+        these keys; None: with none of them."""
+        newest, *older = self._fernets
+        for fernet, verdict in ((newest, True), *((f, False) for f in older)):
+            try:
+                if fernet.decrypt(token) == _KEY_CHECK_TEXT:
+                    return verdict
+            except InvalidToken:
+                continue
+        return None
 
 
 def load_secret_box(settings: Settings) -> SecretBox:
@@ -66,6 +93,35 @@ def load_secret_box(settings: Settings) -> SecretBox:
         return SecretBox(settings.secret_keys)
     path = settings.secret_key_file or settings.data_dir / "secret.key"
     return SecretBox(_read_or_create_key_file(path, create=settings.secret_key_file is None))
+
+
+def key_source(settings: Settings) -> str:
+    """Where these settings take the keys from, as an operator finds them."""
+    if settings.secret_keys:
+        return "AGENTD_SECRET_KEYS (the secret_keys setting)"
+    return f"the key file {settings.secret_key_file or settings.data_dir / 'secret.key'}"
+
+
+async def check_cluster_key(store: Store, box: SecretBox, settings: Settings, node: str) -> None:
+    """On a store several daemons share, refuse to go on with keys that differ from theirs.
+
+    The first node to start stores its key check; a node whose keys cannot decrypt the stored
+    one raises ``ConfigError`` saying what to copy where. A check made with an older key of this
+    node is replaced by one made with its newest (a rotation: see the README), unless another
+    node replaced it meanwhile. A store only this daemon writes holds no check.
+    """
+    if not store.shared:
+        return
+    stored = await store.cluster_value(KEY_CHECK, box.key_check(), node=node)
+    verdict = box.reads_key_check(stored)
+    if verdict is None:
+        raise ConfigError(
+            "this node's secret key differs from the one the cluster's data was encrypted with: "
+            f"copy the keys of a node of the cluster (its AGENTD_SECRET_KEYS, or its key file) "
+            f"to {key_source(settings)} here, the same keys in the same order on every node"
+        )
+    if verdict is False:
+        await store.swap_cluster_value(KEY_CHECK, stored, box.key_check(), node=node)
 
 
 def _read_or_create_key_file(path: Path, *, create: bool) -> list[str]:

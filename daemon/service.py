@@ -10,6 +10,8 @@ sd_notify: READY=1 once serving, STOPPING=1 when draining starts, WATCHDOG=1 whi
 
 from __future__ import annotations
 
+import gc
+import ipaddress
 import logging
 import signal
 import socket
@@ -30,13 +32,16 @@ from .events import EventHub
 from .gc_tuning import collect_young_periodically, tune_gc_for_serving
 from .maintenance import collect_periodically
 from .metrics import Metrics
+from .metrics_http import serve_metrics
+from .rate_limit import task_create_limiter
 from .sdnotify import Notifier, watchdog
-from .secrets import SecretBox, load_secret_box
+from .secrets import SecretBox, check_cluster_key, load_secret_box
+from .services import Services
 from .store import Store, is_sqlite, open_store
 from .store.datadir import node_id
 from .supervisor import Backoff, Supervisor, TaskRunner
 from .supervisor.membership import LeaseSettings, NodeIdentity
-from .web.app import create_app, hypercorn_config
+from .web.app import WebState, create_app, hypercorn_config
 from .web.listener import serve as serve_http
 
 log = logging.getLogger(__name__)
@@ -45,7 +50,8 @@ HTTP_CLOSE_TIMEOUT_S = 10.0
 
 
 class Daemon:
-    """Everything ``agentd serve`` runs. Attributes are set while ``serve`` runs."""
+    """Everything ``agentd serve`` runs. Attributes are set while ``serve`` runs; the front-ends
+    get ``services`` and this object as their ``services.Runtime``."""
 
     def __init__(self, settings: Settings, *, runner: TaskRunner | None = None) -> None:
         self.settings = settings
@@ -55,6 +61,7 @@ class Daemon:
         self.hub: EventHub | None = None
         self.supervisor: Supervisor | None = None
         self.http_urls: list[str] = []
+        self.metrics_urls: list[str] = []  # where /metrics is served when ``metrics_http`` is set
         self.metrics = Metrics()
         self.notifier = Notifier.from_environ()  # a no-op outside systemd
         self._runner = runner
@@ -64,6 +71,8 @@ class Daemon:
         self._http_done = trio.Event()
         self._grace_scope: trio.CancelScope | None = None
         self.secrets: SecretBox | None = None
+        self.services: Services | None = None
+        self.web: WebState | None = None
         self.app: QuartTrio | None = None
 
     @property
@@ -97,13 +106,17 @@ class Daemon:
         # A bad model setting or secret key stops us here, before anything is opened.
         self.secrets = load_secret_box(settings)
         runner = self._runner or build_runner(settings, github_token=self._github_token)
-        node = NodeIdentity(id=node_id(settings.data_dir), name=settings.node_name or socket.gethostname(),
-                            http=settings.http)
+        node = NodeIdentity(
+            id=node_id(settings.data_dir), name=settings.node_name or socket.gethostname(), http=settings.http
+        )
         self.store = store = await open_store(settings.data_dir, settings.store, node_id=node.id)
         try:
+            await check_cluster_key(store, self.secrets, settings, node.name)  # a shared store's keys
             self.hub = EventHub(store)
             self.supervisor = supervisor = Supervisor(
-                store, self.hub, runner,
+                store,
+                self.hub,
+                runner,
                 concurrency=settings.concurrency,
                 user_concurrency=settings.user_concurrency,
                 backoff=Backoff(settings.retry_base_s, settings.retry_cap_s, settings.max_attempts),
@@ -112,18 +125,33 @@ class Daemon:
                 lease=LeaseSettings(settings.lease_timeout_s, settings.heartbeat_interval_s),
             )
             self.metrics.attach(store, self.hub, supervisor)
+            self.services = svc = Services(
+                settings=settings,
+                store=store,
+                hub=self.hub,
+                supervisor=supervisor,
+                metrics=self.metrics,
+                secrets=self.secrets,
+                create_limiter=task_create_limiter(settings, store),
+            )
             control = ControlServer(
-                settings.control_socket_path, make_handlers(self), group=settings.control_socket_group
+                settings.control_socket_path, make_handlers(svc, self), group=settings.control_socket_group
             )
             async with trio.open_nursery() as services:
                 if self.notifier.watchdog_interval_s is not None:
                     services.start_soon(watchdog, self.notifier, self.notifier.watchdog_interval_s)
                 await services.start(self.metrics.run, settings.metrics_refresh_s)
                 await services.start(supervisor.run)
-                self.http_urls = await services.start(self._serve_http)
+                self.http_urls = await services.start(self._serve_http, svc)
+                if settings.metrics_http is not None:
+                    self.metrics_urls = await services.start(
+                        serve_metrics, settings.metrics_http, self.metrics
+                    )
                 await services.start(control.serve)
                 services.start_soon(
-                    collect_periodically, store, settings.data_dir / "workspaces",
+                    collect_periodically,
+                    store,
+                    settings.data_dir / "workspaces",
                     settings.workspace_keep_days,
                 )
                 if settings.gc_young_interval_s:
@@ -131,9 +159,11 @@ class Daemon:
                 self.phase = "serving"
                 if isinstance(runner, AgentRunner):
                     services.start_soon(self._warm_up, runner)
-                    services.start_soon(describe_sandbox, runner.settings.tools,
-                                        runner.settings.workspace_root)
+                    services.start_soon(
+                        describe_sandbox, runner.settings.tools, runner.settings.workspace_root
+                    )
                 log.info("agentd serving on %s", ", ".join(self.http_urls))
+                _say_where_metrics_are(settings, self.metrics_urls)
                 self.notifier.notify(f"READY=1\nSTATUS=serving on {', '.join(self.http_urls)}")
                 task_status.started(self.http_urls)
                 await self._stop_requested.wait()
@@ -155,6 +185,7 @@ class Daemon:
                 await store.aclose()
             self.notifier.close()
             self.phase = "stopped"
+            log.info("agentd stopped")
 
     async def _warm_up(self, runner: AgentRunner) -> None:
         """Build the model provider now, in the background (``factory.BuiltInBackground``)."""
@@ -168,13 +199,15 @@ class Daemon:
         log.info("model provider %s loaded in %.2f s", runner.provider.name, time.perf_counter() - began)
         self.model_loaded.set()
 
-    async def _serve_http(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def _serve_http(self, services: Services, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """HTTP and ``/ws`` until ``_http_closing`` is set, then a graceful close of open requests."""
         config = hypercorn_config(self.settings)
-        self.app = create_app(self)
+        self.web = state = WebState.build(services)
+        self.app = create_app(state, self)
         try:
-            await serve_http(self.app, config, self.app.extensions["agentd"],
-                             shutdown_trigger=self._http_closing.wait, task_status=task_status)
+            await serve_http(
+                self.app, config, state, shutdown_trigger=self._http_closing.wait, task_status=task_status
+            )
         finally:
             self._http_done.set()
 
@@ -183,6 +216,25 @@ class Daemon:
         assert self.store is not None and self.secrets is not None
         encrypted = await self.store.github_token_enc(user_id)
         return self.secrets.decrypt(encrypted) if encrypted else None
+
+
+def _say_where_metrics_are(settings: Settings, urls: list[str]) -> None:
+    """Log where ``/metrics`` is served, and warn when that is the HTTP port on an address
+    others may reach: scrapers and their metrics belong on a private one (``metrics_http``)."""
+    if urls:
+        log.info("metrics on %s", ", ".join(urls))
+        return
+    host, _ = settings.http_host_port
+    try:
+        private = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        private = host == "localhost"
+    if not private:
+        log.warning(
+            "/metrics is served on %s with the other routes, to whoever reaches that port: set "
+            "metrics_http (AGENTD_METRICS_HTTP) to a private HOST:PORT to serve it there instead",
+            settings.http,
+        )
 
 
 async def watch_signals(daemon: Daemon) -> None:
@@ -194,7 +246,8 @@ async def watch_signals(daemon: Daemon) -> None:
 
 
 async def run_daemon(daemon: Daemon) -> None:
-    """Serve with signal handling; returns after an orderly stop."""
+    """Serve with signal handling; returns after an orderly stop. Once serving, the garbage
+    collector is tuned for it (``tune_gc_for_serving``) and enabled, if it was not."""
     async with trio.open_nursery() as nursery:
 
         async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -204,6 +257,7 @@ async def run_daemon(daemon: Daemon) -> None:
         nursery.start_soon(watch_signals, daemon)
         await nursery.start(serve)
         tune_gc_for_serving()
+        gc.enable()  # ``agentd serve`` starts with it off (``cli``): nothing built before is garbage
         nursery.start_soon(tune_gc_once_loaded, daemon)
 
 

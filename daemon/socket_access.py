@@ -19,7 +19,7 @@ import stat
 import struct
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 _SO_PEERCRED = getattr(_socket, "SO_PEERCRED", None)
 # Python's socket module does not name it; 59 on every Linux architecture.
@@ -27,7 +27,13 @@ _SO_PEERGROUPS = getattr(_socket, "SO_PEERGROUPS", 59 if sys.platform == "linux"
 _MAX_GROUPS = 65536  # the kernel's NGROUPS_MAX
 
 
-def peer_cred(sock: Any) -> tuple[int, int, int] | None:
+class Socket(Protocol):
+    """A connected unix socket: ``socket.socket`` or ``trio.socket.SocketType``."""
+
+    def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
+
+
+def peer_cred(sock: Socket) -> tuple[int, int, int] | None:
     """``(pid, uid, gid)`` of the peer, or ``None`` where SO_PEERCRED does not exist."""
     if _SO_PEERCRED is None:
         return None
@@ -36,13 +42,13 @@ def peer_cred(sock: Any) -> tuple[int, int, int] | None:
     return pid, uid, gid
 
 
-def peer_uid(sock: Any) -> int | None:
+def peer_uid(sock: Socket) -> int | None:
     """The uid of the process at the other end, or ``None`` where SO_PEERCRED does not exist."""
     cred = peer_cred(sock)
     return None if cred is None else cred[1]
 
 
-def peer_groups(sock: Any) -> frozenset[int]:
+def peer_groups(sock: Socket) -> frozenset[int]:
     """The peer's primary group and supplementary groups (empty where they cannot be known)."""
     cred = peer_cred(sock)
     if cred is None:
@@ -56,7 +62,7 @@ def peer_groups(sock: Any) -> frozenset[int]:
     return frozenset({gid, *groups})
 
 
-def _socket_groups(sock: Any) -> list[int] | None:
+def _socket_groups(sock: Socket) -> list[int] | None:
     if _SO_PEERGROUPS is None:
         return None
     size = 4 * 64

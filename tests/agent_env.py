@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from daemon.agent.conversation import Budget
 from daemon.agent.loop import AgentRunner, AgentSettings
@@ -45,14 +46,30 @@ def text(value: str) -> dict[str, Any]:
     return {"type": "text", "text": value}
 
 
-FIX_SCRIPT = {"turns": [
-    {"content": [text("Let me look at the code."),
-                 tool_use("t1", "str_replace_based_edit_tool", command="view", path="calc.py")]},
-    {"content": [tool_use("t2", "str_replace_based_edit_tool", command="str_replace", path="calc.py",
-                          old_str="return a - b", new_str="return a + b")]},
-    {"content": [tool_use("t3", "bash", command="python3 test_calc.py")]},
-    {"content": [text("Fixed add() to add instead of subtract; test_calc.py passes.")]},
-]}
+FIX_SCRIPT = {
+    "turns": [
+        {
+            "content": [
+                text("Let me look at the code."),
+                tool_use("t1", "str_replace_based_edit_tool", command="view", path="calc.py"),
+            ]
+        },
+        {
+            "content": [
+                tool_use(
+                    "t2",
+                    "str_replace_based_edit_tool",
+                    command="str_replace",
+                    path="calc.py",
+                    old_str="return a - b",
+                    new_str="return a + b",
+                )
+            ]
+        },
+        {"content": [tool_use("t3", "bash", command="python3 test_calc.py")]},
+        {"content": [text("Fixed add() to add instead of subtract; test_calc.py passes.")]},
+    ]
+}
 
 
 def bare_repo(tmp_path: Path, files: dict[str, str] | None = None) -> Path:
@@ -60,13 +77,15 @@ def bare_repo(tmp_path: Path, files: dict[str, str] | None = None) -> Path:
 
 
 def branch_file(bare: Path, branch: str, path: str) -> str:
-    return subprocess.run(["git", "show", f"{branch}:{path}"], cwd=bare, check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "show", f"{branch}:{path}"], cwd=bare, check=True, capture_output=True, text=True
+    ).stdout
 
 
 @asynccontextmanager
-async def agent_supervisor(store, hub, tmp_path: Path, provider=None, script=None,
-                           **settings: Any) -> AsyncIterator[Any]:
+async def agent_supervisor(
+    store, hub, tmp_path: Path, provider=None, script=None, **settings: Any
+) -> AsyncIterator[Any]:
     provider = provider or ScriptedProvider(script or FIX_SCRIPT)
     runner = AgentRunner(provider, agent_settings(tmp_path, **settings))
     async with running_supervisor(store, hub, runner, backoff=Backoff(0.01, 0.05, 3)) as sup:

@@ -53,14 +53,10 @@ class SdkStreamProvider(AnthropicProvider):
         except anthropic.APIConnectionError as err:  # includes APITimeoutError
             raise TransientError(self._redact(f"anthropic: {_describe(err)}")) from err
         except httpx2.TransportError as err:
-            raise TransientError(
-                self._redact(f"anthropic: response stream broke: {_describe(err)}")
-            ) from err
+            raise TransientError(self._redact(f"anthropic: response stream broke: {_describe(err)}")) from err
 
         if final.stop_reason is None:
-            raise TransientError(
-                "anthropic: the response stream ended before the message was complete"
-            )
+            raise TransientError("anthropic: the response stream ended before the message was complete")
         model = final.model or self.model
         u = final.usage
         usage = Usage(
@@ -71,7 +67,6 @@ class SdkStreamProvider(AnthropicProvider):
         )
         usage = dataclasses.replace(usage, cost_usd=cost_of(model, usage))
         content = [
-            {k: v for k, v in block.to_dict(mode="json").items() if v is not None}
-            for block in final.content
+            {k: v for k, v in block.to_dict(mode="json").items() if v is not None} for block in final.content
         ]
         return ModelReply(content=content, stop_reason=final.stop_reason, usage=usage, model=model)

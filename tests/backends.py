@@ -14,8 +14,9 @@ is skipped with the reason from tests/pg.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -25,14 +26,30 @@ from .pg import pg_dsn, pg_server  # noqa: F401 - fixtures, registered with this
 
 # Every module whose tests touch a store: through the ``store`` fixture, or a whole daemon
 # (``tests/fakes/phone.running_daemon``, which opens the store the test's backend names).
-PARAMETRIZED_MODULES = frozenset({
-    "tests.test_store_events", "tests.test_supervisor", "tests.test_agent_loop",
-    "tests.test_agent_e2e", "tests.test_api_tasks", "tests.test_api_authz", "tests.test_api_limits",
-    "tests.test_ws_live", "tests.test_admin_api", "tests.test_metrics", "tests.test_maintenance",
-    "tests.test_oauth_github", "tests.test_logs", "tests.test_fuzz_api", "tests.test_fuzz_ws",
-    "tests.test_fuzz_control", "tests.test_ws_listener", "tests.test_agentctl_daemon",
-    "tests.test_admin_browser",
-})
+PARAMETRIZED_MODULES = frozenset(
+    {
+        "tests.test_store_events",
+        "tests.test_supervisor",
+        "tests.test_agent_loop",
+        "tests.test_agent_e2e",
+        "tests.test_api_tasks",
+        "tests.test_api_authz",
+        "tests.test_api_limits",
+        "tests.test_ws_live",
+        "tests.test_ws_operator",
+        "tests.test_admin_api",
+        "tests.test_metrics",
+        "tests.test_maintenance",
+        "tests.test_oauth_github",
+        "tests.test_logs",
+        "tests.test_fuzz_api",
+        "tests.test_fuzz_ws",
+        "tests.test_fuzz_control",
+        "tests.test_ws_listener",
+        "tests.test_agentctl_daemon",
+        "tests.test_client_browser_ops",
+    }
+)
 BACKENDS = ("sqlite", "postgres")
 
 

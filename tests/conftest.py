@@ -11,11 +11,8 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from daemon.store import inflight
-
 from daemon.events import EventHub
-from daemon.store import SqliteStore
-from daemon.store import sqlite_queries as q
+from daemon.store import SqliteStore, inflight, sqlite_queries as q
 
 pytest_plugins = ["tests.backends"]
 
@@ -87,16 +84,28 @@ def merged(monkeypatch) -> list[int]:
 
 
 # File system events Python audits (sys.addaudithook), and the calls it does not audit.
-_FS_EVENTS = frozenset({"open", "os.rename", "os.scandir", "os.listdir", "os.mkdir", "os.remove",
-                        "os.rmdir", "os.chmod", "shutil.rmtree"})
+_FS_EVENTS = frozenset(
+    {
+        "open",
+        "os.rename",
+        "os.scandir",
+        "os.listdir",
+        "os.mkdir",
+        "os.remove",
+        "os.rmdir",
+        "os.chmod",
+        "shutil.rmtree",
+    }
+)
 _UNAUDITED = ("stat", "lstat", "statvfs")
 _loop_fs: dict[str, object] = {"thread": None, "seen": [], "stats": True}
 
 
 def _audit(event: str, args: tuple) -> None:
     if _loop_fs["thread"] == threading.get_ident() and event in _FS_EVENTS:
-        if event == "open" and (not isinstance(args[0], (str, bytes, os.PathLike))
-                                or os.fsdecode(args[0]).startswith("/proc/")):
+        if event == "open" and (
+            not isinstance(args[0], (str, bytes, os.PathLike)) or os.fsdecode(args[0]).startswith("/proc/")
+        ):
             return  # os.fdopen and the like (no path), /proc (in memory): nothing to wait for
         _loop_fs["seen"].append(event)
 

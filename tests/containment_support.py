@@ -43,10 +43,12 @@ from .daemon_process import DaemonProcess
 from .fakes.git_http import GitHttpServer, make_bare_repo
 
 # The model's whole part: run the repository's attack, then finish so that the daemon delivers.
-SCRIPT = {"turns": [
-    {"content": [text("Running the project's setup."), tool_use("t1", "bash", command="bash attack.sh")]},
-    {"content": [text("Done: calc.add fixed.")]},
-]}
+SCRIPT = {
+    "turns": [
+        {"content": [text("Running the project's setup."), tool_use("t1", "bash", command="bash attack.sh")]},
+        {"content": [text("Done: calc.add fixed.")]},
+    ]
+}
 ARMED = "ATTACK-ARMED"  # the last line of every attack's output: it ran to the end
 TASK_TIMEOUT_S = 240.0
 
@@ -104,16 +106,19 @@ class Secrets:
     victim_note: str
 
     @classmethod
-    def make(cls) -> "Secrets":
+    def make(cls) -> Secrets:
         hex_ = stdlib_secrets.token_hex
         return cls(
-            api_key=f"sk-ant-api03-{hex_(24)}", client_secret=f"ghcs_{hex_(20)}",
-            env_key=Fernet.generate_key().decode(), file_key=Fernet.generate_key().decode(),
-            github_token=f"gho_{hex_(18)}", victim_note=f"victim-private-{hex_(12)}",
+            api_key=f"sk-ant-api03-{hex_(24)}",
+            client_secret=f"ghcs_{hex_(20)}",
+            env_key=Fernet.generate_key().decode(),
+            file_key=Fernet.generate_key().decode(),
+            github_token=f"gho_{hex_(18)}",
+            victim_note=f"victim-private-{hex_(12)}",
         )
 
     def named(self) -> dict[str, str]:
-        return {k: v for k, v in vars(self).items()}
+        return dict(vars(self))
 
 
 @dataclass
@@ -130,8 +135,7 @@ class Outcome:
 
     def transcript(self) -> str:
         """The tool outputs as the events showed them, then the whole conversation (uncapped)."""
-        outputs = [str(e["data"].get("output", "")) for e in self.events
-                   if e["event"] == "agent.tool_result"]
+        outputs = [str(e["data"].get("output", "")) for e in self.events if e["event"] == "agent.tool_result"]
         return "\n".join(outputs) + "\n" + as_text(self.messages)
 
 
@@ -160,12 +164,21 @@ class Campaign:
 
     def _config(self) -> Path:
         path = self.tmp / "agentd.toml"  # outside the data dir: the operator's, not a secret
-        path.write_text("\n".join([
-            'sandbox = "required"',  # never a silent unsandboxed run
-            "concurrency = 4", "max_attempts = 2", "retry_base_s = 0.2", "retry_cap_s = 0.5",
-            "rate_task_creates_burst = 200", "tool_timeout_s = 90",
-            'github_web_host = "127.0.0.1"',  # the token-wanting git server is "GitHub" here
-        ]) + "\n")
+        path.write_text(
+            "\n".join(
+                [
+                    'sandbox = "required"',  # never a silent unsandboxed run
+                    "concurrency = 4",
+                    "max_attempts = 2",
+                    "retry_base_s = 0.2",
+                    "retry_cap_s = 0.5",
+                    "rate_task_creates_burst = 200",
+                    "tool_timeout_s = 90",
+                    'github_web_host = "127.0.0.1"',  # the token-wanting git server is "GitHub" here
+                ]
+            )
+            + "\n"
+        )
         return path
 
     async def _seed(self) -> None:
@@ -185,9 +198,12 @@ class Campaign:
 
     def _script_for(self, attack: Attack, own_url: str, decoy_base: str) -> str:
         values = {
-            "@NAME@": attack.name, "@MARKS@": " ".join(str(m) for m in self.marks),
-            "@OWN_URL@": own_url, "@DECOY_URL@": f"{decoy_base}/decoy.git",
-            "@DECOY_PATH@": str(self.decoy_path), "@DECOY_BASE@": decoy_base,
+            "@NAME@": attack.name,
+            "@MARKS@": " ".join(str(m) for m in self.marks),
+            "@OWN_URL@": own_url,
+            "@DECOY_URL@": f"{decoy_base}/decoy.git",
+            "@DECOY_PATH@": str(self.decoy_path),
+            "@DECOY_BASE@": decoy_base,
             "@DATA@": str(self.data),
         }
         script = _PRELUDE + attack.body + f"\necho {ARMED}\n"
@@ -207,8 +223,11 @@ class Campaign:
             for attack in self.attacks:
                 url = f"{git_url}/{attack.name}.git"
                 script = self._script_for(attack, url, decoy_base)
-                remote = make_bare_repo(self.git_root, f"{attack.name}.git",
-                                        branches={"main": {**BUGGY_PROJECT, "attack.sh": script}})
+                remote = make_bare_repo(
+                    self.git_root,
+                    f"{attack.name}.git",
+                    branches={"main": {**BUGGY_PROJECT, "attack.sh": script}},
+                )
                 self.outcomes[attack.name] = Outcome(attack, remote, url, refs(remote)["refs/heads/main"])
             with self._daemon() as daemon:
                 try:
@@ -226,23 +245,31 @@ class Campaign:
         key_file.write_text(self.secrets.file_key + "\n")
         key_file.chmod(0o600)
         trio.run(self._seed)
-        make_bare_repo(self.decoy_root, "decoy.git",
-                       branches={"main": {"DECOY.md": "another user's repository\n"}})
+        make_bare_repo(
+            self.decoy_root, "decoy.git", branches={"main": {"DECOY.md": "another user's repository\n"}}
+        )
         # An attacker's own repository would take the shallow clone's commits: a push that
         # reaches it must change it, not be refused for an unrelated reason.
         _git(self.decoy_path, "config", "receive.shallowUpdate", "true")
         self.decoy_before = repo_state(self.decoy_path)
         victim_work = f"echo '{self.secrets.victim_note}' > victim-notes.txt\n"
-        make_bare_repo(self.victim_remote.parent, self.victim_remote.name,
-                       branches={"main": {**BUGGY_PROJECT, "attack.sh": victim_work}})
+        make_bare_repo(
+            self.victim_remote.parent,
+            self.victim_remote.name,
+            branches={"main": {**BUGGY_PROJECT, "attack.sh": victim_work}},
+        )
 
     def _daemon(self) -> DaemonProcess:
-        daemon = DaemonProcess(self.data, script=SCRIPT, args=["--config", str(self._config())],
-                               extra_env={
-                                   "AGENTD_SECRET_KEYS": f"{self.secrets.env_key},{self.secrets.file_key}",
-                                   "AGENTD_GITHUB_CLIENT_ID": "Iv1.containment",
-                                   "AGENTD_GITHUB_CLIENT_SECRET": self.secrets.client_secret,
-                               })
+        daemon = DaemonProcess(
+            self.data,
+            script=SCRIPT,
+            args=["--config", str(self._config())],
+            extra_env={
+                "AGENTD_SECRET_KEYS": f"{self.secrets.env_key},{self.secrets.file_key}",
+                "AGENTD_GITHUB_CLIENT_ID": "Iv1.containment",
+                "AGENTD_GITHUB_CLIENT_SECRET": self.secrets.client_secret,
+            },
+        )
         # Set after the constructor, which drops it to keep Claude's provider out: the
         # scripted model runs, and the key is in the daemon's environment all the same.
         daemon.env["ANTHROPIC_API_KEY"] = self.secrets.api_key
@@ -251,17 +278,25 @@ class Campaign:
     async def _drive(self, daemon: DaemonProcess) -> None:
         """Submit and follow every task. A task still running after ``TASK_TIMEOUT_S`` is left
         as it is (its row says so) rather than failing the whole run."""
-        async with httpx2.AsyncClient(base_url=daemon.url, timeout=30) as http, \
-                await ControlClient.connect(daemon.socket) as control:
+        async with (
+            httpx2.AsyncClient(base_url=daemon.url, timeout=30) as http,
+            await ControlClient.connect(daemon.socket) as control,
+        ):
             # The victim's task first: its workspace, prompt and events are in the data dir
             # before any attack delivers.
-            victim_id = await _submit(http, self._api_tokens["victim"], str(self.victim_remote),
-                                      f"Write down {self.secrets.victim_note}")
+            victim_id = await _submit(
+                http,
+                self._api_tokens["victim"],
+                str(self.victim_remote),
+                f"Write down {self.secrets.victim_note}",
+            )
             await _follow(control, victim_id)
             self.victim = await _get(http, self._api_tokens["victim"], f"/api/tasks/{victim_id}")
             token = self._api_tokens["mallory"]
-            ids = {name: await _submit(http, token, o.url, f"Fix calc.add ({name})")
-                   for name, o in self.outcomes.items()}
+            ids = {
+                name: await _submit(http, token, o.url, f"Fix calc.add ({name})")
+                for name, o in self.outcomes.items()
+            }
 
             async def follow(name: str, task_id: str) -> None:
                 outcome = self.outcomes[name]
@@ -275,8 +310,11 @@ class Campaign:
 
 
 async def _submit(http: httpx2.AsyncClient, token: str, repo_url: str, prompt: str) -> str:
-    reply = await http.post("/api/tasks", json={"repo_url": repo_url, "prompt": prompt},
-                            headers={"Authorization": f"Bearer {token}"})
+    reply = await http.post(
+        "/api/tasks",
+        json={"repo_url": repo_url, "prompt": prompt},
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert reply.status_code == 201, reply.text
     return reply.json()["id"]
 
@@ -300,10 +338,15 @@ async def _follow(control: ControlClient, task_id: str) -> list[dict[str, Any]]:
 
 # -- reading what reached a remote (test-owned bare repositories: plain host git is safe) -----
 
+
 def _git(repo: Path, *args: str) -> bytes:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
-                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                               "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(repo)}).stdout
+    return subprocess.run(
+        ["git", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(repo)},
+    ).stdout
 
 
 def refs(repo: Path) -> dict[str, str]:

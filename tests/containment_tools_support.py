@@ -70,10 +70,16 @@ def _race_calls() -> list[dict[str, Any]]:
         w = WRITE_PATHS[i % len(WRITE_PATHS)]
         calls += [
             tool_use(f"view-{i}", EDIT, command="view", path=VIEW_PATHS[i % len(VIEW_PATHS)]),
-            tool_use(f"create-{i}", EDIT, command="create", path=f"{('rd', 'ro')[i % 2]}/new-{i}.txt",
-                     file_text=f"created {i}\n"),
-            tool_use(f"str_replace-{i}", EDIT, command="str_replace", path=w, old_str="alpha",
-                     new_str="alpha"),
+            tool_use(
+                f"create-{i}",
+                EDIT,
+                command="create",
+                path=f"{('rd', 'ro')[i % 2]}/new-{i}.txt",
+                file_text=f"created {i}\n",
+            ),
+            tool_use(
+                f"str_replace-{i}", EDIT, command="str_replace", path=w, old_str="alpha", new_str="alpha"
+            ),
             tool_use(f"insert-{i}", EDIT, command="insert", path=w, insert_line=0, insert_text="x\n"),
         ]
     return calls
@@ -82,12 +88,16 @@ def _race_calls() -> list[dict[str, Any]]:
 def _special_calls() -> list[dict[str, Any]]:
     calls = []
     for name in SPECIAL:
-        calls += [tool_use(f"sp-view-{name}", EDIT, command="view", path=name),
-                  tool_use(f"sp-str_replace-{name}", EDIT, command="str_replace", path=name,
-                           old_str="a", new_str="b"),
-                  tool_use(f"sp-insert-{name}", EDIT, command="insert", path=name, insert_line=0,
-                           insert_text="x\n"),
-                  tool_use(f"sp-create-{name}", EDIT, command="create", path=name, file_text="x\n")]
+        calls += [
+            tool_use(f"sp-view-{name}", EDIT, command="view", path=name),
+            tool_use(
+                f"sp-str_replace-{name}", EDIT, command="str_replace", path=name, old_str="a", new_str="b"
+            ),
+            tool_use(
+                f"sp-insert-{name}", EDIT, command="insert", path=name, insert_line=0, insert_text="x\n"
+            ),
+            tool_use(f"sp-create-{name}", EDIT, command="create", path=name, file_text="x\n"),
+        ]
     return calls
 
 
@@ -95,19 +105,35 @@ RACE = _race_calls()
 PER_KIND_PER_TURN = CALLS_PER_TURN // 4
 # Each race turn starts a fresh bash session (restart) and in it a fresh swapper: a session
 # lives a few seconds only, well within what the daemon keeps one alive (see ARM_SH).
-EDITOR_SCRIPT = {"turns": [
-    {"content": [text("Setting up."), tool_use("attack", "bash", command="bash attack.sh")]},
-    {"content": _special_calls()},
-    {"content": [tool_use("block", "bash", command="bash block.sh")]},
-    *({"content": [tool_use(f"arm-{i // CALLS_PER_TURN}", "bash", command="bash arm.sh", restart=True),
-                   *RACE[i:i + CALLS_PER_TURN]]} for i in range(0, len(RACE), CALLS_PER_TURN)),
-    {"content": [tool_use("finish", "bash", command="bash finish.sh", restart=True)]},
-    {"content": [text("Done: calc.add fixed.")]},
-]}
-LIMITS_SCRIPT = {"turns": [
-    {"content": [text("Running the project's setup."), tool_use("attack", "bash", command="bash attack.sh")]},
-    {"content": [text("Done: calc.add fixed.")]},
-]}
+EDITOR_SCRIPT = {
+    "turns": [
+        {"content": [text("Setting up."), tool_use("attack", "bash", command="bash attack.sh")]},
+        {"content": _special_calls()},
+        {"content": [tool_use("block", "bash", command="bash block.sh")]},
+        *(
+            {
+                "content": [
+                    tool_use(f"arm-{i // CALLS_PER_TURN}", "bash", command="bash arm.sh", restart=True),
+                    *RACE[i : i + CALLS_PER_TURN],
+                ]
+            }
+            for i in range(0, len(RACE), CALLS_PER_TURN)
+        ),
+        {"content": [tool_use("finish", "bash", command="bash finish.sh", restart=True)]},
+        {"content": [text("Done: calc.add fixed.")]},
+    ]
+}
+LIMITS_SCRIPT = {
+    "turns": [
+        {
+            "content": [
+                text("Running the project's setup."),
+                tool_use("attack", "bash", command="bash attack.sh"),
+            ]
+        },
+        {"content": [text("Done: calc.add fixed.")]},
+    ]
+}
 
 # The swapper: atomic exchanges, so each name always exists, as a directory or as a link.
 SWAP_PY = """import ctypes, os, sys, time
@@ -141,8 +167,13 @@ FINISH_SH = """rm -rf rd ro rf.txt .rd-alt .ro-alt .rf-alt fifo held sock charde
 sed -i 's/return a - b/return a + b/' calc.py
 echo FINISHED
 """
-RACE_FILES = {"attack.sh": RACE_SH, "swap.py": SWAP_PY, "arm.sh": ARM_SH, "finish.sh": FINISH_SH,
-              "block.sh": "echo not blocking\n"}
+RACE_FILES = {
+    "attack.sh": RACE_SH,
+    "swap.py": SWAP_PY,
+    "arm.sh": ARM_SH,
+    "finish.sh": FINISH_SH,
+    "block.sh": "echo not blocking\n",
+}
 SPECIAL_SH = f"""set -u
 mkfifo fifo held
 # Holds "held" open, writing nothing: a read of it would wait forever.
@@ -159,11 +190,16 @@ LIMIT_ATTACKS = {
     # and wait (bash retries for seconds); see test_a_bash_session_outlives_... for why that
     # once made such a task succeed.
     "fork_bomb": f"( :(){{ :|:& }};: ) &\necho {ARMED}\n",
-    "tmp_filler": f"head -c 2G /dev/zero > /tmp/f; echo \"head: $?\"; df -k /tmp; echo {ARMED}\n",
-    "workspace_filler": f"for i in 1 2 3 4 5; do head -c 4M /dev/zero > fill$i; done; du -sk .; echo {ARMED}\n",
+    "tmp_filler": f'head -c 2G /dev/zero > /tmp/f; echo "head: $?"; df -k /tmp; echo {ARMED}\n',
+    "workspace_filler": (
+        f"for i in 1 2 3 4 5; do head -c 4M /dev/zero > fill$i; done; du -sk .; echo {ARMED}\n"
+    ),
 }
-CODES = {"fork_bomb": ("pids_limit", "sandbox_max_processes"), "tmp_filler": ("tmp_full", "sandbox_tmp_mb"),
-         "workspace_filler": ("quota_exceeded", "workspace_quota_mb")}
+CODES = {
+    "fork_bomb": ("pids_limit", "sandbox_max_processes"),
+    "tmp_filler": ("tmp_full", "sandbox_tmp_mb"),
+    "workspace_filler": ("quota_exceeded", "workspace_quota_mb"),
+}
 
 
 @dataclass
@@ -181,8 +217,11 @@ class Ran:
         """tool_use id -> its agent.tool_result event's data, plus ``took_s``: from the call's
         event to the result's (the daemon's clock)."""
         calls = {e["data"]["id"]: e["ts"] for e in self.events if e["event"] == "agent.tool_call"}
-        return {e["data"]["id"]: {**e["data"], "took_s": e["ts"] - calls.get(e["data"]["id"], e["ts"])}
-                for e in self.events if e["event"] == "agent.tool_result"}
+        return {
+            e["data"]["id"]: {**e["data"], "took_s": e["ts"] - calls.get(e["data"]["id"], e["ts"])}
+            for e in self.events
+            if e["event"] == "agent.tool_result"
+        }
 
     def transcript(self) -> str:
         return as_text(self.events) + as_text(self.messages) + as_text(self.task)
@@ -194,8 +233,15 @@ def snapshot(top: Path) -> dict[str, tuple]:
     for path in [top, *sorted(top.rglob("*"))]:
         st = path.lstat()
         body = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
-        found[str(path.relative_to(top))] = (st.st_mode, st.st_uid, st.st_gid, st.st_size,
-                                             st.st_mtime_ns, st.st_ino, body)
+        found[str(path.relative_to(top))] = (
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ino,
+            body,
+        )
     return found
 
 
@@ -227,9 +273,13 @@ class ToolAttacks:
         self.leftover: dict[str, int] = {}
 
     def secrets(self) -> dict[str, str]:
-        return {"secret.key": self.secret_key, "outside secret": self.outside_secret,
-                "API key": self.api_key, "outside listing": self.outside_name,
-                "data dir listing": self.data_name}
+        return {
+            "secret.key": self.secret_key,
+            "outside secret": self.outside_secret,
+            "API key": self.api_key,
+            "outside listing": self.outside_name,
+            "data dir listing": self.data_name,
+        }
 
     def _data(self, name: str) -> Path:
         return self.tmp / name / "data"
@@ -252,11 +302,24 @@ class ToolAttacks:
 
         trio.run(seed)
         config = self.tmp / name / "agentd.toml"
-        config.write_text("\n".join([
-            'sandbox = "required"', "concurrency = 6", "rate_task_creates_burst = 100",
-            "max_attempts = 1", f"grace_period_s = {GRACE_S}", f"sandbox_uid_base = {self._base(name)}",
-            "sandbox_uid_count = 32", "budget_max_usd = 1000", "budget_cap_usd = 1000",
-            "budget_max_tokens = 20000000", *lines]) + "\n")
+        config.write_text(
+            "\n".join(
+                [
+                    'sandbox = "required"',
+                    "concurrency = 6",
+                    "rate_task_creates_burst = 100",
+                    "max_attempts = 1",
+                    f"grace_period_s = {GRACE_S}",
+                    f"sandbox_uid_base = {self._base(name)}",
+                    "sandbox_uid_count = 32",
+                    "budget_max_usd = 1000",
+                    "budget_cap_usd = 1000",
+                    "budget_max_tokens = 20000000",
+                    *lines,
+                ]
+            )
+            + "\n"
+        )
         script = EDITOR_SCRIPT if name == "editor" else LIMITS_SCRIPT
         daemon = DaemonProcess(data, script=script, args=["--config", str(config)])
         daemon.env["ANTHROPIC_API_KEY"] = self.api_key  # in its environment, unused (scripted)
@@ -269,7 +332,9 @@ class ToolAttacks:
         values = {"@DATA@": str(self._data("editor")), "@OUTSIDE@": str(self.outside)}
         for key, value in values.items():
             files = {path: body.replace(key, value) for path, body in files.items()}
-        return make_bare_repo(self.tmp / "remotes", f"{name}.git", branches={"main": {**BUGGY_PROJECT, **files}})
+        return make_bare_repo(
+            self.tmp / "remotes", f"{name}.git", branches={"main": {**BUGGY_PROJECT, **files}}
+        )
 
     def run(self) -> None:
         """Build everything, run both daemons' tasks, stop the daemons (blocking)."""
@@ -279,8 +344,10 @@ class ToolAttacks:
         (self.outside / self.outside_name).write_text("outside\n")
         editor, limits = self._prepare("editor", []), self._prepare("limits", LIMITS)
         race_repo = self._repo("race", RACE_FILES)
-        special_repos = {n: self._repo(n, {"attack.sh": SPECIAL_SH, "block.sh": BLOCK_SH})
-                         for n in ("special_cancel", "special_term")}
+        special_repos = {
+            n: self._repo(n, {"attack.sh": SPECIAL_SH, "block.sh": BLOCK_SH})
+            for n in ("special_cancel", "special_term")
+        }
         limit_repos = {n: self._repo(n, {"attack.sh": body}) for n, body in LIMIT_ATTACKS.items()}
         limit_repos["benign"] = self._repo("benign", {"attack.sh": FIX + "python3 test_calc.py\n"})
         self.before = {"outside": snapshot(self.outside), "data": self._data_state()}
@@ -295,8 +362,10 @@ class ToolAttacks:
                 self.logs = {"editor": "".join(editor.log), "limits": "".join(limits.log)}
         self.after = {"outside": snapshot(self.outside), "data": self._data_state()}
         if os.geteuid() == 0:
-            self.leftover = {n: sum(count_tasks(uid) for uid in range(self._base(n), self._base(n) + 32))
-                             for n in ("editor", "limits")}
+            self.leftover = {
+                n: sum(count_tasks(uid) for uid in range(self._base(n), self._base(n) + 32))
+                for n in ("editor", "limits")
+            }
 
         async def read_term_task() -> None:
             store = await open_store(self._data("editor"))
@@ -314,24 +383,36 @@ class ToolAttacks:
         planted = {n: snapshot(data / n)["."] for n in ("secret.key", "plant.txt", self.data_name)}
         return {"planted": planted, "names": sorted(p.name for p in data.iterdir())}
 
-    async def _drive(self, editor: DaemonProcess, limits: DaemonProcess, editor_repos: dict[str, Path],
-                     limit_repos: dict[str, Path]) -> None:
+    async def _drive(
+        self,
+        editor: DaemonProcess,
+        limits: DaemonProcess,
+        editor_repos: dict[str, Path],
+        limit_repos: dict[str, Path],
+    ) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._editor_side, editor, editor_repos)
             nursery.start_soon(self._limits_side, limits, limit_repos)
 
     async def _editor_side(self, daemon: DaemonProcess, repos: dict[str, Path]) -> None:
-        async with httpx2.AsyncClient(base_url=daemon.url, timeout=30) as http, \
-                await ControlClient.connect(daemon.socket) as control:
+        async with (
+            httpx2.AsyncClient(base_url=daemon.url, timeout=30) as http,
+            await ControlClient.connect(daemon.socket) as control,
+        ):
             self.editor = {name: Ran(remote=repo) for name, repo in repos.items()}
-            ids = {name: await _submit(http, self.token, str(repo), f"Fix calc.add ({name})")
-                   for name, repo in repos.items() if name != "special_term"}
+            ids = {
+                name: await _submit(http, self.token, str(repo), f"Fix calc.add ({name})")
+                for name, repo in repos.items()
+                if name != "special_term"
+            }
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow, http, control, ids["race"], self.editor["race"])
                 nursery.start_soon(self._cancel_when_blocked, daemon, http, control, ids["special_cancel"])
             # The last task, alone: once it sleeps in its sandbox, stop the daemon.
-            term, term_id = self.editor["special_term"], await _submit(
-                http, self.token, str(repos["special_term"]), "Fix calc.add (special_term)")
+            term, term_id = (
+                self.editor["special_term"],
+                await _submit(http, self.token, str(repos["special_term"]), "Fix calc.add (special_term)"),
+            )
             await self._blocked(daemon, term_id)
             term.events = (await _get(http, self.token, f"/api/tasks/{term_id}/events?limit=1000"))["events"]
             term.task = await _get(http, self.token, f"/api/tasks/{term_id}")
@@ -345,18 +426,20 @@ class ToolAttacks:
         event says that a command is running, only that it was called)."""
         marker = daemon.data_dir / "workspaces" / task_id / ".blocking"
         with trio.fail_after(RUN_TIMEOUT_S):
-            while not await trio.to_thread.run_sync(marker.exists):
+            while not await trio.to_thread.run_sync(marker.exists):  # noqa: ASYNC110 - see above
                 await trio.sleep(0.05)
 
-    async def _cancel_when_blocked(self, daemon: DaemonProcess, http: httpx2.AsyncClient,
-                                   control: ControlClient, task_id: str) -> None:
+    async def _cancel_when_blocked(
+        self, daemon: DaemonProcess, http: httpx2.AsyncClient, control: ControlClient, task_id: str
+    ) -> None:
         ran = self.editor["special_cancel"]
         await self._blocked(daemon, task_id)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow, http, control, task_id, ran)
             started = trio.current_time()
-            reply = await http.post(f"/api/tasks/{task_id}/cancel",
-                                    headers={"Authorization": f"Bearer {self.token}"})
+            reply = await http.post(
+                f"/api/tasks/{task_id}/cancel", headers={"Authorization": f"Bearer {self.token}"}
+            )
             assert reply.status_code == 202, reply.text
         if ran.finished_at is not None:
             ran.cancel_s = ran.finished_at - started
@@ -375,8 +458,10 @@ class ToolAttacks:
         ran.messages = (await _get(http, self.token, f"/api/tasks/{task_id}/messages"))["messages"]
 
     async def _limits_side(self, daemon: DaemonProcess, repos: dict[str, Path]) -> None:
-        async with httpx2.AsyncClient(base_url=daemon.url, timeout=30) as http, \
-                await ControlClient.connect(daemon.socket) as control:
+        async with (
+            httpx2.AsyncClient(base_url=daemon.url, timeout=30) as http,
+            await ControlClient.connect(daemon.socket) as control,
+        ):
             attacks = {n: r for n, r in repos.items() if n != "benign"}
             self.limits = {name: Ran(remote=repo) for name, repo in repos.items()}
             async with trio.open_nursery() as outer:

@@ -27,13 +27,25 @@ from daemon.store import SqliteStore
 from .agent_env import BUGGY_PROJECT, bare_repo, text, tool_use
 from .daemon_process import DaemonProcess
 
-SCRIPT = {"turns": [
-    {"content": [text("Looking around."), tool_use("t1", "bash", command="ls; sleep 0.3; echo done")]},
-    {"content": [tool_use("t2", "str_replace_based_edit_tool", command="str_replace", path="calc.py",
-                          old_str="return a - b", new_str="return a + b")]},
-    {"content": [tool_use("t3", "bash", command="python3 test_calc.py >> checks.log; cat checks.log")]},
-    {"content": [text("Fixed add(); the test passes.")]},
-]}
+SCRIPT = {
+    "turns": [
+        {"content": [text("Looking around."), tool_use("t1", "bash", command="ls; sleep 0.3; echo done")]},
+        {
+            "content": [
+                tool_use(
+                    "t2",
+                    "str_replace_based_edit_tool",
+                    command="str_replace",
+                    path="calc.py",
+                    old_str="return a - b",
+                    new_str="return a + b",
+                )
+            ]
+        },
+        {"content": [tool_use("t3", "bash", command="python3 test_calc.py >> checks.log; cat checks.log")]},
+        {"content": [text("Fixed add(); the test passes.")]},
+    ]
+}
 POINTS = ("running", "tool_call", "random_event", "last_text")
 
 
@@ -78,19 +90,30 @@ def _kill_point(rng: random.Random, event: dict, point: str, nth: int, seen: int
     return seen >= nth
 
 
-def _round(daemon: DaemonProcess, task_id: str, after: int, point: str, nth: int,
-           rng: random.Random) -> bool:
+def _round(daemon: DaemonProcess, task_id: str, after: int, point: str, nth: int, rng: random.Random) -> bool:
     """Follow ``task_id`` from ``after`` and SIGKILL the daemon at ``point``; False if it ended first."""
     follower = subprocess.Popen(
-        [sys.executable, "-m", "control.cli", "--socket", str(daemon.socket), "--json", "tail",
-         task_id, "--after", str(after)],
-        env=daemon.env, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "control.cli",
+            "--socket",
+            str(daemon.socket),
+            "--json",
+            "tail",
+            task_id,
+            "--after",
+            str(after),
+        ],
+        env=daemon.env,
+        stdout=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
-    killed, seen = False, 0
+    killed = False
     assert follower.stdout is not None
-    for line in follower.stdout:
+    for seen, line in enumerate(follower.stdout, 1):
         event = json.loads(line)
-        seen += 1
         if _kill_point(rng, event, point, nth, seen):
             daemon.proc.kill()  # type: ignore[union-attr]
             killed = True
@@ -143,18 +166,21 @@ def _verify(data: Path, bare: Path, ids: list[str], result: CampaignResult) -> N
         if not task.branch:
             result.problems.append(f"{tid}: no branch pushed")
             continue
-        log = subprocess.run(["git", "rev-list", f"main..{task.branch}"], cwd=bare,
-                             capture_output=True, text=True).stdout.split()
+        log = subprocess.run(
+            ["git", "rev-list", f"main..{task.branch}"], cwd=bare, capture_output=True, text=True, check=False
+        ).stdout.split()
         if len(log) != 1:
             result.problems.append(f"{tid}: branch has {len(log)} commits, expected 1")
         if log and log[0] != (task.diff or {}).get("commit"):
             result.problems.append(f"{tid}: the branch tip {log[0]} is not the recorded commit")
-        shown = subprocess.run(["git", "show", f"{task.branch}:calc.py"], cwd=bare,
-                               capture_output=True, text=True).stdout
+        shown = subprocess.run(
+            ["git", "show", f"{task.branch}:calc.py"], cwd=bare, capture_output=True, text=True, check=False
+        ).stdout
         # The fix is in, unless its edit was interrupted by a kill: then the (scripted, so
         # unadaptive) agent was told so and went on without it; either way, never half-done.
-        edit_interrupted = any(e.type == "agent.tool_result" and e.data["id"] == "t2"
-                               and e.data["is_error"] for e in events)
+        edit_interrupted = any(
+            e.type == "agent.tool_result" and e.data["id"] == "t2" and e.data["is_error"] for e in events
+        )
         if "return a + b" not in shown and not (edit_interrupted and "return a - b" in shown):
             result.problems.append(f"{tid}: pushed content is wrong: {shown!r}")
         pushed = [e.data["commit"] for e in events if e.type == "git.pushed"]

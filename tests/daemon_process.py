@@ -30,17 +30,26 @@ def short_socket_dir() -> Path:
 
 
 class DaemonProcess:
-    def __init__(self, data_dir: Path, *, script: dict[str, Any] | None = None,
-                 extra_env: dict[str, str] | None = None, args: list[str] | None = None,
-                 anthropic_key: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        script: dict[str, Any] | None = None,
+        extra_env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        anthropic_key: str | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.socket = short_socket_dir() / "agentd.sock"
         data_dir.mkdir(parents=True, exist_ok=True)
         self.script_path = data_dir / "script.json"
         self.script_path.write_text(json.dumps(script or {"turns": []}))
         self.env = {
-            **os.environ, "PYTHONPATH": str(ROOT), "AGENTD_ALLOW_LOCAL_REMOTES": "1",
-            "PYTHONUNBUFFERED": "1", **(extra_env or {}),
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "AGENTD_ALLOW_LOCAL_REMOTES": "1",
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
         }
         if phone.STORE_URL and "AGENTD_STORE" not in self.env:  # the test's backend
             self.env["AGENTD_STORE"] = phone.STORE_URL
@@ -57,13 +66,28 @@ class DaemonProcess:
         self._logged = threading.Condition()
         self._ended = False
 
-    def start(self, timeout: float = 60) -> "DaemonProcess":
+    def start(self, timeout: float = 60) -> DaemonProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "serve", "--data-dir", str(self.data_dir),
-             "--http", "127.0.0.1:0", "--control-socket", str(self.socket),
-             *self.model_args, *self.args],
-            env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "daemon.cli",
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--http",
+                "127.0.0.1:0",
+                "--control-socket",
+                str(self.socket),
+                *self.model_args,
+                *self.args,
+            ],
+            env=self.env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         threading.Thread(target=self._read_log, daemon=True).start()
         if not self._ready.wait(timeout) or not self.url:
@@ -98,8 +122,13 @@ class DaemonProcess:
     def agentctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "control.cli", "--socket", str(self.socket), *args],
-            env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             stdin=subprocess.DEVNULL,
+            check=False,
         )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
@@ -112,7 +141,7 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait(30)
 
-    def __enter__(self) -> "DaemonProcess":
+    def __enter__(self) -> DaemonProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import trio
 
@@ -24,8 +24,9 @@ async def sandboxed_push(ws, message: str, *, identity: tuple[str, str], **overr
     from daemon.git import commit_and_push
 
     async with TaskSandbox(ws.path, ToolSettings()) as sandbox:
-        return await commit_and_push(ws, message, **{
-            "token": None, "confinement": sandbox, "identity": identity, **overrides})
+        return await commit_and_push(
+            ws, message, **{"token": None, "confinement": sandbox, "identity": identity, **overrides}
+        )
 
 
 @asynccontextmanager
@@ -120,8 +121,10 @@ def sqlite_at_version(path, version: int):
 
     conn = apsw.Connection(str(path))
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE schema_migrations "
-                 "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)")
+    conn.execute(
+        "CREATE TABLE schema_migrations "
+        "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
     for number, description, sql in MIGRATIONS:
         if number > version:
             break

@@ -51,8 +51,9 @@ def skip_unless_available() -> None:
     if reason is None:
         return
     if os.environ.get("AGENTD_REQUIRE_POSTGRES") == "1" or os.environ.get("CI") == "true":
-        pytest.fail(f"PostgreSQL is required here (CI=true or AGENTD_REQUIRE_POSTGRES=1) but {reason}",
-                    pytrace=False)
+        pytest.fail(
+            f"PostgreSQL is required here (CI=true or AGENTD_REQUIRE_POSTGRES=1) but {reason}", pytrace=False
+        )
     pytest.skip(reason)
 
 
@@ -78,26 +79,56 @@ class PgServer:
 
     def _run(self, *args: str) -> None:
         result = subprocess.run(
-            [str(self.bindir / args[0]), *args[1:]], user=self.user, cwd=self.root,
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
+            [str(self.bindir / args[0]), *args[1:]],
+            user=self.user,
+            cwd=self.root,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         if result.returncode != 0:
             log = self.root / "server.log"
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise RuntimeError(
-                f"{args[0]} failed ({result.returncode}): {result.stderr.strip()}\n{tail}"
-            )
+            raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip()}\n{tail}")
 
     def start(self) -> None:
-        self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
-                  "--encoding=UTF8", "--locale=C", "--no-sync")
-        options = " ".join([
-            f"-p {self.port}", "-c listen_addresses=127.0.0.1",
-            f"-c unix_socket_directories={self.root}", "-c max_connections=200",
-            "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
-        ])
-        self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.root / "server.log"),
-                  "-o", options, "-w", "-t", "60", "start")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.datadir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+        options = " ".join(
+            [
+                f"-p {self.port}",
+                "-c listen_addresses=127.0.0.1",
+                f"-c unix_socket_directories={self.root}",
+                "-c max_connections=200",
+                "-c fsync=off",
+                "-c synchronous_commit=off",
+                "-c full_page_writes=off",
+            ]
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self) -> None:
         try:

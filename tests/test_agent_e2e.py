@@ -33,8 +33,9 @@ async def run_with_claude(store, hub, tmp_path, replies, repo_url=None):
         runner = AgentRunner(provider, agent_settings(tmp_path))
         async with running_supervisor(store, hub, runner, backoff=Backoff(0.01, 0.02, 3)) as sup:
             alice = await store.upsert_user("alice")
-            task, _ = await sup.submit(user_id=alice.id, repo_url=repo_url or str(bare_repo(tmp_path)),
-                                       prompt="Fix add()")
+            task, _ = await sup.submit(
+                user_id=alice.id, repo_url=repo_url or str(bare_repo(tmp_path)), prompt="Fix add()"
+            )
             await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
         nursery.cancel_scope.cancel()
     return fake, await store.get_task(task.id), await store.read_events(task.id)
@@ -42,9 +43,17 @@ async def run_with_claude(store, hub, tmp_path, replies, repo_url=None):
 
 FIX = [
     message("Running the test.", tool_use("toolu_1", "bash", command="python3 test_calc.py")),
-    message(tool_use("toolu_2", "str_replace_based_edit_tool", command="str_replace", path="calc.py",
-                     old_str="a - b", new_str="a + b"),
-            tool_use("toolu_3", "bash", command="python3 test_calc.py")),
+    message(
+        tool_use(
+            "toolu_2",
+            "str_replace_based_edit_tool",
+            command="str_replace",
+            path="calc.py",
+            old_str="a - b",
+            new_str="a + b",
+        ),
+        tool_use("toolu_3", "bash", command="python3 test_calc.py"),
+    ),
     message("Fixed add(); the test passes."),
 ]
 
@@ -58,7 +67,10 @@ async def test_a_multi_turn_tool_session_with_claude(store, hub, tmp_path):
     last = bodies[2]["messages"]
     assert [m["role"] for m in last] == ["user", "assistant", "user", "assistant", "user"]
     results = last[4]["content"]
-    assert [(b["type"], b["tool_use_id"]) for b in results] == [("tool_result", "toolu_2"), ("tool_result", "toolu_3")]
+    assert [(b["type"], b["tool_use_id"]) for b in results] == [
+        ("tool_result", "toolu_2"),
+        ("tool_result", "toolu_3"),
+    ]
     assert "1 passed" in results[1]["content"]
     # Cache breakpoints: the last tool, the system prompt, the newest turn's last block.
     assert "cache_control" in bodies[2]["tools"][-1]
@@ -73,7 +85,7 @@ async def test_a_multi_turn_tool_session_with_claude(store, hub, tmp_path):
 
 async def test_overloaded_api_is_retried_with_backoff_and_the_conversation_resumes(store, hub, tmp_path):
     replies = [FIX[0], overloaded(), *FIX[1:]]
-    fake, task, events = await run_with_claude(store, hub, tmp_path, replies)
+    _fake, task, events = await run_with_claude(store, hub, tmp_path, replies)
     assert task.status is TaskStatus.SUCCEEDED, task.error
     assert task.attempt == 2
     retry = next(e for e in events if e.type == "task.retry_scheduled")
@@ -84,7 +96,7 @@ async def test_overloaded_api_is_retried_with_backoff_and_the_conversation_resum
 
 
 async def test_a_bad_api_key_fails_the_task_with_the_apis_message(store, hub, tmp_path):
-    fake, task, events = await run_with_claude(store, hub, tmp_path, [unauthorized()])
+    _fake, task, events = await run_with_claude(store, hub, tmp_path, [unauthorized()])
     assert task.status is TaskStatus.FAILED
     assert "401" in task.error and "invalid x-api-key" in task.error
     assert KEY not in task.error and all(KEY not in str(e.data) for e in events)
@@ -111,11 +123,23 @@ async def test_push_with_a_token_over_smart_http_and_open_a_pull_request(store, 
     token = "ghp_testtoken0123456789"
     repos, git_server = token_git_server(tmp_path, token)
     github = FakeGitHubAPI(token)
-    script = {"turns": [
-        {"content": [tool_use("e", "str_replace_based_edit_tool", command="str_replace", path="calc.py",
-                              old_str="a - b", new_str="a + b")]},
-        {"content": [{"type": "text", "text": "Fixed add()."}]},
-    ]}
+    script = {
+        "turns": [
+            {
+                "content": [
+                    tool_use(
+                        "e",
+                        "str_replace_based_edit_tool",
+                        command="str_replace",
+                        path="calc.py",
+                        old_str="a - b",
+                        new_str="a + b",
+                    )
+                ]
+            },
+            {"content": [{"type": "text", "text": "Fixed add()."}]},
+        ]
+    }
     from daemon.agent.scripted_provider import ScriptedProvider
 
     async def token_for(user_id: int) -> str:
@@ -134,8 +158,13 @@ async def test_push_with_a_token_over_smart_http_and_open_a_pull_request(store, 
     assert (pr["owner"], pr["repo"], pr["head"], pr["base"]) == ("acme", "calc", task.branch, "main")
     assert task.pr_url == pr["html_url"]
     assert [e.data for e in events if e.type == "git.pr_opened"] == [{"url": pr["html_url"]}]
-    shown = subprocess.run(["git", "show", f"{task.branch}:calc.py"], cwd=repos / "acme" / "calc.git",
-                           capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(
+        ["git", "show", f"{task.branch}:calc.py"],
+        cwd=repos / "acme" / "calc.git",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "a + b" in shown
     workspace = tmp_path / "workspaces" / task.id
     assert token not in (workspace / ".git" / "config").read_text()
@@ -146,7 +175,7 @@ async def test_the_users_github_token_goes_to_github_only(store, hub, tmp_path):
     """A repository on another host (a typo-squat of github.com, say) never gets the token:
     here a server that wants it refuses the clone."""
     token = "ghp_testtoken0123456789"
-    repos, git_server = token_git_server(tmp_path, token)
+    _repos, git_server = token_git_server(tmp_path, token)
     from daemon.agent.scripted_provider import ScriptedProvider
 
     async def token_for(user_id: int) -> str:

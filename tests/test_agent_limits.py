@@ -27,8 +27,9 @@ pytestmark = [
     pytest.mark.skipif(not SANDBOX.usable, reason=f"bubblewrap is not usable here: {SANDBOX.reason}"),
 ]
 
-TOOLS = ToolSettings(command_timeout_s=30, sandbox="required", max_processes=64,
-                     tmp_bytes=8 * MIB, file_size_bytes=4 * MIB)
+TOOLS = ToolSettings(
+    command_timeout_s=30, sandbox="required", max_processes=64, tmp_bytes=8 * MIB, file_size_bytes=4 * MIB
+)
 
 
 class ByPrompt:
@@ -46,16 +47,16 @@ class ByPrompt:
 
 
 def attack(command: str) -> dict:
-    return {"turns": [{"content": [tool_use("t1", "bash", command=command)]},
-                      {"content": [text("All done.")]}]}
+    return {
+        "turns": [{"content": [tool_use("t1", "bash", command=command)]}, {"content": [text("All done.")]}]
+    }
 
 
 async def run_attack_then_a_normal_task(store, hub, tmp_path, command: str, **settings):
     """The attack as one task, then the usual fix as another; both tasks as stored."""
     bare = bare_repo(tmp_path)
     provider = ByPrompt({"Attack": attack(command), "Fix add()": FIX_SCRIPT})
-    async with agent_supervisor(store, hub, tmp_path, provider=provider, tools=TOOLS,
-                                **settings) as sup:
+    async with agent_supervisor(store, hub, tmp_path, provider=provider, tools=TOOLS, **settings) as sup:
         alice = await store.upsert_user("alice")
         with trio.fail_after(60):
             bad, _ = await sup.submit(user_id=alice.id, repo_url=str(bare), prompt="Attack")
@@ -100,22 +101,27 @@ async def test_a_fork_bomb_fails_its_task_with_pids_limit(store, hub, tmp_path):
 async def test_a_tmp_filler_fails_its_task_with_tmp_full(store, hub, tmp_path):
     # Several files: each stops at the per-file limit (4 MiB), /tmp (8 MiB) fills all the same.
     bad, good = await run_attack_then_a_normal_task(
-        store, hub, tmp_path, "for i in 1 2 3; do cat /dev/zero > /tmp/fill$i; done; echo written")
+        store, hub, tmp_path, "for i in 1 2 3; do cat /dev/zero > /tmp/fill$i; done; echo written"
+    )
     assert bad.status is TaskStatus.FAILED and bad.reason == "tmp_full", bad.error
     assert "sandbox_tmp_mb" in bad.error
     assert good.status is TaskStatus.SUCCEEDED, good.error
     await assert_no_sandbox_processes_left()
 
 
-async def test_a_workspace_filler_fails_its_task_with_quota_exceeded_and_keeps_it(store, hub,
-                                                                                 tmp_path):
+async def test_a_workspace_filler_fails_its_task_with_quota_exceeded_and_keeps_it(store, hub, tmp_path):
     bad, good = await run_attack_then_a_normal_task(
-        store, hub, tmp_path, "for i in 1 2 3 4; do head -c 100M /dev/zero > fill$i; done",
-        quota_bytes=10_000_000)
+        store,
+        hub,
+        tmp_path,
+        "for i in 1 2 3 4; do head -c 100M /dev/zero > fill$i; done",
+        quota_bytes=10_000_000,
+    )
     assert bad.status is TaskStatus.FAILED and bad.reason == "quota_exceeded", bad.error
     assert "workspace is kept" in bad.error
     kept = tmp_path / "workspaces" / bad.id
     # Each file stopped at the per-file limit; none was removed.
     assert sorted((p.name, p.stat().st_size) for p in kept.glob("fill*")) == [
-        (f"fill{i}", 4 * MIB) for i in range(1, 5)]
+        (f"fill{i}", 4 * MIB) for i in range(1, 5)
+    ]
     assert good.status is TaskStatus.SUCCEEDED, good.error

@@ -36,15 +36,21 @@ async def test_a_task_fixes_the_bug_and_pushes_a_branch(store, hub, tmp_path):
     assert pushed["files_changed"] == ["calc.py"]
     assert task.branch == pushed["branch"] and task.branch.startswith("agentd/")
     assert "return a + b" in branch_file(bare, task.branch, "calc.py")
-    assert task.diff == {"commit": pushed["commit"], "files": ["calc.py"], "files_total": 1,
-                         "lines_added": 1, "lines_removed": 1}
+    assert task.diff == {
+        "commit": pushed["commit"],
+        "files": ["calc.py"],
+        "files_total": 1,
+        "lines_added": 1,
+        "lines_removed": 1,
+    }
     assert task.usage.input_tokens > 0 and task.usage.output_tokens > 0
     usage_events = [e for e in events if e.type == "agent.usage"]
     assert len(usage_events) == 4
 
 
-async def test_a_whole_task_leaves_the_disk_to_worker_threads(store, hub, tmp_path, file_system_on_loop,
-                                                               monkeypatch):
+async def test_a_whole_task_leaves_the_disk_to_worker_threads(
+    store, hub, tmp_path, file_system_on_loop, monkeypatch
+):
     """Clone, tools (the sandbox's first probe included), commit and push: nothing that writes
     or reads the disk runs on the event loop's thread (a rename there once waited 1.7 s for the
     journal behind 500 clones). Stats of known paths (resolving the workspace) are left out."""
@@ -61,10 +67,17 @@ async def test_a_whole_task_leaves_the_disk_to_worker_threads(store, hub, tmp_pa
 
 
 async def test_conversation_is_persisted_with_all_tool_results_in_one_user_turn(store, hub, tmp_path):
-    script = {"turns": [
-        {"content": [tool_use("a", "bash", command="echo one"), tool_use("b", "bash", command="echo two")]},
-        {"content": [text("done")]},
-    ]}
+    script = {
+        "turns": [
+            {
+                "content": [
+                    tool_use("a", "bash", command="echo one"),
+                    tool_use("b", "bash", command="echo two"),
+                ]
+            },
+            {"content": [text("done")]},
+        ]
+    }
     _, task, _ = await run_task(store, hub, tmp_path, script)
     turns = await store.list_messages(task.id)
     assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
@@ -75,19 +88,32 @@ async def test_conversation_is_persisted_with_all_tool_results_in_one_user_turn(
 
 
 async def test_no_changes_succeeds_without_pushing(store, hub, tmp_path):
-    bare, task, events = await run_task(store, hub, tmp_path, {"turns": [{"content": [text("Nothing to do.")]}]})
+    bare, task, events = await run_task(
+        store, hub, tmp_path, {"turns": [{"content": [text("Nothing to do.")]}]}
+    )
     assert task.status is TaskStatus.SUCCEEDED and task.reason == "no changes"
     assert "git.pushed" not in [e.type for e in events]
     assert task.branch is None
 
 
 async def test_ask_user_waits_for_the_answer_then_goes_on(store, hub, tmp_path):
-    script = {"turns": [
-        {"content": [tool_use("q", "ask_user", question="Tabs or spaces?")]},
-        {"content": [tool_use("w", "str_replace_based_edit_tool", command="create", path="style.txt",
-                              file_text="spaces\n")]},
-        {"content": [text("Wrote the style file.")]},
-    ]}
+    script = {
+        "turns": [
+            {"content": [tool_use("q", "ask_user", question="Tabs or spaces?")]},
+            {
+                "content": [
+                    tool_use(
+                        "w",
+                        "str_replace_based_edit_tool",
+                        command="create",
+                        path="style.txt",
+                        file_text="spaces\n",
+                    )
+                ]
+            },
+            {"content": [text("Wrote the style file.")]},
+        ]
+    }
     bare = bare_repo(tmp_path)
     async with agent_supervisor(store, hub, tmp_path, script=script) as sup:
         alice = await store.upsert_user("alice")
@@ -111,8 +137,9 @@ async def test_a_task_budget_override_is_capped_and_enforced(store, hub, tmp_pat
     bare = bare_repo(tmp_path)
     async with agent_supervisor(store, hub, tmp_path, script=script) as sup:
         alice = await store.upsert_user("alice")
-        task, _ = await sup.submit(user_id=alice.id, repo_url=str(bare), prompt="loop",
-                                   budget={"max_turns": 3})
+        task, _ = await sup.submit(
+            user_id=alice.id, repo_url=str(bare), prompt="loop", budget={"max_turns": 3}
+        )
         await wait_status(hub, task.id, TaskStatus.FAILED)
     task = await store.get_task(task.id)
     assert task.reason == "budget_exceeded:turns"
@@ -129,11 +156,13 @@ async def test_the_same_call_again_and_again_is_stuck(store, hub, tmp_path):
 async def test_a_tool_use_id_used_again_later_gets_its_stored_result_not_a_second_run(store, hub, tmp_path):
     """Tool calls are known by id for the whole task: a repeated id is answered from the store
     (as after a restart), even when the first call was made earlier in the same attempt."""
-    script = {"turns": [
-        {"content": [tool_use("same", "bash", command="echo run >> runs.txt; echo first")]},
-        {"content": [tool_use("same", "bash", command="echo run >> runs.txt; echo second")]},
-        {"content": [text("Done.")]},
-    ]}
+    script = {
+        "turns": [
+            {"content": [tool_use("same", "bash", command="echo run >> runs.txt; echo first")]},
+            {"content": [tool_use("same", "bash", command="echo run >> runs.txt; echo second")]},
+            {"content": [text("Done.")]},
+        ]
+    }
     _, task, events = await run_task(store, hub, tmp_path, script)
     assert task.status is TaskStatus.SUCCEEDED, task.error
     assert [e.type for e in events].count("agent.tool_call") == 1
@@ -147,17 +176,22 @@ async def test_a_turns_text_and_usage_events_follow_each_other(store, hub, tmp_p
     _, task, events = await run_task(store, hub, tmp_path, script)
     turn = [e for e in events if e.type.startswith("agent.")]
     assert [(e.type, e.data.get("text")) for e in turn] == [
-        ("agent.text", "One."), ("agent.text", "Two."), ("agent.usage", None)]
+        ("agent.text", "One."),
+        ("agent.text", "Two."),
+        ("agent.usage", None),
+    ]
     assert [e.seq for e in turn] == list(range(turn[0].seq, turn[0].seq + 3))
     assert turn[-1].data["stop_reason"] == "end_turn" and "input_tokens" in turn[-1].data
 
 
 @pytest.mark.parametrize("stop_reason", ["max_tokens", "pause_turn"])
 async def test_max_tokens_and_pause_turn_go_on(store, hub, tmp_path, stop_reason):
-    script = {"turns": [
-        {"content": [text("Half of my answer")], "stop_reason": stop_reason},
-        {"content": [text("and the rest.")]},
-    ]}
+    script = {
+        "turns": [
+            {"content": [text("Half of my answer")], "stop_reason": stop_reason},
+            {"content": [text("and the rest.")]},
+        ]
+    }
     _, task, _ = await run_task(store, hub, tmp_path, script)
     assert task.status is TaskStatus.SUCCEEDED
     turns = await store.list_messages(task.id)
@@ -181,10 +215,16 @@ async def test_an_interrupted_tool_call_is_reported_not_run_again(store, hub, tm
     alice = await store.upsert_user("alice")
     task, _ = await store.create_task(user_id=alice.id, repo_url=str(bare), prompt="Touch a file")
     await store.append_message(task.id, "user", [text("Touch a file")])
-    await store.append_message(task.id, "assistant", [tool_use("x", "bash", command="touch ran.txt")],
-                               stop_reason="tool_use")
+    await store.append_message(
+        task.id, "assistant", [tool_use("x", "bash", command="touch ran.txt")], stop_reason="tool_use"
+    )
     await store.start_tool_call(task.id, "x", "bash", {"command": "touch ran.txt"})
-    script = {"turns": [{"content": [text("(played before the crash)")]}, {"content": [text("Understood; I will not retry it.")]}]}
+    script = {
+        "turns": [
+            {"content": [text("(played before the crash)")]},
+            {"content": [text("Understood; I will not retry it.")]},
+        ]
+    }
     async with agent_supervisor(store, hub, tmp_path, script=script):
         await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
     turns = await store.list_messages(task.id)
@@ -198,21 +238,32 @@ async def test_an_interrupted_tool_call_is_reported_not_run_again(store, hub, tm
 
 async def test_a_message_that_arrives_as_the_attempt_ends_is_not_stranded(store, hub, tmp_path):
     """The agent has looked at its inbox for the last time; then the user writes."""
-    script = {"turns": [
-        {"content": [text("All done.")]},
-        {"content": [tool_use("w", "str_replace_based_edit_tool", command="create", path="more.txt",
-                              file_text="more\n")]},
-        {"content": [text("Added more.txt as asked.")]},
-    ]}
+    script = {
+        "turns": [
+            {"content": [text("All done.")]},
+            {
+                "content": [
+                    tool_use(
+                        "w",
+                        "str_replace_based_edit_tool",
+                        command="create",
+                        path="more.txt",
+                        file_text="more\n",
+                    )
+                ]
+            },
+            {"content": [text("Added more.txt as asked.")]},
+        ]
+    }
     bare = bare_repo(tmp_path)
-    from daemon.agent.loop import _Session
+    from daemon.agent.loop import _Next, _Session
 
     original = _Session._after_assistant
     sent = []
 
     async def late_message(self, last):
         step = await original(self, last)
-        if step == "done" and not sent:
+        if step is _Next.DONE and not sent:
             sent.append(await self.store.add_input(self.task.id, "also add more.txt"))
         return step
 
@@ -238,12 +289,15 @@ async def test_a_message_that_arrives_as_the_attempt_ends_is_not_stranded(store,
 
 
 async def test_a_message_sent_mid_turn_reaches_the_next_turn_and_quiet_turns_skip_the_inbox(
-        store, hub, tmp_path, monkeypatch):
-    script = {"turns": [
-        {"content": [tool_use("a", "bash", command="echo one")]},
-        {"content": [tool_use("b", "bash", command="echo two")]},
-        {"content": [text("done")]},
-    ]}
+    store, hub, tmp_path, monkeypatch
+):
+    script = {
+        "turns": [
+            {"content": [tool_use("a", "bash", command="echo one")]},
+            {"content": [tool_use("b", "bash", command="echo two")]},
+            {"content": [text("done")]},
+        ]
+    }
     from daemon.agent.loop import _Session
 
     original_run_tool, original_take = _Session._run_tool, store.take_inputs
@@ -270,11 +324,18 @@ async def test_a_message_sent_mid_turn_reaches_the_next_turn_and_quiet_turns_ski
 
 async def test_a_push_of_thousands_of_files_names_the_first_thousand(store, hub, tmp_path):
     """The agent decides how many files a push has: the event stays small."""
-    script = {"turns": [
-        {"content": [tool_use("a", "bash",
-                              command="mkdir gen && for i in $(seq 1005); do echo $i > gen/f$i; done")]},
-        {"content": [text("Generated.")]},
-    ]}
+    script = {
+        "turns": [
+            {
+                "content": [
+                    tool_use(
+                        "a", "bash", command="mkdir gen && for i in $(seq 1005); do echo $i > gen/f$i; done"
+                    )
+                ]
+            },
+            {"content": [text("Generated.")]},
+        ]
+    }
     _, task, events = await run_task(store, hub, tmp_path, script)
     assert task.status is TaskStatus.SUCCEEDED, task.error
     (pushed,) = [e.data for e in events if e.type == "git.pushed"]

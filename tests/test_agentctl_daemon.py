@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import apsw
 import httpx2
@@ -13,12 +14,23 @@ from .daemon_process import DaemonProcess
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = {"turns": [
-    {"content": [tool_use("t1", "bash", command="echo working; sleep 0.2")]},
-    {"content": [tool_use("t2", "str_replace_based_edit_tool", command="create", path="note.txt",
-                          file_text="hello\n")]},
-    {"content": [text("Wrote note.txt.")]},
-]}
+SCRIPT = {
+    "turns": [
+        {"content": [tool_use("t1", "bash", command="echo working; sleep 0.2")]},
+        {
+            "content": [
+                tool_use(
+                    "t2",
+                    "str_replace_based_edit_tool",
+                    command="create",
+                    path="note.txt",
+                    file_text="hello\n",
+                )
+            ]
+        },
+        {"content": [text("Wrote note.txt.")]},
+    ]
+}
 
 
 def ok(result) -> str:
@@ -41,19 +53,44 @@ def test_every_command_against_the_real_daemon(tmp_path, backend):
             assert reply.status_code == 201, reply.text
             return reply.json()["id"]
 
-        first = submit("Write a note")
-        tail = ok(ctl("tail", first))
+        # A task from the shell: its id alone on stdout; the one user is its owner by default.
+        created = ctl("create", str(bare), "Write a note")
+        first = ok(created).strip()
+        assert re.fullmatch(
+            rf"task for alice, (queued|running); follow it: agentctl tail {first}\n", created.stderr
+        )
+        refused = ctl("create", str(bare), "Write a note", "--user", "nobody")
+        assert refused.stderr == "agentctl: create: no user nobody: agentctl users lists them (not_found)\n"
+        tail = ok(ctl("tail", first[:10]))  # a task is named by the start of its id too
         assert "task.finished" in tail and "git.pushed" in tail
         shown = json.loads(ok(ctl("--json", "task", first)))
         assert shown["status"] == "succeeded" and shown["branch"].startswith("agentd/")
-        assert first in ok(ctl("tasks"))
-        assert [t["id"] for t in json.loads(ok(ctl("--json", "tasks", "--status", "succeeded", "--user", "alice")))] == [first]
+        assert next(line for line in ok(ctl("tasks")).splitlines() if first in line).split()[2] == "alice"
+        refused = ctl("cancel", first[:8].upper())
+        assert refused.returncode == 1 and refused.stdout == ""
+        assert refused.stderr == (
+            f"agentctl: cancel: task {first} already finished (succeeded): "
+            "nothing to cancel (invalid_transition)\n"
+        )
+        refused = ctl("task", first[:7])
+        assert refused.stderr == (
+            f"agentctl: task: {first[:7]!r} is too short to name a task: "
+            "give at least 8 characters of its id (bad_arguments)\n"
+        )
+        assert [
+            t["id"]
+            for t in json.loads(ok(ctl("--json", "tasks", "--status", "succeeded", "--user", "alice")))
+        ] == [first]
 
         assert json.loads(ok(ctl("--json", "concurrency", "1")))["concurrency"] == 1
         assert json.loads(ok(ctl("--json", "drain")))["admitting"] is False
         assert httpx2.get(f"{daemon.url}/readyz").status_code == 503
         waiting = submit("Wait in the queue")
         assert json.loads(ok(ctl("--json", "cancel", waiting)))["status"] == "cancelled"
+        refused = ctl("cancel", waiting)
+        assert (
+            refused.stderr == f"agentctl: cancel: task {waiting} is already cancelled (invalid_transition)\n"
+        )
         assert json.loads(ok(ctl("--json", "retry", waiting)))["status"] == "queued"
         assert json.loads(ok(ctl("--json", "status")))["queued"] == 1
         ok(ctl("resume"))

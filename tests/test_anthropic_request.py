@@ -33,23 +33,53 @@ async def api(nursery):
 def conversation() -> ModelRequest:
     """Every kind of block the loop sends, non-ASCII text, and a breakpoint already placed."""
     messages = [
-        {"role": "user", "content": [{"type": "text", "text": "Réparez le test ✓ — \"quoted\"\n\ttab"}]},
-        {"role": "assistant", "content": [
-            {"type": "text", "text": "Je regarde."},
-            {"type": "tool_use", "id": "toolu_01", "name": "bash", "input": {"command": "ls -la", "n": 1.5}},
-        ]},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "toolu_01", "content": "a.py\nb.py\n", "is_error": False},
-            {"type": "text", "text": "older note", "cache_control": {"type": "ephemeral"}},
-        ]},
-        {"role": "assistant", "content": [
-            {"type": "tool_use", "id": "toolu_02", "name": "str_replace_based_edit_tool",
-             "input": {"command": "view", "path": "a.py", "view_range": [1, -1]}},
-        ]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_02", "content": "x = 1\n"}]},
+        {"role": "user", "content": [{"type": "text", "text": 'Réparez le test ✓ — "quoted"\n\ttab'}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Je regarde."},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_01",
+                    "name": "bash",
+                    "input": {"command": "ls -la", "n": 1.5},
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_01",
+                    "content": "a.py\nb.py\n",
+                    "is_error": False,
+                },
+                {"type": "text", "text": "older note", "cache_control": {"type": "ephemeral"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {
+                    "type": "tool_use",
+                    "id": "toolu_02",
+                    "name": "str_replace_based_edit_tool",
+                    "input": {"command": "view", "path": "a.py", "view_range": [1, -1]},
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_02", "content": "x = 1\n"}],
+        },
     ]
-    return ModelRequest(system="You fix bugs in /tmp/ws (branch agentd/x).", tools=tool_definitions(),
-                        messages=messages, max_tokens=8192)
+    return ModelRequest(
+        system="You fix bugs in /tmp/ws (branch agentd/x).",
+        tools=tool_definitions(),
+        messages=messages,
+        max_tokens=8192,
+    )
 
 
 async def test_body_and_headers_are_those_of_messages_create(api):
@@ -61,8 +91,14 @@ async def test_body_and_headers_are_those_of_messages_create(api):
         # What the provider sent before: the SDK's own `create` with the same parameters.
         tools, system, messages = with_cache_breakpoints(request)
         create = provider._client.messages.with_streaming_response.create
-        async with create(model=provider.model, max_tokens=request.max_tokens, messages=messages,
-                          system=system, tools=tools, stream=True) as response:
+        async with create(
+            model=provider.model,
+            max_tokens=request.max_tokens,
+            messages=messages,
+            system=system,
+            tools=tools,
+            stream=True,
+        ) as response:
             await response.http_response.aread()
     finally:
         await provider.aclose()
@@ -77,15 +113,28 @@ async def test_body_and_headers_are_those_of_messages_create(api):
 
 
 def test_request_body_keeps_the_sdks_key_order_and_leaves_out_what_is_empty():
-    body = request_body("claude-x", ModelRequest(system="", tools=[], max_tokens=5,
-                                                 messages=[{"role": "user", "content": "hi"}]))
-    assert body == (b'{"max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":"hi",'
-                    b'"cache_control":{"type":"ephemeral"}}]}],"model":"claude-x","stream":true}')
+    body = request_body(
+        "claude-x",
+        ModelRequest(system="", tools=[], max_tokens=5, messages=[{"role": "user", "content": "hi"}]),
+    )
+    assert body == (
+        b'{"max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":"hi",'
+        b'"cache_control":{"type":"ephemeral"}}]}],"model":"claude-x","stream":true}'
+    )
 
 
 def test_request_body_refuses_what_json_cannot_carry():
-    nan = ModelRequest(system="s", tools=[], max_tokens=5, messages=[
-        {"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "n", "input": {"x": float("nan")}}]}])
+    nan = ModelRequest(
+        system="s",
+        tools=[],
+        max_tokens=5,
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "tool_use", "id": "t", "name": "n", "input": {"x": float("nan")}}],
+            }
+        ],
+    )
     with pytest.raises(ValueError):
         request_body("claude-x", nan)
 

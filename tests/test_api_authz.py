@@ -60,8 +60,12 @@ async def test_every_websocket_message_respects_ownership(two_users):
     server, alice, bob, task_id = two_users
     async with server.ws(bob) as ws:
         await send_json(ws, {"type": "subscribe", "task_id": task_id, "after": 0})
-        assert await recv_json(ws) == {"type": "error", "code": "not_found",
-                                       "message": f"no task {task_id}", "task_id": task_id}
+        assert await recv_json(ws) == {
+            "type": "error",
+            "code": "not_found",
+            "message": f"no task {task_id}",
+            "task_id": task_id,
+        }
         await send_json(ws, {"type": "unsubscribe", "task_id": task_id})  # harmless, silent
         await send_json(ws, {"type": "subscribe_tasks"})
         async with server.client(alice) as http:  # alice's activity is not bob's business

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from daemon.web.auth import RateLimiter
+from daemon.rate_limit import RateLimiter
 
 from .fakes.phone import running_daemon
 
@@ -19,17 +19,20 @@ def error_code(response) -> str:
     return body["error"]["code"]
 
 
-@pytest.mark.parametrize("body, where", [
-    ({"prompt": "go"}, "repo_url"),
-    ({**TASK, "prompt": ""}, "prompt"),
-    ({**TASK, "surprise": 1}, "surprise"),
-    ({**TASK, "budget": {"max_turns": "5"}}, "budget.max_turns"),
-    ({**TASK, "budget": {"max_turns": 0}}, "budget.max_turns"),
-    ({**TASK, "budget": {"max_usd": -1}}, "budget.max_usd"),
-    ({**TASK, "budget": {"max_turns": True}}, "budget.max_turns"),
-    ({**TASK, "budget": {"max_cats": 3}}, "budget.max_cats"),
-    ([1, 2], "body"),
-])
+@pytest.mark.parametrize(
+    "body, where",
+    [
+        ({"prompt": "go"}, "repo_url"),
+        ({**TASK, "prompt": ""}, "prompt"),
+        ({**TASK, "surprise": 1}, "surprise"),
+        ({**TASK, "budget": {"max_turns": "5"}}, "budget.max_turns"),
+        ({**TASK, "budget": {"max_turns": 0}}, "budget.max_turns"),
+        ({**TASK, "budget": {"max_usd": -1}}, "budget.max_usd"),
+        ({**TASK, "budget": {"max_turns": True}}, "budget.max_turns"),
+        ({**TASK, "budget": {"max_cats": 3}}, "budget.max_cats"),
+        ([1, 2], "body"),
+    ],
+)
 async def test_invalid_bodies_are_422_naming_the_field(tmp_path, body, where):
     async with running_daemon(tmp_path) as server:
         _, token = await server.user("alice")
@@ -46,7 +49,9 @@ async def test_bad_repo_urls_malformed_json_and_bad_queries(tmp_path):
             for url in ["ext::sh -c evil", "file:///etc", "https://user:pw@github.com/a/b", "-u"]:
                 response = await http.post("/api/tasks", json={**TASK, "repo_url": url})
                 assert response.status_code == 422 and error_code(response) == "invalid_repo_url", url
-            bad = await http.post("/api/tasks", content=b"{nope", headers={"Content-Type": "application/json"})
+            bad = await http.post(
+                "/api/tasks", content=b"{nope", headers={"Content-Type": "application/json"}
+            )
             assert bad.status_code == 400 and error_code(bad) == "bad_request"
             for params in [{"limit": 0}, {"limit": "x"}, {"cursor": "abc"}, {"status": "nope"}]:
                 response = await http.get("/api/tasks", params=params)
@@ -86,8 +91,14 @@ async def test_missing_invalid_expired_and_revoked_tokens_are_401(tmp_path):
         _, expired = await server.user("carol", expires_at=time.time() - 1)
         _, revoked = await server.user("dave")
         await server.store.revoke_user("dave")
-        for token, header in [(None, None), ("agentd_forged", None), (expired, None),
-                              (revoked, None), (None, f"Basic {good}"), (None, "Bearer")]:
+        for token, header in [
+            (None, None),
+            ("agentd_forged", None),
+            (expired, None),
+            (revoked, None),
+            (None, f"Basic {good}"),
+            (None, "Bearer"),
+        ]:
             async with server.client(token, headers={"Authorization": header} if header else {}) as http:
                 response = await http.get("/api/tasks")
             assert response.status_code == 401 and error_code(response) == "unauthorized"

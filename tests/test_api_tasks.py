@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import trio
 
+from daemon import __version__
 from daemon.states import TaskStatus
 from daemon.supervisor import RunResult
 
@@ -30,10 +31,11 @@ class AskOnce:
 async def test_create_read_list_events_and_cancel(tmp_path):
     async with running_daemon(tmp_path, concurrency=1) as server:
         server.daemon.supervisor.drain()  # keep tasks queued: this test looks at them still
-        _, token = await server.user("alice")
+        alice, token = await server.user("alice")
         async with server.client(token) as http:
-            created = await http.post("/api/tasks", json={**TASK, "base_branch": "main",
-                                                          "budget": {"max_turns": 5, "max_usd": 0.5}})
+            created = await http.post(
+                "/api/tasks", json={**TASK, "base_branch": "main", "budget": {"max_turns": 5, "max_usd": 0.5}}
+            )
             assert created.status_code == 201
             task = created.json()
             assert task["status"] == "queued" and task["budget"] == {"max_turns": 5, "max_usd": 0.5}
@@ -43,7 +45,11 @@ async def test_create_read_list_events_and_cancel(tmp_path):
             ids = [task["id"]] + [(await http.post("/api/tasks", json=TASK)).json()["id"] for _ in range(4)]
             pages, cursor = [], None
             while True:
-                page = (await http.get("/api/tasks", params={"limit": 2, **({"cursor": cursor} if cursor else {})})).json()
+                page = (
+                    await http.get(
+                        "/api/tasks", params={"limit": 2, **({"cursor": cursor} if cursor else {})}
+                    )
+                ).json()
                 pages.append([t["id"] for t in page["tasks"]])
                 cursor = page["next_cursor"]
                 if cursor is None:
@@ -52,16 +58,25 @@ async def test_create_read_list_events_and_cancel(tmp_path):
             queued = (await http.get("/api/tasks", params={"status": "queued"})).json()["tasks"]
             assert len(queued) == 5
 
-            events = (await http.get(f"/api/tasks/{task['id']}/events", params={"after": 0, "limit": 1})).json()
+            events = (
+                await http.get(f"/api/tasks/{task['id']}/events", params={"after": 0, "limit": 1})
+            ).json()
             assert [e["event"] for e in events["events"]] == ["task.created"] and events["next_after"] == 1
             rest = (await http.get(f"/api/tasks/{task['id']}/events", params={"after": 1})).json()
-            assert rest["events"][0] == {"type": "event", "task_id": task["id"], "seq": 2,
-                                         "event": "task.status", "ts": rest["events"][0]["ts"],
-                                         "data": {"status": "queued", "attempt": 0}}
+            assert rest["events"][0] == {
+                "type": "event",
+                "task_id": task["id"],
+                "seq": 2,
+                "event": "task.status",
+                "ts": rest["events"][0]["ts"],
+                "data": {"status": "queued", "attempt": 0, "user_id": alice.id},
+            }
 
             await server.store.append_message(task["id"], "user", [{"type": "text", "text": "hi"}])
             conversation = (await http.get(f"/api/tasks/{task['id']}/messages")).json()
-            assert conversation == {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+            assert conversation == {
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+            }
 
             cancelled = await http.post(f"/api/tasks/{task['id']}/cancel")
             assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
@@ -75,6 +90,7 @@ async def test_idempotency_key_under_concurrent_duplicates(tmp_path):
         _, bob_token = await server.user("bob")
         answers = []
         async with server.client(token) as http:
+
             async def post() -> None:
                 answers.append(await http.post("/api/tasks", json=TASK, headers={"Idempotency-Key": "k1"}))
 
@@ -83,9 +99,12 @@ async def test_idempotency_key_under_concurrent_duplicates(tmp_path):
                     nursery.start_soon(post)
             assert sorted(r.status_code for r in answers) == [200] * 11 + [201]
             assert len({r.json()["id"] for r in answers}) == 1
-            assert all(r.headers.get("Idempotent-Replayed") == "true" for r in answers if r.status_code == 200)
-            reused = await http.post("/api/tasks", json={**TASK, "prompt": "other"},
-                                     headers={"Idempotency-Key": "k1"})
+            assert all(
+                r.headers.get("Idempotent-Replayed") == "true" for r in answers if r.status_code == 200
+            )
+            reused = await http.post(
+                "/api/tasks", json={**TASK, "prompt": "other"}, headers={"Idempotency-Key": "k1"}
+            )
             assert reused.status_code == 409 and reused.json()["error"]["code"] == "idempotency_conflict"
         async with server.client(bob_token) as http:  # keys are per user
             bobs = await http.post("/api/tasks", json=TASK, headers={"Idempotency-Key": "k1"})
@@ -96,7 +115,7 @@ async def test_idempotency_key_under_concurrent_duplicates(tmp_path):
 async def test_an_answer_requeues_a_waiting_task(tmp_path):
     runner = AskOnce()
     async with running_daemon(tmp_path, runner) as server:
-        _, token = await server.user("alice")
+        alice, token = await server.user("alice")
         async with server.client(token) as http:
             task_id = (await http.post("/api/tasks", json=TASK)).json()["id"]
             with trio.fail_after(5):
@@ -108,7 +127,7 @@ async def test_an_answer_requeues_a_waiting_task(tmp_path):
                 await wait_status(server.daemon.hub, task_id, TaskStatus.SUCCEEDED)
         assert runner.inputs == [[], ["src/app.py"]]
         status = [e.data for e in await server.store.read_events(task_id) if e.type == "task.status"]
-        assert {"status": "queued", "attempt": 1, "reason": "answered"} in status
+        assert {"status": "queued", "attempt": 1, "reason": "answered", "user_id": alice.id} in status
 
 
 async def test_a_follow_up_goes_on_with_a_finished_task_and_waits_for_a_running_one(tmp_path):
@@ -149,13 +168,66 @@ async def test_openapi_describes_every_route(tmp_path):
             spec = (await http.get("/openapi.json")).json()
     paths = spec["paths"]
     for path, method in [
-        ("/api/tasks", "post"), ("/api/tasks", "get"), ("/api/tasks/{task_id}", "get"),
-        ("/api/tasks/{task_id}/events", "get"), ("/api/tasks/{task_id}/messages", "get"),
-        ("/api/tasks/{task_id}/messages", "post"), ("/api/tasks/{task_id}/cancel", "post"),
-        ("/auth/github/login", "get"), ("/auth/github/callback", "get"), ("/auth/token", "post"),
-        ("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get"),
+        ("/api/tasks", "post"),
+        ("/api/tasks", "get"),
+        ("/api/tasks/{task_id}", "get"),
+        ("/api/tasks/{task_id}/events", "get"),
+        ("/api/tasks/{task_id}/messages", "get"),
+        ("/api/tasks/{task_id}/messages", "post"),
+        ("/api/tasks/{task_id}/cancel", "post"),
+        ("/auth/github/login", "get"),
+        ("/auth/github/callback", "get"),
+        ("/auth/token", "post"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
     ]:
         assert method in paths[path], (path, method)
     create = paths["/api/tasks"]["post"]
     assert "CreateTask" in str(create["requestBody"]) and "201" in create["responses"]
     assert any(p["name"].lower() == "idempotency-key" for p in create.get("parameters", []))
+
+
+def undescribed(spec: dict) -> list[str]:
+    """Operations without a summary and description, and parameters and schema properties
+    without a description, in an OpenAPI document. Path parameters (``task_id``) are named by
+    the route alone: quart-schema gives them no description."""
+    missing = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            where = f"{method.upper()} {path}"
+            if not operation.get("summary") or not operation.get("description"):
+                missing.append(where)
+            missing += [
+                f"{where} {p['in']} {p['name']}"
+                for p in operation.get("parameters", [])
+                if p["in"] != "path" and not p.get("description")
+            ]
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item, where)
+        elif isinstance(node, dict):
+            properties = node.get("properties")
+            if isinstance(properties, dict):
+                missing.extend(
+                    f"{where}.{name}" for name, prop in properties.items() if not prop.get("description")
+                )
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+
+    walk(spec, "")
+    return missing
+
+
+async def test_openapi_describes_every_operation_and_field_and_has_the_package_version(tmp_path):
+    async with running_daemon(tmp_path) as server:
+        async with server.client() as http:
+            spec = (await http.get("/openapi.json")).json()
+    assert spec["info"]["version"] == __version__
+    assert undescribed(spec) == []
+    # The check sees what it must: a field or an operation without words is named.
+    spec["components"]["schemas"]["TaskOut"]["properties"]["id"].pop("description")
+    spec["paths"]["/healthz"]["get"]["summary"] = ""
+    assert undescribed(spec) == ["GET /healthz", "/components/schemas/TaskOut.id"]

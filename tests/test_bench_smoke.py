@@ -26,7 +26,12 @@ import run_all
 def run_bench(script: str, *args: object) -> dict:
     done = subprocess.run(
         [sys.executable, str(BENCH / script), *map(str, args), "--json"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL,
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -45,8 +50,19 @@ def test_durable_steps_run_one_by_one_and_concurrently():
 
 
 def test_event_appends_compare_group_commit_with_one_commit_per_event(monkeypatch):
-    result = run_bench("event_appends.py", "--events", 200, "--writers", 10,
-                       "--single-events", 50, "--batched-per-call", 5, "--synchronous", "FULL")
+    result = run_bench(
+        "event_appends.py",
+        "--events",
+        200,
+        "--writers",
+        10,
+        "--single-events",
+        50,
+        "--batched-per-call",
+        5,
+        "--synchronous",
+        "FULL",
+    )
     full = result["runs"]["FULL"]
     assert full["group"]["events"] == 200 and full["group"]["commits"] >= 1
     assert full["group_batched"]["events_per_call"] == 5
@@ -54,7 +70,9 @@ def test_event_appends_compare_group_commit_with_one_commit_per_event(monkeypatc
     assert result["trio_floor"]["tasks"] == 10 and result["trio_floor"]["cpu_us_per_call"] > 0
     # The table's row says what one event per awaited call costs at the least, from this run.
     monkeypatch.setattr(run_all, "run_step", lambda label, argv: result)
-    group_row, batched_row = run_all.appends_suite({"rounds": 1, "events": 0, "writers": 0, "single_events": 0})
+    group_row, batched_row = run_all.appends_suite(
+        {"rounds": 1, "events": 0, "writers": 0, "single_events": 0}
+    )
     floor = result["trio_floor"]["cpu_us_per_call"] + full["group_batched"]["cpu_us_per_event"]
     assert f"floor {floor:.1f} µs" in group_row.agentd and "park/resume" in group_row.agentd
     assert "5 events per call" in batched_row.name
@@ -80,6 +98,24 @@ def test_restart_ready_builds_the_db_and_times_both_starts():
     assert result["full"]["in_process_s"] > 0 and result["full"]["serve_s"] > 0
 
 
+@pytest.mark.slow
+def test_memory_measures_idle_daemons_and_running_tasks_and_makes_its_rows(monkeypatch):
+    result = run_bench("memory.py", "--quick")
+    for idle in ("idle_scripted", "idle_claude", "idle_claude_whole_sdk"):
+        assert result[idle]["mib"] >= result[idle]["min_mib"] > 10, idle
+    # The whole SDK (imported at the interpreter's start, as before) takes more than the lean import.
+    assert result["idle_claude_whole_sdk"]["mib"] > result["idle_claude"]["mib"]
+    running = result["running"]
+    assert running["tasks"] == 2 and running["processes"] > 2  # the daemon and its sandboxes
+    assert running["tree"]["mib"] > running["daemon_mib"] > 10 and running["tree_pss_mib"] > 0
+    monkeypatch.setattr(run_all, "run_step", lambda label, argv: result)
+    lean_row, scripted_row, running_row = run_all.memory_suite({"memory_tasks": 2, "memory_settle_s": 0.5})
+    assert lean_row.target == "< 100 MiB" and lean_row.met == (result["idle_claude"]["mib"] < 100)
+    assert f"{result['idle_claude_whole_sdk']['mib']} MiB (whole SDK)" == lean_row.peer
+    assert f"{result['idle_scripted']['mib']} MiB" in scripted_row.agentd
+    assert "2 running tasks" in running_row.name and f"{running['tree']['mib']} MiB" in running_row.agentd
+
+
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_redis_server_answers_and_is_stopped():
     import socket
@@ -99,8 +135,7 @@ def test_table_replaces_only_the_marked_readme_block(tmp_path, monkeypatch):
     readme = tmp_path / "README.md"
     readme.write_text(f"# agentd\nbefore\n{run_all.BEGIN}\nold table\n{run_all.END}\nafter\n")
     monkeypatch.setattr(run_all, "README", readme)
-    rows = [run_all.Row("Queue, jobs/s", "2,000", "600 (SAQ)", 3.3, "≥ 2× SAQ", True),
-            *run_all.PENDING]
+    rows = [run_all.Row("Queue, jobs/s", "2,000", "600 (SAQ)", 3.3, "≥ 2× SAQ", True), *run_all.PENDING]
     block = run_all.render(rows, "quick", 1.0, (0.21, 0.35))
     run_all.write_readme(block)
     text = readme.read_text()

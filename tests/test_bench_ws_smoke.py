@@ -42,8 +42,11 @@ def test_histogram_percentiles_are_bucket_upper_edges():
 
 
 async def test_agentd_server_stamps_events_and_delivers_them_over_ws(tmp_path):
-    server = Child([sys.executable, str(BENCH / "ws_agentd_server.py"), "--tasks", "2", "--users", "1"],
-                   stderr_path=tmp_path / "server.err", cwd=ROOT)
+    server = Child(
+        [sys.executable, str(BENCH / "ws_agentd_server.py"), "--tasks", "2", "--users", "1"],
+        stderr_path=tmp_path / "server.err",
+        cwd=ROOT,
+    )
     try:
         info = await trio.to_thread.run_sync(server.expect, 60)
         task_id, user, after = info["tasks"][1]
@@ -73,14 +76,38 @@ async def test_agentd_server_stamps_events_and_delivers_them_over_ws(tmp_path):
 class _Row:  # run_all's Row, reduced to what the rows carry
     def __init__(self, name, agentd, peer="—", ratio=None, target="—", met=None):
         self.name, self.agentd, self.peer, self.ratio, self.target, self.met = (
-            name, agentd, peer, ratio, target, met)
+            name,
+            agentd,
+            peer,
+            ratio,
+            target,
+            met,
+        )
 
 
 def test_agent_load_runs_tasks_through_the_slow_fake_model():
     done = subprocess.run(
-        [sys.executable, str(BENCH / "agent_load.py"), "--tasks", "3", "--turns", "2", "--delay", "0.2",
-         "--timeout", "60", "--steps", "--json"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL)
+        [
+            sys.executable,
+            str(BENCH / "agent_load.py"),
+            "--tasks",
+            "3",
+            "--turns",
+            "2",
+            "--delay",
+            "0.2",
+            "--timeout",
+            "60",
+            "--steps",
+            "--json",
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["statuses"] == {"succeeded": 3} and result["model_turns"] == 6
@@ -90,8 +117,12 @@ def test_agent_load_runs_tasks_through_the_slow_fake_model():
     assert result["loop_steps_conversation"]["batches"] <= steps["batches"]
     assert steps["batches"] > 0 and steps["batches_over_10ms"] <= steps["batches"]
     # The README row made of it (the WebSocket steps "failed" here: not run).
-    rows = ws_rows.ws_suite({"rounds": 1}, Row=_Row, py=lambda *a: list(map(str, a)),
-                            run_step=lambda label, argv: result if "agent_load" in argv[0] else None)
+    rows = ws_rows.ws_suite(
+        {"rounds": 1},
+        Row=_Row,
+        py=lambda *a: list(map(str, a)),
+        run_step=lambda label, argv: result if "agent_load" in argv[0] else None,
+    )
     steady, whole = rows[-2:]
     assert "store writes per turn" in steady.agentd and "all waiting on the model" in steady.name
     p99 = result["lag_conversation"]["p99_ms"]
@@ -101,13 +132,35 @@ def test_agent_load_runs_tasks_through_the_slow_fake_model():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _peers_have_websockets(),
-                    reason="bench/.venv-peers without websockets: run bench/run_all.py --only ws once")
+@pytest.mark.skipif(
+    not _peers_have_websockets(),
+    reason="bench/.venv-peers without websockets: run bench/run_all.py --only ws once",
+)
 def test_ws_delivery_side_by_side_and_its_rows():
     done = subprocess.run(
-        [sys.executable, str(BENCH / "ws_delivery.py"), "--size", "smoke", "--scenario", "a,idle",
-         "--seconds", "1.5", "--warmup", "0.5", "--baseline-seconds", "1", "--pinned-peer", "--json"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL)
+        [
+            sys.executable,
+            str(BENCH / "ws_delivery.py"),
+            "--size",
+            "smoke",
+            "--scenario",
+            "a,idle",
+            "--seconds",
+            "1.5",
+            "--warmup",
+            "0.5",
+            "--baseline-seconds",
+            "1",
+            "--pinned-peer",
+            "--json",
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     for system in ("agentd", "websockets", "websockets-pinned"):
@@ -119,8 +172,12 @@ def test_ws_delivery_side_by_side_and_its_rows():
     assert result["a"]["agentd"]["server_to_sockets"]["samples"] > 0
 
     canned = {"a": result["a"], "b": result["a"], "idle": result["idle"]}
-    rows = ws_rows.ws_suite({"rounds": 1}, Row=_Row, py=lambda *a: list(map(str, a)),
-                            run_step=lambda label, argv: canned if "ws_delivery" in argv[0] else None)
+    rows = ws_rows.ws_suite(
+        {"rounds": 1},
+        Row=_Row,
+        py=lambda *a: list(map(str, a)),
+        run_step=lambda label, argv: canned if "ws_delivery" in argv[0] else None,
+    )
     assert len(rows) == 7 and all("failed" not in row.agentd for row in rows[:6])
     assert "in the server p99" in rows[0].agentd
     assert "`websockets` pinned" in rows[1].peer and rows[1].met is None

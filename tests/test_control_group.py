@@ -31,8 +31,14 @@ from daemon.socket_access import peer_groups, unreachable_by_group
 
 NOBODY = 65534
 # The peer runs as nobody, who may not enter /root (where a pyenv Python may live).
-PEER_PYTHON = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3")
-                    if os.access(p, os.X_OK) and not os.path.realpath(p).startswith("/root/")), None)
+PEER_PYTHON = next(
+    (
+        p
+        for p in ("/usr/bin/python3", "/usr/local/bin/python3")
+        if os.access(p, os.X_OK) and not os.path.realpath(p).startswith("/root/")
+    ),
+    None,
+)
 PEER = """
 import socket, sys
 s = socket.socket(socket.AF_UNIX)
@@ -104,8 +110,15 @@ async def as_nobody(path: Path, extra_groups: list[int], primary: int = NOBODY) 
     """What a process of uid nobody gets when it sends ``status`` on ``path``."""
     done = await trio.run_process(
         [PEER_PYTHON, "-I", "-S", "-c", PEER, str(path), encode_request(1, "status").decode()],
-        user=NOBODY, group=primary, extra_groups=extra_groups, cwd="/", capture_stdout=True,
-        capture_stderr=True, env={}, check=False)
+        user=NOBODY,
+        group=primary,
+        extra_groups=extra_groups,
+        cwd="/",
+        capture_stdout=True,
+        capture_stderr=True,
+        env={},
+        check=False,
+    )
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout.decode().strip()
 

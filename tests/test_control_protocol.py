@@ -42,9 +42,22 @@ def drain(buffer: LineBuffer) -> list:
 
 def test_the_command_names_are_those_of_the_design():
     assert set(COMMANDS) == {
-        "status", "tasks.list", "tasks.get", "tasks.cancel", "tasks.retry", "tasks.tail",
-        "drain", "resume", "concurrency.set", "users.list", "users.add", "users.revoke",
-        "users.link", "backup", "gc",
+        "status",
+        "tasks.list",
+        "tasks.create",
+        "tasks.get",
+        "tasks.cancel",
+        "tasks.retry",
+        "tasks.tail",
+        "drain",
+        "resume",
+        "concurrency.set",
+        "users.list",
+        "users.add",
+        "users.revoke",
+        "users.link",
+        "backup",
+        "gc",
     }
     assert STREAMING_COMMANDS == {"tasks.tail"}
 
@@ -90,7 +103,7 @@ def test_an_oversized_line_is_rejected_before_its_newline_arrives_and_stays_fata
 def test_an_oversized_complete_line_is_rejected():
     buffer = requests(max_line=20)
     buffer.feed(encode_request(1, "status", {"pad": "y" * 30}))
-    with pytest.raises(LineTooLong, match="^line of 71 bytes exceeds the 20-byte limit$"):
+    with pytest.raises(LineTooLong, match=r"^line of 71 bytes exceeds the 20-byte limit$"):
         buffer.next_message()
 
 
@@ -130,8 +143,7 @@ def test_args_default_to_an_empty_object_and_unknown_keys_are_ignored():
 def test_every_reply_shape_round_trips():
     assert parse_reply(encode_result(1, {"a": [1]})) == Result(1, {"a": [1]})
     assert parse_reply(encode_result(1, None)) == Result(1, None)
-    assert parse_reply(encode_error(2, "not_found", "no task 9")) == ErrorReply(2, "not_found",
-                                                                                "no task 9")
+    assert parse_reply(encode_error(2, "not_found", "no task 9")) == ErrorReply(2, "not_found", "no task 9")
     assert parse_reply(encode_error(None, "forbidden", "go")) == ErrorReply(None, "forbidden", "go")
     assert parse_reply(encode_event(3, {"seq": 1})) == Event(3, {"seq": 1})
     assert parse_reply(encode_end(3)) == End(3)
@@ -166,7 +178,10 @@ def test_store_records_encode_as_plain_json():
         where: Path
 
     assert json.loads(encode_result(1, Rec(Colour.RED, Path("/x")))) == {
-        "id": 1, "ok": True, "result": {"colour": "red", "where": "/x"}}
+        "id": 1,
+        "ok": True,
+        "result": {"colour": "red", "where": "/x"},
+    }
 
 
 def test_unencodable_and_oversized_messages_raise_before_sending():

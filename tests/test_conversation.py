@@ -15,7 +15,9 @@ CAPS = Budget(max_turns=100, max_tokens=5_000_000, max_usd=20.0)
 def test_a_task_override_applies_within_the_operator_caps():
     assert effective_budget({}, DEFAULTS, CAPS) == DEFAULTS
     assert effective_budget({"max_turns": 10, "max_usd": 1.5}, DEFAULTS, CAPS) == Budget(10, 1_000_000, 1.5)
-    assert effective_budget({"max_turns": 10_000, "max_usd": 999}, DEFAULTS, CAPS) == Budget(100, 1_000_000, 20.0)
+    assert effective_budget({"max_turns": 10_000, "max_usd": 999}, DEFAULTS, CAPS) == Budget(
+        100, 1_000_000, 20.0
+    )
 
 
 @pytest.mark.parametrize(
@@ -58,8 +60,13 @@ def _stuck_by_the_whole_conversation(turns, repeats):
     """The rule as first written: every call of the conversation, then its last `repeats`."""
     import json
 
-    calls = [(b["name"], json.dumps(b.get("input"), sort_keys=True))
-             for t in turns if t["role"] == "assistant" for b in t["content"] if b.get("type") == "tool_use"]
+    calls = [
+        (b["name"], json.dumps(b.get("input"), sort_keys=True))
+        for t in turns
+        if t["role"] == "assistant"
+        for b in t["content"]
+        if b.get("type") == "tool_use"
+    ]
     return len(calls) >= repeats and len(set(calls[-repeats:])) == 1
 
 
@@ -68,9 +75,13 @@ def test_stuck_looks_back_only_as_far_as_it_must_and_decides_as_before():
     import random
 
     rng = random.Random(7)
-    blocks = [call("bash", command="ls"), call("bash", command="ls"), call("bash", command="pwd"),
-              call("str_replace_based_edit_tool", command="view", path="a"),
-              {"type": "text", "text": "thinking"}]
+    blocks = [
+        call("bash", command="ls"),
+        call("bash", command="ls"),
+        call("bash", command="pwd"),
+        call("str_replace_based_edit_tool", command="view", path="a"),
+        {"type": "text", "text": "thinking"},
+    ]
     for _ in range(2000):
         turns = []
         for _ in range(rng.randrange(0, 9)):

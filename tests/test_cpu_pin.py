@@ -13,12 +13,10 @@ from daemon import cpu_pin
 from daemon.config import load_settings
 from daemon.cpu_pin import loop_on_one_cpu, release
 from daemon.service import Daemon
-from daemon.store import SqliteStore
-from daemon.store import sqlite as sqlite_module
+from daemon.store import SqliteStore, sqlite as sqlite_module
 from daemon.supervisor import NoopRunner
 
 from .daemon_process import short_socket_dir
-from .helpers import cpu_list
 
 WIDE = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
 pytestmark = pytest.mark.skipif(len(WIDE) < 2, reason="needs Linux and at least two CPUs")
@@ -83,7 +81,9 @@ def test_a_started_process_gets_every_cpu_back_and_a_gone_one_is_no_error():
         release(child.pid)  # reaped: nothing to do
 
 
-async def test_the_writer_stays_on_the_loops_cpu_the_checkpointer_readers_and_backup_do_not(tmp_path, monkeypatch):
+async def test_the_writer_stays_on_the_loops_cpu_the_checkpointer_readers_and_backup_do_not(
+    tmp_path, monkeypatch
+):
     with loop_on_one_cpu() as cpu:
         store = await SqliteStore.open(tmp_path)
         try:
@@ -106,10 +106,14 @@ async def test_the_writer_stays_on_the_loops_cpu_the_checkpointer_readers_and_ba
 
 @pytest.mark.parametrize("pin", [True, False])
 async def test_the_daemon_pins_while_serving_as_its_setting_says(tmp_path, pin):
-    settings = load_settings(env={"AGENTD_PIN_LOOP_CPU": str(pin).lower()}, flags={
-        "data_dir": tmp_path / "data", "http": "127.0.0.1:0",
-        "control_socket": short_socket_dir() / "agentd.sock",
-    })
+    settings = load_settings(
+        env={"AGENTD_PIN_LOOP_CPU": str(pin).lower()},
+        flags={
+            "data_dir": tmp_path / "data",
+            "http": "127.0.0.1:0",
+            "control_socket": short_socket_dir() / "agentd.sock",
+        },
+    )
     daemon = Daemon(settings, runner=NoopRunner())
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.serve)
@@ -133,10 +137,15 @@ def test_a_refused_pin_leaves_the_daemon_unpinned_and_says_so(monkeypatch, caplo
 
 async def test_on_postgresql_the_daemon_pins_nothing(tmp_path, request):
     dsn = request.getfixturevalue("pg_dsn")  # skips, with the reason, without a server
-    settings = load_settings(env={}, flags={
-        "data_dir": tmp_path / "data", "http": "127.0.0.1:0", "store": dsn,
-        "control_socket": short_socket_dir() / "agentd.sock",
-    })
+    settings = load_settings(
+        env={},
+        flags={
+            "data_dir": tmp_path / "data",
+            "http": "127.0.0.1:0",
+            "store": dsn,
+            "control_socket": short_socket_dir() / "agentd.sock",
+        },
+    )
     daemon = Daemon(settings, runner=NoopRunner())
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.serve)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Settings
+from daemon.config import Settings, host_port, load_settings
 from daemon.web.http_limits import FD_HEADROOM
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -51,13 +51,23 @@ def test_the_systemd_unit_is_a_hardened_notify_service():
     assert one["Restart"] == "on-failure" and one["KillSignal"] == "SIGTERM"
     assert seconds(one["WatchdogSec"]) >= 10  # pings every WatchdogSec/2 from the loop
     assert seconds(one["TimeoutStopSec"]) > GRACE_S + 10  # drain, cancel, close the store
-    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-                       "PrivateTmp": "yes", "LockPersonality": "yes"}.items():
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "LockPersonality": "yes",
+    }.items():
         assert one[key] == value, key
     assert {"AF_UNIX", "AF_INET", "AF_INET6"} <= set(one["RestrictAddressFamilies"].split())
     # bubblewrap needs user namespaces and a fresh /proc: these would break the sandbox.
-    for breaks_bwrap in ("RestrictNamespaces", "PrivateUsers", "ProtectKernelTunables",
-                         "ProtectProc", "ProcSubset"):
+    for breaks_bwrap in (
+        "RestrictNamespaces",
+        "PrivateUsers",
+        "ProtectKernelTunables",
+        "ProtectProc",
+        "ProcSubset",
+    ):
         assert breaks_bwrap not in service, breaks_bwrap
     assert "AF_NETLINK" in one["RestrictAddressFamilies"]  # bwrap sets up loopback over netlink
 
@@ -76,11 +86,19 @@ def test_the_systemd_unit_bounds_the_daemon_and_delegates_its_cgroup():
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_analyze_finds_nothing_wrong_but_the_missing_install(tmp_path):
-    result = subprocess.run(["systemd-analyze", "verify", str(DEPLOY / "agentd.service")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(DEPLOY / "agentd.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     # On a machine without agentd installed, the only complaint is the missing program.
-    problems = [line for line in result.stderr.splitlines()
-                if line.strip() and "/opt/agentd/.venv/bin/agentd" not in line]
+    problems = [
+        line
+        for line in result.stderr.splitlines()
+        if line.strip() and "/opt/agentd/.venv/bin/agentd" not in line
+    ]
     assert problems == []
 
 
@@ -103,3 +121,17 @@ def test_the_image_runs_agentd_unprivileged_with_git_and_bubblewrap():
     assert 'CMD ["agentd", "serve", "--http", "0.0.0.0:8080"]' in text
     entrypoint = (DEPLOY / "docker-entrypoint.sh").read_text()
     assert "setpriv --reuid=agentd" in entrypoint  # root only long enough to chown the volume
+
+
+def test_fly_serves_metrics_on_its_private_network_only():
+    fly = tomllib.loads((DEPLOY / "fly.toml").read_text())
+    settings = load_settings(env=fly["env"])  # what the daemon makes of the app's environment
+    public = {fly["http_service"]["internal_port"]}
+    public |= {service["internal_port"] for service in fly.get("services", [])}
+    # /metrics leaves the public port for an address of its own...
+    assert settings.metrics_http is not None
+    host, port = host_port(settings.metrics_http)
+    assert port not in public and settings.http_host_port[1] in public
+    # ... which Fly's Prometheus scrapes over the private network (6PN: IPv6), and nothing publishes.
+    assert fly["metrics"] == {"port": port, "path": "/metrics"}
+    assert host == "::"

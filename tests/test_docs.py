@@ -28,6 +28,17 @@ def test_every_agentctl_command_is_in_the_readme():
     assert missing == [], f"undocumented agentctl commands: {missing}"
 
 
+def test_every_agentctl_option_is_in_its_commands_readme_row():
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    common = {"-h", "--help", "--socket", "--json"}  # described above the table
+    missing = []
+    for name, sub in commands.items():
+        row = next(line for line in README.splitlines() if re.match(rf"\| `agentctl {name}[ `]", line))
+        options = {o for action in sub._actions for o in action.option_strings if o.startswith("--")}
+        missing += [f"{name} {option}" for option in sorted(options - common) if option not in row]
+    assert missing == [], f"agentctl options missing from their README rows: {missing}"
+
+
 def test_the_readme_starts_with_the_two_setup_commands():
     first_block = README.split("```")[1]
     assert "make demo" in first_block and "make test" in first_block

@@ -17,9 +17,7 @@ import trio
 from daemon.errors import NotFound
 from daemon.metrics import Metrics, render
 from daemon.states import TaskStatus
-from daemon.store import Event, NewEvent
-from daemon.store import sqlite_appends
-from daemon.store import sqlite_queries as q
+from daemon.store import Event, NewEvent, Transition, sqlite_appends, sqlite_queries as q
 
 from .helpers import in_one_batch
 
@@ -83,7 +81,7 @@ def test_the_stores_encoder_refuses_what_json_refuses():
 async def test_events_carry_their_stored_text_out_of_append_and_replay(store, alice):
     task, _ = await store.create_task(user_id=alice.id, repo_url="r", prompt="p")
     appended = await store.append_events(task.id, [NewEvent("agent.text", d) for d in ODD_DATA])
-    replayed = (await store.read_events(task.id, after=appended[0].seq - 1))[:len(ODD_DATA)]
+    replayed = (await store.read_events(task.id, after=appended[0].seq - 1))[: len(ODD_DATA)]
     assert replayed == appended
     for event in [*appended, *replayed]:
         assert json.loads(event.wire_json()) == json.loads(wire_text(event))
@@ -125,8 +123,15 @@ async def test_a_batchs_appends_reach_the_listeners_in_one_call_in_commit_order(
         return lambda: store.append_events(task_id, [NewEvent("agent.text", {"i": i}) for i in range(n)])
 
     outcomes = await in_one_batch(
-        store, append(one), append(two, 3), append(one), append("missing"), append(three),
-        lambda: store.transition(one, TaskStatus.RUNNING), append(two), append(one),
+        store,
+        append(one),
+        append(two, 3),
+        append(one),
+        append("missing"),
+        append(three),
+        lambda: store.transition(Transition(one, TaskStatus.RUNNING)),
+        append(two),
+        append(one),
     )
     assert isinstance(outcomes[3], NotFound)
     # The appends before the transition in one call, the transition's own, then the rest.
@@ -150,8 +155,9 @@ async def test_a_broken_listener_does_not_stop_the_others_or_the_writers(store, 
 
     store.add_listener(broken)
     store.add_listener(lambda events: seen.extend(e.seq for e in events))
-    outcomes = await in_one_batch(store, *[
-        (lambda: store.append_events(task.id, [NewEvent("agent.text", {})])) for _ in range(4)])
+    outcomes = await in_one_batch(
+        store, *[(lambda: store.append_events(task.id, [NewEvent("agent.text", {})])) for _ in range(4)]
+    )
     assert [o[0].seq for o in outcomes] == seen == [3, 4, 5, 6]
 
 
@@ -161,7 +167,8 @@ async def test_many_events_of_many_tasks_in_one_batch_stay_gap_free(store, alice
     tasks = [(await store.create_task(user_id=alice.id, repo_url="r", prompt="p"))[0] for _ in range(13)]
     calls = [
         (lambda t=t, n=n: store.append_events(t.id, [NewEvent("agent.text", {"n": k}) for k in range(n)]))
-        for n in (1, 37, 300) for t in tasks
+        for n in (1, 37, 300)
+        for t in tasks
     ]
     await in_one_batch(store, *calls)
     for task in tasks:
@@ -175,8 +182,9 @@ async def test_the_write_latency_histogram_counts_each_write_in_its_bucket():
     for seconds in (0.0001, 0.0005, 0.003, 0.003, 9.0):
         metrics.store_write_seconds.observe(seconds)
     text = render(metrics.registry)[0].decode()
-    lines = dict(line.rsplit(" ", 1) for line in text.splitlines()
-                 if line.startswith("agentd_store_write_seconds"))
+    lines = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("agentd_store_write_seconds")
+    )
     assert lines['agentd_store_write_seconds_bucket{le="0.0005"}'] == "2.0"  # le: at most
     assert lines['agentd_store_write_seconds_bucket{le="0.001"}'] == "2.0"
     assert lines['agentd_store_write_seconds_bucket{le="0.005"}'] == "4.0"

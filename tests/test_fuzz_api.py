@@ -24,8 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from .fakes.phone import running_daemon
 from .fuzz_support import (
@@ -66,8 +65,9 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path):
-    async with running_daemon(tmp_path, rate_task_creates_per_min=1e9,
-                              rate_task_creates_burst=10**9) as server:
+    async with running_daemon(
+        tmp_path, rate_task_creates_per_min=1e9, rate_task_creates_burst=10**9
+    ) as server:
         alice, alice_token = await server.user("alice")
         _, bob_token = await server.user("bob")
         _, expired = await server.user("carol", expires_at=1.0)
@@ -77,22 +77,38 @@ async def world(tmp_path):
         _, operator = await server.user("olga")
         async with server.client() as http:
             alice_tasks, bob_tasks = [], []
-            for token, prompt, ids in ((alice_token, "alice's work", alice_tasks),
-                                       (bob_token, f"{SECRET} bob's work", bob_tasks)):
+            for token, prompt, ids in (
+                (alice_token, "alice's work", alice_tasks),
+                (bob_token, f"{SECRET} bob's work", bob_tasks),
+            ):
                 for _ in range(2):
                     response = await http.post(
-                        "/api/tasks", json={"repo_url": "file:///r", "prompt": prompt},
-                        headers={"Authorization": f"Bearer {token}"})
+                        "/api/tasks",
+                        json={"repo_url": "file:///r", "prompt": prompt},
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
                     assert response.status_code == 201, response.text
                     ids.append(response.json()["id"])
             if not LIVE_SUPERVISOR:
                 server.daemon.supervisor.drain()
             openapi = (await http.get("/openapi.json")).json()
-            operations = [(method.upper(), path, op) for path, ops in openapi["paths"].items()
-                          for method, op in ops.items()]
-            yield World(server, http, alice.id, {"alice": alice_token, "expired": expired,
-                                                 "revoked": revoked, "operator": operator},
-                        alice_tasks, bob_tasks, openapi, operations)
+            # Signing out would end alice's token for every later example (test_web_client_api).
+            openapi["paths"].pop("/api/auth/signout")
+            operations = [
+                (method.upper(), path, op)
+                for path, ops in openapi["paths"].items()
+                for method, op in ops.items()
+            ]
+            yield World(
+                server,
+                http,
+                alice.id,
+                {"alice": alice_token, "expired": expired, "revoked": revoked, "operator": operator},
+                alice_tasks,
+                bob_tasks,
+                openapi,
+                operations,
+            )
 
 
 # ---------------------------------------------------------------------------- strategies
@@ -102,50 +118,99 @@ ASCII = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=
 
 
 def task_ids(world: World) -> st.SearchStrategy[str]:
-    return st.one_of(st.sampled_from(world.alice_tasks + world.bob_tasks + [NOWHERE]),
-                     TEXT.filter(bool), st.sampled_from(["a" * 64, "a" * 65, "a/b", ".", ".."]))
+    return st.one_of(
+        st.sampled_from(world.alice_tasks + world.bob_tasks + [NOWHERE]),
+        TEXT.filter(bool),
+        st.sampled_from(["a" * 64, "a" * 65, "a/b", ".", ".."]),
+    )
 
 
 def authorization(world: World) -> st.SearchStrategy[str | None]:
     return st.one_of(
-        st.sampled_from([f"Bearer {world.tokens['alice']}"] * 4 + [
-            None, "", "Bearer", f"bearer {world.tokens['alice']}",
-            f"Basic {world.tokens['alice']}", f"Bearer {world.tokens['expired']}",
-            f"Bearer {world.tokens['revoked']}", "Bearer " + "x" * 600,
-            f"Bearer {world.tokens['operator']}",
-            f"Bearer {world.tokens['alice']}x"]),
+        st.sampled_from(
+            [f"Bearer {world.tokens['alice']}"] * 4
+            + [
+                None,
+                "",
+                "Bearer",
+                f"bearer {world.tokens['alice']}",
+                f"Basic {world.tokens['alice']}",
+                f"Bearer {world.tokens['expired']}",
+                f"Bearer {world.tokens['revoked']}",
+                "Bearer " + "x" * 600,
+                f"Bearer {world.tokens['operator']}",
+                f"Bearer {world.tokens['alice']}x",
+            ]
+        ),
         ASCII.map(lambda s: f"Bearer {s}".strip()),
     )
 
 
 # Numbers at and past every edge: the schema's bounds, 32/63/64 bits, beyond any integer type.
-EDGES = st.sampled_from(["-1", "0", "1", "200", "201", "1000", "1001", str(2**31), str(2**63 - 1),
-                         str(2**63), "9" * 19, "9" * 40, "-" + "9" * 40, "1e3", "2.5", " 5",
-                         "0x10", "true", ""])
+EDGES = st.sampled_from(
+    [
+        "-1",
+        "0",
+        "1",
+        "200",
+        "201",
+        "1000",
+        "1001",
+        str(2**31),
+        str(2**63 - 1),
+        str(2**63),
+        "9" * 19,
+        "9" * 40,
+        "-" + "9" * 40,
+        "1e3",
+        "2.5",
+        " 5",
+        "0x10",
+        "true",
+        "",
+    ]
+)
 
 
 def query_value(schema: dict[str, Any] | None, components: dict[str, Any]) -> st.SearchStrategy:
     if schema is None:
         return st.one_of(EDGES, TEXT)
-    valid = from_schema(schema, components).filter(lambda v: v is not None).map(
-        lambda v: v if isinstance(v, str) else json.dumps(v))
+    valid = (
+        from_schema(schema, components)
+        .filter(lambda v: v is not None)
+        .map(lambda v: v if isinstance(v, str) else json.dumps(v))
+    )
     return st.one_of(EDGES, valid, EDGES, TEXT)
 
 
 def body(op: dict[str, Any] | None, components: dict[str, Any]) -> st.SearchStrategy[bytes | None]:
-    schema = (op or {}).get("requestBody", {}).get("content", {}).get(
-        "application/json", {}).get("schema")
+    schema = (op or {}).get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
     raw: list[st.SearchStrategy[Any]] = [
-        st.none(), json_values().map(dumps), st.binary(max_size=64), deep_nesting(),
-        st.sampled_from(["", "{", '{"a":1,}', "[1,2", "\ufeff{}", '"\\ud800"', "{}" * 3,
-                         "9" * 5000, "NaN", "1e999", "x" * (1024 * 1024 + 1)]),
+        st.none(),
+        json_values().map(dumps),
+        st.binary(max_size=64),
+        deep_nesting(),
+        st.sampled_from(
+            [
+                "",
+                "{",
+                '{"a":1,}',
+                "[1,2",
+                "\ufeff{}",
+                '"\\ud800"',
+                "{}" * 3,
+                "9" * 5000,
+                "NaN",
+                "1e999",
+                "x" * (1024 * 1024 + 1),
+            ]
+        ),
     ]
     if schema is not None:
         valid = from_schema(schema, components)
         raw.append(valid.map(dumps))
         raw.append(st.tuples(valid, TEXT, json_values()).map(lambda t: dumps(_mutate(*t))))
-    return st.one_of(raw).map(lambda b: b.encode("utf-8", "surrogatepass")
-                                if isinstance(b, str) else b)
+    return st.one_of(raw).map(lambda b: b.encode("utf-8", "surrogatepass") if isinstance(b, str) else b)
 
 
 def _mutate(value: Any, key: str, replacement: Any) -> Any:
@@ -167,11 +232,17 @@ def _mutate(value: Any, key: str, replacement: Any) -> Any:
 def requests(draw: st.DrawFn, world: World) -> tuple[str, str, list, dict, bytes | None]:
     components = world.openapi.get("components", {}).get("schemas", {})
     documented = st.sampled_from(world.operations)
-    odd_method = st.tuples(st.sampled_from(METHODS), st.sampled_from(sorted(world.openapi["paths"])),
-                           st.none())
-    odd_path = st.tuples(st.sampled_from(METHODS), st.one_of(
-        TEXT.map(lambda s: "/api/tasks/x/" + quote(s, safe="")),
-        TEXT.map(lambda s: "/" + quote(s, safe="/"))), st.none())
+    odd_method = st.tuples(
+        st.sampled_from(METHODS), st.sampled_from(sorted(world.openapi["paths"])), st.none()
+    )
+    odd_path = st.tuples(
+        st.sampled_from(METHODS),
+        st.one_of(
+            TEXT.map(lambda s: "/api/tasks/x/" + quote(s, safe="")),
+            TEXT.map(lambda s: "/" + quote(s, safe="/")),
+        ),
+        st.none(),
+    )
     method, template, op = draw(st.one_of(documented, documented, documented, odd_method, odd_path))
     task_id = draw(task_ids(world))
     raw_slash = draw(st.booleans()) and "/" in task_id
@@ -180,15 +251,30 @@ def requests(draw: st.DrawFn, world: World) -> tuple[str, str, list, dict, bytes
     for parameter in (op or {}).get("parameters", []):
         if parameter["in"] == "query" and draw(st.booleans()):
             params.append((parameter["name"], draw(query_value(parameter["schema"], components))))
-    params += draw(st.lists(st.tuples(st.sampled_from(["limit", "after", "cursor", "status", "x"]),
-                                      query_value(None, components)), max_size=2))
+    params += draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["limit", "after", "cursor", "status", "x"]), query_value(None, components)
+            ),
+            max_size=2,
+        )
+    )
     headers = {}
     auth = draw(authorization(world))
     if auth is not None:
         headers["Authorization"] = auth
-    content_type = draw(st.sampled_from(["application/json"] * 4 + [
-        None, "text/plain", "application/json; charset=utf-16", "multipart/form-data",
-        "application/x-www-form-urlencoded"]))
+    content_type = draw(
+        st.sampled_from(
+            ["application/json"] * 4
+            + [
+                None,
+                "text/plain",
+                "application/json; charset=utf-16",
+                "multipart/form-data",
+                "application/x-www-form-urlencoded",
+            ]
+        )
+    )
     if content_type:
         headers["Content-Type"] = content_type
     if draw(st.booleans()):
@@ -201,8 +287,7 @@ def requests(draw: st.DrawFn, world: World) -> tuple[str, str, list, dict, bytes
 
 async def exchange(world: World, request: tuple, bob_target: bool) -> None:
     method, path, params, headers, content = request
-    response = await world.http.request(method, path, params=params, headers=headers,
-                                        content=content)
+    response = await world.http.request(method, path, params=params, headers=headers, content=content)
     status = response.status_code
     tally("http", method, _route(path, world), status)
     assert status < 500 or (path == "/readyz" and status == 503), (status, response.text)
@@ -223,8 +308,12 @@ async def exchange(world: World, request: tuple, bob_target: bool) -> None:
         assert not 200 <= status < 300 and status != 409, (status, text)
     if not operator_view:
         assert SECRET not in text
-    if method != "HEAD" and not operator_view and 200 <= status < 300 and response.headers.get(
-            "content-type", "").startswith("application/json"):
+    if (
+        method != "HEAD"
+        and not operator_view
+        and 200 <= status < 300
+        and response.headers.get("content-type", "").startswith("application/json")
+    ):
         for task_id in world.bob_tasks:
             assert task_id not in text
         _assert_only_user(response.json(), world.alice_id)
@@ -270,12 +359,13 @@ def task_requests(draw: st.DrawFn, world: World, ids: list[str]) -> tuple:
     components = world.openapi.get("components", {}).get("schemas", {})
     task_routes = [op for op in world.operations if op[1].startswith("/api/tasks/{task_id}")]
     method, template, op = draw(st.sampled_from(task_routes))
-    params = [(p["name"], draw(query_value(p["schema"], components)))
-              for p in op.get("parameters", []) if p["in"] == "query"
-              and draw(st.sampled_from([True, True, False]))]
+    params = [
+        (p["name"], draw(query_value(p["schema"], components)))
+        for p in op.get("parameters", [])
+        if p["in"] == "query" and draw(st.sampled_from([True, True, False]))
+    ]
     content = draw(body(op, components).filter(lambda b: b is None or len(b) < 4096))
-    headers = {"Authorization": f"Bearer {world.tokens['alice']}",
-               "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {world.tokens['alice']}", "Content-Type": "application/json"}
     return method, template.replace("{task_id}", draw(st.sampled_from(ids))), params, headers, content
 
 
@@ -306,10 +396,19 @@ async def test_the_owners_task_routes_take_any_query_and_body(world):
 async def test_listing_with_any_query_shows_only_the_callers_tasks(world):
     @fuzz_settings(60)
     @seeded
-    @given(params=st.lists(st.tuples(
-        st.sampled_from(["status", "limit", "cursor"]),
-        st.one_of(ODD_STRINGS, st.sampled_from(["queued", "succeeded", "1", "200", "201", "0"]),
-                  st.integers(-10, 10**20).map(str))), max_size=4))
+    @given(
+        params=st.lists(
+            st.tuples(
+                st.sampled_from(["status", "limit", "cursor"]),
+                st.one_of(
+                    ODD_STRINGS,
+                    st.sampled_from(["queued", "succeeded", "1", "200", "201", "0"]),
+                    st.integers(-10, 10**20).map(str),
+                ),
+            ),
+            max_size=4,
+        )
+    )
     def prop(params):
         headers = {"Authorization": f"Bearer {world.tokens['alice']}"}
         on_loop(exchange, world, ("GET", "/api/tasks", params, headers, None), False)

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from control.protocol import (
     COMMANDS,
@@ -49,13 +48,28 @@ GARBAGE = st.one_of(
     json_values().map(lambda v: (dumps(v) + "\n").encode()),
     deep_nesting().map(lambda s: s.encode() + b"\n"),
     st.binary(max_size=40),
-    st.sampled_from([b"\n", b"\r\n", b"   \n", b'{"id":1}\n', b'{"id":true,"cmd":"x"}\n',
-                     b'{"id":1,"cmd":"x","args":[]}\n', b"9" * 5000 + b"\n", b"\xff\xfe\n",
-                     b'{"id":1,"cmd":"x","args":{"a":NaN}}\n', b"x" * 300]),
+    st.sampled_from(
+        [
+            b"\n",
+            b"\r\n",
+            b"   \n",
+            b'{"id":1}\n',
+            b'{"id":true,"cmd":"x"}\n',
+            b'{"id":1,"cmd":"x","args":[]}\n',
+            b"9" * 5000 + b"\n",
+            b"\xff\xfe\n",
+            b'{"id":1,"cmd":"x","args":{"a":NaN}}\n',
+            b"x" * 300,
+        ]
+    ),
 )
 LINES = st.one_of(
-    st.builds(lambda i, c, a: encode_request(i, c, a), st.integers(0, 2**40), TEXT.filter(bool),
-              st.dictionaries(TEXT, json_values(4), max_size=3)),
+    st.builds(
+        encode_request,
+        st.integers(0, 2**40),
+        TEXT.filter(bool),
+        st.dictionaries(TEXT, json_values(4), max_size=3),
+    ),
     GARBAGE,
 )
 
@@ -71,7 +85,7 @@ def outcomes(buffer: LineBuffer, chunks: list[bytes]) -> list[tuple]:
             except ProtocolError as exc:
                 assert isinstance(exc.message, str) and exc.message and exc.code
                 if exc.fatal:
-                    return out + [("fatal", exc.code)]
+                    return [*out, ("fatal", exc.code)]
                 out.append(("error", exc.code, exc.id, exc.message))
                 continue
             if message is None:
@@ -83,13 +97,16 @@ def outcomes(buffer: LineBuffer, chunks: list[bytes]) -> list[tuple]:
 @st.composite
 def split(draw: st.DrawFn, data: bytes) -> list[bytes]:
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=8)))
-    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
 
 
 @fuzz_settings(300)
 @seeded
-@given(data=st.data(), max_line=st.sampled_from([64, 256, 4 * 1024 * 1024]),
-       parse=st.sampled_from([parse_request, parse_reply]))
+@given(
+    data=st.data(),
+    max_line=st.sampled_from([64, 256, 4 * 1024 * 1024]),
+    parse=st.sampled_from([parse_request, parse_reply]),
+)
 def test_line_buffer_gives_the_same_answers_however_the_bytes_are_split(data, max_line, parse):
     stream = b"".join(data.draw(st.lists(LINES, max_size=6), label="lines"))
     chunks = data.draw(split(stream), label="chunks")
@@ -101,8 +118,11 @@ def test_line_buffer_gives_the_same_answers_however_the_bytes_are_split(data, ma
 
 @fuzz_settings(200)
 @seeded
-@given(id=st.integers(-(2**63), 2**63), cmd=TEXT.filter(bool),
-       args=st.dictionaries(TEXT, json_values(6), max_size=4))
+@given(
+    id=st.integers(-(2**63), 2**63),
+    cmd=TEXT.filter(bool),
+    args=st.dictionaries(TEXT, json_values(6), max_size=4),
+)
 def test_every_encoded_request_parses_back_the_same(id, cmd, args):
     assert parse_request(encode_request(id, cmd, args).rstrip(b"\n")) == Request(id, cmd, args)
 
@@ -110,8 +130,11 @@ def test_every_encoded_request_parses_back_the_same(id, cmd, args):
 # ----------------------------------------------------------------- the daemon's own server
 
 ARG_NAMES = ["id", "status", "user", "limit", "after", "n", "login", "operator", "path", "x"]
-ODD_ARGS = st.one_of(json_values(4), HUGE_INTS, st.sampled_from(
-    ["queued", "succeeded", "nope", "alice", "", "-1", "0", "1", "abc", None, True, 2.5]))
+ODD_ARGS = st.one_of(
+    json_values(4),
+    HUGE_INTS,
+    st.sampled_from(["queued", "succeeded", "nope", "alice", "", "-1", "0", "1", "abc", None, True, 2.5]),
+)
 
 
 def requests(tasks: list[str], backup_dir: Path) -> st.SearchStrategy[bytes]:
@@ -119,24 +142,27 @@ def requests(tasks: list[str], backup_dir: Path) -> st.SearchStrategy[bytes]:
         if name == "id":
             return st.one_of(st.sampled_from(tasks), ODD_ARGS)
         if name == "path":  # never let a fuzzer write backups outside its own directory
-            return st.one_of(json_values(2).filter(lambda v: not (isinstance(v, str) and
-                                                                  v.startswith("/"))),
-                             TEXT.map(lambda s: str(backup_dir / f"b{abs(hash(s))}.db")))
+            return st.one_of(
+                json_values(2).filter(lambda v: not (isinstance(v, str) and v.startswith("/"))),
+                TEXT.map(lambda s: str(backup_dir / f"b{abs(hash(s))}.db")),
+            )
         return ODD_ARGS
 
     args = st.lists(st.sampled_from(ARG_NAMES), unique=True, max_size=4).flatmap(
-        lambda names: st.fixed_dictionaries({name: arg_value(name) for name in names}))
+        lambda names: st.fixed_dictionaries({name: arg_value(name) for name in names})
+    )
     cmd = st.one_of(st.sampled_from(COMMANDS), st.sampled_from(COMMANDS), TEXT.filter(bool))
-    request = st.builds(lambda i, c, a: (i, encode_request(i, c, a)), st.integers(1, 10**6),
-                        cmd, args)
+    request = st.builds(lambda i, c, a: (i, encode_request(i, c, a)), st.integers(1, 10**6), cmd, args)
     # Garbage, never blank: a blank line is skipped without a reply (for people typing).
     garbage = GARBAGE.filter(lambda line: line.strip()).map(
-        lambda line: (None, line.replace(b"\n", b" ").rstrip(b"\r") + b"\n"))
+        lambda line: (None, line.replace(b"\n", b" ").rstrip(b"\r") + b"\n")
+    )
     return st.one_of(request, request, request, garbage)
 
 
-async def read_reply(stream: trio.SocketStream, buffer: LineBuffer, id: int | None,
-                     tail: dict | None) -> list[Any]:
+async def read_reply(
+    stream: trio.SocketStream, buffer: LineBuffer, id: int | None, tail: dict | None
+) -> list[Any]:
     """Replies for request ``id`` until its last one (result, error or end of stream)."""
     got: list[Any] = []
     while True:
@@ -166,8 +192,11 @@ async def exchange(server: Any, request: tuple[int | None, bytes], store: Any) -
         task = await store.get_task(args["id"])
         after = args.get("after") or 0
         if task is not None and isinstance(after, int) and not isinstance(after, bool):
-            tail = {"seen": 0, "expect": max(0, task.last_seq - max(after, 0)),
-                    "ends": task.status.is_terminal}
+            tail = {
+                "seen": 0,
+                "expect": max(0, task.last_seq - max(after, 0)),
+                "ends": task.status.is_terminal,
+            }
             if tail["expect"] == 0 and not tail["ends"]:
                 return  # nothing to replay and nothing will end it: no reply to wait for
     stream = await trio.open_unix_socket(str(server.daemon.settings.control_socket_path))
@@ -177,8 +206,7 @@ async def exchange(server: Any, request: tuple[int | None, bytes], store: Any) -
             replies = await read_reply(stream, LineBuffer(parse_reply), id, tail)
     last = replies[-1]
     kind = type(last).__name__
-    tally("control", cmd if cmd in COMMANDS else "(other)", kind,
-          getattr(last, "code", ""))
+    tally("control", cmd if cmd in COMMANDS else "(other)", kind, getattr(last, "code", ""))
     if kind == "ErrorReply":
         assert last.code != "internal", (line[:300], last)
         assert last.message and last.message != "(no message)", last
@@ -202,8 +230,7 @@ async def test_the_daemons_control_server_answers_any_request(tmp_path):
         tasks = []
         async with server.client(token) as http:
             for _ in range(2):
-                response = await http.post("/api/tasks", json={"repo_url": "file:///r",
-                                                              "prompt": "p"})
+                response = await http.post("/api/tasks", json={"repo_url": "file:///r", "prompt": "p"})
                 tasks.append(response.json()["id"])
 
         @fuzz_settings(150)

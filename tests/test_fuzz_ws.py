@@ -21,8 +21,7 @@ import json
 from typing import Any
 
 import trio
-from hypothesis import example, given
-from hypothesis import strategies as st
+from hypothesis import example, given, strategies as st
 from trio_websocket import ConnectionClosed
 
 from daemon.store import NewEvent
@@ -59,13 +58,17 @@ class NoLimit:
 
 
 def messages(own: str, theirs: str) -> st.SearchStrategy[str | bytes]:
-    task_id = st.one_of(st.sampled_from([own, theirs, "01m8bz0000000000000000000", "", "a" * 65]),
-                        json_values(4), TEXT)
+    task_id = st.one_of(
+        st.sampled_from([own, theirs, "01m8bz0000000000000000000", "", "a" * 65]), json_values(4), TEXT
+    )
     after = st.one_of(st.integers(0, EVENTS + 2), st.integers(-3, -1), HUGE_INTS, json_values(4))
-    subscribe = st.fixed_dictionaries({"type": st.just("subscribe")},
-                                      optional={"task_id": task_id, "after": after})
+    subscribe = st.fixed_dictionaries(
+        {"type": st.just("subscribe")}, optional={"task_id": task_id, "after": after}
+    )
     well_formed = st.one_of(
-        subscribe, subscribe, subscribe,
+        subscribe,
+        subscribe,
+        subscribe,
         st.fixed_dictionaries({"type": st.just("unsubscribe")}, optional={"task_id": task_id}),
         st.sampled_from([{"type": t} for t in ("subscribe_tasks", "unsubscribe_tasks", "ping")]),
         st.fixed_dictionaries({"type": st.just("auth")}, optional={"token": json_values(4)}),
@@ -74,9 +77,21 @@ def messages(own: str, theirs: str) -> st.SearchStrategy[str | bytes]:
         json_values().map(dumps),  # mostly not an object with a string "type"
         st.dictionaries(st.just("type"), json_values(3)).map(dumps),
         st.fixed_dictionaries({"type": TEXT}).map(dumps),  # unknown types
-        TEXT, deep_nesting(), st.binary(max_size=16),
-        st.sampled_from(["", "{", "[]", "null", '{"type":"ping"', "9" * 5000, "NaN",
-                         '{"type":"subscribe","task_id":"x","after":1e400}']),
+        TEXT,
+        deep_nesting(),
+        st.binary(max_size=16),
+        st.sampled_from(
+            [
+                "",
+                "{",
+                "[]",
+                "null",
+                '{"type":"ping"',
+                "9" * 5000,
+                "NaN",
+                '{"type":"subscribe","task_id":"x","after":1e400}',
+            ]
+        ),
     )
     return st.one_of(well_formed, well_formed, garbage)
 
@@ -155,6 +170,7 @@ class Spawner:
 
 async def first_of(*waits: Any) -> None:
     async with trio.open_nursery() as nursery:
+
         async def one(wait: Any) -> None:
             await wait()
             nursery.cancel_scope.cancel()
@@ -168,17 +184,17 @@ async def settle(session: Session, spawner: Spawner) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     while True:
         while session.queue:
-            item = session.queue.popleft()
-            session.popped()
-            out.append(json.loads(session.payload_of(item)))
+            item, payload = session.take()
+            out.append(json.loads(payload))
             session.sent(item)
         if spawner.running == 0 or session.state is State.CLOSED:
             return out
         await first_of(session.wake.wait, spawner.wait_changed)
 
 
-async def play(store: Any, hub: Any, user: Any, tasks: tuple[str, str], authed: bool,
-               sequence: list[str | bytes]) -> None:
+async def play(
+    store: Any, hub: Any, user: Any, tasks: tuple[str, str], authed: bool, sequence: list[str | bytes]
+) -> None:
     own, theirs = tasks
     fanout = Fanout(hub, store)
 
@@ -189,8 +205,15 @@ async def play(store: Any, hub: Any, user: Any, tasks: tuple[str, str], authed: 
         spawner = Spawner(nursery)
         wake = Wakeup()
         session = wake.session = Session(
-            fanout=fanout, store=store, spawn=spawner, authenticate=authenticate,
-            limiter=NoLimit(), wake=wake, queue_limit=16, max_subscriptions=MAX_SUBS)
+            fanout=fanout,
+            store=store,
+            spawn=spawner,
+            authenticate=authenticate,
+            limiter=NoLimit(),
+            wake=wake,
+            queue_limit=16,
+            max_subscriptions=MAX_SUBS,
+        )
         if authed:
             await session.open("good")
         for raw in sequence:
@@ -214,7 +237,10 @@ def check(want: str, got: list[dict[str, Any]], session: Session, own: str) -> N
     kind, _, detail = want.partition(":")
     if kind == "close":
         assert session.state is State.CLOSED and session.close_code == int(detail), (
-            want, session.close_code, session.close_reason)
+            want,
+            session.close_code,
+            session.close_reason,
+        )
         return
     assert session.state is State.OPEN, (want, session.close_code, session.close_reason)
     if kind == "silent":
@@ -240,8 +266,7 @@ async def make_tasks(store: Any, alice: Any, bob: Any) -> tuple[str, str]:
     own, _ = await store.create_task(user_id=alice.id, repo_url="file:///r", prompt="p")
     theirs, _ = await store.create_task(user_id=bob.id, repo_url="file:///r", prompt="bob's")
     last = (await store.get_task(own.id)).last_seq
-    await store.append_events(own.id, [NewEvent("agent.text", {"i": i})
-                                       for i in range(EVENTS - last)])
+    await store.append_events(own.id, [NewEvent("agent.text", {"i": i}) for i in range(EVENTS - last)])
     return own.id, theirs.id
 
 
@@ -261,12 +286,19 @@ async def test_any_message_sequence_gets_documented_answers(store, hub, alice, b
 
 async def test_subscribe_storms_leave_nothing_behind(store, hub, alice, bob):
     tasks = await make_tasks(store, alice, bob)
-    storm = st.lists(st.sampled_from([
-        json.dumps({"type": "subscribe", "task_id": tasks[0], "after": EVENTS - 1}),
-        json.dumps({"type": "unsubscribe", "task_id": tasks[0]}),
-        json.dumps({"type": "subscribe", "task_id": tasks[1]}),
-        json.dumps({"type": "subscribe_tasks"}), json.dumps({"type": "unsubscribe_tasks"}),
-    ]), min_size=20, max_size=200)
+    storm = st.lists(
+        st.sampled_from(
+            [
+                json.dumps({"type": "subscribe", "task_id": tasks[0], "after": EVENTS - 1}),
+                json.dumps({"type": "unsubscribe", "task_id": tasks[0]}),
+                json.dumps({"type": "subscribe", "task_id": tasks[1]}),
+                json.dumps({"type": "subscribe_tasks"}),
+                json.dumps({"type": "unsubscribe_tasks"}),
+            ]
+        ),
+        min_size=20,
+        max_size=200,
+    )
 
     @fuzz_settings(30)
     @seeded
@@ -286,11 +318,20 @@ async def test_a_real_socket_survives_any_messages(tmp_path):
         _, token = await server.user("alice")
         _, bob_token = await server.user("bob")
         async with server.client() as http:
-            own = (await http.post("/api/tasks", json={"repo_url": "file:///r", "prompt": "p"},
-                                   headers={"Authorization": f"Bearer {token}"})).json()["id"]
-            theirs = (await http.post("/api/tasks", json={"repo_url": "file:///r", "prompt": "q"},
-                                      headers={"Authorization": f"Bearer {bob_token}"})
-                      ).json()["id"]
+            own = (
+                await http.post(
+                    "/api/tasks",
+                    json={"repo_url": "file:///r", "prompt": "p"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            ).json()["id"]
+            theirs = (
+                await http.post(
+                    "/api/tasks",
+                    json={"repo_url": "file:///r", "prompt": "q"},
+                    headers={"Authorization": f"Bearer {bob_token}"},
+                )
+            ).json()["id"]
 
             async def converse(sequence: list[str | bytes]) -> None:
                 tally("ws-socket", "connection")

@@ -72,7 +72,9 @@ async def test_older_generations_are_collected_when_due(autojump_clock, no_autom
         nursery.cancel_scope.cancel()
 
 
-async def test_nothing_is_collected_while_the_collector_is_disabled(autojump_clock, no_automatic_young_collections):
+async def test_nothing_is_collected_while_the_collector_is_disabled(
+    autojump_clock, no_automatic_young_collections
+):
     gc.disable()
     try:
         async with trio.open_nursery() as nursery:

@@ -36,6 +36,7 @@ HOST = "git.agentd-test.invalid"  # .invalid: no real resolver could answer for 
 
 # -- parse time: literals ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "host, cls",
     [
@@ -93,8 +94,12 @@ HOST = "git.agentd-test.invalid"  # .invalid: no real resolver could answer for 
     ],
 )
 def test_refused_literal_hosts(host, cls):
-    for url in (f"https://{host}/o/r.git", f"https://{host}:8443/o/r.git",
-                f"ssh://git@{host}/o/r.git", f"git@{host}:o/r.git"):
+    for url in (
+        f"https://{host}/o/r.git",
+        f"https://{host}:8443/o/r.git",
+        f"ssh://git@{host}/o/r.git",
+        f"git@{host}:o/r.git",
+    ):
         with pytest.raises(PermanentError) as info:
             parse_remote(url, allow_local=False)
         err = info.value
@@ -106,48 +111,80 @@ def test_refused_literal_hosts(host, cls):
         assert parse_remote(url, allow_local=True).url == url
 
 
-@pytest.mark.parametrize("host, meaning", [
-    ("2130706433", "127.0.0.1"), ("0177.0.0.1", "127.0.0.1"), ("0x7f.1", "127.0.0.1"),
-    ("[::ffff:10.1.2.3]", "10.1.2.3"),
-])
+@pytest.mark.parametrize(
+    "host, meaning",
+    [
+        ("2130706433", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("[::ffff:10.1.2.3]", "10.1.2.3"),
+    ],
+)
 def test_a_refusal_says_what_an_odd_literal_means(host, meaning):
     with pytest.raises(PermanentError, match=rf"\({meaning}\)"):
         parse_remote(f"https://{host}/o/r", allow_local=False)
 
 
-@pytest.mark.parametrize("host", [
-    "169.254.169.254", "2852039166", "0251.0376.0251.0376", "[::ffff:169.254.169.254]",
-    "169.254.170.2", "100.100.100.200", "168.63.129.16", "[fd00:ec2::254]",
-    "metadata.google.internal",
-])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "169.254.169.254",
+        "2852039166",
+        "0251.0376.0251.0376",
+        "[::ffff:169.254.169.254]",
+        "169.254.170.2",
+        "100.100.100.200",
+        "168.63.129.16",
+        "[fd00:ec2::254]",
+        "metadata.google.internal",
+    ],
+)
 def test_cloud_metadata_is_refused_even_where_private_remotes_are_allowed(host):
-    for allow in (dict(allow_local=False), dict(allow_local=False, allow_private=True),
-                  dict(allow_local=True, allow_private=True)):
-        with pytest.raises(PermanentError, match="cloud metadata .*never allowed") as info:
+    for allow in (
+        dict(allow_local=False),
+        dict(allow_local=False, allow_private=True),
+        dict(allow_local=True, allow_private=True),
+    ):
+        with pytest.raises(PermanentError, match=r"cloud metadata .*never allowed") as info:
             parse_remote(f"https://{host}/o/r.git", **allow)
         assert info.value.code == "repo_address_refused"
 
 
-@pytest.mark.parametrize("host", [
-    "8.8.8.8", "16843009", "140.82.112.3", "[2606:4700:4700::1111]", "[::ffff:8.8.8.8]",
-    "github.com", "127.example.com", "0x7f.example.com", "1.2.3.4.5", "08.0.0.1",
-    "localhost.example.com", "mylocalhost",
-])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "8.8.8.8",
+        "16843009",
+        "140.82.112.3",
+        "[2606:4700:4700::1111]",
+        "[::ffff:8.8.8.8]",
+        "github.com",
+        "127.example.com",
+        "0x7f.example.com",
+        "1.2.3.4.5",
+        "08.0.0.1",
+        "localhost.example.com",
+        "mylocalhost",
+    ],
+)
 def test_public_literals_and_names_pass_parse_time(host):
     # Names are left to resolve_remote; 1.2.3.4.5 and 08.0.0.1 are no IPv4 literal to
     # inet_aton, curl or ssh either, so they are names too.
     assert parse_remote(f"https://{host}/o/r.git", allow_local=False).kind == "https"
 
 
-@pytest.mark.parametrize("url, reason", [
-    ("https://[fe80::1%25eth0]/o/r", "zone id"),
-    ("ssh://git@[fe80::1%25eth0]/o/r", "zone id"),
-    ("https://[zzz]/o/r", "invalid host"),
-    ("https://[v1.abc]/o/r", "invalid host"),
-    ("git@[127.0.0.1:22]:o/r", "invalid host"),  # git would read host 127.0.0.1 port 22
-    ("git@[1.2.3.4]:o/r", "invalid host"),
-    ("https://git%25host/o/r", "invalid host"),  # a % outside brackets is no zone id
-])
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("https://[fe80::1%25eth0]/o/r", "zone id"),
+        ("ssh://git@[fe80::1%25eth0]/o/r", "zone id"),
+        ("https://[zzz]/o/r", "invalid host"),
+        ("https://[v1.abc]/o/r", "invalid host"),
+        ("git@[127.0.0.1:22]:o/r", "invalid host"),  # git would read host 127.0.0.1 port 22
+        ("git@[1.2.3.4]:o/r", "invalid host"),
+        ("https://git%25host/o/r", "invalid host"),  # a % outside brackets is no zone id
+    ],
+)
 def test_malformed_literals_are_invalid_whatever_is_allowed(url, reason):
     for allow_local in (False, True):
         with pytest.raises(PermanentError, match=reason) as info:
@@ -165,14 +202,14 @@ def test_ip_literal_reads_hosts_as_inet_aton_does():
 
 def test_address_classes():
     cls = lambda a: address_class(ipaddress.ip_address(a))  # noqa: E731
-    assert [cls(a) for a in ("8.8.8.8", "2a00:1450::1", "::ffff:1.1.1.1", "2002:808:808::")] \
-        == [None] * 4
+    assert [cls(a) for a in ("8.8.8.8", "2a00:1450::1", "::ffff:1.1.1.1", "2002:808:808::")] == [None] * 4
     assert cls("172.15.255.255") is None and cls("172.32.0.0") is None  # just outside /12
     assert cls("100.63.255.255") is None and cls("100.128.0.0") is None
     assert cls("169.254.169.254") == cls("fd00:ec2::254") == "cloud metadata"
 
 
 # -- clone and push time: names --------------------------------------------------------------
+
 
 class FakeResolver(trio.abc.HostnameResolver):
     """Answers getaddrinfo from a table (host -> addresses, or an exception); records calls."""
@@ -190,7 +227,8 @@ class FakeResolver(trio.abc.HostnameResolver):
         if answer == "hang":
             await trio.sleep_forever()
         return [
-            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", (a, int(port), 0, 0)) if ":" in a
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", (a, int(port), 0, 0))
+            if ":" in a
             else (socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, int(port)))
             for a in answer
         ]
@@ -210,28 +248,37 @@ async def test_a_public_name_resolves_to_pinned_addresses():
     remote = parse_remote("https://git.example.com/o/r.git", allow_local=False)
     resolved = await resolve_remote(remote, allow_private=False)
     assert resolver.asked == ["git.example.com"]
-    assert resolved == ResolvedRemote(remote, "git.example.com", 443,
-                                      ("140.82.112.3", "2606:50c0::1"), pinned=True)
+    assert resolved == ResolvedRemote(
+        remote, "git.example.com", 443, ("140.82.112.3", "2606:50c0::1"), pinned=True
+    )
     # Scoped to the URL (beats any plain setting) and plain (for a URL git cannot normalise).
     pins = []
     for scope in ("http.https://git.example.com/o/r.git", "http"):
-        pins += ["-c", f"{scope}.followRedirects=false",
-                 "-c", f"{scope}.curloptResolve=",
-                 "-c", f"{scope}.curloptResolve=git.example.com:443:140.82.112.3,[2606:50c0::1]"]
+        pins += [
+            "-c",
+            f"{scope}.followRedirects=false",
+            "-c",
+            f"{scope}.curloptResolve=",
+            "-c",
+            f"{scope}.curloptResolve=git.example.com:443:140.82.112.3,[2606:50c0::1]",
+        ]
     assert git_pin_config(resolved) == pins
     assert ssh_pin_options(resolved) == []
 
 
-@pytest.mark.parametrize("addresses, cls", [
-    (["127.0.0.1"], "loopback"),
-    (["140.82.112.3", "10.0.0.7"], "private"),  # one bad address among good ones is enough
-    (["::1"], "loopback"),
-    (["140.82.112.3", "fd00::5"], "unique-local"),
-    (["::ffff:192.168.0.1"], "private"),
-    (["fe80::1%eth0"], "link-local"),
-    (["100.64.1.1"], "carrier-grade NAT"),
-    (["0.0.0.0"], "unspecified"),
-])
+@pytest.mark.parametrize(
+    "addresses, cls",
+    [
+        (["127.0.0.1"], "loopback"),
+        (["140.82.112.3", "10.0.0.7"], "private"),  # one bad address among good ones is enough
+        (["::1"], "loopback"),
+        (["140.82.112.3", "fd00::5"], "unique-local"),
+        (["::ffff:192.168.0.1"], "private"),
+        (["fe80::1%eth0"], "link-local"),
+        (["100.64.1.1"], "carrier-grade NAT"),
+        (["0.0.0.0"], "unspecified"),
+    ],
+)
 async def test_a_name_resolving_to_a_refused_address_is_refused(addresses, cls):
     use_resolver({"rebind.example.com": addresses})
     remote = parse_remote("https://rebind.example.com/o/r.git", allow_local=False)
@@ -258,18 +305,19 @@ async def test_literals_and_local_remotes_need_no_lookup(tmp_path):
     resolved = await resolve_remote(literal, allow_private=True)
     assert (resolved.addresses, resolved.pinned, resolved.port) == (("127.0.0.1",), False, 9)
     assert git_pin_config(resolved) == [
-        "-c", "http.http://127.0.0.1:9/o/r.git.followRedirects=false",
-        "-c", "http.followRedirects=false"]
+        "-c",
+        "http.http://127.0.0.1:9/o/r.git.followRedirects=false",
+        "-c",
+        "http.followRedirects=false",
+    ]
     # http:// exists only where local remotes are allowed, and so private addresses are too.
     assert (await resolve_remote(literal, allow_private=False)).addresses == ("127.0.0.1",)
     https = parse_remote("https://127.0.0.1:9/o/r.git", allow_local=True)
     with pytest.raises(PermanentError, match="loopback"):
         await resolve_remote(https, allow_private=False)  # parsed elsewhere with more allowed
     with pytest.raises(PermanentError, match="loopback name"):
-        await resolve_remote(parse_remote("git@localhost:o/r", allow_local=True),
-                             allow_private=False)
-    local = await resolve_remote(parse_remote(str(tmp_path / "r.git"), allow_local=True),
-                                 allow_private=False)
+        await resolve_remote(parse_remote("git@localhost:o/r", allow_local=True), allow_private=False)
+    local = await resolve_remote(parse_remote(str(tmp_path / "r.git"), allow_local=True), allow_private=False)
     assert (local.addresses, git_pin_config(local), ssh_pin_options(local)) == ((), [], [])
     assert resolver.asked == []
 
@@ -278,8 +326,11 @@ async def test_resolution_failures_are_transient(autojump_clock):
     unknown = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     use_resolver({"gone.example.com": unknown, "slow.example.com": "hang"})
     gone = parse_remote("https://gone.example.com/o/r.git", allow_local=False)
-    with pytest.raises(TransientError, match=r"could not resolve the repository host "
-                       r"\(gone.example.com\): Name or service not known") as info:
+    with pytest.raises(
+        TransientError,
+        match=r"could not resolve the repository host "
+        r"\(gone.example.com\): Name or service not known",
+    ) as info:
         await resolve_remote(gone, allow_private=False)
     assert info.value.code == "repo_unresolved"
     slow = parse_remote("https://slow.example.com/o/r.git", allow_local=False)
@@ -291,23 +342,22 @@ async def test_resolution_failures_are_transient(autojump_clock):
 
 async def test_ssh_pins_the_address_and_keeps_the_host_key_name():
     use_resolver({"git.example.com": ["140.82.112.3", "2606:50c0::1"]})
-    scp = await resolve_remote(parse_remote("git@git.example.com:o/r.git", False),
-                               allow_private=False)
-    assert ssh_pin_options(scp) == ["-o", "HostKeyAlias=git.example.com",
-                                    "-o", "Hostname=140.82.112.3"]
+    scp = await resolve_remote(parse_remote("git@git.example.com:o/r.git", False), allow_private=False)
+    assert ssh_pin_options(scp) == ["-o", "HostKeyAlias=git.example.com", "-o", "Hostname=140.82.112.3"]
     assert git_pin_config(scp) == []
-    port = await resolve_remote(parse_remote("ssh://git@git.example.com:2222/o/r.git", False),
-                                allow_private=False)
+    port = await resolve_remote(
+        parse_remote("ssh://git@git.example.com:2222/o/r.git", False), allow_private=False
+    )
     assert ssh_pin_options(port)[:2] == ["-o", "HostKeyAlias=[git.example.com]:2222"]
 
 
 # -- the pins, with a real git -----------------------------------------------------------------
 
+
 @pytest.fixture
 def no_proxy(monkeypatch):
     # A proxy would get the made-up name instead of curl resolving it.
-    for name in ("http_proxy", "https_proxy", "all_proxy",
-                 "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -327,8 +377,9 @@ async def test_git_connects_to_the_pinned_address_only(git_server):
 
     use_resolver({HOST: ["127.0.0.1"]})
     resolved = await resolve_remote(remote, allow_private=True)
-    listed = await run_git([*git_pin_config(resolved), "ls-remote", "--", url], remote=remote,
-                           op="ls-remote", timeout=30)
+    listed = await run_git(
+        [*git_pin_config(resolved), "ls-remote", "--", url], remote=remote, op="ls-remote", timeout=30
+    )
     assert b"refs/heads/main" in listed.stdout
     assert git_server.requests and all(r.status == 200 for r in git_server.requests)
 
@@ -336,8 +387,13 @@ async def test_git_connects_to_the_pinned_address_only(git_server):
     seen = len(git_server.requests)
     use_resolver({HOST: ["127.0.0.2"]})
     elsewhere = await resolve_remote(remote, allow_private=True)
-    failed = await run_git([*git_pin_config(elsewhere), "ls-remote", "--", url], remote=remote,
-                           op="ls-remote", timeout=30, check=False)
+    failed = await run_git(
+        [*git_pin_config(elsewhere), "ls-remote", "--", url],
+        remote=remote,
+        op="ls-remote",
+        timeout=30,
+        check=False,
+    )
     assert failed.returncode != 0 and len(git_server.requests) == seen
     err = connection_error(failed.stderr, remote.host)
     assert type(err) is TransientError and err.code == "repo_unreachable"
@@ -374,8 +430,13 @@ async def test_git_does_not_follow_a_redirect_to_another_host(git_server, nurser
     assert b"refs/heads/main" in followed.stdout and git_server.requests  # git's default
 
     git_server.requests.clear()
-    refused = await run_git([*git_pin_config(resolved), "ls-remote", "--", url], remote=remote,
-                            op="ls-remote", timeout=30, check=False)
+    refused = await run_git(
+        [*git_pin_config(resolved), "ls-remote", "--", url],
+        remote=remote,
+        op="ls-remote",
+        timeout=30,
+        check=False,
+    )
     assert refused.returncode != 0 and redirector.hits >= 2 and git_server.requests == []
     err = connection_error(refused.stderr, remote.host)
     assert type(err) is PermanentError and err.code == "repo_redirect"
@@ -393,12 +454,22 @@ async def test_ssh_connects_to_the_pinned_address(no_proxy):
         remote = parse_remote(url, allow_local=False)
         use_resolver({HOST: ["127.0.0.1"]})
         resolved = await resolve_remote(remote, allow_private=True)
-        ssh = shlex.split(ssh_command(None)) + ["-F", "/dev/null", *ssh_pin_options(resolved)]
-        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "GIT_SSH_COMMAND": shlex.join(ssh),
-               "GIT_ALLOW_PROTOCOL": "ssh", "HOME": "/nonexistent"}
-        done = await trio.run_process(["git", "ls-remote", "--", url], env=env, check=False,
-                                      capture_stdout=True, capture_stderr=True,
-                                      stdin=subprocess.DEVNULL)
+        ssh = [*shlex.split(ssh_command(None)), "-F", "/dev/null", *ssh_pin_options(resolved)]
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "LC_ALL": "C",
+            "GIT_SSH_COMMAND": shlex.join(ssh),
+            "GIT_ALLOW_PROTOCOL": "ssh",
+            "HOME": "/nonexistent",
+        }
+        done = await trio.run_process(
+            ["git", "ls-remote", "--", url],
+            env=env,
+            check=False,
+            capture_stdout=True,
+            capture_stderr=True,
+            stdin=subprocess.DEVNULL,
+        )
     stderr = done.stderr.decode()
     # ssh went to the pinned address (it never looked the made-up name up: that would fail).
     assert f"connect to host 127.0.0.1 port {port}: Connection refused" in stderr
@@ -408,31 +479,81 @@ async def test_ssh_connects_to_the_pinned_address(no_proxy):
 
 # -- git's failures to connect, in clean words ---------------------------------------------------
 
-@pytest.mark.parametrize("stderr, cls, code, message", [
-    ("fatal: unable to access 'https://h/r/': Could not resolve host: h",
-     TransientError, "repo_unresolved", "could not resolve the repository host (h)"),
-    ("ssh: Could not resolve hostname h: Temporary failure in name resolution\n"
-     "fatal: Could not read from remote repository.",
-     TransientError, "repo_unresolved", "could not resolve the repository host (h)"),
-    ("fatal: unable to access 'https://h/r/': Failed to connect to h port 443 after 0 ms: "
-     "Couldn't connect to server", TransientError, "repo_unreachable",
-     "could not reach the repository (h): could not connect"),
-    ("fatal: unable to access 'https://h/r/': Failed to connect to h port 443: Connection refused",
-     TransientError, "repo_unreachable", "could not reach the repository (h): connection refused"),
-    ("fatal: unable to access 'https://h/r/': Failed to connect to h port 443 after 130 s: "
-     "Connection timed out", TransientError, "repo_unreachable",
-     "could not reach the repository (h): connection timed out"),
-    ("ssh: connect to host h port 22: Connection timed out\nfatal: Could not read from remote "
-     "repository.", TransientError, "repo_unreachable",
-     "could not reach the repository (h): connection timed out"),
-    ("ssh: connect to host h port 22: No route to host", TransientError, "repo_unreachable",
-     "could not reach the repository (h): no route to the host"),
-    ("fatal: unable to access 'https://h/r/': Failed to connect to h port 443: Network is "
-     "unreachable", TransientError, "repo_unreachable",
-     "could not reach the repository (h): no route to the host"),
-    ("fatal: unable to access 'https://h/r/': The requested URL returned error: 301",
-     PermanentError, "repo_redirect", "the repository server (h) answered with a redirect"),
-])
+
+@pytest.mark.parametrize(
+    "stderr, cls, code, message",
+    [
+        (
+            "fatal: unable to access 'https://h/r/': Could not resolve host: h",
+            TransientError,
+            "repo_unresolved",
+            "could not resolve the repository host (h)",
+        ),
+        (
+            (
+                "ssh: Could not resolve hostname h: Temporary failure in name resolution\n"
+                "fatal: Could not read from remote repository."
+            ),
+            TransientError,
+            "repo_unresolved",
+            "could not resolve the repository host (h)",
+        ),
+        (
+            (
+                "fatal: unable to access 'https://h/r/': Failed to connect to h port 443 after 0 ms: "
+                "Couldn't connect to server"
+            ),
+            TransientError,
+            "repo_unreachable",
+            "could not reach the repository (h): could not connect",
+        ),
+        (
+            "fatal: unable to access 'https://h/r/': Failed to connect to h port 443: Connection refused",
+            TransientError,
+            "repo_unreachable",
+            "could not reach the repository (h): connection refused",
+        ),
+        (
+            (
+                "fatal: unable to access 'https://h/r/': Failed to connect to h port 443 after 130 s: "
+                "Connection timed out"
+            ),
+            TransientError,
+            "repo_unreachable",
+            "could not reach the repository (h): connection timed out",
+        ),
+        (
+            (
+                "ssh: connect to host h port 22: Connection timed out\nfatal: Could not read from remote "
+                "repository."
+            ),
+            TransientError,
+            "repo_unreachable",
+            "could not reach the repository (h): connection timed out",
+        ),
+        (
+            "ssh: connect to host h port 22: No route to host",
+            TransientError,
+            "repo_unreachable",
+            "could not reach the repository (h): no route to the host",
+        ),
+        (
+            (
+                "fatal: unable to access 'https://h/r/': Failed to connect to h port 443: Network is "
+                "unreachable"
+            ),
+            TransientError,
+            "repo_unreachable",
+            "could not reach the repository (h): no route to the host",
+        ),
+        (
+            "fatal: unable to access 'https://h/r/': The requested URL returned error: 301",
+            PermanentError,
+            "repo_redirect",
+            "the repository server (h) answered with a redirect",
+        ),
+    ],
+)
 def test_connection_errors_in_clean_words(stderr, cls, code, message):
     err = connection_error(stderr, "h")
     assert type(err) is cls and err.code == code
@@ -440,11 +561,14 @@ def test_connection_errors_in_clean_words(stderr, cls, code, message):
     assert "fatal" not in str(err) and "port" not in str(err)
 
 
-@pytest.mark.parametrize("stderr", [
-    "remote: Invalid username or password.\nfatal: Authentication failed for 'https://h/r/'",
-    "fetch-pack: unexpected disconnect while reading sideband packet\nfatal: early EOF",
-    "error: RPC failed; curl 28 Operation timed out after 300000 milliseconds with 0 bytes",
-    "fatal: unable to access 'https://h/r/': The requested URL returned error: 503",
-])
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        "remote: Invalid username or password.\nfatal: Authentication failed for 'https://h/r/'",
+        "fetch-pack: unexpected disconnect while reading sideband packet\nfatal: early EOF",
+        "error: RPC failed; curl 28 Operation timed out after 300000 milliseconds with 0 bytes",
+        "fatal: unable to access 'https://h/r/': The requested URL returned error: 503",
+    ],
+)
 def test_other_failures_are_not_connection_errors(stderr):
     assert connection_error(stderr, "h") is None

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import PermanentError
-from daemon.git import prepare_workspace, run_git
+from daemon.git import ClonePolicy, CloneRequest, prepare_workspace, run_git
 from daemon.git.export import export_bundle
 from tests.fakes.git_http import git_out, make_bare_repo
 from tests.helpers import sandboxed_push
@@ -29,9 +29,15 @@ def bare(tmp_path: Path) -> Path:
 
 async def prepare(tmp_path: Path, bare: Path):
     return await prepare_workspace(
-        tmp_path / "data" / "workspaces", "5eed0001", str(bare), "main", token=None,
-        title="Attack", allow_local=True, quota_bytes=50_000_000, min_free_bytes=0,
-        identity=IDENTITY)
+        CloneRequest("5eed0001", str(bare), "main", title="Attack"),
+        ClonePolicy(
+            tmp_path / "data" / "workspaces",
+            IDENTITY,
+            quota_bytes=50_000_000,
+            min_free_bytes=0,
+            allow_local=True,
+        ),
+    )
 
 
 async def agent_git(ws, *args: str) -> None:
@@ -47,21 +53,40 @@ async def test_programs_named_by_the_workspace_config_never_run_on_the_host(tmp_
     marker = tmp_path / "host-marker"
     run = f"sh -c 'echo ran >> {marker}'"
     settings = {
-        "filter.evil.clean": f"{run}; cat", "filter.evil.smudge": f"{run}; cat",
-        "filter.evil.process": run, "core.fsmonitor": run, "core.pager": run,
-        "core.editor": run, "sequence.editor": run, "diff.external": run,
-        "core.sshCommand": run, "core.gitProxy": run, "credential.helper": f"!{run}",
-        "gpg.program": run, "commit.gpgSign": "true", "tag.gpgSign": "true",
-        "uploadpack.packObjectsHook": run, "core.alternateRefsCommand": run,
-        "core.hooksPath": str(tmp_path / "hooks"), "include.path": str(tmp_path / "included"),
+        "filter.evil.clean": f"{run}; cat",
+        "filter.evil.smudge": f"{run}; cat",
+        "filter.evil.process": run,
+        "core.fsmonitor": run,
+        "core.pager": run,
+        "core.editor": run,
+        "sequence.editor": run,
+        "diff.external": run,
+        "core.sshCommand": run,
+        "core.gitProxy": run,
+        "credential.helper": f"!{run}",
+        "gpg.program": run,
+        "commit.gpgSign": "true",
+        "tag.gpgSign": "true",
+        "uploadpack.packObjectsHook": run,
+        "core.alternateRefsCommand": run,
+        "core.hooksPath": str(tmp_path / "hooks"),
+        "include.path": str(tmp_path / "included"),
         f"includeIf.gitdir:{ws.path}/.path": str(tmp_path / "included"),
     }
     (tmp_path / "included").write_text(f"[core]\n\tfsmonitor = {run}\n")
     (tmp_path / "hooks").mkdir()
     for key, value in settings.items():
         await agent_git(ws, "config", key, value)
-    for hook in ("pre-commit", "prepare-commit-msg", "commit-msg", "post-commit", "pre-push",
-                 "reference-transaction", "post-index-change", "pre-auto-gc"):
+    for hook in (
+        "pre-commit",
+        "prepare-commit-msg",
+        "commit-msg",
+        "post-commit",
+        "pre-push",
+        "reference-transaction",
+        "post-index-change",
+        "pre-auto-gc",
+    ):
         for where in (ws.path / ".git" / "hooks", tmp_path / "hooks"):
             script = where / hook
             script.write_text(f"#!/bin/sh\necho ran >> {marker}\n")
@@ -82,7 +107,8 @@ async def test_programs_named_by_the_workspace_config_never_run_on_the_host(tmp_
     else:
         assert sorted(pushed_files(bare, ws.branch)) == [".gitattributes", "README.md", "calc.py"]
         assert git_out(bare, "log", "-1", "--format=%an <%ae>", result.commit) == (
-            "agentd bot <agentd@example.invalid>")
+            "agentd bot <agentd@example.invalid>"
+        )
 
 
 async def test_hooks_and_a_failing_filter_do_not_stop_the_delivery(tmp_path, bare):
@@ -124,7 +150,8 @@ async def test_submodules_are_not_followed_on_the_host(tmp_path, bare):
     marker = tmp_path / "host-marker"
     other = make_bare_repo(tmp_path / "other", branches={"main": {"x": "x\n"}})
     (ws.path / ".gitmodules").write_text(
-        f'[submodule "sub"]\n\tpath = sub\n\turl = {other}\n\tupdate = !sh -c "touch {marker}"\n')
+        f'[submodule "sub"]\n\tpath = sub\n\turl = {other}\n\tupdate = !sh -c "touch {marker}"\n'
+    )
     await agent_git(ws, "config", "submodule.recurse", "true")
     await agent_git(ws, "config", "push.recurseSubmodules", "on-demand")
     (ws.path / "calc.py").write_text("def add(a, b):\n    return a + b\n")
@@ -143,11 +170,18 @@ async def test_a_malformed_object_from_the_workspace_is_refused(tmp_path, bare):
     """git before 2.46 fetches a bundle without checking its objects: agentd checks them."""
     ws = await prepare(tmp_path, bare)
     tree = git_out(ws.path, "-c", "safe.directory=*", "rev-parse", "HEAD^{tree}")
-    bad = (f"tree {tree}\nparent {ws.base_commit}\n"
-           "author A <a@b> 1700000000 +99999\ncommitter A <a@b> 1700000000 +99999\n\nbad\n")
-    done = subprocess.run(["git", "-c", "safe.directory=*", "hash-object", "-t", "commit",
-                           "--literally", "-w", "--stdin"], cwd=ws.path, input=bad, text=True,
-                          capture_output=True, check=True)
+    bad = (
+        f"tree {tree}\nparent {ws.base_commit}\n"
+        "author A <a@b> 1700000000 +99999\ncommitter A <a@b> 1700000000 +99999\n\nbad\n"
+    )
+    done = subprocess.run(
+        ["git", "-c", "safe.directory=*", "hash-object", "-t", "commit", "--literally", "-w", "--stdin"],
+        cwd=ws.path,
+        input=bad,
+        text=True,
+        capture_output=True,
+        check=True,
+    )
     await agent_git(ws, "update-ref", f"refs/heads/{ws.branch}", done.stdout.strip())
     refs = git_out(bare, "for-each-ref")
     with pytest.raises(PermanentError, match="badTimezone") as info:
@@ -197,9 +231,15 @@ async def test_a_flood_on_stderr_is_cut(tmp_path, bare):
             return ["sh", "-c", script], {"env": {"PATH": os.defpath}}
 
     with pytest.raises(PermanentError, match=r"exit 7") as info:
-        await export_bundle(ws.path, tmp_path / "b.bundle", branch=ws.branch,
-                            base_commit=ws.base_commit, message="x", identity=IDENTITY,
-                            confinement=Noisy())
+        await export_bundle(
+            ws.path,
+            tmp_path / "b.bundle",
+            branch=ws.branch,
+            base_commit=ws.base_commit,
+            message="x",
+            identity=IDENTITY,
+            confinement=Noisy(),
+        )
     assert len(str(info.value)) < 10_000
 
 
@@ -213,8 +253,12 @@ async def test_a_host_git_refuses_a_workspace_the_sandbox_owns(tmp_path, bare):
     from daemon.agent.tools.sandbox import TaskSandbox
 
     async with TaskSandbox(ws.path, ToolSettings()):
-        done = subprocess.run(["git", "-C", str(ws.path), "status"], capture_output=True,
-                              text=True, env={"PATH": os.defpath, "HOME": str(tmp_path)})
+        done = subprocess.run(
+            ["git", "-C", str(ws.path), "status"],
+            capture_output=True,
+            text=True,
+            env={"PATH": os.defpath, "HOME": str(tmp_path)},
+        )
     assert done.returncode != 0 and "dubious ownership" in done.stderr
 
 

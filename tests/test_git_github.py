@@ -8,7 +8,7 @@ import time
 import pytest
 
 from daemon.errors import PermanentError, TransientError
-from daemon.git import open_pull_request
+from daemon.git import PullRequest, open_pull_request
 from daemon.git.github import API_VERSION
 from tests.fakes.github_api import FakeGitHubAPI
 
@@ -23,8 +23,11 @@ async def api(nursery):
 
 
 async def open_pr(api_url: str, token: str = TOKEN, head: str = "agentd/1234abcd-fix"):
-    return await open_pull_request(api_url, token, "octo", "project", head=head, base="main",
-                                   title="Fix add", body="The agent fixed it.")
+    return await open_pull_request(
+        api_url,
+        token,
+        PullRequest("octo", "project", head=head, base="main", title="Fix add", body="The agent fixed it."),
+    )
 
 
 async def test_opens_pull_request(api):
@@ -35,8 +38,12 @@ async def test_opens_pull_request(api):
     assert (request.method, request.path) == ("POST", "/repos/octo/project/pulls")
     assert request.headers["Accept"] == "application/vnd.github+json"
     assert request.headers["X-GitHub-Api-Version"] == API_VERSION
-    assert request.json == {"title": "Fix add", "head": "agentd/1234abcd-fix", "base": "main",
-                            "body": "The agent fixed it."}
+    assert request.json == {
+        "title": "Fix add",
+        "head": "agentd/1234abcd-fix",
+        "base": "main",
+        "body": "The agent fixed it.",
+    }
 
 
 async def test_already_exists_returns_existing_url(api):
@@ -45,7 +52,9 @@ async def test_already_exists_returns_existing_url(api):
 
     assert await open_pr(api.url) == existing["html_url"]
     assert [(r.method, r.query.get("head")) for r in api.requests] == [
-        ("POST", None), ("GET", "octo:agentd/1234abcd-fix")]
+        ("POST", None),
+        ("GET", "octo:agentd/1234abcd-fix"),
+    ]
     assert len(api.pulls) == 2
 
 
@@ -80,8 +89,11 @@ async def test_forbidden_without_rate_limit_is_permanent(api):
 
 async def test_rate_limited_403_is_transient_with_retry_after(api):
     reset = int(time.time()) + 120
-    api.fail_with(403, headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)},
-                  message="API rate limit exceeded")
+    api.fail_with(
+        403,
+        headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)},
+        message="API rate limit exceeded",
+    )
     with pytest.raises(TransientError) as info:
         await open_pr(api.url)
     assert 100 < info.value.retry_after <= 121

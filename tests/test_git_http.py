@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from pathlib import Path
 
 import pytest
 
 from daemon.errors import PermanentError, TransientError
-from daemon.git import prepare_workspace
+from daemon.git import ClonePolicy, CloneRequest, prepare_workspace
 from tests.fakes.git_http import GitHttpServer, git_out, make_bare_repo
 from tests.helpers import sandboxed_push
 
@@ -32,10 +33,14 @@ async def server(repos, nursery):
 
 
 async def prepare(tmp_path: Path, url: str, token: str | None = TOKEN, **overrides):
-    args = dict(token=token, title="Add a feature", allow_local=True, quota_bytes=50_000_000,
-                min_free_bytes=0, identity=IDENTITY)
-    args.update(overrides)
-    return await prepare_workspace(tmp_path / "ws", "c0ffee00-1", url, "main", **args)
+    """``overrides``: fields of the ``ClonePolicy``."""
+    policy = ClonePolicy(
+        tmp_path / "ws", IDENTITY, quota_bytes=50_000_000, min_free_bytes=0, allow_local=True
+    )
+    return await prepare_workspace(
+        CloneRequest("c0ffee00-1", url, "main", title="Add a feature", token=token),
+        dataclasses.replace(policy, **overrides),
+    )
 
 
 def assert_token_absent(path: Path) -> None:
@@ -56,7 +61,9 @@ async def test_push_with_token_over_smart_http(tmp_path, repos, server):
     assert any(r.authorization and r.status == 200 for r in server.requests)
     config = (ws.path / ".git" / "config").read_text()
     assert TOKEN not in config and USER not in config
-    assert git_out(ws.path, "-c", "safe.directory=*", "remote", "get-url", "origin") == server.url_for("project.git")
+    assert git_out(ws.path, "-c", "safe.directory=*", "remote", "get-url", "origin") == server.url_for(
+        "project.git"
+    )
     assert_token_absent(ws.path)
     assert TOKEN not in repr(ws) and TOKEN not in repr(result)
 

@@ -15,8 +15,7 @@ import trio
 
 from daemon.cpu_pin import loop_on_one_cpu
 from daemon.errors import PermanentError, TransientError
-from daemon.git import run_git
-from daemon.git import process as git_process
+from daemon.git import process as git_process, run_git
 from daemon.git.process import GIT_NICE
 
 from .helpers import cpu_list
@@ -38,9 +37,11 @@ async def test_large_output_on_both_pipes_is_read_whole_and_stderr_capped(tmp_pa
     """stdout and stderr are drained together: neither pipe fills up and stalls git. stdout is
     read whole; of stderr (a hostile server's sideband messages can be endless) the first and
     last 32 KiB are kept."""
-    script = ("import sys; sys.stdout.write('o' * 300000); "
-              "sys.stderr.write('h' * 40000 + 'e' * 300000 + 'fatal: the end')")
-    done = await run_git(["-c", f"alias.both=!{sys.executable} -c \"{script}\"", "both"], check=False)
+    script = (
+        "import sys; sys.stdout.write('o' * 300000); "
+        "sys.stderr.write('h' * 40000 + 'e' * 300000 + 'fatal: the end')"
+    )
+    done = await run_git(["-c", f'alias.both=!{sys.executable} -c "{script}"', "both"], check=False)
     assert done.returncode == 0
     assert done.stdout == b"o" * 300000
     assert done.stderr.startswith("h" * 32768 + "\n[...]\n") and done.stderr.endswith("eefatal: the end")
@@ -65,7 +66,8 @@ def _alive(pid: int) -> bool:
 
 async def _pid_from(path: Path) -> int:
     with trio.fail_after(10):
-        while not path.exists() or not path.read_text().strip():
+        # A file a grandchild of git writes: no event says when.
+        while not path.exists() or not path.read_text().strip():  # noqa: ASYNC110
             await trio.sleep(0.01)
     return int(path.read_text())
 
@@ -76,15 +78,17 @@ async def test_cancel_kills_the_whole_group_and_waits_for_git(tmp_path):
     alias = f"alias.slow=!echo $$ > {pidfile}; exec sleep 60"
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
+
             async def cancel_once_started():
                 await _pid_from(pidfile)
                 scope.cancel()
+
             nursery.start_soon(cancel_once_started)
             await run_git(["-c", alias, "slow"], timeout=60)
     assert scope.cancelled_caught
     pid = int(pidfile.read_text())
     deadline = time.monotonic() + 5
-    while _alive(pid) and time.monotonic() < deadline:
+    while _alive(pid) and time.monotonic() < deadline:  # noqa: ASYNC110 - a pid's death has no event
         await trio.sleep(0.01)
     assert not _alive(pid)
 
@@ -96,7 +100,7 @@ async def test_timeout_returns_even_if_an_escaped_process_holds_the_pipes(tmp_pa
     alias = f"alias.escape=!setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' &"
     started = time.monotonic()
     try:
-        with pytest.raises(TransientError, match="timed out after 0.5 s"):
+        with pytest.raises(TransientError, match=r"timed out after 0\.5 s"):
             await run_git(["-c", alias, "escape"], timeout=0.5)
         assert time.monotonic() - started < 5
     finally:
@@ -118,13 +122,16 @@ async def test_many_at_once_each_get_their_own_output(tmp_path):
 
 
 async def test_git_and_what_it_starts_run_at_background_priority_in_the_daemons_session(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     # The alias's shell asks once the test says so: after run_git has set the priority of git's
     # group (told by the wrapper below; git may start before trio hears it has). The event
     # loop's thread is pinned to one CPU meanwhile, as when serving: git gets them all.
     go, pidfile = tmp_path / "go", tmp_path / "pid"
-    alias = (f"alias.where=!echo $$ > {pidfile}; while [ ! -e {go} ]; do sleep 0.01; done; "
-             "nice; ps -o sid= -p $$; sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/$PPID/status")
+    alias = (
+        f"alias.where=!echo $$ > {pidfile}; while [ ! -e {go} ]; do sleep 0.01; done; "
+        "nice; ps -o sid= -p $$; sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/$PPID/status"
+    )
     wide = os.sched_getaffinity(0)
     prioritized = trio.Event()
     real_priority = git_process.background_priority

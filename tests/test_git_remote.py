@@ -85,8 +85,9 @@ def test_private_hosts_need_the_operator():
         parse_remote("/srv/r.git", allow_local=False, allow_private=True)
 
 
-@pytest.mark.parametrize("url", ["https://[zzz]/o/r", "ssh://git@[1.2.3.4:22]/o/r",
-                                 "https://[::1/o/r", "https://h:99999/o/r"])
+@pytest.mark.parametrize(
+    "url", ["https://[zzz]/o/r", "ssh://git@[1.2.3.4:22]/o/r", "https://[::1/o/r", "https://h:99999/o/r"]
+)
 def test_urls_python_cannot_split_are_refused_not_crashing(url):
     with pytest.raises(PermanentError) as info:
         parse_remote(url, allow_local=True)
@@ -107,24 +108,57 @@ def test_github_detection():
 @pytest.mark.parametrize(
     "stderr, cls, words",
     [
-        ("fetch-pack: unexpected disconnect while reading sideband packet\nfatal: early EOF",
-         TransientError, "connection failed"),
-        ("error: RPC failed; HTTP 502 curl 22 The requested URL returned error: 502",
-         TransientError, "server had an error"),
-        ("fatal: unable to access 'https://h/r/': The requested URL returned error: 503",
-         TransientError, "server had an error"),
-        ("remote: Invalid username or password.\nfatal: Authentication failed for 'https://h/r/'",
-         PermanentError, "authentication failed"),
-        ("fatal: could not read Username for 'https://h': terminal prompts disabled",
-         PermanentError, "authentication failed"),
-        ("git@github.com: Permission denied (publickey).\nfatal: Could not read from remote "
-         "repository.", PermanentError, "permission denied"),
-        ("remote: Permission to o/r.git denied to bot.\nfatal: unable to access 'https://h/o/r/': "
-         "The requested URL returned error: 403", PermanentError, "permission denied"),
-        ("remote: Repository not found.\nfatal: repository 'https://github.com/o/r.git/' not found",
-         PermanentError, "repository not found"),
-        ("warning: Could not find remote branch nope to clone.\nfatal: Remote branch nope not "
-         "found in upstream origin", PermanentError, "branch not found"),
+        (
+            "fetch-pack: unexpected disconnect while reading sideband packet\nfatal: early EOF",
+            TransientError,
+            "connection failed",
+        ),
+        (
+            "error: RPC failed; HTTP 502 curl 22 The requested URL returned error: 502",
+            TransientError,
+            "server had an error",
+        ),
+        (
+            "fatal: unable to access 'https://h/r/': The requested URL returned error: 503",
+            TransientError,
+            "server had an error",
+        ),
+        (
+            "remote: Invalid username or password.\nfatal: Authentication failed for 'https://h/r/'",
+            PermanentError,
+            "authentication failed",
+        ),
+        (
+            "fatal: could not read Username for 'https://h': terminal prompts disabled",
+            PermanentError,
+            "authentication failed",
+        ),
+        (
+            ("git@github.com: Permission denied (publickey).\nfatal: Could not read from remote repository."),
+            PermanentError,
+            "permission denied",
+        ),
+        (
+            (
+                "remote: Permission to o/r.git denied to bot.\nfatal: unable to access 'https://h/o/r/': "
+                "The requested URL returned error: 403"
+            ),
+            PermanentError,
+            "permission denied",
+        ),
+        (
+            "remote: Repository not found.\nfatal: repository 'https://github.com/o/r.git/' not found",
+            PermanentError,
+            "repository not found",
+        ),
+        (
+            (
+                "warning: Could not find remote branch nope to clone.\nfatal: Remote branch nope not "
+                "found in upstream origin"
+            ),
+            PermanentError,
+            "branch not found",
+        ),
         ("something nobody has seen before", PermanentError, "exit 128"),
     ],
 )
@@ -138,12 +172,24 @@ def test_classify_git_error(stderr, cls, words):
 @pytest.mark.parametrize(
     "stderr, message",
     [
-        ("fatal: unable to access 'https://github.com/o/r/': Could not resolve host: github.com",
-         "could not resolve the repository host (github.com)"),
-        ("fatal: unable to access 'https://h/r/': Failed to connect to github.com port 443: "
-         "Connection refused", "could not reach the repository (github.com): connection refused"),
-        ("ssh: connect to host 140.82.112.3 port 22: Connection timed out\nfatal: Could not read "
-         "from remote repository.", "could not reach the repository (github.com): connection timed out"),
+        (
+            "fatal: unable to access 'https://github.com/o/r/': Could not resolve host: github.com",
+            "could not resolve the repository host (github.com)",
+        ),
+        (
+            (
+                "fatal: unable to access 'https://h/r/': Failed to connect to github.com port 443: "
+                "Connection refused"
+            ),
+            "could not reach the repository (github.com): connection refused",
+        ),
+        (
+            (
+                "ssh: connect to host 140.82.112.3 port 22: Connection timed out\nfatal: Could not read "
+                "from remote repository."
+            ),
+            "could not reach the repository (github.com): connection timed out",
+        ),
     ],
 )
 def test_a_remote_out_of_reach_is_said_without_gits_words(stderr, message):
@@ -153,11 +199,11 @@ def test_a_remote_out_of_reach_is_said_without_gits_words(stderr, message):
 
 def test_a_pinned_ssh_remote_connects_to_the_checked_address():
     from daemon.git.addresses import ResolvedRemote
+
     remote = parse_remote("git@git.example.com:o/r.git", False)
     pin = ResolvedRemote(remote, "git.example.com", 22, ("140.82.112.3",), pinned=True)
     env = git_env(remote, GitAuth(), pin=pin)
-    assert env["GIT_SSH_COMMAND"].endswith(
-        "-o HostKeyAlias=git.example.com -o Hostname=140.82.112.3")
+    assert env["GIT_SSH_COMMAND"].endswith("-o HostKeyAlias=git.example.com -o Hostname=140.82.112.3")
 
 
 def test_redact_removes_tokens_and_url_credentials():
@@ -180,21 +226,30 @@ def test_token_only_in_the_environment_of_https_git(monkeypatch):
     no_token = git_env(https, GitAuth())
     assert no_token["GIT_ASKPASS"] == "" and "tok-xyz" not in no_token.values()
 
-    ssh = git_env(parse_remote("git@github.com:o/r.git", False),
-                  GitAuth(token="tok-xyz", ssh_key=Path("/etc/agentd/deploy key")))
+    ssh = git_env(
+        parse_remote("git@github.com:o/r.git", False),
+        GitAuth(token="tok-xyz", ssh_key=Path("/etc/agentd/deploy key")),
+    )
     assert "tok-xyz" not in ssh.values()
     assert ssh["GIT_SSH_COMMAND"] == ssh_command(Path("/etc/agentd/deploy key"))
     assert ssh["GIT_SSH_COMMAND"] == (
         "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new "
-        "-i '/etc/agentd/deploy key' -o IdentitiesOnly=yes")
+        "-i '/etc/agentd/deploy key' -o IdentitiesOnly=yes"
+    )
 
 
-@pytest.mark.parametrize("url", [
-    "https://github.com/o/%zz.git", "https://github.com/o/r.git%", "https://github.com/o/%0a.git",
-    "https://github.com/o/%7f.git", "https://github.com:0/o/r.git",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://github.com/o/%zz.git",
+        "https://github.com/o/r.git%",
+        "https://github.com/o/%0a.git",
+        "https://github.com/o/%7f.git",
+        "https://github.com:0/o/r.git",
+    ],
+)
 def test_urls_git_cannot_normalise_are_refused(url):
     """git ignores http.<url>.* settings for a URL it cannot normalise: the address pins too."""
-    with pytest.raises(PermanentError, match="escape|port") as info:
+    with pytest.raises(PermanentError, match=r"escape|port") as info:
         parse_remote(url, False)
     assert info.value.code == "invalid_repo_url"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import trio
 
 from daemon.errors import PermanentError, TransientError
 from daemon.git import (
+    ClonePolicy,
+    CloneRequest,
     branch_name,
     check_quota,
     gc_workspaces,
@@ -35,12 +38,15 @@ def bare(tmp_path: Path) -> Path:
     )
 
 
-async def prepare(tmp_path: Path, repo: str, base: str | None = "main", *,
-                  task_id: str = "3f2a9c1d-7777", **overrides):
-    args = dict(token=None, title="Fix the add function", allow_local=True,
-                quota_bytes=50_000_000, min_free_bytes=0, identity=IDENTITY)
-    args.update(overrides)
-    return await prepare_workspace(tmp_path / "ws", task_id, repo, base, **args)
+async def prepare(
+    tmp_path: Path, repo: str, base: str | None = "main", *, task_id: str = "3f2a9c1d-7777", **overrides
+):
+    """A workspace as the agent loop prepares it; ``overrides``: fields of the ``ClonePolicy``."""
+    policy = ClonePolicy(
+        tmp_path / "ws", IDENTITY, quota_bytes=50_000_000, min_free_bytes=0, allow_local=True
+    )
+    request = CloneRequest(task_id, repo, base, title="Fix the add function")
+    return await prepare_workspace(request, dataclasses.replace(policy, **overrides))
 
 
 async def keep_none(task_id: str) -> bool:
@@ -68,8 +74,9 @@ async def test_clone_branch_commit_push(tmp_path, bare):
     assert git_out(ws.path, "symbolic-ref", "--short", "HEAD") == ws.branch
 
     (ws.path / "calc.py").write_text("def add(a, b):\n    return a + b\n")
-    (ws.path / "test_calc.py").write_text("from calc import add\n\n\ndef test_add():\n"
-                                         "    assert add(1, 2) == 3\n")
+    (ws.path / "test_calc.py").write_text(
+        "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
+    )
     result = await push(ws, "Fix add")
 
     assert result is not None
@@ -78,7 +85,8 @@ async def test_clone_branch_commit_push(tmp_path, bare):
     assert (result.lines_added, result.lines_removed) == (6, 1)
     assert git_out(bare, "rev-parse", f"refs/heads/{ws.branch}") == result.commit
     assert git_out(bare, "log", "-1", "--format=%an <%ae>|%s", result.commit) == (
-        "agentd bot <agentd@example.invalid>|Fix add")
+        "agentd bot <agentd@example.invalid>|Fix add"
+    )
     assert git_out(bare, "rev-parse", f"{result.commit}^") == ws.base_commit
 
 
@@ -123,8 +131,19 @@ async def test_clone_writes_the_identity_into_the_workspace_config(tmp_path, bar
 async def test_remote_head_detached_without_base_branch_is_permanent(tmp_path, bare):
     """Cloned HEAD names no branch: the error `git symbolic-ref --short HEAD` gave before."""
     tree = git_out(bare, "rev-parse", "main^{tree}")
-    loose = git_out(bare, "-c", "user.name=x", "-c", "user.email=x@x", "commit-tree", "-p", "main",
-                    "-m", "not on a branch", tree)
+    loose = git_out(
+        bare,
+        "-c",
+        "user.name=x",
+        "-c",
+        "user.email=x@x",
+        "commit-tree",
+        "-p",
+        "main",
+        "-m",
+        "not on a branch",
+        tree,
+    )
     git_out(bare, "update-ref", "--no-deref", "HEAD", loose)
     with pytest.raises(PermanentError, match="git symbolic-ref failed .*not a symbolic ref"):
         await prepare(tmp_path, bare.as_uri(), base=None)
@@ -221,7 +240,7 @@ async def test_a_lost_marker_stops_the_push(tmp_path, bare):
 async def test_workspace_off_its_branch_is_refused(tmp_path, bare):
     ws = await prepare(tmp_path, str(bare))
     await agent_git(ws, "checkout", "-q", "-b", "elsewhere")
-    with pytest.raises(PermanentError, match="on elsewhere, not on its branch") as info:
+    with pytest.raises(PermanentError, match="on elsewhere, not on its branch"):
         await push(ws, "x")
 
 
@@ -276,9 +295,12 @@ async def test_hooks_never_run(tmp_path, bare):
 async def test_the_push_goes_to_the_tasks_remote_whatever_the_workspace_config_says(tmp_path, bare):
     ws = await prepare(tmp_path, str(bare))
     evil = make_bare_repo(tmp_path / "evil")
-    for key, value in ((f"url.{evil.as_uri()}.insteadOf", bare.as_uri()),
-                       (f"url.{evil.as_uri()}.pushInsteadOf", bare.as_uri()),
-                       ("remote.origin.pushurl", evil.as_uri()), ("remote.origin.url", evil.as_uri())):
+    for key, value in (
+        (f"url.{evil.as_uri()}.insteadOf", bare.as_uri()),
+        (f"url.{evil.as_uri()}.pushInsteadOf", bare.as_uri()),
+        ("remote.origin.pushurl", evil.as_uri()),
+        ("remote.origin.url", evil.as_uri()),
+    ):
         await agent_git(ws, "config", key, value)
     (ws.path / "x.txt").write_text("x\n")
     result = await push(ws, "x")

@@ -28,7 +28,6 @@ from trio_websocket import ConnectionClosed
 from wsproto.events import Ping, Pong, TextMessage
 
 from bench.http_abuse import hold_slowly
-
 from daemon.store import NewEvent
 from daemon.web.http_limits import ConnectionCaps, RequestDeadline, client_key
 from daemon.web.session import CLOSE_TOO_MANY
@@ -108,8 +107,7 @@ async def test_a_client_address_over_its_cap_gets_503_while_its_open_connections
 
 
 async def test_over_the_total_cap_every_address_gets_503(tmp_path):
-    async with running_daemon(tmp_path, http_max_connections=2,
-                              http_max_connections_per_address=0) as server:
+    async with running_daemon(tmp_path, http_max_connections=2, http_max_connections_per_address=0) as server:
         held = [await connect(server, f"127.0.0.{i}") for i in (2, 3)]
         for source in ("127.0.0.1", "127.0.0.4"):
             stream = await connect(server, source)
@@ -176,13 +174,19 @@ async def trickle(stream: trio.SocketStream, first: bytes, then: bytes) -> int:
     return len(then)
 
 
-@pytest.mark.parametrize("first, then", [
-    pytest.param(b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: 400\r\n\r\n", b"x" * 400,
-                 id="body"),
-    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"X-Slow: " + b"y" * 400, id="head"),
-    pytest.param(b"GET /ws HTTP/1.1\r\nHost: x\r\n", b"Upgrade: " + b"w" * 400, id="ws-head"),
-])
+@pytest.mark.parametrize(
+    "first, then",
+    [
+        pytest.param(
+            b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 400\r\n\r\n",
+            b"x" * 400,
+            id="body",
+        ),
+        pytest.param(b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"X-Slow: " + b"y" * 400, id="head"),
+        pytest.param(b"GET /ws HTTP/1.1\r\nHost: x\r\n", b"Upgrade: " + b"w" * 400, id="ws-head"),
+    ],
+)
 async def test_a_request_trickled_byte_by_byte_is_cut_at_its_deadline_with_408(tmp_path, first, then):
     async with running_daemon(tmp_path, http_request_timeout_s=1.0) as server:
         _, token = await server.user("alice")
@@ -190,6 +194,7 @@ async def test_a_request_trickled_byte_by_byte_is_cut_at_its_deadline_with_408(t
         began = trio.current_time()
         sent = -1
         async with trio.open_nursery() as nursery:
+
             async def send() -> None:
                 nonlocal sent
                 sent = await trickle(stream, first.replace(b"{token}", token.encode()), then)
@@ -211,8 +216,9 @@ async def test_on_a_keep_alive_connection_the_next_request_has_its_own_deadline(
         stream = await connect(server)
         async with stream, trio.open_nursery() as nursery:
             keep_alive = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-            nursery.start_soon(trickle, stream, keep_alive + b"GET /healthz HTTP/1.1\r\n",
-                               b"X-Slow: " + b"y" * 400)
+            nursery.start_soon(
+                trickle, stream, keep_alive + b"GET /healthz HTTP/1.1\r\n", b"X-Slow: " + b"y" * 400
+            )
             response = await read_to_end(stream)
             nursery.cancel_scope.cancel()
     first, _, second = response.partition(b'{"status":"ok"}\n')
@@ -270,17 +276,19 @@ async def test_a_peer_that_floods_pings_and_never_reads_holds_one_pong_and_a_bou
         task, _ = await server.store.create_task(user_id=user.id, repo_url="file:///r", prompt="p")
         # 6 MB of history: more than the queue (256 kB) and the socket buffers hold.
         for start in range(0, 60, 20):
-            await server.store.append_events(task.id, [
-                NewEvent("agent.text", {"i": i, "pad": "x" * 100_000})
-                for i in range(start, start + 20)])
+            await server.store.append_events(
+                task.id,
+                [NewEvent("agent.text", {"i": i, "pad": "x" * 100_000}) for i in range(start, start + 20)],
+            )
         client = await bare_ws(server, token, rcvbuf=4096)
         async with client.stream:
             await client.send_json({"type": "subscribe", "task_id": task.id, "after": 0})
             (session, conn) = next(iter(server.web.sessions.items()))
             await until_quiet(lambda: conn.writing)  # the socket is full: writes wait
             for chunk in range(10):  # 1,000 pings (within the frame budget), none of them read
-                await client.stream.send_all(b"".join(
-                    client.ws.send(Ping(str(chunk * 100 + i).encode())) for i in range(100)))
+                await client.stream.send_all(
+                    b"".join(client.ws.send(Ping(str(chunk * 100 + i).encode())) for i in range(100))
+                )
             await until_quiet(lambda: conn.pong == b"999")
             assert conn.writing and conn.control == b"" and not conn.ping_due
             assert 0 < session.queued_bytes <= session.max_queued_bytes <= 256 * 1024
@@ -324,6 +332,7 @@ async def received_so_far(client: BareClient) -> list:
     """The events the daemon has written by the time every task here is blocked."""
     found: list = []
     async with trio.open_nursery() as nursery:
+
         async def read() -> None:
             while data := await client.stream.receive_some(65536):
                 client.ws.receive_data(data)
@@ -403,8 +412,14 @@ print("soft", ensure_fd_limit(int(sys.argv[1])))
 @pytest.mark.parametrize("connections, soft, warned", [(300, 812, False), (4096, 1024, True)])
 def test_the_soft_fd_limit_is_raised_for_the_cap_or_a_warning_says_what_to_do(connections, soft, warned):
     # In a child process: a lowered hard limit cannot be raised again.
-    out = subprocess.run([sys.executable, "-c", FD_PROBE, str(connections)], capture_output=True,
-                         text=True, timeout=60, check=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", FD_PROBE, str(connections)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
+    ).stdout
     assert f"soft {soft}" in out
     assert f"raised the open-file limit (RLIMIT_NOFILE) from 256 to {soft}" in out
     assert ("WARNING the open-file limit (RLIMIT_NOFILE) is 1024" in out) is warned
@@ -431,6 +446,7 @@ def raise_fd_limit(want: int) -> None:
 async def slow_client(server, source: str, k: int, stop: trio.Event, held: list[int]) -> None:
     """A slow client as the bench's abuser runs it (``bench/http_abuse.py``); ``held[0]``: how
     many of them hold a connection now."""
+
     def changed(delta: int) -> None:
         held[0] += delta
 
@@ -460,7 +476,7 @@ async def test_healthz_answers_under_a_ping_flood_and_2000_slow_connections(tmp_
             for n, source in enumerate(SLOW_ADDRESSES, 1):
                 for k in range(SLOW_PER_ADDRESS):
                     nursery.start_soon(slow_client, server, source, k, stop, held)
-                await until_quiet(lambda: server.web.connections.open >= n * SLOW_PER_ADDRESS)
+                await until_quiet(lambda: server.web.connections.open >= n * SLOW_PER_ADDRESS)  # noqa: B023 - awaited in this turn
             flooders = [await bare_ws(server, token) for _ in range(FLOODERS)]
             for client in flooders:
                 nursery.start_soon(ping_flood, client, stop, sent)
@@ -482,6 +498,8 @@ async def test_healthz_answers_under_a_ping_flood_and_2000_slow_connections(tmp_
     assert flooded > 100_000
     ordered = sorted(latencies)
     p50, p99 = ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.99)]
-    print(f"/healthz under abuse, client in the daemon's process: p50 {p50 * 1000:.1f} ms, "
-          f"p99 {p99 * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms ({len(ordered)} requests, "
-          f"{flooded / 1e6:.1f} MB of pings; bench/http_abuse.py measures from outside)")
+    print(
+        f"/healthz under abuse, client in the daemon's process: p50 {p50 * 1000:.1f} ms, "
+        f"p99 {p99 * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms ({len(ordered)} requests, "
+        f"{flooded / 1e6:.1f} MB of pings; bench/http_abuse.py measures from outside)"
+    )

@@ -27,13 +27,17 @@ TOKENS = [  # user login, hash, label
 
 def _fill(execute, true, false) -> None:
     for n, (login, github_id, operator) in enumerate(ROWS, start=1):
-        execute("INSERT INTO users (id, login, github_id, github_token_enc, is_operator, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, 0)",
-                (n, login, github_id, b"enc" if github_id else None, true if operator else false))
+        execute(
+            "INSERT INTO users (id, login, github_id, github_token_enc, is_operator, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, 0)",
+            (n, login, github_id, b"enc" if github_id else None, true if operator else false),
+        )
     ids = {login: n for n, (login, _, _) in enumerate(ROWS, start=1)}
     for login, token_hash, label in TOKENS:
-        execute("INSERT INTO api_tokens (user_id, token_hash, label, created_at) VALUES (?, ?, ?, 0)",
-                (ids[login], token_hash, label))
+        execute(
+            "INSERT INTO api_tokens (user_id, token_hash, label, created_at) VALUES (?, ?, ?, 0)",
+            (ids[login], token_hash, label),
+        )
 
 
 async def _check(store) -> None:
@@ -68,8 +72,10 @@ async def test_v8_on_postgres(pg_dsn):
     from daemon.store.postgres_schema import MIGRATIONS as PG_MIGRATIONS
 
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
-                     "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+        conn.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+            "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+        )
         for version, description, sql in PG_MIGRATIONS:
             if version > 7:
                 break

@@ -47,8 +47,10 @@ async def api(tmp_path):
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999", "-1e400"])
 async def test_a_non_finite_number_in_any_json_body_is_refused_at_parse_time(api, number):
     server, http = api
-    created = await http.post("/api/tasks", **body(
-        f'{{"repo_url": "file:///repo", "prompt": "p", "budget": {{"max_usd": {number}}}}}'))
+    created = await http.post(
+        "/api/tasks",
+        **body(f'{{"repo_url": "file:///repo", "prompt": "p", "budget": {{"max_usd": {number}}}}}'),
+    )
     assert_error(created, 400, "bad_request", "finite")
     # Anywhere in a body, even where the route would ignore the value.
     nested = await http.post("/api/tasks", **body(f'{{"prompt": "p", "x": [{{"y": {number}}}]}}'))
@@ -66,16 +68,18 @@ async def test_a_follow_up_with_a_non_finite_number_is_refused(api):
     assert_error(answer, 400, "bad_request", "NaN")
 
 
-@pytest.mark.parametrize("budget", [{"max_usd": 1e300}, {"max_usd": 0}, {"max_turns": 2**63},
-                                    {"max_tokens": -1}, {"max_turns": 1.5}])
+@pytest.mark.parametrize(
+    "budget",
+    [{"max_usd": 1e300}, {"max_usd": 0}, {"max_turns": 2**63}, {"max_tokens": -1}, {"max_turns": 1.5}],
+)
 async def test_budget_numbers_must_be_finite_positive_and_storable(api, budget):
     _, http = api
-    assert_error(await http.post("/api/tasks", json={**TASK, "budget": budget}), 422,
-                 "invalid_request", "budget")
+    assert_error(
+        await http.post("/api/tasks", json={**TASK, "budget": budget}), 422, "invalid_request", "budget"
+    )
 
 
-@pytest.mark.parametrize("char", ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x7f", "\x85",
-                                  "\x9f"])
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x7f", "\x85", "\x9f"])
 async def test_control_characters_in_a_prompt_are_refused(api, char):
     _, http = api
     refused = await http.post("/api/tasks", json={**TASK, "prompt": f"fix{char}it"})
@@ -87,8 +91,9 @@ async def test_control_characters_in_a_prompt_are_refused(api, char):
 
 async def test_a_lone_surrogate_is_refused_though_it_is_valid_json(api):
     _, http = api
-    refused = await http.post("/api/tasks", **body(
-        '{"repo_url": "file:///repo", "prompt": "fix \\ud800 it"}'))
+    refused = await http.post(
+        "/api/tasks", **body('{"repo_url": "file:///repo", "prompt": "fix \\ud800 it"}')
+    )
     assert_error(refused, 422, "invalid_request", "prompt")  # pydantic's words, or ours
 
 
@@ -99,8 +104,9 @@ async def test_control_characters_in_a_follow_up_are_refused(api):
         raw = json.dumps({"text": text_}).replace("\\\\ud83d", "\\ud83d")
         refused = await http.post(f"/api/tasks/{task['id']}/messages", **body(raw))
         assert_error(refused, 422, "invalid_request", "text")
-    accepted = await http.post(f"/api/tasks/{task['id']}/messages",
-                               json={"text": "tabs\tnew\nlines\r\nand 🙂 are fine"})
+    accepted = await http.post(
+        f"/api/tasks/{task['id']}/messages", json={"text": "tabs\tnew\nlines\r\nand 🙂 are fine"}
+    )
     assert accepted.status_code == 202, accepted.text
 
 
@@ -110,23 +116,41 @@ PROMPT = "Fix add()\tplease\r\nit subtracts 🙂 (café, 日本語, zero\u200dwi
 @pytest.mark.slow
 def test_an_accepted_prompt_commits_and_pushes(tmp_path):
     bare = bare_repo(tmp_path)
-    script = {"turns": [
-        {"content": [tool_use("fix", "str_replace_based_edit_tool", command="str_replace",
-                              path="calc.py", old_str="a - b", new_str="a + b")]},
-        {"content": [text("Fixed.\tDone\r\nwith 🙂")]},
-    ]}
+    script = {
+        "turns": [
+            {
+                "content": [
+                    tool_use(
+                        "fix",
+                        "str_replace_based_edit_tool",
+                        command="str_replace",
+                        path="calc.py",
+                        old_str="a - b",
+                        new_str="a + b",
+                    )
+                ]
+            },
+            {"content": [text("Fixed.\tDone\r\nwith 🙂")]},
+        ]
+    }
     with DaemonProcess(tmp_path / "data", script=script) as daemon:
         added = daemon.agentctl("user-add", "alice")
         assert added.returncode == 0, added.stderr
         headers = {"Authorization": f"Bearer {added.stdout.strip()}"}
-        created = httpx2.post(f"{daemon.url}/api/tasks", headers=headers,
-                              json={"repo_url": str(bare), "prompt": PROMPT})
+        created = httpx2.post(
+            f"{daemon.url}/api/tasks", headers=headers, json={"repo_url": str(bare), "prompt": PROMPT}
+        )
         assert created.status_code == 201, created.text
         task_id = created.json()["id"]
         tail = daemon.agentctl("--json", "tail", task_id, timeout=120)
         assert tail.returncode == 0, tail.stderr
         task = httpx2.get(f"{daemon.url}/api/tasks/{task_id}", headers=headers).json()
     assert task["status"] == "succeeded", task
-    message = subprocess.run(["git", "log", "-1", "--format=%B", task["branch"]], cwd=bare,
-                             check=True, capture_output=True, text=True).stdout
+    message = subprocess.run(
+        ["git", "log", "-1", "--format=%B", task["branch"]],
+        cwd=bare,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "it subtracts 🙂 (café, 日本語, zero\u200dwidth)" in message

@@ -6,6 +6,9 @@ import io
 import json
 import logging
 import signal
+import subprocess
+import sys
+import urllib.request
 from datetime import datetime
 
 import pytest
@@ -17,7 +20,7 @@ from daemon.cli import main
 from daemon.states import TaskStatus
 from daemon.supervisor import RunContext, RunResult
 
-from .daemon_process import READY, DaemonProcess
+from .daemon_process import READY, ROOT, DaemonProcess
 from .helpers import running_supervisor, submit, wait_status
 
 log = logging.getLogger("tests.logs")
@@ -146,8 +149,9 @@ class Chatty:
         log.info("helping")
 
 
-async def test_every_line_logged_while_a_task_runs_carries_its_task_id(capture, store, hub, alice,
-                                                                       autojump_clock):
+async def test_every_line_logged_while_a_task_runs_carries_its_task_id(
+    capture, store, hub, alice, autojump_clock
+):
     out = capture("INFO", "json")
     async with running_supervisor(store, hub, Chatty(), concurrency=2) as supervisor:
         first, second = await submit(supervisor, alice), await submit(supervisor, alice)
@@ -168,11 +172,45 @@ def test_an_unknown_log_level_is_a_config_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_the_real_daemon_writes_json_lines_hypercorn_included(tmp_path):
-    with DaemonProcess(tmp_path / "data") as daemon:
+def test_the_real_daemon_writes_only_json_lines_and_no_hypercorn_banner(tmp_path):
+    """``agentd serve --log-format json``: every line it writes is a JSON object, and
+    Hypercorn's "Running on ... (CTRL + C to quit)" is not among them."""
+    with DaemonProcess(tmp_path / "data", args=["--log-format", "json"]) as daemon:
+        with urllib.request.urlopen(f"{daemon.url}/healthz", timeout=30) as response:
+            assert response.status == 200  # a request Hypercorn serves
         assert daemon.stop(signal.SIGTERM) == 0
-    parsed = [json.loads(line) for line in daemon.log]  # stderr is a pipe: every line is JSON
-    assert any(line["logger"] == "hypercorn.error" for line in parsed)
+    parsed = [json.loads(line) for line in daemon.log]  # stdout and stderr, one pipe
+    assert parsed and all(isinstance(line, dict) for line in parsed)
+    assert [line for line in parsed if "CTRL + C" in line["message"]] == []
     serving = [line for line in parsed if line["message"].startswith("agentd serving on")]
     assert len(serving) == 1
     assert READY.search(json.dumps(serving[0])).group(1) == daemon.url
+
+
+async def test_hypercorns_log_lines_are_json_lines_like_ours(capture, tmp_path):
+    from daemon.config import Settings
+    from daemon.web.app import hypercorn_config
+
+    out = capture("INFO", "json")
+    config = hypercorn_config(Settings(data_dir=tmp_path))
+    await config.log.warning("ASGI Framework Lifespan error, continuing without Lifespan support")
+    (line,) = lines(out)
+    assert (line["logger"], line["level"]) == ("hypercorn.error", "warning")
+    assert line["message"].startswith("ASGI Framework Lifespan error")
+
+
+def test_python_warnings_are_json_lines_too():
+    code = (
+        "import warnings; from daemon import logs; logs.configure('INFO', 'json'); "
+        "warnings.warn('an old API', DeprecationWarning)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code],
+        cwd=ROOT,
+        timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (line,) = [json.loads(text) for text in run.stderr.splitlines()]
+    assert line["logger"] == "py.warnings" and "DeprecationWarning: an old API" in line["message"]

@@ -25,8 +25,16 @@ from tests.fakes.anthropic_api import (
 )
 
 KEY = "sk-ant-test-0123456789-secret"
-BASH = {"name": "bash", "description": "Run a command", "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}}
-EDIT = {"name": "str_replace_based_edit_tool", "description": "Edit files", "input_schema": {"type": "object"}}
+BASH = {
+    "name": "bash",
+    "description": "Run a command",
+    "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
+}
+EDIT = {
+    "name": "str_replace_based_edit_tool",
+    "description": "Edit files",
+    "input_schema": {"type": "object"},
+}
 
 
 @pytest.fixture
@@ -59,7 +67,9 @@ def ask(messages: list[dict] | str, *, system: str = "You fix bugs.", tools=(BAS
 
 async def test_a_tool_session_round_trips_through_the_sdk(api, make_provider):
     api.push(
-        message("Let me run the tests.", tool_use("toolu_01", "bash", {"command": "pytest -q", "restart": False})),
+        message(
+            "Let me run the tests.", tool_use("toolu_01", "bash", {"command": "pytest -q", "restart": False})
+        ),
         message("All green now."),
     )
     provider = make_provider()
@@ -69,12 +79,20 @@ async def test_a_tool_session_round_trips_through_the_sdk(api, make_provider):
     assert first.stop_reason == "tool_use"
     assert first.content == [
         {"type": "text", "text": "Let me run the tests."},
-        {"type": "tool_use", "id": "toolu_01", "name": "bash", "input": {"command": "pytest -q", "restart": False}},
+        {
+            "type": "tool_use",
+            "id": "toolu_01",
+            "name": "bash",
+            "input": {"command": "pytest -q", "restart": False},
+        },
     ]
 
     history += [
         {"role": "assistant", "content": first.content},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01", "content": "1 passed"}]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_01", "content": "1 passed"}],
+        },
     ]
     second = await provider.complete(ask(history))
     assert (second.stop_reason, second.content) == ("end_turn", [{"type": "text", "text": "All green now."}])
@@ -89,7 +107,9 @@ async def test_a_tool_session_round_trips_through_the_sdk(api, make_provider):
 
 
 async def test_text_deltas_arrive_in_order_and_add_up_to_the_text(api, make_provider):
-    api.push(message("The bug is an off-by-one in range(len(xs)).", tool_use("toolu_1", "bash", {"command": "ls"})))
+    api.push(
+        message("The bug is an off-by-one in range(len(xs)).", tool_use("toolu_1", "bash", {"command": "ls"}))
+    )
     deltas: list[str] = []
     reply = await make_provider().complete(ask("hi"), on_text_delta=deltas.append)
     assert len(deltas) > 1
@@ -101,10 +121,13 @@ async def test_the_server_sees_three_cache_breakpoints_in_the_right_places(api, 
     history = [
         {"role": "user", "content": "Fix it."},
         {"role": "assistant", "content": [text("Looking."), tool_use("toolu_1", "bash", {"command": "ls"})]},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "a.py"},
-            {"type": "text", "text": "Also check b.py"},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "a.py"},
+                {"type": "text", "text": "Also check b.py"},
+            ],
+        },
     ]
     request = ask(history)
     before = copy.deepcopy(request)
@@ -121,16 +144,26 @@ async def test_the_server_sees_three_cache_breakpoints_in_the_right_places(api, 
 
 
 async def test_usage_and_cost_include_the_cache_tokens(api, make_provider):
-    api.push(message("ok", model="claude-sonnet-4-5-20250929", usage={
-        "input_tokens": 1000, "output_tokens": 500,
-        "cache_creation_input_tokens": 2000, "cache_read_input_tokens": 10000,
-    }))
+    api.push(
+        message(
+            "ok",
+            model="claude-sonnet-4-5-20250929",
+            usage={
+                "input_tokens": 1000,
+                "output_tokens": 500,
+                "cache_creation_input_tokens": 2000,
+                "cache_read_input_tokens": 10000,
+            },
+        )
+    )
     reply = await make_provider().complete(ask("hi"))
     # Priced as the model that answered, not the alias that was asked for.
     assert reply.model == "claude-sonnet-4-5-20250929"
     # $3/M in, $15/M out, writes 1.25x in, reads 0.1x in
     expected = (1000 * 3 + 500 * 15 + 2000 * 3.75 + 10000 * 0.3) / 1e6
-    assert reply.usage == Usage(1000, 500, cache_read_tokens=10000, cache_write_tokens=2000, cost_usd=pytest.approx(expected))
+    assert reply.usage == Usage(
+        1000, 500, cache_read_tokens=10000, cache_write_tokens=2000, cost_usd=pytest.approx(expected)
+    )
 
 
 @pytest.mark.parametrize("stop_reason", ["max_tokens", "pause_turn", "refusal", "stop_sequence"])
@@ -149,7 +182,9 @@ async def test_a_429_becomes_transient_with_retry_after_once_retries_are_spent(a
     assert len(api.requests) == 1
 
 
-@pytest.mark.parametrize("first", [rate_limited(retry_after=0.01), overloaded(headers={"retry-after": "0.01"})])
+@pytest.mark.parametrize(
+    "first", [rate_limited(retry_after=0.01), overloaded(headers={"retry-after": "0.01"})]
+)
 async def test_the_sdk_retries_one_429_or_529_itself(api, make_provider, first):
     api.push(first, message("recovered"))
     reply = await make_provider(max_retries=2).complete(ask("hi"))
@@ -176,12 +211,24 @@ async def test_a_401_is_permanent_with_the_api_message_and_no_key(api, make_prov
     assert len(api.requests) == 1  # 4xx are not retried
 
 
-@pytest.mark.parametrize(("reply", "expected"), [
-    (bad_request("max_tokens: must be at most 64000"), "anthropic: 400 invalid_request_error: max_tokens: must be at most 64000"),
-    (error(403, "permission_error", "Your API key does not have permission"), "anthropic: 403 permission_error: Your API key does not have permission"),
-    (error(404, "not_found_error", "model: claude-nope"), "anthropic: 404 not_found_error: model: claude-nope"),
-    (unauthorized(), "anthropic: 401 authentication_error: invalid x-api-key"),
-])
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (
+            bad_request("max_tokens: must be at most 64000"),
+            "anthropic: 400 invalid_request_error: max_tokens: must be at most 64000",
+        ),
+        (
+            error(403, "permission_error", "Your API key does not have permission"),
+            "anthropic: 403 permission_error: Your API key does not have permission",
+        ),
+        (
+            error(404, "not_found_error", "model: claude-nope"),
+            "anthropic: 404 not_found_error: model: claude-nope",
+        ),
+        (unauthorized(), "anthropic: 401 authentication_error: invalid x-api-key"),
+    ],
+)
 async def test_client_errors_are_permanent(api, make_provider, reply, expected):
     api.push(reply)
     with pytest.raises(PermanentError) as caught:
@@ -190,11 +237,14 @@ async def test_client_errors_are_permanent(api, make_provider, reply, expected):
     assert caught.value.message == expected
 
 
-@pytest.mark.parametrize(("reply", "expected"), [
-    (overloaded(), "anthropic: 529 overloaded_error: Overloaded"),
-    (server_error(), "anthropic: 500 api_error: Internal server error"),
-    (overloaded(in_stream=True), "anthropic: overloaded_error during the response stream: Overloaded"),
-])
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (overloaded(), "anthropic: 529 overloaded_error: Overloaded"),
+        (server_error(), "anthropic: 500 api_error: Internal server error"),
+        (overloaded(in_stream=True), "anthropic: overloaded_error during the response stream: Overloaded"),
+    ],
+)
 async def test_overload_and_server_errors_are_transient(api, make_provider, reply, expected):
     api.push(reply)
     with pytest.raises(TransientError) as caught:
@@ -249,7 +299,10 @@ async def test_thinking_blocks_come_back_whole_and_are_not_streamed_as_text(api,
     api.push(message({"type": "thinking", "thinking": "Off by one?", "signature": "c2ln"}, "It is."))
     deltas: list[str] = []
     reply = await make_provider().complete(ask("hi"), on_text_delta=deltas.append)
-    assert reply.content == [{"type": "thinking", "thinking": "Off by one?", "signature": "c2ln"}, text("It is.")]
+    assert reply.content == [
+        {"type": "thinking", "thinking": "Off by one?", "signature": "c2ln"},
+        text("It is."),
+    ]
     assert "".join(deltas) == "It is."
 
 
@@ -260,7 +313,10 @@ async def test_the_fake_refuses_a_conversation_the_real_api_would_refuse(api, ma
         {"role": "assistant", "content": [tool_use("toolu_9", "bash", {"command": "ls"})]},
         {"role": "user", "content": "forgot the tool_result"},
     ]
-    with pytest.raises(PermanentError, match="400 invalid_request_error: messages.2: tool_use ids were found without tool_result"):
+    with pytest.raises(
+        PermanentError,
+        match="400 invalid_request_error: messages.2: tool_use ids were found without tool_result",
+    ):
         await make_provider().complete(ask(history))
     assert api.pending == 1  # the scripted reply is still there for the next, valid request
 
@@ -268,6 +324,12 @@ async def test_the_fake_refuses_a_conversation_the_real_api_would_refuse(api, ma
 async def test_the_fake_answers_non_streaming_requests_with_json(api):
     api.push(message("plain JSON", usage={"input_tokens": 3}))
     async with anthropic.AsyncAnthropic(api_key=KEY, base_url=api.url, max_retries=0) as client:
-        reply = await client.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
-    assert (reply.content[0].text, reply.stop_reason, reply.usage.input_tokens) == ("plain JSON", "end_turn", 3)
+        reply = await client.messages.create(
+            model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert (reply.content[0].text, reply.stop_reason, reply.usage.input_tokens) == (
+        "plain JSON",
+        "end_turn",
+        3,
+    )
     assert "stream" not in api.requests[0].body

@@ -36,8 +36,13 @@ async def world(tmp_path):
     async with trio.open_nursery() as nursery:
         github_url = await nursery.start(github.serve)
         async with running_daemon(
-            tmp_path, github_oauth_url=github_url, github_api=github_url, github_client_id="cid",
-            github_client_secret="csecret", app_redirects=(APP,), oauth_login_ttl_s=60,
+            tmp_path,
+            github_oauth_url=github_url,
+            github_api=github_url,
+            github_client_id="cid",
+            github_client_secret="csecret",
+            app_redirects=(APP,),
+            oauth_login_ttl_s=60,
         ) as server:
             yield server, github
         nursery.cancel_scope.cancel()
@@ -47,9 +52,15 @@ async def sign_in(server, github, verifier_challenge=None, *, app_state="s1") ->
     """Walk the browser through login -> GitHub -> callback; return the app redirect's query."""
     verifier, challenge = verifier_challenge or pkce()
     async with server.client() as browser:
-        start = await browser.get("/auth/github/login", params={
-            "app_redirect": APP, "code_challenge": challenge, "code_challenge_method": "S256",
-            "state": app_state})
+        start = await browser.get(
+            "/auth/github/login",
+            params={
+                "app_redirect": APP,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                "state": app_state,
+            },
+        )
         assert start.status_code == 302, start.text
         at_github = await browser.get(start.headers["Location"])
         assert at_github.status_code == 302
@@ -63,8 +74,9 @@ async def redeem(server, answer: dict[str, str], verifier: str | None = None) ->
     """The app's last leg: the one-time code for an API token; the token response's body."""
     assert "code" in answer, answer
     async with server.client() as phone:
-        issued = await phone.post("/auth/token", json={
-            "code": answer["code"], "code_verifier": verifier or answer["_verifier"]})
+        issued = await phone.post(
+            "/auth/token", json={"code": answer["code"], "code_verifier": verifier or answer["_verifier"]}
+        )
     assert issued.status_code == 200, issued.text
     return issued.json()
 
@@ -123,7 +135,9 @@ async def test_callback_state_is_single_use_and_denial_reaches_the_app(world):
     server, github = world
     _, challenge = pkce()
     async with server.client() as browser:
-        start = await browser.get("/auth/github/login", params={"app_redirect": APP, "code_challenge": challenge})
+        start = await browser.get(
+            "/auth/github/login", params={"app_redirect": APP, "code_challenge": challenge}
+        )
         at_github = await browser.get(start.headers["Location"])
         assert (await browser.get(at_github.headers["Location"])).status_code == 302
         replay = await browser.get(at_github.headers["Location"])
@@ -210,8 +224,7 @@ async def test_an_operator_links_an_account_and_that_github_user_reaches_it(worl
     admin = await server.store.upsert_user("admin", is_operator=True)
     async with await ControlClient.connect(server.daemon.settings.control_socket_path) as ctl:
         linked = await ctl.call("users.link", login="admin", github_id=OCTOCAT_ID)
-        assert linked == {"login": "admin", "user_id": admin.id, "github_id": OCTOCAT_ID,
-                          "is_operator": True}
+        assert linked == {"login": "admin", "user_id": admin.id, "github_id": OCTOCAT_ID, "is_operator": True}
         await server.store.upsert_user("bob")
         with pytest.raises(CommandRefused, match="already linked to the account 'admin'") as info:
             await ctl.call("users.link", login="bob", github_id=OCTOCAT_ID)
@@ -232,8 +245,7 @@ async def test_user_add_operator_refuses_an_account_a_sign_in_made(world):
         with pytest.raises(CommandRefused, match=f"user-link octocat {OCTOCAT_ID} --operator"):
             await ctl.call("users.add", login="octocat", operator=True)
         assert not (await server.store.user_by_login("octocat")).is_operator
-        confirmed = await ctl.call("users.link", login="octocat", github_id=OCTOCAT_ID,
-                                   operator=True)
+        confirmed = await ctl.call("users.link", login="octocat", github_id=OCTOCAT_ID, operator=True)
         assert confirmed["is_operator"] is True
 
 

@@ -27,10 +27,12 @@ def mode(path: Path) -> int:
 
 def test_the_daemon_makes_its_files_private_under_a_permissive_umask(tmp_path):
     bare = bare_repo(tmp_path)
-    script = {"turns": [
-        {"content": [tool_use("w", "bash", command="echo hi > by-tool.txt; mkdir -p made/dir")]},
-        {"content": [text("Wrote a file.")]},
-    ]}
+    script = {
+        "turns": [
+            {"content": [tool_use("w", "bash", command="echo hi > by-tool.txt; mkdir -p made/dir")]},
+            {"content": [text("Wrote a file.")]},
+        ]
+    }
     data = tmp_path / "data"
     previous = os.umask(0)
     try:
@@ -39,15 +41,19 @@ def test_the_daemon_makes_its_files_private_under_a_permissive_umask(tmp_path):
         with daemon:
             added = daemon.agentctl("user-add", "alice")
             assert added.returncode == 0, added.stderr
-            created = httpx2.post(f"{daemon.url}/api/tasks", json={
-                "repo_url": str(bare), "prompt": "write a file"},
-                headers={"Authorization": f"Bearer {added.stdout.strip()}"})
+            created = httpx2.post(
+                f"{daemon.url}/api/tasks",
+                json={"repo_url": str(bare), "prompt": "write a file"},
+                headers={"Authorization": f"Bearer {added.stdout.strip()}"},
+            )
             assert created.status_code == 201, created.text
             task_id = created.json()["id"]
             tail = daemon.agentctl("--json", "tail", task_id, timeout=120)
             assert tail.returncode == 0, tail.stderr
-            task = httpx2.get(f"{daemon.url}/api/tasks/{task_id}", headers={
-                "Authorization": f"Bearer {added.stdout.strip()}"}).json()
+            task = httpx2.get(
+                f"{daemon.url}/api/tasks/{task_id}",
+                headers={"Authorization": f"Bearer {added.stdout.strip()}"},
+            ).json()
             assert task["status"] == "succeeded", task
             assert daemon.wait_for_log("was mode 777, open to others; made it 700")
     finally:
@@ -58,8 +64,7 @@ def test_the_daemon_makes_its_files_private_under_a_permissive_umask(tmp_path):
     assert (workspace / "by-tool.txt").read_text() == "hi\n"
     found = [data / "workspaces", *workspace.rglob("*")]
     assert len(found) > 5  # the clone, its .git, what the tool made
-    opened = {str(p.relative_to(data)): oct(mode(p)) for p in found
-              if not p.is_symlink() and mode(p) & 0o077}
+    opened = {str(p.relative_to(data)): oct(mode(p)) for p in found if not p.is_symlink() and mode(p) & 0o077}
     assert opened == {}
     for name in ("agentd.lock", "node-id"):
         assert mode(data / name) & 0o077 == 0, name

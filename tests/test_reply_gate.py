@@ -8,8 +8,6 @@ client is httpx2 with ``GatedHTTPTransport``, as the Anthropic provider builds i
 
 from __future__ import annotations
 
-import functools
-
 import httpx2
 import pytest
 import trio
@@ -17,17 +15,21 @@ import trio.testing
 
 from daemon.agent.anthropic_provider import AnthropicProvider, request_body
 from daemon.agent.model import ModelRequest
-from daemon.agent.reply_gate import GatedHTTPTransport, ReplyGate, gated_http_client
+from daemon.agent.reply_gate import GatedHTTPTransport, ReplyGate, gated_http_clients
 
 from .fakes.anthropic_api import FakeAnthropicAPI, message, text
 
 KEY = "sk-ant-test-gate"
 SSE = [
-    b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","type":"message",'
-    b'"role":"assistant","model":"m","content":[],"stop_reason":null,"stop_sequence":null,'
-    b'"usage":{"input_tokens":1,"output_tokens":1}}}\n\n',
-    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn",'
-    b'"stop_sequence":null},"usage":{"output_tokens":1}}\n\n',
+    (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","type":"message",'
+        b'"role":"assistant","model":"m","content":[],"stop_reason":null,"stop_sequence":null,'
+        b'"usage":{"input_tokens":1,"output_tokens":1}}}\n\n'
+    ),
+    (
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn",'
+        b'"stop_sequence":null},"usage":{"output_tokens":1}}\n\n'
+    ),
     b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
 ]
 REQUEST = ModelRequest(system="s", messages=[{"role": "user", "content": "hi"}], tools=[], max_tokens=10)
@@ -66,8 +68,10 @@ class ReplyServer:
             return False
         if path == b"/v1/messages":
             body = b"".join(SSE)
-            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                                  b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
             return True
         if path == b"/held":
             await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
@@ -98,8 +102,9 @@ async def served(nursery):
         listeners = await nursery.start(server.serve)
         port = server.port = listeners[0].socket.getsockname()[1]
         gate = ReplyGate(slots)
-        client = httpx2.AsyncClient(transport=GatedHTTPTransport(gate, **transport),
-                                    base_url=f"http://127.0.0.1:{port}")
+        client = httpx2.AsyncClient(
+            transport=GatedHTTPTransport(gate, **transport), base_url=f"http://127.0.0.1:{port}"
+        )
         return gate, client
 
     return start
@@ -211,6 +216,7 @@ async def test_a_task_cancelled_while_waiting_for_a_slot_takes_none(served, nurs
     nursery.start_soon(holds_the_slot)
     await first.wait()
     with trio.CancelScope() as waiting:
+
         async def cancel_once_parked() -> None:
             await trio.testing.wait_all_tasks_blocked()
             assert gate.held() == 1
@@ -274,8 +280,11 @@ async def test_a_first_request_waits_for_no_worker_thread_with_the_slot(fake_api
     import anthropic._base_client
 
     threads: list[object] = []
-    monkeypatch.setattr(anthropic._base_client, "asyncify",
-                        lambda fn: threads.append(fn) or (lambda: trio.to_thread.run_sync(fn)))
+    monkeypatch.setattr(
+        anthropic._base_client,
+        "asyncify",
+        lambda fn: threads.append(fn) or (lambda: trio.to_thread.run_sync(fn)),
+    )
     api, provider_for = fake_api
     provider = provider_for(pools=2)
     for client in provider._clients:  # each pool's first request
@@ -366,24 +375,42 @@ async def test_a_holder_does_not_wait_for_a_connection_of_a_full_pool_with_its_s
     await client.aclose()
 
 
-def test_the_transport_sees_when_its_pool_has_room():
-    """Where httpcore keeps a pool's requests and limit (a release that moves them makes every
-    request give its slot back before the pool, slower but safe: this test says so)."""
+async def test_the_transport_counts_a_request_until_its_response_is_closed_or_it_failed(nursery):
+    """The pool has room while fewer requests are in flight than it has connections."""
+    server = ReplyServer()
+    listeners = await nursery.start(server.serve)
     transport = GatedHTTPTransport(ReplyGate(), limits=httpx2.Limits(max_connections=1))
-    assert transport._pool_has_room()
-    transport._pool._requests.append(object())
-    assert not transport._pool_has_room()
+    client = httpx2.AsyncClient(
+        transport=transport, base_url=f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    )
+    assert (transport.in_flight, transport.pool_has_room()) == (0, True)
+    with trio.fail_after(WAIT_S):
+        async with client.stream("GET", "/held") as response:
+            parts = response.aiter_raw()
+            await parts.__anext__()
+            assert (transport.in_flight, transport.pool_has_room()) == (1, False)
+            server.go_on.set()
+            async for _ in parts:  # to its end, where httpx closes it
+                pass
+        assert (transport.in_flight, transport.pool_has_room()) == (0, True)
+        with pytest.raises(httpx2.RemoteProtocolError):
+            await read_all(client, "/drop")
+    assert (transport.in_flight, transport.pool_has_room()) == (0, True)
+    assert GatedHTTPTransport(ReplyGate(), limits=httpx2.Limits(max_connections=None)).pool_has_room()
+    await client.aclose()
 
 
 def test_with_a_proxy_in_the_environment_the_sdk_client_is_kept(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-    assert gated_http_client(ReplyGate()) is None
+    assert gated_http_clients(ReplyGate(), 2) is None
     # and the provider has no gate: one its transports never give back would be held for a
     # whole call, one call at a time
     assert AnthropicProvider(KEY, pools=2)._gate is None
     monkeypatch.delenv("HTTPS_PROXY")
     monkeypatch.setenv("NO_PROXY", "example.com")
-    assert isinstance(gated_http_client(ReplyGate()), httpx2.AsyncClient)
+    clients = gated_http_clients(ReplyGate(), 2)
+    assert clients is not None and len(clients) == 2
+    assert all(isinstance(client, httpx2.AsyncClient) for client in clients)
 
 
 def test_a_gate_needs_a_slot_and_the_setting_can_turn_it_off(tmp_path):

@@ -55,8 +55,12 @@ def test_a_missing_socket_is_reported_once_and_never_raises(caplog):
 
 
 def test_from_environ_reads_the_watchdog_and_unsets_the_variables():
-    env = {"NOTIFY_SOCKET": "/run/notify", "WATCHDOG_USEC": "30000000",
-           "WATCHDOG_PID": str(os.getpid()), "OTHER": "kept"}
+    env = {
+        "NOTIFY_SOCKET": "/run/notify",
+        "WATCHDOG_USEC": "30000000",
+        "WATCHDOG_PID": str(os.getpid()),
+        "OTHER": "kept",
+    }
     notifier = Notifier.from_environ(env)
     assert notifier.address == "/run/notify"
     assert notifier.watchdog_interval_s == 15.0  # half of WatchdogSec, as sd_watchdog_enabled says

@@ -15,8 +15,7 @@ import trio
 
 from daemon.errors import InvalidTransition, NotFound
 from daemon.states import TaskStatus
-from daemon.store import NewEvent
-from daemon.store import sqlite_queries as q
+from daemon.store import NewEvent, Transition, sqlite_queries as q
 
 from .helpers import in_one_batch
 
@@ -45,7 +44,7 @@ async def assert_gap_free(store, task_id: str, published: Published | None = Non
     assert seqs == list(range(1, len(seqs) + 1))
     assert (await store.get_task(task_id)).last_seq == len(seqs)
     if published is not None:
-        assert published.seqs[task_id] == seqs[-len(published.seqs[task_id]):]
+        assert published.seqs[task_id] == seqs[-len(published.seqs[task_id]) :]
     return len(seqs)
 
 
@@ -59,9 +58,9 @@ async def test_concurrent_single_appends_with_transitions_stay_gap_free_and_in_o
 
     async def flipper(task_id: str, n: int) -> None:
         for _ in range(n):
-            await store.transition(task_id, TaskStatus.RUNNING)
+            await store.transition(Transition(task_id, TaskStatus.RUNNING))
             await store.append_events(task_id, text(-1))
-            await store.transition(task_id, TaskStatus.QUEUED)
+            await store.transition(Transition(task_id, TaskStatus.QUEUED))
 
     async with trio.open_nursery() as nursery:
         for task in tasks:
@@ -83,7 +82,7 @@ async def test_a_transition_in_a_merged_batch_sees_the_appends_before_it(store, 
         lambda: store.append_events(a.id, text(1)),
         lambda: store.append_events(b.id, text(1)),
         lambda: store.append_events(a.id, text(2)),
-        lambda: store.transition(a.id, TaskStatus.RUNNING),
+        lambda: store.transition(Transition(a.id, TaskStatus.RUNNING)),
         lambda: store.append_events(a.id, text(3)),
         lambda: store.append_events(b.id, text(2)),
     )
@@ -135,7 +134,7 @@ async def test_a_failing_job_in_a_merged_batch_undoes_only_its_own_appends(store
         lambda: store.append_events(a.id, text(1)),
         lambda: store._write(append_then_fail),
         lambda: store.append_events(a.id, text(2)),
-        lambda: store.transition(b.id, TaskStatus.SUCCEEDED),  # invalid: fails alone
+        lambda: store.transition(Transition(b.id, TaskStatus.SUCCEEDED)),  # invalid: fails alone
         lambda: store.append_events(b.id, text(1)),
     )
     assert isinstance(outcomes[1], RuntimeError)
@@ -158,6 +157,7 @@ async def test_a_wrong_remembered_counter_never_leaves_a_gap(store, alice):
     await store.append_events(a.id, text(0))
 
     for wrong in (10, 1):  # ahead of the table, then behind it
+
         def corrupt(conn, wrong=wrong):
             conn.last_seqs[a.id] = wrong
 

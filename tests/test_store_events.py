@@ -5,11 +5,12 @@ from __future__ import annotations
 import apsw
 import pytest
 import trio
+import trio.lowlevel
 
 from daemon.errors import InvalidTransition, NotFound
 from daemon.events import EventHub
 from daemon.states import TaskStatus
-from daemon.store import DataDirLocked, NewEvent, SqliteStore, Usage
+from daemon.store import Claim, DataDirLocked, NewEvent, SqliteStore, Transition, Usage
 from daemon.store.schema import LATEST
 from daemon.supervisor import Backoff
 
@@ -55,9 +56,9 @@ async def test_event_seq_is_gap_free_under_concurrent_appends(store, alice):
 async def test_transitions_are_validated_in_one_place(store, alice):
     task, _ = await store.create_task(user_id=alice.id, repo_url="r", prompt="p")
     with pytest.raises(InvalidTransition, match="a queued task cannot become succeeded"):
-        await store.transition(task.id, TaskStatus.SUCCEEDED)
+        await store.transition(Transition(task.id, TaskStatus.SUCCEEDED))
     with pytest.raises(NotFound):
-        await store.transition("nope", TaskStatus.RUNNING)
+        await store.transition(Transition("nope", TaskStatus.RUNNING))
     before = await store.read_events(task.id)
     assert (await store.get_task(task.id)).status is TaskStatus.QUEUED
     assert await store.read_events(task.id) == before  # a refused change appends nothing
@@ -65,7 +66,9 @@ async def test_transitions_are_validated_in_one_place(store, alice):
 
 async def test_idempotency_key_returns_the_first_task(store, alice, bob):
     first, created = await store.create_task(user_id=alice.id, repo_url="r", prompt="p", idempotency_key="k1")
-    again, created_again = await store.create_task(user_id=alice.id, repo_url="r", prompt="other", idempotency_key="k1")
+    again, created_again = await store.create_task(
+        user_id=alice.id, repo_url="r", prompt="other", idempotency_key="k1"
+    )
     bobs, _ = await store.create_task(user_id=bob.id, repo_url="r", prompt="p", idempotency_key="k1")
     assert created and not created_again and again.id == first.id and again.prompt == "p"
     assert bobs.id != first.id
@@ -80,7 +83,7 @@ async def test_follow_replays_then_goes_live_without_gap_or_duplicate(store, hub
         for i in range(300):
             await store.append_events(task.id, [NewEvent("agent.text", {"text": str(i)})])
             if i % 7 == 0:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
     async def reader() -> None:
         async for event in hub.follow(task.id, after=0):
@@ -90,7 +93,7 @@ async def test_follow_replays_then_goes_live_without_gap_or_duplicate(store, hub
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         nursery.start_soon(reader)
     assert seen == list(range(1, total + 1))
 
@@ -197,32 +200,45 @@ async def test_backup_is_a_consistent_copy(store, alice, tmp_path):
         await store.backup(target)
 
 
-
 async def test_an_agent_turn_its_usage_and_its_events_commit_together(store, alice):
     task, _ = await store.create_task(user_id=alice.id, repo_url="r", prompt="p")
     writes: list[float] = []
     store.observe_writes(writes.append)
     usage = Usage(input_tokens=10, output_tokens=5, cost_usd=0.01)
-    await store.append_message(task.id, "assistant", [{"type": "text", "text": "hi"}],
-                               stop_reason="tool_use", usage=usage,
-                               events=[NewEvent("agent.text", {"text": "hi"}),
-                                       NewEvent("agent.usage", {"input_tokens": 10})])
-    await store.start_tool_call(task.id, "t1", "view", {"path": "x"},
-                                events=[NewEvent("agent.tool_call", {"id": "t1"})])
-    await store.finish_tool_call(task.id, "t1", "ok", False,
-                                 events=[NewEvent("agent.tool_result", {"id": "t1"})])
+    await store.append_message(
+        task.id,
+        "assistant",
+        [{"type": "text", "text": "hi"}],
+        stop_reason="tool_use",
+        usage=usage,
+        events=[NewEvent("agent.text", {"text": "hi"}), NewEvent("agent.usage", {"input_tokens": 10})],
+    )
+    await store.start_tool_call(
+        task.id, "t1", "view", {"path": "x"}, events=[NewEvent("agent.tool_call", {"id": "t1"})]
+    )
+    await store.finish_tool_call(
+        task.id, "t1", "ok", False, events=[NewEvent("agent.tool_result", {"id": "t1"})]
+    )
     assert len(writes) == 3  # one commit each
     assert (await store.get_task(task.id)).usage == usage
     assert [m["role"] for m in await store.list_messages(task.id)] == ["assistant"]
     assert [(c["status"], c["output"]) for c in await store.list_tool_calls(task.id)] == [("done", "ok")]
     events = await store.read_events(task.id)
-    assert [e.type for e in events[-4:]] == ["agent.text", "agent.usage", "agent.tool_call",
-                                             "agent.tool_result"]
+    assert [e.type for e in events[-4:]] == [
+        "agent.text",
+        "agent.usage",
+        "agent.tool_call",
+        "agent.tool_result",
+    ]
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     # All or nothing: the turn of a task that does not exist leaves no message behind.
     with pytest.raises(NotFound):
-        await store.append_message("nope", "assistant", [{"type": "text", "text": "x"}],
-                                   events=[NewEvent("agent.text", {"text": "x"})])
+        await store.append_message(
+            "nope",
+            "assistant",
+            [{"type": "text", "text": "x"}],
+            events=[NewEvent("agent.text", {"text": "x"})],
+        )
     assert await store.list_messages("nope") == []
 
 
@@ -248,11 +264,11 @@ async def test_claims_take_users_in_turn_and_hold_a_users_cap(store, alice, bob)
     assert [t.id for t in claimed] == [a[0], b, a[1]]
     assert all(t.status is TaskStatus.RUNNING and t.node_id == "n1" and t.attempt == 1 for t in claimed)
     assert await store.claim_tasks("n2", 5, user_limit=2) == []  # alice is at her cap
-    await store.transition(a[0], TaskStatus.SUCCEEDED, claim=("n1", 1))
+    await store.transition(Transition(a[0], TaskStatus.SUCCEEDED, claim=Claim("n1", 1)))
     (third,) = await store.claim_tasks("n2", 5, user_limit=2)
     assert third.id == a[2] and third.node_id == "n2"
     running = [e.data for e in await store.read_events(a[2]) if e.type == "task.status"][-1]
-    assert running == {"status": "running", "attempt": 1, "node": "n2"}
+    assert running == {"status": "running", "attempt": 1, "node": "n2", "user_id": alice.id}
 
 
 async def test_a_result_and_its_event_are_written_together(store, alice):

@@ -23,13 +23,16 @@ def _v5_database(path, tasks: dict[str, int]) -> None:
         conn.execute("INSERT INTO users (login, created_at, updated_at) VALUES ('alice', 0, 0)")
         # Ids out of creation order: the copy must follow the events' task, not the id's order.
         for task_id, count in tasks.items():
-            conn.execute("INSERT INTO tasks (id, user_id, repo_url, prompt, status, created_at, "
-                         "updated_at, last_seq) VALUES (?, 1, 'r', 'p', 'succeeded', 0, 0, ?)",
-                         (task_id, count))
+            conn.execute(
+                "INSERT INTO tasks (id, user_id, repo_url, prompt, status, created_at, "
+                "updated_at, last_seq) VALUES (?, 1, 'r', 'p', 'succeeded', 0, 0, ?)",
+                (task_id, count),
+            )
         for task_id, count in reversed(tasks.items()):
-            conn.executemany("INSERT INTO events (task_id, seq, ts, type, data) VALUES (?, ?, ?, ?, ?)",
-                             [(task_id, seq, float(seq), "agent.text", f'{{"n":{seq}}}')
-                              for seq in range(1, count + 1)])
+            conn.executemany(
+                "INSERT INTO events (task_id, seq, ts, type, data) VALUES (?, ?, ?, ?, ?)",
+                [(task_id, seq, float(seq), "agent.text", f'{{"n":{seq}}}') for seq in range(1, count + 1)],
+            )
         # An event of no task could never be read: the copy leaves it behind.
         conn.execute("INSERT INTO events VALUES ('ghost', 1, 0, 'agent.text', '{}')")
     conn.close()
@@ -81,8 +84,11 @@ async def test_an_event_seq_is_unique_per_task(store, alice):
     task, _ = await store.create_task(user_id=alice.id, repo_url="r", prompt="p")
 
     def duplicate(conn) -> None:
-        conn.execute("INSERT INTO events (task_no, seq, ts, type, data) "
-                     "SELECT seqno, 1, 0, 'x', '{}' FROM tasks WHERE id = ?", (task.id,))
+        conn.execute(
+            "INSERT INTO events (task_no, seq, ts, type, data) "
+            "SELECT seqno, 1, 0, 'x', '{}' FROM tasks WHERE id = ?",
+            (task.id,),
+        )
 
     with pytest.raises(apsw.ConstraintError):
         await store._write(duplicate)

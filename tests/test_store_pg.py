@@ -20,11 +20,10 @@ pytest.importorskip("psycopg_pool", reason="the PostgreSQL store needs psycopg-p
 from daemon.errors import ConfigError, InvalidTransition, NotFound, PermanentError
 from daemon.events import EventHub
 from daemon.states import TaskStatus
-from daemon.store import NewEvent, SqliteStore, open_store
+from daemon.store import NewEvent, SqliteStore, Transition, open_store
 from daemon.store.postgres import PostgresStore, StoreUnavailable, redact
 from daemon.store.postgres_schema import MIGRATIONS
-from daemon.store.schema import LATEST
-from daemon.store.schema import MIGRATIONS as SHARED_MIGRATIONS
+from daemon.store.schema import LATEST, MIGRATIONS as SHARED_MIGRATIONS
 from daemon.supervisor import Backoff
 
 from .conftest import fake_wall
@@ -104,7 +103,8 @@ async def main(dsn, task_id, n):
         for _ in range(4):
             async def append():
                 for i in range(n):
-                    await store.append_events(task_id, [NewEvent("agent.text", {"pid": os.getpid()})] * (1 + i % 3))
+                    batch = [NewEvent("agent.text", {"pid": os.getpid()})] * (1 + i % 3)
+                    await store.append_events(task_id, batch)
             nursery.start_soon(append)
     await store.aclose()
 
@@ -125,10 +125,13 @@ async def test_two_processes_appending_to_one_task_stay_gap_free(pg_dsn):
         for _ in range(2):
             nursery.start_soon(trio.run_process, [sys.executable, "-c", _APPENDER, pg_dsn, task.id, "30"])
         with psycopg.connect(pg_dsn, autocommit=True) as watcher:
-            query = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                     "AND wait_event_type = 'Lock'")
-            while watcher.execute(query).fetchone()[0] < 2:
-                await trio.sleep(0.02)  # another process's progress: nothing to wait on but polling
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            )
+            # Another process's progress: there is nothing to wait on but polling.
+            while watcher.execute(query).fetchone()[0] < 2:  # noqa: ASYNC110
+                await trio.sleep(0.02)
         await trio.to_thread.run_sync(holder.commit)
     holder.close()
     total = 2 + 2 * 4 * (10 * (1 + 2 + 3))
@@ -149,7 +152,9 @@ async def test_transition_races_between_two_nodes_have_exactly_one_winner(pg_dsn
 
     async def claim(store: PostgresStore, name: str, task_id: str) -> None:
         try:
-            await store.transition(task_id, TaskStatus.RUNNING, expect=TaskStatus.QUEUED, attempt_delta=1)
+            await store.transition(
+                Transition(task_id, TaskStatus.RUNNING, expect=TaskStatus.QUEUED, attempt_delta=1)
+            )
             outcomes[task_id].append(name)
         except InvalidTransition:
             pass
@@ -173,7 +178,9 @@ async def test_one_idempotency_key_from_two_nodes_makes_one_task(pg_dsn):
     results = []
 
     async def create(store: PostgresStore) -> None:
-        results.append(await store.create_task(user_id=alice.id, repo_url="r", prompt="p", idempotency_key="k"))
+        results.append(
+            await store.create_task(user_id=alice.id, repo_url="r", prompt="p", idempotency_key="k")
+        )
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(create, a)
@@ -253,15 +260,27 @@ async def test_the_users_and_conversation_round_trip(pg_dsn):
     assert await store.revoke_user("alice") == 1
     assert await store.user_by_token_hash("h1") is None
     task, _ = await store.create_task(user_id=alice.id, repo_url="r", prompt="p", budget={"turns": 3})
-    assert [await store.append_message(task.id, r, [{"type": "text", "text": r}]) for r in ("user", "assistant")] == [0, 1]
+    assert [
+        await store.append_message(task.id, r, [{"type": "text", "text": r}]) for r in ("user", "assistant")
+    ] == [0, 1]
     await store.append_message(task.id, "assistant", "x", stop_reason="max_tokens")
-    assert (await store.list_messages(task.id))[2] == {"role": "assistant", "content": "x", "stop_reason": "max_tokens"}
+    assert (await store.list_messages(task.id))[2] == {
+        "role": "assistant",
+        "content": "x",
+        "stop_reason": "max_tokens",
+    }
     await store.start_tool_call(task.id, "t1", "bash", {"cmd": "ls"})
     await store.start_tool_call(task.id, "t1", "bash", {"cmd": "ls"})  # a replay is ignored
     await store.finish_tool_call(task.id, "t1", "out\x00put", False)  # PostgreSQL TEXT has no NUL
     assert await store.list_tool_calls(task.id) == [
-        {"id": "t1", "name": "bash", "input": {"cmd": "ls"}, "status": "done", "output": "out\ufffdput",
-         "is_error": False}
+        {
+            "id": "t1",
+            "name": "bash",
+            "input": {"cmd": "ls"},
+            "status": "done",
+            "output": "out\ufffdput",
+            "is_error": False,
+        }
     ]
     updated = await store.update_task(task.id, branch="agentd/x", diff={"files": 1})
     assert updated.branch == "agentd/x" and updated.diff == {"files": 1} and updated.budget == {"turns": 3}

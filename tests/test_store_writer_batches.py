@@ -138,7 +138,8 @@ async def test_batches_committed_before_trio_takes_them_come_back_with_one_wake_
 
 
 async def test_a_batch_the_writer_cannot_even_roll_back_fails_its_callers_and_the_writer_goes_on(
-        store, monkeypatch):
+    store, monkeypatch
+):
     alice = await store.upsert_user("alice")
     real = sqlite_io.WriterThread._run_batch
     batches = []

@@ -15,21 +15,22 @@ from .helpers import wait_status
 
 pytestmark = pytest.mark.slow
 
-SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-env-must-not-leak",
-           "AGENTD_SECRET_KEYS": "fernet-key-must-not-leak",
-           "AGENTD_GITHUB_CLIENT_SECRET": "client-secret-must-not-leak"}
+SECRETS = {
+    "ANTHROPIC_API_KEY": "sk-ant-env-must-not-leak",
+    "AGENTD_SECRET_KEYS": "fernet-key-must-not-leak",
+    "AGENTD_GITHUB_CLIENT_SECRET": "client-secret-must-not-leak",
+}
 _started: dict[str, object] = {"on": False, "seen": [], "lock": threading.Lock()}
 
 
 def _audit(event: str, args: tuple) -> None:
     if event == "subprocess.Popen" and _started["on"]:
-        executable, argv, _cwd, env = args
+        _executable, argv, _cwd, env = args
         with _started["lock"]:
             _started["seen"].append((list(argv), env))
 
 
-async def test_no_process_of_a_whole_task_inherits_the_daemons_environment(
-        store, hub, tmp_path, monkeypatch):
+async def test_no_process_of_a_whole_task_inherits_the_daemons_environment(store, hub, tmp_path, monkeypatch):
     if not _started.get("hooked"):
         sys.addaudithook(_audit)  # hooks cannot be removed: this one is idle outside the test
         _started["hooked"] = True
@@ -51,5 +52,6 @@ async def test_no_process_of_a_whole_task_inherits_the_daemons_environment(
     for argv, env in seen:
         assert env is not None, f"{argv[:3]} inherits the daemon's environment"
         leaked = [name for name, value in SECRETS.items() if value in env.values()]
-        assert not leaked and not any(k.startswith("AGENTD_") and k != "AGENTD_GIT_TOKEN"
-                                      and k != "AGENTD_GIT_USERNAME" for k in env), (argv[:3], env)
+        assert not leaked and not any(
+            k.startswith("AGENTD_") and k != "AGENTD_GIT_TOKEN" and k != "AGENTD_GIT_USERNAME" for k in env
+        ), (argv[:3], env)

@@ -5,10 +5,12 @@ All time is trio's MockClock (autojump): a 10-minute backoff takes no real time.
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
 import trio
+import trio.lowlevel
 
 from daemon.errors import InvalidTransition
 from daemon.states import TaskStatus
@@ -43,7 +45,9 @@ async def test_transient_failures_are_retried_after_their_backoff(autojump_clock
     runner = FailTimes(2)
     async with running_supervisor(store, hub, runner, backoff=Backoff(10, 600, 5)) as sup:
         task = await submit(sup, alice)
-        assert await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED) == TaskStatus.SUCCEEDED
+        assert (
+            await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED) == TaskStatus.SUCCEEDED
+        )
     events = await store.read_events(task.id)
     scheduled = [e for e in events if e.type == "task.retry_scheduled"]
     assert [e.data["attempt"] for e in scheduled] == [1, 2]
@@ -52,7 +56,7 @@ async def test_transient_failures_are_retried_after_their_backoff(autojump_clock
     # Each new attempt starts no earlier than the delay that was scheduled for it.
     starts = [t for _, t in runner.starts]
     assert len(starts) == 3
-    for (before, after), event in zip(zip(starts, starts[1:]), scheduled):
+    for (before, after), event in zip(itertools.pairwise(starts), scheduled, strict=True):
         assert after - before >= event.data["delay_s"] - 1e-3
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert (await store.get_task(task.id)).attempt == 3
@@ -70,7 +74,9 @@ async def test_waiting_retry_is_persisted_with_its_due_time(autojump_clock, stor
 
 
 async def test_retry_after_is_a_floor_for_the_delay(autojump_clock, store, hub, alice):
-    async with running_supervisor(store, hub, FailTimes(1, retry_after=45), backoff=Backoff(1, 600, 5)) as sup:
+    async with running_supervisor(
+        store, hub, FailTimes(1, retry_after=45), backoff=Backoff(1, 600, 5)
+    ) as sup:
         task = await submit(sup, alice)
         await wait_status(hub, task.id, TaskStatus.SUCCEEDED)
     (scheduled,) = [e for e in await store.read_events(task.id) if e.type == "task.retry_scheduled"]
@@ -142,14 +148,16 @@ async def test_a_task_longer_than_its_max_duration_fails(autojump_clock, store, 
     async with running_supervisor(store, hub, runner, max_duration_s=90) as sup:
         task = await submit(sup, alice)
         await wait_status(hub, task.id, TaskStatus.FAILED)
-        (_, started), = runner.starts
+        ((_, started),) = runner.starts
         assert trio.current_time() - started >= 90
     task = await store.get_task(task.id)
     assert task.reason == "max_duration_exceeded"
     assert runner.cancelled == [task.id]
 
 
-async def test_admission_is_round_robin_across_users_and_fifo_within_one(autojump_clock, store, hub, alice, bob):
+async def test_admission_is_round_robin_across_users_and_fifo_within_one(
+    autojump_clock, store, hub, alice, bob
+):
     runner = SucceedAfter(1)
     async with running_supervisor(store, hub, runner, concurrency=1) as sup:
         sup.drain()
@@ -195,7 +203,9 @@ async def test_drain_stops_admission_and_resume_restarts_it(autojump_clock, stor
         await wait_status(hub, task.id, TaskStatus.SUCCEEDED)
 
 
-async def test_shutdown_waits_for_the_grace_period_then_requeues_without_counting(autojump_clock, store, hub, alice):
+async def test_shutdown_waits_for_the_grace_period_then_requeues_without_counting(
+    autojump_clock, store, hub, alice
+):
     runner = Hang()
     async with running_supervisor(store, hub, runner) as sup:
         task = await submit(sup, alice)
@@ -241,7 +251,7 @@ async def test_follow_ups_racing_cancels_never_crash_the_supervisor(store, hub, 
                 except InvalidTransition:
                     pass
             if round_no % 3:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
             try:
                 cancelled = await sup.cancel(task.id)
             except InvalidTransition:
@@ -267,7 +277,9 @@ async def test_one_users_cap_leaves_room_for_the_others(autojump_clock, store, h
         assert runner.max_active == 3  # alice never had more than 2 at once; a slot stayed free
 
 
-async def test_a_task_submitted_to_a_free_slot_is_created_running_in_one_commit(autojump_clock, store, hub, alice):
+async def test_a_task_submitted_to_a_free_slot_is_created_running_in_one_commit(
+    autojump_clock, store, hub, alice
+):
     if store.shared:
         pytest.skip("on a shared store tasks start by claims")
     batches = []
@@ -288,7 +300,9 @@ async def test_a_task_submitted_to_a_free_slot_is_created_running_in_one_commit(
     assert (await store.get_task(first.id)).status is TaskStatus.SUCCEEDED
 
 
-async def test_a_task_created_running_as_the_node_drains_goes_back_to_the_queue(autojump_clock, store, hub, alice):
+async def test_a_task_created_running_as_the_node_drains_goes_back_to_the_queue(
+    autojump_clock, store, hub, alice
+):
     if store.shared:
         pytest.skip("on a shared store tasks start by claims")
     runner = SucceedAfter(1)
@@ -309,7 +323,9 @@ async def test_a_task_created_running_as_the_node_drains_goes_back_to_the_queue(
     assert statuses == ["queued", "running", "queued", "running", "succeeded"]
 
 
-async def test_a_task_submitted_as_the_previous_outcome_commits_starts_in_its_slot(autojump_clock, store, hub, alice):
+async def test_a_task_submitted_as_the_previous_outcome_commits_starts_in_its_slot(
+    autojump_clock, store, hub, alice
+):
     # The phone's pattern (and the one-by-one benchmark's): the next task is sent the moment
     # the last one finished. The finished attempt still winds down in that moment; its slot is
     # free once its outcome committed, so each next task is created running in one commit.
@@ -326,7 +342,8 @@ async def test_a_task_submitted_as_the_previous_outcome_commits_starts_in_its_sl
 
 
 async def test_a_task_queued_again_while_its_attempt_winds_down_runs_once_at_a_time(
-        autojump_clock, store, hub, alice, monkeypatch):
+    autojump_clock, store, hub, alice, monkeypatch
+):
     # The outcome has committed and the ending attempt looks for the user's message when a
     # follow-up queues the task again. On a shared store a claim may take it at once: the next
     # attempt waits for the last one to be gone, and the ending attempt leaves the task to it.

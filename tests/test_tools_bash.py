@@ -19,7 +19,6 @@ from daemon.cpu_pin import loop_on_one_cpu
 
 from .helpers import cpu_list
 
-
 # Probed once at collection, outside any test's trio run, so that the skip keeps its reason.
 SANDBOX = trio.run(probe_sandbox)
 needs_bwrap = pytest.mark.skipif(
@@ -68,9 +67,9 @@ def sleepers(duration: str) -> list[int]:
         except OSError:
             continue
         state = stat[stat.rfind(b")") + 2 :].split()[0]
-        if len(args) >= 2 and args[0].endswith(b"sleep") and args[1] == duration.encode():
-            if state not in (b"Z", b"X"):
-                found.append(int(name))
+        is_sleep = len(args) >= 2 and args[0].endswith(b"sleep") and args[1] == duration.encode()
+        if is_sleep and state not in (b"Z", b"X"):
+            found.append(int(name))
     return found
 
 
@@ -239,7 +238,7 @@ async def test_timeout_kills_children_and_grandchildren(make_toolbox):
 async def wait_for_sleepers(m: str, n: int) -> list[int]:
     # `&` returns before the children have exec'd sleep; wait on that, bounded.
     with trio.fail_after(5):
-        while len(found := sleepers(m)) < n:
+        while len(found := sleepers(m)) < n:  # noqa: ASYNC110 - an exec has no event to wait on
             await trio.sleep(0.01)
     return found
 
@@ -308,7 +307,7 @@ async def test_multi_line_commands_and_heredocs(make_toolbox):
     tb = make_toolbox()
     command = "cat > notes.txt <<'EOF'\nit's $HOME \"quoted\"\nEOF\nfor i in 1 2; do\n  echo $i\ndone"
     assert (await bash(tb, command)).output == "1\n2\n"
-    assert (tb.workspace / "notes.txt").read_text() == "it's $HOME \"quoted\"\n"
+    assert (tb.workspace / "notes.txt").read_text() == 'it\'s $HOME "quoted"\n'
 
 
 async def test_the_shell_gets_every_cpu_while_the_loop_is_pinned(make_toolbox):
@@ -337,4 +336,3 @@ async def test_a_cancel_as_the_shell_starts_with_the_loop_pinned_still_kills_it(
         await bash(tb, "echo never")
     assert scope.cancelled_caught
     assert not alive(started[0])
-

@@ -24,13 +24,15 @@ def fake_proc(tmp_path: Path, own: str, *, fstype: str = "cgroup2") -> Path:
     proc.mkdir(exist_ok=True)
     (proc / "mountinfo").write_text(
         "22 1 0:21 / /proc rw - proc proc rw\n"
-        f"30 22 0:26 / {tmp_path / 'cg'} rw,nosuid - {fstype} cgroup2 rw,nsdelegate\n")
+        f"30 22 0:26 / {tmp_path / 'cg'} rw,nosuid - {fstype} cgroup2 rw,nsdelegate\n"
+    )
     (proc / "cgroup").write_text(f"0::/{own}\n")
     return proc
 
 
-def fake_cgroup(path: Path, controllers: str = "cpu io memory pids", procs: str = "4242\n",
-                enabled: str = "") -> Path:
+def fake_cgroup(
+    path: Path, controllers: str = "cpu io memory pids", procs: str = "4242\n", enabled: str = ""
+) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "cgroup.controllers").write_text(controllers + "\n")
     (path / "cgroup.subtree_control").write_text(enabled)
@@ -54,8 +56,9 @@ def test_a_daemon_already_in_its_leaf_finds_the_same_base(tmp_path):
     assert found == Cgroup2(service)
 
 
-@pytest.mark.parametrize("controllers, why", [("cpu io", "no pids or memory controller"),
-                                              ("cpu memory", "no pids controller")])
+@pytest.mark.parametrize(
+    "controllers, why", [("cpu io", "no pids or memory controller"), ("cpu memory", "no pids controller")]
+)
 def test_without_the_controllers_rlimits_are_used_and_the_reason_given(tmp_path, controllers, why):
     fake_cgroup(tmp_path / "cg" / SERVICE, controllers=controllers)
     found, reason = find_cgroup(fake_proc(tmp_path, SERVICE))
@@ -81,32 +84,51 @@ def test_a_task_cgroup_gets_its_limits_and_reports_the_pids_limit(tmp_path):
 def test_the_wrapper_joins_the_cgroup_before_running_anything(tmp_path):
     cgroup = tmp_path / "task"
     cgroup.mkdir()
-    ran = subprocess.run([*cgroup_wrapper("/bin/sh", cgroup), "echo", "ran"], capture_output=True,
-                         text=True)
+    ran = subprocess.run(
+        [*cgroup_wrapper("/bin/sh", cgroup), "echo", "ran"], capture_output=True, text=True, check=False
+    )
     assert ran.stdout == "ran\n" and (cgroup / "cgroup.procs").read_text() == "0\n"
     # A cgroup it cannot join: nothing runs.
-    gone = subprocess.run([*cgroup_wrapper("/bin/sh", tmp_path / "gone"), "echo", "ran"],
-                          capture_output=True, text=True)
+    gone = subprocess.run(
+        [*cgroup_wrapper("/bin/sh", tmp_path / "gone"), "echo", "ran"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert gone.returncode != 0 and gone.stdout == ""
 
 
 def test_rlimits_prefix():
-    s = ToolSettings(max_processes=100, memory_bytes=128 << 20, cpu_time_s=30,
-                     file_size_bytes=10 << 20)
+    s = ToolSettings(max_processes=100, memory_bytes=128 << 20, cpu_time_s=30, file_size_bytes=10 << 20)
     assert rlimit_prefix("/usr/bin/prlimit", s, nproc=100, memory=True) == [
-        "/usr/bin/prlimit", "--nproc=100", f"--data={128 << 20}", "--cpu=30:35",
-        f"--fsize={10 << 20}", "--core=0", "--"]
+        "/usr/bin/prlimit",
+        "--nproc=100",
+        f"--data={128 << 20}",
+        "--cpu=30:35",
+        f"--fsize={10 << 20}",
+        "--core=0",
+        "--",
+    ]
     # Under a cgroup: memory is the cgroup's; no NPROC without a uid of the task's own.
     assert rlimit_prefix("prlimit", s, nproc=None, memory=False) == [
-        "prlimit", "--cpu=30:35", f"--fsize={10 << 20}", "--core=0", "--"]
+        "prlimit",
+        "--cpu=30:35",
+        f"--fsize={10 << 20}",
+        "--core=0",
+        "--",
+    ]
 
 
-async def test_a_task_sandbox_under_cgroup_v2_places_its_commands_in_its_cgroup(tmp_path,
-                                                                              monkeypatch):
+async def test_a_task_sandbox_under_cgroup_v2_places_its_commands_in_its_cgroup(tmp_path, monkeypatch):
     base = fake_cgroup(tmp_path / "cg" / SERVICE)
     host = await task_sandbox.host_limits()
-    monkeypatch.setattr(task_sandbox, "_host", task_sandbox.HostLimits(
-        Cgroup2(base), "cgroup v2 (test)", host.prlimit, host.setpriv, host.sh, host.root))
+    monkeypatch.setattr(
+        task_sandbox,
+        "_host",
+        task_sandbox.HostLimits(
+            Cgroup2(base), "cgroup v2 (test)", host.prlimit, host.setpriv, host.sh, host.root
+        ),
+    )
     ws = tmp_path / "ws"
     ws.mkdir()
     async with TaskSandbox(ws, ToolSettings(sandbox="off", max_processes=64)) as box:
@@ -114,7 +136,7 @@ async def test_a_task_sandbox_under_cgroup_v2_places_its_commands_in_its_cgroup(
         assert (cgroup / "pids.max").read_text() == "64"
         argv, options = box.command(["sh", "-c", "echo ran"])
         assert argv[:4] == cgroup_wrapper(host.sh, cgroup)
-        assert not any(a.startswith("--data=") or a.startswith("--nproc=") for a in argv)
+        assert not any(a.startswith(("--data=", "--nproc=")) for a in argv)
         done = await trio.run_process(argv, capture_stdout=True, **options)
         assert done.stdout == b"ran\n" and (cgroup / "cgroup.procs").read_text() == "0\n"
         (cgroup / "cgroup.procs").write_text("")  # the fake has no kernel to empty it

@@ -108,7 +108,8 @@ async def test_view_reads_no_further_than_its_byte_cap(tb, ws, monkeypatch):
     head = await edit(tb, "view", "long.txt")
     assert "    10\tline 0009\n" in head.output and "line 0010" not in head.output
     assert head.output.endswith(
-        "[stopped after the first 100 bytes of long.txt; use bash (sed -n, tail) further in]\n")
+        "[stopped after the first 100 bytes of long.txt; use bash (sed -n, tail) further in]\n"
+    )
     far = await edit(tb, "view", "long.txt", view_range=[40, -1])
     assert far.is_error and "view reads only the first 100 bytes (10 lines)" in far.output
     (ws / "exact.txt").write_text("x" * 99 + "\n")  # exactly the cap: read whole, no note
@@ -244,11 +245,15 @@ async def test_insert_errors(tb, ws):
 async def test_files_over_the_edit_cap_are_left_to_bash(tb, ws, monkeypatch):
     monkeypatch.setattr(edit_module, "MAX_EDIT_BYTES", 100)
     (ws / "big.txt").write_text("a" * 101)
-    for command, args in [("str_replace", {"old_str": "a" * 101, "new_str": "b"}),
-                          ("insert", {"insert_line": 0, "insert_text": "x"})]:
+    for command, args in [
+        ("str_replace", {"old_str": "a" * 101, "new_str": "b"}),
+        ("insert", {"insert_line": 0, "insert_text": "x"}),
+    ]:
         result = await edit(tb, command, "big.txt", **args)
-        assert result.is_error and "big.txt is 101 bytes or more, more than this tool edits (100)" \
-            in result.output
+        assert (
+            result.is_error
+            and "big.txt is 101 bytes or more, more than this tool edits (100)" in result.output
+        )
     assert (ws / "big.txt").read_text() == "a" * 101
 
 
@@ -297,8 +302,14 @@ async def test_paths_outside_are_refused(tb, ws, path):
 
 @pytest.mark.parametrize(
     "raw, parts",
-    [("a/./b//c", ("a", "b", "c")), (".", ()), ("a/..", ()), ("/ws/x/../y", ("y",)),
-     ("/ws", ()), ("/alias/z", ("z",))],
+    [
+        ("a/./b//c", ("a", "b", "c")),
+        (".", ()),
+        ("a/..", ()),
+        ("/ws/x/../y", ("y",)),
+        ("/ws", ()),
+        ("/alias/z", ("z",)),
+    ],
 )
 def test_relative_parts_are_lexical_names_below_the_workspace(raw, parts):
     assert relative_parts("/ws", raw, alias="/alias") == parts
@@ -350,10 +361,12 @@ async def test_symlinks_inside_the_workspace_are_refused_too(tb, ws):
     (ws / "sub_link").symlink_to("sub")
     edited = await edit(tb, "str_replace", "alias.txt", old_str="a", new_str="b")
     assert edited.is_error and edited.output.startswith(
-        "alias.txt is a symbolic link; the editor does not follow links")
+        "alias.txt is a symbolic link; the editor does not follow links"
+    )
     through = await edit(tb, "view", "sub_link/f.txt")
     assert through.is_error and through.output.startswith(
-        "sub_link (on the way to sub_link/f.txt) is a symbolic link")
+        "sub_link (on the way to sub_link/f.txt) is a symbolic link"
+    )
     assert (ws / "real.txt").read_text() == "a\n"
     assert (ws / "alias.txt").is_symlink()
 

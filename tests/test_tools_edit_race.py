@@ -78,7 +78,7 @@ def flipping(pairs: list[tuple[Path, Path]], *, max_flips: int = 2_000_000):
                     exchange(a, b)
                 flips[0] += 1
                 time.sleep(0)  # let the editor's threads have the GIL between flips
-        except BaseException as e:  # reported by the test, not lost in the thread
+        except BaseException as e:  # noqa: BLE001 - reported by the test, not lost in the thread
             failure.append(e)
 
     thread = threading.Thread(target=run, name="flipper", daemon=True)
@@ -143,11 +143,9 @@ async def test_links_swapped_in_mid_call_never_lead_outside(tmp_path, resolution
                     result = await edit(tb, "create", path, file_text="inside\n")
                 elif kind == "str_replace":
                     path = "d/f" if i % 2 else "g"
-                    result = await edit(tb, "str_replace", path, old_str="inside",
-                                        new_str="inside")
+                    result = await edit(tb, "str_replace", path, old_str="inside", new_str="inside")
                 else:
-                    result = await edit(tb, "insert", "d/f" if i % 2 else "g", insert_line=0,
-                                        insert_text="x")
+                    result = await edit(tb, "insert", "d/f" if i % 2 else "g", insert_line=0, insert_text="x")
                 outcomes[kind].append(result)
 
         with flipping([(ws / "d", ws / "d.swap"), (ws / "g", ws / "g.swap")]) as flips:
@@ -166,9 +164,14 @@ async def test_links_swapped_in_mid_call_never_lead_outside(tmp_path, resolution
     succeeded = [r for r in everything if not r.is_error]
     assert refused and succeeded, (len(refused), len(succeeded), flips[0])
     for result in everything:  # the only errors are the refusals the race causes
-        assert not result.is_error or "symbolic link" in result.output or (
-            "changed while it was being opened" in result.output
-            or "keeps changing while it is being opened" in result.output), result
+        assert (
+            not result.is_error
+            or "symbolic link" in result.output
+            or (
+                "changed while it was being opened" in result.output
+                or "keeps changing while it is being opened" in result.output
+            )
+        ), result
     assert not list(ws.rglob(".agentd-edit-*"))  # no temporary file left behind
     assert (len(openat2_calls) > 0) == (mode == "openat2")
 
@@ -214,8 +217,7 @@ async def test_special_files_are_refused_at_once(tmp_path, resolution, kind):
                 result = await edit(tb, command, "sub/special", **args)
             assert result.is_error, (command, result)
             assert result.output == (
-                f"sub/special {what}; the editor reads and writes regular files only "
-                "(inspect it with bash)"
+                f"sub/special {what}; the editor reads and writes regular files only (inspect it with bash)"
             )
         with trio.fail_after(5):
             through = await edit(tb, "create", "sub/special/x", file_text="x")
@@ -247,12 +249,15 @@ async def test_a_fifo_swapped_in_mid_call_never_blocks(tmp_path, resolution):
                 for i in range(300):
                     command, args = reads[i % len(reads)]
                     result = await edit(tb, command, "h", **args)
-                    if any(text in result.output for text in (
-                            "\tcontent\n", "does not occur verbatim", "out of range")):
+                    if any(
+                        text in result.output
+                        for text in ("\tcontent\n", "does not occur verbatim", "out of range")
+                    ):
                         read.append(result)
                     else:
                         assert "h is a FIFO (named pipe)" in result.output or (
-                            "changed while it was being opened" in result.output), result
+                            "changed while it was being opened" in result.output
+                        ), result
                         refused.append(result)
     assert read and refused, (len(read), len(refused))
     kinds = {stat.S_IFMT(os.lstat(ws / name).st_mode) for name in ("h", "h.swap")}
@@ -338,8 +343,7 @@ async def test_an_edit_abandoned_mid_write_leaves_the_file_as_it_was(tmp_path, s
     fds = open_fds()
     await cancel_while_stuck(
         editor,
-        {"command": "str_replace", "path": "f.txt", "old_str": original,
-         "new_str": "changed\n" * 999},
+        {"command": "str_replace", "path": "f.txt", "old_str": original, "new_str": "changed\n" * 999},
         entered,
     )
     temps = list(tmp_path.glob(".agentd-edit-*"))
@@ -361,7 +365,8 @@ async def test_threads_that_never_end_are_bounded(tmp_path, stuck_read):
     await cancel_while_stuck(editor, {"command": "view", "path": "f.txt"}, entered)
     busy = await editor.run({"command": "view", "path": "f.txt"})
     assert busy.is_error and busy.output.startswith(
-        "The editor is still busy with 1 earlier operation(s) cancelled while the file system")
+        "The editor is still busy with 1 earlier operation(s) cancelled while the file system"
+    )
     release.set()
     await threads_done(editor)
     assert (await editor.run({"command": "view", "path": "f.txt"})).output.endswith("\thello\n")

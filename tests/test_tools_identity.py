@@ -46,8 +46,12 @@ def test_sweep_kills_every_process_of_the_uid(tmp_path):
     slot = claim_slot(600_900, 50)
     assert slot is not None
     try:
-        procs = [subprocess.Popen(["sleep", "300"], user=slot.uid, group=slot.gid, extra_groups=[],
-                                  start_new_session=True) for _ in range(3)]
+        procs = [
+            subprocess.Popen(
+                ["sleep", "300"], user=slot.uid, group=slot.gid, extra_groups=[], start_new_session=True
+            )
+            for _ in range(3)
+        ]
         assert count_tasks(slot.uid) == 3
         assert sweep_uid(slot.uid) >= 3
         for proc in procs:

@@ -50,7 +50,11 @@ async def test_the_sandbox_dies_with_the_daemons_process(tmp_path):
     workspace.mkdir()
     daemon = subprocess.Popen(
         [sys.executable, "-c", DAEMON, str(workspace), str(1_960_000 + os.getpid() % 1000 * 4)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         said = json.loads(await trio.to_thread.run_sync(daemon.stdout.readline))
         assert said["output"] == "started\n"

@@ -66,7 +66,9 @@ async def limit_error(tb: Toolbox, quota_bytes: int | None = None) -> PermanentE
 
 def host_git_status(ws: Path) -> subprocess.CompletedProcess:
     env = {"PATH": os.environ["PATH"], "HOME": str(ws.parent), "GIT_CONFIG_NOSYSTEM": "1"}
-    return subprocess.run(["git", "-C", str(ws), "status"], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        ["git", "-C", str(ws), "status"], capture_output=True, text=True, env=env, check=False
+    )
 
 
 @pytest.mark.slow
@@ -86,8 +88,10 @@ async def test_a_fork_bomb_fails_the_task_with_pids_limit_and_is_killed(workspac
 @pytest.mark.slow
 async def test_one_tasks_fork_bomb_leaves_another_tasks_sandbox_alone(workspace):
     with trio.fail_after(30):
-        async with Toolbox(workspace(), settings(max_processes=64)) as bomber, \
-                Toolbox(workspace(), settings(max_processes=64)) as other:
+        async with (
+            Toolbox(workspace(), settings(max_processes=64)) as bomber,
+            Toolbox(workspace(), settings(max_processes=64)) as other,
+        ):
             await bash(bomber, FORK_BOMB)
             assert (await limit_error(bomber)).code == "pids_limit"
             # The bomb still runs (until the task ends): the other task forks as usual.
@@ -121,8 +125,7 @@ async def test_tmp_below_its_size_is_fine(workspace):
 
 
 @pytest.mark.parametrize("mode", ["required", "off"])
-async def test_a_workspace_filler_is_capped_per_file_and_fails_with_quota_exceeded(workspace,
-                                                                                   mode):
+async def test_a_workspace_filler_is_capped_per_file_and_fails_with_quota_exceeded(workspace, mode):
     ws = workspace()
     async with Toolbox(ws, settings(sandbox=mode, file_size_bytes=4 * MIB)) as tb:
         # One file cannot grow past the per-file limit (RLIMIT_FSIZE: SIGXFSZ).
@@ -139,8 +142,10 @@ async def test_a_workspace_filler_is_capped_per_file_and_fails_with_quota_exceed
 
 async def test_the_quota_counts_what_the_editor_writes_too(workspace):
     async with Toolbox(workspace(), settings()) as tb:
-        result = await tb.run("str_replace_based_edit_tool",
-                              {"command": "create", "path": "notes.txt", "file_text": "x" * 50_000})
+        result = await tb.run(
+            "str_replace_based_edit_tool",
+            {"command": "create", "path": "notes.txt", "file_text": "x" * 50_000},
+        )
         assert not result.is_error, result.output
         assert (await limit_error(tb, quota_bytes=20_000)).code == "quota_exceeded"
 
@@ -167,8 +172,10 @@ async def test_tools_run_as_a_uid_of_their_own_and_host_git_refuses_the_workspac
             out = await bash(tb, "id -u; id -G; touch made; git status --short; ls -ln from_clone.txt")
             assert out.splitlines()[:2] == [str(uid), str(gid)]
             assert "?? from_clone.txt" in out and f" {uid} {gid} " in out
-            await tb.run("str_replace_based_edit_tool",
-                         {"command": "create", "path": "edited.txt", "file_text": "hi\n"})
+            await tb.run(
+                "str_replace_based_edit_tool",
+                {"command": "create", "path": "edited.txt", "file_text": "hi\n"},
+            )
             await tb.check_limits()
     for name in (".", ".git", ".git/config", "made", "edited.txt", "from_clone.txt"):
         st = os.lstat(ws / name)
@@ -196,8 +203,7 @@ async def test_a_uid_held_by_another_daemon_is_skipped(workspace):
     squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         squatter.bind(f"\0agentd-sandbox-uid-{held}")
-        async with TaskSandbox(workspace(), settings()) as a, \
-                TaskSandbox(workspace(), settings()) as b:
+        async with TaskSandbox(workspace(), settings()) as a, TaskSandbox(workspace(), settings()) as b:
             assert held not in (a.owner[0], b.owner[0])
     except OSError:
         pytest.skip("another process holds that uid right now")
@@ -251,9 +257,15 @@ def test_agentd_serve_says_at_start_which_sandbox_and_limits_hold(tmp_path):
 async def test_the_sandbox_cannot_change_the_kernels_settings(tmp_path):
     """procfs's sysctls are read-only in there, whoever the task runs as."""
     async with Toolbox(tmp_path, settings()) as toolbox:
-        done = await toolbox.run("bash", {"command": (
-            "echo '|/tmp/x' > /proc/sys/kernel/core_pattern; "
-            "echo 1 > /proc/sys/kernel/sysrq; echo end")})
+        done = await toolbox.run(
+            "bash",
+            {
+                "command": (
+                    "echo '|/tmp/x' > /proc/sys/kernel/core_pattern; "
+                    "echo 1 > /proc/sys/kernel/sysrq; echo end"
+                )
+            },
+        )
     assert "Read-only file system" in done.output and done.output.count("end") == 1
     assert Path("/proc/sys/kernel/core_pattern").read_text().strip() != "|/tmp/x"
 

@@ -130,8 +130,9 @@ def test_bwrap_command_line_binds_only_what_it_should(tmp_path):
 def test_bwrap_command_line_for_a_task_uid(tmp_path):
     """Privileged bwrap (the uid must be the host's), only what setpriv needs, then setpriv."""
     ws = tmp_path / "data" / "ws"
-    argv = sandbox.bwrap_argv("/usr/bin/bwrap", ws, tmp_bytes=8 << 20, owner=(600123, 600123),
-                              etc_dir=tmp_path)
+    argv = sandbox.bwrap_argv(
+        "/usr/bin/bwrap", ws, tmp_bytes=8 << 20, owner=(600123, 600123), etc_dir=tmp_path
+    )
     joined = " ".join(argv)
     assert "--unshare-all" not in argv and "--unshare-user" not in argv
     assert {"--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"} <= set(argv)
@@ -144,8 +145,15 @@ def test_bwrap_command_line_for_a_task_uid(tmp_path):
     assert f"--perms 0755 --dir {tmp_path / 'data'} --bind {ws} {ws}" in joined
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"] == [str(ws)]
     assert sandbox.setpriv_argv("/usr/bin/setpriv", (600123, 600124)) == [
-        "/usr/bin/setpriv", "--reuid=600123", "--regid=600124", "--clear-groups",
-        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+        "/usr/bin/setpriv",
+        "--reuid=600123",
+        "--regid=600124",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--",
+    ]
 
 
 async def test_workspace_path_with_symlinked_parent_works(bwrap_usable, tmp_path):
@@ -170,4 +178,4 @@ def test_without_a_task_uid_no_user_namespace_can_be_made_inside():
     argv = bwrap_argv(bwrap, Path("/tmp/ws"))
     assert "--disable-userns" in argv and "--unshare-user" in argv
     at = argv.index("--proc")
-    assert argv[at + 2:at + 5] == ["--ro-bind", "/proc/sys", "/proc/sys"]
+    assert argv[at + 2 : at + 5] == ["--ro-bind", "/proc/sys", "/proc/sys"]

@@ -9,8 +9,8 @@ import pytest
 import daemon.agent.tools as tools
 from daemon.agent.tools import (
     TOOL_DEFINITIONS,
-    ToolResult,
     Toolbox,
+    ToolResult,
     ToolSettings,
     tool_definitions,
 )

@@ -36,8 +36,9 @@ class BareClient:
     async def get(self, target: str) -> tuple[int, bytes]:
         """One keep-alive HTTP request; the connection stays open."""
         http = h11.Connection(h11.CLIENT)
-        await self.stream.send_all(http.send(h11.Request(method="GET", target=target,
-                                                         headers=[("Host", "localhost")])))
+        await self.stream.send_all(
+            http.send(h11.Request(method="GET", target=target, headers=[("Host", "localhost")]))
+        )
         await self.stream.send_all(http.send(h11.EndOfMessage()))
         status, body = 0, b""
         while True:
@@ -53,8 +54,9 @@ class BareClient:
 
     async def upgrade(self, token: str) -> None:
         header = (b"authorization", f"Bearer {token}".encode())
-        await self.stream.send_all(self.ws.send(Request(host="localhost", target="/ws",
-                                                        extra_headers=[header])))
+        await self.stream.send_all(
+            self.ws.send(Request(host="localhost", target="/ws", extra_headers=[header]))
+        )
         assert isinstance(await self.next_event(), AcceptConnection)
 
     async def send_json(self, message: dict) -> None:
@@ -110,8 +112,10 @@ async def test_messages_sent_right_behind_the_upgrade_request_are_not_lost(tmp_p
         async with client.stream:
             head = client.ws.send(Request(host="localhost", target="/ws?v=1"))
             frames = WsProtocol(ConnectionType.CLIENT)  # the same masked frames, sent early
-            early = b"".join(frames.send(TextMessage(json.dumps(m)))
-                             for m in ({"type": "auth", "token": token}, {"type": "ping"}))
+            early = b"".join(
+                frames.send(TextMessage(json.dumps(m)))
+                for m in ({"type": "auth", "token": token}, {"type": "ping"})
+            )
             await client.stream.send_all(head + early)
             assert isinstance(await client.next_event(), AcceptConnection)
             reply = await client.next_event()
@@ -170,7 +174,8 @@ class NoLimit:
 
 
 async def test_the_token_sweep_checks_each_token_once_and_closes_revoked_ones(
-        store, hub, alice, autojump_clock):
+    store, hub, alice, autojump_clock
+):
     checks: list[tuple[float, str]] = []
     valid = {"a", "b"}
 
@@ -182,8 +187,14 @@ async def test_the_token_sweep_checks_each_token_once_and_closes_revoked_ones(
         fanout = Fanout(hub, store)
         sessions = {}
         for token in ("a", "a", "a", "b"):
-            session = Session(fanout=fanout, store=store, spawn=nursery.start_soon,
-                              authenticate=authenticate, limiter=NoLimit(), wake=lambda: None)
+            session = Session(
+                fanout=fanout,
+                store=store,
+                spawn=nursery.start_soon,
+                authenticate=authenticate,
+                limiter=NoLimit(),
+                wake=lambda: None,
+            )
             await session.open(token)
             sessions[session] = None
         checks.clear()
@@ -194,8 +205,9 @@ async def test_the_token_sweep_checks_each_token_once_and_closes_revoked_ones(
         valid.discard("b")
         await trio.sleep(30)
         assert checks[2:] == [(60, "a"), (60, "b")]
-        assert [(s.token, s.state, s.close_code) for s in sessions] == [
-            ("a", State.OPEN, None)] * 3 + [("b", State.CLOSED, CLOSE_AUTH_FAILED)]
+        assert [(s.token, s.state, s.close_code) for s in sessions] == [("a", State.OPEN, None)] * 3 + [
+            ("b", State.CLOSED, CLOSE_AUTH_FAILED)
+        ]
         nursery.cancel_scope.cancel()
 
 
@@ -226,9 +238,12 @@ async def test_the_ping_sweep_pings_all_and_drops_one_silent_past_interval_plus_
         await trio.sleep(61)
         nursery.cancel_scope.cancel()
     assert log == [
-        (20, "ping", "talker"), (20, "ping", "mute"),
-        (40, "ping", "talker"), (40, "ping", "mute"),  # silent for 40 s: not yet more than 40
-        (60, "ping", "talker"), (60, "abort", "mute"),
+        (20, "ping", "talker"),
+        (20, "ping", "mute"),
+        (40, "ping", "talker"),
+        (40, "ping", "mute"),  # silent for 40 s: not yet more than 40
+        (60, "ping", "talker"),
+        (60, "abort", "mute"),
     ]
 
 

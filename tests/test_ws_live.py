@@ -16,8 +16,8 @@ from daemon.states import TaskStatus
 from daemon.store import NewEvent
 from daemon.supervisor import RunResult
 
-from .helpers import wait_status
 from .fakes.phone import recv_json, running_daemon, send_json
+from .helpers import wait_status
 
 
 class Pump:
@@ -30,7 +30,9 @@ class Pump:
     async def run(self, ctx) -> RunResult:
         await self.go.wait()
         for i in range(self.count):
-            await ctx.store.append_events(ctx.task.id, [NewEvent("agent.text", {"i": i, "pad": "x" * self.size})])
+            await ctx.store.append_events(
+                ctx.task.id, [NewEvent("agent.text", {"i": i, "pad": "x" * self.size})]
+            )
             if self.every:
                 await trio.sleep(self.every)
         return RunResult()

@@ -27,8 +27,9 @@ from shape import System, peer_main
 
 def opener(url: str, concurrency: int, poll_delay: float):
     @contextlib.asynccontextmanager
-    async def open_system(name: str, on_start: Callable[[float], None],
-                          on_done: Callable[[], None]) -> AsyncIterator[Any]:
+    async def open_system(
+        name: str, on_start: Callable[[float], None], on_done: Callable[[], None]
+    ) -> AsyncIterator[Any]:
         async def noop(ctx: dict[str, Any], t0: float) -> None:
             on_start(t0)
 
@@ -39,9 +40,15 @@ def opener(url: str, concurrency: int, poll_delay: float):
         settings = RedisSettings.from_dsn(url)
         queue_name = f"arq:{name}-{uuid.uuid4().hex[:8]}"
         pool = await create_pool(settings, default_queue_name=queue_name)
-        worker = Worker(functions=[func(noop, name="noop")], redis_settings=settings,
-                        queue_name=queue_name, max_jobs=concurrency, poll_delay=poll_delay,
-                        after_job_end=after_job_end, handle_signals=False)
+        worker = Worker(
+            functions=[func(noop, name="noop")],
+            redis_settings=settings,
+            queue_name=queue_name,
+            max_jobs=concurrency,
+            poll_delay=poll_delay,
+            after_job_end=after_job_end,
+            handle_signals=False,
+        )
         runners: list[asyncio.Task[None]] = []
 
         async def start() -> None:
@@ -59,14 +66,17 @@ def opener(url: str, concurrency: int, poll_delay: float):
             with contextlib.suppress(asyncio.CancelledError):
                 await worker.close()
             await pool.aclose()
+
     return open_system
 
 
 def main() -> None:
     peer_main(
         __doc__,
-        describe=lambda args: {"system": f"arq {importlib.metadata.version('arq')}",
-                               "poll_delay": args.poll_delay},
+        describe=lambda args: {
+            "system": f"arq {importlib.metadata.version('arq')}",
+            "poll_delay": args.poll_delay,
+        },
         make_opener=lambda args: opener(args.redis, args.concurrency, args.poll_delay),
         extra_arguments=lambda parser: parser.add_argument("--poll-delay", type=float, default=0.5),
     )

@@ -35,6 +35,7 @@ STEPS = 3
 # Both of DBOS's styles are measured and the faster one is reported for the peer, so the
 # comparison never rests on the peer's slower API.
 
+
 @DBOS.step()
 async def step_async(number: int) -> str:
     return f"step {number} done"
@@ -56,8 +57,12 @@ def three_steps_sync() -> list[str]:
 
 
 def _rate(workflows: int, elapsed: float, **extra: Any) -> dict[str, Any]:
-    return {"workflows": workflows, **extra, "seconds": round(elapsed, 3),
-            "workflows_per_s": round(workflows / elapsed, 1)}
+    return {
+        "workflows": workflows,
+        **extra,
+        "seconds": round(elapsed, 3),
+        "workflows_per_s": round(workflows / elapsed, 1),
+    }
 
 
 async def async_one_by_one(workflows: int) -> dict[str, Any]:
@@ -99,8 +104,7 @@ def _best(*runs: tuple[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, db: Path) -> dict[str, Any]:
-    DBOS(config={"name": "agentd-bench", "system_database_url": f"sqlite:///{db}",
-                 "log_level": "WARNING"})
+    DBOS(config={"name": "agentd-bench", "system_database_url": f"sqlite:///{db}", "log_level": "WARNING"})
     DBOS.launch()
     try:
         three_steps_sync()  # warm-up: migrations done, pools open
@@ -109,10 +113,10 @@ def run(args: argparse.Namespace, db: Path) -> dict[str, Any]:
         return {
             "system": f"dbos {importlib.metadata.version('dbos')}",
             "machine": machine(),
-            "one_by_one": _best(("sync", sync_one_by_one(n)),
-                                ("async", asyncio.run(async_one_by_one(n)))),
-            "concurrent": _best(("sync threads", sync_concurrently(n, c)),
-                                ("async", asyncio.run(async_concurrently(n, c)))),
+            "one_by_one": _best(("sync", sync_one_by_one(n)), ("async", asyncio.run(async_one_by_one(n)))),
+            "concurrent": _best(
+                ("sync threads", sync_concurrently(n, c)), ("async", asyncio.run(async_concurrently(n, c)))
+            ),
         }
     finally:
         DBOS.destroy()

@@ -59,8 +59,9 @@ class _ObservedQueries(Queries):
 
 def opener(server_dsn: str, concurrency: int, limit: str, batch_size: int):
     @contextlib.asynccontextmanager
-    async def open_system(name: str, on_start: Callable[[float], None],
-                          on_done: Callable[[], None]) -> AsyncIterator[Any]:
+    async def open_system(
+        name: str, on_start: Callable[[float], None], on_done: Callable[[], None]
+    ) -> AsyncIterator[Any]:
         with fresh_database(server_dsn, prefix=f"pgq_{name}") as dsn:
             setup = await asyncpg.connect(dsn)
             try:
@@ -84,9 +85,14 @@ def opener(server_dsn: str, concurrency: int, limit: str, batch_size: int):
             runners: list[asyncio.Task[None]] = []
 
             async def start() -> None:
-                runners.append(asyncio.create_task(qm.run(
-                    batch_size=batch_size,
-                    max_concurrent_tasks=concurrency if limit == "worker" else None)))
+                runners.append(
+                    asyncio.create_task(
+                        qm.run(
+                            batch_size=batch_size,
+                            max_concurrent_tasks=concurrency if limit == "worker" else None,
+                        )
+                    )
+                )
 
             try:
                 yield System(lambda t0: producer.enqueue(ENTRYPOINT, struct.pack("d", t0)), start)
@@ -96,6 +102,7 @@ def opener(server_dsn: str, concurrency: int, limit: str, batch_size: int):
                     await asyncio.wait_for(runners[0], 30)  # cancels it (and fails) past 30 s
                 await worker_pool.close()
                 await enqueue_pool.close()
+
     return open_system
 
 
@@ -108,11 +115,16 @@ def main() -> None:
     parser.add_argument("--latency-jobs", type=int, default=500)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--timeout", type=float, default=120.0)
-    parser.add_argument("--limit", choices=("entrypoint", "worker"), default="entrypoint",
-                        help="concurrency as the entrypoint's concurrency_limit (default) or as "
-                             "max_concurrent_tasks (then batch size is concurrency // 2)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="QueueManager.run batch_size (pgqueuer's default 10)")
+    parser.add_argument(
+        "--limit",
+        choices=("entrypoint", "worker"),
+        default="entrypoint",
+        help="concurrency as the entrypoint's concurrency_limit (default) or as "
+        "max_concurrent_tasks (then batch size is concurrency // 2)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="QueueManager.run batch_size (pgqueuer's default 10)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     batch = args.batch_size or (max(1, args.concurrency // 2) if args.limit == "worker" else 10)
@@ -121,8 +133,11 @@ def main() -> None:
         open_system = opener(args.pg, args.concurrency, args.limit, batch)
         return {
             "system": f"pgqueuer {importlib.metadata.version('pgqueuer')}",
-            "settings": {"driver": f"asyncpg {importlib.metadata.version('asyncpg')} pool",
-                         "concurrency_as": args.limit, "batch_size": batch},
+            "settings": {
+                "driver": f"asyncpg {importlib.metadata.version('asyncpg')} pool",
+                "concurrency_as": args.limit,
+                "batch_size": batch,
+            },
             "machine": machine(),
             "concurrency": args.concurrency,
             "throughput": await throughput(open_system, "tp", args.jobs, args.timeout),

@@ -24,8 +24,9 @@ from shape import System, peer_main
 
 def opener(url: str, concurrency: int):
     @contextlib.asynccontextmanager
-    async def open_system(name: str, on_start: Callable[[float], None],
-                          on_done: Callable[[], None]) -> AsyncIterator[Any]:
+    async def open_system(
+        name: str, on_start: Callable[[float], None], on_done: Callable[[], None]
+    ) -> AsyncIterator[Any]:
         async def noop(ctx: dict[str, Any], *, t0: float) -> None:
             on_start(t0)
 
@@ -35,8 +36,9 @@ def opener(url: str, concurrency: int):
 
         queue = saq.Queue.from_url(url, name=f"{name}-{uuid.uuid4().hex[:8]}")
         await queue.connect()
-        worker = saq.Worker(queue, functions=[("noop", noop)], concurrency=concurrency,
-                            after_process=after_process)
+        worker = saq.Worker(
+            queue, functions=[("noop", noop)], concurrency=concurrency, after_process=after_process
+        )
         runners: list[asyncio.Task[None]] = []
 
         async def start() -> None:
@@ -51,6 +53,7 @@ def opener(url: str, concurrency: int):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await runners[0]
             await queue.disconnect()
+
     return open_system
 
 

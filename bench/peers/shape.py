@@ -36,6 +36,7 @@ class System:
     enqueue: Callable[[float], Awaitable[Any]]
     start: Callable[[], Awaitable[None]]
 
+
 ENQUEUE_IN_FLIGHT = 20
 
 
@@ -71,8 +72,13 @@ async def throughput(open_system: Opener, name: str, jobs: int, timeout_s: float
         enqueued = time.perf_counter() - began
         await asyncio.wait_for(done.reached.wait(), timeout_s)
         elapsed = time.perf_counter() - began
-    return {"jobs": jobs, "seconds": round(elapsed, 3), "jobs_per_s": round(jobs / elapsed),
-            "enqueue_s": round(enqueued, 3), "cpu_s": round(time.process_time() - cpu_began, 3)}
+    return {
+        "jobs": jobs,
+        "seconds": round(elapsed, 3),
+        "jobs_per_s": round(jobs / elapsed),
+        "enqueue_s": round(enqueued, 3),
+        "cpu_s": round(time.process_time() - cpu_began, 3),
+    }
 
 
 async def process_only(open_system: Opener, name: str, jobs: int, timeout_s: float) -> dict[str, Any]:
@@ -87,8 +93,12 @@ async def process_only(open_system: Opener, name: str, jobs: int, timeout_s: flo
         await system.start()
         await asyncio.wait_for(done.reached.wait(), timeout_s)
         elapsed = time.perf_counter() - began
-    return {"jobs": jobs, "seconds": round(elapsed, 3), "jobs_per_s": round(jobs / elapsed),
-            "enqueue_s": round(enqueued, 3)}
+    return {
+        "jobs": jobs,
+        "seconds": round(elapsed, 3),
+        "jobs_per_s": round(jobs / elapsed),
+        "enqueue_s": round(enqueued, 3),
+    }
 
 
 async def _enqueue_all(system: Any, jobs: int) -> None:
@@ -130,9 +140,12 @@ async def _until(condition: Callable[[], bool], timeout_s: float) -> None:
         await asyncio.sleep(0.005)
 
 
-def peer_main(doc: str, describe: Callable[[argparse.Namespace], dict[str, Any]],
-              make_opener: Callable[[argparse.Namespace], Opener],
-              extra_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None) -> None:
+def peer_main(
+    doc: str,
+    describe: Callable[[argparse.Namespace], dict[str, Any]],
+    make_opener: Callable[[argparse.Namespace], Opener],
+    extra_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+) -> None:
     """The command line every peer bench shares: the three measurements of this module, as JSON.
 
     ``describe(args)`` names the system (and its settings); ``make_opener(args)`` opens it.

@@ -27,7 +27,6 @@ from typing import Any
 import anthropic
 import httpx2
 from anthropic import Middleware
-from anthropic._constants import RAW_RESPONSE_HEADER
 
 from daemon.agent.anthropic_stream import (
     MessageAssembler,
@@ -43,13 +42,9 @@ from daemon.agent.model import (
     cost_of,
     with_cache_breakpoints,
 )
-from daemon.agent.reply_gate import DEFAULT_SLOTS, ReplyGate, gated_http_client
+from daemon.agent.reply_gate import DEFAULT_SLOTS, ReplyGate, gated_http_clients
 from daemon.errors import PermanentError, TransientError
-
-try:  # see AnthropicProvider.__init__; an SDK that moved it asks a thread at first requests
-    from anthropic._base_client import get_platform
-except ImportError:  # pragma: no cover - tests/test_reply_gate.py fails then
-    get_platform = None
+from daemon.thirdparty.anthropic_sdk import post_unread, preset_platform
 
 __all__ = ["DEFAULT_MODEL", "AnthropicProvider", "request_body"]
 
@@ -124,27 +119,22 @@ class AnthropicProvider:
             http_client=http_clients[0],
         )
         # The same configuration (key, base URL, retries, timeout, middleware) on every pool.
-        self._clients = [self._client] + [
-            self._client.with_options(http_client=c) for c in http_clients[1:]
-        ]
+        self._clients = [self._client] + [self._client.with_options(http_client=c) for c in http_clients[1:]]
         self._in_flight = [0] * len(self._clients)
         # The SDK finds the platform for its headers at a client's first request, in a worker
         # thread from Trio's default limiter, which the daemon's file work shares: found here
         # (on the thread that builds the provider), that request waits for no thread with the
         # gate's slot held.
-        if get_platform is not None:
-            found = get_platform()
-            for client in self._clients:
-                client._platform = found
+        preset_platform(self._clients)
 
     def _new_http_clients(self, tls: Any, count: int) -> list[httpx2.AsyncClient]:
         """Clients whose replies pass the gate; the SDK's own, and no gate, if the environment
-        names a proxy (``gated_http_client``): a gate no transport gives back would be held
+        names a proxy (``gated_http_clients``): a gate no transport gives back would be held
         from a call's start to its end."""
         if self._gate is not None:
-            first = gated_http_client(self._gate, verify=tls)
-            if first is not None:
-                return [first] + [gated_http_client(self._gate, verify=tls) for _ in range(count - 1)]
+            gated = gated_http_clients(self._gate, count, ssl_context=tls)
+            if gated is not None:
+                return gated
             self._gate = None
         return [anthropic.DefaultAsyncHttpxClient(verify=tls) for _ in range(count)]
 
@@ -175,9 +165,7 @@ class AnthropicProvider:
             raise TransientError(self._redact(f"anthropic: {_describe(err)}")) from err
         except (httpx2.TransportError, httpx2.DecodingError) as err:
             # Failures while reading the stream body are raised by httpx2 itself, unwrapped.
-            raise TransientError(
-                self._redact(f"anthropic: response stream broke: {_describe(err)}")
-            ) from err
+            raise TransientError(self._redact(f"anthropic: response stream broke: {_describe(err)}")) from err
         except StreamBroken as err:
             # E.g. the body ended without message_stop: a cut connection, not an answer.
             raise TransientError(self._redact(f"anthropic: {err}")) from err
@@ -191,13 +179,9 @@ class AnthropicProvider:
             cache_write_tokens=u.get("cache_creation_input_tokens") or 0,
         )
         usage = dataclasses.replace(usage, cost_usd=cost_of(model, usage))
-        return ModelReply(
-            content=message.content, stop_reason=message.stop_reason, usage=usage, model=model
-        )
+        return ModelReply(content=message.content, stop_reason=message.stop_reason, usage=usage, model=model)
 
-    async def _stream(
-        self, body: bytes, on_text_delta: Callable[[str], None] | None
-    ) -> StreamedMessage:
+    async def _stream(self, body: bytes, on_text_delta: Callable[[str], None] | None) -> StreamedMessage:
         """POST ``body`` (``stream: true``) through the SDK, and parse the SSE body ourselves.
 
         The SDK still makes the request: auth, base URL, headers, timeouts, its retries and
@@ -238,17 +222,8 @@ class AnthropicProvider:
         body: bytes,
         on_text_delta: Callable[[str], None] | None,
     ) -> StreamedMessage:
-        response = await client.post(
-            "/v1/messages",
-            content=body,
-            # As `messages.with_streaming_response`: the response is handed back unread.
-            options={"headers": {RAW_RESPONSE_HEADER: "stream"}},
-            cast_to=anthropic.types.Message,
-            stream=True,
-            stream_cls=anthropic.AsyncStream[anthropic.types.RawMessageStreamEvent],
-        )
+        http = await post_unread(client, "/v1/messages", body)
         try:
-            http = response.http_response
             decoder = SSEDecoder()
             assembler = MessageAssembler(on_text_delta)
             try:
@@ -260,22 +235,18 @@ class AnthropicProvider:
             except StreamErrorEvent as err:
                 raise anthropic.APIStatusError(str(err.body), response=http, body=err.body) from None
         finally:
-            await response.close()
+            await http.aclose()
         return assembler.result()
 
     def _status_error(self, err: anthropic.APIStatusError) -> TransientError | PermanentError:
         status = err.status_code
         error_type = err.type or _body_error_type(err.body) or "error"
         detail = err.api_message or _short(err.body) or "no details given"
-        if status >= 400:
-            where = f"{status} {error_type}"
-        else:  # an SSE error event inside a 200 response
-            where = f"{error_type} during the response stream"
+        # Below 400: an SSE error event inside a 200 response.
+        where = f"{status} {error_type}" if status >= 400 else f"{error_type} during the response stream"
         message = self._redact(f"anthropic: {where}: {detail}")
         transient = (
-            status in (408, 409, 429)
-            or status >= 500
-            or (status < 400 and error_type in _TRANSIENT_TYPES)
+            status in (408, 409, 429) or status >= 500 or (status < 400 and error_type in _TRANSIENT_TYPES)
         )
         if transient:
             return TransientError(message, retry_after=retry_after_of(err.response.headers))
@@ -311,8 +282,12 @@ def request_body(model: str, request: ModelRequest) -> bytes:
     its keys in its order, encoded as the SDK's encoder does (compact, UTF-8, no NaN).
     """
     tools, system, messages = with_cache_breakpoints(request)
-    params: dict[str, Any] = {"max_tokens": request.max_tokens, "messages": messages,
-                              "model": model, "stream": True}
+    params: dict[str, Any] = {
+        "max_tokens": request.max_tokens,
+        "messages": messages,
+        "model": model,
+        "stream": True,
+    }
     if system:
         params["system"] = system
     if tools:
@@ -359,7 +334,7 @@ def _describe(err: BaseException) -> str:
     if isinstance(err, (anthropic.APITimeoutError, httpx2.TimeoutException)):
         return "timed out"
     # The SDK's APIConnectionError says only "Connection error."; the httpx2 cause says why.
-    cause = err
+    cause: BaseException | None = err
     if isinstance(err, anthropic.APIConnectionError):
         cause = err.__cause__ or err.__context__
     if cause is None:

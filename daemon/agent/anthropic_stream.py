@@ -160,7 +160,8 @@ class MessageAssembler:
             raise _malformed(f"a {name} event whose data is not JSON ({err})") from None
         if not isinstance(payload, dict):
             raise _malformed(f"a {name} event whose data is not a JSON object")
-        handler = _HANDLERS.get(payload.get("type"))
+        kind = payload.get("type")
+        handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
         if handler is None:
             return  # an event type newer than this code: nothing it needs
         if self._message is None and handler is not MessageAssembler._message_start:
@@ -168,22 +169,24 @@ class MessageAssembler:
         try:
             handler(self, payload)
         except (KeyError, IndexError, TypeError, AttributeError) as err:
-            raise _malformed(f"a {payload.get('type')} event without the fields it needs ({type(err).__name__}: {err})") from None
+            raise _malformed(
+                f"a {payload.get('type')} event without the fields it needs ({type(err).__name__}: {err})"
+            ) from None
 
     def result(self) -> StreamedMessage:
         """The finished message; ``StreamBroken`` if the stream stopped short of ``message_stop``."""
         if self._message is None or not self._stopped or self._stop_reason is None:
             raise StreamBroken("the response stream ended before the message was complete")
         content = []
-        for block, pieces in zip(self._blocks, self._pieces):
-            if pieces:
-                block = _joined(block, pieces)
+        for block, pieces in zip(self._blocks, self._pieces, strict=True):
+            whole = _joined(block, pieces) if pieces else block
             # Only the fields the API sent, minus nulls (e.g. "citations": null), so that the
             # blocks can be sent back verbatim as the assistant turn of the next request.
-            content.append({k: v for k, v in block.items() if v is not None})
+            content.append({k: v for k, v in whole.items() if v is not None})
         m = self._message
-        return StreamedMessage(content=content, stop_reason=self._stop_reason,
-                               model=m.get("model"), usage=m.get("usage") or {})
+        return StreamedMessage(
+            content=content, stop_reason=self._stop_reason, model=m.get("model"), usage=m.get("usage") or {}
+        )
 
     # --- handlers, by the data's "type" ---
 
@@ -262,7 +265,7 @@ class MessageAssembler:
         self._stopped = True
 
 
-_HANDLERS: dict[Any, Callable[[MessageAssembler, dict[str, Any]], None]] = {
+_HANDLERS: dict[str, Callable[[MessageAssembler, dict[str, Any]], None]] = {
     "message_start": MessageAssembler._message_start,
     "content_block_start": MessageAssembler._block_start,
     "content_block_delta": MessageAssembler._block_delta,

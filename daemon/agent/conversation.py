@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import PermanentError
 from ..store import Usage
@@ -47,8 +48,11 @@ def check_budget(budget: Budget, turns: int, usage: Usage) -> None:
     """Raise ``budget_exceeded:<which>`` once a limit is reached (checked before each turn)."""
     spent = [
         ("turns", turns >= budget.max_turns, f"{turns} turns of {budget.max_turns}"),
-        ("tokens", billed_tokens(usage) >= budget.max_tokens,
-         f"{billed_tokens(usage)} tokens of {budget.max_tokens}"),
+        (
+            "tokens",
+            billed_tokens(usage) >= budget.max_tokens,
+            f"{billed_tokens(usage)} tokens of {budget.max_tokens}",
+        ),
         ("usd", usage.cost_usd >= budget.max_usd, f"${usage.cost_usd:.4f} of ${budget.max_usd:.2f}"),
     ]
     for which, exceeded, detail in spent:
@@ -70,8 +74,7 @@ def check_stuck(turns: Sequence[Mapping[str, Any]], repeats: int) -> None:
             last[:0] = tool_uses(turn)
             if len(last) >= repeats:
                 break
-    calls = [(block["name"], json.dumps(block.get("input"), sort_keys=True))
-             for block in last[-repeats:]]
+    calls = [(block["name"], json.dumps(block.get("input"), sort_keys=True)) for block in last[-repeats:]]
     if len(calls) >= repeats and len(set(calls)) == 1:
         name = calls[-1][0]
         raise PermanentError(
@@ -95,8 +98,11 @@ def for_model(turns: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def tool_result(tool_use_id: str, output: str, is_error: bool) -> dict[str, Any]:
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use_id,
-                             "content": output or "(no output)"}
+    block: dict[str, Any] = {
+        "type": "tool_result",
+        "tool_use_id": tool_use_id,
+        "content": output or "(no output)",
+    }
     if is_error:
         block["is_error"] = True
     return block

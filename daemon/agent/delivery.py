@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..git import Workspace, check_quota, commit_and_push, open_pull_request
+from ..git import PullRequest, Workspace, check_quota, commit_and_push, open_pull_request
 from ..git.export import Confinement
 from ..store import NewEvent
 from ..supervisor import RunContext, RunResult
@@ -16,8 +16,15 @@ if TYPE_CHECKING:
 MAX_FILES_LISTED = 1000
 
 
-async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, summary: str,
-                  settings: "AgentSettings", confinement: Confinement) -> RunResult:
+async def deliver(
+    ctx: RunContext,
+    workspace: Workspace,
+    *,
+    token: str | None,
+    summary: str,
+    settings: AgentSettings,
+    confinement: Confinement,
+) -> RunResult:
     """Push what changed (``git.pushed``) and open a PR (``git.pr_opened``); idempotent on resume.
 
     The commit is made in the task's sandbox (``confinement``), the push from agentd's own
@@ -30,8 +37,12 @@ async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, s
     await check_quota(workspace, settings.quota_bytes)
     await ctx.check_held()
     pushed = await commit_and_push(
-        workspace, commit_message(ctx.task.prompt, summary), token=token,
-        confinement=confinement, identity=settings.identity, ssh_key=settings.ssh_key,
+        workspace,
+        commit_message(ctx.task.prompt, summary),
+        token=token,
+        confinement=confinement,
+        identity=settings.identity,
+        ssh_key=settings.ssh_key,
         allow_private=settings.allow_local_remotes or settings.allow_private_remotes,
     )
     task = await ctx.store.get_task(ctx.task.id) or ctx.task
@@ -41,19 +52,37 @@ async def deliver(ctx: RunContext, workspace: Workspace, *, token: str | None, s
         # The agent decides how many files a push has: the task and its event name the first
         # MAX_FILES_LISTED, and say how many there were.
         files = pushed.files_changed[:MAX_FILES_LISTED]
-        diff = {"commit": pushed.commit, "files": files, "files_total": len(pushed.files_changed),
-                "lines_added": pushed.lines_added, "lines_removed": pushed.lines_removed}
-        announced = NewEvent("git.pushed", {"branch": pushed.branch, "commit": pushed.commit,
-                                            "files_changed": files,
-                                            "files_total": len(pushed.files_changed)})
+        diff = {
+            "commit": pushed.commit,
+            "files": files,
+            "files_total": len(pushed.files_changed),
+            "lines_added": pushed.lines_added,
+            "lines_removed": pushed.lines_removed,
+        }
+        announced = NewEvent(
+            "git.pushed",
+            {
+                "branch": pushed.branch,
+                "commit": pushed.commit,
+                "files_changed": files,
+                "files_total": len(pushed.files_changed),
+            },
+        )
         task = await ctx.store.update_task(task.id, branch=pushed.branch, diff=diff, events=[announced])
     if task.pr_url is None and token:
         repo = workspace.remote.github(settings.github_web_host)
         if repo is not None:
             url = await open_pull_request(
-                settings.github_api, token, repo.owner, repo.name, head=workspace.branch,
-                base=workspace.base_branch, title=commit_message(task.prompt, summary).splitlines()[0],
-                body=f"{summary or 'Changes made by agentd.'}\n\n---\nPrompt:\n\n{task.prompt}",
+                settings.github_api,
+                token,
+                PullRequest(
+                    repo.owner,
+                    repo.name,
+                    head=workspace.branch,
+                    base=workspace.base_branch,
+                    title=commit_message(task.prompt, summary).splitlines()[0],
+                    body=f"{summary or 'Changes made by agentd.'}\n\n---\nPrompt:\n\n{task.prompt}",
+                ),
             )
             await ctx.store.update_task(task.id, pr_url=url, events=[NewEvent("git.pr_opened", {"url": url})])
     return RunResult()

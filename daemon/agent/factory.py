@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
 
 import httpx2
 import trio
@@ -48,10 +47,12 @@ class BuiltInBackground:
                 if self._provider is None:
                     try:
                         self._provider = await trio.to_thread.run_sync(
-                            self._build_off_loop, limiter=self._thread, abandon_on_cancel=True)
+                            self._build_off_loop, limiter=self._thread, abandon_on_cancel=True
+                        )
                     except Exception as exc:
                         raise PermanentError(
-                            f"model {self.name}: could not be loaded: {type(exc).__name__}: {exc}") from exc
+                            f"model {self.name}: could not be loaded: {type(exc).__name__}: {exc}"
+                        ) from exc
         return self._provider
 
     def _build_off_loop(self) -> ModelProvider:
@@ -61,19 +62,27 @@ class BuiltInBackground:
     async def warm_up(self) -> None:
         await self.provider()
 
-    async def complete(self, request: ModelRequest, on_text_delta: Callable[[str], None] | None = None) -> ModelReply:
+    async def complete(
+        self, request: ModelRequest, on_text_delta: Callable[[str], None] | None = None
+    ) -> ModelReply:
         return await (await self.provider()).complete(request, on_text_delta)
 
 
-def anthropic_provider(settings: Settings, ssl_context: Any = None) -> ModelProvider:
-    """Claude through the SDK (imported here: see ``BuiltInBackground``)."""
+def anthropic_provider(settings: Settings) -> ModelProvider:
+    """Claude through the SDK, imported here (see ``BuiltInBackground``) and only as far as its
+    client needs (``anthropic_sdk.import_lean``), with its TLS context (the CA store read now)."""
+    from ..thirdparty.anthropic_sdk import import_lean
+
+    import_lean()
     from .anthropic_provider import AnthropicProvider
 
     assert settings.anthropic_api_key
     return AnthropicProvider(
-        settings.anthropic_api_key, base_url=settings.anthropic_base_url,
-        model=settings.anthropic_model, reply_slots=settings.model_reply_slots,
-        ssl_context=ssl_context,
+        settings.anthropic_api_key,
+        base_url=settings.anthropic_base_url,
+        model=settings.anthropic_model,
+        reply_slots=settings.model_reply_slots,
+        ssl_context=httpx2.create_ssl_context(),
     )
 
 
@@ -83,8 +92,8 @@ def build_provider(settings: Settings) -> ModelProvider:
     if settings.model_name == "anthropic":
         if not settings.anthropic_api_key:
             raise ConfigError("config: model: 'anthropic' needs ANTHROPIC_API_KEY")
-        return BuiltInBackground("anthropic", partial(
-            anthropic_provider, settings, ssl_context=_checked_tls(settings)))
+        check_model_address(settings.anthropic_base_url)
+        return BuiltInBackground("anthropic", partial(anthropic_provider, settings))
     if settings.script is None:
         raise ConfigError(
             "config: script: the scripted model needs a script (--script FILE); "
@@ -94,30 +103,37 @@ def build_provider(settings: Settings) -> ModelProvider:
 
     try:
         return ScriptedProvider.from_file(settings.script)
-    except Exception as exc:  # a bad script is a configuration problem, said in one line
+    except Exception as exc:  # noqa: BLE001 - a bad script is a configuration problem, said in one line
         raise ConfigError(f"config: script: {getattr(exc, 'message', exc)}") from None
 
 
-def _checked_tls(settings: Settings) -> ssl.SSLContext:
-    """The TLS context of the model's connections (its CA store read now), after checking the
-    base URL: a mistake in either is a configuration error at startup, not a failed task."""
-    if settings.anthropic_base_url is not None:
+def check_model_address(base_url: str | None, environ: Mapping[str, str] = os.environ) -> None:
+    """Raise ``ConfigError`` for a base URL that is not an http(s) URL with a host, or a CA
+    file or directory (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, which the model's TLS context reads
+    first) that is not there: mistakes found at startup, not by a failed task. Reading the CA
+    store itself is left to the provider's build, after serving."""
+    if base_url is not None:
         try:
-            url = httpx2.URL(settings.anthropic_base_url)
+            url = httpx2.URL(base_url)
         except httpx2.InvalidURL as exc:
             raise ConfigError(f"config: anthropic_base_url: {exc}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError("config: anthropic_base_url: needs http:// or https:// and a host")
-    try:
-        return httpx2.create_ssl_context()
-    except (OSError, ssl.SSLError) as exc:  # SSL_CERT_FILE / SSL_CERT_DIR naming what is not there
-        raise ConfigError(f"config: TLS for the model's API: {exc}") from None
+    for variable, exists in (("SSL_CERT_FILE", os.path.isfile), ("SSL_CERT_DIR", os.path.isdir)):
+        named = environ.get(variable)
+        if named:
+            if not exists(named):
+                what = "file" if variable == "SSL_CERT_FILE" else "directory"
+                raise ConfigError(f"config: TLS for the model's API: {variable}: no such {what}: {named}")
+            return  # the first one set is the one used
 
 
 def agent_settings(settings: Settings) -> AgentSettings:
     return AgentSettings(
         workspace_root=settings.data_dir / "workspaces",
-        budget_defaults=Budget(settings.budget_max_turns, settings.budget_max_tokens, settings.budget_max_usd),
+        budget_defaults=Budget(
+            settings.budget_max_turns, settings.budget_max_tokens, settings.budget_max_usd
+        ),
         budget_caps=Budget(settings.budget_cap_turns, settings.budget_cap_tokens, settings.budget_cap_usd),
         tools=ToolSettings(
             command_timeout_s=settings.tool_timeout_s,

@@ -8,15 +8,17 @@ result is answered to the model as interrupted, never silently run again.
 
 from __future__ import annotations
 
+import enum
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 from ..errors import PermanentError
-from ..git import Workspace, parse_remote, prepare_workspace
-from ..store import NewEvent, Task, Usage
-from ..supervisor import RunContext, RunResult
+from ..git import ClonePolicy, CloneRequest, Workspace, parse_remote, prepare_workspace
+from ..store import NewEvent, Task, ToolCallStatus, Usage
+from ..supervisor import RunContext, RunResult, RunStatus
 from . import conversation as conv
 from .delivery import deliver
 from .model import ModelProvider, ModelReply, ModelRequest
@@ -61,12 +63,33 @@ class AgentSettings:
     github_api: str = "https://api.github.com"
     github_web_host: str = "github.com"
 
+    @property
+    def clone_policy(self) -> ClonePolicy:
+        """How the tasks' workspaces are made, from these settings."""
+        return ClonePolicy(
+            self.workspace_root,
+            self.identity,
+            self.quota_bytes,
+            self.min_free_bytes,
+            allow_local=self.allow_local_remotes,
+            allow_private=self.allow_private_remotes,
+            ssh_key=self.ssh_key,
+        )
+
+
+class _Next(enum.Enum):
+    """What follows an assistant turn, once its user turn (if any) is added."""
+
+    DONE = enum.auto()  # the model has finished: deliver
+    MODEL = enum.auto()  # the model's turn again
+
 
 class AgentRunner:
     """The task runner the supervisor calls: workspace, conversation, tools, delivery."""
 
-    def __init__(self, provider: ModelProvider, settings: AgentSettings,
-                 github_token: TokenLookup | None = None) -> None:
+    def __init__(
+        self, provider: ModelProvider, settings: AgentSettings, github_token: TokenLookup | None = None
+    ) -> None:
         self.provider = provider
         self.settings = settings
         self._github_token = github_token
@@ -91,17 +114,23 @@ class AgentRunner:
         if token and not _on_github(task.repo_url, s):
             token = None  # the user's GitHub token goes to GitHub only, never to another host
         workspace = await prepare_workspace(
-            s.workspace_root, task.id, task.repo_url, task.base_branch, token=token,
-            title=task.prompt, allow_local=s.allow_local_remotes, quota_bytes=s.quota_bytes,
-            min_free_bytes=s.min_free_bytes, identity=s.identity, ssh_key=s.ssh_key,
-            known_branch=task.workspace_branch, attempt=task.attempt,
-            allow_private=s.allow_private_remotes,
+            CloneRequest(
+                task.id,
+                task.repo_url,
+                task.base_branch,
+                title=task.prompt,
+                token=token,
+                known_branch=task.workspace_branch,
+                attempt=task.attempt,
+            ),
+            s.clone_policy,
         )
         if workspace.branch != task.workspace_branch:
             await ctx.store.update_task(task.id, workspace_branch=workspace.branch)
         if workspace.reset:
-            await ctx.emit("workspace.reset", {"branch": workspace.branch,
-                                               "previous_branch": task.workspace_branch})
+            await ctx.emit(
+                "workspace.reset", {"branch": workspace.branch, "previous_branch": task.workspace_branch}
+            )
         await ctx.emit("workspace.ready", {"commit": workspace.base_commit, "branch": workspace.branch})
         # One confinement for the task's tools and for the git that commits their work.
         async with TaskSandbox(workspace.path, s.tools) as sandbox:
@@ -113,15 +142,17 @@ class AgentRunner:
             # A fork bomb the last command left may only show now, as its processes are killed.
             if (hit := await sandbox.limit_reached()) is not None:
                 raise hit
-            return await deliver(ctx, workspace, token=token, summary=session.summary,
-                                 settings=s, confinement=sandbox)
+            return await deliver(
+                ctx, workspace, token=token, summary=session.summary, settings=s, confinement=sandbox
+            )
 
 
 def _on_github(repo_url: str, s: AgentSettings) -> bool:
     """Whether ``repo_url`` is on the configured GitHub's host (``github_web_host``)."""
     try:
-        remote = parse_remote(repo_url, s.allow_local_remotes,
-                              allow_private=s.allow_local_remotes or s.allow_private_remotes)
+        remote = parse_remote(
+            repo_url, s.allow_local_remotes, allow_private=s.allow_local_remotes or s.allow_private_remotes
+        )
     except PermanentError:
         return False  # prepare_workspace says what is wrong with it
     return remote.kind in ("https", "http") and remote.host == s.github_web_host.lower()
@@ -171,13 +202,13 @@ class _Session:
                 step = await self._after_assistant(last)
                 if isinstance(step, RunResult):
                     return step
-                if step == "done":
+                if step is _Next.DONE:
                     self.summary = conv.final_text(last)
                     return None
             await self._model_turn()
 
-    async def _after_assistant(self, last: dict[str, Any]) -> RunResult | str:
-        """Add the user turn that follows ``last``; "done" when the model has finished."""
+    async def _after_assistant(self, last: dict[str, Any]) -> RunResult | _Next:
+        """Add the user turn that follows ``last`` (a result: the task must wait)."""
         stop = last.get("stop_reason", "end_turn")
         if conv.tool_uses(last):
             results = await self._answer_tools(last)
@@ -194,33 +225,44 @@ class _Session:
             inputs = await self.ctx.take_inputs()
             await self._append("user", conv.text_blocks([CONTINUE, *inputs]))
         elif stop == "refusal":
-            raise PermanentError(f"the model refused: {conv.final_text(last) or 'no reason given'}",
-                                 code="refusal")
+            raise PermanentError(
+                f"the model refused: {conv.final_text(last) or 'no reason given'}", code="refusal"
+            )
         else:  # end_turn, stop_sequence: done, unless the user said more meanwhile
             inputs = await self.ctx.take_inputs()
             if not inputs:
-                return "done"
+                return _Next.DONE
             await self._append("user", conv.text_blocks(inputs))
-        return "continue"
+        return _Next.MODEL
 
     async def _model_turn(self) -> None:
         assistant_turns = sum(1 for t in self.turns if t["role"] == "assistant")
         conv.check_budget(self.budget, assistant_turns, self.usage)
         request = ModelRequest(
-            system=self.system, tools=self.tools, messages=conv.for_model(self.turns),
+            system=self.system,
+            tools=self.tools,
+            messages=conv.for_model(self.turns),
             max_tokens=self.runner.settings.max_output_tokens,
         )
         reply: ModelReply = await self.runner.provider.complete(
             request, on_text_delta=lambda text: self.ctx.emit_ephemeral("agent.text_delta", {"text": text})
         )
         self.usage = self.usage + reply.usage
-        events = [NewEvent("agent.text", {"text": block["text"]}) for block in reply.content
-                  if block.get("type") == "text" and block["text"].strip()]
-        events.append(NewEvent("agent.usage", {**reply.usage.__dict__, "model": reply.model,
-                                               "stop_reason": reply.stop_reason}))
+        events = [
+            NewEvent("agent.text", {"text": block["text"]})
+            for block in reply.content
+            if block.get("type") == "text" and block["text"].strip()
+        ]
+        events.append(
+            NewEvent(
+                "agent.usage",
+                {**reply.usage.__dict__, "model": reply.model, "stop_reason": reply.stop_reason},
+            )
+        )
         # The turn, the task's usage so far and the turn's events: one commit.
-        await self._append("assistant", reply.content, stop_reason=reply.stop_reason,
-                           usage=self.usage, events=events)
+        await self._append(
+            "assistant", reply.content, stop_reason=reply.stop_reason, usage=self.usage, events=events
+        )
 
     async def _answer_tools(self, turn: dict[str, Any]) -> list[dict[str, Any]] | RunResult:
         """A tool_result for every tool_use of ``turn``: run, recovered, or the user's answer."""
@@ -236,7 +278,7 @@ class _Session:
                 if isinstance(answer, RunResult):
                     return answer
                 output, is_error = answer, False
-            elif call is not None and call["status"] == "done":
+            elif call is not None and call["status"] == ToolCallStatus.DONE:
                 output, is_error = call["output"], bool(call["is_error"])
             elif call is not None:
                 output, is_error = conv.INTERRUPTED, True
@@ -258,35 +300,58 @@ class _Session:
         await self.toolbox.check_limits(self.runner.settings.quota_bytes)
         return result.output, result.is_error
 
-    async def _start_call(self, tool_use_id: str, name: str, tool_input: Any,
-                          *also: NewEvent) -> None:
+    async def _start_call(self, tool_use_id: str, name: str, tool_input: Any, *also: NewEvent) -> None:
         """Record the call as started, with its ``agent.tool_call`` event (and ``also``)."""
         announce = NewEvent("agent.tool_call", {"id": tool_use_id, "name": name, "input": tool_input})
-        await self.store.start_tool_call(self.task.id, tool_use_id, name, tool_input,
-                                         events=[announce, *also])
+        await self.store.start_tool_call(
+            self.task.id, tool_use_id, name, tool_input, events=[announce, *also]
+        )
         if self.calls is not None and tool_use_id not in self.calls:  # the store ignores a repeat
-            self.calls[tool_use_id] = {"id": tool_use_id, "name": name, "input": tool_input,
-                                       "status": "started", "output": None, "is_error": None}
+            self.calls[tool_use_id] = {
+                "id": tool_use_id,
+                "name": name,
+                "input": tool_input,
+                "status": ToolCallStatus.STARTED,
+                "output": None,
+                "is_error": None,
+            }
 
     async def _record_result(self, tool_use_id: str, output: str, is_error: bool) -> None:
-        await self.store.finish_tool_call(self.task.id, tool_use_id, output, is_error, events=[
-            NewEvent("agent.tool_result", {"id": tool_use_id, "is_error": is_error,
-                                           "output": conv.cap_for_event(output)})])
+        await self.store.finish_tool_call(
+            self.task.id,
+            tool_use_id,
+            output,
+            is_error,
+            events=[
+                NewEvent(
+                    "agent.tool_result",
+                    {"id": tool_use_id, "is_error": is_error, "output": conv.cap_for_event(output)},
+                )
+            ],
+        )
         if self.calls is not None and tool_use_id in self.calls:  # the store updates no other
-            self.calls[tool_use_id] = {**self.calls[tool_use_id], "status": "done",
-                                       "output": output, "is_error": is_error}
+            self.calls[tool_use_id] = {
+                **self.calls[tool_use_id],
+                "status": ToolCallStatus.DONE,
+                "output": output,
+                "is_error": is_error,
+            }
 
     async def _ask_user(self, block: dict[str, Any], call: dict[str, Any] | None) -> str | RunResult:
         """The user's answer to an ``ask_user`` call, or a result that makes the task wait for it."""
-        if call is not None and call["status"] == "done":
+        if call is not None and call["status"] == ToolCallStatus.DONE:
             return call["output"]
         question = str((block.get("input") or {}).get("question") or "").strip()
         if call is None:
-            await self._start_call(block["id"], block["name"], block.get("input") or {},
-                                   NewEvent("agent.question", {"text": question}))
+            await self._start_call(
+                block["id"],
+                block["name"],
+                block.get("input") or {},
+                NewEvent("agent.question", {"text": question}),
+            )
         answers = await self.ctx.take_inputs()
         if not answers:
-            return RunResult(status="waiting_input", reason=question or "the agent has a question")
+            return RunResult(RunStatus.WAITING_INPUT, reason=question or "the agent has a question")
         answer = "\n\n".join(answers)
         await self._record_result(block["id"], answer, False)
         return answer
@@ -295,11 +360,18 @@ class _Session:
         notes, self.notes = self.notes, []
         return notes
 
-    async def _append(self, role: str, content: list[dict[str, Any]], stop_reason: str | None = None,
-                      usage: Usage | None = None, events: Sequence[NewEvent] = ()) -> None:
+    async def _append(
+        self,
+        role: str,
+        content: list[dict[str, Any]],
+        stop_reason: str | None = None,
+        usage: Usage | None = None,
+        events: Sequence[NewEvent] = (),
+    ) -> None:
         """Add a turn to the conversation, with the usage and events to commit with it."""
-        await self.store.append_message(self.task.id, role, content, stop_reason=stop_reason,
-                                        usage=usage, events=events)
+        await self.store.append_message(
+            self.task.id, role, content, stop_reason=stop_reason, usage=usage, events=events
+        )
         turn: dict[str, Any] = {"role": role, "content": content}
         if stop_reason is not None:
             turn["stop_reason"] = stop_reason

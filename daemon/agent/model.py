@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 # One Usage for the whole daemon: what a model call spent is what the store sums on the task.
 from ..store.models import Usage
@@ -21,11 +21,11 @@ from ..store.models import Usage
 __all__ = [
     "DEFAULT_PRICE",
     "PRICES",
+    "STOP_REASONS",
     "ModelProvider",
     "ModelReply",
     "ModelRequest",
     "Price",
-    "STOP_REASONS",
     "Usage",
     "cost_of",
     "price_for",
@@ -33,9 +33,7 @@ __all__ = [
 ]
 
 # Every stop_reason the Messages API documents; the agent loop handles each one (design §8).
-STOP_REASONS = frozenset(
-    {"end_turn", "tool_use", "max_tokens", "pause_turn", "refusal", "stop_sequence"}
-)
+STOP_REASONS = frozenset({"end_turn", "tool_use", "max_tokens", "pause_turn", "refusal", "stop_sequence"})
 
 EPHEMERAL = {"type": "ephemeral"}
 # Anthropic rejects a request with more than 4 blocks carrying cache_control.
@@ -173,13 +171,11 @@ _UNCACHEABLE_TYPES = frozenset({"thinking", "redacted_thinking"})
 def _count_breakpoints(tools: list[dict], messages: list[dict]) -> int:
     """Breakpoints the caller already placed: on tools, message blocks, tool_result blocks."""
 
-    def in_blocks(blocks: Any) -> int:
+    def in_blocks(blocks: object) -> int:
         if not isinstance(blocks, list):
             return 0
         return sum(
-            ("cache_control" in b) + in_blocks(b.get("content"))
-            for b in blocks
-            if isinstance(b, dict)
+            ("cache_control" in b) + in_blocks(b.get("content")) for b in blocks if isinstance(b, dict)
         )
 
     in_tools = sum("cache_control" in t for t in tools)
@@ -206,15 +202,14 @@ def with_cache_breakpoints(request: ModelRequest) -> tuple[list[dict], list[dict
     # Copies only of what changes (the last message, its marked block, the last tool): the
     # conversation grows every turn, and copying all of it each time cost more than the call.
     tools = list(request.tools)
-    system = [{"type": "text", "text": request.system}] if request.system else []
+    system: list[dict] = [{"type": "text", "text": request.system}] if request.system else []
     messages = list(request.messages)
     room = MAX_CACHE_BREAKPOINTS - _count_breakpoints(tools, messages)
 
     if messages and room > 0:
         last = messages[-1] = dict(messages[-1])
-        if isinstance(last.get("content"), str):
-            if last["content"]:
-                last["content"] = [{"type": "text", "text": last["content"]}]
+        if isinstance(last.get("content"), str) and last["content"]:
+            last["content"] = [{"type": "text", "text": last["content"]}]
         blocks = last.get("content")
         if isinstance(blocks, list):
             for i in range(len(blocks) - 1, -1, -1):

@@ -23,15 +23,18 @@ on the network, a timer or another task's slot, so one slot loses no throughput 
 (and no holder can wait on a waiter).
 
 The gate sits under httpx, in its connection pool's network backend (the only place that sees a
-reply's first bytes before they are parsed); ``GatedHTTPTransport`` puts it there.
+reply's first bytes before they are parsed): ``GatedHTTPTransport`` is an httpx transport of its
+own over an httpcore ``AsyncConnectionPool`` built with that backend, all through public APIs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import anthropic
@@ -112,8 +115,9 @@ class _GatedStream(httpcore2.AsyncNetworkStream):
     async def aclose(self) -> None:
         await self._inner.aclose()
 
-    async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                        timeout: float | None = None) -> httpcore2.AsyncNetworkStream:
+    async def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore2.AsyncNetworkStream:
         return _GatedStream(await self._inner.start_tls(ssl_context, server_hostname, timeout), self._gate)
 
     def get_extra_info(self, info: str) -> Any:
@@ -125,15 +129,21 @@ class _GatedBackend(httpcore2.AsyncNetworkBackend):
         self._inner = inner
         self._gate = gate
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Iterable[Any] | None = None) -> httpcore2.AsyncNetworkStream:
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
         self._gate.release()
         stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         return _GatedStream(stream, self._gate)
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Iterable[Any] | None = None) -> httpcore2.AsyncNetworkStream:
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore2.AsyncNetworkStream:
         self._gate.release()
         stream = await self._inner.connect_unix_socket(path, timeout, socket_options)
         return _GatedStream(stream, self._gate)
@@ -142,64 +152,146 @@ class _GatedBackend(httpcore2.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-class _ReleaseOnClose(httpx2.AsyncByteStream):
-    def __init__(self, inner: httpx2.AsyncByteStream, gate: ReplyGate) -> None:
+# httpcore's errors as the httpx errors of the same name (what httpx's own transport raises,
+# and what the SDK and ``AnthropicProvider`` catch), the more specific ones first.
+_ERRORS: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] = (
+    (httpcore2.ConnectTimeout, httpx2.ConnectTimeout),
+    (httpcore2.ReadTimeout, httpx2.ReadTimeout),
+    (httpcore2.WriteTimeout, httpx2.WriteTimeout),
+    (httpcore2.PoolTimeout, httpx2.PoolTimeout),
+    (httpcore2.TimeoutException, httpx2.TimeoutException),
+    (httpcore2.ConnectError, httpx2.ConnectError),
+    (httpcore2.ReadError, httpx2.ReadError),
+    (httpcore2.WriteError, httpx2.WriteError),
+    (httpcore2.NetworkError, httpx2.NetworkError),
+    (httpcore2.ProxyError, httpx2.ProxyError),
+    (httpcore2.UnsupportedProtocol, httpx2.UnsupportedProtocol),
+    (httpcore2.LocalProtocolError, httpx2.LocalProtocolError),
+    (httpcore2.RemoteProtocolError, httpx2.RemoteProtocolError),
+    (httpcore2.ProtocolError, httpx2.ProtocolError),
+)
+
+
+@contextlib.contextmanager
+def _httpx_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception as error:
+        for theirs, ours in _ERRORS:
+            if isinstance(error, theirs):
+                raise ours(str(error)) from error
+        raise
+
+
+class _Reply(httpx2.AsyncByteStream):
+    """A response body: httpx errors, and at its close the request leaves the transport's count
+    and the slot is given back."""
+
+    def __init__(self, inner: httpcore2.Response, transport: GatedHTTPTransport) -> None:
+        assert isinstance(inner.stream, AsyncIterable)
         self._inner = inner
-        self._gate = gate
+        self._parts: AsyncIterable[bytes] = inner.stream
+        self._transport: GatedHTTPTransport | None = transport
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for part in self._inner:
-            yield part
+        with _httpx_errors():
+            async for part in self._parts:
+                yield part
 
     async def aclose(self) -> None:
         try:
-            await self._inner.aclose()
+            with _httpx_errors():
+                await self._inner.aclose()
         finally:
-            self._gate.release()
+            if self._transport is not None:  # once, however often it is closed
+                self._transport.finished()
+                self._transport = None
 
 
-class GatedHTTPTransport(httpx2.AsyncHTTPTransport):
-    """httpx's own transport, its connection pool reading through ``gate``."""
+class GatedHTTPTransport(httpx2.AsyncBaseTransport):
+    """An httpx transport over httpcore's connection pool whose reads pass ``gate``.
 
-    def __init__(self, gate: ReplyGate, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    What httpx's own ``AsyncHTTPTransport`` does for HTTP/1.1 without a proxy: ``ssl_context``
+    (default: httpx's), ``limits``, ``socket_options``; httpcore's errors raised as httpx's.
+    It counts its requests in flight, from the moment one is handed over until its response
+    is closed (or it failed), as httpcore's pool does: while they are as many as the pool's
+    connections, a new request would wait for a connection.
+    """
+
+    def __init__(
+        self,
+        gate: ReplyGate,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        limits: httpx2.Limits = anthropic.DEFAULT_CONNECTION_LIMITS,
+        socket_options: Iterable[Any] | None = None,
+    ) -> None:
         self._gate = gate
-        # httpx builds its pool with no way to hand it a network backend: wrap the one it chose.
-        # (httpx2 2.x; tests/test_reply_gate.py fails if a release moves these.)
-        pool = self._pool
-        pool._network_backend = _GatedBackend(pool._network_backend, gate)
+        self._max_connections = limits.max_connections
+        self.in_flight = 0
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=httpx2.create_ssl_context() if ssl_context is None else ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            socket_options=socket_options,
+            network_backend=_GatedBackend(httpcore2.TrioBackend(), gate),
+        )
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        if not self._pool_has_room():
+        if not self.pool_has_room():
             # The request would wait for another one's connection, which may need the slot to
             # read its reply to the end: no slot is held through that wait. (With room, the
             # pool assigns a connection at once, reserved for this request; its retry after
             # ConnectionNotAvailable, which could wait, is for a connection another request
             # took first, which reservation rules out for the HTTP/1.1 connections made here.)
             self._gate.release()
+        self.in_flight += 1
+        url = request.url
         try:
-            response = await super().handle_async_request(request)
+            with _httpx_errors():
+                response = await self._pool.handle_async_request(
+                    httpcore2.Request(
+                        method=request.method,
+                        url=httpcore2.URL(
+                            scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+                        ),
+                        headers=request.headers.raw,
+                        content=request.stream,
+                        extensions=request.extensions,
+                    )
+                )
         except BaseException:
             # No response to close (the connection dropped, bad headers, cancelled): the slot
             # its reads took must not stay held while the caller, say, sleeps to retry.
-            self._gate.release()
+            self.finished()
             raise
-        assert isinstance(response.stream, httpx2.AsyncByteStream)
-        response.stream = _ReleaseOnClose(response.stream, self._gate)
-        return response
+        return httpx2.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_Reply(response, self),
+            extensions=response.extensions,
+        )
 
-    def _pool_has_room(self) -> bool:
-        """Whether a new request gets a connection at once (the pool's in-flight requests,
-        each holding or waiting for a connection, are fewer than its connection limit); False
-        if this httpcore keeps them elsewhere (then the slot is always given back first;
-        tests/test_reply_gate.py fails)."""
-        requests = getattr(self._pool, "_requests", None)
-        limit = getattr(self._pool, "_max_connections", None)
-        return requests is not None and limit is not None and len(requests) < limit
+    def pool_has_room(self) -> bool:
+        """Whether a new request gets a connection at once: the requests in flight (each
+        holding or waiting for one of the pool's connections) are fewer than its connections."""
+        return self._max_connections is None or self.in_flight < self._max_connections
+
+    def finished(self) -> None:
+        """A request's response is closed, or it failed: it leaves the count, its slot is free."""
+        self.in_flight -= 1
+        self._gate.release()
+
+    async def aclose(self) -> None:
+        with _httpx_errors():
+            await self._pool.aclose()
 
 
-def gated_http_client(gate: ReplyGate, verify: Any = True) -> httpx2.AsyncClient | None:
-    """An HTTP client with the SDK's defaults whose replies pass ``gate``.
+def gated_http_clients(
+    gate: ReplyGate, count: int, ssl_context: ssl.SSLContext | None = None
+) -> list[httpx2.AsyncClient] | None:
+    """``count`` HTTP clients with the SDK's defaults whose replies pass ``gate``.
 
     None when the environment names a proxy (``HTTPS_PROXY``...): the SDK's default client
     mounts one transport per proxy from it, and those are left as they are (ungated; said once
@@ -209,6 +301,9 @@ def gated_http_client(gate: ReplyGate, verify: Any = True) -> httpx2.AsyncClient
     if proxies:
         log.info("model replies are not gated: the environment sets a proxy (%s)", ", ".join(sorted(proxies)))
         return None
-    transport = GatedHTTPTransport(gate, verify=verify, limits=anthropic.DEFAULT_CONNECTION_LIMITS,
-                                   socket_options=_KEEPALIVE)
-    return anthropic.DefaultAsyncHttpxClient(transport=transport)
+    return [
+        anthropic.DefaultAsyncHttpxClient(
+            transport=GatedHTTPTransport(gate, ssl_context=ssl_context, socket_options=_KEEPALIVE)
+        )
+        for _ in range(count)
+    ]

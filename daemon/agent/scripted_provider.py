@@ -20,7 +20,6 @@ import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -50,10 +49,9 @@ class ScriptedProvider:
     name = "scripted"
     model = "scripted"
 
-    def __init__(self, script: Any) -> None:
-        _validate(script)
+    def __init__(self, script: object) -> None:
         # Our own copy: later changes to the caller's dict cannot alter the replay.
-        self._turns: list[dict] = copy.deepcopy(script["turns"])
+        self._turns: list[dict] = copy.deepcopy(_validated_turns(script))
 
     @classmethod
     def from_file(cls, path: str | Path) -> ScriptedProvider:
@@ -109,7 +107,8 @@ def _pieces(text: str, n: int = 3) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def _validate(script: Any) -> None:
+def _validated_turns(script: object) -> list[dict]:
+    """The script's turns; ``ScriptError`` says where the script is malformed."""
     if not isinstance(script, dict):
         raise ScriptError(f'script must be a JSON object {{"turns": [...]}}, not {_kind(script)}')
     if set(script) != {"turns"}:
@@ -142,9 +141,10 @@ def _validate(script: Any) -> None:
         is_number = isinstance(delay, (int, float)) and not isinstance(delay, bool)
         if not is_number or not 0 <= delay < float("inf"):
             raise ScriptError(f"{where}: delay_s must be a number of seconds >= 0, not {delay!r}")
+    return turns
 
 
-def _validate_block(block: Any, where: str, seen_ids: set[str]) -> None:
+def _validate_block(block: object, where: str, seen_ids: set[str]) -> None:
     if not isinstance(block, dict) or not isinstance(block.get("type"), str):
         raise ScriptError(f'{where}: a content block must be an object with a string "type"')
     kind = block["type"]
@@ -163,7 +163,7 @@ def _validate_block(block: Any, where: str, seen_ids: set[str]) -> None:
     # Other block types (thinking, ...) pass through untouched, as the API would send them.
 
 
-def _kind(value: Any) -> str:
+def _kind(value: object) -> str:
     return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(
         type(value), type(value).__name__
     )

@@ -3,10 +3,13 @@
 The public surface is re-exported here; the modules behind it may change freely.
 """
 
-from daemon.git.github import open_pull_request
+from daemon.git.disk import workspace_dirs
+from daemon.git.github import PullRequest, open_pull_request
 from daemon.git.process import GitAuth, classify_git_error, run_git
 from daemon.git.remote import GitHubRepo, Remote, parse_remote, redact
 from daemon.git.workspace import (
+    ClonePolicy,
+    CloneRequest,
     PushResult,
     Workspace,
     branch_name,
@@ -16,11 +19,13 @@ from daemon.git.workspace import (
     prepare_workspace,
     workspace_size,
 )
-from daemon.git.disk import workspace_dirs
 
 __all__ = [
+    "ClonePolicy",
+    "CloneRequest",
     "GitAuth",
     "GitHubRepo",
+    "PullRequest",
     "PushResult",
     "Remote",
     "Workspace",

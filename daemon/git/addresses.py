@@ -32,6 +32,7 @@ import ipaddress
 import re
 import socket
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -56,48 +57,66 @@ __all__ = [
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 RESOLVE_TIMEOUT = 30.0
-ALLOW_HINT = ("an operator can allow them with allow_private_remotes = true "
-              "or AGENTD_ALLOW_PRIVATE_REMOTES=1")
+ALLOW_HINT = "an operator can allow them with allow_private_remotes = true or AGENTD_ALLOW_PRIVATE_REMOTES=1"
 METADATA = "cloud metadata"
 
 # Instance metadata and platform endpoints (AWS, GCP, Azure, OpenStack: 169.254.169.254; AWS
 # ECS credentials; Alibaba; Azure's wire server, a public address; AWS over IPv6). Refused even
 # where private remotes are allowed.
-_METADATA = frozenset(ipaddress.ip_address(a) for a in (
-    "169.254.169.254", "169.254.170.2", "100.100.100.200", "168.63.129.16", "fd00:ec2::254",
-))
+_METADATA = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",
+        "169.254.170.2",
+        "100.100.100.200",
+        "168.63.129.16",
+        "fd00:ec2::254",
+    )
+)
 
 # Checked in order: the first network holding the address names its class.
-_V4 = [(ipaddress.IPv4Network(net), cls) for net, cls in (
-    ("0.0.0.0/8", "unspecified"),  # 0.0.0.0 reaches the local host on Linux
-    ("127.0.0.0/8", "loopback"),
-    ("169.254.0.0/16", "link-local"),
-    ("10.0.0.0/8", "private"),
-    ("172.16.0.0/12", "private"),
-    ("192.168.0.0/16", "private"),
-    ("100.64.0.0/10", "carrier-grade NAT"),
-    ("224.0.0.0/4", "multicast"),
-    ("240.0.0.0/4", "reserved"),  # and 255.255.255.255
-)]
-_V6 = [(ipaddress.IPv6Network(net), cls) for net, cls in (
-    ("::1/128", "loopback"),
-    ("::/128", "unspecified"),
-    ("fe80::/10", "link-local"),
-    ("fec0::/10", "site-local"),
-    ("fc00::/7", "unique-local"),
-    ("ff00::/8", "multicast"),
-    ("64:ff9b:1::/48", "private"),  # local-use NAT64 (RFC 8215)
-)]
+_V4 = [
+    (ipaddress.IPv4Network(net), cls)
+    for net, cls in (
+        ("0.0.0.0/8", "unspecified"),  # 0.0.0.0 reaches the local host on Linux
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("10.0.0.0/8", "private"),
+        ("172.16.0.0/12", "private"),
+        ("192.168.0.0/16", "private"),
+        ("100.64.0.0/10", "carrier-grade NAT"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved"),  # and 255.255.255.255
+    )
+]
+_V6 = [
+    (ipaddress.IPv6Network(net), cls)
+    for net, cls in (
+        ("::1/128", "loopback"),
+        ("::/128", "unspecified"),
+        ("fe80::/10", "link-local"),
+        ("fec0::/10", "site-local"),
+        ("fc00::/7", "unique-local"),
+        ("ff00::/8", "multicast"),
+        ("64:ff9b:1::/48", "private"),  # local-use NAT64 (RFC 8215)
+    )
+]
 # IPv6 ranges that carry an IPv4 address in their low 32 bits: IPv4-mapped, IPv4-compatible
 # (deprecated, still routed by some stacks) and well-known NAT64.
 _EMBEDS_V4 = [ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "::/96", "64:ff9b::/96")]
 
 _METADATA_NAMES = frozenset({"metadata.google.internal", "metadata.goog"})
 # Names that mean this host whatever DNS says (RFC 6761, Debian's /etc/hosts).
-_LOOPBACK_NAMES = frozenset({
-    "localhost", "localhost.localdomain", "localhost6", "localhost6.localdomain6",
-    "ip6-localhost", "ip6-loopback",
-})
+_LOOPBACK_NAMES = frozenset(
+    {
+        "localhost",
+        "localhost.localdomain",
+        "localhost6",
+        "localhost6.localdomain6",
+        "ip6-localhost",
+        "ip6-loopback",
+    }
+)
 # What inet_aton reads: one to four parts, each decimal, octal (0...) or hex (0x...).
 _INET_ATON_SHAPE = re.compile(r"^[0-9a-fA-FxX.]+$")
 
@@ -113,14 +132,14 @@ def ip_literal(host: str) -> IPAddress | None:
     bracketed = host.startswith("[") and host.endswith("]")
     bare = host[1:-1] if bracketed else host
     if "%" in bare and (bracketed or ":" in bare):
-        raise PermanentError("repository URL host has an IPv6 zone id, which is not supported",
-                             code="invalid_repo_url")
+        raise PermanentError(
+            "repository URL host has an IPv6 zone id, which is not supported", code="invalid_repo_url"
+        )
     if ":" in bare or bracketed:
         try:
             return ipaddress.IPv6Address(bare)
         except ValueError:
-            raise PermanentError("repository URL has an invalid host name",
-                                 code="invalid_repo_url") from None
+            raise PermanentError("repository URL has an invalid host name", code="invalid_repo_url") from None
     if _INET_ATON_SHAPE.match(bare) and bare[0].isdigit():
         try:
             return ipaddress.IPv4Address(socket.inet_aton(bare))
@@ -138,7 +157,7 @@ def address_class(ip: IPAddress) -> str | None:
         inner = _embedded_v4(ip)
         if inner is not None:
             return address_class(inner)
-        table: list = _V6
+        table: Sequence[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = _V6
     else:
         table = _V4
     for net, cls in table:
@@ -163,8 +182,10 @@ def check_literal_host(host: str, *, allow_private: bool) -> None:
     :func:`resolve_remote`. ``host`` is as in the URL (IPv6 may be bracketed)."""
     bare = host.strip("[]").lower()
     if bare in _METADATA_NAMES:
-        raise PermanentError(f"repository host {bare} is a cloud metadata name, which is never "
-                             "allowed as a repository", code="repo_address_refused")
+        raise PermanentError(
+            f"repository host {bare} is a cloud metadata name, which is never allowed as a repository",
+            code="repo_address_refused",
+        )
     if not allow_private and (bare in _LOOPBACK_NAMES or bare.endswith(".localhost")):
         raise _refused(f"repository host {bare} is a loopback name", "loopback")
     ip = ip_literal(host)
@@ -185,8 +206,9 @@ class ResolvedRemote:
     pinned: bool
 
 
-async def resolve_remote(remote: Remote, *, allow_private: bool,
-                         timeout: float = RESOLVE_TIMEOUT) -> ResolvedRemote:
+async def resolve_remote(
+    remote: Remote, *, allow_private: bool, timeout: float = RESOLVE_TIMEOUT
+) -> ResolvedRemote:
     """Resolve ``remote``'s host and check every address it resolves to.
 
     Raises PermanentError ``repo_address_refused`` when any address is of a refused class
@@ -215,23 +237,31 @@ async def resolve_remote(remote: Remote, *, allow_private: bool,
         with trio.fail_after(timeout):
             infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except trio.TooSlowError:
-        raise TransientError(f"could not resolve the repository host ({host}): timed out "
-                             f"after {timeout:g} s", code="repo_unresolved") from None
+        raise TransientError(
+            f"could not resolve the repository host ({host}): timed out after {timeout:g} s",
+            code="repo_unresolved",
+        ) from None
     except (OSError, UnicodeError) as exc:  # gaierror; IDNA refusing a label
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise TransientError(f"could not resolve the repository host ({host}): {reason}",
-                             code="repo_unresolved") from None
+        raise TransientError(
+            f"could not resolve the repository host ({host}): {reason}", code="repo_unresolved"
+        ) from None
     found: list[IPAddress] = []
     for *_, sockaddr in infos:
         ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         if ip not in found:
             found.append(ip)
     if not found:
-        raise TransientError(f"could not resolve the repository host ({host}): no address",
-                             code="repo_unresolved")
+        raise TransientError(
+            f"could not resolve the repository host ({host}): no address", code="repo_unresolved"
+        )
     for ip in found:
-        _check_address(ip, allow_private, f"repository host {host} resolves to {ip}, which is",
-                       shown=_meaning(ip, str(ip)))
+        _check_address(
+            ip,
+            allow_private,
+            f"repository host {host} resolves to {ip}, which is",
+            shown=_meaning(ip, str(ip)),
+        )
     return ResolvedRemote(remote, host, port, tuple(str(ip) for ip in found), pinned=True)
 
 
@@ -255,8 +285,12 @@ def git_pin_config(resolved: ResolvedRemote) -> list[str]:
         config += ["-c", f"{prefix}followRedirects=false"]
         if resolved.pinned and resolved.addresses:
             addresses = ",".join(f"[{a}]" if ":" in a else a for a in resolved.addresses)
-            config += ["-c", f"{prefix}curloptResolve=",
-                       "-c", f"{prefix}curloptResolve={resolved.host}:{resolved.port}:{addresses}"]
+            config += [
+                "-c",
+                f"{prefix}curloptResolve=",
+                "-c",
+                f"{prefix}curloptResolve={resolved.host}:{resolved.port}:{addresses}",
+            ]
     return config
 
 
@@ -272,12 +306,13 @@ def ssh_pin_options(resolved: ResolvedRemote) -> list[str]:
 
 
 # (pattern on git's lowercased stderr, reason); curl's and ssh's words for a failed connect.
-_RESOLVE_FAILED = re.compile(r"could not resolve (host|hostname)\b"
-                             r"|temporary failure in name resolution|name or service not known")
+_RESOLVE_FAILED = re.compile(
+    r"could not resolve (host|hostname)\b"
+    r"|temporary failure in name resolution|name or service not known"
+)
 _CONNECT_FAILED = [
     (r"connection refused", "connection refused"),
-    (r"(failed to connect|connect to host).*timed out|connection timed out",
-     "connection timed out"),
+    (r"(failed to connect|connect to host).*timed out|connection timed out", "connection timed out"),
     (r"network is unreachable|no route to host", "no route to the host"),
     (r"failed to connect to|couldn't connect to server|connect to host", "could not connect"),
 ]
@@ -293,17 +328,16 @@ def connection_error(stderr: str, host: str | None = None) -> AgentdError | None
     text = stderr.lower()
     where = f" ({host.strip('[]')})" if host else ""
     if _RESOLVE_FAILED.search(text):
-        return TransientError(f"could not resolve the repository host{where}",
-                              code="repo_unresolved")
+        return TransientError(f"could not resolve the repository host{where}", code="repo_unresolved")
     for pattern, reason in _CONNECT_FAILED:
         if re.search(pattern, text):
-            return TransientError(f"could not reach the repository{where}: {reason}",
-                                  code="repo_unreachable")
+            return TransientError(f"could not reach the repository{where}: {reason}", code="repo_unreachable")
     if match := _REDIRECT.search(text):
         return PermanentError(
             f"the repository server{where} answered with a redirect (HTTP {match.group(1)}), "
             "which is not followed; use the repository's current URL",
-            code="repo_redirect")
+            code="repo_redirect",
+        )
     return None
 
 
@@ -322,14 +356,18 @@ def _check_address(ip: IPAddress, allow_private: bool, subject: str, *, shown: s
         return
     shown = f" ({shown})" if shown else ""
     if cls == METADATA:
-        raise PermanentError(f"{subject} a cloud metadata address{shown}, which is never "
-                             "allowed as a repository", code="repo_address_refused")
+        raise PermanentError(
+            f"{subject} a cloud metadata address{shown}, which is never allowed as a repository",
+            code="repo_address_refused",
+        )
     raise _refused(f"{subject} {_article(cls)} {cls} address{shown}", cls)
 
 
 def _refused(what: str, cls: str) -> PermanentError:
-    return PermanentError(f"{what}; repositories on {cls} addresses are refused on this server "
-                          f"({ALLOW_HINT})", code="repo_address_refused")
+    return PermanentError(
+        f"{what}; repositories on {cls} addresses are refused on this server ({ALLOW_HINT})",
+        code="repo_address_refused",
+    )
 
 
 def _article(word: str) -> str:

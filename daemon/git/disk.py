@@ -14,7 +14,15 @@ import trio
 # agentd's own copies of the workspaces (daemon/git/owned.py), beside them.
 OWNED_DIR = ".owned"
 
-__all__ = ["charged", "first_sight", "gc_workspaces", "remove_if_present", "rmtree", "workspace_dirs", "workspace_size"]
+__all__ = [
+    "charged",
+    "first_sight",
+    "gc_workspaces",
+    "remove_if_present",
+    "rmtree",
+    "workspace_dirs",
+    "workspace_size",
+]
 
 
 def charged(st: os.stat_result) -> int:
@@ -80,8 +88,10 @@ async def gc_workspaces(root: Path, keep: Callable[[str], Awaitable[bool]]) -> l
     being removed is gone, and the ones not reached yet stay.
     """
     owned = root / OWNED_DIR
-    names = sorted({entry.name for entry in await workspace_dirs(root)}
-                   | {entry.name for entry in await workspace_dirs(owned)})
+    names = sorted(
+        {entry.name for entry in await workspace_dirs(root)}
+        | {entry.name for entry in await workspace_dirs(owned)}
+    )
     removed = []
     for name in names:
         if await keep(name):
@@ -109,8 +119,11 @@ async def workspace_dirs(root: Path) -> list[Path]:
 def _workspace_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
-    return sorted(entry for entry in root.iterdir()
-                  if not entry.name.startswith(".") and entry.is_dir() and not entry.is_symlink())
+    return sorted(
+        entry
+        for entry in root.iterdir()
+        if not entry.name.startswith(".") and entry.is_dir() and not entry.is_symlink()
+    )
 
 
 def rmtree(path: Path) -> None:
@@ -124,9 +137,19 @@ def rmtree(path: Path) -> None:
         pass
     # GNU chmod and rm walk trees without a depth limit, and follow no symlink.
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
-    subprocess.run(["chmod", "-R", "u+rwx", "--", str(path)], env=env, capture_output=True,
-                   check=False, stdin=subprocess.DEVNULL)
-    done = subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], env=env,
-                          capture_output=True, check=False, stdin=subprocess.DEVNULL)
+    subprocess.run(
+        ["chmod", "-R", "u+rwx", "--", str(path)],
+        env=env,
+        capture_output=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    done = subprocess.run(
+        ["rm", "-rf", "--one-file-system", "--", str(path)],
+        env=env,
+        capture_output=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     if os.path.lexists(path):
         raise OSError(f"could not remove {path}: {done.stderr.decode(errors='replace').strip()}")

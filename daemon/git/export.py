@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
 from daemon.errors import PermanentError, TransientError
-from daemon.git.process import run_in_group
+from daemon.git.process import ProcessOptions, run_in_group
 
 __all__ = ["Confinement", "export_bundle"]
 
@@ -70,14 +70,22 @@ git bundle create --quiet - "refs/heads/$branch" "^$base"
 class Confinement(Protocol):
     """How a task's processes run: the tools' sandbox (``TaskSandbox``) satisfies this."""
 
-    def command(self, argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    def command(self, argv: list[str]) -> tuple[list[str], ProcessOptions]:
         """The full command line for ``argv`` and the options to start it with (env, uid...)."""
         ...
 
 
-async def export_bundle(workspace: Path, bundle: Path, *, branch: str, base_commit: str,
-                        message: str, identity: tuple[str, str], confinement: Confinement,
-                        timeout: float = EXPORT_TIMEOUT) -> bool:
+async def export_bundle(
+    workspace: Path,
+    bundle: Path,
+    *,
+    branch: str,
+    base_commit: str,
+    message: str,
+    identity: tuple[str, str],
+    confinement: Confinement,
+    timeout: float = EXPORT_TIMEOUT,
+) -> bool:
     """Commit every change in ``workspace`` (``git add -A``) on ``branch`` and write the
     branch's commits since ``base_commit`` to ``bundle``, all inside ``confinement``. False
     when the branch has no commit beyond ``base_commit`` (nothing to deliver, no bundle).
@@ -94,26 +102,31 @@ async def export_bundle(workspace: Path, bundle: Path, *, branch: str, base_comm
     """
     name, email = identity
     argv, options = confinement.command(
-        ["bash", "--noprofile", "--norc", "-c", _SCRIPT, "agentd-export",
-         branch, base_commit, name, email])
-    options = dict(options)
-    options.setdefault("cwd", workspace)
-    cwd, env = options.pop("cwd"), options.pop("env")
+        ["bash", "--noprofile", "--norc", "-c", _SCRIPT, "agentd-export", branch, base_commit, name, email]
+    )
     fd = await trio.to_thread.run_sync(_open_for_writing, bundle)
     try:
         with trio.move_on_after(timeout) as scope:
-            returncode, _, stderr = await run_in_group(argv, cwd, env, stdin=message.encode(),
-                                                       stdout=fd, **options)
+            returncode, _, stderr = await run_in_group(
+                argv,
+                options.get("cwd", workspace),
+                options["env"],
+                stdin=message.encode(),
+                stdout=fd,
+                pass_fds=options.get("pass_fds", ()),
+            )
     finally:
         with trio.CancelScope(shield=True):
             size = await trio.to_thread.run_sync(_close, fd)
     if scope.cancelled_caught:
-        raise TransientError(f"committing the workspace timed out after {timeout:g} s",
-                             code="git_timeout")
+        raise TransientError(f"committing the workspace timed out after {timeout:g} s", code="git_timeout")
     if returncode == 0 and size == 0:
         # `git bundle create -` writes a file named "-" when the config moves the work tree.
-        raise PermanentError("git in the workspace made no bundle of the branch (does the "
-                             "workspace's git config move its work tree?)", code="workspace_git")
+        raise PermanentError(
+            "git in the workspace made no bundle of the branch (does the "
+            "workspace's git config move its work tree?)",
+            code="workspace_git",
+        )
     return _verdict(returncode, stderr)
 
 
@@ -126,8 +139,7 @@ def _close(fd: int) -> int:
 
 
 def _open_for_writing(path: Path) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                   0o600)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
 def _verdict(returncode: int, stderr: bytes) -> bool:
@@ -142,5 +154,7 @@ def _verdict(returncode: int, stderr: bytes) -> bool:
         said = "…" + said[-_SAID_CAP:]
     if returncode == _OFF_BRANCH:
         raise PermanentError(f"{said}; refusing to commit elsewhere", code="workspace_branch")
-    raise PermanentError(f"git failed in the workspace (exit {returncode})"
-                         + (f": {said}" if said else ""), code="workspace_git")
+    raise PermanentError(
+        f"git failed in the workspace (exit {returncode})" + (f": {said}" if said else ""),
+        code="workspace_git",
+    )

@@ -3,32 +3,40 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import httpx2
 
 from daemon.errors import PermanentError, TransientError
 
-__all__ = ["API_VERSION", "open_pull_request"]
+__all__ = ["API_VERSION", "PullRequest", "open_pull_request"]
 
 API_VERSION = "2022-11-28"
 _ALREADY_EXISTS = "a pull request already exists"
 
 
+@dataclass(frozen=True)
+class PullRequest:
+    """A pull request to open in ``owner/repo``: from branch ``head`` into ``base``."""
+
+    owner: str
+    repo: str
+    head: str
+    base: str
+    title: str
+    body: str
+
+
 async def open_pull_request(
     api_base: str,
     token: str,
-    owner: str,
-    repo: str,
+    pr: PullRequest,
     *,
-    head: str,
-    base: str,
-    title: str,
-    body: str,
     timeout: float = 30.0,
     client: httpx2.AsyncClient | None = None,
 ) -> str:
-    """Open a pull request from branch ``head`` into ``base`` and return its html_url.
+    """Open ``pr`` and return its html_url.
 
     When GitHub answers that one already exists (a retried attempt), the existing open pull
     request's url is returned, so calling this twice is safe. Raises PermanentError for bad
@@ -39,6 +47,7 @@ async def open_pull_request(
     Cancellation: the HTTP request is abandoned and its connection closed; GitHub may or may
     not have created the pull request, which the already-exists path covers on the next call.
     """
+    owner, repo, head, base = pr.owner, pr.repo, pr.head, pr.base
     url = f"{api_base.rstrip('/')}/repos/{quote(owner, safe='')}/{quote(repo, safe='')}/pulls"
     headers = {
         "Accept": "application/vnd.github+json",
@@ -46,7 +55,7 @@ async def open_pull_request(
         "X-GitHub-Api-Version": API_VERSION,
         "User-Agent": "agentd",
     }
-    payload = {"title": title, "head": head, "base": base, "body": body}
+    payload = {"title": pr.title, "head": head, "base": base, "body": pr.body}
     own_client = client is None
     client = client or httpx2.AsyncClient(timeout=timeout, follow_redirects=True)
     try:

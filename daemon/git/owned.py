@@ -14,18 +14,30 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from daemon.errors import AgentdError, PermanentError
-from daemon.git.disk import OWNED_DIR
 from daemon.git.addresses import ResolvedRemote
+from daemon.git.disk import OWNED_DIR
 from daemon.git.process import GitAuth, run_git
 from daemon.git.remote import Remote
 
-__all__ = ["OWNED_DIR", "fetch_bundle", "make_owned", "numstat", "owned_path", "push_branch",
-           "read_state", "write_state"]
+__all__ = [
+    "OWNED_DIR",
+    "PATCH_CAP",
+    "Patch",
+    "fetch_bundle",
+    "make_owned",
+    "numstat",
+    "owned_path",
+    "patch",
+    "push_branch",
+    "read_state",
+    "write_state",
+]
 
 LOCAL_TIMEOUT = 120.0
 _STATE = "state.json"
@@ -79,9 +91,8 @@ def _bare_config(text: str) -> str:
         if _SECTION.match(line):
             section = line.strip().lower()
         if section in ("[core]", "[extensions]"):
-            if re.match(r"\s*bare\s*=", line, re.IGNORECASE):
-                line = "\tbare = true"
-            kept.append(line)
+            bare = re.match(r"\s*bare\s*=", line, re.IGNORECASE)
+            kept.append("\tbare = true" if bare else line)
     return "\n".join(kept) + "\n"
 
 
@@ -102,11 +113,20 @@ async def fetch_bundle(owned: Path, bundle: Path, branch: str) -> str:
     except (OSError, ValueError) as e:
         raise _not_taken(str(e)) from None
     try:
-        await run_git([*_BIG_FILES, "index-pack", "--strict", "--fix-thin", "--stdin"],
-                      cwd=repo, stdin=fd, timeout=LOCAL_TIMEOUT, op="index-pack")
+        await run_git(
+            [*_BIG_FILES, "index-pack", "--strict", "--fix-thin", "--stdin"],
+            cwd=repo,
+            stdin=fd,
+            timeout=LOCAL_TIMEOUT,
+            op="index-pack",
+        )
         # A commit (the peel fails for anything else), and every object it needs is there.
-        await run_git(["rev-list", "--objects", "--quiet", f"{commit}^{{commit}}", "--not",
-                       "--all"], cwd=repo, timeout=LOCAL_TIMEOUT, op="rev-list")
+        await run_git(
+            ["rev-list", "--objects", "--quiet", f"{commit}^{{commit}}", "--not", "--all"],
+            cwd=repo,
+            timeout=LOCAL_TIMEOUT,
+            op="rev-list",
+        )
         await run_git(["update-ref", ref, commit], cwd=repo, timeout=LOCAL_TIMEOUT)
     except AgentdError as e:
         raise _not_taken(str(e)) from None
@@ -142,27 +162,117 @@ def _open_bundle_pack(bundle: Path, ref: str) -> tuple[str, int]:
 
 
 def _not_taken(why: str) -> PermanentError:
-    return PermanentError(f"the commits made in the workspace could not be taken: {why}",
-                          code="workspace_bundle")
+    return PermanentError(
+        f"the commits made in the workspace could not be taken: {why}", code="workspace_bundle"
+    )
 
 
-async def push_branch(owned: Path, remote: Remote, branch: str, auth: GitAuth,
-                      timeout: float, pin: ResolvedRemote) -> None:
+async def push_branch(
+    owned: Path, remote: Remote, branch: str, auth: GitAuth, timeout: float, pin: ResolvedRemote
+) -> None:
     """Push ``branch`` from the owned repository to ``remote``'s URL (never a configured one),
     held to the addresses in ``pin``. Cancellation: git and its helpers are killed."""
     ref = f"refs/heads/{branch}"
-    await run_git(["push", "--quiet", "--no-verify", "--", remote.url, f"{ref}:{ref}"],
-                  cwd=repo_of(owned), remote=remote, auth=auth, op="push", timeout=timeout,
-                  pin=pin)
+    await run_git(
+        ["push", "--quiet", "--no-verify", "--", remote.url, f"{ref}:{ref}"],
+        cwd=repo_of(owned),
+        remote=remote,
+        auth=auth,
+        op="push",
+        timeout=timeout,
+        pin=pin,
+    )
 
 
 async def numstat(owned: Path, base: str, head: str) -> tuple[list[str], int, int]:
     """Files changed, lines added and removed from ``base`` to ``head``, read in the owned
     repository (no external diff, no textconv: only agentd's config counts there)."""
-    done = await run_git([*_BIG_FILES, "diff", "--numstat", "-z", "--no-renames",
-                          "--no-ext-diff", "--no-textconv", base, head, "--"],
-                         cwd=repo_of(owned), timeout=LOCAL_TIMEOUT)
+    done = await run_git(
+        [
+            *_BIG_FILES,
+            "diff",
+            "--numstat",
+            "-z",
+            "--no-renames",
+            "--no-ext-diff",
+            "--no-textconv",
+            base,
+            head,
+            "--",
+        ],
+        cwd=repo_of(owned),
+        timeout=LOCAL_TIMEOUT,
+    )
     return parse_numstat(done.stdout)
+
+
+PATCH_CAP = 1 << 20  # bytes of patch text given out at most
+_EMPTY_TREE = {  # by the length of an object id: SHA-1, SHA-256
+    40: "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+    64: "6ef19b41225c5369f1c104d45d8d85efa9b057b53b14b4b9b939dd74decc5321",
+}
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A unified diff as text; ``truncated``: it was cut at a line end to ``size`` bytes."""
+
+    text: str
+    truncated: bool
+    size: int
+
+
+async def patch(owned: Path, base: str, head: str, *, cap: int = PATCH_CAP) -> Patch:
+    """The patch from commit ``base`` to commit ``head`` (object ids), read in the owned
+    repository: git's unified diff, uncoloured, at most ``cap`` bytes.
+
+    Trust boundary: both commits' blobs and paths are the agent's (hostile), their objects
+    checked by ``index-pack --strict`` when they were fetched; here they are data only and
+    leave as text. Nothing of theirs can make this git run anything: a diff runs a program
+    only through a driver (``diff.<name>.command``, ``.textconv``) or ``diff.external``, and
+    those come from config alone, which here is agentd's (``make_owned``: no system or global
+    config, ``git_env``; the repository's own written by agentd, never by a workspace). A
+    ``.gitattributes`` in the agent's tree can name a driver but not define one, and none is
+    read anyway: a bare repository has no work tree, ``core.attributesFile`` is
+    ``/dev/null``, and ``attr.tree`` (git 2.42+) points at the empty tree; ``--no-ext-diff``
+    and ``--no-textconv`` would refuse a driver even then. No hook runs on a diff, no pager
+    (no terminal). File names come quoted by git (``core.quotePath``) where they hold control
+    or non-ASCII characters; content is as the agent wrote it: a caller shows it as text.
+    Binary files, and blobs over 1 MB, are named as binary, not shown.
+
+    Raises ``ValueError`` for an argument that is not an object id. Cancellation: git is
+    killed.
+    """
+    if not (_OID.fullmatch(base) and _OID.fullmatch(head) and len(base) == len(head)):
+        raise ValueError("patch needs two object ids of one kind")
+    done = await run_git(
+        [
+            *_BIG_FILES,
+            "-c",
+            "core.attributesFile=/dev/null",
+            "-c",
+            f"attr.tree={_EMPTY_TREE[len(head)]}",
+            "-c",
+            "core.quotePath=true",
+            "diff",
+            "--no-color",
+            "--no-ext-diff",
+            "--no-textconv",
+            "--no-renames",
+            base,
+            head,
+            "--",
+        ],
+        cwd=repo_of(owned),
+        timeout=LOCAL_TIMEOUT,
+        stdout_cap=cap + 1,
+        op="diff",
+    )
+    out = done.stdout
+    truncated = len(out) > cap
+    if truncated:  # whole lines only
+        out = out[: out.rfind(b"\n", 0, cap) + 1]
+    return Patch(out.decode(errors="replace"), truncated, len(out))
 
 
 def _remove_stale_locks(repo: Path) -> None:
@@ -199,8 +309,10 @@ def read_state(owned: Path) -> dict | None:
     except ValueError:
         meta = None
     if not isinstance(meta, dict):
-        raise PermanentError(f"workspace {owned.name} has a damaged record ({_STATE}); "
-                             "refusing to use or replace it", code="workspace_marker")
+        raise PermanentError(
+            f"workspace {owned.name} has a damaged record ({_STATE}); refusing to use or replace it",
+            code="workspace_marker",
+        )
     return meta
 
 

@@ -19,10 +19,10 @@ import signal
 import stat
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import trio
 
@@ -31,7 +31,7 @@ from daemon.errors import AgentdError, PermanentError, TransientError
 from daemon.git.addresses import ResolvedRemote, connection_error, git_pin_config, ssh_pin_options
 from daemon.git.remote import Remote, redact
 
-__all__ = ["GitAuth", "GitResult", "classify_git_error", "run_git", "TOKEN_USERNAME"]
+__all__ = ["TOKEN_USERNAME", "GitAuth", "GitResult", "classify_git_error", "run_git"]
 
 # Nice 19, the lowest priority: a git process weighs 1/68 of a daemon thread (10 would be 1/9).
 GIT_NICE = 19
@@ -98,21 +98,47 @@ def _askpass_path() -> Path:
 # What a git on the host may take from the daemon's environment: where to find programs and
 # the operator's network setup (proxies, CA bundles), never anything else (API keys, secret
 # keys, AGENTD_*, GIT_* that would redirect git).
-_PASSED_THROUGH = ("PATH", "HOME", "TZ", "http_proxy", "https_proxy", "no_proxy", "all_proxy",
-                   "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "SSL_CERT_FILE",
-                   "SSL_CERT_DIR", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH")
+_PASSED_THROUGH = (
+    "PATH",
+    "HOME",
+    "TZ",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "GIT_SSL_CAINFO",
+    "GIT_SSL_CAPATH",
+)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def git_env(remote: Remote | None, auth: GitAuth | None, *, allow_local: bool = False,
-            pin: ResolvedRemote | None = None) -> dict[str, str]:
+def git_env(
+    remote: Remote | None,
+    auth: GitAuth | None,
+    *,
+    allow_local: bool = False,
+    pin: ResolvedRemote | None = None,
+) -> dict[str, str]:
     """The whole environment of a git subprocess on the host, built from nothing: a path, a
     home, proxy and CA settings, English messages (classification reads them), never a prompt,
     and no system or global git config (only what agentd passes with ``-c`` counts)."""
     env = {k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ}
     env.setdefault("PATH", DEFAULT_PATH)
-    env.update(LC_ALL="C", LANG="C", LANGUAGE="C", GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="",
-               GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull)
+    env.update(
+        LC_ALL="C",
+        LANG="C",
+        LANGUAGE="C",
+        GIT_TERMINAL_PROMPT="0",
+        GIT_ASKPASS="",
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+    )
     # Belt and braces over parse_remote: git itself refuses any other transport.
     allowed = ["https", "ssh"] + (["file", "http"] if allow_local else [])
     env["GIT_ALLOW_PROTOCOL"] = ":".join(allowed)
@@ -147,6 +173,7 @@ async def run_git(
     allow_local: bool | None = None,
     stdin: int | None = None,
     pin: ResolvedRemote | None = None,
+    stdout_cap: int | None = None,
 ) -> GitResult:
     """Run ``git <args>`` off the Trio loop and return its output, stderr redacted.
 
@@ -154,6 +181,7 @@ async def run_git(
     ``op`` (default: the git subcommand). Running longer than ``timeout`` seconds raises
     TransientError. ``pin``, from :func:`daemon.git.addresses.resolve_remote` for ``remote``,
     holds git (curl, ssh) to the addresses that were checked and turns http redirects off.
+    ``stdout_cap``: stdout past its first ``stdout_cap`` bytes is read and dropped.
 
     Cancellation: git runs in its own process group, and the whole group (git plus its
     remote helpers, ssh, askpass) is sent SIGKILL at once; the cancellation then propagates.
@@ -174,16 +202,27 @@ async def run_git(
             make_env = functools.partial(git_env, remote, auth, allow_local=allow_local, pin=pin)
             # With a token, the askpass script is looked for (and written) on disk: off the loop.
             env = await trio.to_thread.run_sync(make_env) if auth.token else make_env()
-            returncode, stdout, raw_stderr = await run_in_group(argv, cwd, env, stdin=stdin)
+            returncode, stdout, raw_stderr = await run_in_group(
+                argv, cwd, env, stdin=stdin, stdout_cap=stdout_cap
+            )
     except trio.TooSlowError:
         raise TransientError(f"git {op} timed out after {timeout:g} s", code="git_timeout") from None
     except FileNotFoundError:
         raise PermanentError("git is not installed on this server", code="git_missing") from None
     stderr = redact(raw_stderr.decode(errors="replace"), auth.secrets())
     if check and returncode != 0:
-        raise classify_git_error(op, returncode, stderr,
-                                 host=remote.host if remote is not None else None)
+        raise classify_git_error(op, returncode, stderr, host=remote.host if remote is not None else None)
     return GitResult(returncode, stdout, stderr)
+
+
+class ProcessOptions(TypedDict):
+    """How to start a process in a task's confinement (``TaskSandbox.command``): the keyword
+    arguments of ``trio.run_process``/``open_process`` it needs. Without ``cwd`` the caller
+    picks the directory (``export_bundle``: the workspace)."""
+
+    env: dict[str, str]
+    cwd: NotRequired[Path]
+    pass_fds: NotRequired[tuple[int, ...]]
 
 
 # What is kept of a git's stderr: its first and last halves. A hostile server (sideband
@@ -191,33 +230,51 @@ async def run_git(
 STDERR_CAP = 64 * 1024
 
 
-async def run_in_group(argv: list[str], cwd: Path | None, env: dict[str, str], *,
-                       stdin: bytes | int | None = None, stdout: int | None = None,
-                       **options: Any) -> tuple[int, bytes, bytes]:
+async def run_in_group(
+    argv: list[str],
+    cwd: Path | None,
+    env: dict[str, str],
+    *,
+    stdin: bytes | int | None = None,
+    stdout: int | None = None,
+    pass_fds: Sequence[int] = (),
+    stdout_cap: int | None = None,
+) -> tuple[int, bytes, bytes]:
     """Run ``argv`` in a process group of its own at background priority; return its exit
     status, its stdout (b"" when ``stdout`` is a descriptor it writes to directly) and its
     stderr, of which the first and last ``STDERR_CAP / 2`` bytes are kept. ``stdin``: bytes
-    written to it, a descriptor it reads, or None (``/dev/null``); ``options`` go to the
-    process (``pass_fds``...).
+    written to it, a descriptor it reads, or None (``/dev/null``); ``pass_fds`` stay open in
+    the process; of stdout past ``stdout_cap`` bytes nothing is kept (it is read to its end).
 
     Cancellation: the whole group (git and its helpers, or a sandbox) is sent SIGKILL and
     reaped, then the cancellation propagates.
     """
     proc = await trio.lowlevel.open_process(
-        argv, cwd=cwd, env=env,
-        stdin=subprocess.PIPE if isinstance(stdin, bytes) else
-        subprocess.DEVNULL if stdin is None else stdin,
-        stdout=subprocess.PIPE if stdout is None else stdout, stderr=subprocess.PIPE,
-        process_group=0, **options)
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE if isinstance(stdin, bytes) else subprocess.DEVNULL if stdin is None else stdin,
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE,
+        process_group=0,
+        pass_fds=pass_fds,
+    )
     out, err = bytearray(), _Capped(STDERR_CAP)
+
+    def keep_out(chunk: bytes | bytearray) -> None:
+        room = len(chunk) if stdout_cap is None else stdout_cap - len(out)
+        out.extend(chunk[: max(room, 0)])
+
     try:
         background_priority(proc)
         try:
             async with trio.open_nursery() as nursery:
                 if isinstance(stdin, bytes):
+                    assert proc.stdin is not None  # a pipe: stdin=PIPE above
                     nursery.start_soon(_feed, proc.stdin, stdin)
                 if proc.stdout is not None:
-                    nursery.start_soon(_drain, proc.stdout, out.extend)
+                    nursery.start_soon(_drain, proc.stdout, keep_out)
+                assert proc.stderr is not None  # a pipe: stderr=PIPE above
                 await _drain(proc.stderr, err.feed)
         except BaseExceptionGroup as group:  # one task failed: its error is the caller's
             if len(group.exceptions) == 1:
@@ -231,7 +288,7 @@ async def run_in_group(argv: list[str], cwd: Path | None, env: dict[str, str], *
         raise
 
 
-async def _feed(stream: Any, data: bytes) -> None:
+async def _feed(stream: trio.abc.SendStream, data: bytes) -> None:
     async with stream:
         try:
             await stream.send_all(data)
@@ -239,7 +296,7 @@ async def _feed(stream: Any, data: bytes) -> None:
             pass  # it ended without reading it all: its exit status says why
 
 
-async def _drain(stream: Any, keep: Any) -> None:
+async def _drain(stream: trio.abc.ReceiveStream, keep: Callable[[bytes | bytearray], object]) -> None:
     async with stream:
         while chunk := await stream.receive_some(65536):
             keep(chunk)
@@ -254,18 +311,18 @@ class _Capped:
         self._tail = bytearray()
         self._cut = False
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | bytearray) -> None:
         room = self._half - len(self._head)
         self._head += chunk[:room]
-        self._tail += chunk[max(room, 0):]
+        self._tail += chunk[max(room, 0) :]
         if len(self._tail) > 2 * self._half:
-            del self._tail[:-self._half]
+            del self._tail[: -self._half]
             self._cut = True
 
     def bytes(self) -> bytes:
         if not self._cut and len(self._tail) <= self._half:
             return bytes(self._head + self._tail)
-        return bytes(self._head) + b"\n[...]\n" + bytes(self._tail[-self._half:])
+        return bytes(self._head) + b"\n[...]\n" + bytes(self._tail[-self._half :])
 
 
 def background_priority(process: trio.Process) -> None:
@@ -295,14 +352,25 @@ async def kill_group(process: trio.Process) -> None:
 
 
 _PERMANENT = [
-    (r"authentication failed|invalid username or password|bad credentials"
-     r"|terminal prompts disabled|could not read (username|password)"
-     r"|returned error: 401|\bhttp 401\b", "authentication failed (check the token)"),
-    (r"permission denied|returned error: 403|\bhttp 403\b|access denied|write access .* not granted",
-     "permission denied"),
-    (r"repository .*not found|does not appear to be a git repository|returned error: 404"
-     r"|\bhttp 404\b|no such repository|not a git repository",
-     "repository not found (or the credentials cannot see it)"),
+    (
+        (
+            r"authentication failed|invalid username or password|bad credentials"
+            r"|terminal prompts disabled|could not read (username|password)"
+            r"|returned error: 401|\bhttp 401\b"
+        ),
+        "authentication failed (check the token)",
+    ),
+    (
+        r"permission denied|returned error: 403|\bhttp 403\b|access denied|write access .* not granted",
+        "permission denied",
+    ),
+    (
+        (
+            r"repository .*not found|does not appear to be a git repository|returned error: 404"
+            r"|\bhttp 404\b|no such repository|not a git repository"
+        ),
+        "repository not found (or the credentials cannot see it)",
+    ),
     (r"remote branch .* not found|couldn't find remote ref", "branch not found on the remote"),
     (r"protected branch|pre-receive hook declined|\[remote rejected\]", "the remote refused the push"),
     (r"\[rejected\]|non-fast-forward|fetch first", "the remote branch has other commits"),
@@ -310,17 +378,25 @@ _PERMANENT = [
 ]
 # Failures to resolve or connect are told in words of their own (addresses.connection_error).
 _TRANSIENT = [
-    (r"returned error: 5\d\d|\bhttp 5\d\d\b|internal server error|bad gateway"
-     r"|service unavailable|gateway time-?out", "the server had an error"),
-    (r"timed out|connection reset|broken pipe|early eof|unexpected disconnect"
-     r"|remote end hung up|rpc failed|transfer closed|ssl_read|gnutls|tls connection",
-     "the connection failed"),
+    (
+        (
+            r"returned error: 5\d\d|\bhttp 5\d\d\b|internal server error|bad gateway"
+            r"|service unavailable|gateway time-?out"
+        ),
+        "the server had an error",
+    ),
+    (
+        (
+            r"timed out|connection reset|broken pipe|early eof|unexpected disconnect"
+            r"|remote end hung up|rpc failed|transfer closed|ssl_read|gnutls|tls connection"
+        ),
+        "the connection failed",
+    ),
     (r"returned error: 429|too many requests", "the server is rate limiting"),
 ]
 
 
-def classify_git_error(op: str, returncode: int, stderr: str,
-                       host: str | None = None) -> AgentdError:
+def classify_git_error(op: str, returncode: int, stderr: str, host: str | None = None) -> AgentdError:
     """Turn a failed git command into TransientError (network, 5xx: try again later) or
     PermanentError (credentials, missing repository, refused push, anything unrecognised, so
     that a misconfiguration fails fast with git's own words). ``stderr`` must be redacted.

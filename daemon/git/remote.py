@@ -82,9 +82,7 @@ def parse_remote(repo_url: str, allow_local: bool, *, allow_private: bool = Fals
         raise PermanentError("repository URL is empty", code="invalid_repo_url")
     url = repo_url.strip()
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url) or " " in url:
-        raise PermanentError(
-            "repository URL contains spaces or control characters", code="invalid_repo_url"
-        )
+        raise PermanentError("repository URL contains spaces or control characters", code="invalid_repo_url")
     if url.startswith("-"):
         raise PermanentError(
             "repository URL must not start with '-' (git would read it as an option)",
@@ -102,17 +100,14 @@ def parse_remote(repo_url: str, allow_local: bool, *, allow_private: bool = Fals
         try:
             return _parse_url(url, scheme_match.group(1).lower(), allow_local, private_ok)
         except ValueError:  # urlsplit: a bracketed host that is no IP address, a bad port
-            raise PermanentError("repository URL has an invalid host name",
-                                 code="invalid_repo_url") from None
+            raise PermanentError("repository URL has an invalid host name", code="invalid_repo_url") from None
 
     scp = _SCP_LIKE.match(url)
     if scp and "/" not in url.split(":", 1)[0]:
         host, path = scp.group("host"), scp.group("path")
         _check_host(host, private_ok)
         if path.startswith("-"):
-            raise PermanentError(
-                "repository path must not start with '-'", code="invalid_repo_url"
-            )
+            raise PermanentError("repository path must not start with '-'", code="invalid_repo_url")
         return Remote(kind="ssh", url=url, host=host.lower(), path=path)
 
     return _local(Path(url), allow_local)
@@ -125,8 +120,10 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})|%[01][0-9A-Fa-f]|%7[Ff]")
 
 def _parse_url(url: str, scheme: str, allow_local: bool, private_ok: bool) -> Remote:
     if _BAD_ESCAPE.search(url):
-        raise PermanentError("repository URL has a '%' that is not a valid escape, or an escaped "
-                             "control character", code="invalid_repo_url")
+        raise PermanentError(
+            "repository URL has a '%' that is not a valid escape, or an escaped control character",
+            code="invalid_repo_url",
+        )
     parts = urllib.parse.urlsplit(url)
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
@@ -140,9 +137,7 @@ def _parse_url(url: str, scheme: str, allow_local: bool, private_ok: bool) -> Re
         host = parts.hostname or ""
         _check_host(_as_written(host, parts.netloc), private_ok)
         if (parts.username or "").startswith("-") or parts.path.lstrip("/").startswith("-"):
-            raise PermanentError(
-                "repository URL parts must not start with '-'", code="invalid_repo_url"
-            )
+            raise PermanentError("repository URL parts must not start with '-'", code="invalid_repo_url")
         if not parts.path.strip("/"):
             raise PermanentError("repository URL has no repository path", code="invalid_repo_url")
         return Remote(kind="ssh", url=url, host=host.lower(), path=parts.path.lstrip("/"))
@@ -165,10 +160,13 @@ def _parse_url(url: str, scheme: str, allow_local: bool, private_ok: bool) -> Re
         if not parts.path.strip("/"):
             raise PermanentError("repository URL has no repository path", code="invalid_repo_url")
         if parts.query or parts.fragment:
-            raise PermanentError(
-                "repository URL must not have a query or fragment", code="invalid_repo_url"
-            )
-        return Remote(kind=scheme, url=url, host=host.lower(), path=parts.path.lstrip("/"))
+            raise PermanentError("repository URL must not have a query or fragment", code="invalid_repo_url")
+        return Remote(
+            kind="http" if scheme == "http" else "https",
+            url=url,
+            host=host.lower(),
+            path=parts.path.lstrip("/"),
+        )
     raise PermanentError(
         f"repository URL scheme '{scheme}://' is not supported (use https:// or ssh)",
         code="invalid_repo_url",

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +24,15 @@ import trio
 
 from daemon.errors import PermanentError, TransientError
 from daemon.git import owned as owned_repo
-from daemon.git.disk import gc_workspaces, remove_if_present, rmtree, workspace_size
 from daemon.git.addresses import ResolvedRemote, resolve_remote
+from daemon.git.disk import gc_workspaces, remove_if_present, rmtree, workspace_size
 from daemon.git.export import Confinement, export_bundle
-from daemon.git.process import GitAuth, classify_git_error, run_git
+from daemon.git.process import GitAuth, GitResult, classify_git_error, run_git
 from daemon.git.remote import Remote, parse_remote
 
 __all__ = [
+    "ClonePolicy",
+    "CloneRequest",
     "PushResult",
     "Workspace",
     "branch_name",
@@ -45,6 +48,7 @@ CLONE_TIMEOUT = 600.0
 PUSH_TIMEOUT = 300.0
 LOCAL_TIMEOUT = 120.0
 
+
 @dataclass(frozen=True)
 class Workspace:
     path: Path
@@ -57,6 +61,54 @@ class Workspace:
     #: A fresh clone made for a task that had a workspace before (elsewhere, or replaced here):
     #: what the agent did there is not in it.
     reset: bool = False
+
+
+@dataclass(frozen=True)
+class CloneRequest:
+    """One task's workspace, as ``prepare_workspace`` makes it.
+
+    ``base_branch``: None for the remote's HEAD. ``title`` names the new branch
+    (``branch_name``). ``token``: the user's, for the remote only. ``known_branch``: the
+    branch the task's store record says its workspace is on (None before its first
+    workspace); ``attempt``: the task's attempt, which names the branch of a reset.
+    """
+
+    task_id: str
+    repo_url: str
+    base_branch: str | None
+    title: str
+    token: str | None = None
+    known_branch: str | None = None
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class ClonePolicy:
+    """How this daemon makes every workspace: under ``root``, committed as ``identity`` (name,
+    email), within ``quota_bytes`` and with ``min_free_bytes`` left on disk, reaching which
+    remotes (``allow_local``: paths and ``file://``; ``allow_private``: private addresses), with
+    the operator's ``ssh_key``, giving the clone ``timeout`` seconds."""
+
+    root: Path
+    identity: tuple[str, str]
+    quota_bytes: int
+    min_free_bytes: int
+    allow_local: bool = False
+    allow_private: bool = False
+    ssh_key: Path | None = None
+    timeout: float = CLONE_TIMEOUT
+
+
+@dataclass(frozen=True)
+class _Clone:
+    """What one clone is made of, once the request is checked and its remote resolved."""
+
+    remote: Remote
+    auth: GitAuth
+    pin: ResolvedRemote
+    base_branch: str | None
+    branch: str
+    owned: Path
 
 
 @dataclass(frozen=True)
@@ -92,34 +144,17 @@ def _check_branch(name: str) -> None:
         raise PermanentError(f"invalid base branch name: {name!r}", code="invalid_branch")
 
 
-async def prepare_workspace(
-    root: Path,
-    task_id: str,
-    repo_url: str,
-    base_branch: str | None,
-    *,
-    token: str | None,
-    title: str,
-    allow_local: bool,
-    quota_bytes: int,
-    min_free_bytes: int,
-    identity: tuple[str, str],
-    ssh_key: Path | None = None,
-    timeout: float = CLONE_TIMEOUT,
-    known_branch: str | None = None,
-    attempt: int = 1,
-    allow_private: bool = False,
-) -> Workspace:
-    """Clone ``repo_url`` into ``root/<task_id>`` on a new branch and return the workspace.
+async def prepare_workspace(request: CloneRequest, policy: ClonePolicy) -> Workspace:
+    """Clone ``request.repo_url`` into ``<policy.root>/<task_id>`` on a new branch and return
+    the workspace.
 
     Shallow (``--depth 1 --single-branch``) on ``base_branch``, or on the remote's HEAD when it
     is None. If the workspace was already prepared (a resumed task), it is returned as is.
 
-    ``known_branch``: the branch the task's store record says its workspace is on (None before
-    its first workspace). A local workspace on another branch is stale (another node went on
-    with the task since) and is replaced. A fresh clone for a task that had a workspace is a
-    *reset*: it gets a branch of its own, ``<name>-a<attempt>``, so that a push never mixes the
-    work of two runs, and ``Workspace.reset`` says so.
+    A local workspace on another branch than ``request.known_branch`` is stale (another node
+    went on with the task since) and is replaced. A fresh clone for a task that had a workspace
+    is a *reset*: it gets a branch of its own, ``<name>-a<attempt>``, so that a push never mixes
+    the work of two runs, and ``Workspace.reset`` says so.
     Raises TransientError when the disk has less than ``min_free_bytes`` free (other tasks
     ending and workspace gc free space, so a later attempt can succeed) or when the network
     fails; PermanentError for a bad URL, credentials, a missing repository or branch, a host
@@ -131,13 +166,13 @@ async def prepare_workspace(
     file system step already running in its worker thread finishes first); a directory a
     killed daemon left half-made is replaced by the next call for the same task.
     """
+    task_id, root, known_branch = request.task_id, Path(policy.root), request.known_branch
     if not _TASK_ID.match(task_id):
         raise PermanentError(f"invalid task id for a workspace: {task_id!r}")
-    remote = parse_remote(repo_url, allow_local, allow_private=allow_private)
-    if base_branch is not None:
-        _check_branch(base_branch)
-    auth = GitAuth(token=token, ssh_key=ssh_key)
-    path = Path(root) / task_id
+    remote = parse_remote(request.repo_url, policy.allow_local, allow_private=policy.allow_private)
+    if request.base_branch is not None:
+        _check_branch(request.base_branch)
+    path = root / task_id
     owned = owned_repo.owned_path(root, task_id)
 
     # Every file system call here runs in a worker thread: even a rename or a stat can wait
@@ -146,16 +181,16 @@ async def prepare_workspace(
     meta = await trio.to_thread.run_sync(_read_prepared, path, owned)
     if meta is not None and (known_branch is None or meta.get("branch") == known_branch):
         return _reuse(path, owned, meta, remote)
-    branch = branch_name(task_id, title)
+    branch = branch_name(task_id, request.title)
     if known_branch is not None:
-        branch = f"{branch}-a{attempt}"
+        branch = f"{branch}-a{request.attempt}"
 
-    pin = await resolve_remote(remote, allow_private=allow_local or allow_private)
-    free = await trio.to_thread.run_sync(_make_room, Path(root), task_id)
-    if free < min_free_bytes:
+    pin = await resolve_remote(remote, allow_private=policy.allow_local or policy.allow_private)
+    free = await trio.to_thread.run_sync(_make_room, root, task_id)
+    if free < policy.min_free_bytes:
         raise TransientError(
             f"not enough free disk space for a workspace: {_mb(free)} MB free, "
-            f"{_mb(min_free_bytes)} MB required",
+            f"{_mb(policy.min_free_bytes)} MB required",
             code="disk_full",
         )
 
@@ -163,18 +198,19 @@ async def prepare_workspace(
     # orphaned by a daemon killed mid-clone may still be writing into its own staging dir, and
     # must never share a directory with the clone that replaces it.
     suffix = f".staging-{task_id}-{secrets.token_hex(4)}"
-    staging, owned_staging = Path(root) / suffix, owned.parent / suffix
+    staging, owned_staging = root / suffix, owned.parent / suffix
+    clone = _Clone(
+        remote, GitAuth(token=request.token, ssh_key=policy.ssh_key), pin, request.base_branch, branch, owned
+    )
     try:
-        ws = await _clone(staging, remote, auth, base_branch, pin, owned=owned, branch=branch,
-                          identity=identity, quota_bytes=quota_bytes, allow_local=allow_local,
-                          timeout=timeout)
+        ws = await _clone(staging, clone, policy)
         # agentd's own copy is made before the agent has touched the clone.
         await owned_repo.make_owned(staging, owned_staging)
         await trio.to_thread.run_sync(_move_into_place, staging, path, owned_staging, owned, ws)
     except BaseException:
         with trio.CancelScope(shield=True):
-            for path in (staging, owned_staging):
-                await trio.to_thread.run_sync(remove_if_present, path)
+            for made in (staging, owned_staging):
+                await trio.to_thread.run_sync(remove_if_present, made)
         raise
     return dataclasses.replace(ws, path=path, reset=known_branch is not None)
 
@@ -201,8 +237,7 @@ def _make_room(root: Path, task_id: str) -> int:
     return shutil.disk_usage(root).free
 
 
-def _move_into_place(staging: Path, path: Path, owned_staging: Path, owned: Path,
-                     ws: Workspace) -> None:
+def _move_into_place(staging: Path, path: Path, owned_staging: Path, owned: Path, ws: Workspace) -> None:
     # The record is written last, and the workspace renamed after it: both there means
     # "fully prepared".
     owned_repo.write_state(owned_staging, _state(ws, pushed_commit=None))
@@ -210,25 +245,40 @@ def _move_into_place(staging: Path, path: Path, owned_staging: Path, owned: Path
     os.rename(staging, path)
 
 
-async def _clone(path: Path, remote: Remote, auth: GitAuth, base_branch: str | None,
-                 pin: ResolvedRemote, *,
-                 owned: Path, branch: str, identity: tuple[str, str], quota_bytes: int,
-                 allow_local: bool, timeout: float) -> Workspace:
+async def _clone(path: Path, clone: _Clone, policy: ClonePolicy) -> Workspace:
     # Three git processes per workspace (each costs a fork, an exec and about 1 ms of CPU): the
     # identity goes into the new repository's config with the clone itself (--config), and one
     # rev-parse says both the commit and the branch the clone is on.
-    name, email = identity
-    clone = ["clone", "--depth", "1", "--single-branch", "--no-tags", "--quiet",
-             "--config", f"user.name={name}", "--config", f"user.email={email}"]
+    name, email = policy.identity
+    remote, base_branch = clone.remote, clone.base_branch
+    command = [
+        "clone",
+        "--depth",
+        "1",
+        "--single-branch",
+        "--no-tags",
+        "--quiet",
+        "--config",
+        f"user.name={name}",
+        "--config",
+        f"user.email={email}",
+    ]
     if base_branch is not None:
-        clone.append(f"--branch={base_branch}")
-    clone += ["--", remote.url, str(path)]
-    await run_git(clone, remote=remote, auth=auth, op="clone", timeout=timeout,
-                  allow_local=allow_local, pin=pin)
+        command.append(f"--branch={base_branch}")
+    command += ["--", remote.url, str(path)]
+    await run_git(
+        command,
+        remote=remote,
+        auth=clone.auth,
+        op="clone",
+        timeout=policy.timeout,
+        allow_local=policy.allow_local,
+        pin=clone.pin,
+    )
 
     size = await workspace_size(path)
-    if size > quota_bytes:
-        raise _quota_error(size, quota_bytes)
+    if size > policy.quota_bytes:
+        raise _quota_error(size, policy.quota_bytes)
 
     git = _local_git(path)
     if base_branch is None:
@@ -238,13 +288,19 @@ async def _clone(path: Path, remote: Remote, auth: GitAuth, base_branch: str | N
         if not ref.startswith("refs/heads/"):
             # What `git symbolic-ref --short HEAD` says of a detached HEAD.
             raise classify_git_error("symbolic-ref", 128, "fatal: ref HEAD is not a symbolic ref")
-        base_branch = ref[len("refs/heads/"):]
+        base_branch = ref[len("refs/heads/") :]
     else:
         base_commit = (await git("rev-parse", "HEAD")).stdout.decode().strip()
-    await git("checkout", "--quiet", "-b", branch)
+    await git("checkout", "--quiet", "-b", clone.branch)
 
-    return Workspace(path=path, branch=branch, base_branch=base_branch,
-                     base_commit=base_commit, remote=remote, owned=owned)
+    return Workspace(
+        path=path,
+        branch=clone.branch,
+        base_branch=base_branch,
+        base_commit=base_commit,
+        remote=remote,
+        owned=clone.owned,
+    )
 
 
 def _reuse(path: Path, owned: Path, meta: dict, remote: Remote) -> Workspace:
@@ -252,8 +308,14 @@ def _reuse(path: Path, owned: Path, meta: dict, remote: Remote) -> Workspace:
         raise PermanentError(
             f"workspace {path.name} was prepared for another repository ({meta.get('remote_url')})"
         )
-    return Workspace(path=path, branch=meta["branch"], base_branch=meta["base_branch"],
-                     base_commit=meta["base_commit"], remote=remote, owned=owned)
+    return Workspace(
+        path=path,
+        branch=meta["branch"],
+        base_branch=meta["base_branch"],
+        base_commit=meta["base_commit"],
+        remote=remote,
+        owned=owned,
+    )
 
 
 async def commit_and_push(
@@ -284,13 +346,20 @@ async def commit_and_push(
     """
     meta = await trio.to_thread.run_sync(owned_repo.read_state, ws.owned)
     if meta is None:
-        raise PermanentError(f"workspace {ws.path.name} lost its record; not pushing",
-                             code="workspace_marker")
+        raise PermanentError(
+            f"workspace {ws.path.name} lost its record; not pushing", code="workspace_marker"
+        )
     bundle = ws.owned / "export.bundle"
     try:
-        if not await export_bundle(ws.path, bundle, branch=ws.branch,
-                                   base_commit=ws.base_commit, message=message,
-                                   identity=identity, confinement=confinement):
+        if not await export_bundle(
+            ws.path,
+            bundle,
+            branch=ws.branch,
+            base_commit=ws.base_commit,
+            message=message,
+            identity=identity,
+            confinement=confinement,
+        ):
             return None
         head = await owned_repo.fetch_bundle(ws.owned, bundle, ws.branch)
     finally:
@@ -304,13 +373,13 @@ async def commit_and_push(
         pin = await resolve_remote(ws.remote, allow_private=allow_private)
         await owned_repo.push_branch(ws.owned, ws.remote, ws.branch, auth, timeout, pin)
         with trio.CancelScope(shield=True):  # a finished push is recorded, whatever comes
-            await trio.to_thread.run_sync(owned_repo.write_state, ws.owned,
-                                          _state(ws, pushed_commit=head))
+            await trio.to_thread.run_sync(owned_repo.write_state, ws.owned, _state(ws, pushed_commit=head))
     # Already pushed (by an attempt that died before recording it): the same result again,
     # so the caller can still record it; nothing is pushed twice.
     files, added, removed = await owned_repo.numstat(ws.owned, ws.base_commit, head)
-    return PushResult(branch=ws.branch, commit=head, files_changed=files,
-                      lines_added=added, lines_removed=removed)
+    return PushResult(
+        branch=ws.branch, commit=head, files_changed=files, lines_added=added, lines_removed=removed
+    )
 
 
 def _unlink_if_present(path: Path) -> None:
@@ -321,13 +390,19 @@ def _unlink_if_present(path: Path) -> None:
 
 
 def _state(ws: Workspace, *, pushed_commit: str | None) -> dict:
-    return {"branch": ws.branch, "base_branch": ws.base_branch, "base_commit": ws.base_commit,
-            "remote_url": ws.remote.url, "pushed_commit": pushed_commit}
+    return {
+        "branch": ws.branch,
+        "base_branch": ws.base_branch,
+        "base_commit": ws.base_commit,
+        "remote_url": ws.remote.url,
+        "pushed_commit": pushed_commit,
+    }
 
 
-def _local_git(path: Path):
+def _local_git(path: Path) -> Callable[..., Awaitable[GitResult]]:
     """git in a fresh clone that no agent has touched yet (never in a workspace after that)."""
-    async def git(*args: str, check: bool = True):
+
+    async def git(*args: str, check: bool = True) -> GitResult:
         return await run_git(list(args), cwd=path, timeout=LOCAL_TIMEOUT, check=check)
 
     return git

@@ -6,16 +6,48 @@ module beneath it: SQLite (apsw, PRAGMAs, the single writer) in ``sqlite*.py``, 
 ``postgres*.py``.
 """
 
+import os
+
 from .base import StoreBase
-from .models import Event, NewEvent, Node, RemoteNotice, Task, Usage, User, new_task_id
 from .datadir import DataDirLocked
+from .lifecycle import Claim, Transition
+from .models import (
+    Event,
+    NewEvent,
+    NewTask,
+    Node,
+    NodeState,
+    RemoteNotice,
+    Task,
+    ToolCallStatus,
+    Usage,
+    User,
+    new_task_id,
+)
 from .sqlite import SqliteStore
 
 Store = StoreBase
 
 __all__ = [
-    "DataDirLocked", "Event", "NewEvent", "Node", "RemoteNotice", "SqliteStore", "Store", "StoreBase", "Task", "Usage",
-    "User", "is_sqlite", "new_task_id", "open_store",
+    "Claim",
+    "DataDirLocked",
+    "Event",
+    "NewEvent",
+    "NewTask",
+    "Node",
+    "NodeState",
+    "RemoteNotice",
+    "SqliteStore",
+    "Store",
+    "StoreBase",
+    "Task",
+    "ToolCallStatus",
+    "Transition",
+    "Usage",
+    "User",
+    "is_sqlite",
+    "new_task_id",
+    "open_store",
 ]
 
 
@@ -24,7 +56,9 @@ def is_sqlite(url: str | None) -> bool:
     return not url or url == "sqlite"
 
 
-async def open_store(data_dir, url: str | None = None, *, node_id: str | None = None) -> Store:
+async def open_store(
+    data_dir: str | os.PathLike[str], url: str | None = None, *, node_id: str | None = None
+) -> Store:
     """Open the store the settings name: SQLite in ``data_dir`` (default), or PostgreSQL.
 
     ``url`` is None/"" (or "sqlite") for ``<data_dir>/agentd.db``, or a ``postgresql://`` DSN
@@ -35,7 +69,7 @@ async def open_store(data_dir, url: str | None = None, *, node_id: str | None = 
 
     from ..errors import ConfigError
 
-    if is_sqlite(url):
+    if url is None or is_sqlite(url):
         return await SqliteStore.open(Path(data_dir))
     if url.startswith(("postgresql://", "postgres://")):
         # Imported here so that psycopg is needed only by those who choose PostgreSQL.

@@ -5,18 +5,22 @@ from __future__ import annotations
 import abc
 import logging
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, ClassVar, Sequence, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import trio
 
 from ..states import TaskStatus
-from .models import Event, NewEvent, Node, RemoteNotice, Task, Usage, User, new_task_id
+from .cluster_queries import ClaimRound
+from .lifecycle import Transition
+from .models import Event, NewEvent, NewTask, Node, NodeState, RemoteNotice, Task, Usage, User, new_task_id
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+CLAIM_ROUNDS = 3  # claim statements per claim at most, when rounds meet other nodes' claims
 EventListener = Callable[[list[Event]], None]
 
 
@@ -62,15 +66,21 @@ class StoreBase(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def _write(self, fn: Callable[[Any], T]) -> T:
+    async def _write(self, fn: Callable[[Any], T], *, transaction: bool = True) -> T:
         """Run ``fn(conn)`` in one write transaction off the Trio thread; return once committed.
+
+        ``transaction`` False: ``fn`` needs none around it (each of its writes is one atomic
+        statement, or it opens a transaction of its own); a backend may give it one anyway.
 
         Cancellation: not abandoned; the caller waits for the (short) transaction to end.
         """
 
     @abc.abstractmethod
-    async def _write_events(self, task_id: str | None, fn: Callable[[Any], tuple[T, list[Event]]]) -> T:
+    async def _write_events(
+        self, task_id: str | None, fn: Callable[[Any], tuple[T, list[Event]]], *, transaction: bool = True
+    ) -> T:
         """Run a write whose ``fn`` returns ``(result, events)`` about ``task_id``; return result.
+        ``transaction``: as for ``_write``.
 
         ``task_id`` None: the events are about several tasks (a claim); their order is then
         only the seq order each subscriber checks.
@@ -93,7 +103,7 @@ class StoreBase(abc.ABC):
 
     @abc.abstractmethod
     async def integrity_check(self) -> str:
-        """"ok" when the store is sound; else what is wrong."""
+        """ "ok" when the store is sound; else what is wrong."""
 
     @abc.abstractmethod
     def size_bytes(self) -> int:
@@ -133,51 +143,43 @@ class StoreBase(abc.ABC):
         """
         now = self.now()
         task_id = new_task_id(now)
+        new = NewTask(task_id, user_id, repo_url, prompt, base_branch, budget or {}, idempotency_key)
 
         def write(conn: Any) -> tuple[tuple[Task, bool], list[Event]]:
-            task, events, created = self.queries.insert_task(
-                conn, task_id=task_id, user_id=user_id, repo_url=repo_url, prompt=prompt,
-                base_branch=base_branch, budget=budget or {}, idempotency_key=idempotency_key, now=now,
-            )
+            task, events, created = self.queries.insert_task(conn, new, now)
             if created and start_on is not None:
                 task, started = self.queries.transition(
-                    conn, task_id, TaskStatus.RUNNING, now=now, expect=TaskStatus.QUEUED,
-                    attempt_delta=1, node_id=start_on)
+                    conn,
+                    Transition(
+                        task_id,
+                        TaskStatus.RUNNING,
+                        expect=TaskStatus.QUEUED,
+                        attempt_delta=1,
+                        node_id=start_on,
+                    ),
+                    now,
+                )
                 events = [*events, *started]
             return (task, created), events
 
         return await self._write_events(task_id, write)
 
-    async def transition(
-        self,
-        task_id: str,
-        target: TaskStatus,
-        *,
-        expect: TaskStatus | None = None,
-        reason: str | None = None,
-        error: str | None = None,
-        due_at: float | None = None,
-        attempt_delta: int = 0,
-        events_before: Sequence[NewEvent] = (),
-        node_id: str | None = None,
-        claim: tuple[str | None, int] | None = None,
-    ) -> Task:
+    async def transition(self, change: Transition) -> Task:
         """Validate and apply a status change, with its events, in one transaction.
 
-        ``node_id``: the node starting an attempt (target running). ``claim``: the
-        ``(node_id, attempt)`` of the attempt recording its outcome; refused
-        (``InvalidTransition``) once that attempt no longer holds the task.
-
-        Two changes of one task at once (in one process or, on a shared database, on two
-        nodes): the second waits for the first's commit and is validated against the status it
-        left (``InvalidTransition`` if no longer allowed).
+        Refused (``InvalidTransition``) when the task is not in ``change.expect``, when
+        ``change.claim`` no longer holds it, or when the state machine forbids the change;
+        ``NotFound`` for an unknown task. Two changes of one task at once (in one process or,
+        on a shared database, on two nodes): the second waits for the first's commit and is
+        validated against the status it left.
         """
-        now = self.now()
-        return await self._write_events(task_id, lambda conn: self.queries.transition(
-            conn, task_id, target, now=now, expect=expect, reason=reason, error=error,
-            due_at=due_at, attempt_delta=attempt_delta, events_before=events_before,
-            node_id=node_id, claim=claim,
-        ))
+        return await self._transition(change, self.now())
+
+    async def _transition(self, change: Transition, now: float) -> Task:
+        """``transition``'s write (a backend may write several callers' changes together)."""
+        return await self._write_events(
+            change.task_id, lambda conn: self.queries.transition(conn, change, now), transaction=False
+        )
 
     async def update_task(self, task_id: str, *, events: Sequence[NewEvent] = (), **fields: Any) -> Task:
         """Set result fields of a task, and append ``events`` about them in the same transaction.
@@ -198,6 +200,16 @@ class StoreBase(abc.ABC):
     async def get_task(self, task_id: str) -> Task | None:
         return await self._read(lambda conn: self.queries.get_task(conn, task_id))
 
+    async def task_ids_with_prefix(
+        self, prefix: str, *, user_id: int | None = None, limit: int = 100
+    ) -> list[str]:
+        """Ids of the tasks whose id starts with ``prefix``, in order, ``limit`` at most; only
+        ``user_id``'s when given. Ids are digits and lower-case letters: any other prefix
+        matches none. A range of the ids' index (``task_ids``)."""
+        return await self._read(
+            lambda conn: self.queries.task_ids_with_prefix(conn, prefix, user_id=user_id, limit=limit)
+        )
+
     async def list_tasks(
         self,
         *,
@@ -208,10 +220,16 @@ class StoreBase(abc.ABC):
         oldest_first: bool = False,
     ) -> list[tuple[int, Task]]:
         """Tasks with their cursor value, newest first (``before`` = a cursor from a prior page)."""
-        return await self._read(lambda conn: self.queries.list_tasks(
-            conn, user_id=user_id, statuses=statuses, before_seqno=before, limit=limit,
-            oldest_first=oldest_first,
-        ))
+        return await self._read(
+            lambda conn: self.queries.list_tasks(
+                conn,
+                user_id=user_id,
+                statuses=statuses,
+                before_seqno=before,
+                limit=limit,
+                oldest_first=oldest_first,
+            )
+        )
 
     async def count_by_status(self) -> dict[str, int]:
         return await self._read(self.queries.count_by_status)
@@ -225,16 +243,23 @@ class StoreBase(abc.ABC):
             events = self.queries.append_events(conn, task_id, new, now=now)
             return events, events
 
-        return await self._write_events(task_id, write)
+        return await self._write_events(task_id, write, transaction=False)
 
     async def read_events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         return await self._read(lambda conn: self.queries.read_events(conn, task_id, after, limit))
 
     # -- conversation ---------------------------------------------------------------------------
 
-    async def append_message(self, task_id: str, role: str, content: Any, *,
-                             stop_reason: str | None = None, usage: Usage | None = None,
-                             events: Sequence[NewEvent] = ()) -> int:
+    async def append_message(
+        self,
+        task_id: str,
+        role: str,
+        content: Any,
+        *,
+        stop_reason: str | None = None,
+        usage: Usage | None = None,
+        events: Sequence[NewEvent] = (),
+    ) -> int:
         """Append one turn of the conversation; returns its index.
 
         In the same transaction: ``usage``, the task's usage so far, and ``events`` (an agent
@@ -253,8 +278,9 @@ class StoreBase(abc.ABC):
     async def list_messages(self, task_id: str) -> list[dict[str, Any]]:
         return await self._read(lambda conn: self.queries.list_messages(conn, task_id))
 
-    async def start_tool_call(self, task_id: str, tool_use_id: str, name: str, tool_input: Any, *,
-                              events: Sequence[NewEvent] = ()) -> None:
+    async def start_tool_call(
+        self, task_id: str, tool_use_id: str, name: str, tool_input: Any, *, events: Sequence[NewEvent] = ()
+    ) -> None:
         """Record that a tool call starts, with ``events`` in the same transaction."""
         now = self.now()
 
@@ -264,8 +290,9 @@ class StoreBase(abc.ABC):
 
         await self._write_events(task_id, write)
 
-    async def finish_tool_call(self, task_id: str, tool_use_id: str, output: str, is_error: bool, *,
-                               events: Sequence[NewEvent] = ()) -> None:
+    async def finish_tool_call(
+        self, task_id: str, tool_use_id: str, output: str, is_error: bool, *, events: Sequence[NewEvent] = ()
+    ) -> None:
         """Record a tool call's result, with ``events`` in the same transaction."""
         now = self.now()
 
@@ -320,27 +347,29 @@ class StoreBase(abc.ABC):
     async def user_by_github_id(self, github_id: int) -> User | None:
         return await self._read(lambda conn: self.queries.user_by_github_id(conn, github_id))
 
-    async def sign_in_github(self, github_id: int, login: str, *, name: str | None,
-                             token_enc: bytes | None) -> User:
+    async def sign_in_github(
+        self, github_id: int, login: str, *, name: str | None, token_enc: bytes | None
+    ) -> User:
         """The account of GitHub user ``github_id``, found by that id alone (made if none, as
         ``login`` or ``<login>-gh<id>``), with its encrypted token; see ``identity_queries``.
         Raises ``Forbidden`` (``account_disabled``, ``login_taken``), writing nothing."""
         now = self.now()
-        return await self._write(lambda conn: self.queries.sign_in_github(
-            conn, github_id, login, name, token_enc, now))
+        return await self._write(
+            lambda conn: self.queries.sign_in_github(conn, github_id, login, name, token_enc, now)
+        )
 
     async def link_github(self, login: str, github_id: int, *, operator: bool = False) -> User:
         """An operator links the account ``login`` to GitHub user ``github_id`` (``operator``:
         and makes it an operator)."""
         now = self.now()
-        return await self._write(
-            lambda conn: self.queries.link_github(conn, login, github_id, operator, now))
+        return await self._write(lambda conn: self.queries.link_github(conn, login, github_id, operator, now))
 
     async def list_users(self) -> list[User]:
         return await self._read(self.queries.list_users)
 
-    async def add_token(self, user_id: int, token_hash: str, *, expires_at: float | None = None,
-                        label: str | None = None) -> None:
+    async def add_token(
+        self, user_id: int, token_hash: str, *, expires_at: float | None = None, label: str | None = None
+    ) -> None:
         now = self.now()
         await self._write(
             lambda conn: self.queries.insert_token(conn, user_id, token_hash, now, expires_at, label)
@@ -354,16 +383,24 @@ class StoreBase(abc.ABC):
         now = self.now()
         return await self._write(lambda conn: self.queries.revoke_user(conn, login, now))
 
+    async def revoke_token(self, token_hash: str) -> bool:
+        """Revoke the one token with this hash (a sign-out); False when none was live."""
+        now = self.now()
+        return await self._write(lambda conn: self.queries.revoke_token(conn, token_hash, now))
+
     # -- nodes, claims and leases (several daemons on one database) -----------------------------
 
     async def register_node(self, node: Node) -> None:
         await self._write(lambda conn: self.queries.CLUSTER.register_node(conn, node))
 
-    async def heartbeat(self, node_id: str, *, state: str, concurrency: int, running: int) -> bool:
+    async def heartbeat(self, node_id: str, *, state: NodeState, concurrency: int, running: int) -> bool:
         """Renew the node's lease; False when it was lost (its tasks are being taken over)."""
         now = self.now()
-        return await self._write(lambda conn: self.queries.CLUSTER.heartbeat(
-            conn, node_id, now, state=state, concurrency=concurrency, running=running))
+        return await self._write(
+            lambda conn: self.queries.CLUSTER.heartbeat(
+                conn, node_id, now, state=state, concurrency=concurrency, running=running
+            )
+        )
 
     async def leave(self, node_id: str) -> None:
         now = self.now()
@@ -381,29 +418,81 @@ class StoreBase(abc.ABC):
         now = self.now()
         return await self._read(lambda conn: self.queries.CLUSTER.orphaned_tasks(conn, now, lease_s))
 
-    async def claim_tasks(self, node_id: str, limit: int, user_limit: int = 0, *,
-                          still_wanted: Callable[[], bool] = lambda: True) -> list[Task]:
+    async def claim_tasks(
+        self,
+        node_id: str,
+        limit: int,
+        user_limit: int = 0,
+        *,
+        still_wanted: Callable[[], bool] = lambda: True,
+    ) -> list[Task]:
         """Start up to ``limit`` queued tasks on ``node_id`` (see ``cluster_queries.claim_tasks``).
 
         ``still_wanted`` is asked once more in the transaction, just before claiming: a node
-        that began draining while the claim waited for its turn claims nothing.
+        that began draining while the claim waited for its turn claims nothing. A round that met
+        other nodes' claims and left slots empty looks again at once (up to ``CLAIM_ROUNDS``
+        transactions in all), so that a node does not wait for the next wake-up while work is
+        queued.
         """
-        now = self.now()
+        claimed: list[Task] = []
+        for _ in range(CLAIM_ROUNDS):
+            now, wanted = self.now(), limit - len(claimed)
 
-        def write(conn: Any) -> tuple[list[Task], list[Event]]:
-            if not still_wanted():
-                return [], []
-            return self.queries.CLUSTER.claim_tasks(conn, node_id, limit, user_limit, now)
+            def write(conn: Any, now: float = now, wanted: int = wanted) -> tuple[ClaimRound, list[Event]]:
+                if not still_wanted():
+                    return ClaimRound([], []), []
+                round_ = self.queries.CLUSTER.claim_tasks(conn, node_id, wanted, user_limit, now)
+                return round_, round_.events
 
-        return await self._write_events(None, write)
+            round_ = await self._write_events(None, write, transaction=False)
+            claimed += round_.tasks
+            if not round_.contended or len(claimed) >= limit:
+                break
+        return claimed
 
     async def due_retries(self, limit: int = 100) -> list[str]:
         now = self.now()
         return await self._read(lambda conn: self.queries.CLUSTER.due_retries(conn, now, limit))
 
-    async def watch_remote(self, on_notices: Callable[[list[RemoteNotice]], None], *,
-                           task_status: Any) -> None:
+    # -- what the daemons sharing the store agree on --------------------------------------------
+
+    async def cluster_value(self, name: str, proposed: bytes, *, node: str) -> bytes:
+        """The value every daemon sharing the store sees under ``name``: the one stored, or
+        ``proposed`` (stored now, by ``node``) when there was none; the first to ask sets it."""
+        now = self.now()
+        return await self._write(
+            lambda conn: self.queries.CLUSTER.cluster_value(conn, name, proposed, node, now)
+        )
+
+    async def swap_cluster_value(self, name: str, expected: bytes, new: bytes, *, node: str) -> bool:
+        """Replace the value under ``name`` with ``new`` if it still is ``expected``; whether it was."""
+        now = self.now()
+        return await self._write(
+            lambda conn: self.queries.CLUSTER.swap_cluster_value(conn, name, expected, new, node, now)
+        )
+
+    async def take_rate_token(self, key: str, *, per_min: float, burst: int) -> float:
+        """Spend one token of the rate bucket ``key`` that every daemon sharing the store draws
+        from (``burst`` at most, refilled at ``per_min`` a minute, on the store's clock): 0.0 if
+        there was one, else the seconds until there is. One atomic write."""
+        now = self.now()
+        return await self._write(
+            lambda conn: self.queries.CLUSTER.take_rate_token(conn, key, per_min, burst, now)
+        )
+
+    async def watch_remote(
+        self,
+        on_notices: Callable[[list[RemoteNotice] | None], None],
+        *,
+        task_status: Any,
+        wanted: Callable[[RemoteNotice], bool] = lambda notice: True,
+    ) -> None:
         """Call ``on_notices`` (on the Trio thread) with what other daemons commit; until cancelled.
+
+        ``on_notices(None)``: notices may have been missed (listening began again after a lost
+        connection): what the listener follows may have moved meanwhile. ``wanted(notice)`` is
+        asked first, on the listening thread (so it may only read what it looks at): notices it
+        turns down never reach the Trio thread.
 
         A store nobody else writes has nothing to tell: it only signals readiness.
         Cancellation: stops listening.

@@ -16,7 +16,9 @@ class DataDirLocked(ConfigError):
 
 
 def lock_data_dir(data_dir: Path) -> int:
-    """Hold an exclusive lock on ``<data-dir>/agentd.lock`` for as long as the store is open."""
+    """Make ``data_dir`` if missing and hold an exclusive lock on ``<data-dir>/agentd.lock`` (the
+    descriptor returned) for as long as the store is open. Blocking: call it off the Trio thread."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "agentd.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:

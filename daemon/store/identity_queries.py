@@ -18,7 +18,8 @@ writes nothing. ``ph`` is the backend's placeholder (``?`` for apsw, ``%s`` for 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import AgentdError, Forbidden, NotFound
 from .models import User
@@ -37,8 +38,9 @@ def _sql(text: str, ph: str) -> str:
 
 
 def user_by_github_id(conn: Any, github_id: int, *, ph: str = "?") -> User | None:
-    row = conn.execute(_sql(f"SELECT {USER_COLUMNS} FROM users WHERE github_id = ?", ph),
-                       (github_id,)).fetchone()
+    row = conn.execute(
+        _sql(f"SELECT {USER_COLUMNS} FROM users WHERE github_id = ?", ph), (github_id,)
+    ).fetchone()
     return user_from_row(row) if row else None
 
 
@@ -49,8 +51,16 @@ def _usable(user: User) -> User:
     return user
 
 
-def sign_in_github(conn: Any, github_id: int, login: str, name: str | None,
-                   token_enc: bytes | None, now: float, *, ph: str = "?") -> User:
+def sign_in_github(
+    conn: Any,
+    github_id: int,
+    login: str,
+    name: str | None,
+    token_enc: bytes | None,
+    now: float,
+    *,
+    ph: str = "?",
+) -> User:
     """The account of GitHub user ``github_id`` (made if there is none), its token stored.
 
     Raises ``Forbidden`` (code ``account_disabled``) for a disabled account and (code
@@ -62,10 +72,14 @@ def sign_in_github(conn: Any, github_id: int, login: str, name: str | None,
         for candidate in candidates:
             # DO NOTHING on either unique column: a taken login, or (PostgreSQL, another node)
             # a sign-in of the same GitHub user that committed first, found just below.
-            row = conn.execute(_sql(
-                "INSERT INTO users (login, github_id, name, github_token_enc, created_at, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id", ph),
-                (candidate, github_id, name, token_enc, now, now)).fetchone()
+            row = conn.execute(
+                _sql(
+                    "INSERT INTO users (login, github_id, name, github_token_enc, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+                    ph,
+                ),
+                (candidate, github_id, name, token_enc, now, now),
+            ).fetchone()
             if row is not None:
                 return user_by_github_id(conn, github_id, ph=ph)  # type: ignore[return-value]
             user = user_by_github_id(conn, github_id, ph=ph)
@@ -75,16 +89,20 @@ def sign_in_github(conn: Any, github_id: int, login: str, name: str | None,
             raise Forbidden(
                 f"the logins {candidates[0]!r} and {candidates[1]!r} belong to other accounts; "
                 f"an operator can link your GitHub account (id {github_id}) to an account with "
-                f"`agentctl user-link LOGIN {github_id}`", code="login_taken")
+                f"`agentctl user-link LOGIN {github_id}`",
+                code="login_taken",
+            )
     _usable(user)
-    conn.execute(_sql(
-        "UPDATE users SET name = COALESCE(?, name), github_token_enc = ?, updated_at = ? "
-        "WHERE id = ?", ph), (name, token_enc, now, user.id))
+    conn.execute(
+        _sql(
+            "UPDATE users SET name = COALESCE(?, name), github_token_enc = ?, updated_at = ? WHERE id = ?", ph
+        ),
+        (name, token_enc, now, user.id),
+    )
     return user_by_github_id(conn, github_id, ph=ph)  # type: ignore[return-value]
 
 
-def link_github(conn: Any, login: str, github_id: int, operator: bool, now: float, *,
-                ph: str = "?") -> User:
+def link_github(conn: Any, login: str, github_id: int, operator: bool, now: float, *, ph: str = "?") -> User:
     """Give the account ``login`` the GitHub identity ``github_id`` (an operator's decision),
     and, with ``operator``, make it an operator.
 
@@ -92,21 +110,22 @@ def link_github(conn: Any, login: str, github_id: int, operator: bool, now: floa
     another account has that id. A changed id drops the stored GitHub token: it was the other
     GitHub user's.
     """
-    row = conn.execute(_sql(f"SELECT {USER_COLUMNS} FROM users WHERE login = ?", ph),
-                       (login,)).fetchone()
+    row = conn.execute(_sql(f"SELECT {USER_COLUMNS} FROM users WHERE login = ?", ph), (login,)).fetchone()
     if row is None:
         raise NotFound(f"no user {login}")
     user = user_from_row(row)
     holder = user_by_github_id(conn, github_id, ph=ph)
     if holder is not None and holder.id != user.id:
         raise AgentdError(
-            f"GitHub id {github_id} is already linked to the account {holder.login!r}",
-            code="github_id_taken")
+            f"GitHub id {github_id} is already linked to the account {holder.login!r}", code="github_id_taken"
+        )
     if user.github_id != github_id:
-        conn.execute(_sql(
-            "UPDATE users SET github_id = ?, github_token_enc = NULL, updated_at = ? WHERE id = ?",
-            ph), (github_id, now, user.id))
+        conn.execute(
+            _sql("UPDATE users SET github_id = ?, github_token_enc = NULL, updated_at = ? WHERE id = ?", ph),
+            (github_id, now, user.id),
+        )
     if operator and not user.is_operator:
-        conn.execute(_sql("UPDATE users SET is_operator = ?, updated_at = ? WHERE id = ?", ph),
-                     (True, now, user.id))
+        conn.execute(
+            _sql("UPDATE users SET is_operator = ?, updated_at = ? WHERE id = ?", ph), (True, now, user.id)
+        )
     return user_by_github_id(conn, github_id, ph=ph)  # type: ignore[return-value]

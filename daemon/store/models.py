@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import secrets
 import time
@@ -40,7 +41,7 @@ class Usage:
     cache_write_tokens: int = 0
     cost_usd: float = 0.0
 
-    def __add__(self, other: "Usage") -> "Usage":
+    def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
@@ -78,7 +79,7 @@ class Task:
     #: The branch of the task's current workspace (set at clone; ``branch`` is set once pushed).
     workspace_branch: str | None = None
 
-    def evolve(self, **changes: Any) -> "Task":
+    def evolve(self, **changes: Any) -> Task:
         """A copy with ``changes`` applied, like ``dataclasses.replace`` at a tenth of its cost.
 
         Every status change makes one or two of these on the writer thread; ``replace`` walks
@@ -160,8 +161,10 @@ class Event:
         # A finite float's repr is its JSON; anything unusual goes the long way.
         if data is None or type(ts) is not float or ts - ts != 0 or type(self.seq) is not int:
             return _wire_dumps(self.wire())
-        return (f'{{"type":"event","task_id":{_json_str(self.task_id)},"seq":{self.seq},'
-                f'"event":{_json_str(self.type)},"ts":{ts!r},"data":{data}}}')
+        return (
+            f'{{"type":"event","task_id":{_json_str(self.task_id)},"seq":{self.seq},'
+            f'"event":{_json_str(self.type)},"ts":{ts!r},"data":{data}}}'
+        )
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,22 @@ class User:
 
 
 @dataclass(frozen=True)
+class NewTask:
+    """A task to insert, queued, with its first events (``task.created``, ``task.status``).
+
+    ``idempotency_key``: per user; a second insert with a known key returns the first task.
+    """
+
+    id: str
+    user_id: int
+    repo_url: str
+    prompt: str
+    base_branch: str | None = None
+    budget: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
 class NewEvent:
     """An event to append; the store gives it its ``seq`` and ``ts``."""
 
@@ -183,13 +202,25 @@ class NewEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+class NodeState(enum.StrEnum):
+    """A node's state as the store keeps it (the same strings in the ``nodes`` table)."""
+
+    UP = "up"
+    DRAINING = "draining"
+    STOPPED = "stopped"  # left in order
+    LOST = "lost"  # its lease ran out and its running tasks were taken over
+
+
+class ToolCallStatus(enum.StrEnum):
+    """A tool call as the store keeps it (the same strings in the ``tool_calls`` table)."""
+
+    STARTED = "started"  # recorded before it runs; no result yet
+    DONE = "done"  # its result is recorded
+
+
 @dataclass(frozen=True)
 class Node:
-    """One daemon sharing the store, as its last heartbeat left it (``agentctl status``).
-
-    ``state``: "up", "draining", "stopped" (left in order) or "lost" (its lease ran out and
-    its running tasks were taken over).
-    """
+    """One daemon sharing the store, as its last heartbeat left it (``agentctl status``)."""
 
     id: str
     name: str
@@ -197,7 +228,7 @@ class Node:
     pid: int
     started_at: float
     heartbeat_at: float
-    state: str
+    state: NodeState
     concurrency: int
     running: int
     http: str | None = None
@@ -218,7 +249,7 @@ class RemoteNotice:
     flags: str
 
     @classmethod
-    def parse(cls, payload: str) -> "RemoteNotice | None":
+    def parse(cls, payload: str) -> RemoteNotice | None:
         parts = payload.split(" ")
         if len(parts) != 5 or not parts[2].isdigit() or not parts[3].isdigit():
             return None

@@ -15,9 +15,11 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, TypeVar
+from types import ModuleType
+from typing import Any, ClassVar, TypeVar
 
 import psycopg
 import trio
@@ -28,12 +30,14 @@ from ..errors import ConfigError, PermanentError
 from . import postgres_queries as q
 from .base import StoreBase
 from .datadir import lock_data_dir
-from .models import Event, RemoteNotice
-from .postgres_listen import listen
-from .postgres_schema import LATEST, migrate, schema_version
 
 # The test clock's "work in flight" counter (tests/conftest.py); shared with the SQLite backend.
 from .inflight import track
+from .lifecycle import Transition
+from .models import Event, RemoteNotice, Task
+from .postgres_batches import Outcome, TransitionBatches, write_batch
+from .postgres_listen import listen
+from .postgres_schema import LATEST, migrate, schema_version
 
 T = TypeVar("T")
 DEFAULT_POOL_SIZE = 8
@@ -56,7 +60,7 @@ def redact(dsn: str) -> str:
     params.pop("password", None)
     user, host = params.get("user"), params.get("host", "")
     port, dbname = params.get("port"), params.get("dbname", "")
-    return f"postgresql://{user + '@' if user else ''}{host}{':' + str(port) if port else ''}/{dbname}"
+    return f"postgresql://{f'{user}@' if user else ''}{host}{f':{port}' if port else ''}/{dbname}"
 
 
 class PostgresStore(StoreBase):
@@ -70,7 +74,7 @@ class PostgresStore(StoreBase):
     """
 
     backend = "postgresql"
-    queries = q
+    queries: ClassVar[ModuleType] = q
     shared = True
 
     def __init__(self, dsn: str, *, pool_size: int = DEFAULT_POOL_SIZE, node_id: str | None = None) -> None:
@@ -79,18 +83,24 @@ class PostgresStore(StoreBase):
         self.node_id = node_id
         self.path = redact(dsn)  # what `agentctl status` shows as the database
         self._pool = ConnectionPool(
-            dsn, min_size=min(2, pool_size), max_size=pool_size, open=False, name="agentd-store",
+            dsn,
+            min_size=min(2, pool_size),
+            max_size=pool_size,
+            open=False,
+            name="agentd-store",
             # autocommit: each call opens its own explicit transaction (conn.transaction()).
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
             configure=self._configure,
         )
         self._limiter = trio.CapacityLimiter(pool_size)
-        self._order_locks: dict[str, tuple[trio.Lock, list[int]]] = {}
+        # Per task (None: the claims, whose events are about several tasks).
+        self._order_locks: dict[str | None, tuple[trio.Lock, list[int]]] = {}
         self._closed = False
         self._lock_fd: int | None = None
         self._size = 0
         self._size_at = -math.inf
         self._on_round_trip: Callable[[float], None] | None = None
+        self._batches = TransitionBatches(self._write_batch)
 
     @classmethod
     async def open(cls, dsn: str, *, data_dir: Path | None = None, **kwargs: Any) -> PostgresStore:
@@ -105,8 +115,7 @@ class PostgresStore(StoreBase):
         store = cls(dsn, **kwargs)
         try:
             if data_dir is not None:  # the node's own files (workspaces, node id) stay its own
-                data_dir.mkdir(parents=True, exist_ok=True)
-                store._lock_fd = lock_data_dir(data_dir)
+                store._lock_fd = await trio.to_thread.run_sync(lock_data_dir, data_dir)
             await store._thread(store._open_sync, abandon=False)
             await trio.lowlevel.checkpoint_if_cancelled()
         except BaseException:
@@ -118,11 +127,22 @@ class PostgresStore(StoreBase):
         # The NOTIFY of each event write names its node, so that a node skips its own.
         conn.execute("SELECT set_config('agentd.node', %s, false)", (self.node_id or "",))
 
-    async def watch_remote(self, on_notices: Callable[[list[RemoteNotice] | None], None], *,
-                           task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def watch_remote(
+        self,
+        on_notices: Callable[[list[RemoteNotice] | None], None],
+        *,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
+        wanted: Callable[[RemoteNotice], bool] = lambda notice: True,
+    ) -> None:
         """Call ``on_notices`` with other daemons' committed events (``postgres_listen.listen``)."""
-        await listen(self.dsn, self.node_id, on_notices, connect_timeout=CONNECT_TIMEOUT_S,
-                     task_status=task_status)
+        await listen(
+            self.dsn,
+            self.node_id,
+            on_notices,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            wanted=wanted,
+            task_status=task_status,
+        )
 
     def _open_sync(self) -> None:
         try:
@@ -164,9 +184,12 @@ class PostgresStore(StoreBase):
         finally:
             track(-1)
 
-    def _in_transaction(self, fn: Callable[[psycopg.Connection], T]) -> T:
-        with self._pool.connection() as conn, conn.transaction():
-            return fn(conn)
+    def _in_transaction(self, fn: Callable[[psycopg.Connection], T], transaction: bool = True) -> T:
+        with self._pool.connection() as conn:
+            if not transaction:  # each statement its own transaction (autocommit)
+                return fn(conn)
+            with conn.transaction():
+                return fn(conn)
 
     async def _read(self, fn: Callable[[psycopg.Connection], T]) -> T:
         """Run ``fn(conn)`` in a transaction on a worker thread.
@@ -175,20 +198,21 @@ class PostgresStore(StoreBase):
         """
         return await self._thread(lambda: self._in_transaction(fn), abandon=True)
 
-    async def _write(self, fn: Callable[[psycopg.Connection], T]) -> T:
-        """Run ``fn(conn)`` in a transaction on a worker thread; return once committed.
+    async def _write(self, fn: Callable[[psycopg.Connection], T], *, transaction: bool = True) -> T:
+        """Run ``fn(conn)`` in a transaction (``transaction`` False: without one, each statement
+        its own) on a worker thread; return once committed.
 
         Cancellation: not abandoned. The caller waits for the (short) transaction to end, so it
         always learns whether it committed, and every committed event is published.
         """
         started = time.perf_counter()
-        result = await self._thread(lambda: self._in_transaction(fn), abandon=False)
+        result = await self._thread(lambda: self._in_transaction(fn, transaction), abandon=False)
         if self._on_round_trip is not None:
             self._on_round_trip(time.perf_counter() - started)
         return result
 
     @asynccontextmanager
-    async def _task_order(self, task_id: str) -> AsyncIterator[None]:
+    async def _task_order(self, task_id: str | None) -> AsyncIterator[None]:
         """Let this process's event writes of one task commit and publish one at a time.
 
         The row lock already serializes them in the database; this also keeps their publishing
@@ -205,11 +229,32 @@ class PostgresStore(StoreBase):
             if users[0] == 0:
                 del self._order_locks[task_id]
 
-    async def _write_events(self, task_id: str, fn: Callable[[psycopg.Connection], tuple[T, list[Event]]]) -> T:
+    async def _write_events(
+        self,
+        task_id: str | None,
+        fn: Callable[[psycopg.Connection], tuple[T, list[Event]]],
+        *,
+        transaction: bool = True,
+    ) -> T:
         async with self._task_order(task_id):
-            result, events = await self._write(fn)
+            result, events = await self._write(fn, transaction=transaction)
             self._publish(events)
         return result
+
+    async def _transition(self, change: Transition, now: float) -> Task:
+        """Status changes go in batches (``postgres_batches``): while one is written, those asked
+        for meanwhile gather for the next. Each is published once committed, in commit order per
+        task. Cancellation: as ``_write``."""
+        async with self._task_order(change.task_id):
+            task, events = await self._batches.change(change, now)
+            self._publish(events)
+        return task
+
+    async def _write_batch(self, items: list[tuple[Transition, float]]) -> list[Outcome]:
+        def write(conn: psycopg.Connection) -> list[Outcome]:
+            return write_batch(conn, items)
+
+        return await self._write(write, transaction=False)
 
     # -- what differs from StoreBase ------------------------------------------------------------
 
@@ -233,7 +278,8 @@ class PostgresStore(StoreBase):
         )
 
     async def integrity_check(self) -> str:
-        """"ok" when the database answers and its schema is this agentd's; else what is wrong."""
+        """ "ok" when the database answers and its schema is this agentd's; else what is wrong."""
+
         def check(conn: psycopg.Connection) -> str:
             version = schema_version(conn)
             self._refresh_size(conn)

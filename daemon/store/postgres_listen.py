@@ -1,16 +1,20 @@
 """What other daemons commit, heard through PostgreSQL's LISTEN/NOTIFY.
 
-Every event-writing transaction sends ``NOTIFY agentd_events`` (``postgres_queries``:
-"<node> <task> <first seq> <last seq> <flags>"), delivered by PostgreSQL only on commit and in
-commit order. One connection per daemon listens, on a worker thread (psycopg blocks), and hands
-each packet of notices to the Trio thread. Notices carry no event data, only which seqs to read:
-a payload stays small (PostgreSQL caps it at 8000 bytes) and the store stays the one truth.
+Every event-writing transaction sends ``NOTIFY agentd_events`` (``postgres_changes``:
+"<node> <task> <first seq> <last seq> <flags>"; a claim round sends its tasks' notices a few to
+a payload, separated by ";"), delivered by PostgreSQL only on commit and in commit order. One
+connection per daemon listens, on a worker thread (psycopg blocks), and hands the notices the
+caller wants to the Trio thread, those of a few milliseconds together. Notices carry no event
+data, only which seqs to read: a payload stays small (PostgreSQL caps it at 8000 bytes) and the
+store stays the one truth.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -22,19 +26,30 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "agentd_events"
 POLL_S = 0.1  # how soon the listening thread notices it should stop
+# Notices arriving this soon after one are handed over with it. A thread woken for each one
+# would contend for the GIL with the Trio thread a few thousand times a second under load.
+COALESCE_S = 0.002
 RECONNECT_S = 1.0
 
 OnNotices = Callable[[list[RemoteNotice] | None], None]
 
 
-async def listen(dsn: str, own_node: str | None, on_notices: OnNotices, *, connect_timeout: float,
-                 task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def listen(
+    dsn: str,
+    own_node: str | None,
+    on_notices: OnNotices,
+    *,
+    connect_timeout: float,
+    wanted: Callable[[RemoteNotice], bool] = lambda notice: True,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Listen until cancelled, reconnecting after a lost connection.
 
-    ``on_notices`` runs on the Trio thread with each batch of other nodes' notices, or with None
-    when notices may have been missed (listening began again after a lost connection): the
-    caller should then look at the store for what it follows. ``task_status.started()`` once the
-    first LISTEN is in place (so nothing committed after that is missed).
+    ``on_notices`` runs on the Trio thread with each batch of other nodes' notices that
+    ``wanted`` accepts (asked on the listening thread), or with None when notices may have been
+    missed (listening began again after a lost connection): the caller should then look at the
+    store for what it follows. ``task_status.started()`` once the first LISTEN is in place (so
+    nothing committed after that is missed).
 
     Cancellation: the listening thread is told to stop and is waited for (it notices within
     ``POLL_S``); its connection is closed as it exits and nothing more is delivered.
@@ -51,7 +66,7 @@ async def listen(dsn: str, own_node: str | None, on_notices: OnNotices, *, conne
 
     while True:
         try:
-            await _in_thread(dsn, own_node, deliver, connect_timeout)
+            await _in_thread(dsn, own_node, deliver, connect_timeout, wanted)
         except psycopg.OperationalError as exc:
             if not listening:
                 raise  # never listened: the caller's startup fails with the reason
@@ -59,7 +74,13 @@ async def listen(dsn: str, own_node: str | None, on_notices: OnNotices, *, conne
         await trio.sleep(RECONNECT_S)
 
 
-async def _in_thread(dsn: str, own_node: str | None, deliver: OnNotices, connect_timeout: float) -> None:
+async def _in_thread(
+    dsn: str,
+    own_node: str | None,
+    deliver: OnNotices,
+    connect_timeout: float,
+    wanted: Callable[[RemoteNotice], bool],
+) -> None:
     """Run one listening connection on a thread until it fails or we are cancelled."""
     stopped = threading.Event()
 
@@ -68,6 +89,7 @@ async def _in_thread(dsn: str, own_node: str | None, deliver: OnNotices, connect
             deliver(batch)
 
     async with trio.open_nursery() as nursery:
+
         async def stop_when_cancelled() -> None:
             try:
                 await trio.sleep_forever()
@@ -78,28 +100,41 @@ async def _in_thread(dsn: str, own_node: str | None, deliver: OnNotices, connect
         try:
             # Not abandoned: a cancel sets ``stopped`` (above) and waits the thread out, so no
             # thread outlives the caller.
-            await trio.to_thread.run_sync(_listen_thread, dsn, own_node, guarded, stopped,
-                                          connect_timeout)
+            await trio.to_thread.run_sync(
+                _listen_thread, dsn, own_node, guarded, stopped, connect_timeout, wanted
+            )
         finally:
             nursery.cancel_scope.cancel()
 
 
-def _listen_thread(dsn: str, own_node: str | None, deliver: OnNotices, stopped: threading.Event,
-                   connect_timeout: float) -> None:
+def _listen_thread(
+    dsn: str,
+    own_node: str | None,
+    deliver: OnNotices,
+    stopped: threading.Event,
+    connect_timeout: float,
+    wanted: Callable[[RemoteNotice], bool],
+) -> None:
     def to_trio(batch: list[RemoteNotice] | None) -> None:
         try:
             trio.from_thread.run_sync(deliver, batch)
         except trio.RunFinishedError:
             stopped.set()
 
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
+    # libpq takes whole seconds.
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=math.ceil(connect_timeout)) as conn:
         conn.execute(f"LISTEN {CHANNEL}")
         to_trio(None)  # listening: ready (first time) or "you may have missed some" (again)
         while not stopped.is_set():
+            notes = list(conn.notifies(timeout=POLL_S, stop_after=1))
+            if notes:  # and those that follow it closely, with one wake-up of each thread
+                time.sleep(COALESCE_S)
+                notes += conn.notifies(timeout=0)
             batch = []
-            for note in conn.notifies(timeout=POLL_S, stop_after=1):
-                notice = RemoteNotice.parse(note.payload)
-                if notice is not None and notice.node != (own_node or "-"):
-                    batch.append(notice)
+            for note in notes:
+                for part in note.payload.split(";"):
+                    notice = RemoteNotice.parse(part)
+                    if notice is not None and notice.node != (own_node or "-") and wanted(notice):
+                        batch.append(notice)
             if batch and not stopped.is_set():
                 to_trio(batch)

@@ -1,81 +1,61 @@
 """The SQL of the PostgreSQL backend, as plain functions of a psycopg connection.
 
 Each function runs on a worker thread inside one transaction opened by ``PostgresStore``
-(READ COMMITTED), never on the Trio thread. Nothing here assumes a single writer: several
-processes may write the same task at once. Whatever reads a task's counters to write them
-(``last_seq``, the next message index, the status) first locks the task row with
-``SELECT ... FOR UPDATE``; a concurrent writer then waits for the commit and reads the new row,
-so seqs stay gap-free and a status change is decided on the current status.
+(READ COMMITTED), never on the Trio thread; those of ``postgres_changes`` (a task's row with
+its events) and the claims may also run without one, each statement its own transaction.
+Nothing here assumes a single writer: several processes may write the same task at once.
+Whatever reads a task's counters to write them (the next message index, the status) first locks
+the task row with ``SELECT ... FOR UPDATE``, or writes only if the row is still as read; a
+concurrent writer then waits for the commit and reads the new row, so seqs stay gap-free and a
+status change is decided on the current status.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from psycopg import Connection
+from psycopg import Connection, Cursor
 
 from ..errors import NotFound
 from ..states import TaskStatus
-from . import cluster_queries, identity_queries
-from .lifecycle import created_events, plan_transition
-from .models import Event, NewEvent, Task, Usage, User
+from . import identity_queries, task_ids
+from .lifecycle import created_events
+from .models import Event, NewEvent, NewTask, Task, Usage, User
+from .postgres_changes import (  # the writes of a task's row with its events: one statement each
+    append_events as append_events,
+    dumps as _dumps,
+    get_task as get_task,
+    require_task,
+    text as _text,
+    transition as transition,
+)
+from .postgres_claims import TASK_COLUMNS as _TASK_COLUMNS, PostgresDialect
 
 # Row decoding is backend-neutral (same columns, same JSON text); shared, not copied.
 from .sqlite_queries import task_from_row, user_from_row
 
-_TASK_COLUMNS = (
-    "id, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at, "
-    "reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, last_seq, "
-    "idempotency_key, node_id, workspace_branch"
-)
 _USER_COLUMNS = identity_queries.USER_COLUMNS
 # GitHub identities: one SQL text for both backends, with this backend's placeholder.
 sign_in_github = functools.partial(identity_queries.sign_in_github, ph="%s")
 link_github = functools.partial(identity_queries.link_github, ph="%s")
 user_by_github_id = functools.partial(identity_queries.user_by_github_id, ph="%s")
-
-
-# One encoder for every write (json.dumps with options builds a new one per call). ASCII-only
-# output also escapes lone surrogates, which PostgreSQL's UTF-8 text would refuse.
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _text(value: str | None) -> str | None:
-    """Free text as PostgreSQL TEXT holds it: NUL (SQLite keeps it) becomes U+FFFD, rather than
-    the write of a tool's output or an error message failing over one byte of binary."""
-    return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
+task_ids_with_prefix = functools.partial(task_ids.task_ids_with_prefix, ph="%s")
 
 
 # -- tasks --------------------------------------------------------------------------------------
 
-def get_task(conn: Connection, task_id: str, *, lock: bool = False) -> Task | None:
-    """The task, or None; ``lock`` holds its row until the transaction ends."""
-    suffix = " FOR UPDATE" if lock else ""
-    row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = %s{suffix}", (task_id,)).fetchone()
-    return task_from_row(row) if row else None
+
+def _one(cursor: Cursor[Any]) -> tuple[Any, ...]:
+    """The one row a query always yields (an aggregate, ``RETURNING``, a row known to exist)."""
+    row = cursor.fetchone()
+    assert row is not None, "the query yields one row"
+    return row
 
 
-def require_task(conn: Connection, task_id: str, *, lock: bool = False) -> Task:
-    task = get_task(conn, task_id, lock=lock)
-    if task is None:
-        raise NotFound(f"no task {task_id}")
-    return task
-
-
-def insert_task(
-    conn: Connection,
-    *,
-    task_id: str,
-    user_id: int,
-    repo_url: str,
-    prompt: str,
-    base_branch: str | None,
-    budget: dict[str, Any],
-    idempotency_key: str | None,
-    now: float,
-) -> tuple[Task, list[Event], bool]:
+def insert_task(conn: Connection, new: NewTask, now: float) -> tuple[Task, list[Event], bool]:
     """Insert a queued task with its first events; with a known idempotency key, return that task.
 
     Two nodes creating with one key at once: the unique index makes the second insert wait for
@@ -85,37 +65,29 @@ def insert_task(
         "INSERT INTO tasks (id, user_id, repo_url, prompt, base_branch, status, budget, "
         "created_at, updated_at, idempotency_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id",
-        (task_id, user_id, repo_url, _text(prompt), base_branch, TaskStatus.QUEUED.value,
-         _dumps(budget), now, now, idempotency_key),
+        (
+            new.id,
+            new.user_id,
+            new.repo_url,
+            _text(new.prompt),
+            new.base_branch,
+            TaskStatus.QUEUED.value,
+            _dumps(new.budget),
+            now,
+            now,
+            new.idempotency_key,
+        ),
     ).fetchone()
     if row is None:
-        existing = conn.execute(
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE user_id = %s AND idempotency_key = %s",
-            (user_id, idempotency_key),
-        ).fetchone()
+        existing = _one(
+            conn.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE user_id = %s AND idempotency_key = %s",
+                (new.user_id, new.idempotency_key),
+            )
+        )
         return task_from_row(existing), [], False
-    events = append_events(conn, task_id, created_events(repo_url, prompt, base_branch), now=now, last_seq=0)
-    return require_task(conn, task_id), events, True
-
-
-def transition(
-    conn: Connection, task_id: str, target: TaskStatus, *, now: float, **change: Any
-) -> tuple[Task, list[Event]]:
-    """Change a task's status, validated, with its ``task.status`` (and ``task.finished``) events.
-
-    ``change``: what ``lifecycle.plan_transition`` takes (expect, reason, error, due_at,
-    attempt_delta, events_before, node_id, claim), decided there for every backend.
-    """
-    task = require_task(conn, task_id, lock=True)
-    changed, new = plan_transition(task, target, now=now, **change)
-    conn.execute(
-        "UPDATE tasks SET status = %s, attempt = %s, reason = %s, error = %s, due_at = %s, "
-        "started_at = %s, finished_at = %s, updated_at = %s, node_id = %s WHERE id = %s",
-        (target.value, changed.attempt, _text(changed.reason), _text(changed.error), changed.due_at,
-         changed.started_at, changed.finished_at, now, changed.node_id, task_id),
-    )
-    events = append_events(conn, task_id, new, now=now, last_seq=task.last_seq)
-    return changed, events
+    events = append_events(conn, new.id, created_events(new), now=now, last_seq=0)
+    return require_task(conn, new.id), events, True
 
 
 def update_task(conn: Connection, task_id: str, now: float, **fields: Any) -> Task:
@@ -126,7 +98,8 @@ def update_task(conn: Connection, task_id: str, now: float, **fields: Any) -> Ta
         raise ValueError(f"cannot update task fields {sorted(unknown)}")
     encoded = {
         key: _dumps(value.__dict__ if isinstance(value, Usage) else value)
-        if key in ("usage", "diff", "budget") else value
+        if key in ("usage", "diff", "budget")
+        else value
         for key, value in fields.items()
     }
     assignments = ", ".join(f"{key} = %s" for key in encoded)  # keys are from ``allowed`` only
@@ -139,8 +112,9 @@ def update_task(conn: Connection, task_id: str, now: float, **fields: Any) -> Ta
 
 def set_usage(conn: Connection, task_id: str, usage: Usage, now: float) -> None:
     """The task's usage so far (an agent turn writes it with its message; nothing read back)."""
-    conn.execute("UPDATE tasks SET usage = %s, updated_at = %s WHERE id = %s",
-                 (_dumps(usage.__dict__), now, task_id))
+    conn.execute(
+        "UPDATE tasks SET usage = %s, updated_at = %s WHERE id = %s", (_dumps(usage.__dict__), now, task_id)
+    )
 
 
 def list_tasks(
@@ -178,64 +152,11 @@ def count_by_status(conn: Connection) -> dict[str, int]:
 
 
 def database_size(conn: Connection) -> int:
-    return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    size: int = _one(conn.execute("SELECT pg_database_size(current_database())"))[0]
+    return size
 
 
 # -- events -------------------------------------------------------------------------------------
-
-def append_events(
-    conn: Connection, task_id: str, new: Sequence[NewEvent], *, now: float,
-    last_seq: int | None = None,
-) -> list[Event]:
-    """Give each event the task's next ``seq``; the counter lives on the task row.
-
-    ``last_seq`` may be passed only by a caller that holds the task's row lock in this
-    transaction (or has just inserted the row); otherwise the row is locked here first.
-    """
-    if not new:
-        return []
-    if last_seq is None:
-        row = conn.execute("SELECT last_seq FROM tasks WHERE id = %s FOR UPDATE", (task_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no task {task_id}")
-        last_seq = row[0]
-    seq = last_seq
-    events = []
-    for item in new:
-        seq += 1
-        events.append(Event(task_id, seq, now, item.type, item.data, _dumps(item.data)))
-    with conn.cursor() as cur:  # executemany pipelines the inserts: one round trip, not n
-        cur.executemany(
-            "INSERT INTO events (task_id, seq, ts, type, data) VALUES (%s, %s, %s, %s, %s)",
-            [(e.task_id, e.seq, e.ts, e.type, e.data_json) for e in events],
-        )
-    # Other nodes learn of the commit (LISTEN agentd_events; ``postgres_listen``). The
-    # notification is sent only if this transaction commits, and in commit order.
-    conn.execute(
-        "UPDATE tasks SET last_seq = %s WHERE id = %s RETURNING pg_notify('agentd_events', "
-        "concat_ws(' ', COALESCE(NULLIF(current_setting('agentd.node', true), ''), '-'), %s::text))",
-        (seq, task_id, f"{task_id} {last_seq + 1} {seq} {notice_flags(new)}"),
-    )
-    return events
-
-
-# The event types another node may have to act on: status changes (a cancel, a task to claim,
-# a user's task list) and user messages (the inbox of a task it runs).
-_NOTICE_TYPES = frozenset({"task.created", "task.status", "task.finished", "user.message"})
-
-
-def notice_flags(new: Sequence[NewEvent]) -> str:
-    """``s``: the batch has events other nodes act on; ``q``: a task became queued (work to
-    claim); ``f``: a task stopped running (a user under a cap may start another); ``-``: none."""
-    flags = ""
-    if any(item.type in _NOTICE_TYPES for item in new):
-        flags += "s"
-    statuses = {item.data.get("status") for item in new if item.type == "task.status"}
-    if "queued" in statuses:
-        flags += "q"
-    if statuses - {"queued", "running"}:
-        flags += "f"
-    return flags or "-"
 
 
 def read_events(conn: Connection, task_id: str, after: int, limit: int) -> list[Event]:
@@ -248,13 +169,15 @@ def read_events(conn: Connection, task_id: str, after: int, limit: int) -> list[
 
 # -- conversation -------------------------------------------------------------------------------
 
-def append_message(conn: Connection, task_id: str, role: str, content: Any, now: float,
-                   stop_reason: str | None = None) -> int:
+
+def append_message(
+    conn: Connection, task_id: str, role: str, content: Any, now: float, stop_reason: str | None = None
+) -> int:
     # The task row lock makes "next index" safe when two nodes append (a taken-over task).
     conn.execute("SELECT 1 FROM tasks WHERE id = %s FOR UPDATE", (task_id,))
-    idx = conn.execute(
-        "SELECT COALESCE(MAX(idx), -1) + 1 FROM messages WHERE task_id = %s", (task_id,)
-    ).fetchone()[0]
+    idx: int = _one(
+        conn.execute("SELECT COALESCE(MAX(idx), -1) + 1 FROM messages WHERE task_id = %s", (task_id,))
+    )[0]
     conn.execute(
         "INSERT INTO messages (task_id, idx, role, content, created_at, stop_reason) "
         "VALUES (%s, %s, %s, %s, %s, %s)",
@@ -277,8 +200,9 @@ def list_messages(conn: Connection, task_id: str) -> list[dict[str, Any]]:
     return turns
 
 
-def start_tool_call(conn: Connection, task_id: str, tool_use_id: str, name: str, tool_input: Any,
-                    now: float) -> None:
+def start_tool_call(
+    conn: Connection, task_id: str, tool_use_id: str, name: str, tool_input: Any, now: float
+) -> None:
     conn.execute(
         "INSERT INTO tool_calls (task_id, tool_use_id, name, input, status, started_at) "
         "VALUES (%s, %s, %s, %s, 'started', %s) ON CONFLICT DO NOTHING",
@@ -286,8 +210,9 @@ def start_tool_call(conn: Connection, task_id: str, tool_use_id: str, name: str,
     )
 
 
-def finish_tool_call(conn: Connection, task_id: str, tool_use_id: str, output: str, is_error: bool,
-                     now: float) -> None:
+def finish_tool_call(
+    conn: Connection, task_id: str, tool_use_id: str, output: str, is_error: bool, now: float
+) -> None:
     conn.execute(
         "UPDATE tool_calls SET status = 'done', output = %s, is_error = %s, finished_at = %s "
         "WHERE task_id = %s AND tool_use_id = %s",
@@ -300,11 +225,11 @@ def list_tool_calls(conn: Connection, task_id: str) -> list[dict[str, Any]]:
     # order SQLite's primary-key scan gives.
     rows = conn.execute(
         "SELECT tool_use_id, name, input, status, output, is_error FROM tool_calls "
-        "WHERE task_id = %s ORDER BY started_at, tool_use_id", (task_id,)
+        "WHERE task_id = %s ORDER BY started_at, tool_use_id",
+        (task_id,),
     ).fetchall()
     return [
-        {"id": tid, "name": name, "input": json.loads(inp), "status": status, "output": out,
-         "is_error": err}
+        {"id": tid, "name": name, "input": json.loads(inp), "status": status, "output": out, "is_error": err}
         for tid, name, inp, status, out, err in rows
     ]
 
@@ -315,8 +240,9 @@ def add_input(conn: Connection, task_id: str, text: str, now: float) -> list[Eve
     conn.execute(
         "INSERT INTO inbox (task_id, text, created_at) VALUES (%s, %s, %s)", (task_id, _text(text), now)
     )
-    return append_events(conn, task_id, [NewEvent("user.message", {"text": text})], now=now,
-                         last_seq=task.last_seq)
+    return append_events(
+        conn, task_id, [NewEvent("user.message", {"text": text})], now=now, last_seq=task.last_seq
+    )
 
 
 def take_inputs(conn: Connection, task_id: str, now: float) -> list[str]:
@@ -330,24 +256,36 @@ def take_inputs(conn: Connection, task_id: str, now: float) -> list[str]:
 
 
 def pending_inputs(conn: Connection, task_id: str) -> int:
-    return conn.execute(
-        "SELECT COUNT(*) FROM inbox WHERE task_id = %s AND taken_at IS NULL", (task_id,)
-    ).fetchone()[0]
+    pending: int = _one(
+        conn.execute("SELECT COUNT(*) FROM inbox WHERE task_id = %s AND taken_at IS NULL", (task_id,))
+    )[0]
+    return pending
 
 
 # -- users and tokens ---------------------------------------------------------------------------
 
-def upsert_user(conn: Connection, login: str, now: float, *, github_id: int | None = None,
-                name: str | None = None, is_operator: bool | None = None) -> User:
-    row = conn.execute(
-        "INSERT INTO users (login, github_id, name, is_operator, created_at, updated_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (login) DO UPDATE SET "
-        "github_id = COALESCE(excluded.github_id, users.github_id), "
-        "name = COALESCE(excluded.name, users.name), "
-        "is_operator = CASE WHEN %s::boolean IS NULL THEN users.is_operator ELSE excluded.is_operator END, "
-        f"disabled = false, updated_at = excluded.updated_at RETURNING {_USER_COLUMNS}",
-        (login, github_id, name, bool(is_operator), now, now, is_operator),
-    ).fetchone()
+
+def upsert_user(
+    conn: Connection,
+    login: str,
+    now: float,
+    *,
+    github_id: int | None = None,
+    name: str | None = None,
+    is_operator: bool | None = None,
+) -> User:
+    row = _one(
+        conn.execute(
+            "INSERT INTO users (login, github_id, name, is_operator, created_at, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (login) DO UPDATE SET "
+            "github_id = COALESCE(excluded.github_id, users.github_id), "
+            "name = COALESCE(excluded.name, users.name), "
+            "is_operator = CASE WHEN %s::boolean IS NULL THEN users.is_operator "
+            "ELSE excluded.is_operator END, "
+            f"disabled = false, updated_at = excluded.updated_at RETURNING {_USER_COLUMNS}",
+            (login, github_id, name, bool(is_operator), now, now, is_operator),
+        )
+    )
     return user_from_row(row)
 
 
@@ -366,8 +304,9 @@ def list_users(conn: Connection) -> list[User]:
     return [user_from_row(r) for r in rows]
 
 
-def insert_token(conn: Connection, user_id: int, token_hash: str, now: float,
-                 expires_at: float | None, label: str | None) -> None:
+def insert_token(
+    conn: Connection, user_id: int, token_hash: str, now: float, expires_at: float | None, label: str | None
+) -> None:
     conn.execute(
         "INSERT INTO api_tokens (user_id, token_hash, label, created_at, expires_at) "
         "VALUES (%s, %s, %s, %s, %s)",
@@ -397,6 +336,16 @@ def revoke_user(conn: Connection, login: str, now: float) -> int:
     return revoked
 
 
+def revoke_token(conn: Connection, token_hash: str, now: float) -> bool:
+    return (
+        conn.execute(
+            "UPDATE api_tokens SET revoked_at = %s WHERE token_hash = %s AND revoked_at IS NULL",
+            (now, token_hash),
+        ).rowcount
+        > 0
+    )
+
+
 def set_github_token(conn: Connection, user_id: int, token_enc: bytes | None, now: float) -> None:
     conn.execute(
         "UPDATE users SET github_token_enc = %s, updated_at = %s WHERE id = %s", (token_enc, now, user_id)
@@ -408,18 +357,12 @@ def github_token_enc(conn: Connection, user_id: int) -> bytes | None:
     return bytes(row[0]) if row and row[0] is not None else None
 
 
-# -- nodes and claims (one SQL text for both backends: cluster_queries) ---------------------------
+# -- nodes and claims (one SQL text for both backends, claims PostgreSQL's own: postgres_claims) --
 
-# Claims take this transaction-scoped advisory lock first, so that the per-user cap is decided
-# on committed counts even when several nodes claim at once ("agentd-claim").
-_CLAIM_LOCK = 0x6167656E74_6463
-CLUSTER = cluster_queries.Dialect(
-    placeholder="%s", lock_rows=" FOR UPDATE SKIP LOCKED",
-    claim_lock=f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK})", transition=transition,
-    queue_heads=(
-        "SELECT h.id, w.user_id, h.seqno, h.rn FROM "
-        "(SELECT DISTINCT user_id FROM tasks WHERE status = 'queued') w CROSS JOIN LATERAL "
-        "(SELECT t.id, t.seqno, ROW_NUMBER() OVER (ORDER BY t.seqno) AS rn FROM tasks t "
-        "WHERE t.user_id = w.user_id AND t.status = 'queued' ORDER BY t.seqno LIMIT %s) h"
-    ),
+CLUSTER = PostgresDialect(
+    placeholder="%s",
+    lock_rows=" FOR UPDATE SKIP LOCKED",
+    transition=transition,
+    least="LEAST",
+    greatest="GREATEST",
 )

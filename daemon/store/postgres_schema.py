@@ -17,8 +17,7 @@ import time
 
 import psycopg
 
-from .schema import LATEST
-from .schema import MIGRATIONS as _SHARED
+from .schema import LATEST, MIGRATIONS as _SHARED
 
 POSTGRES_SQL: dict[int, str] = {
     1: """
@@ -136,6 +135,20 @@ POSTGRES_SQL: dict[int, str] = {
             AND user_id IN (SELECT id FROM users WHERE is_operator);
         UPDATE users SET github_id = NULL, github_token_enc = NULL WHERE is_operator;
     """,
+    9: """
+        CREATE TABLE cluster_values (
+            name TEXT PRIMARY KEY,
+            value BYTEA NOT NULL,
+            node TEXT,
+            updated_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE TABLE rate_buckets (
+            key TEXT PRIMARY KEY,
+            tokens DOUBLE PRECISION NOT NULL,
+            stamp DOUBLE PRECISION NOT NULL,
+            granted BOOLEAN NOT NULL
+        );
+    """,
 }
 
 _unknown = set(POSTGRES_SQL) - {version for version, _, _ in _SHARED}
@@ -151,7 +164,10 @@ _MIGRATION_LOCK = 0x6167656E7464
 
 
 def schema_version(conn: psycopg.Connection) -> int:
-    return conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+    row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
+    assert row is not None  # an aggregate: one row
+    version: int = row[0]
+    return version
 
 
 def migrate(conn: psycopg.Connection) -> int:

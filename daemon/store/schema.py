@@ -6,6 +6,8 @@ import time
 
 import apsw
 
+from .sqlite_conns import scalar
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
         1,
@@ -183,6 +185,25 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         UPDATE users SET github_id = NULL, github_token_enc = NULL WHERE is_operator;
         """,
     ),
+    (
+        9,
+        "what daemons sharing the store agree on (the secret key check) and rate-limit buckets",
+        # Used where several daemons share the store (PostgreSQL); here for the one interface.
+        """
+        CREATE TABLE cluster_values (
+            name TEXT PRIMARY KEY,
+            value BLOB NOT NULL,
+            node TEXT,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE rate_buckets (
+            key TEXT PRIMARY KEY,
+            tokens REAL NOT NULL,
+            stamp REAL NOT NULL,
+            granted INTEGER NOT NULL
+        );
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]
@@ -197,11 +218,10 @@ def migrate(conn: apsw.Connection) -> int:
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)"
     )
-    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    found = scalar(conn.execute("PRAGMA user_version"))
     if found > LATEST:
         raise RuntimeError(
-            f"the database is at schema version {found}, newer than this agentd ({LATEST}); "
-            "upgrade agentd"
+            f"the database is at schema version {found}, newer than this agentd ({LATEST}); upgrade agentd"
         )
     for version, description, sql in MIGRATIONS:
         if version <= found:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from types import ModuleType
+from typing import Any, ClassVar, TypeVar
 
 import apsw
 import trio
@@ -15,7 +18,7 @@ from .base import StoreBase
 from .datadir import lock_data_dir
 from .models import Event, NewEvent
 from .schema import migrate
-from .sqlite_conns import ReaderPool, open_connection
+from .sqlite_conns import ReaderPool, open_connection, scalar
 from .sqlite_io import WriterThread
 
 T = TypeVar("T")
@@ -30,7 +33,7 @@ class SqliteStore(StoreBase):
     """
 
     backend = "sqlite"
-    queries = q
+    queries: ClassVar[ModuleType] = q
 
     def __init__(self, data_dir: Path, *, synchronous: str = "NORMAL") -> None:
         super().__init__()
@@ -43,14 +46,13 @@ class SqliteStore(StoreBase):
         self._publish_appends = self._publish
 
     @classmethod
-    async def open(cls, data_dir: Path, **kwargs: Any) -> "SqliteStore":
+    async def open(cls, data_dir: Path, **kwargs: Any) -> SqliteStore:
         """Lock the data dir, migrate the schema, start the writer.
 
         Cancellation: the store is closed again before the cancellation goes on.
         """
-        data_dir.mkdir(parents=True, exist_ok=True)
         store = cls(data_dir, **kwargs)
-        store._lock_fd = lock_data_dir(data_dir)
+        store._lock_fd = await trio.to_thread.run_sync(lock_data_dir, data_dir)
         try:
             await trio.to_thread.run_sync(store._migrate)
             store._writer.start()
@@ -87,11 +89,17 @@ class SqliteStore(StoreBase):
     async def _read(self, fn: Callable[[apsw.Connection], T]) -> T:
         return await self._readers.run(fn)
 
-    async def _write(self, fn: Callable[[apsw.Connection], T]) -> T:
+    # Every job of the writer runs in a transaction (``transaction`` is always true here).
+
+    async def _write(self, fn: Callable[[apsw.Connection], T], *, transaction: bool = True) -> T:
         return await self._writer.run(fn)
 
     async def _write_events(
-        self, task_id: str, fn: Callable[[apsw.Connection], tuple[T, list[Event]]]
+        self,
+        task_id: str | None,
+        fn: Callable[[apsw.Connection], tuple[T, list[Event]]],
+        *,
+        transaction: bool = True,
     ) -> T:
         # One writer commits in submission order and runs on_commit in that order: the events
         # of every task are published in commit order without a lock per task.
@@ -112,32 +120,42 @@ class SqliteStore(StoreBase):
     # -- maintenance ----------------------------------------------------------------------------
 
     async def backup(self, destination: Path) -> None:
-        """An online backup (consistent while tasks write) into a new file at ``destination``.
+        """An online backup (consistent while tasks write) into a new file at ``destination``,
+        readable by the daemon's user only. ``OSError`` naming ``destination`` when it cannot
+        be written (a file there already, no such directory, no permission, a full disk); a
+        failed copy leaves no file behind.
 
         Cancellation: the copy runs to its end in its thread; the caller stops waiting.
         """
+
         def copy() -> None:
             release_cpu()  # a long copy, mostly outside the GIL: not on the event loop's CPU
-            if destination.exists():
-                raise FileExistsError(f"{destination} already exists")
-            target = apsw.Connection(str(destination))
+            # Made here, exclusively: a backup never overwrites a file, and whatever stops it
+            # being made is an OSError with the path, before SQLite opens it (an empty file is
+            # an empty database).
+            os.close(os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             try:
-                source = open_connection(self.path, readonly=True)
+                target = apsw.Connection(str(destination))
                 try:
-                    with target.backup("main", source, "main") as backup:
-                        while not backup.done:
-                            backup.step(1024)
+                    source = open_connection(self.path, readonly=True)
+                    try:
+                        with target.backup("main", source, "main") as backup:
+                            while not backup.done:
+                                backup.step(1024)
+                    finally:
+                        source.close()
                 finally:
-                    source.close()
-            finally:
-                target.close()
+                    target.close()
+            except BaseException as exc:
+                destination.unlink(missing_ok=True)
+                if isinstance(exc, apsw.FullError):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(destination)) from exc
+                raise
 
         await trio.to_thread.run_sync(copy, abandon_on_cancel=True)
 
     async def integrity_check(self) -> str:
-        return await self._read(lambda conn: conn.execute("PRAGMA integrity_check").fetchone()[0])
+        return await self._read(lambda conn: scalar(conn.execute("PRAGMA integrity_check")))
 
     def size_bytes(self) -> int:
-        return sum(
-            p.stat().st_size for p in (self.path, self.path.with_name("agentd.db-wal")) if p.exists()
-        )
+        return sum(p.stat().st_size for p in (self.path, self.path.with_name("agentd.db-wal")) if p.exists())

@@ -11,19 +11,27 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import apsw
 
 from ..errors import NotFound
 from .models import Event, NewEvent
+from .sqlite_conns import Row, scalar
 
 # One encoder for every write: json.dumps with options builds a new one on each call, and
 # JSONEncoder.encode its C encoder; this one is built once (every event's data goes through it).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-_C_ENCODE = (json.encoder.c_make_encoder(None, _ENCODER.default, json.encoder.encode_basestring,
-                                         None, ":", ",", False, False, True)
-             if json.encoder.c_make_encoder is not None else None)
+# (CPython's private accelerator, None where it is missing: then ``_ENCODER`` does the work.)
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODE = (
+    _c_make_encoder(
+        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+    if _c_make_encoder is not None
+    else None
+)
 
 
 def dumps(value: Any) -> str:
@@ -41,12 +49,21 @@ def dumps(value: Any) -> str:
 TASK_LAST_SEQ = "COALESCE((SELECT MAX(seq) FROM events WHERE task_no = tasks.seqno), 0)"
 _LOOKUP = f"SELECT seqno, {TASK_LAST_SEQ} FROM tasks WHERE id = ?"
 _INSERT_ONE = "INSERT INTO events (task_no, seq, ts, type, data) VALUES (?, ?, ?, ?, ?)"
-_INSERT_ONE_BY_ID = ("INSERT INTO events (task_no, seq, ts, type, data) "
-                     "VALUES ((SELECT seqno FROM tasks WHERE id = ?), ?, ?, ?, ?)")
+_INSERT_ONE_BY_ID = (
+    "INSERT INTO events (task_no, seq, ts, type, data) "
+    "VALUES ((SELECT seqno FROM tasks WHERE id = ?), ?, ?, ?, ?)"
+)
 
 
-def _event(task_id: str, seq: int, ts: float, type: str, data: dict[str, Any], data_json: str,
-           _new: Any = object.__new__) -> Event:
+def _event(
+    task_id: str,
+    seq: int,
+    ts: float,
+    type: str,
+    data: dict[str, Any],
+    data_json: str,
+    _new: Any = object.__new__,
+) -> Event:
     """``Event(task_id, seq, ts, type, data, data_json)`` in less than half the time.
 
     The frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``; every
@@ -142,11 +159,9 @@ def insert_events(conn: apsw.Connection, cursor: apsw.Cursor, events: list[Event
     task_nos, last_seqs = _memory(conn)
     task_no = task_nos.get(task_id)
     if task_no is None:
-        cursor.executemany(_INSERT_ONE_BY_ID,
-                           [(task_id, e.seq, e.ts, e.type, e.data_json) for e in events])
+        cursor.executemany(_INSERT_ONE_BY_ID, [(task_id, e.seq, e.ts, e.type, e.data_json) for e in events])
     else:
-        cursor.executemany(_INSERT_ONE,
-                           [(task_no, e.seq, e.ts, e.type, e.data_json) for e in events])
+        cursor.executemany(_INSERT_ONE, [(task_no, e.seq, e.ts, e.type, e.data_json) for e in events])
     last_seqs[task_id] = events[-1].seq
 
 
@@ -161,20 +176,22 @@ def last_seq(conn: apsw.Connection, cursor: apsw.Cursor, task_id: str) -> int:
 
 
 def read_events(conn: apsw.Connection, task_id: str, after: int, limit: int) -> list[Event]:
-    rows = conn.execute(_READ, (task_id, after, limit)).fetchall()
+    rows: list[Row] = conn.execute(_READ, (task_id, after, limit)).fetchall()
     loads = json.loads
     return [_event(task_id, seq, ts, etype, loads(data), data) for seq, ts, etype, data in rows]
 
 
-_READ = ("SELECT seq, ts, type, data FROM events "
-         "WHERE task_no = (SELECT seqno FROM tasks WHERE id = ?) AND seq > ? ORDER BY seq LIMIT ?")
+_READ = (
+    "SELECT seq, ts, type, data FROM events "
+    "WHERE task_no = (SELECT seqno FROM tasks WHERE id = ?) AND seq > ? ORDER BY seq LIMIT ?"
+)
 
 
 def _count_present(cursor: apsw.Cursor, pairs: list[int]) -> int:
     found, i, n = 0, 0, len(pairs)
     while i < n:
-        part = pairs[i:i + 2 * _CHUNK_ROWS]
-        found += cursor.execute(*_padded(_COUNT_PRESENT, part, 0)).fetchone()[0]
+        part = pairs[i : i + 2 * _CHUNK_ROWS]
+        found += scalar(cursor.execute(*_padded(_COUNT_PRESENT, part, 0)))
         i += 2 * _CHUNK_ROWS
     return found
 
@@ -182,7 +199,7 @@ def _count_present(cursor: apsw.Cursor, pairs: list[int]) -> int:
 def _many_rows(cursor: apsw.Cursor, statement: tuple[str, int], params: list[Any]) -> None:
     step = statement[1] * _CHUNK_ROWS
     for i in range(0, len(params), step):
-        cursor.execute(*_padded(statement, params[i:i + step], None))
+        cursor.execute(*_padded(statement, params[i : i + step], None))
 
 
 # Statements over many rows at once, ``{values}`` being ``(?, ...), (?, ...)`` for each row.
@@ -194,11 +211,21 @@ def _many_rows(cursor: apsw.Cursor, statement: tuple[str, int], params: list[Any
 # them). ``OR FAIL``: a statement over many rows that may abort halfway would otherwise keep a
 # statement journal (a copy of every page it changes) to undo just itself; here a failure rolls
 # the whole transaction (or the job's savepoint) back anyway.
-_INSERT_EVENTS = (("INSERT OR FAIL INTO events (task_no, seq, ts, type, data) "
-                   "SELECT * FROM (VALUES {values}) WHERE column1 IS NOT NULL"), 5)
+_INSERT_EVENTS = (
+    (
+        "INSERT OR FAIL INTO events (task_no, seq, ts, type, data) "
+        "SELECT * FROM (VALUES {values}) WHERE column1 IS NOT NULL"
+    ),
+    5,
+)
 # Padded with (0, 0): no task has seqno 0.
-_COUNT_PRESENT = (("SELECT COUNT(*) FROM (VALUES {values}) AS v "
-                   "JOIN events ON events.task_no = v.column1 AND events.seq = v.column2"), 2)
+_COUNT_PRESENT = (
+    (
+        "SELECT COUNT(*) FROM (VALUES {values}) AS v "
+        "JOIN events ON events.task_no = v.column1 AND events.seq = v.column2"
+    ),
+    2,
+)
 _CHUNK_ROWS = 256
 
 

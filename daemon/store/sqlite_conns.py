@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, TypeVar
 
 import apsw
 import trio
@@ -19,6 +20,8 @@ from .inflight import track
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: A row as apsw returns it, typed where it is read (the schema says what each column holds).
+Row = tuple[Any, ...]
 BUSY_TIMEOUT_MS = 5000
 # The writer asks for a checkpoint once the WAL holds this many pages (SQLite's own default),
 # and runs one itself only if the WAL outgrows the second figure (the checkpointer lags).
@@ -26,8 +29,20 @@ CHECKPOINT_PAGES = 1000
 CHECKPOINT_INLINE_PAGES = 16000
 
 
-def open_connection(path: Path, *, synchronous: str = "NORMAL", readonly: bool = False,
-                    factory: type[apsw.Connection] = apsw.Connection):
+def scalar(cursor: apsw.Cursor) -> Any:
+    """The first value of the one row ``cursor`` yields (an aggregate, a PRAGMA)."""
+    row = cursor.fetchone()
+    assert row is not None, "the query yields one row"
+    return row[0]
+
+
+def open_connection(
+    path: Path,
+    *,
+    synchronous: str = "NORMAL",
+    readonly: bool = False,
+    factory: type[apsw.Connection] = apsw.Connection,
+) -> apsw.Connection:
     flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     conn = factory(str(path), flags=flags)
     conn.set_busy_timeout(BUSY_TIMEOUT_MS)
@@ -57,9 +72,12 @@ class Checkpointer:
 
     def attach(self, writer: apsw.Connection) -> None:
         """Take over checkpointing from ``writer`` (replaces its automatic checkpoint)."""
-        self._thread = threading.Thread(target=self._main, name="agentd-sqlite-checkpoint", daemon=True)
-        self._thread.start()
-        release_cpu(self._thread.native_id)  # a checkpoint runs off the GIL: not on the loop's CPU
+        self._thread = thread = threading.Thread(
+            target=self._main, name="agentd-sqlite-checkpoint", daemon=True
+        )
+        thread.start()
+        assert thread.native_id is not None  # set once started
+        release_cpu(thread.native_id)  # a checkpoint runs off the GIL: not on the loop's CPU
         writer.set_wal_hook(self._on_commit)
 
     def _on_commit(self, conn: apsw.Connection, dbname: str, pages: int) -> int:

@@ -16,15 +16,16 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import apsw
 import trio
 
 from .inflight import track
-from .trio_idle import TrioIdle
 from .sqlite_conns import Checkpointer, open_connection
+from .trio_idle import TrioIdle
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,16 @@ Merge = Callable[[Any, list[Any]], list[Any]]
 class _Job(Generic[T]):
     """One write: the function (or merge function and its argument), who waits, how it ended."""
 
-    __slots__ = ("fn", "merge", "arg", "on_commit", "task", "started", "result", "error")
+    __slots__ = ("arg", "error", "fn", "merge", "on_commit", "result", "started", "task")
 
-    def __init__(self, fn: Callable[[apsw.Connection], T] | None, merge: Merge | None, arg: Any,
-                 on_commit: Callable[[T], None] | None, task: trio.lowlevel.Task) -> None:
+    def __init__(
+        self,
+        fn: Callable[[apsw.Connection], T] | None,
+        merge: Merge | None,
+        arg: Any,
+        on_commit: Callable[[T], None] | None,
+        task: trio.lowlevel.Task,
+    ) -> None:
         self.fn = fn
         self.merge = merge
         self.arg = arg
@@ -138,7 +145,9 @@ class WriterThread:
             raise job.error
         return job.result
 
-    async def run_merged(self, merge: Merge, arg: Any, on_commit: Callable[[list[Any]], None] | None = None) -> list[Any]:
+    async def run_merged(
+        self, merge: Merge, arg: Any, on_commit: Callable[[list[Any]], None] | None = None
+    ) -> list[Any]:
         """Like ``run``, for a job that may be merged with the waiting jobs of the same ``merge``.
 
         Consecutive jobs of a batch with the same ``merge`` run as one call,
@@ -184,6 +193,7 @@ class WriterThread:
     def _main(self, ready: threading.Event, failure: list[BaseException]) -> None:
         try:
             conn = open_connection(self._path, synchronous=self._synchronous, factory=WriterConnection)
+            assert isinstance(conn, WriterConnection)
         except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
             failure.append(exc)
             ready.set()
@@ -224,8 +234,13 @@ class WriterThread:
         batch: list[Any] = [self._queue.get()]
         self._drain(batch)
         idle = self._trio_idle
-        if (previous >= self.linger_after and idle.watching and not idle.sleeping
-                and len(batch) < MAX_BATCH and batch[-1] is not _STOP):
+        if (
+            previous >= self.linger_after
+            and idle.watching
+            and not idle.sleeping
+            and len(batch) < MAX_BATCH
+            and batch[-1] is not _STOP
+        ):
             idle.woken.clear()
             idle.lingering = True  # before looking at ``sleeping`` again: see TrioIdle
             try:

@@ -8,26 +8,39 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import apsw
 
 from ..errors import NotFound
 from ..states import TaskStatus
 from . import cluster_queries
+
 # GitHub identities (and the user row decoder) are written once for both backends.
-from .identity_queries import USER_COLUMNS as _USER_COLUMNS
-from .identity_queries import link_github, sign_in_github, user_by_github_id  # noqa: F401
-from .identity_queries import user_from_row
-from .lifecycle import created_events, plan_transition
-from .models import Event, NewEvent, Task, Usage, User
+from .identity_queries import (  # noqa: F401
+    USER_COLUMNS as _USER_COLUMNS,
+    link_github,
+    sign_in_github,
+    user_by_github_id,
+    user_from_row,
+)
+from .lifecycle import Transition, created_events, plan_transition
+from .models import Event, NewEvent, NewTask, Task, Usage, User
+
 # The writer calls q.append_event_batch; the encoder is every write's.
-from .sqlite_appends import TASK_LAST_SEQ, append_event_batch, read_events  # noqa: F401
-from .sqlite_appends import dumps as _dumps
 # Numbered events of one task are written there too; a task's last seq is MAX(seq) of its
 # events (``TASK_LAST_SEQ``), no longer ``tasks.last_seq``.
-from .sqlite_appends import insert_events as _insert_events
-from .sqlite_appends import last_seq as _last_seq
+from .sqlite_appends import (  # noqa: F401
+    TASK_LAST_SEQ,
+    append_event_batch,
+    dumps as _dumps,
+    insert_events as _insert_events,
+    last_seq as _last_seq,
+    read_events,
+)
+from .sqlite_conns import Row, scalar
+from .task_ids import task_ids_with_prefix  # noqa: F401 - one SQL text for both backends
 
 _TASK_COLUMNS = (
     "id, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at, "
@@ -37,19 +50,56 @@ _TASK_COLUMNS = (
 
 
 def task_from_row(row: Sequence[Any]) -> Task:
-    (tid, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at,
-     reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, last_seq,
-     idem, node_id, workspace_branch) = row
+    (
+        tid,
+        user_id,
+        repo_url,
+        prompt,
+        base_branch,
+        status,
+        attempt,
+        created_at,
+        updated_at,
+        due_at,
+        reason,
+        error,
+        budget,
+        usage,
+        branch,
+        pr_url,
+        diff,
+        started_at,
+        finished_at,
+        last_seq,
+        idem,
+        node_id,
+        workspace_branch,
+    ) = row
     # Most rows hold the empty budget and usage: every status change reads a row, so skip
     # the JSON decoder for them.
     return Task(
-        id=tid, user_id=user_id, repo_url=repo_url, prompt=prompt, base_branch=base_branch,
-        status=_STATUSES[status], attempt=attempt, created_at=created_at, updated_at=updated_at,
-        due_at=due_at, reason=reason, error=error,
+        id=tid,
+        user_id=user_id,
+        repo_url=repo_url,
+        prompt=prompt,
+        base_branch=base_branch,
+        status=_STATUSES[status],
+        attempt=attempt,
+        created_at=created_at,
+        updated_at=updated_at,
+        due_at=due_at,
+        reason=reason,
+        error=error,
         budget={} if budget == "{}" else json.loads(budget),
-        usage=_NO_USAGE if usage == "{}" else Usage(**json.loads(usage)), branch=branch,
-        pr_url=pr_url, diff=json.loads(diff) if diff else None, started_at=started_at,
-        finished_at=finished_at, last_seq=last_seq, idempotency_key=idem, node_id=node_id,
+        usage=_NO_USAGE if usage == "{}" else Usage(**json.loads(usage)),
+        branch=branch,
+        pr_url=pr_url,
+        diff=json.loads(diff) if diff else None,
+        started_at=started_at,
+        finished_at=finished_at,
+        last_seq=last_seq,
+        idempotency_key=idem,
+        node_id=node_id,
         workspace_branch=workspace_branch,
     )
 
@@ -59,6 +109,7 @@ _NO_USAGE = Usage()
 
 
 # -- tasks --------------------------------------------------------------------------------------
+
 
 def get_task(conn: apsw.Connection, task_id: str) -> Task | None:
     row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -72,67 +123,83 @@ def require_task(conn: apsw.Connection, task_id: str) -> Task:
     return task
 
 
-def insert_task(
-    conn: apsw.Connection,
-    *,
-    task_id: str,
-    user_id: int,
-    repo_url: str,
-    prompt: str,
-    base_branch: str | None,
-    budget: dict[str, Any],
-    idempotency_key: str | None,
-    now: float,
-) -> tuple[Task, list[Event], bool]:
+def insert_task(conn: apsw.Connection, new: NewTask, now: float) -> tuple[Task, list[Event], bool]:
     """Insert a queued task with its first events; with a known idempotency key, return that task."""
     cursor = conn.cursor()
-    if idempotency_key is not None:
+    if new.idempotency_key is not None:
         row = cursor.execute(
             f"SELECT {_TASK_COLUMNS} FROM tasks WHERE user_id = ? AND idempotency_key = ?",
-            (user_id, idempotency_key),
+            (new.user_id, new.idempotency_key),
         ).fetchone()
         if row:
             return task_from_row(row), [], False
-    budget_json = _dumps(budget)
-    events = _number_events(task_id, created_events(repo_url, prompt, base_branch), now, 0)
+    budget_json = _dumps(new.budget)
+    events = _number_events(new.id, created_events(new), now, 0)
     cursor.execute(
         "INSERT INTO tasks (id, user_id, repo_url, prompt, base_branch, status, budget, "
         "created_at, updated_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (task_id, user_id, repo_url, prompt, base_branch, TaskStatus.QUEUED.value,
-         budget_json, now, now, idempotency_key),
+        (
+            new.id,
+            new.user_id,
+            new.repo_url,
+            new.prompt,
+            new.base_branch,
+            TaskStatus.QUEUED.value,
+            budget_json,
+            now,
+            now,
+            new.idempotency_key,
+        ),
     )
     _insert_events(conn, cursor, events)
     # The row as get_task would read it back, without reading it back.
     task = Task(
-        id=task_id, user_id=user_id, repo_url=repo_url, prompt=prompt, base_branch=base_branch,
-        status=TaskStatus.QUEUED, attempt=0, created_at=now, updated_at=now,
-        budget=json.loads(budget_json), last_seq=len(events), idempotency_key=idempotency_key,
+        id=new.id,
+        user_id=new.user_id,
+        repo_url=new.repo_url,
+        prompt=new.prompt,
+        base_branch=new.base_branch,
+        status=TaskStatus.QUEUED,
+        attempt=0,
+        created_at=now,
+        updated_at=now,
+        budget=json.loads(budget_json),
+        last_seq=len(events),
+        idempotency_key=new.idempotency_key,
     )
     return task, events, True
 
 
-def transition(
-    conn: apsw.Connection, task_id: str, target: TaskStatus, *, now: float, **change: Any
-) -> tuple[Task, list[Event]]:
-    """Change a task's status, validated, with its ``task.status`` (and ``task.finished``) events.
+def transition(conn: apsw.Connection, change: Transition, now: float) -> tuple[Task, list[Event]]:
+    """Apply ``change``, validated, with its ``task.status`` (and ``task.finished``) events.
 
-    ``change``: what ``lifecycle.plan_transition`` takes (expect, reason, error, due_at,
-    attempt_delta, events_before, node_id, claim), decided there for every backend.
+    What it writes is decided by ``lifecycle.plan_transition``, the same for every backend.
     """
     # One cursor for the four statements: apsw makes a new one for each ``conn.execute``, and
     # that is a good part of a statement's cost here.
     cursor = conn.cursor()
+    task_id = change.task_id
     row = cursor.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
     if row is None:
         raise NotFound(f"no task {task_id}")
     task = task_from_row(row)
-    changed, new = plan_transition(task, target, now=now, **change)
+    changed, new = plan_transition(task, change, now=now)
     events = _number_events(task_id, new, now, task.last_seq)
     cursor.execute(
         "UPDATE tasks SET status = ?, attempt = ?, reason = ?, error = ?, due_at = ?, "
         "started_at = ?, finished_at = ?, updated_at = ?, node_id = ? WHERE id = ?",
-        (target.value, changed.attempt, changed.reason, changed.error, changed.due_at,
-         changed.started_at, changed.finished_at, now, changed.node_id, task_id),
+        (
+            change.target.value,
+            changed.attempt,
+            changed.reason,
+            changed.error,
+            changed.due_at,
+            changed.started_at,
+            changed.finished_at,
+            now,
+            changed.node_id,
+            task_id,
+        ),
     )
     _insert_events(conn, cursor, events)
     return changed, events
@@ -146,7 +213,8 @@ def update_task(conn: apsw.Connection, task_id: str, now: float, **fields: Any) 
         raise ValueError(f"cannot update task fields {sorted(unknown)}")
     encoded = {
         key: _dumps(value.__dict__ if isinstance(value, Usage) else value)
-        if key in ("usage", "diff", "budget") else value
+        if key in ("usage", "diff", "budget")
+        else value
         for key, value in fields.items()
     }
     assignments = ", ".join(f"{key} = ?" for key in encoded)
@@ -159,8 +227,9 @@ def update_task(conn: apsw.Connection, task_id: str, now: float, **fields: Any) 
 
 def set_usage(conn: apsw.Connection, task_id: str, usage: Usage, now: float) -> None:
     """The task's usage so far (an agent turn writes it with its message; nothing read back)."""
-    conn.execute("UPDATE tasks SET usage = ?, updated_at = ? WHERE id = ?",
-                 (_dumps(usage.__dict__), now, task_id))
+    conn.execute(
+        "UPDATE tasks SET usage = ?, updated_at = ? WHERE id = ?", (_dumps(usage.__dict__), now, task_id)
+    )
 
 
 def list_tasks(
@@ -185,7 +254,7 @@ def list_tasks(
         params.append(before_seqno)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     order = "ASC" if oldest_first else "DESC"
-    rows = conn.execute(
+    rows: list[Row] = conn.execute(
         f"SELECT seqno, {_TASK_COLUMNS} FROM tasks {clause} ORDER BY seqno {order} LIMIT ?",
         (*params, limit),
     ).fetchall()
@@ -193,13 +262,19 @@ def list_tasks(
 
 
 def count_by_status(conn: apsw.Connection) -> dict[str, int]:
-    return dict(conn.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall())
+    rows: list[Row] = conn.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()
+    return dict(rows)
 
 
 # -- events -------------------------------------------------------------------------------------
 
+
 def append_events(
-    conn: apsw.Connection, task_id: str, new: Sequence[NewEvent], *, now: float | None = None,
+    conn: apsw.Connection,
+    task_id: str,
+    new: Sequence[NewEvent],
+    *,
+    now: float | None = None,
     last_seq: int | None = None,
 ) -> list[Event]:
     """Give each event the task's next ``seq``: one more than the task's last event's.
@@ -221,25 +296,32 @@ def append_events(
 
 
 def _number_events(task_id: str, new: Sequence[NewEvent], now: float, last_seq: int) -> list[Event]:
-    return [Event(task_id, last_seq + i, now, item.type, item.data, _dumps(item.data))
-            for i, item in enumerate(new, 1)]
+    return [
+        Event(task_id, last_seq + i, now, item.type, item.data, _dumps(item.data))
+        for i, item in enumerate(new, 1)
+    ]
 
 
 # -- conversation -------------------------------------------------------------------------------
 
-def append_message(conn: apsw.Connection, task_id: str, role: str, content: Any, now: float,
-                   stop_reason: str | None = None) -> int:
-    row = conn.execute("SELECT COALESCE(MAX(idx), -1) + 1 FROM messages WHERE task_id = ?", (task_id,)).fetchone()
-    conn.execute(
-        "INSERT INTO messages (task_id, idx, role, content, created_at, stop_reason) VALUES (?, ?, ?, ?, ?, ?)",
-        (task_id, row[0], role, _dumps(content), now, stop_reason),
+
+def append_message(
+    conn: apsw.Connection, task_id: str, role: str, content: Any, now: float, stop_reason: str | None = None
+) -> int:
+    index: int = scalar(
+        conn.execute("SELECT COALESCE(MAX(idx), -1) + 1 FROM messages WHERE task_id = ?", (task_id,))
     )
-    return row[0]
+    conn.execute(
+        "INSERT INTO messages (task_id, idx, role, content, created_at, stop_reason) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (task_id, index, role, _dumps(content), now, stop_reason),
+    )
+    return index
 
 
 def list_messages(conn: apsw.Connection, task_id: str) -> list[dict[str, Any]]:
     """The conversation in Anthropic's shape; assistant turns also say why they stopped."""
-    rows = conn.execute(
+    rows: list[Row] = conn.execute(
         "SELECT role, content, stop_reason FROM messages WHERE task_id = ? ORDER BY idx", (task_id,)
     ).fetchall()
     turns = []
@@ -251,7 +333,9 @@ def list_messages(conn: apsw.Connection, task_id: str) -> list[dict[str, Any]]:
     return turns
 
 
-def start_tool_call(conn: apsw.Connection, task_id: str, tool_use_id: str, name: str, tool_input: Any, now: float) -> None:
+def start_tool_call(
+    conn: apsw.Connection, task_id: str, tool_use_id: str, name: str, tool_input: Any, now: float
+) -> None:
     conn.execute(
         "INSERT OR IGNORE INTO tool_calls (task_id, tool_use_id, name, input, status, started_at) "
         "VALUES (?, ?, ?, ?, 'started', ?)",
@@ -259,7 +343,9 @@ def start_tool_call(conn: apsw.Connection, task_id: str, tool_use_id: str, name:
     )
 
 
-def finish_tool_call(conn: apsw.Connection, task_id: str, tool_use_id: str, output: str, is_error: bool, now: float) -> None:
+def finish_tool_call(
+    conn: apsw.Connection, task_id: str, tool_use_id: str, output: str, is_error: bool, now: float
+) -> None:
     conn.execute(
         "UPDATE tool_calls SET status = 'done', output = ?, is_error = ?, finished_at = ? "
         "WHERE task_id = ? AND tool_use_id = ?",
@@ -268,13 +354,20 @@ def finish_tool_call(conn: apsw.Connection, task_id: str, tool_use_id: str, outp
 
 
 def list_tool_calls(conn: apsw.Connection, task_id: str) -> list[dict[str, Any]]:
-    rows = conn.execute(
+    rows: list[Row] = conn.execute(
         "SELECT tool_use_id, name, input, status, output, is_error FROM tool_calls "
-        "WHERE task_id = ? ORDER BY started_at", (task_id,)
+        "WHERE task_id = ? ORDER BY started_at",
+        (task_id,),
     ).fetchall()
     return [
-        {"id": tid, "name": name, "input": json.loads(inp), "status": status, "output": out,
-         "is_error": None if err is None else bool(err)}
+        {
+            "id": tid,
+            "name": name,
+            "input": json.loads(inp),
+            "status": status,
+            "output": out,
+            "is_error": None if err is None else bool(err),
+        }
         for tid, name, inp, status, out, err in rows
     ]
 
@@ -287,26 +380,33 @@ def add_input(conn: apsw.Connection, task_id: str, text: str, now: float) -> lis
 
 
 def take_inputs(conn: apsw.Connection, task_id: str, now: float) -> list[str]:
-    rows = conn.execute(
+    rows: list[Row] = conn.execute(
         "SELECT id, text FROM inbox WHERE task_id = ? AND taken_at IS NULL ORDER BY id", (task_id,)
     ).fetchall()
     if rows:
-        conn.execute(
-            "UPDATE inbox SET taken_at = ? WHERE task_id = ? AND taken_at IS NULL", (now, task_id)
-        )
+        conn.execute("UPDATE inbox SET taken_at = ? WHERE task_id = ? AND taken_at IS NULL", (now, task_id))
     return [text for _, text in rows]
 
 
 def pending_inputs(conn: apsw.Connection, task_id: str) -> int:
-    return conn.execute(
-        "SELECT COUNT(*) FROM inbox WHERE task_id = ? AND taken_at IS NULL", (task_id,)
-    ).fetchone()[0]
+    pending: int = scalar(
+        conn.execute("SELECT COUNT(*) FROM inbox WHERE task_id = ? AND taken_at IS NULL", (task_id,))
+    )
+    return pending
 
 
 # -- users and tokens ---------------------------------------------------------------------------
 
-def upsert_user(conn: apsw.Connection, login: str, now: float, *, github_id: int | None = None,
-                name: str | None = None, is_operator: bool | None = None) -> User:
+
+def upsert_user(
+    conn: apsw.Connection,
+    login: str,
+    now: float,
+    *,
+    github_id: int | None = None,
+    name: str | None = None,
+    is_operator: bool | None = None,
+) -> User:
     conn.execute(
         "INSERT INTO users (login, github_id, name, is_operator, created_at, updated_at) "
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (login) DO UPDATE SET "
@@ -327,8 +427,14 @@ def list_users(conn: apsw.Connection) -> list[User]:
     return [user_from_row(r) for r in conn.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY id")]
 
 
-def insert_token(conn: apsw.Connection, user_id: int, token_hash: str, now: float,
-                 expires_at: float | None, label: str | None) -> None:
+def insert_token(
+    conn: apsw.Connection,
+    user_id: int,
+    token_hash: str,
+    now: float,
+    expires_at: float | None,
+    label: str | None,
+) -> None:
     conn.execute(
         "INSERT INTO api_tokens (user_id, token_hash, label, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
         (user_id, token_hash, label, now, expires_at),
@@ -349,10 +455,19 @@ def revoke_user(conn: apsw.Connection, login: str, now: float) -> int:
     user = user_by_login(conn, login)
     if user is None:
         raise NotFound(f"no user {login}")
-    conn.execute("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", (now, user.id))
+    conn.execute(
+        "UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", (now, user.id)
+    )
     revoked = conn.changes()
     conn.execute("UPDATE users SET disabled = 1, updated_at = ? WHERE id = ?", (now, user.id))
     return revoked
+
+
+def revoke_token(conn: apsw.Connection, token_hash: str, now: float) -> bool:
+    conn.execute(
+        "UPDATE api_tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL", (now, token_hash)
+    )
+    return conn.changes() > 0
 
 
 def set_github_token(conn: apsw.Connection, user_id: int, token_enc: bytes | None, now: float) -> None:
@@ -373,4 +488,4 @@ def user_by_id(conn: apsw.Connection, user_id: int) -> User | None:
 
 # -- nodes and claims (one SQL text for both backends: cluster_queries) ---------------------------
 
-CLUSTER = cluster_queries.Dialect(placeholder="?", lock_rows="", claim_lock=None, transition=transition)
+CLUSTER = cluster_queries.Dialect(placeholder="?", lock_rows="", transition=transition)

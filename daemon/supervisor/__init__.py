@@ -1,7 +1,7 @@
 """Admission, retries and the task lifecycle."""
 
 from .retry import Backoff
-from .runner import NoopRunner, RunContext, RunResult, TaskRunner
+from .runner import NoopRunner, RunContext, RunResult, RunStatus, TaskRunner
 from .supervisor import Supervisor
 
-__all__ = ["Backoff", "NoopRunner", "RunContext", "RunResult", "Supervisor", "TaskRunner"]
+__all__ = ["Backoff", "NoopRunner", "RunContext", "RunResult", "RunStatus", "Supervisor", "TaskRunner"]

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from ..states import TaskStatus
-from ..store import Store, Task
+from ..store import Claim, Store, Task, Transition
+from . import tasklog
 from .fairqueue import FairQueue
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ class Admission:
     def slots_held(self) -> int:
         return self._held.total()
 
-    async def take(self, free: int, running_users: Iterable[int],
-                   still_wanted: Callable[[], bool]) -> list[tuple[int, str, Task | None]]:
+    async def take(
+        self, free: int, running_users: Iterable[int], still_wanted: Callable[[], bool]
+    ) -> list[tuple[int, str, Task | None]]:
         """Up to ``free`` tasks to start: ``(user_id, task_id, task)``, where ``task`` is the
         task already started by a claim, or None when the attempt must start it. A claim asks
         ``still_wanted()`` once more just before it claims.
@@ -72,8 +74,9 @@ class Admission:
         """
         if self.shared:
             try:
-                claimed = await self.store.claim_tasks(self.node_id, free, self.user_limit,
-                                                       still_wanted=still_wanted)
+                claimed = await self.store.claim_tasks(
+                    self.node_id, free, self.user_limit, still_wanted=still_wanted
+                )
             except Exception:
                 log.exception("claiming tasks failed; trying again shortly")
                 return []
@@ -95,5 +98,9 @@ class Admission:
     async def give_back(self, task: Task) -> Task:
         """A task started for this node (claimed, or created running) that it will not run
         after all (it drained meanwhile): queued again, the attempt not counted."""
-        return await self.store.transition(task.id, TaskStatus.QUEUED, reason="node draining",
-                                           attempt_delta=-1, claim=(task.node_id, task.attempt))
+        change = Transition(
+            task.id, TaskStatus.QUEUED, reason="node draining", attempt_delta=-1, claim=Claim.of(task)
+        )
+        given_back = await self.store.transition(change)
+        tasklog.changed(given_back, change)
+        return given_back

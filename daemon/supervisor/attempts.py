@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -10,14 +11,26 @@ import trio
 from .runner import Inbox
 
 
+class CancelCause(enum.Enum):
+    """Why the supervisor cancelled an attempt (an attempt cancelled with none: its max duration)."""
+
+    CANCEL = enum.auto()  # a user or operator cancelled the task: recorded as cancelled
+    SHUTDOWN = enum.auto()  # the daemon stops: the task is queued again, the attempt uncounted
+    ELSEWHERE = enum.auto()  # another node changed the task: nothing of the attempt is recorded
+    LEASE_LOST = enum.auto()  # this node lost its lease: nothing of the attempt is recorded
+
+    @property
+    def records(self) -> bool:
+        """Whether the attempt's end is recorded (the task is still this node's)."""
+        return self not in (CancelCause.ELSEWHERE, CancelCause.LEASE_LOST)
+
+
 @dataclass(eq=False)
 class Attempt:
     task_id: str
     user_id: int
     scope: trio.CancelScope
-    # "cancel" | "shutdown" | "elsewhere" (changed by another node) | "lease_lost";
-    # None + cancelled = max duration
-    why_cancelled: str | None = None
+    why_cancelled: CancelCause | None = None
     queued_again: bool = False  # queued while this attempt was still winding down
     started_seq: int | None = None  # the seq of its "running" event, once started
     done: trio.Event = field(default_factory=trio.Event)
@@ -26,6 +39,11 @@ class Attempt:
     # (``slot_free``) the next task may have the slot, while this attempt still winds down.
     recording: bool = False
     slot_free: bool = False
+
+    def stop(self, cause: CancelCause) -> None:
+        """Cancel the attempt; ``cause`` decides what its end records."""
+        self.why_cancelled = cause
+        self.scope.cancel()
 
 
 class Attempts:

@@ -28,11 +28,10 @@ class FairQueue:
 
         Users in ``skip`` (at their cap) keep their place and their turn for later.
         """
-        for user_id, tasks in self._by_user.items():
-            if user_id not in skip:
-                break
-        else:
+        user_id = next((user for user in self._by_user if user not in skip), None)
+        if user_id is None:
             return None
+        tasks = self._by_user[user_id]
         task_id = tasks.popleft()
         del self._owner[task_id]
         if tasks:

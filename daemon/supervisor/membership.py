@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..store import Node, Store
+from ..store import Node, NodeState, Store
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Membership:
         identity: NodeIdentity,
         settings: LeaseSettings,
         *,
-        report: Callable[[], tuple[str, int, int]],
+        report: Callable[[], tuple[NodeState, int, int]],
         fence: Callable[[], Awaitable[None]],
         sweep: Callable[[], Awaitable[None]],
     ) -> None:
@@ -70,10 +70,20 @@ class Membership:
         state, concurrency, running = self._report()
         now = self.store.now()
         i = self.identity
-        await self.store.register_node(Node(
-            id=i.id, name=i.name, host=i.host, pid=i.pid, started_at=now, heartbeat_at=now,
-            state=state, concurrency=concurrency, running=running, http=i.http,
-        ))
+        await self.store.register_node(
+            Node(
+                id=i.id,
+                name=i.name,
+                host=i.host,
+                pid=i.pid,
+                started_at=now,
+                heartbeat_at=now,
+                state=state,
+                concurrency=concurrency,
+                running=running,
+                http=i.http,
+            )
+        )
         self._last_renewed = trio.current_time()
 
     async def run(self) -> None:
@@ -89,9 +99,10 @@ class Membership:
     async def beat(self) -> None:
         state, concurrency, running = self._report()
         try:
-            held = await self.store.heartbeat(self.identity.id, state=state, concurrency=concurrency,
-                                              running=running)
-        except Exception as exc:  # the store is unreachable: the lease may be running out
+            held = await self.store.heartbeat(
+                self.identity.id, state=state, concurrency=concurrency, running=running
+            )
+        except Exception as exc:  # noqa: BLE001 - the store is unreachable: the lease may be running out
             log.warning("heartbeat failed: %s", exc)
             held = None
         if held:
@@ -99,8 +110,9 @@ class Membership:
         elif self.store.shared and (
             held is False or trio.current_time() - self._last_renewed > self.settings.fence_after_s
         ):
-            log.warning("node %s lost its lease: stopping its attempts (others take them over)",
-                        self.identity.id)
+            log.warning(
+                "node %s lost its lease: stopping its attempts (others take them over)", self.identity.id
+            )
             await self._fence()
             if held is False:
                 await self.register()

@@ -1,61 +1,96 @@
 """What an attempt's end writes: its outcome mapped to a status change (no I/O).
 
-The supervisor records the change with the attempt's claim, then acts on what the change
-implies (a retry timer to set, a user message to pick up); which change it is, is decided
-here alone.
+The supervisor records the change (with the attempt's claim), then acts on what it implies
+(a retry timer to set, a user message to pick up); which change it is, is decided here alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from ..errors import PermanentError, TransientError
 from ..states import TaskStatus
-from ..store import NewEvent
+from ..store import Claim, NewEvent, Task, Transition
+from .attempts import CancelCause
 from .retry import Backoff
-from .runner import RunResult
+from .runner import RunResult, RunStatus
+
+_AFTER_RUN = {RunStatus.SUCCEEDED: TaskStatus.SUCCEEDED, RunStatus.WAITING_INPUT: TaskStatus.WAITING_INPUT}
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """A status change to record: ``target`` with ``store.transition``'s keyword arguments."""
+    """The change to record, and for a retry its delay in seconds (its ``due_at`` minus now)."""
 
-    target: TaskStatus
-    change: dict[str, Any] = field(default_factory=dict)
+    change: Transition
+    delay_s: float | None = None
 
 
 def plan_outcome(
+    task: Task,
     outcome: RunResult | BaseException | None,
-    why_cancelled: str | None,
-    attempt: int,
+    why_cancelled: CancelCause | None,
     *,
     backoff: Backoff,
     now: float,
     max_duration_s: float,
 ) -> Outcome:
-    """``outcome``: the runner's result or error, or None when the attempt was cancelled
-    (``why_cancelled``: "shutdown", "cancel", or None for its max duration)."""
+    """The change that ends ``task``'s attempt (the task as the attempt started it).
+
+    ``outcome``: the runner's result or error, or None when the attempt was cancelled
+    (``why_cancelled``: a shutdown, a cancel, or None for its max duration). The change holds
+    the attempt's claim: it is refused once the attempt no longer holds the task.
+    """
+    held = Claim.of(task)
     if outcome is None:
-        if why_cancelled == "shutdown":
-            return Outcome(TaskStatus.QUEUED, {"reason": "daemon shutdown", "attempt_delta": -1})
-        if why_cancelled == "cancel":
-            return Outcome(TaskStatus.CANCELLED, {"reason": "cancelled by request"})
-        return Outcome(TaskStatus.FAILED, {"reason": "max_duration_exceeded",
-                                           "error": f"the attempt ran longer than {max_duration_s:g} s"})
+        if why_cancelled is CancelCause.SHUTDOWN:
+            return Outcome(
+                Transition(task.id, TaskStatus.QUEUED, reason="daemon shutdown", attempt_delta=-1, claim=held)
+            )
+        if why_cancelled is CancelCause.CANCEL:
+            return Outcome(
+                Transition(task.id, TaskStatus.CANCELLED, reason="cancelled by request", claim=held)
+            )
+        return Outcome(
+            Transition(
+                task.id,
+                TaskStatus.FAILED,
+                reason="max_duration_exceeded",
+                error=f"the attempt ran longer than {max_duration_s:g} s",
+                claim=held,
+            )
+        )
     if isinstance(outcome, RunResult):
-        waiting = outcome.status == "waiting_input"
-        return Outcome(TaskStatus.WAITING_INPUT if waiting else TaskStatus.SUCCEEDED,
-                       {"reason": outcome.reason})
+        return Outcome(Transition(task.id, _AFTER_RUN[outcome.status], reason=outcome.reason, claim=held))
     if isinstance(outcome, TransientError):
+        attempt = task.attempt
         if backoff.exhausted(attempt):
-            return Outcome(TaskStatus.FAILED, {
-                "reason": "max_attempts", "error": f"gave up after {attempt} attempts: {outcome.message}"})
+            return Outcome(
+                Transition(
+                    task.id,
+                    TaskStatus.FAILED,
+                    reason="max_attempts",
+                    claim=held,
+                    error=f"gave up after {attempt} attempts: {outcome.message}",
+                )
+            )
         delay = backoff.delay(attempt, outcome.retry_after)
-        return Outcome(TaskStatus.WAITING_RETRY, {
-            "reason": outcome.message, "due_at": now + delay,
-            "events_before": [NewEvent("task.retry_scheduled", {
-                "attempt": attempt, "delay_s": round(delay, 3), "reason": outcome.message})],
-        })
+        scheduled = NewEvent(
+            "task.retry_scheduled",
+            {"attempt": attempt, "delay_s": round(delay, 3), "reason": outcome.message},
+        )
+        return Outcome(
+            Transition(
+                task.id,
+                TaskStatus.WAITING_RETRY,
+                reason=outcome.message,
+                due_at=now + delay,
+                events_before=(scheduled,),
+                claim=held,
+            ),
+            delay,
+        )
     assert isinstance(outcome, PermanentError)
-    return Outcome(TaskStatus.FAILED, {"reason": outcome.code, "error": outcome.message})
+    return Outcome(
+        Transition(task.id, TaskStatus.FAILED, reason=outcome.code, error=outcome.message, claim=held)
+    )

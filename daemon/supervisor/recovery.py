@@ -1,7 +1,7 @@
 """Putting back what dead attempts left: this node's own (after a restart, or a lost lease)
 and, on a shared store, those of nodes whose lease ran out.
 
-A task is put back only while the dead attempt still holds it (``claim=(node, attempt)``):
+A task is put back only while the dead attempt still holds it (its ``Claim``):
 whoever moved it meanwhile (a cancel, another node's takeover) wins.
 """
 
@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 
 from ..errors import InvalidTransition, NotFound
 from ..states import TaskStatus
-from ..store import Store, Task
+from ..store import Claim, Store, Task, Transition
+from . import tasklog
 from .retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,9 @@ class Recovery:
         """Every task in ``status``, oldest first, a page at a time."""
         cursor = None
         while True:
-            page = await self.store.list_tasks(statuses=[status], before=cursor, limit=_PAGE,
-                                               oldest_first=True)
+            page = await self.store.list_tasks(
+                statuses=[status], before=cursor, limit=_PAGE, oldest_first=True
+            )
             for seqno, task in page:
                 cursor = seqno
                 yield task
@@ -46,29 +48,34 @@ class Recovery:
         """
         async for task in self.tasks_in(TaskStatus.RUNNING):
             if not self.store.shared or task.node_id in (None, self.node_id):
-                await self.put_back(task.id, task.node_id, task.attempt, reason, why)
+                await self.put_back(task.id, Claim.of(task), reason, why)
 
-    async def put_back(self, task_id: str, node_id: str | None, attempt: int, reason: str,
-                       why: str) -> None:
-        """Queue a task whose attempt died with its node (failed when that was the last one)."""
+    async def put_back(self, task_id: str, held: Claim, reason: str, why: str) -> None:
+        """Queue a task whose attempt (``held``) died with its node (failed when that was the
+        last one)."""
+        if self.backoff.exhausted(held.attempt):
+            change = Transition(
+                task_id,
+                TaskStatus.FAILED,
+                reason="interrupted",
+                claim=held,
+                error=f"{why} during attempt {held.attempt}, the last allowed",
+            )
+        else:
+            change = Transition(task_id, TaskStatus.QUEUED, reason=reason, claim=held)
         try:
-            if self.backoff.exhausted(attempt):
-                await self.store.transition(
-                    task_id, TaskStatus.FAILED, reason="interrupted", claim=(node_id, attempt),
-                    error=f"{why} during attempt {attempt}, the last allowed",
-                )
-            else:
-                await self.store.transition(task_id, TaskStatus.QUEUED, reason=reason,
-                                            claim=(node_id, attempt))
+            task = await self.store.transition(change)
         except (InvalidTransition, NotFound):
-            pass
+            return
+        tasklog.changed(task, change)
 
     async def take_over(self) -> list[str]:
         """Shared store: mark nodes whose lease ran out lost and queue their running tasks
         again; return the tasks whose retry is due (their node may be gone with its timer)."""
-        for node_id in await self.store.mark_lost_nodes(self.lease_s):
-            log.warning("node %s lost its lease; taking its tasks over", node_id)
+        for lost in await self.store.mark_lost_nodes(self.lease_s):
+            log.warning("node %s lost its lease; taking its tasks over", lost)
         for task_id, node_id, attempt in await self.store.orphaned_tasks(self.lease_s):
-            await self.put_back(task_id, node_id, attempt, f"taken over from node {node_id}",
-                                f"node {node_id} stopped")
+            await self.put_back(
+                task_id, Claim(node_id, attempt), f"taken over from node {node_id}", f"node {node_id} stopped"
+            )
         return await self.store.due_retries()

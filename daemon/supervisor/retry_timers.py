@@ -3,13 +3,13 @@ when its due time comes, in a task of the supervisor's nursery."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 
 from ..errors import InvalidTransition, NotFound
 from ..states import TaskStatus
-from ..store import Store, Task
+from ..store import Store, Task, Transition
 
 
 class RetryTimers:
@@ -53,7 +53,9 @@ class RetryTimers:
     async def wake_now(self, task_id: str) -> None:
         """Queue the task now, unless it is no longer waiting for a retry."""
         try:
-            task = await self.store.transition(task_id, TaskStatus.QUEUED, expect=TaskStatus.WAITING_RETRY)
+            task = await self.store.transition(
+                Transition(task_id, TaskStatus.QUEUED, expect=TaskStatus.WAITING_RETRY)
+            )
         except (InvalidTransition, NotFound):
             return
         self._on_queued(task)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -13,14 +14,18 @@ from ..states import TaskStatus
 from ..store import Event, NewEvent, Store, Task
 
 
+class RunStatus(enum.StrEnum):
+    """How an attempt that did not raise ended (the task status it leads to, same strings)."""
+
+    SUCCEEDED = "succeeded"
+    WAITING_INPUT = "waiting_input"  # the agent asked the user something; the task waits
+
+
 @dataclass(frozen=True)
 class RunResult:
-    """How an attempt ended when it did not raise.
+    """How an attempt ended when it did not raise; ``reason`` is recorded with the status."""
 
-    ``waiting_input``: the agent asked the user something; the task waits for an answer.
-    """
-
-    status: str = "succeeded"  # "succeeded" | "waiting_input"
+    status: RunStatus = RunStatus.SUCCEEDED
     reason: str | None = None
 
 
@@ -70,7 +75,8 @@ class RunContext:
         if now is None or now.status is not TaskStatus.RUNNING or (now.node_id, now.attempt) != held:
             raise PermanentError(
                 f"attempt {self.task.attempt} no longer holds task {self.task.id} (another node "
-                "took it over); not pushing", code="lease_lost",
+                "took it over); not pushing",
+                code="lease_lost",
             )
 
 

@@ -26,14 +26,15 @@ from ..errors import InvalidTransition, NotFound, PermanentError, TransientError
 from ..events import EventHub
 from ..remote_events import RemoteEvents
 from ..states import TaskStatus
-from ..store import Event, Store, Task
+from ..store import Event, NodeState, Store, Task, Transition
+from . import tasklog
 from .admission import Admission
-from .attempts import Attempt, Attempts
+from .attempts import Attempt, Attempts, CancelCause
 from .membership import LeaseSettings, Membership, NodeIdentity
 from .outcomes import plan_outcome
 from .recovery import Recovery
-from .retry_timers import RetryTimers
 from .retry import Backoff
+from .retry_timers import RetryTimers
 from .runner import RunContext, RunResult, TaskRunner
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,12 @@ class Supervisor:
         self._messaged: set[str] = set()
         hub.add_global_listener(self._on_committed)
         self._recovery = Recovery(store, self.backoff, self.node.id, self.lease.lease_s)
-        self.membership = Membership(store, self.node, self.lease, report=self._report,
-                                     fence=self._fence, sweep=self._take_over)
+        self.membership = Membership(
+            store, self.node, self.lease, report=self._report, fence=self._fence, sweep=self._take_over
+        )
         if self._shared:
-            hub.add_global_listener(self._on_remote, remote=True)
-            self._remote = RemoteEvents(store, hub, on_claimable=self._kick,
-                                        capped=user_concurrency > 0)
+            hub.add_global_listener(self._on_remote, remote=True, wants=self._running.__contains__)
+            self._remote = RemoteEvents(store, hub, on_claimable=self._kick, capped=user_concurrency > 0)
         self.on_started: Callable[[str], None] | None = None  # benchmarks and metrics hook here
 
     # -- introspection --------------------------------------------------------------------------
@@ -109,8 +110,9 @@ class Supervisor:
             "waiting_retry": len(self._waiting),
         }
 
-    def _report(self) -> tuple[str, int, int]:
-        return ("up" if self._admitting else "draining"), self._concurrency, self._running.holding()
+    def _report(self) -> tuple[NodeState, int, int]:
+        state = NodeState.UP if self._admitting else NodeState.DRAINING
+        return state, self._concurrency, self._running.holding()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -144,8 +146,7 @@ class Supervisor:
         with trio.move_on_after(grace_s):
             await self.wait_idle()
         for running in self._running.all():
-            running.why_cancelled = "shutdown"
-            running.scope.cancel()
+            running.stop(CancelCause.SHUTDOWN)
         await self.wait_idle()
         self._waiting.cancel_all()
         if self._nursery is not None:
@@ -188,12 +189,17 @@ class Supervisor:
         start = self._admitting and self._queue.hold_slot(user_id, self._running_users(), self._free())
         try:
             task, created = await self.store.create_task(
-                user_id=user_id, repo_url=repo_url, prompt=prompt,
-                start_on=self.node.id if start else None, **kwargs
+                user_id=user_id,
+                repo_url=repo_url,
+                prompt=prompt,
+                start_on=self.node.id if start else None,
+                **kwargs,
             )
         finally:
             if start:
                 self._queue.release_slot(user_id)
+        if created:
+            tasklog.created(task)
         if created and task.status is TaskStatus.RUNNING:
             if self._admitting:
                 self._start(user_id, task.id, task)
@@ -210,9 +216,8 @@ class Supervisor:
         # message was waiting) and a new attempt may be admitted before we look again. A task
         # running on another node is cancelled in the store; that node sees it and stops.
         while (running := self._running.get(task_id)) is not None:
-            running.why_cancelled = "cancel"
             running.queued_again = False
-            running.scope.cancel()
+            running.stop(CancelCause.CANCEL)
             await running.done.wait()
             task = await self._require(task_id)
             if task.status is TaskStatus.CANCELLED:
@@ -221,10 +226,11 @@ class Supervisor:
             # cancel it from the state it reached, or refuse if that state is final.
         self._queue.remove(task_id)
         self._waiting.cancel(task_id)
-        return await self.store.transition(task_id, TaskStatus.CANCELLED, reason="cancelled by request")
+        return await self._change(Transition(task_id, TaskStatus.CANCELLED, reason="cancelled by request"))
 
-    async def requeue(self, task_id: str, *, reason: str, fresh_attempts: bool = False,
-                      expect: TaskStatus | None = None) -> Task:
+    async def requeue(
+        self, task_id: str, *, reason: str, fresh_attempts: bool = False, expect: TaskStatus | None = None
+    ) -> Task:
         """Queue a waiting or finished task again (an answer, a follow-up, an operator retry).
 
         ``expect``: only from this status (``InvalidTransition`` otherwise); default: whatever
@@ -233,13 +239,21 @@ class Supervisor:
         task = await self._require(task_id)
         delta = -task.attempt if fresh_attempts else 0
         self._waiting.cancel(task_id)
-        task = await self.store.transition(
-            task_id, TaskStatus.QUEUED, expect=expect or task.status, reason=reason, attempt_delta=delta
+        task = await self._change(
+            Transition(
+                task_id, TaskStatus.QUEUED, expect=expect or task.status, reason=reason, attempt_delta=delta
+            )
         )
         self._enqueue(task)
         return task
 
     # -- internals ------------------------------------------------------------------------------
+
+    async def _change(self, change: Transition, delay_s: float | None = None) -> Task:
+        """Make ``change`` and tell the task's story (``tasklog``) once it has committed."""
+        task = await self.store.transition(change)
+        tasklog.changed(task, change, delay_s)
+        return task
 
     async def _require(self, task_id: str) -> Task:
         task = await self.store.get_task(task_id)
@@ -253,11 +267,14 @@ class Supervisor:
         for event in events:
             if event.type == "user.message":
                 self._note_message(event.task_id)
-            elif event.type == "task.status" and not self._shared:
-                # (On a shared store a claim could take the task again meanwhile: its slot is
-                # free only once the attempt is gone, see ``_start``.)
-                if self._running.outcome_committed(event.task_id):
-                    self._kick()
+            # (On a shared store a claim could take the task again meanwhile: its slot is free
+            # only once the attempt is gone, see ``_start``.)
+            elif (
+                event.type == "task.status"
+                and not self._shared
+                and self._running.outcome_committed(event.task_id)
+            ):
+                self._kick()
 
     def _note_message(self, task_id: str) -> None:
         self._messaged.add(task_id)
@@ -271,10 +288,14 @@ class Supervisor:
             if event.type == "user.message":
                 self._note_message(event.task_id)
             running = self._running.get(event.task_id)
-            if (running is not None and event.type == "task.status" and running.why_cancelled is None
-                    and running.started_seq is not None and event.seq > running.started_seq):
-                running.why_cancelled = "elsewhere"
-                running.scope.cancel()
+            if (
+                running is not None
+                and event.type == "task.status"
+                and running.why_cancelled is None
+                and running.started_seq is not None
+                and event.seq > running.started_seq
+            ):
+                running.stop(CancelCause.ELSEWHERE)
 
     def _free(self) -> int:
         return self._concurrency - self._running.holding() - self._queue.slots_held()
@@ -314,8 +335,7 @@ class Supervisor:
         """This node lost its lease: stop every attempt without recording, then queue again
         those of its tasks nobody took over yet (it registers again as a new holder)."""
         for running in self._running.all():
-            running.why_cancelled = "lease_lost"
-            running.scope.cancel()
+            running.stop(CancelCause.LEASE_LOST)
         await self.wait_idle()
         try:
             await self._recovery.put_back_own("this node lost its lease", "the node lost its lease")
@@ -372,11 +392,17 @@ class Supervisor:
                 if task is None:
                     try:
                         task = await self.store.transition(
-                            running.task_id, TaskStatus.RUNNING, expect=TaskStatus.QUEUED,
-                            attempt_delta=1, node_id=self.node.id,
+                            Transition(
+                                running.task_id,
+                                TaskStatus.RUNNING,
+                                expect=TaskStatus.QUEUED,
+                                attempt_delta=1,
+                                node_id=self.node.id,
+                            )
                         )
                     except (InvalidTransition, NotFound):
                         return  # cancelled or changed while it waited for its turn
+                tasklog.started(task)
                 running.started_seq = task.last_seq
                 if self.on_started is not None:
                     self.on_started(task.id)
@@ -406,35 +432,55 @@ class Supervisor:
 
     async def _not_started(self, running: Attempt) -> None:
         """An attempt cancelled while it was being started (before ``running`` was written)."""
-        if running.why_cancelled == "cancel":
-            await self.store.transition(running.task_id, TaskStatus.CANCELLED, expect=TaskStatus.QUEUED,
-                                        reason="cancelled by request")
+        if running.why_cancelled is CancelCause.CANCEL:
+            await self._change(
+                Transition(
+                    running.task_id,
+                    TaskStatus.CANCELLED,
+                    expect=TaskStatus.QUEUED,
+                    reason="cancelled by request",
+                )
+            )
         elif running.why_cancelled is None:
             running.queued_again = True  # not our doing: let it have its turn again
 
     async def _record(self, running: Attempt, task: Task, outcome: RunResult | BaseException | None) -> None:
-        if running.why_cancelled in ("elsewhere", "lease_lost"):
+        if running.why_cancelled is not None and not running.why_cancelled.records:
             return  # the task is someone else's now: nothing of this attempt is recorded
-        planned = plan_outcome(outcome, running.why_cancelled, task.attempt, backoff=self.backoff,
-                               now=self.wall(), max_duration_s=self.max_duration_s)
+        planned = plan_outcome(
+            task,
+            outcome,
+            running.why_cancelled,
+            backoff=self.backoff,
+            now=self.wall(),
+            max_duration_s=self.max_duration_s,
+        )
         running.recording = True
-        # Only while this attempt still holds the task (see lifecycle.plan_transition).
-        await self.store.transition(task.id, planned.target, claim=(task.node_id, task.attempt),
-                                    **planned.change)
-        if planned.target is TaskStatus.WAITING_RETRY:
-            self._schedule_retry(task.id, planned.change["due_at"])
-        elif planned.target in (TaskStatus.SUCCEEDED, TaskStatus.WAITING_INPUT):
-            # A user message that arrived after the agent last looked must not wait for the
-            # next one: the task goes on with it now.
-            if task.id in self._messaged and await self.store.pending_inputs(task.id):
-                try:
-                    # From the status just recorded only: queued again meanwhile by whoever
-                    # delivered the message (and maybe claimed already), it stays theirs.
-                    await self.requeue(task.id, reason="a user message arrived as the attempt ended",
-                                       fresh_attempts=planned.target is TaskStatus.SUCCEEDED,
-                                       expect=planned.target)
-                except InvalidTransition:
-                    pass
+        # Only while this attempt still holds the task (the change carries its claim).
+        change = planned.change
+        await self._change(change, planned.delay_s)
+        target = change.target
+        if target is TaskStatus.WAITING_RETRY:
+            assert change.due_at is not None
+            self._schedule_retry(task.id, change.due_at)
+        # A user message that arrived after the agent last looked must not wait for the next
+        # one: the task goes on with it now.
+        elif (
+            target in (TaskStatus.SUCCEEDED, TaskStatus.WAITING_INPUT)
+            and task.id in self._messaged
+            and await self.store.pending_inputs(task.id)
+        ):
+            try:
+                # From the status just recorded only: queued again meanwhile by whoever
+                # delivered the message (and maybe claimed already), it stays theirs.
+                await self.requeue(
+                    task.id,
+                    reason="a user message arrived as the attempt ended",
+                    fresh_attempts=target is TaskStatus.SUCCEEDED,
+                    expect=target,
+                )
+            except InvalidTransition:
+                pass
 
     def _schedule_retry(self, task_id: str, due_at: float) -> None:
         assert self._nursery is not None

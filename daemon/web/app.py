@@ -7,47 +7,64 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hypercorn.config import Config as HypercornConfig
 from prometheus_client import Gauge
 from quart import Response, jsonify, request
+from quart.typing import ResponseReturnValue
 from quart_schema import QuartSchema
 from quart_trio import QuartTrio
-from quart_trio.asgi import TrioASGIWebsocketConnection
 
+from .. import __version__
 from ..config import Settings
 from ..metrics import render
-from ..secrets import SecretBox, load_secret_box
-from .admin import admin_blueprint
-from .auth import Authenticator, RateLimiter
+from ..rate_limit import RateLimiter
+from ..services import Runtime, Services
+from ..store import Store
+from . import admin, client, client_api
+from .auth import Authenticator
 from .errors import register_error_handlers
 from .fanout import Fanout
 from .github_oauth import OAuthFlows, oauth_blueprint
-from .routes import tasks_blueprint
+from .routes import bp as tasks_blueprint
 from .session import CLOSE_GOING_AWAY, Session
 from .ws import frame_text, sweep
-
-if TYPE_CHECKING:
-    from ..service import Daemon
 
 
 @dataclass(eq=False)
 class WebState:
-    """What the routes share: the daemon's parts plus auth, limits and live fan-out."""
+    """What the routes share: the daemon's services plus auth, limits and live fan-out."""
 
-    settings: Settings
-    store: Any
-    supervisor: Any
+    services: Services
     fanout: Fanout
     auth: Authenticator
-    secrets: SecretBox
     oauth: OAuthFlows
-    create_limiter: RateLimiter
     subscribe_limiter: RateLimiter
     sessions: dict[Session, Any] = field(default_factory=dict)  # each with its ws.Connection
     connections: Any = None  # the listener's http_limits.ConnectionCaps: open connections
     going_away: bool = False
+
+    @classmethod
+    def build(cls, services: Services) -> WebState:
+        settings = services.settings
+        return cls(
+            services=services,
+            fanout=Fanout(
+                services.hub, services.store, delta_interval_s=settings.ws_delta_interval_s, frame=frame_text
+            ),
+            auth=Authenticator(services.store),
+            oauth=OAuthFlows(login_ttl_s=settings.oauth_login_ttl_s),
+            subscribe_limiter=RateLimiter(settings.rate_subscribes_per_min, settings.rate_subscribes_burst),
+        )
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def store(self) -> Store:
+        return self.services.store
 
     def close_all(self, code: int, reason: str) -> None:
         self.going_away = True
@@ -55,94 +72,91 @@ class WebState:
             session.close(code, reason)
 
 
-class _WebsocketConnection(TrioASGIWebsocketConnection):
-    """Quart's connection minus the per-message ``websocket_sent`` signal (unused here).
-
-    The signal costs an async dispatch per message sent on ``/admin/ws``.
-    """
-
-    async def send_data(self, send: Any, data: str | bytes) -> None:
-        if isinstance(data, str):
-            await send({"type": "websocket.send", "bytes": None, "text": data})
-        else:
-            await send({"type": "websocket.send", "bytes": data, "text": None})
-
-
 def hypercorn_config(settings: Settings) -> HypercornConfig:
-    """Hypercorn's settings: bind, and pings and a dead-peer timeout for ``/admin/ws``."""
+    """Hypercorn's settings: bind and timeouts (it serves no WebSocket: ``/ws`` is ``ws.py``'s)."""
     config = HypercornConfig()
     host, port = settings.http_host_port
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.graceful_timeout = 5.0
-    config.websocket_ping_interval = settings.ws_ping_interval_s
-    # A live peer answers each ping with a pong, so silence this long means it is gone.
+    # A peer silent this long mid-request is gone (the same time ``/ws`` gives a silent peer).
     config.read_timeout = int(settings.ws_ping_interval_s + settings.ws_ping_timeout_s + 0.999)
-    config.websocket_max_message_size = 64 * 1024
     config.errorlog = logging.getLogger("hypercorn.error")  # through our log setup and redaction
     return config
 
 
-def create_app(daemon: "Daemon") -> QuartTrio:
-    """The app for a serving daemon (``daemon.store``, ``.hub`` and ``.supervisor`` are set)."""
-    settings = daemon.settings
+def create_app(state: WebState, runtime: Runtime) -> QuartTrio:
+    """The app serving ``state``'s services: health, readiness, metrics, the phone API, sign-in
+    and the operator API; ``runtime`` says whether the daemon is ready and when it stops."""
+    settings, daemon_metrics = state.settings, state.services.metrics
     app = QuartTrio("agentd")
-    app.asgi_websocket_class = _WebsocketConnection
     app.config["MAX_CONTENT_LENGTH"] = settings.http_max_body_bytes
     QuartSchema(
-        app, openapi_path="/openapi.json", redoc_ui_path=None, scalar_ui_path=None,
-        swagger_ui_path=None, info={"title": "agentd", "version": "1"},
+        app,
+        openapi_path="/openapi.json",
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        swagger_ui_path=None,
+        info={"title": "agentd", "version": __version__},
         security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
         security=[{"bearer": []}],
     )
     register_error_handlers(app)
 
     @app.get("/healthz")
-    async def healthz():
+    async def healthz() -> ResponseReturnValue:
+        """Liveness.
+
+        200 as long as the process answers HTTP.
+        """
         return jsonify({"status": "ok"})
 
     @app.get("/readyz")
-    async def readyz():
-        ready = daemon.ready
-        body = {"status": "ready" if ready else daemon.phase, "admitting": ready}
+    async def readyz() -> ResponseReturnValue:
+        """Readiness.
+
+        200 while serving and admitting tasks; 503 with the phase (draining...) otherwise.
+        """
+        ready = runtime.ready
+        body = {"status": "ready" if ready else runtime.phase, "admitting": ready}
         return jsonify(body), 200 if ready else 503
 
-    if daemon.store is None or daemon.hub is None:
-        return app  # not serving (a bare app for tests of the health routes)
-
-    state = WebState(
-        settings=settings, store=daemon.store, supervisor=daemon.supervisor,
-        fanout=Fanout(daemon.hub, daemon.store, delta_interval_s=settings.ws_delta_interval_s,
-                      frame=frame_text),
-        auth=Authenticator(daemon.store), secrets=load_secret_box(settings),
-        oauth=OAuthFlows(login_ttl_s=settings.oauth_login_ttl_s),
-        create_limiter=RateLimiter(settings.rate_task_creates_per_min, settings.rate_task_creates_burst),
-        subscribe_limiter=RateLimiter(settings.rate_subscribes_per_min, settings.rate_subscribes_burst),
-    )
-    app.extensions["agentd"] = state
-    app.register_blueprint(tasks_blueprint(state))
+    app.extensions["agentd"] = state  # what auth.web_state() gives the routes
+    app.register_blueprint(tasks_blueprint)
     app.register_blueprint(oauth_blueprint(state))
-    app.register_blueprint(admin_blueprint(state, daemon.stop_requested))  # /admin, operators only
+    app.register_blueprint(admin.bp)  # /admin, operators only
+    app.register_blueprint(client.bp)  # the web client: /, /app/..., /sw.js, /manifest.webmanifest
+    app.register_blueprint(client_api.bp)  # /api/me, /api/auth/signout, /api/client-config, /api/repos
 
-    @app.get("/metrics")
-    async def metrics():
-        body, content_type = render(daemon.metrics.registry, request.headers.get("Accept"))
-        return Response(body, content_type=content_type)
+    if settings.metrics_http is None:  # else only there (``daemon/metrics_http.py``)
 
-    daemon.metrics.ws_connected.set_function(lambda: len(state.sessions))
-    Gauge("agentd_ws_task_channels", "Tasks with at least one WebSocket subscriber",
-          registry=daemon.metrics.registry).set_function(lambda: len(state.fanout.channels))
+        @app.get("/metrics")
+        async def metrics() -> ResponseReturnValue:
+            """Prometheus metrics.
+
+            The text exposition format, or OpenMetrics when the Accept header asks for it.
+            Not served here when the daemon serves metrics on an address of their own.
+            """
+            body, content_type = render(daemon_metrics.registry, request.headers.get("Accept"))
+            return Response(body, content_type=content_type)
+
+    daemon_metrics.ws_connected.set_function(lambda: len(state.sessions))
+    Gauge(
+        "agentd_ws_task_channels",
+        "Tasks with at least one WebSocket subscriber",
+        registry=daemon_metrics.registry,
+    ).set_function(lambda: len(state.fanout.channels))
 
     @app.before_serving
     async def start_background() -> None:
         app.nursery.start_soon(state.fanout.run)
         app.nursery.start_soon(sweep, state)
-        app.nursery.start_soon(_close_websockets_on_drain, daemon, state)
+        app.nursery.start_soon(_close_websockets_on_drain, runtime, state)
 
     return app
 
 
-async def _close_websockets_on_drain(daemon: "Daemon", state: WebState) -> None:
+async def _close_websockets_on_drain(runtime: Runtime, state: WebState) -> None:
     """At the first stop request, close every WebSocket with 1001 (going away)."""
-    await daemon.stop_requested.wait()
+    await runtime.stop_requested.wait()
     state.close_all(CLOSE_GOING_AWAY, "server draining")

@@ -5,22 +5,47 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from quart import Quart, jsonify, request
+from quart import Quart, Response, jsonify, request
 from quart_schema import RequestSchemaValidationError
 from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from ..errors import AgentdError, Forbidden, InvalidTransition, NotFound, PermanentError
+from ..errors import (
+    AgentdError,
+    BadArguments,
+    Conflict,
+    Forbidden,
+    InvalidTransition,
+    NotFound,
+    PermanentError,
+    RateLimited,
+)
+from ..thirdparty.quart_body import received_whole
 from . import json_input
 
 log = logging.getLogger(__name__)
 
 # Status for an HTTP error raised by Quart/werkzeug, with our stable code for it.
 _HTTP_CODES = {
-    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-    409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "invalid_request",
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
     429: "rate_limited",
 }
+
+# A use case's error class -> status and code (None: the error's own code).
+_USE_CASE_ERRORS: list[tuple[type[AgentdError], int, str | None]] = [
+    (NotFound, 404, "not_found"),
+    (InvalidTransition, 409, "conflict"),
+    (Conflict, 409, None),
+    (PermanentError, 422, None),
+    (BadArguments, 422, "invalid_request"),
+]
 
 
 class ApiError(Exception):
@@ -38,12 +63,24 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def _response(status: int, code: str, message: str, headers: dict[str, str] | None = None):
+def _response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     response = jsonify(error_body(code, message))
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def answer_for(exc: AgentdError) -> tuple[int, str, str, dict[str, str]]:
+    """Status, code, message and headers answering a use case's error."""
+    if isinstance(exc, Forbidden):
+        return 404, "not_found", "not found", {}  # never a 403 for a task: it would confirm it exists
+    if isinstance(exc, RateLimited):
+        return 429, exc.code, exc.message, {"Retry-After": str(exc.retry_after)}
+    for kind, status, code in _USE_CASE_ERRORS:
+        if isinstance(exc, kind):
+            return status, code or exc.code, exc.message, {}
+    return 500, exc.code, exc.message, {}
 
 
 def _describe_validation(exc: RequestSchemaValidationError) -> str:
@@ -90,12 +127,11 @@ def _body_left_unread() -> bool:
     that leaves one behind on a kept-alive connection stalls the client's next request there.
     """
     declared = (request.content_length or 0) > 0 or "chunked" in request.headers.get(
-        "Transfer-Encoding", "").lower()
+        "Transfer-Encoding", ""
+    ).lower()
     if not declared:
         return False
-    body = request.body
-    complete = getattr(body, "_complete", None)
-    return complete is None or not complete.is_set() or getattr(body, "_must_raise", None) is not None
+    return not received_whole(request.body)
 
 
 def register_error_handlers(app: Quart) -> None:
@@ -103,22 +139,22 @@ def register_error_handlers(app: Quart) -> None:
     app.json = json_input.StrictJSONProvider(app)  # request bodies: finite numbers only
 
     @app.after_request
-    async def close_if_body_unread(response):
+    async def close_if_body_unread(response: Response) -> Response:
         # As for a 413: this connection cannot carry another request.
         if _body_left_unread():
             response.headers["Connection"] = "close"
         return response
 
     @app.errorhandler(ApiError)
-    async def api_error(exc: ApiError):
+    async def api_error(exc: ApiError) -> Response:
         return _response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.errorhandler(RequestSchemaValidationError)
-    async def validation_error(exc: RequestSchemaValidationError):
+    async def validation_error(exc: RequestSchemaValidationError) -> Response:
         return _response(422, "invalid_request", _describe_validation(exc))
 
     @app.errorhandler(HTTPException)
-    async def http_error(exc: HTTPException):
+    async def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         code = _HTTP_CODES.get(status, "http_error")
         message = exc.description or exc.name
@@ -131,29 +167,14 @@ def register_error_handlers(app: Quart) -> None:
             message = "malformed request: the body is not valid JSON"
         return _response(status, code, message, headers)
 
-    @app.errorhandler(NotFound)
-    async def not_found(exc: NotFound):
-        return _response(404, "not_found", exc.message)
-
-    @app.errorhandler(Forbidden)
-    async def forbidden(exc: Forbidden):
-        # Never a 403 for a task: that would confirm it exists (design §5).
-        return _response(404, "not_found", "not found")
-
-    @app.errorhandler(InvalidTransition)
-    async def conflict(exc: InvalidTransition):
-        return _response(409, "conflict", exc.message)
-
-    @app.errorhandler(PermanentError)
-    async def unprocessable(exc: PermanentError):
-        return _response(422, exc.code, exc.message)
-
     @app.errorhandler(AgentdError)
-    async def other(exc: AgentdError):
-        log.warning("API error %s: %s", exc.code, exc.message)
-        return _response(500, exc.code, exc.message)
+    async def agentd_error(exc: AgentdError) -> Response:
+        status, code, message, headers = answer_for(exc)
+        if status >= 500:
+            log.warning("API error %s: %s", exc.code, exc.message)
+        return _response(status, code, message, headers)
 
     @app.errorhandler(Exception)
-    async def crash(exc: Exception):
-        log.exception("unhandled error in the API")
+    async def crash(exc: Exception) -> Response:
+        log.error("unhandled error in the API", exc_info=exc)
         return _response(500, "internal", "internal error")

@@ -6,8 +6,9 @@ channel's ``deliver`` (sync, on the Trio thread) once per committed event; the c
 frames it once (``frame``: the WebSocket frame, the same bytes for every subscriber since
 server frames are unmasked) and hands it to each session (a sync, non-blocking append to its
 bounded queue, which the glue may write to the socket right away). ``agent.text_delta`` is
-coalesced per task to one message per ``delta_interval_s``. Status changes of all of a user's
-tasks (``subscribe_tasks``) come from one global listener.
+coalesced per task to one message per ``delta_interval_s``. Status events (``subscribe_tasks``)
+come from one global listener and go by the owner each carries (``data["user_id"]``) to that
+user's watching sessions, and to every operator's watching all users.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import collections
 import heapq
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -39,9 +41,9 @@ def encode(message: dict[str, Any]) -> str:
 class TaskChannel:
     """The sessions following one task; the hub's single subscriber for it."""
 
-    def __init__(self, task_id: str, fanout: "Fanout") -> None:
+    def __init__(self, task_id: str, fanout: Fanout) -> None:
         self.task_id = task_id
-        self.sessions: dict["Session", None] = {}  # ordered set
+        self.sessions: dict[Session, None] = {}  # ordered set
         self._fanout = fanout
         self._delta: dict[str, Any] | None = None  # pending coalesced agent.text_delta data
         self._next_delta_at = -float("inf")
@@ -98,39 +100,46 @@ class Fanout:
     """All live WebSocket routing of one daemon. ``run`` must run while sessions exist.
 
     ``frame`` turns a message's JSON text into what sessions queue (the glue's WebSocket frame;
-    by default the text itself, which tests read).
+    by default the text itself, which tests read). ``store`` is read only for the owner of a
+    status event written without one (by an older agentd sharing the store).
     """
 
-    def __init__(self, hub: EventHub, store: Any, *, delta_interval_s: float = 0.05,
-                 clock: Callable[[], float] = trio.current_time, owners_max: int = 100_000,
-                 frame: Callable[[str], Any] = _text) -> None:
+    def __init__(
+        self,
+        hub: EventHub,
+        store: Any,
+        *,
+        delta_interval_s: float = 0.05,
+        clock: Callable[[], float] = trio.current_time,
+        frame: Callable[[str], Any] = _text,
+    ) -> None:
         self.hub = hub
         self.frame = frame
         self.store = store
         self.delta_interval_s = delta_interval_s
         self.clock = clock
         self.channels: dict[str, TaskChannel] = {}
-        self.watchers: dict[int, dict["Session", None]] = collections.defaultdict(dict)
-        self.sessions: dict["Session", None] = {}
+        # Watching sessions by the user whose status events they get; None: every user's.
+        self.watchers: dict[int | None, dict[Session, None]] = collections.defaultdict(dict)
+        self.sessions: dict[Session, None] = {}
         self.user_connections: dict[int, int] = {}  # authenticated sessions per user (session.py)
-        self._owners: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self._owners_max = owners_max
-        self._unresolved: dict[str, list[Event]] = {}
+        self._ownerless: dict[str, list[Event]] = {}  # by task, waiting for the owner's lookup
         self._due: list[tuple[float, int, TaskChannel]] = []
         self._counter = 0
         self._wakeup = trio.Event()
-        hub.add_global_listener(self._on_commit, remote=True)  # tasks on any node
+        # Tasks on any node; another node's are read back only while someone watches the feed.
+        hub.add_global_listener(self._on_commit, remote=True, wants=lambda task_id: bool(self.watchers))
 
     # -- per-task channels ----------------------------------------------------------------------
 
-    def attach(self, task_id: str, session: "Session") -> None:
+    def attach(self, task_id: str, session: Session) -> None:
         channel = self.channels.get(task_id)
         if channel is None:
             channel = self.channels[task_id] = TaskChannel(task_id, self)
             self.hub.add(task_id, channel)
         channel.sessions[session] = None
 
-    def detach(self, task_id: str, session: "Session") -> None:
+    def detach(self, task_id: str, session: Session) -> None:
         channel = self.channels.get(task_id)
         if channel is None:
             return
@@ -148,16 +157,11 @@ class Fanout:
 
     # -- the tasks feed ------------------------------------------------------------------------
 
-    def remember_owner(self, task_id: str, user_id: int) -> None:
-        self._owners[task_id] = user_id
-        self._owners.move_to_end(task_id)
-        while len(self._owners) > self._owners_max:
-            self._owners.popitem(last=False)
-
-    def watch(self, user_id: int, session: "Session") -> None:
+    def watch(self, user_id: int | None, session: Session) -> None:
+        """Send ``session`` the status events of ``user_id``'s tasks (None: every user's)."""
         self.watchers[user_id][session] = None
 
-    def unwatch(self, user_id: int, session: "Session") -> None:
+    def unwatch(self, user_id: int | None, session: Session) -> None:
         watchers = self.watchers.get(user_id)
         if watchers is not None:
             watchers.pop(session, None)
@@ -170,35 +174,36 @@ class Fanout:
         for event in events:
             if event.type not in STATUS_EVENTS:
                 continue
-            pending = self._unresolved.get(event.task_id)
-            if pending is not None:
+            payload = self._notify(None, event)  # operators watching every user: at once
+            owner = event.data.get("user_id")
+            pending = self._ownerless.get(event.task_id)
+            if pending is not None:  # behind one whose owner is being looked up: keep the order
                 pending.append(event)
-                continue
-            user_id = self._owners.get(event.task_id)
-            if user_id is None:
-                # Unknown owner (a task older than this process): look it up, keep the order.
-                self._unresolved[event.task_id] = [event]
+            elif type(owner) is int:
+                self._notify(owner, event, payload)
+            elif any(user_id is not None for user_id in self.watchers):
+                self._ownerless[event.task_id] = [event]
                 self._wakeup.set()
-                continue
-            self._notify(user_id, event)
 
-    def _notify(self, user_id: int, event: Event) -> None:
+    def _notify(self, user_id: int | None, event: Event, payload: Any = None) -> Any:
+        """Hand ``event`` to the sessions watching ``user_id``; its payload, framed when needed."""
         watchers = self.watchers.get(user_id)
-        if not watchers:
-            return
-        payload = self.frame(event.wire_json())
-        for session in tuple(watchers):
-            session.notify(event.task_id, payload)
+        if watchers:
+            if payload is None:
+                payload = self.frame(event.wire_json())
+            for session in tuple(watchers):
+                session.notify(event.task_id, payload)
+        return payload
 
     # -- the background task ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Flush coalesced deltas when due and resolve task owners; runs until cancelled.
+        """Flush coalesced deltas when due and look up owners; runs until cancelled.
 
         Cancellation: pending deltas are dropped (they are ephemeral); nothing else is held.
         """
         while True:
-            if self._unresolved:
+            if self._ownerless:
                 await self._resolve_one()
                 continue
             if self._due:
@@ -216,15 +221,13 @@ class Fanout:
             await self._wakeup.wait()
 
     async def _resolve_one(self) -> None:
-        task_id = next(iter(self._unresolved))
+        task_id = next(iter(self._ownerless))
         try:
             task = await self.store.get_task(task_id)
         except Exception:  # the store closing under us: drop the notifications
-            log.exception("resolving the owner of task %s", task_id)
+            log.exception("looking up the owner of task %s", task_id)
             task = None
-        events = self._unresolved.pop(task_id, [])
-        if task is None:
-            return
-        self.remember_owner(task_id, task.user_id)
-        for event in events:
-            self._notify(task.user_id, event)
+        events = self._ownerless.pop(task_id, [])
+        if task is not None:
+            for event in events:
+                self._notify(task.user_id, event)

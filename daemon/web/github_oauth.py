@@ -2,7 +2,12 @@
 
 1. The app makes a PKCE pair and opens ``GET /auth/github/login?app_redirect=URI
    &code_challenge=C&code_challenge_method=S256[&state=S]`` in a browser. ``app_redirect`` must be
-   one of the ``app_redirects`` setting (exact match).
+   one of the ``app_redirects`` setting (exact match), or this daemon's own web client
+   (``client.py``), ``<origin>/``, where the origin is a trusted one: ``public_url``'s when the
+   operator set it, else the request's own only when it is a loopback address (``127.0.0.1``,
+   ``[::1]``, ``localhost``), which only a browser on this machine sends. Never a Host header
+   otherwise: behind a proxy, or with a name an attacker points at this server, it would send
+   the one-time code to whatever origin the request named (an open redirect).
 2. We remember (state, our own PKCE verifier, the app's challenge) and redirect to GitHub's
    authorize endpoint (``github_oauth_url``: github.com, Enterprise, or a fake in tests).
 3. GitHub sends the browser to ``/auth/github/callback?code&state``; we exchange the code (with
@@ -17,11 +22,13 @@ middle of a sign-in means signing in again). The GitHub token never leaves this 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx2
@@ -32,6 +39,7 @@ from authlib.oauth2.rfc6749.parameters import prepare_token_request
 from authlib.oauth2.rfc7636.challenge import compare_s256_code_challenge
 from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, redirect, request
+from quart.typing import ResponseReturnValue
 from quart_schema import validate_request
 
 from ..errors import Forbidden
@@ -70,8 +78,9 @@ class Grant:
 class OAuthFlows:
     """Sign-ins in progress and unused one-time codes, each with a deadline (trio's clock)."""
 
-    def __init__(self, *, login_ttl_s: float, clock: Callable[[], float] = trio.current_time,
-                 max_pending: int = 10_000) -> None:
+    def __init__(
+        self, *, login_ttl_s: float, clock: Callable[[], float] = trio.current_time, max_pending: int = 10_000
+    ) -> None:
         self.login_ttl_s = login_ttl_s
         self.clock = clock
         self.max_pending = max_pending
@@ -87,8 +96,12 @@ class OAuthFlows:
     def start(self, **fields: Any) -> str:
         self._sweep()
         if len(self.logins) >= self.max_pending:
-            raise ApiError(429, "rate_limited", "too many sign-ins in progress; retry later",
-                           headers={"Retry-After": "60"})
+            raise ApiError(
+                429,
+                "rate_limited",
+                "too many sign-ins in progress; retry later",
+                headers={"Retry-After": "60"},
+            )
         state = generate_token(32)
         self.logins[state] = PendingLogin(expires=self.clock() + self.login_ttl_s, **fields)
         return state
@@ -116,9 +129,11 @@ class OAuthFlows:
 
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    grant_type: str = "authorization_code"
-    code: str = Field(min_length=1, max_length=200)
-    code_verifier: str = Field(min_length=43, max_length=128)
+    grant_type: str = Field("authorization_code", description="Always authorization_code.")
+    code: str = Field(min_length=1, max_length=200, description="The one-time code sent to app_redirect.")
+    code_verifier: str = Field(
+        min_length=43, max_length=128, description="The PKCE verifier of the sign-in's code_challenge."
+    )
 
 
 def _display_name(name: Any) -> str | None:
@@ -129,12 +144,26 @@ def _display_name(name: Any) -> str | None:
     return name or None
 
 
+def own_client_redirect(public_url: str | None, host_url: str) -> str | None:
+    """The address of this daemon's web client that a sign-in may return to without being
+    listed in ``app_redirects`` (see the module docstring): ``public_url``'s root, else the
+    request's root (``host_url``) when its host is a loopback address, else None."""
+    if public_url:
+        return public_url.rstrip("/") + "/"
+    host = urlsplit(host_url).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return host_url.rstrip("/") + "/" if loopback else None
+
+
 def _with_query(uri: str, params: dict[str, str | None]) -> str:
     query = urlencode({k: v for k, v in params.items() if v is not None})
     return f"{uri}{'&' if urlsplit(uri).query else '?'}{query}"
 
 
-def oauth_blueprint(state: "WebState") -> Blueprint:
+def oauth_blueprint(state: WebState) -> Blueprint:
     bp = Blueprint("github_oauth", __name__)
     settings = state.settings
     flows = state.oauth
@@ -145,39 +174,60 @@ def oauth_blueprint(state: "WebState") -> Blueprint:
 
     @bp.get("/auth/github/login")
     async def login():
-        """Start a sign-in: redirects to GitHub (see the module docstring for the flow)."""
+        """Start a GitHub sign-in.
+
+        Redirects to GitHub (see the module docstring for the whole flow)."""
         configured()
         args = request.args
         app_redirect = args.get("app_redirect", "")
-        if app_redirect not in settings.app_redirects:
-            raise ApiError(400, "invalid_redirect", "app_redirect is not an allowed redirect URI")
+        own = own_client_redirect(settings.public_url, request.host_url)
+        if app_redirect not in settings.app_redirects and app_redirect != own:
+            raise ApiError(
+                400,
+                "invalid_redirect",
+                "app_redirect is not an allowed redirect URI (this server's web client signs in "
+                "with GitHub at the address of public_url, or on a loopback address)",
+            )
         challenge = args.get("code_challenge", "")
         if args.get("code_challenge_method", "S256") != "S256" or not _CHALLENGE.match(challenge):
-            raise ApiError(400, "invalid_request",
-                           "a PKCE code_challenge (S256, base64url, 43-128 chars) is required")
+            raise ApiError(
+                400, "invalid_request", "a PKCE code_challenge (S256, base64url, 43-128 chars) is required"
+            )
         base = (settings.public_url or request.host_url).rstrip("/")
         verifier = generate_token(64)
         redirect_uri = f"{base}/auth/github/callback"
         oauth_state = flows.start(
-            app_redirect=app_redirect, app_challenge=challenge,
-            app_state=(args.get("state") or None), verifier=verifier, redirect_uri=redirect_uri,
+            app_redirect=app_redirect,
+            app_challenge=challenge,
+            app_state=(args.get("state") or None),
+            verifier=verifier,
+            redirect_uri=redirect_uri,
         )
-        client = OAuth2Client(None, client_id=settings.github_client_id, scope=SCOPE,
-                              redirect_uri=redirect_uri, code_challenge_method="S256")
+        client = OAuth2Client(
+            None,
+            client_id=settings.github_client_id,
+            scope=SCOPE,
+            redirect_uri=redirect_uri,
+            code_challenge_method="S256",
+        )
         url, _ = client.create_authorization_url(
             f"{settings.github_oauth_url.rstrip('/')}/login/oauth/authorize",
-            state=oauth_state, code_verifier=verifier)
+            state=oauth_state,
+            code_verifier=verifier,
+        )
         return redirect(url, 302)
 
     @bp.get("/auth/github/callback")
     async def callback():
-        """GitHub's redirect back: finish the sign-in, send the app its one-time code."""
+        """GitHub's redirect back.
+
+        Finishes the sign-in and sends the app its one-time code at ``app_redirect``."""
         configured()
         pending = flows.finish(request.args.get("state", ""))
         if pending is None:
             raise ApiError(400, "invalid_state", "unknown or expired sign-in; start again")
 
-        def back(**params: str | None):
+        def back(**params: str | None) -> ResponseReturnValue:
             return redirect(_with_query(pending.app_redirect, {**params, "state": pending.app_state}), 302)
 
         if request.args.get("error"):
@@ -190,8 +240,10 @@ def oauth_blueprint(state: "WebState") -> Blueprint:
 
     @bp.post("/auth/token")
     @validate_request(TokenRequest)
-    async def token(data: TokenRequest):
-        """Exchange the one-time code and its PKCE verifier for an API token (shown once)."""
+    async def token(data: TokenRequest) -> ResponseReturnValue:
+        """Get an API token.
+
+        For the one-time code and its PKCE verifier; the token is shown this once."""
         if data.grant_type != "authorization_code":
             raise ApiError(400, "unsupported_grant_type", "grant_type must be authorization_code")
         user_id = flows.redeem(data.code, data.code_verifier)
@@ -200,15 +252,20 @@ def oauth_blueprint(state: "WebState") -> Blueprint:
             raise ApiError(400, "invalid_grant", "invalid, expired or used code, or wrong verifier")
         api_token = new_token()
         expires_at = time.time() + settings.api_token_ttl_s
-        await state.store.add_token(user.id, hash_token(api_token), expires_at=expires_at,
-                                    label="github sign-in")
-        return {"token": api_token, "token_type": "bearer", "expires_at": expires_at,
-                "user": {"id": user.id, "login": user.login, "name": user.name}}
+        await state.store.add_token(
+            user.id, hash_token(api_token), expires_at=expires_at, label="github sign-in"
+        )
+        return {
+            "token": api_token,
+            "token_type": "bearer",
+            "expires_at": expires_at,
+            "user": {"id": user.id, "login": user.login, "name": user.name},
+        }
 
     return bp
 
 
-async def _sign_in(state: "WebState", pending: PendingLogin, code: str) -> int:
+async def _sign_in(state: WebState, pending: PendingLogin, code: str) -> int:
     """Code -> GitHub token -> /user -> our user (created or updated); returns its id.
 
     Cancellation: the HTTP requests are abandoned; nothing is stored until both succeeded.
@@ -217,31 +274,42 @@ async def _sign_in(state: "WebState", pending: PendingLogin, code: str) -> int:
     if not code:
         raise ApiError(400, "invalid_request", "GitHub sent no code")
     body = prepare_token_request(
-        "authorization_code", code=code, redirect_uri=pending.redirect_uri,
-        code_verifier=pending.verifier, client_id=settings.github_client_id,
+        "authorization_code",
+        code=code,
+        redirect_uri=pending.redirect_uri,
+        code_verifier=pending.verifier,
+        client_id=settings.github_client_id,
         client_secret=settings.github_client_secret,
     )
     async with httpx2.AsyncClient(timeout=15.0) as client:
         try:
             response = await client.post(
-                f"{settings.github_oauth_url.rstrip('/')}/login/oauth/access_token", content=body,
-                headers={"Accept": "application/json",
-                         "Content-Type": "application/x-www-form-urlencoded"})
+                f"{settings.github_oauth_url.rstrip('/')}/login/oauth/access_token",
+                content=body,
+                headers={"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"},
+            )
             answer = response.json() if response.status_code == 200 else {}
             access_token = answer.get("access_token")
             if not access_token:
                 # GitHub reports a bad code with 200 and an "error" field; never log the body.
-                raise ApiError(400, answer.get("error") or "token_exchange_failed",
-                               answer.get("error_description") or "GitHub refused the code")
-            me = await client.get(f"{settings.github_api.rstrip('/')}/user", headers={
-                "Authorization": f"Bearer {access_token}", "Accept": "application/vnd.github+json"})
+                raise ApiError(
+                    400,
+                    answer.get("error") or "token_exchange_failed",
+                    answer.get("error_description") or "GitHub refused the code",
+                )
+            me = await client.get(
+                f"{settings.github_api.rstrip('/')}/user",
+                headers={"Authorization": f"Bearer {access_token}", "Accept": "application/vnd.github+json"},
+            )
             if me.status_code != 200:
                 raise ApiError(502, "github_error", f"GitHub /user answered {me.status_code}")
             profile = me.json()
         except ValueError:
-            raise ApiError(502, "github_error", "GitHub answered something that is not JSON")
+            raise ApiError(502, "github_error", "GitHub answered something that is not JSON") from None
         except httpx2.HTTPError as exc:
-            raise ApiError(502, "github_unreachable", f"GitHub could not be reached: {type(exc).__name__}")
+            raise ApiError(
+                502, "github_unreachable", f"GitHub could not be reached: {type(exc).__name__}"
+            ) from None
     if not isinstance(profile, dict):
         raise ApiError(502, "github_error", "GitHub /user answered something that is not a user")
     login, github_id = profile.get("login"), profile.get("id")
@@ -253,8 +321,11 @@ async def _sign_in(state: "WebState", pending: PendingLogin, code: str) -> int:
     # store/identity_queries.py for what a login that is already taken gives.
     try:
         user = await state.store.sign_in_github(
-            github_id, login, name=_display_name(profile.get("name")),
-            token_enc=state.secrets.encrypt(access_token))
+            github_id,
+            login,
+            name=_display_name(profile.get("name")),
+            token_enc=state.services.secrets.encrypt(access_token),
+        )
     except Forbidden as exc:
         raise ApiError(403, exc.code, exc.message) from None
     log.info("user %s (GitHub %s, id %d) signed in with GitHub", user.login, login, github_id)

@@ -16,7 +16,8 @@ import logging
 import math
 import resource
 import socket
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 import trio
 
@@ -30,8 +31,13 @@ FD_HEADROOM = 512
 def canned(status: int, reason: str, code: str, message: str, *extra: str) -> bytes:
     """A whole HTTP/1.1 response that closes the connection, with the API's error body."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json",
-            f"content-length: {len(body)}", "connection: close", *extra]
+    head = [
+        f"HTTP/1.1 {status} {reason}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "connection: close",
+        *extra,
+    ]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
@@ -144,5 +150,10 @@ def ensure_fd_limit(connections: int) -> int:
             "the open-file limit (RLIMIT_NOFILE) is %d (hard limit %s), below the %d that "
             "http_max_connections = %d needs: raise LimitNOFILE= in the systemd unit (or ulimit "
             "-n), or lower http_max_connections; until then, connections beyond the limit wait "
-            "in the listen backlog", soft, shown, need, connections)
+            "in the listen backlog",
+            soft,
+            shown,
+            need,
+            connections,
+        )
     return soft

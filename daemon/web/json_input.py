@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator
 from quart.json.provider import DefaultJSONProvider
+
+from ..usecases.inputs import check_text  # the rule is the use cases' (one for every front-end)
 
 __all__ = ["NonFiniteNumber", "StrictJSONProvider", "Text", "check_text", "loads"]
 
@@ -56,21 +57,6 @@ class StrictJSONProvider(DefaultJSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return loads(s)
-
-
-# C0 controls but tab, newline and carriage return; DEL and the C1 controls; lone surrogates.
-_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def check_text(value: str) -> str:
-    """``value``, or ``ValueError`` naming the first character a commit message cannot hold."""
-    found = _FORBIDDEN.search(value)
-    if found is None:
-        return value
-    code = ord(found.group())
-    what = "a lone surrogate (not Unicode)" if 0xD800 <= code <= 0xDFFF else "a control character"
-    raise ValueError(f"contains {what}, U+{code:04X}, at position {found.start()}; "
-                     "only tab, newline and carriage return are allowed")
 
 
 Text = Annotated[str, AfterValidator(check_text)]

@@ -3,7 +3,7 @@
 This module owns the listening socket. For each connection it reads the head of the first
 request: a WebSocket upgrade of ``/ws`` goes to ``ws.serve_websocket``; anything else goes to
 Hypercorn's per-connection server (``TCPServer``) with the bytes already read handed back first,
-so every other route (``/admin/ws`` too) behaves as under ``hypercorn.trio.serve``. When a later
+so every other route behaves as under ``hypercorn.trio.serve``. When a later
 request on a keep-alive connection upgrades ``/ws``, Hypercorn passes it to ``_Router`` (the
 ASGI app it calls), which takes the connection back: Hypercorn's part is cancelled and writes
 nothing more, and the socket goes to ``ws.serve_websocket`` as above.
@@ -18,9 +18,9 @@ Hypercorn connection), and an idle keep-alive connection goes then. A response c
 client does not take within ``http_request_timeout_s`` drops the connection. At start, the
 open-file limit is raised to what the connection cap needs, or a warning says how to.
 
-Hypercorn's internals used here (``TCPServer`` and its ``protocol_send``, ``Updated``,
-``Lifespan``, ``WorkerContext``, ``wrap_app``) are those of the version pinned in
-``pyproject.toml``; ``serve`` follows ``hypercorn.trio.run.worker_serve``.
+``serve`` does what ``hypercorn.trio.run.worker_serve`` does, through the Hypercorn internals
+wrapped in ``daemon/thirdparty/hypercorn_trio.py``, but leaves out Hypercorn's "Running on ...
+(CTRL + C to quit)" banner: ``service.py`` logs where the daemon serves.
 """
 
 from __future__ import annotations
@@ -32,23 +32,27 @@ import math
 import random
 import re
 import socket
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import h11
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Updated
-from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
-from hypercorn.utils import repr_socket_addr, wrap_app
 from wsproto import ConnectionType
 from wsproto.events import Request
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
+from ..thirdparty.hypercorn_trio import (
+    AppWrapper,
+    ConnectionServer,
+    ConnectionState,
+    Worker,
+    app_lifespan,
+    asgi_app,
+    listening_sockets,
+    socket_url,
+)
 from .http_limits import ConnectionCaps, RequestDeadline, canned, client_key, ensure_fd_limit
 from .ws import RECV_BYTES, WS_PATH, serve_websocket
 
@@ -68,14 +72,24 @@ _WS_HEADS = (f"GET {WS_PATH} ".encode(), f"GET {WS_PATH}?".encode())
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}  # wait, retry
 _HARMLESS = {errno.ECONNABORTED, errno.EPERM, errno.EPROTO}  # that connection is gone: go on
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-_UNAVAILABLE = canned(503, "Service Unavailable", "too_many_connections",
-                      "too many open connections; retry later", "retry-after: 1")
-_handoff: contextvars.ContextVar["_Handoff"] = contextvars.ContextVar("agentd_handoff")
+_UNAVAILABLE = canned(
+    503,
+    "Service Unavailable",
+    "too_many_connections",
+    "too many open connections; retry later",
+    "retry-after: 1",
+)
+_handoff: contextvars.ContextVar[_Handoff] = contextvars.ContextVar("agentd_handoff")
 
 
-async def serve(app: Any, config: Config, state: "WebState", *,
-                shutdown_trigger: Callable[[], Awaitable[Any]],
-                task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    app: Any,
+    config: Config,
+    state: WebState,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[Any]],
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve ``app`` and ``/ws`` on ``config.bind`` until ``shutdown_trigger`` returns.
 
     ``task_status.started(urls)`` once listening. At shutdown: stop accepting, let Hypercorn
@@ -83,14 +97,10 @@ async def serve(app: Any, config: Config, state: "WebState", *,
     what is left, then run the app's shutdown. Cancellation: all stops at once, sockets closed.
     """
     ensure_fd_limit(state.settings.http_max_connections)
-    router = _Router(wrap_app(app, config.wsgi_max_body_size, "asgi"))
-    lifespan_state: dict[str, Any] = {}
-    lifespan = Lifespan(router, config, lifespan_state)
-    async with trio.open_nursery() as lifespan_nursery:
-        await lifespan_nursery.start(lifespan.handle_lifespan)
-        await lifespan.wait_for_startup()
-        door = _Door(router, config, state, ConnectionState(lifespan_state.copy()))
-        listeners = config.create_sockets().insecure_sockets
+    router = _Router(asgi_app(app, config))
+    async with app_lifespan(router, config) as connection_state:
+        door = _Door(router, config, state, connection_state)
+        listeners = listening_sockets(config)
         try:
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as acceptors:
@@ -98,20 +108,16 @@ async def serve(app: Any, config: Config, state: "WebState", *,
                     for listener in listeners:
                         listener.setblocking(False)
                         listener.listen(max(config.backlog, LISTEN_BACKLOG))
-                        url = f"http://{repr_socket_addr(listener.family, listener.getsockname())}"
-                        await config.log.info(f"Running on {url} (CTRL + C to quit)")
-                        urls.append(url)
+                        urls.append(socket_url(listener))
                         acceptors.start_soon(door.accept, listener, connections)
                     task_status.started(urls)
                     await shutdown_trigger()
                     acceptors.cancel_scope.cancel()
                 _close_all(listeners)
-                await door.context.terminated.set()
+                await door.worker.terminate()
                 connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         finally:
             _close_all(listeners)
-        await lifespan.wait_for_shutdown()
-        lifespan_nursery.cancel_scope.cancel()
 
 
 def _close_all(socks: list[socket.socket]) -> None:
@@ -129,12 +135,15 @@ class _Router:
     taken back: those reach ``app``, which has no ``/ws`` route.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: AppWrapper) -> None:
         self.app = app
 
-    async def __call__(self, scope: Any, receive: Any, *args: Any) -> None:
-        if (scope["type"] == "websocket" and scope["path"] == WS_PATH
-                and scope["http_version"] in ("1.0", "1.1")):
+    async def __call__(self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any) -> None:
+        if (
+            scope["type"] == "websocket"
+            and scope["path"] == WS_PATH
+            and scope["http_version"] in ("1.0", "1.1")
+        ):
             query = scope["query_string"]
             _handoff.get().take(scope["headers"], scope["raw_path"] + (b"?" + query if query else b""))
             return
@@ -144,7 +153,7 @@ class _Router:
                 receive = handoff.watch_body(receive)
             else:
                 handoff.deadline.upgraded()
-        await self.app(scope, receive, *args)
+        await self.app(scope, receive, send, sync_spawn, call_soon)
 
 
 class _Handoff(trio.abc.HalfCloseableStream):
@@ -222,40 +231,26 @@ class _Handoff(trio.abc.HalfCloseableStream):
             await self.stream.aclose()
 
 
-class _Server(TCPServer):
-    """Hypercorn's connection server, telling the handoff when a connection waits for a
-    request (``Updated(idle=True)``: the previous request and its response are done)."""
-
-    async def protocol_send(self, event: Any) -> None:
-        if isinstance(event, Updated) and event.idle:
-            self.stream.waiting()  # type: ignore[attr-defined]
-        await super().protocol_send(event)
-
-    async def _close(self) -> None:
-        # Shielded: Hypercorn closes from the app's task, which Quart-Trio cancels as soon as
-        # the request is told "disconnect", which Hypercorn does just before closing; unshielded,
-        # a "Connection: close" response left the socket open until the client closed it.
-        with trio.CancelScope(shield=True):
-            await super()._close()
-
-    def speaks_http1(self) -> bool:
-        wrapper = getattr(self, "protocol", None)
-        return isinstance(getattr(wrapper, "protocol", None), H11Protocol)
-
-
 class _Door:
     """Accepts connections, within the caps, and sends each to ``/ws`` or to Hypercorn."""
 
-    def __init__(self, app: Any, config: Config, state: "WebState", connection_state: Any) -> None:
+    def __init__(
+        self, app: AppWrapper, config: Config, state: WebState, connection_state: ConnectionState
+    ) -> None:
         self.app, self.config, self.state = app, config, state
         self.connection_state = connection_state
-        self.context = WorkerContext(None)
+        self.worker = Worker()
         settings = state.settings
         self.caps = state.connections = ConnectionCaps(
-            settings.http_max_connections, settings.http_max_connections_per_address)
+            settings.http_max_connections, settings.http_max_connections_per_address
+        )
         self.request_timeout = settings.http_request_timeout_s
-        self.late = canned(408, "Request Timeout", "request_timeout",
-                           f"the request did not arrive whole within {self.request_timeout:g} s")
+        self.late = canned(
+            408,
+            "Request Timeout",
+            "request_timeout",
+            f"the request did not arrive whole within {self.request_timeout:g} s",
+        )
         self.refused = 0  # since the last log line about it
         self.refusal_logged_at = -math.inf
 
@@ -276,8 +271,7 @@ class _Door:
                         continue
                     if error.errno not in _OUT_OF_RESOURCES:
                         raise
-                    log.warning("cannot accept a connection (%s); retrying in %g s",
-                                error, ACCEPT_RETRY_S)
+                    log.warning("cannot accept a connection (%s); retrying in %g s", error, ACCEPT_RETRY_S)
                     await trio.sleep(ACCEPT_RETRY_S)
                     break
                 sock.setblocking(False)
@@ -297,8 +291,9 @@ class _Door:
         self.refused += 1
         now = trio.current_time()
         if now - self.refusal_logged_at >= REFUSAL_LOG_EVERY_S:
-            log.warning("refused %d connection(s) in the last %g s: %s", self.refused,
-                        REFUSAL_LOG_EVERY_S, why)
+            log.warning(
+                "refused %d connection(s) in the last %g s: %s", self.refused, REFUSAL_LOG_EVERY_S, why
+            )
             self.refused, self.refusal_logged_at = 0, now
 
     async def connection(self, sock: socket.socket, key: str | None = None) -> None:
@@ -311,20 +306,23 @@ class _Door:
             # Up to a quarter later at random: the connections an attacker opened together are
             # not all cut (and reconnected) in the same instant, a stall for everyone else.
             head_by = since + min(self.config.keep_alive_timeout, self.request_timeout) * (
-                1 + HEAD_JITTER * random.random())
+                1 + HEAD_JITTER * random.random()
+            )
             head, kind = await _first_head(sock, head_by)
             if kind == "late":
                 _send_quietly(sock, self.late)
             if kind in ("late", "closed"):
                 return
             if kind == "ws":
-                upgrade = _handshake(lambda h: h.receive_data(head[:_head_end(head)]))
+                upgrade = _handshake(lambda h: h.receive_data(head[: _head_end(head)]))
                 if upgrade is not None:
-                    await serve_websocket(sock, *upgrade, head[_head_end(head):], self.state)
+                    await serve_websocket(sock, *upgrade, head[_head_end(head) :], self.state)
                     return
             handoff = _Handoff(sock, head, self.request_timeout, since)
             token = _handoff.set(handoff)
-            server = _Server(self.app, self.config, self.context, self.connection_state, handoff)
+            server = ConnectionServer(
+                self.app, self.config, self.worker, self.connection_state, handoff, on_idle=handoff.waiting
+            )
             try:
                 with handoff.scope:
                     await server.run()

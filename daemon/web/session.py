@@ -1,49 +1,52 @@
-"""One WebSocket connection's protocol (design §6), without the socket.
+"""One WebSocket connection's protocol (design §6; the messages in ``ws_protocol.py``), without
+the socket.
 
 The glue in ``ws.py`` feeds each received message to ``handle``; whenever something is queued
 (or the session closes) the session calls the glue's ``wake``, which writes the queue out.
-Everything in between lives here: authentication, subscriptions with replay-then-live, the
-bounded outgoing queue with ``resync`` on overflow, ping/pong, errors and close codes. What the
-queue holds is opaque here: ``Fanout.frame`` of the message's JSON text (the WebSocket frame in
-the daemon, the text itself in tests).
+Everything in between lives here: authentication, who may follow what (``may_follow``: a
+user their own tasks, any other is ``not_found``, never "forbidden"; an operator any task, and
+``subscribe_tasks`` gets every user's; an operator's connection closes with 4403 once its user
+is no longer one), subscriptions, the bounded outgoing queue with ``resync`` on overflow,
+ping/pong, errors and close codes. What the queue holds is opaque here: ``Fanout.frame`` of the
+message's JSON text (the WebSocket frame in the daemon, the text itself in tests).
 
-The queue is bounded twice: in messages (``queue_limit``) and in bytes (``queue_max_bytes``,
-counted as ``len`` of what is queued; one message is always let into an empty queue, however
-large). Either bound overflowing drops the live feed and sends ``resync`` (design §6). A replay
-never overflows the queue itself: it waits, before each message, until the queue is at most
-half full on both counts. One user holds at most ``max_user_connections`` authenticated
-sessions at once on this daemon (counted in ``Fanout.user_connections``); one more is closed
-with 4429.
+The queue is an ``events.Bounded`` in messages (``queue_limit``) and bytes (``queue_max_bytes``):
+overflowing either drops the live feed and sends ``resync``. A replay never overflows it: before
+each message it waits until the queue is at most half full on both counts. One user holds at
+most ``max_user_connections`` authenticated sessions on this daemon (``Fanout.user_connections``);
+one more is closed with 4429.
 
-Replay and live meet without gap or duplicate: a subscription is attached to the live feed
-*before* its first store read; while it replays, live events wait in a bounded side buffer;
-once the store has nothing newer, the buffer is merged by ``seq`` on the Trio thread with no
-checkpoint in between, and only then does the subscription go live. A live event whose seq is
-not exactly the next one sends the subscription back to the store.
+Each subscription is an ``events.Cursor`` (the one replay-then-live merge): attached to the live
+feed before its first store read, it replays the store, merges by seq the live events held
+meanwhile (bounded as the queue is), then goes live; a live event whose seq is not exactly the
+next one sends it back to the store. No gap, no duplicate.
 """
 
 from __future__ import annotations
 
-import collections
 import enum
 import json
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
 
 import trio
+from pydantic import ValidationError
 
-from ..store import Event, User
+from ..events import Bounded, Cursor, Ephemeral, Offer
+from ..store import Event, Task, User
 from .fanout import Fanout, encode
+from .ws_protocol import MAX_SEQ, Auth, CloseCode, Subscribe, Unsubscribe, parsed
 
-# Close codes (RFC 6455 + the 4000-4999 private range).
-CLOSE_GOING_AWAY = 1001  # the daemon drains or stops: reconnect later
-CLOSE_POLICY = 1008  # binary frames, a message before auth, a malformed auth
-CLOSE_INTERNAL = 1011
-CLOSE_AUTH_FAILED = 4401  # no valid token, auth timeout, token revoked or expired
-CLOSE_TOO_MANY = 4429  # the user has ``max_user_connections`` WebSockets open already
+CLOSE_GOING_AWAY = CloseCode.GOING_AWAY
+CLOSE_POLICY = CloseCode.POLICY
+CLOSE_INTERNAL = CloseCode.INTERNAL
+CLOSE_AUTH_FAILED = CloseCode.AUTH_FAILED
+CLOSE_TOO_MANY = CloseCode.TOO_MANY
 
 REPLAY_PAGE = 200
-MAX_SEQ = 2**63 - 1  # seq is a 64-bit integer in the store: no event is beyond it
+AUTH_FIRST = 'expected {"type":"auth","token":...} first'
 Wire = Any  # what ``Fanout.frame`` makes of a message's JSON text
 
 
@@ -53,18 +56,23 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(eq=False)
-class Subscription:
-    task_id: str
-    after: int  # last seq put in the queue
-    sent: int  # last seq the socket accepted
-    live: bool = False
-    pending: list[tuple[Event, Wire]] = field(default_factory=list)
-    pending_bytes: int = 0
-    pending_overflow: bool = False
+def may_follow(viewer: User, task: Task) -> bool:
+    """Who may follow a task over ``/ws``: its owner, or an operator."""
+    return task.user_id == viewer.id or viewer.is_operator
 
 
-@dataclass(eq=False)
+class Subscription(Cursor[Wire]):
+    """A cursor (``last``: the last seq put in the queue) plus ``sent``, the last seq the
+    socket accepted: what a ``resync`` tells the client."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self, task_id: str, after: int, limit: int, max_bytes: int) -> None:
+        super().__init__(task_id, after, Bounded(limit, max_bytes))
+        self.sent = after
+
+
+@dataclass(slots=True)
 class _Resync:
     """Resolved when sent, so ``after`` is what the client really holds."""
 
@@ -81,42 +89,54 @@ class Session:
     ``spawn`` starts a background coroutine for the connection (a replay); ``authenticate``
     maps a token to its user (or None); ``limiter`` is the per-user subscribe rate limiter;
     ``wake`` (sync, must not block) is called after each item is queued and when the session
-    closes: the glue writes ``queue`` out in order, taking each item with ``queue.popleft()``
-    and then calling ``popped``, ``payload_of`` (exactly once: it also gives the item's bytes
-    back to ``queue_max_bytes``) and, once written, ``sent``. ``max_user_connections``: 0 is
-    no cap.
+    closes: the glue writes ``queue`` out in order, taking each item and its bytes with
+    ``take`` and calling ``sent`` once they are written.
+    ``max_user_connections``: 0 is no cap.
     """
 
-    def __init__(self, *, fanout: Fanout, store: Any, spawn: Callable[..., None],
-                 authenticate: Callable[[str | None], Awaitable[User | None]],
-                 limiter: Any, wake: Callable[[], None], queue_limit: int = 1000,
-                 max_subscriptions: int = 200, queue_max_bytes: int = 1 << 20,
-                 max_user_connections: int = 0) -> None:
-        self.fanout = fanout
-        self.frame = fanout.frame
-        self.store = store
-        self.spawn = spawn
-        self.authenticate = authenticate
-        self.limiter = limiter
-        self.wake = wake
-        self.queue_limit = queue_limit
-        self.queue_max_bytes = queue_max_bytes
-        self.max_subscriptions = max_subscriptions
-        self.max_user_connections = max_user_connections
+    def __init__(
+        self,
+        *,
+        fanout: Fanout,
+        store: Any,
+        spawn: Callable[..., None],
+        authenticate: Callable[[str | None], Awaitable[User | None]],
+        limiter: Any,
+        wake: Callable[[], None],
+        queue_limit: int = 1000,
+        max_subscriptions: int = 200,
+        queue_max_bytes: int = 1 << 20,
+        max_user_connections: int = 0,
+    ) -> None:
+        self.fanout, self.frame, self.store, self.spawn = fanout, fanout.frame, store, spawn
+        self.authenticate, self.limiter, self.wake = authenticate, limiter, wake
+        self.queue_limit, self.queue_max_bytes = queue_limit, queue_max_bytes
+        self.max_subscriptions, self.max_user_connections = max_subscriptions, max_user_connections
         self.counted = False  # this session counts in fanout.user_connections
         self.state = State.AWAITING_AUTH
         self.user: User | None = None
         self.token: str | None = None
         self.subs: dict[str, Subscription] = {}
         self.watching = False
-        self.queue: collections.deque[Item] = collections.deque()
-        self.queued_bytes = 0  # len() of the payloads in ``queue``
-        self.max_queued = 0  # high-water marks, for tests and metrics
-        self.max_queued_bytes = 0
+        self.watch_key: int | None = None  # the user whose status events it gets; None: all
+        self.queue: Bounded[Item] = Bounded(queue_limit, queue_max_bytes)
         self.resyncs = 0
         self.close_code: int | None = None
         self.close_reason = ""
         self._room = trio.Event()  # the queue went below half
+
+    @property
+    def queued_bytes(self) -> int:
+        return self.queue.bytes
+
+    @property
+    def max_queued(self) -> int:
+        """The most messages the queue ever held (for tests and metrics)."""
+        return self.queue.high_water
+
+    @property
+    def max_queued_bytes(self) -> int:
+        return self.queue.high_water_bytes
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -132,8 +152,7 @@ class Session:
         self.state = State.CLOSED
         self.close_code, self.close_reason = code, reason
         self._drop_all()
-        self.queue.clear()
-        self.queued_bytes = 0
+        self.queue.reset()
         if self.counted and self.user is not None:
             self.counted = False
             counts = self.fanout.user_connections
@@ -143,8 +162,8 @@ class Session:
         self._room.set()
         self.wake()
 
-    async def _login(self, token: Any) -> None:
-        user = await self.authenticate(token if isinstance(token, str) else None)
+    async def _login(self, token: str | None) -> None:
+        user = await self.authenticate(token)
         if self.state is State.CLOSED:
             return
         if user is None:
@@ -153,22 +172,30 @@ class Session:
         counts = self.fanout.user_connections
         cap = self.max_user_connections
         if cap and counts.get(user.id, 0) >= cap:
-            self.close(CLOSE_TOO_MANY, f"too many WebSocket connections for this user (at most "
-                                       f"{cap}); close another one first")
+            self.close(
+                CLOSE_TOO_MANY,
+                f"too many WebSocket connections for this user (at most {cap}); close another one first",
+            )
             return
         counts[user.id] = counts.get(user.id, 0) + 1
         self.counted = True
         self.user, self.token, self.state = user, token, State.OPEN
 
     async def recheck(self) -> None:
-        """Close with 4401 if the token was revoked or expired since it was checked."""
-        if self.state is State.OPEN and await self.authenticate(self.token) is None:
-            self.expire()
-
-    def expire(self) -> None:
-        """The token was found revoked or expired (here or by the glue's sweep): close, 4401."""
+        """Read the token's user again and apply ``reauthorized``."""
         if self.state is State.OPEN:
+            self.reauthorized(await self.authenticate(self.token))
+
+    def reauthorized(self, user: User | None) -> None:
+        """The token's user as just read again (here or by the glue's sweep): None (revoked or
+        expired) closes with 4401; an operator's connection whose user is no longer one, 4403."""
+        if self.state is not State.OPEN:
+            return
+        assert self.user is not None
+        if user is None:
             self.close(CLOSE_AUTH_FAILED, "token expired or revoked")
+        elif self.user.is_operator and not user.is_operator:
+            self.close(CloseCode.NOT_OPERATOR, "this user is no longer an operator; sign in again")
 
     # -- from the client -----------------------------------------------------------------------
 
@@ -184,32 +211,28 @@ class Session:
             message = None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             if self.state is State.AWAITING_AUTH:
-                self.close(CLOSE_POLICY, "expected {\"type\":\"auth\",\"token\":...} first")
+                self.close(CLOSE_POLICY, AUTH_FIRST)
             else:
-                self.error("invalid_message", "expected a JSON object with a \"type\"")
+                self.error("invalid_message", 'expected a JSON object with a "type"')
             return
         kind = message["type"]
         if self.state is State.AWAITING_AUTH:
             if kind != "auth":
-                self.close(CLOSE_POLICY, "expected {\"type\":\"auth\",\"token\":...} first")
+                self.close(CLOSE_POLICY, AUTH_FIRST)
                 return
-            await self._login(message.get("token"))
+            auth = parsed(Auth, message)
+            await self._login(auth.token if auth is not None else None)
             return
         if kind == "ping":
             self._push(None, 0, self.frame('{"type":"pong"}'))
         elif kind == "subscribe":
             await self._subscribe(message)
         elif kind == "unsubscribe":
-            task_id = message.get("task_id")
-            if isinstance(task_id, str) and task_id in self.subs:
-                self._drop(self.subs.pop(task_id))
+            request = parsed(Unsubscribe, message)
+            if request is not None and request.task_id in self.subs:
+                self._drop(self.subs.pop(request.task_id))
         elif kind == "subscribe_tasks":
-            if self._rate_limited(None):
-                return
-            if not self.watching:
-                assert self.user is not None
-                self.watching = True
-                self.fanout.watch(self.user.id, self)
+            self._watch()
         elif kind == "unsubscribe_tasks":
             self._unwatch()
         elif kind == "auth":
@@ -218,20 +241,25 @@ class Session:
             self.error("unknown_type", f"unknown message type {kind[:64]!r}")
 
     async def _subscribe(self, message: dict[str, Any]) -> None:
-        task_id, after = message.get("task_id"), message.get("after", 0)
-        if not isinstance(task_id, str) or not task_id or len(task_id) > 64:
-            self.error("invalid_message", "subscribe needs a task_id")
+        try:
+            request = Subscribe.model_validate(message)
+        except ValidationError as invalid:
+            if any(error["loc"][:1] == ("task_id",) for error in invalid.errors()):
+                self.error("invalid_message", "subscribe needs a task_id (1 to 64 characters)")
+            else:
+                self.error(
+                    "invalid_message", f"after must be an integer from 0 to {MAX_SEQ}", message["task_id"]
+                )
             return
-        if after is None:
-            after = 0
-        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ:
-            self.error("invalid_message", "after must be a non-negative integer", task_id)
-            return
+        task_id, after = request.task_id, request.after or 0
         if self._rate_limited(task_id):
             return
         if task_id not in self.subs and len(self.subs) >= self.max_subscriptions:
-            self.error("too_many_subscriptions",
-                       f"at most {self.max_subscriptions} subscriptions per connection", task_id)
+            self.error(
+                "too_many_subscriptions",
+                f"at most {self.max_subscriptions} subscriptions per connection",
+                task_id,
+            )
             return
         # The token is checked again here, so a revoked one stops new subscriptions at once.
         await self.recheck()
@@ -239,16 +267,23 @@ class Session:
         if self.state is not State.OPEN:
             return
         assert self.user is not None
-        if task is None or task.user_id != self.user.id:
+        if task is None or not may_follow(self.user, task):
             self.error("not_found", f"no task {task_id}", task_id)  # never "forbidden"
             return
-        self.fanout.remember_owner(task.id, task.user_id)
         old = self.subs.pop(task_id, None)
         if old is not None:
             self._drop(old)
-        sub = self.subs[task_id] = Subscription(task_id, after, after)
+        sub = self.subs[task_id] = Subscription(task_id, after, self.queue_limit, self.queue_max_bytes)
         self.fanout.attach(task_id, self)  # before the first read: nothing can slip between
         self.spawn(self._replay, sub)
+
+    def _watch(self) -> None:
+        if self._rate_limited(None) or self.watching:
+            return
+        assert self.user is not None
+        self.watching = True
+        self.watch_key = None if self.user.is_operator else self.user.id
+        self.fanout.watch(self.watch_key, self)
 
     def _rate_limited(self, task_id: str | None) -> bool:
         assert self.user is not None
@@ -256,8 +291,7 @@ class Session:
         if wait <= 0:
             return False
         seconds = max(1, int(wait + 0.999))
-        self.error("rate_limited", f"too many subscribes; retry in {seconds} s", task_id,
-                   retry_after=seconds)
+        self.error("rate_limited", f"too many subscribes; retry in {seconds} s", task_id, retry_after=seconds)
         return True
 
     def error(self, code: str, message: str, task_id: str | None = None, **extra: Any) -> None:
@@ -270,44 +304,26 @@ class Session:
     # -- replay ----------------------------------------------------------------------------------
 
     async def _replay(self, sub: Subscription) -> None:
-        """Store pages, then merge the live side buffer; ends with ``sub`` live.
+        """Catch ``sub`` up into the queue (``Cursor.catch_up``); ends with it live, or once it
+        is dropped. Waits for queue room before each message, so a replay never overflows the
+        queue itself.
 
-        Waits for queue room before each page, so a replay never overflows the queue itself.
         Cancellation (connection closed): nothing to undo; the subscription is already dropped.
         """
-        while True:
-            sub.pending.clear()
-            sub.pending_bytes = 0
-            sub.pending_overflow = False
-            while True:
+        async with aclosing(sub.catch_up(self.store.read_events, REPLAY_PAGE)) as items:
+            async for event, payload in items:
                 await self._wait_room(sub)
                 if self.subs.get(sub.task_id) is not sub:
                     return
-                page = await self.store.read_events(sub.task_id, sub.after,
-                                                    min(REPLAY_PAGE, self.queue_limit // 2))
+                if isinstance(event, Ephemeral):  # a subscription holds none: they are live-only
+                    continue
+                self._push(sub, event.seq, self.frame(event.wire_json()) if payload is None else payload)
                 if self.subs.get(sub.task_id) is not sub:
-                    return
-                for event in page:
-                    if event.seq > sub.after:
-                        if not self._has_room():  # big events: a page may exceed the bytes
-                            await self._wait_room(sub)
-                            if self.subs.get(sub.task_id) is not sub:
-                                return
-                        self._push(sub, event.seq, self.frame(event.wire_json()))
-                        sub.after = event.seq
-                        if self.subs.get(sub.task_id) is not sub:
-                            return  # overflowed: a resync is on its way
-                if len(page) < min(REPLAY_PAGE, self.queue_limit // 2):
-                    break
-            if sub.pending_overflow:
-                continue
-            if self._merge_pending(sub):
-                return
+                    return  # overflowed: a resync is on its way
 
     def _has_room(self) -> bool:
         """At most half full, in messages and in bytes: a replay may push."""
-        return (len(self.queue) <= self.queue_limit // 2
-                and self.queued_bytes <= self.queue_max_bytes // 2)
+        return len(self.queue) <= self.queue_limit // 2 and self.queue.bytes <= self.queue_max_bytes // 2
 
     async def _wait_room(self, sub: Subscription) -> None:
         """Until the queue has room (or ``sub`` is dropped). Several replays share one event."""
@@ -316,40 +332,17 @@ class Session:
                 self._room = trio.Event()
             await self._room.wait()
 
-    def _merge_pending(self, sub: Subscription) -> bool:
-        for event, payload in sub.pending:
-            if event.seq <= sub.after:
-                continue
-            if event.seq != sub.after + 1:
-                return False  # a gap: read the store again
-            self._push(sub, event.seq, payload)
-            sub.after = event.seq
-        sub.pending.clear()
-        sub.live = True
-        return True
-
     # -- from the fan-out (sync, must not block) -------------------------------------------------
 
     def live_event(self, event: Event, payload: Wire) -> None:
         sub = self.subs.get(event.task_id)
         if sub is None:
             return
-        if not sub.live:
-            if (len(sub.pending) < self.queue_limit
-                    and sub.pending_bytes + len(payload) <= self.queue_max_bytes):
-                sub.pending.append((event, payload))
-                sub.pending_bytes += len(payload)
-            else:
-                sub.pending_overflow = True
-            return
-        if event.seq <= sub.after:
-            return
-        if event.seq != sub.after + 1:
-            sub.live = False
+        offer = sub.offer(event, payload, len(payload))
+        if offer is Offer.NEXT:
+            self._push(sub, event.seq, payload)
+        elif offer is Offer.GAP:
             self.spawn(self._replay, sub)
-            return
-        self._push(sub, event.seq, payload)
-        sub.after = event.seq
 
     def live_ephemeral(self, task_id: str, payload: Wire) -> None:
         sub = self.subs.get(task_id)
@@ -367,49 +360,35 @@ class Session:
         """Queue one message and wake the glue; the glue may write it (and close) right here."""
         if self.state is State.CLOSED:
             return
-        queue, size = self.queue, self.queued_bytes + len(payload)
-        if len(queue) >= self.queue_limit or (size > self.queue_max_bytes and queue):
+        if self.queue.push((sub, seq, payload), len(payload)):
+            self.wake()
+        else:
             self._overflow()
-            return
-        queue.append((sub, seq, payload))
-        self.queued_bytes = size
-        if len(queue) > self.max_queued:
-            self.max_queued = len(queue)
-        if size > self.max_queued_bytes:
-            self.max_queued_bytes = size
-        self.wake()
 
     def _overflow(self) -> None:
         """Drop the whole live feed and tell the client where to pick up each stream."""
         self.resyncs += 1
-        self.queue.clear()
-        self.queued_bytes = 0
-        subs = list(self.subs.values())
+        self.queue.reset()
+        subs, watching = list(self.subs.values()), self.watching
         self._drop_all()
         for sub in subs:
-            self.queue.append((_Resync(sub.task_id, sub), 0, ""))
-        if self.watching:
-            self._unwatch()
-            self.queue.append((_Resync(None, None), 0, ""))
+            self.queue.force((_Resync(sub.task_id, sub), 0, ""))
+        if watching:
+            self.queue.force((_Resync(None, None), 0, ""))
         self._room.set()
         self.wake()
 
-    def popped(self) -> None:
-        """The writer took an item off the queue: a waiting replay may go on below half."""
-        if self._has_room():
+    def take(self) -> tuple[Item, Wire]:
+        """The next item off the queue (there must be one) and what to write for it; a resync
+        is encoded now, with what was sent. A waiting replay may go on below half."""
+        item = self.queue.popleft()
+        if not self._room.is_set() and self._has_room():
             self._room.set()
-
-    def payload_of(self, item: Item) -> Wire:
-        """What to write for an item taken off the queue (call once per item: its bytes leave
-        the queue's count here); a resync is encoded now, with what was sent."""
         target, _, payload = item
         if isinstance(target, _Resync):
             after = target.sub.sent if target.sub is not None else None
-            return self.frame(encode({"type": "resync", "task_id": target.task_id, "after": after}))
-        self.queued_bytes -= len(payload)
-        if not self._room.is_set() and self._has_room():
-            self._room.set()
-        return payload
+            payload = self.frame(encode({"type": "resync", "task_id": target.task_id, "after": after}))
+        return item, payload
 
     @staticmethod
     def sent(item: Item) -> None:
@@ -429,6 +408,6 @@ class Session:
         self._unwatch()
 
     def _unwatch(self) -> None:
-        if self.watching and self.user is not None:
-            self.fanout.unwatch(self.user.id, self)
+        if self.watching:
+            self.fanout.unwatch(self.watch_key, self)
         self.watching = False

@@ -9,23 +9,21 @@ task wait for room; it ends once everything is written.
 
 Two sweeps serve all connections (``sweep``): every ``ws_ping_interval_s`` each connection is
 pinged, and one that sent nothing (not even a pong) for the interval plus ``ws_ping_timeout_s``
-is dropped; every ``ws_reauth_interval_s`` each distinct token is checked once and its sessions
-are closed with 4401 if it was revoked or expired. Without an Authorization header the first
-message must be ``auth`` within ``ws_auth_timeout_s``. A message longer than
-``MAX_MESSAGE_CHARS`` closes the connection with 1009. After a close frame, either side's, the
-peer gets ``ws_ping_timeout_s`` to answer before the socket is closed.
+is dropped; every ``ws_reauth_interval_s`` each distinct token's user is read once and its
+sessions told (``Session.reauthorized``). Without an Authorization header the first message
+must be ``auth`` within ``ws_auth_timeout_s``. A message longer than ``MAX_MESSAGE_CHARS``
+closes the connection with 1009. After a close frame, either side's, the peer gets
+``ws_ping_timeout_s`` to answer before the socket is closed.
 
-Under abuse: what waits to be written besides the session's (bounded) queue is bounded too. A
-client's pings are answered for the latest one only (RFC 6455 §5.5.3): one pong waits at a time,
-replaced by the next ping's, and is written once per read; our own ping waits at most once; the
-101 and the close frame are written once each. A read is handled in slices of
-``EVENTS_PER_SLICE`` frames with a checkpoint between them, so a burst of tiny frames (64 KiB
-of empty pings is ~11,000 frames, 60 ms of wsproto's parsing) shares the event loop instead of
-holding it. And each connection has a frame budget (``FRAME_BURST``, refilled at
-``FRAMES_PER_S``; a phone sends a few messages a minute): a client past it is read no faster
-than the budget refills, a read at a time no larger than the frames it may still send, and
-the rest waits in the kernel while TCP slows the client down. A ping flood then costs the
-daemon the same CPU as any other connection, however fast the client sends.
+Under abuse: what waits to be written besides the session's (bounded) queue is bounded too. Only
+the latest of a client's pings is answered (RFC 6455 §5.5.3): one pong waits at a time, written
+once per read; our own ping waits at most once; the 101 and the close frame are written once
+each. A read is handled in slices of ``EVENTS_PER_SLICE`` frames with a checkpoint between them,
+so a burst of tiny frames shares the event loop. Each connection has a frame budget
+(``FRAME_BURST``, refilled at ``FRAMES_PER_S``): a client past it is read no faster than the
+budget refills, a read at a time no larger than the frames it may still send, the rest waiting
+in the kernel while TCP slows the client down; a ping flood costs the daemon no more CPU than
+any other connection.
 """
 
 from __future__ import annotations
@@ -36,20 +34,13 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 import trio
-from wsproto.connection import Connection as WsProtocol
-from wsproto.connection import ConnectionState as WsState
-from wsproto.events import (
-    AcceptConnection,
-    CloseConnection,
-    Message,
-    Ping,
-    Request,
-    TextMessage,
-)
+from wsproto.connection import Connection as WsProtocol, ConnectionState as WsState
+from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, Request, TextMessage
 from wsproto.handshake import H11Handshake
 
 from .auth import bearer_token
 from .session import CLOSE_AUTH_FAILED, CLOSE_GOING_AWAY, CLOSE_INTERNAL, Session, State
+from .ws_protocol import MAX_MESSAGE_CHARS, CloseCode
 
 if TYPE_CHECKING:
     from .app import WebState
@@ -57,8 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
-CLOSE_TOO_BIG = 1009
-MAX_MESSAGE_CHARS = 64 * 1024
 RECV_BYTES = 65536
 SWEEP_BATCH = 200  # connections pinged at once
 EVENTS_PER_SLICE = 64  # frames handled between checkpoints (about 0.4 ms of wsproto's parsing)
@@ -84,8 +73,9 @@ def frame_text(text: str) -> bytes:
     return b"\x81\x7f" + n.to_bytes(8, "big") + data
 
 
-async def serve_websocket(sock: socket.socket, handshake: H11Handshake, request: Request,
-                          leftover: bytes, state: "WebState") -> None:
+async def serve_websocket(
+    sock: socket.socket, handshake: H11Handshake, request: Request, leftover: bytes, state: WebState
+) -> None:
     """Accept the upgrade ``request`` received on ``sock`` and serve the connection to its end.
 
     ``leftover``: what arrived after the request head. The caller closes ``sock`` afterwards.
@@ -102,11 +92,32 @@ async def serve_websocket(sock: socket.socket, handshake: H11Handshake, request:
 class Connection:
     """One client: the reader's state and the synchronous write path. Runs on the Trio thread."""
 
-    __slots__ = ("sock", "protocol", "state", "session", "nursery", "control", "pong", "ping_due",
-                 "out", "item", "writing", "drained", "closing", "close_at", "auth_at", "wait",
-                 "done", "last_heard", "parts", "size", "frames", "frames_at")
+    __slots__ = (
+        "auth_at",
+        "close_at",
+        "closing",
+        "control",
+        "done",
+        "drained",
+        "frames",
+        "frames_at",
+        "item",
+        "last_heard",
+        "nursery",
+        "out",
+        "parts",
+        "ping_due",
+        "pong",
+        "protocol",
+        "session",
+        "size",
+        "sock",
+        "state",
+        "wait",
+        "writing",
+    )
 
-    def __init__(self, sock: socket.socket, protocol: WsProtocol, state: "WebState") -> None:
+    def __init__(self, sock: socket.socket, protocol: WsProtocol, state: WebState) -> None:
         self.sock, self.protocol, self.state = sock, protocol, state
         self.session: Session | None = None
         self.nursery: trio.Nursery | None = None  # open while the reader runs
@@ -143,9 +154,13 @@ class Connection:
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
                     session = self.session = Session(
-                        fanout=state.fanout, store=state.store, spawn=nursery.start_soon,
-                        authenticate=state.auth.user_for, limiter=state.subscribe_limiter,
-                        wake=self.wake, queue_limit=settings.ws_queue_limit,
+                        fanout=state.fanout,
+                        store=state.store,
+                        spawn=nursery.start_soon,
+                        authenticate=state.auth.user_for,
+                        limiter=state.subscribe_limiter,
+                        wake=self.wake,
+                        queue_limit=settings.ws_queue_limit,
                         max_subscriptions=settings.ws_max_subscriptions,
                         queue_max_bytes=settings.ws_queue_max_bytes,
                         max_user_connections=settings.ws_max_connections_per_user,
@@ -240,7 +255,7 @@ class Connection:
                 self.size += len(event.data)
                 if self.size > MAX_MESSAGE_CHARS:
                     self.parts = []
-                    session.close(CLOSE_TOO_BIG, f"a message may have {MAX_MESSAGE_CHARS} characters")
+                    session.close(CloseCode.TOO_BIG, f"a message may have {MAX_MESSAGE_CHARS} characters")
                     continue
                 self.parts.append(event.data)
                 if event.message_finished:
@@ -315,9 +330,7 @@ class Connection:
                 elif self.ping_due:
                     data, self.ping_due = _PING, False
                 elif queue:
-                    item = self.item = queue.popleft()
-                    session.popped()
-                    data = session.payload_of(item)
+                    self.item, data = session.take()
                 else:
                     return
             try:
@@ -372,18 +385,16 @@ class Connection:
 # -- the sweeps --------------------------------------------------------------------------------
 
 
-async def sweep(state: "WebState") -> None:
-    """Pings and dead-peer drops, and token re-checks, for every connection; until cancelled.
-
-    Cancellation: the sweeps stop; connections stay as they are.
-    """
+async def sweep(state: WebState) -> None:
+    """Pings, dead-peer drops and token re-checks for every connection, until cancelled
+    (Cancellation: the sweeps stop; connections stay as they are)."""
     settings = state.settings
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ping_all, state, settings.ws_ping_interval_s, settings.ws_ping_timeout_s)
         nursery.start_soon(recheck_tokens, state, settings.ws_reauth_interval_s)
 
 
-async def ping_all(state: "WebState", interval: float, timeout: float) -> None:
+async def ping_all(state: WebState, interval: float, timeout: float) -> None:
     """Ping each connection once per ``interval``, or drop it if it sent nothing for ``interval``
     plus ``timeout`` (a dead peer goes within one more interval). The connections are taken in
     batches spread over the interval, so neither the pings nor the pongs come all at once."""
@@ -394,16 +405,16 @@ async def ping_all(state: "WebState", interval: float, timeout: float) -> None:
         for k in range(batches):
             await trio.sleep_until(start + interval * (k + 1) / batches)
             silent_since = trio.current_time() - interval - timeout
-            for conn in conns[k * SWEEP_BATCH:(k + 1) * SWEEP_BATCH]:
+            for conn in conns[k * SWEEP_BATCH : (k + 1) * SWEEP_BATCH]:
                 if conn.last_heard < silent_since:
                     conn.abort()
                 else:
                     conn.ping()
 
 
-async def recheck_tokens(state: "WebState", interval: float) -> None:
-    """Each distinct token of an open session once per ``interval``: one store read per token,
-    not one per connection."""
+async def recheck_tokens(state: WebState, interval: float) -> None:
+    """Each distinct token of an open session once per ``interval`` (one store read per token,
+    not one per connection), its sessions told the user found (``Session.reauthorized``)."""
     while True:
         await trio.sleep(interval)
         by_token: dict[str, list[Session]] = {}
@@ -411,6 +422,6 @@ async def recheck_tokens(state: "WebState", interval: float) -> None:
             if session.state is State.OPEN and session.token is not None:
                 by_token.setdefault(session.token, []).append(session)
         for token, sessions in by_token.items():
-            if await state.auth.user_for(token) is None:
-                for session in sessions:
-                    session.expire()
+            user = await state.auth.user_for(token)
+            for session in sessions:
+                session.reauthorized(user)

@@ -167,7 +167,10 @@ class FakeAnthropicAPI:
                 task_status.started(binds[0])
 
         await hypercorn_serve(
-            self._asgi, config, mode="asgi", task_status=_Started()  # type: ignore[arg-type]
+            self._asgi,
+            config,
+            mode="asgi",
+            task_status=_Started(),  # type: ignore[arg-type]
         )
 
     # --- ASGI ---
@@ -229,9 +232,7 @@ class FakeAnthropicAPI:
         }
         model = reply.model or rec.body["model"]
         if not rec.body.get("stream"):
-            body = _message_json(
-                msg_id, model, reply.content, reply.stop_reason, reply.stop_sequence, usage
-            )
+            body = _message_json(msg_id, model, reply.content, reply.stop_reason, reply.stop_sequence, usage)
             return await self._send_json(send, 200, body, {})
         events = list(_sse_events(msg_id, model, reply, usage))
         if reply.cut_after_events is not None:
@@ -375,9 +376,7 @@ def validate_request(body: Any) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "messages: at least one message is required"
     system = body.get("system")
-    blocks = (_blocks(system) if system else []) + [
-        b for m in messages for b in _blocks(m.get("content"))
-    ]
+    blocks = (_blocks(system) if system else []) + [b for m in messages for b in _blocks(m.get("content"))]
     nested = [n for b in _of_type(blocks, "tool_result") for n in _blocks(b.get("content"))]
     marked = sum("cache_control" in b for b in [*body.get("tools", []), *blocks, *nested])
     if marked > 4:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-
 from .threaded_http import QuietHandler, ThreadedHTTPFake
 
 
@@ -115,8 +114,7 @@ class _Handler(QuietHandler):
             self._plain(failure, f"injected failure {failure}\n")
             return
         if not self._authorized():
-            self._plain(401, "authentication required\n",
-                        {"WWW-Authenticate": 'Basic realm="fake git"'})
+            self._plain(401, "authentication required\n", {"WWW-Authenticate": 'Basic realm="fake git"'})
             return
         parts = urlsplit(self.path)
         env = {
@@ -137,7 +135,10 @@ class _Handler(QuietHandler):
             env["GIT_PROTOCOL"] = proto
         proc = subprocess.run(
             ["git", "-c", "http.receivepack=true", "http-backend"],
-            input=body, env=env, capture_output=True, check=False,
+            input=body,
+            env=env,
+            capture_output=True,
+            check=False,
         )
         head, sep, payload = proc.stdout.partition(b"\r\n\r\n")
         if not sep:
@@ -170,7 +171,9 @@ def make_bare_repo(
 ) -> Path:
     """Create ``parent/name``, a bare repository with one commit per branch holding ``files``
     (default: branch main with a README and a small module), HEAD pointing at ``head``."""
-    branches = branches or {"main": {"README.md": "# project\n", "calc.py": "def add(a, b):\n    return a - b\n"}}
+    branches = branches or {
+        "main": {"README.md": "# project\n", "calc.py": "def add(a, b):\n    return a - b\n"}
+    }
     bare = Path(parent) / name
     work = Path(parent) / f".{name}.work"
     ident = ["-c", "user.name=Fixture", "-c", "user.email=fixture@example.invalid"]
@@ -197,8 +200,7 @@ def make_bare_repo(
 
 def git_out(repo: Path, *args: str) -> str:
     """stdout of a git command in ``repo`` (tests only: blocking)."""
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
 GitHttpServer.handler_class = _Handler

@@ -3,7 +3,9 @@
 ``POST /repos/{o}/{r}/pulls`` checks the Bearer token (401 "Bad credentials" otherwise),
 records the request, and answers 201 with a new pull request, or 422 "A pull request already
 exists" when an open one has the same head and base. ``GET /repos/{o}/{r}/pulls?head=o:branch``
-lists them. ``fail_with(status, headers=...)`` injects 5xx, rate limits and the like.
+lists them. ``GET /user/repos?sort=pushed&per_page=&page=`` lists ``user_repos`` (``add_repo``), the
+most recently pushed first, with GitHub's ``Link`` header (``rel="next"``, ``rel="last"``).
+``fail_with(status, headers=...)`` injects 5xx, rate limits and the like.
 
 Start it like the git server: ``url = await nursery.start(api.serve)`` or ``with api as url``.
 """
@@ -15,7 +17,6 @@ import re
 import threading
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
-
 
 from .threaded_http import QuietHandler, ThreadedHTTPFake
 
@@ -44,13 +45,40 @@ class FakeGitHubAPI(ThreadedHTTPFake):
         self.web_base = web_base
         self.requests: list[ApiRequest] = []
         self.pulls: list[dict] = []  # each: owner, repo, number, head, base, title, body, state
+        self.user_repos: list[dict] = []  # as GitHub's /user/repos gives them
         self._failures: list[_Failure] = []
         self._lock = threading.Lock()
 
-    def fail_with(self, status: int, *, times: int = 1, headers: dict[str, str] | None = None,
-                  message: str = "Server Error") -> None:
+    def fail_with(
+        self,
+        status: int,
+        *,
+        times: int = 1,
+        headers: dict[str, str] | None = None,
+        message: str = "Server Error",
+    ) -> None:
         with self._lock:
             self._failures += [_Failure(status, headers or {}, {"message": message})] * times
+
+    def add_repo(self, full_name: str, *, pushed_at: str, private: bool = False, **extra: object) -> dict:
+        """A repository of the token's user, in GitHub's shape (``extra`` overrides fields)."""
+        owner, _, name = full_name.partition("/")
+        repo = {
+            "id": len(self.user_repos) + 1,
+            "name": name,
+            "full_name": full_name,
+            "owner": {"login": owner},
+            "private": private,
+            "default_branch": "main",
+            "clone_url": f"{self.web_base}/{full_name}.git",
+            "html_url": f"{self.web_base}/{full_name}",
+            "description": None,
+            "pushed_at": pushed_at,
+            **extra,
+        }
+        with self._lock:
+            self.user_repos.append(repo)
+        return repo
 
     def add_pull(self, owner: str, repo: str, *, head: str, base: str, title: str = "t") -> dict:
         with self._lock:
@@ -59,9 +87,14 @@ class FakeGitHubAPI(ThreadedHTTPFake):
     def _create(self, owner: str, repo: str, data: dict) -> dict:
         number = len(self.pulls) + 1
         pr = {
-            "owner": owner, "repo": repo, "number": number, "state": "open",
-            "head": data["head"], "base": data["base"],
-            "title": data.get("title", ""), "body": data.get("body", ""),
+            "owner": owner,
+            "repo": repo,
+            "number": number,
+            "state": "open",
+            "head": data["head"],
+            "base": data["base"],
+            "title": data.get("title", ""),
+            "body": data.get("body", ""),
             "html_url": f"{self.web_base}/{owner}/{repo}/pull/{number}",
         }
         self.pulls.append(pr)
@@ -93,8 +126,7 @@ class _Handler(QuietHandler):
             return
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         with api._lock:
-            api.requests.append(ApiRequest(self.command, parts.path, query,
-                                           dict(self.headers.items()), data))
+            api.requests.append(ApiRequest(self.command, parts.path, query, dict(self.headers.items()), data))
         if self.headers.get("Authorization") != f"Bearer {api.token}":
             self._send(401, {"message": "Bad credentials"})
             return
@@ -102,6 +134,9 @@ class _Handler(QuietHandler):
             failure = api._failures.pop(0) if api._failures else None
         if failure is not None:
             self._send(failure.status, failure.body, failure.headers)
+            return
+        if parts.path == "/user/repos" and self.command == "GET":
+            self._user_repos(query)
             return
         match = _PULLS.match(parts.path)
         if not match:
@@ -113,13 +148,32 @@ class _Handler(QuietHandler):
         else:
             self._open(owner, repo, data)
 
+    def _user_repos(self, query: dict[str, str]) -> None:
+        api = self.owner
+        per_page = min(int(query.get("per_page", "30")), 100)
+        page = max(int(query.get("page", "1")), 1)
+        with api._lock:
+            repos = list(api.user_repos)
+        if query.get("sort") == "pushed":
+            repos.sort(key=lambda r: r["pushed_at"], reverse=query.get("direction", "desc") == "desc")
+        last = max(1, -(-len(repos) // per_page))
+        links = []
+        base = f"http://{self.headers['Host']}/user/repos?per_page={per_page}"
+        if page < last:
+            links.append(f'<{base}&page={page + 1}>; rel="next"')
+        links.append(f'<{base}&page={last}>; rel="last"')
+        chunk = repos[(page - 1) * per_page : page * per_page]
+        self._send(200, chunk, {"Link": ", ".join(links)})
+
     def _list(self, owner: str, repo: str, query: dict[str, str]) -> None:
         api = self.owner
         head = query.get("head")
         with api._lock:
             found = [
-                pr for pr in api.pulls
-                if pr["owner"] == owner and pr["repo"] == repo
+                pr
+                for pr in api.pulls
+                if pr["owner"] == owner
+                and pr["repo"] == repo
                 and pr["state"] == query.get("state", "open")
                 and (head is None or f"{owner}:{pr['head']}" == head)
                 and ("base" not in query or pr["base"] == query["base"])
@@ -129,27 +183,48 @@ class _Handler(QuietHandler):
     def _open(self, owner: str, repo: str, data: object) -> None:
         api = self.owner
         if not isinstance(data, dict) or not all(data.get(k) for k in ("head", "base", "title")):
-            self._send(422, {"message": "Validation Failed",
-                             "errors": [{"resource": "PullRequest", "code": "missing_field"}]})
+            self._send(
+                422,
+                {
+                    "message": "Validation Failed",
+                    "errors": [{"resource": "PullRequest", "code": "missing_field"}],
+                },
+            )
             return
         with api._lock:
-            exists = any(pr["owner"] == owner and pr["repo"] == repo and pr["state"] == "open"
-                         and pr["head"] == data["head"] and pr["base"] == data["base"]
-                         for pr in api.pulls)
+            exists = any(
+                pr["owner"] == owner
+                and pr["repo"] == repo
+                and pr["state"] == "open"
+                and pr["head"] == data["head"]
+                and pr["base"] == data["base"]
+                for pr in api.pulls
+            )
             pr = None if exists else api._create(owner, repo, data)
         if pr is None:
-            self._send(422, {
-                "message": "Validation Failed",
-                "errors": [{"resource": "PullRequest", "code": "custom",
-                            "message": f"A pull request already exists for {owner}:{data['head']}."}],
-            })
+            self._send(
+                422,
+                {
+                    "message": "Validation Failed",
+                    "errors": [
+                        {
+                            "resource": "PullRequest",
+                            "code": "custom",
+                            "message": f"A pull request already exists for {owner}:{data['head']}.",
+                        }
+                    ],
+                },
+            )
             return
         self._send(201, _public(pr))
 
 
 def _public(pr: dict) -> dict:
     return {
-        "number": pr["number"], "state": pr["state"], "title": pr["title"], "body": pr["body"],
+        "number": pr["number"],
+        "state": pr["state"],
+        "title": pr["title"],
+        "body": pr["body"],
         "html_url": pr["html_url"],
         "head": {"ref": pr["head"], "label": f"{pr['owner']}:{pr['head']}"},
         "base": {"ref": pr["base"]},

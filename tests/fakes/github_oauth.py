@@ -16,13 +16,11 @@ import secrets
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-
 from .threaded_http import ThreadedHTTPFake
 
 
 class FakeGitHubOAuth(ThreadedHTTPFake):
-    def __init__(self, *, client_id: str, client_secret: str,
-                 profile: dict | None = None) -> None:
+    def __init__(self, *, client_id: str, client_secret: str, profile: dict | None = None) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
         self.profile = profile or {"login": "octocat", "id": 583231, "name": "The Octocat"}
@@ -39,7 +37,7 @@ def _s256(verifier: str) -> str:
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeGitHubOAuth
 
-    def log_message(self, format, *args):  # noqa: A002 - quiet tests
+    def log_message(self, format, *args):
         pass
 
     def _json(self, status: int, data: object) -> None:
@@ -87,11 +85,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         asked = fake.codes.pop(form.get("code", ""), None)
         if asked is None or asked.get("redirect_uri") != form.get("redirect_uri"):
-            self._json(200, {"error": "bad_verification_code",
-                             "error_description": "The code passed is incorrect or expired."})
+            self._json(
+                200,
+                {
+                    "error": "bad_verification_code",
+                    "error_description": "The code passed is incorrect or expired.",
+                },
+            )
             return
-        if asked.get("code_challenge_method") != "S256" or \
-                _s256(form.get("code_verifier", "")) != asked.get("code_challenge"):
+        if asked.get("code_challenge_method") != "S256" or _s256(form.get("code_verifier", "")) != asked.get(
+            "code_challenge"
+        ):
             self._json(200, {"error": "bad_verification_code", "error_description": "PKCE failed"})
             return
         token = "gho_" + secrets.token_hex(18)

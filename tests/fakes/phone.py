@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx2
 import trio
@@ -40,7 +41,7 @@ class Server:
     @property
     def web(self):
         """The app's shared state (``WebState``: sessions, fan-out, limiters)."""
-        return self.daemon.app.extensions["agentd"]
+        return self.daemon.web
 
     async def user(self, login: str, *, expires_at: float | None = None) -> tuple[Any, str]:
         user = await self.store.upsert_user(login)
@@ -67,8 +68,11 @@ STORE_URL: str | None = None
 async def running_daemon(tmp_path: Path, runner: Any = None, **overrides: Any) -> AsyncIterator[Server]:
     sock_dir = Path(tempfile.mkdtemp(prefix="agentd-", dir="/tmp"))  # unix paths: <= 108 bytes
     fields: dict[str, Any] = dict(
-        data_dir=tmp_path / "data", http="127.0.0.1:0", control_socket=sock_dir / "c.sock",
-        allow_local_remotes=True, grace_period_s=0.0,
+        data_dir=tmp_path / "data",
+        http="127.0.0.1:0",
+        control_socket=sock_dir / "c.sock",
+        allow_local_remotes=True,
+        grace_period_s=0.0,
     )
     fields.update(overrides)
     fields.setdefault("store", STORE_URL)
@@ -90,4 +94,3 @@ async def recv_json(ws, timeout: float = 5.0) -> dict[str, Any]:
 
 async def send_json(ws, message: dict[str, Any]) -> None:
     await ws.send_message(json.dumps(message))
-

@@ -16,7 +16,7 @@ import trio
 class QuietHandler(BaseHTTPRequestHandler):
     """A request handler that keeps test output quiet and sends GET and POST to ``_handle``."""
 
-    def log_message(self, format, *args):  # noqa: A002 - the name is the stdlib's
+    def log_message(self, format, *args):
         pass
 
     def do_GET(self) -> None:
@@ -43,8 +43,9 @@ class ThreadedHTTPFake:
         handler = type("Handler", (self.handler_class,), {"owner": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
+        threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self.url
 
     def stop(self) -> None:

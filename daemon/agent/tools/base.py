@@ -85,8 +85,13 @@ class ToolSettings:
 
     def __post_init__(self) -> None:
         # Below these a shell, git or a compiler cannot start at all: a typo, not a policy.
-        for name, least in (("max_processes", 16), ("memory_bytes", 64 * MIB), ("cpu_time_s", 1),
-                            ("file_size_bytes", MIB), ("tmp_bytes", MIB)):
+        for name, least in (
+            ("max_processes", 16),
+            ("memory_bytes", 64 * MIB),
+            ("cpu_time_s", 1),
+            ("file_size_bytes", MIB),
+            ("tmp_bytes", MIB),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < least:
                 raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
@@ -101,9 +106,7 @@ class ToolSettings:
         if self.output_cap_bytes < 256:
             raise ConfigError(f"output_cap_bytes must be >= 256, got {self.output_cap_bytes!r}")
         if self.sandbox not in ("auto", "required", "off"):
-            raise ConfigError(
-                f"sandbox must be one of auto, required, off; got {self.sandbox!r}"
-            )
+            raise ConfigError(f"sandbox must be one of auto, required, off; got {self.sandbox!r}")
 
 
 class HeadTail:
@@ -138,11 +141,7 @@ class HeadTail:
             return head + self._tail.decode("utf-8", errors="replace")
         tail = bytes(self._tail[-self._tail_cap :])
         cut = self.total - len(self._head) - len(tail)
-        return (
-            head
-            + f"\n[... {cut} bytes cut ...]\n"
-            + tail.decode("utf-8", errors="replace")
-        )
+        return head + f"\n[... {cut} bytes cut ...]\n" + tail.decode("utf-8", errors="replace")
 
 
 def cap_text(text: str, cap: int) -> str:

@@ -21,8 +21,8 @@ import secrets
 import shlex
 import signal
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import trio
 
@@ -39,9 +39,15 @@ class BashSession:
     Not safe for concurrent ``run`` calls: the ``Toolbox`` serialises them with a lock.
     """
 
-    def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str],
-                 pass_fds: tuple[int, ...] = (),
-                 before_kill: Callable[[int], Awaitable[object]] | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        pass_fds: tuple[int, ...] = (),
+        before_kill: Callable[[int], Awaitable[object]] | None = None,
+    ) -> None:
         self._argv = argv
         self._cwd = cwd
         self._env = env
@@ -235,5 +241,5 @@ def _alive(pid: int) -> bool:
 
 async def _wait_gone(pids: list[int]) -> None:
     # SIGKILL is delivered asynchronously; wait briefly so that "returned" means "dead".
-    while any(_alive(pid) for pid in pids):
+    while any(_alive(pid) for pid in pids):  # noqa: ASYNC110 - death of a pid has no event here
         await trio.sleep(0.005)

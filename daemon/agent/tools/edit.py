@@ -29,7 +29,7 @@ import functools
 import io
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import trio
@@ -55,8 +55,7 @@ class _ToolError(Exception):
 class Editor:
     """Runs the text editor tool's commands for one workspace (see the module docstring)."""
 
-    def __init__(self, workspace: str, *, alias: str | None, cap_bytes: int,
-                 max_threads: int = 8) -> None:
+    def __init__(self, workspace: str, *, alias: str | None, cap_bytes: int, max_threads: int = 8) -> None:
         self._workspace = workspace
         self._alias = alias
         self._cap = cap_bytes
@@ -102,7 +101,7 @@ class Editor:
 
     # -- commands (worker thread) ---------------------------------------------------------
 
-    def _call(self, handler, input: dict) -> str:
+    def _call(self, handler: Callable[[dict, str, int, tuple[str, ...]], str], input: dict) -> str:
         raw = input.get("path")
         if not isinstance(raw, str):
             raise _ToolError("path is required (a string: relative to the workspace or absolute)")
@@ -114,8 +113,9 @@ class Editor:
             os.close(root)
 
     @contextlib.contextmanager
-    def _opened(self, root: int, parts: tuple[str, ...], raw: str, missing: str
-                ) -> Iterator[tuple[int, int, os.stat_result]]:
+    def _opened(
+        self, root: int, parts: tuple[str, ...], raw: str, missing: str
+    ) -> Iterator[tuple[int, int, os.stat_result]]:
         """The target's parent directory fd, its own fd and ``fstat``; all closed after."""
         with contextlib.ExitStack() as stack:
             try:
@@ -148,8 +148,7 @@ class Editor:
                 )
             return self._numbered(f, reader, raw, start, end)
 
-    def _numbered(self, f: BinaryIO, reader: fs_beneath.CappedReader, raw: str, start: int,
-                  end: int) -> str:
+    def _numbered(self, f: BinaryIO, reader: fs_beneath.CappedReader, raw: str, start: int, end: int) -> str:
         # Streams the file: only the lines shown are held, and at most the output cap of them.
         header = f"Here's the result of running `cat -n` on {raw}:\n"
         parts = [header]
@@ -190,9 +189,7 @@ class Editor:
         if number == 0:
             return f"{raw} is empty"
         if start > number:
-            raise _ToolError(
-                f"view_range starts at line {start} but {raw} has only {number} lines"
-            )
+            raise _ToolError(f"view_range starts at line {start} but {raw} has only {number} lines")
         return "".join(parts)
 
     def _list_dir(self, raw: str, fd: int) -> str:
@@ -243,8 +240,7 @@ class Editor:
                     raise _ToolError(f"{raw} is a directory; give a file path")
                 fs_beneath.refuse_special(st, display)
             mode = stat.S_IMODE(st.st_mode) if st is not None else 0o644
-            fs_beneath.write_atomic(parent, parts[-1], text.encode("utf-8"), mode,
-                                    before_commit=_check)
+            fs_beneath.write_atomic(parent, parts[-1], text.encode("utf-8"), mode, before_commit=_check)
         finally:
             os.close(parent)
         return f"File {'overwritten' if st is not None else 'created'}: {raw}"
@@ -279,8 +275,9 @@ class Editor:
                 )
             at = starts[0]
             result = text[:at] + new + text[at + len(old) :]
-            fs_beneath.write_atomic(parent, parts[-1], result.encode("utf-8"),
-                                    stat.S_IMODE(st.st_mode), before_commit=_check)
+            fs_beneath.write_atomic(
+                parent, parts[-1], result.encode("utf-8"), stat.S_IMODE(st.st_mode), before_commit=_check
+            )
         first = text.count("\n", 0, at) + 1
         return (
             f"The file {raw} has been edited. A snippet of the result (`cat -n`):\n"
@@ -315,8 +312,9 @@ class Editor:
             if head and not head.endswith("\n"):
                 head += newline  # appending to a file that does not end with a newline
             result = head + block + text[at:]
-            fs_beneath.write_atomic(parent, parts[-1], result.encode("utf-8"),
-                                    stat.S_IMODE(st.st_mode), before_commit=_check)
+            fs_beneath.write_atomic(
+                parent, parts[-1], result.encode("utf-8"), stat.S_IMODE(st.st_mode), before_commit=_check
+            )
         return (
             f"The file {raw} has been edited. A snippet of the result (`cat -n`):\n"
             + _snippet(result, line + 1, line + block.count("\n"))

@@ -31,8 +31,12 @@ import platform
 import secrets
 import stat
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .paths import PathError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
@@ -40,9 +44,7 @@ RESOLVE_BENEATH = 0x08
 _RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 # openat2 has the same number in the generic syscall table (aarch64) and on x86_64; other
 # machines use the component walk rather than a guessed number.
-_SYS_OPENAT2 = {"x86_64": 437, "amd64": 437, "aarch64": 437, "arm64": 437}.get(
-    platform.machine().lower()
-)
+_SYS_OPENAT2 = {"x86_64": 437, "amd64": 437, "aarch64": 437, "arm64": 437}.get(platform.machine().lower())
 
 # None: openat2 when the kernel has it. Tests set False to exercise the component walk.
 use_openat2: bool | None = None
@@ -61,8 +63,7 @@ def open_root(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def open_dir(root_fd: int, parts: Sequence[str], *, create: bool = False,
-             full: str | None = None) -> int:
+def open_dir(root_fd: int, parts: Sequence[str], *, create: bool = False, full: str | None = None) -> int:
     """An ``O_PATH`` fd of the directory ``parts`` beneath ``root_fd``; the caller closes it.
 
     ``parts`` are plain names (no ``.``, ``..``, empty or ``/``), as ``paths.relative_parts``
@@ -98,15 +99,18 @@ def refuse_special(st: os.stat_result, display: str) -> None:
     if stat.S_ISLNK(mode):
         raise PathError(_link_message(display, display))
     kind = (
-        "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-        else "a unix socket" if stat.S_ISSOCK(mode)
-        else "a character device" if stat.S_ISCHR(mode)
-        else "a block device" if stat.S_ISBLK(mode)
+        "a FIFO (named pipe)"
+        if stat.S_ISFIFO(mode)
+        else "a unix socket"
+        if stat.S_ISSOCK(mode)
+        else "a character device"
+        if stat.S_ISCHR(mode)
+        else "a block device"
+        if stat.S_ISBLK(mode)
         else "not a regular file"
     )
     raise PathError(
-        f"{display} is {kind}; the editor reads and writes regular files only "
-        "(inspect it with bash)"
+        f"{display} is {kind}; the editor reads and writes regular files only (inspect it with bash)"
     )
 
 
@@ -183,15 +187,16 @@ class CappedReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
         if self._left <= 0:
             if not self.capped and read_chunk(self._fd, 1):
                 self.capped = True
             return 0
         if self._check is not None:
             self._check()
-        data = read_chunk(self._fd, min(len(buffer), self._left))
-        buffer[: len(data)] = data
+        view = memoryview(buffer).cast("B")
+        data = read_chunk(self._fd, min(len(view), self._left))
+        view[: len(data)] = data
         self._left -= len(data)
         return len(data)
 
@@ -201,8 +206,9 @@ def write_chunk(fd: int, data: memoryview) -> int:
     return os.write(fd, data)
 
 
-def write_atomic(dir_fd: int, name: str, data: bytes, mode: int, *,
-                 before_commit: Check | None = None) -> None:
+def write_atomic(
+    dir_fd: int, name: str, data: bytes, mode: int, *, before_commit: Check | None = None
+) -> None:
     """Replace (or create) ``name`` in ``dir_fd`` with ``data``, whole or not at all.
 
     The data goes to a new temporary file in the same directory, created with ``O_EXCL |
@@ -301,8 +307,7 @@ def _link_message(prefix: str, full: str) -> str:
 
 
 class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
 _syscall = None
@@ -338,9 +343,13 @@ def _openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
     how = _OpenHow(flags, 0, resolve)
     for _ in range(8):
         # ctypes releases the GIL around the call, like os.open does.
-        fd = _syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dir_fd),
-                      ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
-                      ctypes.c_size_t(ctypes.sizeof(how)))
+        fd = _syscall(
+            ctypes.c_long(_SYS_OPENAT2),
+            ctypes.c_int(dir_fd),
+            ctypes.c_char_p(os.fsencode(path)),
+            ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )
         if fd >= 0:
             return fd
         err = ctypes.get_errno()

@@ -24,9 +24,9 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from daemon.errors import PermanentError
 from daemon.git.disk import charged, first_sight
@@ -71,8 +71,11 @@ def claim_slot(base: int, count: int) -> Slot | None:
         # processes that are not a task's (a user given a uid there) stays one.
         _foreign = _uids_in_use()
         if mine := sorted(uid for uid in _foreign if base <= uid < base + count):
-            log.warning("sandbox uids %s run processes that are not agentd's: never used "
-                        "(keep sandbox_uid_base .. + sandbox_uid_count free)", mine)
+            log.warning(
+                "sandbox uids %s run processes that are not agentd's: never used "
+                "(keep sandbox_uid_base .. + sandbox_uid_count free)",
+                mine,
+            )
     for uid in range(base, base + count):
         if uid in _foreign:
             continue
@@ -232,7 +235,8 @@ def own_and_measure(top: Path, owner: tuple[int, int] | None) -> int:
                     raise PermanentError(
                         f"the workspace nests directories more than {MAX_DEPTH} deep; the task "
                         "was stopped and the workspace is kept as it is",
-                        code="workspace_too_deep")
+                        code="workspace_too_deep",
+                    )
                 try:
                     child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
                 except OSError:

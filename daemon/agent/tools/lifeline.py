@@ -61,5 +61,4 @@ def lifeline_argv(argv: list[str]) -> list[str] | None:
     bash = _bash()
     if bash is None:
         return None
-    return [bash, "--noprofile", "--norc", "-c", _SCRIPT, "agentd-lifeline",
-            str(lifeline_fd()), *argv]
+    return [bash, "--noprofile", "--norc", "-c", _SCRIPT, "agentd-lifeline", str(lifeline_fd()), *argv]

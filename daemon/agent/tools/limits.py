@@ -64,8 +64,10 @@ def find_cgroup(proc_self: Path = Path("/proc/self")) -> tuple[Cgroup2 | None, s
     controllers = _read(here / "cgroup.controllers").split()
     missing = [c for c in _NEEDED if c not in controllers]
     if missing:
-        return None, (f"cgroup v2 at {here} offers no {' or '.join(missing)} controller "
-                      "(not delegated: systemd's Delegate=yes gives them)")
+        return None, (
+            f"cgroup v2 at {here} offers no {' or '.join(missing)} controller "
+            "(not delegated: systemd's Delegate=yes gives them)"
+        )
     if not os.access(here / "cgroup.subtree_control", os.W_OK) or not os.access(here, os.W_OK):
         return None, f"cgroup v2 at {here} is not writable by this process (not delegated)"
     if not _enabled(here):
@@ -163,8 +165,9 @@ class TaskCgroup:
     def remove(self) -> None:
         """Remove the (emptied) cgroup, the ones the task made under it first; a few tries
         while the killed processes are reaped."""
-        children = sorted((p for p in self.path.rglob("*") if p.is_dir()),
-                          key=lambda p: len(p.parts), reverse=True)
+        children = sorted(
+            (p for p in self.path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+        )
         for child in children:
             try:
                 child.rmdir()
@@ -193,8 +196,7 @@ def cgroup_wrapper(sh: str, cgroup: Path) -> list[str]:
     return [sh, "-c", 'echo 0 > "$0" && exec "$@"', str(cgroup / "cgroup.procs")]
 
 
-def rlimit_prefix(prlimit: str, settings: ToolSettings, *, nproc: int | None,
-                  memory: bool) -> list[str]:
+def rlimit_prefix(prlimit: str, settings: ToolSettings, *, nproc: int | None, memory: bool) -> list[str]:
     """``prlimit`` with the task's limits, then ``--`` (the command follows).
 
     ``nproc``: the ``RLIMIT_NPROC`` value (None: not set); ``memory``: set ``RLIMIT_DATA``

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["descendants", "first_child", "pids", "proc_file", "proc_stat", "sandbox_processes",
-           "tmp_full"]
+__all__ = ["descendants", "first_child", "pids", "proc_file", "proc_stat", "sandbox_processes", "tmp_full"]
 
 
 def pids() -> list[str]:

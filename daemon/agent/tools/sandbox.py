@@ -37,7 +37,6 @@ from pathlib import Path
 
 import trio
 
-
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -52,11 +51,37 @@ _SETPRIV_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_DAC_READ_SEARCH
 # /etc entries programs commonly need (dynamic loader, users for `id`/git, TLS roots, timezone,
 # Debian alternatives, terminfo, language runtimes' system config). Globs allowed.
 _ETC_ALLOWLIST = (
-    "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "debian_version",
-    "gitconfig", "group", "host.conf", "hosts", "inputrc", "ld.so.cache", "ld.so.conf",
-    "ld.so.conf.d", "locale.alias", "localtime", "magic", "magic.mime", "mime.types",
-    "nsswitch.conf", "os-release", "passwd", "perl", "profile", "protocols", "python3*",
-    "services", "shells", "ssl", "terminfo", "timezone", "java-*",
+    "alternatives",
+    "bash.bashrc",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "debian_version",
+    "gitconfig",
+    "group",
+    "host.conf",
+    "hosts",
+    "inputrc",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "locale.alias",
+    "localtime",
+    "magic",
+    "magic.mime",
+    "mime.types",
+    "nsswitch.conf",
+    "os-release",
+    "passwd",
+    "perl",
+    "profile",
+    "protocols",
+    "python3*",
+    "services",
+    "shells",
+    "ssl",
+    "terminfo",
+    "timezone",
+    "java-*",
 )
 
 
@@ -96,8 +121,14 @@ def _system_binds() -> tuple[str, ...]:
     return tuple(args)
 
 
-def bwrap_argv(bwrap: str, workspace: Path, *, tmp_bytes: int | None = None,
-               owner: tuple[int, int] | None = None, etc_dir: Path | None = None) -> list[str]:
+def bwrap_argv(
+    bwrap: str,
+    workspace: Path,
+    *,
+    tmp_bytes: int | None = None,
+    owner: tuple[int, int] | None = None,
+    etc_dir: Path | None = None,
+) -> list[str]:
     """The bwrap command line (without the program to run) for ``workspace``.
 
     ``tmp_bytes`` bounds ``/tmp``. ``owner``: the daemon is root and the command will switch to
@@ -110,44 +141,83 @@ def bwrap_argv(bwrap: str, workspace: Path, *, tmp_bytes: int | None = None,
     if owner is None:
         # No user namespaces inside it: a nested one would give the task every capability
         # again there, and with them the kernel's namespaced attack surface.
-        namespaces = ["--unshare-all", *(["--unshare-user", "--disable-userns"]
-                                        if _can_disable_userns(bwrap) else [])]
+        namespaces = [
+            "--unshare-all",
+            *(["--unshare-user", "--disable-userns"] if _can_disable_userns(bwrap) else []),
+        ]
         caps = ["--cap-drop", "ALL"]
     else:
-        namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
-                      "--unshare-cgroup-try"]
+        namespaces = [
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+        ]
         caps = ["--cap-drop", "ALL", *(x for cap in _SETPRIV_CAPS for x in ("--cap-add", cap))]
     tmp_size = ["--size", str(tmp_bytes)] if tmp_bytes is not None else []
     shm_size = ["--size", str(min(tmp_bytes, _SHM_BYTES))] if tmp_bytes is not None else []
     # Directories bwrap makes for mount points are mode 0700 (root's): the task's uid must be
     # able to walk through /etc and down to the workspace.
-    parents = [x for parent in reversed(workspace.parents) if str(parent) != "/"
-               for x in ("--perms", "0755", "--dir", str(parent))]
+    parents = [
+        x
+        for parent in reversed(workspace.parents)
+        if str(parent) != "/"
+        for x in ("--perms", "0755", "--dir", str(parent))
+    ]
     etc = []
     if etc_dir is not None:
-        etc = ["--ro-bind", str(etc_dir / "passwd"), "/etc/passwd",
-               "--ro-bind", str(etc_dir / "group"), "/etc/group"]
+        etc = [
+            "--ro-bind",
+            str(etc_dir / "passwd"),
+            "/etc/passwd",
+            "--ro-bind",
+            str(etc_dir / "group"),
+            "/etc/group",
+        ]
     return [
         bwrap,
         *namespaces,
         "--die-with-parent",
         *caps,
-        "--perms", "0755", "--dir", "/etc",
+        "--perms",
+        "0755",
+        "--dir",
+        "/etc",
         *_system_binds(),
         *etc,
-        "--proc", "/proc",
+        "--proc",
+        "/proc",
         # bwrap leaves the new /proc's sysctls writable (its own check cannot see procfs is).
-        "--ro-bind", "/proc/sys", "/proc/sys",
-        "--dev", "/dev",
+        "--ro-bind",
+        "/proc/sys",
+        "/proc/sys",
+        "--dev",
+        "/dev",
         # Sticky and world-writable: the sandbox's uid is not the one bwrap creates them as.
-        "--perms", "1777", *tmp_size, "--tmpfs", "/tmp",
-        "--perms", "1777", *shm_size, "--tmpfs", "/dev/shm",
-        "--perms", "0777", "--dir", SANDBOX_HOME,
+        "--perms",
+        "1777",
+        *tmp_size,
+        "--tmpfs",
+        "/tmp",
+        "--perms",
+        "1777",
+        *shm_size,
+        "--tmpfs",
+        "/dev/shm",
+        "--perms",
+        "0777",
+        "--dir",
+        SANDBOX_HOME,
         *parents,
-        "--bind", ws, ws,
+        "--bind",
+        ws,
+        ws,
         # After every mount point exists: the root tmpfs bwrap builds is writable otherwise.
-        "--remount-ro", "/",
-        "--chdir", ws,
+        "--remount-ro",
+        "/",
+        "--chdir",
+        ws,
         # No --new-session: it would move the shell out of our process group, and the TIOCSTI
         # attack it prevents needs a terminal, which the shell never has (stdin is a pipe).
     ]
@@ -157,8 +227,16 @@ def setpriv_argv(setpriv: str, owner: tuple[int, int]) -> list[str]:
     """Inside the sandbox: become ``owner`` for good (no groups, no capabilities, not even in
     the bounding set, and no gaining any through setuid or file capabilities)."""
     uid, gid = owner
-    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
-            "--bounding-set=-all", "--no-new-privs", "--"]
+    return [
+        setpriv,
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--",
+    ]
 
 
 @dataclass(frozen=True)
@@ -205,9 +283,7 @@ async def _run_probe() -> SandboxProbe:
             if done.returncode == 0:
                 return SandboxProbe(True, "bwrap works", bwrap)
             err = done.stderr.decode("utf-8", errors="replace").strip()
-            return SandboxProbe(
-                False, f"bwrap failed (exit {done.returncode}): {err or 'no message'}", bwrap
-            )
+            return SandboxProbe(False, f"bwrap failed (exit {done.returncode}): {err or 'no message'}", bwrap)
         return SandboxProbe(False, "bwrap did not finish within 10 s", bwrap)
     finally:
         with trio.CancelScope(shield=True):
@@ -218,8 +294,14 @@ async def _run_probe() -> SandboxProbe:
 def _can_disable_userns(bwrap: str) -> bool:
     """Whether this bwrap has ``--disable-userns`` (0.8 and later)."""
     try:
-        done = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10,
-                              env={"PATH": DEFAULT_PATH})
+        done = subprocess.run(
+            [bwrap, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env={"PATH": DEFAULT_PATH},
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return "--disable-userns" in done.stdout + done.stderr
@@ -238,4 +320,8 @@ def _probe_setup() -> tuple[str | None, str | None]:
 
 # The per-task confinement built on the above; re-exported here, where it is expected (the
 # package's __init__ imports this module first, so the cycle resolves in this order).
-from .task_sandbox import HostLimits, TaskSandbox, host_limits  # noqa: E402
+from .task_sandbox import (  # noqa: E402
+    HostLimits as HostLimits,
+    TaskSandbox as TaskSandbox,
+    host_limits as host_limits,
+)

@@ -16,11 +16,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from daemon.errors import PermanentError, TransientError
+from daemon.git.process import ProcessOptions
 
 from .base import ToolSettings
 from .identity import Slot, claim_slot, count_tasks, own_and_measure, sweep_uid
@@ -63,8 +63,7 @@ async def host_limits() -> HostLimits:
 def _probe_host() -> HostLimits:
     cgroup, reason = find_cgroup()
     paths = tool_paths()
-    return HostLimits(cgroup, reason, paths["prlimit"], paths["setpriv"], paths["sh"],
-                      os.geteuid() == 0)
+    return HostLimits(cgroup, reason, paths["prlimit"], paths["setpriv"], paths["sh"], os.geteuid() == 0)
 
 
 class TaskSandbox:
@@ -112,7 +111,7 @@ class TaskSandbox:
     async def __aexit__(self, *exc: object) -> None:
         await self._teardown()
 
-    def command(self, argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    def command(self, argv: list[str]) -> tuple[list[str], ProcessOptions]:
         """The full command line for ``argv`` and the keyword options to start it with
         (``trio.run_process``/``open_process``: ``env``, ``cwd``, and ``pass_fds`` under
         bubblewrap: the lifeline, ``lifeline.py``).
@@ -137,12 +136,14 @@ class TaskSandbox:
             return [*prefix, *argv], {"env": shell_env(self._home or "/"), "cwd": self.workspace}
         assert self._bwrap is not None
         etc = Path(self._etc) if self._etc is not None and self.owner is not None else None
-        full = [*prefix, *bwrap_argv(self._bwrap, self.workspace, tmp_bytes=s.tmp_bytes,
-                                     owner=self.owner, etc_dir=etc)]
+        full = [
+            *prefix,
+            *bwrap_argv(self._bwrap, self.workspace, tmp_bytes=s.tmp_bytes, owner=self.owner, etc_dir=etc),
+        ]
         if self.owner is not None:
             assert host.setpriv is not None
             full += setpriv_argv(host.setpriv, self.owner)
-        options: dict[str, Any] = {"env": shell_env(SANDBOX_HOME), "cwd": self.workspace}
+        options: ProcessOptions = {"env": shell_env(SANDBOX_HOME), "cwd": self.workspace}
         full += argv
         if (guarded := lifeline_argv(full)) is not None:  # dies with the daemon's process
             full = guarded
@@ -150,8 +151,7 @@ class TaskSandbox:
             self._lifeline = True
         return full, options
 
-    async def limit_reached(self, pid: int | None = None, *,
-                            quick: bool = False) -> PermanentError | None:
+    async def limit_reached(self, pid: int | None = None, *, quick: bool = False) -> PermanentError | None:
         """The error to fail the task with when it hit its process limit (``pids_limit``) or
         filled its ``/tmp`` (``tmp_full``, seen only while ``pid``, a bwrap this sandbox
         started, still runs); None otherwise. Once hit, always hit.
@@ -179,9 +179,9 @@ class TaskSandbox:
                 self.sandboxed, self._bwrap = True, probe.bwrap
             elif s.sandbox == "required":
                 raise PermanentError(
-                    "commands must run in the bubblewrap sandbox (sandbox = \"required\") but it "
+                    'commands must run in the bubblewrap sandbox (sandbox = "required") but it '
                     f"is not usable on this host: {probe.reason}. Install bubblewrap, allow "
-                    "unprivileged user namespaces, or set sandbox to \"auto\" or \"off\".",
+                    'unprivileged user namespaces, or set sandbox to "auto" or "off".',
                     code="sandbox_unavailable",
                 )
         self._host = host = await host_limits()
@@ -196,15 +196,15 @@ class TaskSandbox:
                 f"({_identity_reason(s, host)}); refusing to run a task as root. Give them a "
                 "uid range (sandbox_uid_base, sandbox_uid_count > 0), install setpriv "
                 "(util-linux), or run the daemon as an unprivileged user.",
-                code="sandbox_unavailable")
+                code="sandbox_unavailable",
+            )
         if host.cgroup is not None and host.sh is not None:
             self._cgroup = await trio.to_thread.run_sync(_new_cgroup, host.cgroup, s)
         elif self.owner is None and not host.root:
             # NPROC as the daemon's user counts all its processes: allow this many more.
             self._nproc = s.max_processes + await trio.to_thread.run_sync(count_tasks, os.getuid())
         if not self.sandboxed:
-            self._home = await trio.to_thread.run_sync(
-                lambda: tempfile.mkdtemp(prefix="agentd-home-"))
+            self._home = await trio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="agentd-home-"))
         _describe_once(self)
 
     async def _claim_identity(self) -> None:
@@ -217,7 +217,8 @@ class TaskSandbox:
             raise TransientError(
                 f"every sandbox uid ({s.uid_base}..{s.uid_base + s.uid_count - 1}) is in use; "
                 "the task is tried again later (raise sandbox_uid_count to run more at once)",
-                code="sandbox_busy")
+                code="sandbox_busy",
+            )
         self._slot = slot
         owner = (slot.uid, slot.gid)
         self._etc = await trio.to_thread.run_sync(_write_etc, owner)
@@ -240,13 +241,25 @@ class TaskSandbox:
         try:
             assert self._bwrap is not None and self._host is not None
             assert self._host.setpriv is not None and self._etc is not None
-            argv = [*bwrap_argv(self._bwrap, Path(scratch), tmp_bytes=1 << 20, owner=owner,
-                                etc_dir=Path(self._etc)),
-                    *setpriv_argv(self._host.setpriv, owner), "bash", "-c", "touch ok"]
+            argv = [
+                *bwrap_argv(
+                    self._bwrap, Path(scratch), tmp_bytes=1 << 20, owner=owner, etc_dir=Path(self._etc)
+                ),
+                *setpriv_argv(self._host.setpriv, owner),
+                "bash",
+                "-c",
+                "touch ok",
+            ]
             with trio.move_on_after(10):
-                done = await trio.run_process(argv, check=False, capture_stdout=True,
-                                              capture_stderr=True, stdin=subprocess.DEVNULL,
-                                              env=shell_env(SANDBOX_HOME), cwd=scratch)
+                done = await trio.run_process(
+                    argv,
+                    check=False,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    stdin=subprocess.DEVNULL,
+                    env=shell_env(SANDBOX_HOME),
+                    cwd=scratch,
+                )
                 made = await trio.to_thread.run_sync(os.lstat, os.path.join(scratch, "ok"))
                 if done.returncode == 0 and made.st_uid == owner[0]:
                     return True, f"uid {owner[0]}"
@@ -290,12 +303,15 @@ class TaskSandbox:
                 f"the task's processes reached their limit ({s.max_processes}, "
                 "sandbox_max_processes), a fork bomb or a build that needs more: the task was "
                 "stopped and its processes killed; the workspace is kept as it is",
-                code="pids_limit")
+                code="pids_limit",
+            )
         if inner is not None and tmp_full(inner):
             return PermanentError(
                 f"the sandbox's /tmp is full ({s.tmp_bytes // (1024 * 1024)} MB, sandbox_tmp_mb): "
                 "the task was stopped and its processes killed (/tmp goes with them); the "
-                "workspace is kept as it is", code="tmp_full")
+                "workspace is kept as it is",
+                code="tmp_full",
+            )
         return None
 
     def _pids_hit(self, pid: int | None, inner: int | None, quick: bool) -> bool:
@@ -349,9 +365,8 @@ def _write_etc(owner: tuple[int, int]) -> str:
     (programs that look their user up, ssh or Python's getpass, then find one)."""
     uid, gid = owner
     path = tempfile.mkdtemp(prefix="agentd-etc-")
-    for name, line in (("passwd", f"agentd-sandbox:x:{uid}:{gid}:agentd sandbox:{SANDBOX_HOME}:"
-                                  "/bin/bash\n"),
-                       ("group", f"agentd-sandbox:x:{gid}:\n")):
+    passwd = f"agentd-sandbox:x:{uid}:{gid}:agentd sandbox:{SANDBOX_HOME}:/bin/bash\n"
+    for name, line in (("passwd", passwd), ("group", f"agentd-sandbox:x:{gid}:\n")):
         try:
             with open(os.path.join("/etc", name)) as f:
                 host = f.read()
@@ -372,7 +387,7 @@ async def describe_sandbox(settings: ToolSettings, scratch_root: Path) -> None:
     try:
         async with TaskSandbox(path, settings):
             pass
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - logged, never raised: the first task meets it again
         log.warning("tool sandbox: %s", exc)
     finally:
         with trio.CancelScope(shield=True):
@@ -420,9 +435,10 @@ def _describe_once(box: TaskSandbox) -> None:
     elif box.owner is not None:
         limits = f"rlimits, processes per task uid ({host.cgroup_reason})"
     elif host.root:
-        limits = (f"rlimits without a process limit (RLIMIT_NPROC does not count root's "
-                  f"processes; tasks get no uid of their own) ({host.cgroup_reason})")
+        limits = (
+            f"rlimits without a process limit (RLIMIT_NPROC does not count root's "
+            f"processes; tasks get no uid of their own) ({host.cgroup_reason})"
+        )
     else:
-        limits = (f"rlimits, processes counted for the daemon's whole user "
-                  f"({host.cgroup_reason})")
+        limits = f"rlimits, processes counted for the daemon's whole user ({host.cgroup_reason})"
     log.info("tool sandbox: %s; commands run as %s; limits: %s", sandbox, who, limits)

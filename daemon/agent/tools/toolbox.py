@@ -34,8 +34,9 @@ class Toolbox:
     cleaned up.
     """
 
-    def __init__(self, workspace: Path, settings: ToolSettings = ToolSettings(),
-                 sandbox: TaskSandbox | None = None) -> None:
+    def __init__(
+        self, workspace: Path, settings: ToolSettings = ToolSettings(), sandbox: TaskSandbox | None = None
+    ) -> None:
         given = os.path.abspath(workspace)
         self.workspace = Path(os.path.realpath(given))
         self.settings = settings
@@ -125,7 +126,9 @@ class Toolbox:
             raise PermanentError(
                 f"workspace quota exceeded: {size / _MB:.1f} MB > {quota_bytes / _MB:.1f} MB "
                 "(workspace_quota_mb); the task was stopped and the workspace is kept as it is, "
-                "nothing was removed", code="quota_exceeded")
+                "nothing was removed",
+                code="quota_exceeded",
+            )
 
     async def aclose(self) -> None:
         """Kill the shell's process group and, when the toolbox made its own sandbox, leave it
@@ -187,7 +190,11 @@ class Toolbox:
             self._entered = True
         assert self._sandbox is not None
         argv, options = self._sandbox.command(["bash", "--noprofile", "--norc"])
-        self._bash = BashSession(argv, cwd=options["cwd"], env=options["env"],
-                                 pass_fds=options.get("pass_fds", ()),
-                                 before_kill=self._sandbox.limit_reached)
+        self._bash = BashSession(
+            argv,
+            cwd=options["cwd"],
+            env=options["env"],
+            pass_fds=options.get("pass_fds", ()),
+            before_kill=self._sandbox.limit_reached,
+        )
         return self._bash

@@ -1,0 +1,77 @@
+"""The use cases: every action a person takes on agentd, behind the phone API, the operator view
+and the control socket alike.
+
+Each is a typed async function (a plain one where nothing waits) taking the daemon's
+``Services`` first and, for tasks, the ``Viewer`` asking; the rules of who may do what in which
+status live in ``policy`` and nowhere else. Front-ends parse, call one function, render the
+typed result, and turn ``daemon.errors`` into their own answers (HTTP status, control code).
+"""
+
+from .account import ClientConfig, Me, ModelChoice, client_config, me, sign_out
+from .diffs import TaskPatch, task_patch
+from .operations import backup, daemon_status, drain, gc, resume, set_concurrency
+from .policy import CONTROL_OPERATOR, MIN_ID_PREFIX, RETRYABLE, IdPrefix, TaskRef, Viewer, may_see
+from .repos import RepoPage, list_repos
+from .tasks import (
+    Created,
+    EventPage,
+    FollowUp,
+    TaskPage,
+    cancel_task,
+    conversation,
+    create_task,
+    events_page,
+    follow_task,
+    follow_up,
+    get_task,
+    list_tasks,
+    retry_task,
+    task_owner,
+)
+from .users import NewUser, add_user, link_user, list_users, owner_logins, revoke_user
+
+__all__ = [
+    "CONTROL_OPERATOR",
+    "MIN_ID_PREFIX",
+    "RETRYABLE",
+    "ClientConfig",
+    "Created",
+    "EventPage",
+    "FollowUp",
+    "IdPrefix",
+    "Me",
+    "ModelChoice",
+    "NewUser",
+    "RepoPage",
+    "TaskPage",
+    "TaskPatch",
+    "TaskRef",
+    "Viewer",
+    "add_user",
+    "backup",
+    "cancel_task",
+    "client_config",
+    "conversation",
+    "create_task",
+    "daemon_status",
+    "drain",
+    "events_page",
+    "follow_task",
+    "follow_up",
+    "gc",
+    "get_task",
+    "link_user",
+    "list_repos",
+    "list_tasks",
+    "list_users",
+    "may_see",
+    "me",
+    "owner_logins",
+    "resume",
+    "retry_task",
+    "revoke_user",
+    "set_concurrency",
+    "sign_out",
+    "task_owner",
+    "task_patch",
+]

@@ -1,4 +1,5 @@
-"""Housekeeping: workspaces are kept for a while after their task ends, then removed."""
+"""Housekeeping: workspaces are kept for a while after their task ends, then removed; values
+the store keeps for a short while (sign-ins in progress, one-time codes) go once expired."""
 
 from __future__ import annotations
 
@@ -39,13 +40,31 @@ async def collect_workspaces(
     return removed
 
 
+async def forget_expired(store: Store) -> int:
+    """Delete the expired values the store keeps to be taken once (GitHub sign-ins never
+    finished, one-time codes never redeemed); how many. Each new one deletes them too: this is
+    for a store nobody signs in through for a while."""
+    forgotten = await store.purge_one_time()
+    if forgotten:
+        log.info("forgot %d expired sign-ins and one-time codes", forgotten)
+    return forgotten
+
+
 async def collect_periodically(
     store: Store, root: Path, keep_days: float, interval_s: float = GC_INTERVAL_S
 ) -> None:
-    """Run ``collect_workspaces`` every ``interval_s`` until cancelled."""
+    """Run ``collect_workspaces`` and ``forget_expired`` every ``interval_s`` until cancelled.
+
+    Cancellation: as ``collect_workspaces``'s; a store write under way is finished.
+    """
+    jobs = {
+        "workspace gc": lambda: collect_workspaces(store, root, keep_days),
+        "forgetting expired sign-ins": lambda: forget_expired(store),
+    }
     while True:
-        try:
-            await collect_workspaces(store, root, keep_days)
-        except Exception as exc:  # one bad directory must not stop the daemon, or the next run
-            log.warning("workspace gc failed: %s", exc, exc_info=exc)
+        for name, job in jobs.items():
+            try:
+                await job()
+            except Exception as exc:  # one bad directory or a store hiccup must not stop the daemon
+                log.warning("%s failed: %s", name, exc, exc_info=exc)
         await trio.sleep(interval_s)

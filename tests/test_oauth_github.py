@@ -12,7 +12,9 @@ import trio
 
 from control.client import CommandRefused, ControlClient
 from daemon.errors import AgentdError, Forbidden, NotFound
+from daemon.maintenance import collect_periodically, forget_expired
 from daemon.secrets import load_secret_box
+from daemon.web.github_oauth import CODE_TTL_S
 
 from .fakes.github_oauth import FakeGitHubOAuth
 from .fakes.phone import running_daemon
@@ -48,8 +50,17 @@ async def world(tmp_path):
         nursery.cancel_scope.cancel()
 
 
-async def sign_in(server, github, verifier_challenge=None, *, app_state="s1") -> dict[str, str]:
-    """Walk the browser through login -> GitHub -> callback; return the app redirect's query."""
+def on(server, location: str) -> str:
+    """``location`` (an address of some node) on ``server`` instead: a load balancer's choice."""
+    parts = urlsplit(location)
+    return f"{server.url}{parts.path}?{parts.query}"
+
+
+async def sign_in(
+    server, github, verifier_challenge=None, *, app_state="s1", callback_on=None
+) -> dict[str, str]:
+    """Walk the browser through login -> GitHub -> callback; return the app redirect's query.
+    ``callback_on``: the daemon GitHub's redirect back reaches (another node), else ``server``."""
     verifier, challenge = verifier_challenge or pkce()
     async with server.client() as browser:
         start = await browser.get(
@@ -64,20 +75,22 @@ async def sign_in(server, github, verifier_challenge=None, *, app_state="s1") ->
         assert start.status_code == 302, start.text
         at_github = await browser.get(start.headers["Location"])
         assert at_github.status_code == 302
-        back = await browser.get(at_github.headers["Location"])
+        back = await browser.get(on(callback_on or server, at_github.headers["Location"]))
         assert back.status_code == 302
         assert back.headers["Location"].startswith(APP + "?")
         return {**query(back.headers["Location"]), "_verifier": verifier}
 
 
-async def redeem(server, answer: dict[str, str], verifier: str | None = None) -> dict:
-    """The app's last leg: the one-time code for an API token; the token response's body."""
+async def redeem(server, answer: dict[str, str], verifier: str | None = None, *, ok: bool = True) -> dict:
+    """The app's last leg: the one-time code for an API token; the token response's body.
+    ``ok`` False: the code is refused (an ``invalid_grant`` error's body)."""
     assert "code" in answer, answer
     async with server.client() as phone:
         issued = await phone.post(
             "/auth/token", json={"code": answer["code"], "code_verifier": verifier or answer["_verifier"]}
         )
-    assert issued.status_code == 200, issued.text
+    assert issued.status_code == (200 if ok else 400), issued.text
+    assert ok or issued.json()["error"]["code"] == "invalid_grant"
     return issued.json()
 
 
@@ -147,6 +160,42 @@ async def test_callback_state_is_single_use_and_denial_reaches_the_app(world):
     github.deny = True
     answer = await sign_in(server, github)
     assert answer == {"error": "access_denied", "state": "s1", "_verifier": answer["_verifier"]}
+
+
+async def test_a_code_or_a_sign_in_past_its_deadline_is_refused(world, monkeypatch):
+    server, github = world
+    answer = await sign_in(server, github)
+    wall = server.store.now
+    monkeypatch.setattr(server.store, "now", lambda: wall() + CODE_TTL_S)  # the store's clock
+    async with server.client() as phone:
+        late = await phone.post(
+            "/auth/token", json={"code": answer["code"], "code_verifier": answer["_verifier"]}
+        )
+    assert late.status_code == 400 and late.json()["error"]["code"] == "invalid_grant"
+    monkeypatch.setattr(server.store, "now", wall)
+    _, challenge = pkce()
+    async with server.client() as browser:
+        start = await browser.get(
+            "/auth/github/login", params={"app_redirect": APP, "code_challenge": challenge}
+        )
+        at_github = await browser.get(start.headers["Location"])
+        monkeypatch.setattr(server.store, "now", lambda: wall() + 60)  # oauth_login_ttl_s
+        late = await browser.get(at_github.headers["Location"])
+    assert late.status_code == 400 and late.json()["error"]["code"] == "invalid_state"
+
+
+async def test_sign_ins_in_progress_are_bounded(world):
+    server, github = world
+    server.web.oauth.max_pending = 2
+    _, challenge = pkce()
+    params = {"app_redirect": APP, "code_challenge": challenge}
+    async with server.client() as browser:
+        first, second, third = [await browser.get("/auth/github/login", params=params) for _ in range(3)]
+        assert (first.status_code, second.status_code, third.status_code) == (302, 302, 429)
+        assert third.headers["Retry-After"] == "60"
+        finished = await browser.get((await browser.get(first.headers["Location"])).headers["Location"])
+        assert finished.headers["Location"].startswith(APP + "?code=")
+        assert (await browser.get("/auth/github/login", params=params)).status_code == 302  # its place
 
 
 async def test_a_disabled_account_cannot_sign_in_again(world):
@@ -299,3 +348,43 @@ async def test_concurrent_first_sign_ins_of_one_github_user_make_one_account(sto
             nursery.start_soon(sign_in_once)
     assert len({u.id for u in users}) == 1 and users[0].login == "dup"
     assert [u.login for u in await store.list_users()] == ["dup"]
+
+
+async def test_one_time_values_are_taken_once_before_their_deadline(store, autojump_clock):
+    assert await store.put_one_time("k", "a", "A", ttl_s=10, limit=2)
+    assert await store.put_one_time("k", "b", "B", ttl_s=20, limit=2)
+    assert not await store.put_one_time("k", "c", "C", ttl_s=10, limit=2)  # two kept: full
+    assert await store.put_one_time("other", "a", "X", ttl_s=10, limit=1)  # each kind its own
+    assert await store.take_one_time("k", "a") == "A"
+    assert await store.take_one_time("k", "a") is None  # once
+    assert await store.take_one_time("k", "nothing") is None
+    await trio.sleep(19.9)
+    assert await store.take_one_time("other", "a") is None  # expired at 10, deleted by the take
+    await trio.sleep(0.1)
+    assert await store.take_one_time("k", "b") is None  # at its deadline exactly: expired
+    assert await store.put_one_time("k", "c", "C", ttl_s=10, limit=1)
+    await trio.sleep(10)
+    assert await store.put_one_time("k", "d", "D", ttl_s=10, limit=1)  # c expired: room again
+    await trio.sleep(10)
+    assert await forget_expired(store) == 1  # d
+    assert await forget_expired(store) == 0
+
+
+async def test_the_periodic_maintenance_forgets_expired_values(store, autojump_clock, tmp_path):
+    rounds: list[tuple[float, int]] = []
+    second_round = trio.Event()
+    purge = store.purge_one_time
+
+    async def counted() -> int:
+        rounds.append((trio.current_time(), await purge()))
+        if len(rounds) == 2:
+            second_round.set()
+        return rounds[-1][1]
+
+    store.purge_one_time = counted
+    await store.put_one_time("k", "a", "A", ttl_s=50, limit=1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect_periodically, store, tmp_path / "workspaces", 7, 100)
+        await second_round.wait()
+        nursery.cancel_scope.cancel()
+    assert rounds == [(0, 0), (100, 1)]

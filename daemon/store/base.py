@@ -480,6 +480,29 @@ class StoreBase(abc.ABC):
             lambda conn: self.queries.CLUSTER.take_rate_token(conn, key, per_min, burst, now)
         )
 
+    async def put_one_time(self, kind: str, key: str, value: str, *, ttl_s: float, limit: int) -> bool:
+        """Keep ``value`` for ``ttl_s`` seconds of the store's clock, to be taken once, by any
+        daemon sharing the store, with ``take_one_time(kind, key)``. ``key`` should be a hash
+        of the secret the value is found by, so that the store holds nothing to redeem it with.
+        False, and nothing kept, when ``limit`` unexpired values of ``kind`` are kept already.
+        Expired values of every kind are deleted first."""
+        now = self.now()
+        return await self._write(
+            lambda conn: self.queries.CLUSTER.put_one_time(conn, kind, key, value, now + ttl_s, limit, now)
+        )
+
+    async def take_one_time(self, kind: str, key: str) -> str | None:
+        """The value kept under ``(kind, key)``, once: it is deleted in the statement that reads
+        it, so of several callers on any daemons one gets it. None when there is none (never
+        kept, already taken) or it has expired (deleted all the same)."""
+        now = self.now()
+        return await self._write(lambda conn: self.queries.CLUSTER.take_one_time(conn, kind, key, now))
+
+    async def purge_one_time(self) -> int:
+        """Delete the expired values ``put_one_time`` kept; how many (periodic maintenance)."""
+        now = self.now()
+        return await self._write(lambda conn: self.queries.CLUSTER.purge_one_time(conn, now))
+
     async def watch_remote(
         self,
         on_notices: Callable[[list[RemoteNotice] | None], None],

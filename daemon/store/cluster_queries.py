@@ -255,6 +255,43 @@ class Dialect:
         ).fetchone()
         return 0.0 if granted else (1.0 - tokens) / rate
 
+    # -- values taken once (sign-ins in progress, one-time codes) -------------------------------
+
+    def put_one_time(
+        self, conn: Any, kind: str, key: str, value: str, expires_at: float, limit: int, now: float
+    ) -> bool:
+        """Keep ``value`` under ``(kind, key)`` until ``expires_at``, unless ``limit`` unexpired
+        values of ``kind`` are kept already; whether it was kept. Expired values go first.
+
+        Two daemons adding at once on PostgreSQL may each see room for the last one: ``limit``
+        is a bound on growth, not an exact count."""
+        self.purge_one_time(conn, now)
+        row = conn.execute(
+            self.sql(
+                "INSERT INTO one_time_values (kind, key, value, expires_at) SELECT ?, ?, ?, ? "
+                "WHERE (SELECT COUNT(*) FROM one_time_values WHERE kind = ?) < ? RETURNING key"
+            ),
+            (kind, key, value, expires_at, kind, limit),
+        ).fetchone()
+        return row is not None
+
+    def take_one_time(self, conn: Any, kind: str, key: str, now: float) -> str | None:
+        """The value under ``(kind, key)``, deleted by the same statement (so one caller, of all
+        the daemons sharing the store, gets it); None when there is none or it has expired."""
+        row = conn.execute(
+            self.sql("DELETE FROM one_time_values WHERE kind = ? AND key = ? RETURNING value, expires_at"),
+            (kind, key),
+        ).fetchone()
+        return str(row[0]) if row is not None and row[1] > now else None
+
+    def purge_one_time(self, conn: Any, now: float) -> int:
+        """Delete every expired value; how many."""
+        return len(
+            conn.execute(
+                self.sql("DELETE FROM one_time_values WHERE expires_at <= ? RETURNING 1"), (now,)
+            ).fetchall()
+        )
+
 
 def _node(row: Any) -> Node:
     node_id, name, host, pid, started_at, heartbeat_at, state, concurrency, running, http = row

@@ -149,6 +149,16 @@ POSTGRES_SQL: dict[int, str] = {
             granted BOOLEAN NOT NULL
         );
     """,
+    10: """
+        CREATE TABLE one_time_values (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (kind, key)
+        );
+        CREATE INDEX one_time_values_by_expiry ON one_time_values(expires_at);
+    """,
 }
 
 _unknown = set(POSTGRES_SQL) - {version for version, _, _ in _SHARED}

@@ -204,6 +204,22 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        10,
+        "values taken once: GitHub sign-ins in progress and their one-time codes",
+        # Kept in the store so that any daemon sharing it finishes a sign-in another began;
+        # ``key`` is a hash of the secret handed out, never the secret (cluster_queries).
+        """
+        CREATE TABLE one_time_values (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            expires_at REAL NOT NULL,
+            PRIMARY KEY (kind, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX one_time_values_by_expiry ON one_time_values(expires_at);
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

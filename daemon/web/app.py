@@ -54,7 +54,7 @@ class WebState:
                 services.hub, services.store, delta_interval_s=settings.ws_delta_interval_s, frame=frame_text
             ),
             auth=Authenticator(services.store),
-            oauth=OAuthFlows(login_ttl_s=settings.oauth_login_ttl_s),
+            oauth=OAuthFlows(services.store, login_ttl_s=settings.oauth_login_ttl_s),
             subscribe_limiter=RateLimiter(settings.rate_subscribes_per_min, settings.rate_subscribes_burst),
         )
 

@@ -16,23 +16,37 @@
    ``app_redirect?code=<one-time code>&state=S``.
 4. The app posts ``{"code", "code_verifier"}`` to ``POST /auth/token`` and gets an API token.
 
-Logins in progress and one-time codes live in memory with short lifetimes (a restart in the
-middle of a sign-in means signing in again). The GitHub token never leaves this module in clear.
+Logins in progress (step 2) and one-time codes (step 3) are kept in the store
+(``one_time_values``), so a sign-in may begin on one of the daemons sharing a store, come back
+from GitHub to another and be redeemed on a third, with no sticky load balancer. Each is found
+by the SHA-256 of the secret handed out (the ``state`` that travels through GitHub, the code
+sent to the app), never by the secret, so a reader of the database holds nothing to redeem; it
+is taken by one ``DELETE ... RETURNING``, so of two uses on any nodes one finds it and a replay
+finds nothing; and it expires on the store's clock (a login after ``oauth_login_ttl_s``, a code
+after ``CODE_TTL_S``; expired rows go at each new one and in the periodic maintenance).
+
+Why rows rather than a signed and encrypted ``state`` (a Fernet token of the cluster's keys
+holding the verifier, the challenge and the redirect): such a state proves that we made it, not
+that this is its first use. Refusing its replay within its lifetime takes a record of the states
+spent, a write to the shared store all the same; and it would carry our PKCE verifier,
+encrypted, through the browser, GitHub and their logs, in a ``state`` of several hundred
+characters. A row costs one insert at the login and one delete at the callback, keeps the
+``state`` at 32 characters, and bounds the logins in progress across the cluster
+(``MAX_PENDING``). The GitHub token never leaves this module in clear.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx2
-import trio
 from authlib.common.security import generate_token
 from authlib.oauth2.client import OAuth2Client
 from authlib.oauth2.rfc6749.parameters import prepare_token_request
@@ -43,6 +57,7 @@ from quart.typing import ResponseReturnValue
 from quart_schema import validate_request
 
 from ..errors import Forbidden
+from ..store import Store
 from ..tokens import hash_token, new_token
 from .errors import ApiError
 
@@ -53,78 +68,84 @@ log = logging.getLogger(__name__)
 
 SCOPE = "repo read:user"  # push branches and open pull requests as the user
 CODE_TTL_S = 120.0
+MAX_PENDING = 10_000  # logins in progress (and codes not redeemed) across the cluster
+LOGIN, CODE = "github_login", "github_code"  # their kinds in the store's one_time_values
 _CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43,128}$")
 # What a GitHub (Enterprise) login may look like; anything else from /user is refused.
 _LOGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PendingLogin:
+    """A sign-in between our redirect to GitHub and GitHub's callback."""
+
     app_redirect: str
     app_challenge: str
     app_state: str | None
     verifier: str
     redirect_uri: str
-    expires: float
-
-
-@dataclass
-class Grant:
-    user_id: int
-    app_challenge: str
-    expires: float
 
 
 class OAuthFlows:
-    """Sign-ins in progress and unused one-time codes, each with a deadline (trio's clock)."""
+    """Sign-ins in progress and unused one-time codes, in the store every daemon sharing it
+    reads (see the module docstring); each taken once, and only before its deadline.
+
+    Cancellation: each method is one store write, which is not abandoned (``StoreBase``).
+    """
 
     def __init__(
-        self, *, login_ttl_s: float, clock: Callable[[], float] = trio.current_time, max_pending: int = 10_000
+        self,
+        store: Store,
+        *,
+        login_ttl_s: float,
+        code_ttl_s: float = CODE_TTL_S,
+        max_pending: int = MAX_PENDING,
     ) -> None:
+        self.store = store
         self.login_ttl_s = login_ttl_s
-        self.clock = clock
+        self.code_ttl_s = code_ttl_s
         self.max_pending = max_pending
-        self.logins: dict[str, PendingLogin] = {}
-        self.grants: dict[str, Grant] = {}
 
-    def _sweep(self) -> None:
-        now = self.clock()
-        for table in (self.logins, self.grants):
-            for key in [k for k, v in table.items() if v.expires <= now]:
-                del table[key]
-
-    def start(self, **fields: Any) -> str:
-        self._sweep()
-        if len(self.logins) >= self.max_pending:
+    async def _put(self, kind: str, value: dict[str, Any], ttl_s: float, size: int) -> str:
+        secret = generate_token(size)
+        kept = await self.store.put_one_time(
+            kind, hash_token(secret), json.dumps(value), ttl_s=ttl_s, limit=self.max_pending
+        )
+        if not kept:
             raise ApiError(
                 429,
                 "rate_limited",
                 "too many sign-ins in progress; retry later",
                 headers={"Retry-After": "60"},
             )
-        state = generate_token(32)
-        self.logins[state] = PendingLogin(expires=self.clock() + self.login_ttl_s, **fields)
-        return state
+        return secret
 
-    def finish(self, state: str) -> PendingLogin | None:
-        """The login for ``state``, once: a second use or an expired one gives None."""
-        login = self.logins.pop(state, None)
-        return login if login is not None and login.expires > self.clock() else None
+    async def _take(self, kind: str, secret: str) -> dict[str, Any] | None:
+        value = await self.store.take_one_time(kind, hash_token(secret)) if secret else None
+        return None if value is None else dict(json.loads(value))
 
-    def grant(self, user_id: int, app_challenge: str) -> str:
-        self._sweep()
-        code = generate_token(43)
-        self.grants[code] = Grant(user_id, app_challenge, self.clock() + CODE_TTL_S)
-        return code
+    async def start(self, login: PendingLogin) -> str:
+        """The ``state`` for GitHub's round trip of ``login``. ApiError 429 when ``max_pending``
+        sign-ins are in progress already."""
+        return await self._put(LOGIN, asdict(login), self.login_ttl_s, 32)
 
-    def redeem(self, code: str, verifier: str) -> int | None:
+    async def finish(self, state: str) -> PendingLogin | None:
+        """The login for ``state``, once: a second use (on any node) or an expired one gives None."""
+        fields = await self._take(LOGIN, state)
+        return None if fields is None else PendingLogin(**fields)
+
+    async def grant(self, user_id: int, app_challenge: str) -> str:
+        """A one-time code for ``user_id``, redeemed with the verifier of ``app_challenge``."""
+        return await self._put(
+            CODE, {"user_id": user_id, "app_challenge": app_challenge}, self.code_ttl_s, 43
+        )
+
+    async def redeem(self, code: str, verifier: str) -> int | None:
         """The user id for a one-time code and its PKCE verifier; the code is spent either way."""
-        grant = self.grants.pop(code, None)
-        if grant is None or grant.expires <= self.clock():
+        grant = await self._take(CODE, code)
+        if grant is None or not compare_s256_code_challenge(verifier, grant["app_challenge"]):
             return None
-        if not compare_s256_code_challenge(verifier, grant.app_challenge):
-            return None
-        return grant.user_id
+        return int(grant["user_id"])
 
 
 class TokenRequest(BaseModel):
@@ -196,12 +217,14 @@ def oauth_blueprint(state: WebState) -> Blueprint:
         base = (settings.public_url or request.host_url).rstrip("/")
         verifier = generate_token(64)
         redirect_uri = f"{base}/auth/github/callback"
-        oauth_state = flows.start(
-            app_redirect=app_redirect,
-            app_challenge=challenge,
-            app_state=(args.get("state") or None),
-            verifier=verifier,
-            redirect_uri=redirect_uri,
+        oauth_state = await flows.start(
+            PendingLogin(
+                app_redirect=app_redirect,
+                app_challenge=challenge,
+                app_state=(args.get("state") or None),
+                verifier=verifier,
+                redirect_uri=redirect_uri,
+            )
         )
         client = OAuth2Client(
             None,
@@ -223,7 +246,7 @@ def oauth_blueprint(state: WebState) -> Blueprint:
 
         Finishes the sign-in and sends the app its one-time code at ``app_redirect``."""
         configured()
-        pending = flows.finish(request.args.get("state", ""))
+        pending = await flows.finish(request.args.get("state", ""))
         if pending is None:
             raise ApiError(400, "invalid_state", "unknown or expired sign-in; start again")
 
@@ -234,9 +257,10 @@ def oauth_blueprint(state: WebState) -> Blueprint:
             return back(error=request.args.get("error"))
         try:
             user_id = await _sign_in(state, pending, request.args.get("code", ""))
+            code = await flows.grant(user_id, pending.app_challenge)
         except ApiError as exc:
             return back(error=exc.code, error_description=exc.message)
-        return back(code=flows.grant(user_id, pending.app_challenge))
+        return back(code=code)
 
     @bp.post("/auth/token")
     @validate_request(TokenRequest)
@@ -246,7 +270,7 @@ def oauth_blueprint(state: WebState) -> Blueprint:
         For the one-time code and its PKCE verifier; the token is shown this once."""
         if data.grant_type != "authorization_code":
             raise ApiError(400, "unsupported_grant_type", "grant_type must be authorization_code")
-        user_id = flows.redeem(data.code, data.code_verifier)
+        user_id = await flows.redeem(data.code, data.code_verifier)
         user = await state.store.user_by_id(user_id) if user_id is not None else None
         if user is None or user.disabled:
             raise ApiError(400, "invalid_grant", "invalid, expired or used code, or wrong verifier")

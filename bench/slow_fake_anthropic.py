@@ -44,8 +44,9 @@ class SlowFakeAnthropicAPI(FakeAnthropicAPI):
         done = sum(1 for m in body["messages"] if m.get("role") == "assistant")
         if done + 1 >= self.turns:
             return message(text(f"Done after {done + 1} turns: nothing needed changing."))
-        # Alternate two files: the same call five times in a row would be "stuck".
-        path = ("README.md", "calc.py")[done % 2]
+        # Cycle through three paths: the same call again and again, or two calls in turn, would
+        # be "stuck".
+        path = ("README.md", "calc.py", ".")[done % 3]
         return message(
             text(f"Turn {done + 1}: reading {path}."),
             tool_use(

@@ -134,6 +134,8 @@ class Settings(BaseModel):
 
     # The agent loop: output per turn, budgets (defaults, and caps on a task's override).
     max_output_tokens: int = Field(8192, ge=256)
+    # A turn cut off inside a tool call is retried with max_tokens doubled, up to this.
+    max_output_tokens_limit: int = Field(64_000, ge=256)
     budget_max_turns: int = Field(60, ge=1)
     budget_max_tokens: int = Field(3_000_000, ge=1000)
     budget_max_usd: float = Field(5.0, gt=0)
@@ -141,6 +143,8 @@ class Settings(BaseModel):
     budget_cap_tokens: int = Field(20_000_000, ge=1000)
     budget_cap_usd: float = Field(50.0, gt=0)
     stuck_repeats: int = Field(5, ge=2)
+    # Repository instructions (AGENTS.md, CLAUDE.md) given to the model: bytes in all, per task.
+    instructions_cap_bytes: int = Field(32 * 1024, ge=0)
     tool_timeout_s: float = Field(120 * SECONDS, gt=0)
     tool_output_cap_bytes: int = Field(30_000, ge=1000)
     sandbox: Literal["auto", "required", "off"] = "auto"

@@ -153,6 +153,28 @@ async def test_the_same_call_again_and_again_is_stuck(store, hub, tmp_path):
     assert sum(1 for e in events if e.type == "agent.tool_call") == 3  # the 4th is refused
 
 
+EDIT = "str_replace_based_edit_tool"
+# An edit whose old_str is not in the file fails (is_error) the same way each time.
+FAILING_EDIT = (EDIT, {"command": "str_replace", "path": "calc.py", "old_str": "nope", "new_str": "x"})
+VIEW = (EDIT, {"command": "view", "path": "calc.py"})
+MAKE, DIFF = ("bash", {"command": "make"}), ("bash", {"command": "git diff"})
+
+
+@pytest.mark.parametrize(
+    ("calls", "reason"),
+    [
+        ([MAKE, DIFF] * 5, "stuck_alternating"),
+        ([FAILING_EDIT, VIEW, FAILING_EDIT, MAKE, FAILING_EDIT, VIEW, VIEW], "stuck_failing"),
+    ],
+)
+async def test_going_round_in_circles_fails_with_its_own_reason(store, hub, tmp_path, calls, reason):
+    script = {"turns": [{"content": [tool_use(f"t{i}", name, **x)]} for i, (name, x) in enumerate(calls)]}
+    _, task, events = await run_task(store, hub, tmp_path, script, prompt="spin")
+    assert task.status is TaskStatus.FAILED and task.reason == reason, task.error
+    # Refused before the sixth call: five ran.
+    assert sum(1 for e in events if e.type == "agent.tool_call") == 5
+
+
 async def test_a_tool_use_id_used_again_later_gets_its_stored_result_not_a_second_run(store, hub, tmp_path):
     """Tool calls are known by id for the whole task: a repeated id is answered from the store
     (as after a restart), even when the first call was made earlier in the same attempt."""

@@ -400,6 +400,7 @@ def test_an_error_event_is_raised_with_its_body():
                 block_start(0, {"type": "tool_use", "id": "t", "name": "n", "input": {}}),
                 delta(0, type="input_json_delta", partial_json='{"a": '),
                 stop(0),
+                *end("tool_use"),  # cut short without max_tokens to explain it
             ],
             "the input of tool_use block 't' is not JSON",
         ),

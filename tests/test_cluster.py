@@ -307,3 +307,39 @@ async def test_a_node_restarting_puts_back_only_its_own_running_tasks(autojump_c
             reasons = [e.data.get("reason") for e in await again.store.read_events(mine.id)]
             assert "recovered after restart" in reasons, reasons
         runners[1].release.set()
+
+
+async def test_attempts_ending_together_are_recorded_together_and_refilled_by_one_claim(
+    autojump_clock, pg_dsn, monkeypatch
+):
+    # A round of attempts that end at once: their outcomes go in one write, and their slots
+    # are filled by one claim once all are written (not a round for the first, then the rest).
+    from daemon.store import postgres, postgres_claims
+
+    rounds: list[int] = []
+    claim = postgres_claims.PostgresDialect.claim_tasks
+
+    def counting_claim(self, conn, node_id, limit, user_limit, now):
+        round_ = claim(self, conn, node_id, limit, user_limit, now)
+        if round_.tasks:
+            rounds.append(len(round_.tasks))
+        return round_
+
+    batches: list[int] = []
+    write = postgres.write_batch
+
+    def counting_write(conn, items):
+        batches.append(len(items))
+        return write(conn, items)
+
+    monkeypatch.setattr(postgres_claims.PostgresDialect, "claim_tasks", counting_claim)
+    monkeypatch.setattr(postgres, "write_batch", counting_write)
+    async with cluster(pg_dsn, [SucceedAfter(0.5)], concurrency=4) as (node,):
+        node.supervisor.drain()
+        alice = await user(node, "alice")
+        tasks = [await submit(node.supervisor, alice, f"t{i}") for i in range(12)]
+        node.supervisor.resume()
+        for task in tasks:
+            await wait_status(node.hub, task.id, TaskStatus.SUCCEEDED)
+    assert rounds == [4, 4, 4]
+    assert batches == [4, 4, 4]

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.agent.conversation import Budget, check_budget, check_stuck, commit_message, effective_budget
+from daemon.agent.conversation import (
+    INTERRUPTED,
+    Budget,
+    check_budget,
+    check_stuck,
+    commit_message,
+    effective_budget,
+)
 from daemon.errors import PermanentError
 from daemon.store import Usage
 
@@ -91,9 +98,88 @@ def test_stuck_looks_back_only_as_far_as_it_must_and_decides_as_before():
         try:
             check_stuck(turns, repeats)
             stuck = False
-        except PermanentError:
-            stuck = True
+        except PermanentError as e:
+            stuck = e.code == "stuck"  # the other rules (alternation) are tested on their own
         assert stuck == _stuck_by_the_whole_conversation(turns, repeats), (turns, repeats)
+
+
+def stuck_code(turns, repeats=5):
+    try:
+        check_stuck(turns, repeats)
+    except PermanentError as e:
+        return e.code
+    return None
+
+
+A, B, C = call("bash", command="make"), call("bash", command="git diff"), call("bash", command="ls")
+
+
+def test_six_steps_alternating_between_two_calls_is_stuck_alternating():
+    assert stuck_code(turns_of(A, B, A, B, A, B)) == "stuck_alternating"
+    assert stuck_code(turns_of(C, C, B, A, B, A, B, A)) == "stuck_alternating"
+    # Two calls in one turn count as two steps.
+    assert stuck_code([{"role": "assistant", "content": [A, B]}] * 3) == "stuck_alternating"
+
+
+@pytest.mark.parametrize(
+    "calls",
+    [
+        (A, B, A, B, A),  # five steps only
+        (A, B, A, B, A, C),  # the last step breaks the pattern
+        (A, B, A, C, A, B),
+        (A, B, B, A, A, B),
+        (C, A, B, A, B, A, B, C),  # an alternation that is over
+    ],
+)
+def test_near_alternations_are_not_stuck(calls):
+    assert stuck_code(turns_of(*calls)) is None
+
+
+def test_the_same_call_alternating_with_itself_is_the_plain_repeat():
+    assert stuck_code(turns_of(A, A, A, A, A, A), repeats=6) == "stuck"
+
+
+def ran(*outcomes):
+    """Turns of calls and their results: (call, is_error) in order, each call a fresh id."""
+    turns = []
+    for i, (block, is_error) in enumerate(outcomes):
+        use = {**block, "id": f"t{i}"}
+        result = {"type": "tool_result", "tool_use_id": f"t{i}", "content": "no", "is_error": is_error}
+        turns += [{"role": "assistant", "content": [use]}, {"role": "user", "content": [result]}]
+    return turns
+
+
+def test_the_same_call_failing_three_times_within_ten_calls_is_stuck_failing():
+    assert stuck_code(ran((A, True), (A, True), (A, True))) == "stuck_failing"
+    spread = [(A, True), (B, False), (C, False), (A, True), (B, False), (C, False), (A, True)]
+    assert stuck_code(ran(*spread)) == "stuck_failing"
+    assert (
+        stuck_code(
+            ran((A, True), *[(call("bash", command=str(i)), False) for i in range(7)], (A, True), (A, True))
+        )
+        == "stuck_failing"
+    )
+
+
+@pytest.mark.parametrize(
+    "outcomes",
+    [
+        [(A, True), (A, True), (A, False)],  # the third time it worked
+        [(A, True), (A, True), (B, True)],  # two different failing calls
+        [(A, True), (call("bash", command="make test"), True), (A, True)],  # another input
+        # The first failure is eleven calls back: out of the window.
+        [(A, True), *[(call("bash", command=str(i)), False) for i in range(9)], (A, True), (A, True)],
+    ],
+)
+def test_near_failing_repeats_are_not_stuck(outcomes):
+    assert stuck_code(ran(*outcomes)) is None
+
+
+def test_interrupted_calls_are_not_failures_of_their_own():
+    turns = ran((A, True), (A, True), (A, True))
+    for turn in turns[1::2]:
+        turn["content"][0]["content"] = INTERRUPTED
+    assert stuck_code(turns) is None
 
 
 def test_commit_message_has_a_short_title_and_the_summary():

@@ -179,7 +179,13 @@ class AnthropicProvider:
             cache_write_tokens=u.get("cache_creation_input_tokens") or 0,
         )
         usage = dataclasses.replace(usage, cost_usd=cost_of(model, usage))
-        return ModelReply(content=message.content, stop_reason=message.stop_reason, usage=usage, model=model)
+        return ModelReply(
+            content=message.content,
+            stop_reason=message.stop_reason,
+            usage=usage,
+            model=model,
+            cut_tool_use=message.cut_tool_use,
+        )
 
     async def _stream(self, body: bytes, on_text_delta: Callable[[str], None] | None) -> StreamedMessage:
         """POST ``body`` (``stream: true``) through the SDK, and parse the SSE body ourselves.

@@ -13,8 +13,11 @@ or re-concatenated per delta.
 Strict where it matters: an event that breaks the protocol (no ``message_start`` first, a delta
 for a block that was never started, data that is not a JSON object, tool input that is not
 JSON once complete) and a stream that ends before ``message_stop`` raise ``StreamBroken``.
-Forward compatible where it can be: unknown event types, unknown delta types and unknown fields
-are ignored; unknown content blocks are passed through as they arrived.
+A reply the output limit cut off inside a tool call's input (``stop_reason: "max_tokens"``, the
+last block's input JSON unfinished) is not malformed: that block is dropped and the message says
+so (``cut_tool_use``), for the agent loop to retry or continue. Forward compatible where it can
+be: unknown event types, unknown delta types and unknown fields are ignored; unknown content
+blocks are passed through as they arrived.
 """
 
 from __future__ import annotations
@@ -49,12 +52,17 @@ class StreamErrorEvent(Exception):
 
 @dataclass(frozen=True)
 class StreamedMessage:
-    """What the stream said, as JSON: ``usage`` has the API's keys (``input_tokens``, ...)."""
+    """What the stream said, as JSON: ``usage`` has the API's keys (``input_tokens``, ...).
+
+    ``cut_tool_use``: the output limit cut the last block off inside its tool input; that block
+    is not in ``content``.
+    """
 
     content: list[dict[str, Any]]
     stop_reason: str
     model: str | None
     usage: dict[str, Any]
+    cut_tool_use: bool = False
 
 
 class SSEDecoder:
@@ -178,14 +186,26 @@ class MessageAssembler:
         if self._message is None or not self._stopped or self._stop_reason is None:
             raise StreamBroken("the response stream ended before the message was complete")
         content = []
-        for block, pieces in zip(self._blocks, self._pieces, strict=True):
-            whole = _joined(block, pieces) if pieces else block
+        cut = False
+        last = len(self._blocks) - 1
+        for i, (block, pieces) in enumerate(zip(self._blocks, self._pieces, strict=True)):
+            try:
+                whole = _joined(block, pieces) if pieces else block
+            except StreamBroken:
+                if i == last and self._stop_reason == "max_tokens":
+                    cut = True  # the output limit, not a broken stream: the caller decides
+                    break
+                raise
             # Only the fields the API sent, minus nulls (e.g. "citations": null), so that the
             # blocks can be sent back verbatim as the assistant turn of the next request.
             content.append({k: v for k, v in whole.items() if v is not None})
         m = self._message
         return StreamedMessage(
-            content=content, stop_reason=self._stop_reason, model=m.get("model"), usage=m.get("usage") or {}
+            content=content,
+            stop_reason=self._stop_reason,
+            model=m.get("model"),
+            usage=m.get("usage") or {},
+            cut_tool_use=cut,
         )
 
     # --- handlers, by the data's "type" ---
@@ -246,7 +266,10 @@ class MessageAssembler:
             raise _malformed(f"content_block_stop for block {index}, which was never started")
         pieces = self._pieces[index]
         if pieces:
-            self._blocks[index] = _joined(self._blocks[index], pieces)
+            try:
+                self._blocks[index] = _joined(self._blocks[index], pieces)
+            except StreamBroken:
+                return  # input JSON cut short: result() knows whether max_tokens explains it
             self._pieces[index] = []
 
     def _message_delta(self, event: dict[str, Any]) -> None:

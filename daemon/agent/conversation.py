@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,22 +65,82 @@ def tool_uses(turn: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [block for block in turn["content"] if block.get("type") == "tool_use"]
 
 
-def check_stuck(turns: Sequence[Mapping[str, Any]], repeats: int) -> None:
-    """Raise ``stuck`` when the last ``repeats`` tool calls were the same call with the same input."""
-    # From the newest turn back, only as far as the last `repeats` calls: asked at every turn,
-    # this must not cost more as the conversation grows.
-    last: list[Mapping[str, Any]] = []
+# The stuck rules besides the plain repeat (``check_stuck``): the last six calls alternate
+# between two distinct calls; or one call (same tool, same input) failed three times among the
+# last ten calls.
+ALTERNATION_STEPS = 6
+FAILING_REPEATS = 3
+FAILING_WINDOW = 10
+
+
+@dataclass(frozen=True)
+class _Call:
+    key: tuple[str, str]  # the tool's name and its input as canonical JSON
+    failed: bool  # its tool_result is an error (an interrupted call's note is not its failure)
+
+
+def _recent_calls(turns: Sequence[Mapping[str, Any]], count: int) -> list[_Call]:
+    """The last ``count`` tool calls (fewer if there are not as many), oldest first."""
+    # From the newest turn back, only as far as needed: asked at every turn, this must not cost
+    # more as the conversation grows. A call's result is in a later turn, seen first.
+    calls: list[_Call] = []
+    failed: set[str] = set()
     for turn in reversed(turns):
-        if turn["role"] == "assistant":
-            last[:0] = tool_uses(turn)
-            if len(last) >= repeats:
+        if turn["role"] == "user":
+            failed.update(
+                str(block.get("tool_use_id"))
+                for block in turn["content"]
+                if block.get("type") == "tool_result"
+                and block.get("is_error")
+                and block.get("content") != INTERRUPTED
+            )
+        elif turn["role"] == "assistant":
+            calls[:0] = [
+                _Call((b["name"], json.dumps(b.get("input"), sort_keys=True)), str(b.get("id")) in failed)
+                for b in tool_uses(turn)
+            ]
+            if len(calls) >= count:
                 break
-    calls = [(block["name"], json.dumps(block.get("input"), sort_keys=True)) for block in last[-repeats:]]
-    if len(calls) >= repeats and len(set(calls)) == 1:
-        name = calls[-1][0]
+    return calls[-count:]
+
+
+def check_stuck(turns: Sequence[Mapping[str, Any]], repeats: int) -> None:
+    """Raise a ``PermanentError`` when the agent goes round in circles, checked in this order:
+
+    - ``stuck``: the last ``repeats`` tool calls were the same call (same tool, same input);
+    - ``stuck_alternating``: the last six tool calls alternate between two distinct calls
+      (A B A B A B);
+    - ``stuck_failing``: among the last ten tool calls, one call (same tool, same input) has
+      three results that are errors (in any order, other calls between them). A command that
+      exits non-zero is not an error result (bash reports its status in the output); a call
+      interrupted by a restart is not its own failure.
+    """
+    calls = _recent_calls(turns, max(repeats, ALTERNATION_STEPS, FAILING_WINDOW))
+    keys = [call.key for call in calls]
+    last = keys[-repeats:]
+    if len(last) >= repeats and len(set(last)) == 1:
         raise PermanentError(
-            f"stuck: the agent made the same {name} call {repeats} times in a row", code="stuck"
+            f"stuck: the agent made the same {last[-1][0]} call {repeats} times in a row", code="stuck"
         )
+    steps = keys[-ALTERNATION_STEPS:]
+    if (
+        len(steps) == ALTERNATION_STEPS
+        and steps[0] != steps[1]
+        and all(key == steps[i % 2] for i, key in enumerate(steps))
+    ):
+        raise PermanentError(
+            f"stuck: the agent alternated between the same two calls ({steps[0][0]} and "
+            f"{steps[1][0]}) {ALTERNATION_STEPS} times in a row",
+            code="stuck_alternating",
+        )
+    failures = Counter(call.key for call in calls[-FAILING_WINDOW:] if call.failed)
+    for (name, _), times in failures.items():
+        if times >= FAILING_REPEATS:
+            raise PermanentError(
+                f"stuck: the same {name} call failed {times} times among the last "
+                f"{FAILING_WINDOW} tool calls",
+                code="stuck_failing",
+            )
 
 
 def for_model(turns: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from ..errors import PermanentError
 from ..git import ClonePolicy, CloneRequest, Workspace, parse_remote, prepare_workspace
 from ..store import NewEvent, Task, ToolCallStatus, Usage
 from ..supervisor import RunContext, RunResult, RunStatus
 from . import conversation as conv
 from .delivery import deliver
+from .instructions import DEFAULT_CAP_BYTES, Instructions
 from .model import ModelProvider, ModelReply, ModelRequest
 from .tools import ASK_USER_TOOL, Toolbox, ToolSettings, tool_definitions
 from .tools.sandbox import TaskSandbox
@@ -39,6 +42,10 @@ go on without information only the user has, call ask_user with one clear questi
 
 CONTINUE = "Continue from where you stopped."
 
+CUT_OFF = """\
+[agentd] Your last reply was cut off by the output limit inside a tool call, so that call was \
+dropped. Continue, in smaller steps (e.g. write a large file in several edits)."""
+
 WORKSPACE_RESET = """\
 [agentd] This task moved to another machine, and its workspace there could not come along. \
 {path} is now a fresh clone of {base}, on the new branch {branch}. The changes you made to files \
@@ -53,7 +60,9 @@ class AgentSettings:
     budget_caps: conv.Budget
     tools: ToolSettings
     max_output_tokens: int = 8192
+    max_output_tokens_limit: int = 64_000
     stuck_repeats: int = 5
+    instructions_cap_bytes: int = DEFAULT_CAP_BYTES
     allow_local_remotes: bool = False
     allow_private_remotes: bool = False
     quota_bytes: int = 2_000_000_000
@@ -176,6 +185,9 @@ class _Session:
         self.system = SYSTEM_PROMPT.format(
             path=workspace.path, branch=workspace.branch, base=workspace.base_branch
         )
+        given = str(workspace.path)
+        real = str(toolbox.workspace)
+        self.instructions = Instructions(real, given if given != real else None, s.instructions_cap_bytes)
         # Said to the model once, in the next user turn, when the workspace was reset.
         self.notes: list[str] = []
         # One copy per attempt: providers copy what they decorate (with_cache_breakpoints).
@@ -188,6 +200,9 @@ class _Session:
     async def converse(self) -> RunResult | None:
         """Talk until the model is done (None: deliver the work) or the task must wait."""
         self.turns = await self.store.list_messages(self.task.id)
+        # The root's instructions end the system prompt, inside its cached prefix.
+        self.system += await trio.to_thread.run_sync(self.instructions.load_root)
+        self.instructions.resume(self.turns)
         if not self.turns:
             inputs = await self.ctx.take_inputs()
             await self._append("user", conv.text_blocks([self.task.prompt, *inputs]))
@@ -214,6 +229,10 @@ class _Session:
             results = await self._answer_tools(last)
             if isinstance(results, RunResult):
                 return results
+            # A subdirectory's instructions, the first time a call works there: added after the
+            # results, so no earlier turn changes.
+            for block in conv.tool_uses(last):
+                self.notes += await trio.to_thread.run_sync(self.instructions.for_call, block.get("input"))
             inputs = await self.ctx.take_inputs()
             await self._append("user", results + conv.text_blocks(self._take_notes() + inputs))
         elif self.notes:  # a reset workspace: the model must hear of it before anything else
@@ -236,32 +255,52 @@ class _Session:
         return _Next.MODEL
 
     async def _model_turn(self) -> None:
+        """One assistant turn, stored with its usage.
+
+        A reply cut off by the output limit inside a tool call is not stored: its usage is, and
+        the turn is asked again with twice the ``max_tokens``, up to ``max_output_tokens_limit``.
+        Cut off at the limit, the turn is stored without the unfinished call and the model is
+        told (``CUT_OFF``, in the next user turn) to go on in smaller steps.
+        """
+        s = self.runner.settings
         assistant_turns = sum(1 for t in self.turns if t["role"] == "assistant")
-        conv.check_budget(self.budget, assistant_turns, self.usage)
-        request = ModelRequest(
-            system=self.system,
-            tools=self.tools,
-            messages=conv.for_model(self.turns),
-            max_tokens=self.runner.settings.max_output_tokens,
-        )
-        reply: ModelReply = await self.runner.provider.complete(
-            request, on_text_delta=lambda text: self.ctx.emit_ephemeral("agent.text_delta", {"text": text})
-        )
-        self.usage = self.usage + reply.usage
+        max_tokens = s.max_output_tokens
+        while True:
+            conv.check_budget(self.budget, assistant_turns, self.usage)
+            request = ModelRequest(
+                system=self.system,
+                tools=self.tools,
+                messages=conv.for_model(self.turns),
+                max_tokens=max_tokens,
+            )
+            reply: ModelReply = await self.runner.provider.complete(
+                request,
+                on_text_delta=lambda text: self.ctx.emit_ephemeral("agent.text_delta", {"text": text}),
+            )
+            self.usage = self.usage + reply.usage
+            spent = {**reply.usage.__dict__, "model": reply.model, "stop_reason": reply.stop_reason}
+            if not reply.cut_tool_use or max_tokens >= s.max_output_tokens_limit:
+                break
+            max_tokens = min(max_tokens * 2, s.max_output_tokens_limit)
+            # The cut turn is dropped, what it cost is not: budgets see every call.
+            spent["retry_max_tokens"] = max_tokens
+            await self.store.update_task(
+                self.task.id, usage=self.usage, events=[NewEvent("agent.usage", spent)]
+            )
+        content = reply.content
+        if reply.cut_tool_use:
+            self.notes.append(CUT_OFF)
+            # The API takes no empty assistant turn; what the model is told is in CUT_OFF.
+            content = content or conv.text_blocks(["(cut off by the output limit)"])
         events = [
             NewEvent("agent.text", {"text": block["text"]})
-            for block in reply.content
+            for block in content
             if block.get("type") == "text" and block["text"].strip()
         ]
-        events.append(
-            NewEvent(
-                "agent.usage",
-                {**reply.usage.__dict__, "model": reply.model, "stop_reason": reply.stop_reason},
-            )
-        )
+        events.append(NewEvent("agent.usage", spent))
         # The turn, the task's usage so far and the turn's events: one commit.
         await self._append(
-            "assistant", reply.content, stop_reason=reply.stop_reason, usage=self.usage, events=events
+            "assistant", content, stop_reason=reply.stop_reason, usage=self.usage, events=events
         )
 
     async def _answer_tools(self, turn: dict[str, Any]) -> list[dict[str, Any]] | RunResult:

@@ -52,12 +52,17 @@ class ModelRequest:
 
 @dataclass(frozen=True)
 class ModelReply:
-    """One assistant turn: ``content`` is a list of Anthropic content blocks as JSON dicts."""
+    """One assistant turn: ``content`` is a list of Anthropic content blocks as JSON dicts.
+
+    ``cut_tool_use``: the turn stopped at ``max_tokens`` inside a tool_use block, which is not
+    in ``content`` (its input was unfinished); the blocks before it are.
+    """
 
     content: list[dict]
     stop_reason: str
     usage: Usage
     model: str
+    cut_tool_use: bool = False
 
 
 class ModelProvider(Protocol):

@@ -5,9 +5,15 @@ Script format::
     {"turns": [
         {"content": [<Anthropic content blocks>],   # required, non-empty
          "stop_reason": "max_tokens",               # optional; default tool_use / end_turn
-         "delay_s": 1.5},                           # optional; trio.sleep before replying
+         "delay_s": 1.5,                            # optional; trio.sleep before replying
+         "needs_max_tokens": 20000},                # optional; see below
         ...
     ]}
+
+A turn with ``needs_max_tokens`` is cut off by the output limit when the request's
+``max_tokens`` is below it: its last block is lost (a tool_use: dropped, and the reply says
+``cut_tool_use``; a text: cut in half), the stop reason is ``max_tokens`` and the output
+counted is ``max_tokens``. The same turn with a large enough ``max_tokens`` plays whole.
 
 Which turn is played is derived from the request alone: turn N answers a conversation that
 already holds N assistant messages. A task resumed from its stored conversation after a crash
@@ -30,7 +36,7 @@ __all__ = ["FINISHED_TEXT", "ScriptError", "ScriptedProvider"]
 
 FINISHED_TEXT = "(script finished)"
 
-_TURN_KEYS = frozenset({"content", "stop_reason", "delay_s"})
+_TURN_KEYS = frozenset({"content", "stop_reason", "delay_s", "needs_max_tokens"})
 
 
 class ScriptError(PermanentError):
@@ -86,6 +92,11 @@ class ScriptedProvider:
                 "tool_use" if any(b["type"] == "tool_use" for b in content) else "end_turn"
             )
             delay = turn.get("delay_s", 0)
+            needs = turn.get("needs_max_tokens")
+            if needs is not None and request.max_tokens < needs:
+                if delay:
+                    await trio.sleep(delay)
+                return _cut_off(content, request)
         else:
             content, stop_reason, delay = [{"type": "text", "text": FINISHED_TEXT}], "end_turn", 0
         if delay:
@@ -99,6 +110,22 @@ class ScriptedProvider:
         sent = json.dumps([request.system, request.tools, request.messages])
         usage = Usage(input_tokens=len(sent) // 4, output_tokens=len(json.dumps(content)) // 4)
         return ModelReply(content=content, stop_reason=stop_reason, usage=usage, model=self.model)
+
+
+def _cut_off(content: list[dict], request: ModelRequest) -> ModelReply:
+    """``content`` as the output limit cuts it off inside its last block."""
+    *kept, last = content
+    if last["type"] == "text" and len(last["text"]) > 1:
+        kept.append({**last, "text": last["text"][: len(last["text"]) // 2]})
+    sent = json.dumps([request.system, request.tools, request.messages])
+    usage = Usage(input_tokens=len(sent) // 4, output_tokens=request.max_tokens)
+    return ModelReply(
+        content=kept,
+        stop_reason="max_tokens",
+        usage=usage,
+        model=ScriptedProvider.model,
+        cut_tool_use=last["type"] == "tool_use",
+    )
 
 
 def _pieces(text: str, n: int = 3) -> list[str]:
@@ -141,6 +168,9 @@ def _validated_turns(script: object) -> list[dict]:
         is_number = isinstance(delay, (int, float)) and not isinstance(delay, bool)
         if not is_number or not 0 <= delay < float("inf"):
             raise ScriptError(f"{where}: delay_s must be a number of seconds >= 0, not {delay!r}")
+        needs = turn.get("needs_max_tokens", 1)
+        if not isinstance(needs, int) or isinstance(needs, bool) or needs < 1:
+            raise ScriptError(f"{where}: needs_max_tokens must be a whole number >= 1, not {needs!r}")
     return turns
 
 

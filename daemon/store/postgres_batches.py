@@ -1,11 +1,13 @@
 """Status changes of several tasks written together on PostgreSQL: one read, one write.
 
 While one batch is on its way to the database, the status changes asked for meanwhile wait and
-then go together (``TransitionBatches``): the tasks' rows are read in one statement, each change
-is planned by ``lifecycle.plan_transition`` on its row as read (as ``postgres_changes`` does for
-one), and one statement writes every row still as read, with their events and notices. A change
-whose row moved in between, a start (``running``), and a batch of one go through
-``postgres_changes.transition``, one at a time. A failing change fails alone.
+then go together (``TransitionBatches``), as do those asked for in one pass of the scheduler
+(attempts that a claim started together and that end together): the tasks' rows are read in
+one statement, each change is planned by ``lifecycle.plan_transition`` on its row as read (as
+``postgres_changes`` does for one), and one statement writes every row still as read, with
+their events and notices. A change whose row moved in between, a start (``running``), and a
+batch of one go through ``postgres_changes.transition``, one at a time. A failing change fails
+alone.
 """
 
 from __future__ import annotations
@@ -169,6 +171,9 @@ class TransitionBatches:
         pending = _Pending(change, now)
         self._queued.append(pending)
         with trio.CancelScope(shield=True):
+            # The changes asked for in this pass of the scheduler go together: attempts a claim
+            # started together end together, and the first need not go alone.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             while pending.outcome is None:
                 if self._writing is not None:  # a batch is on its way: ours is the next
                     await self._writing.wait()

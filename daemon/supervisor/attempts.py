@@ -88,6 +88,11 @@ class Attempts:
         self._freed += 1
         return True
 
+    def recording(self) -> int:
+        """How many attempts have ended and record their outcome: until it has committed (a
+        store only this daemon writes), or until they are gone (a shared store)."""
+        return sum(1 for attempt in self._by_task.values() if attempt.recording and not attempt.slot_free)
+
     def holding(self) -> int:
         """How many slots the attempts hold."""
         return len(self._by_task) - self._freed

@@ -8,8 +8,10 @@ Admission has two modes, chosen by the store. On a store only this daemon writes
 queue is in memory (``FairQueue``) and an attempt starts with its own transition. On a shared
 store (PostgreSQL, several daemons), tasks are *claimed* from the database in batches
 (``store.claim_tasks``: round-robin across users, a cluster-wide cap per user, ``SKIP LOCKED``),
-woken by other nodes' notices and a short poll; the node's heartbeat is the lease on what it
-runs (``membership``), and other nodes' events reach the hub (``remote_events``).
+woken by other nodes' notices and a short poll; while outcomes are on their way to the store,
+the node waits for them and refills their slots with one claim. The node's heartbeat is the
+lease on what it runs (``membership``), and other nodes' events reach the hub
+(``remote_events``).
 """
 
 from __future__ import annotations
@@ -346,7 +348,9 @@ class Supervisor:
         while True:
             self._changed = trio.Event()
             free = self._free()
-            if self._admitting and free > 0:
+            # On a shared store, outcomes on their way free their slots in a moment: one claim
+            # for all of them then, rather than a round for the first and another for the rest.
+            if self._admitting and free > 0 and not (self._shared and self._running.recording()):
                 taken = await self._queue.take(free, self._running_users(), lambda: self._admitting)
                 for user_id, task_id, claimed in taken:
                     if self._admitting:

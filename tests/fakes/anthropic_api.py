@@ -77,6 +77,12 @@ def tool_use(id: str, name: str, input: dict) -> dict:
     return {"type": "tool_use", "id": id, "name": name, "input": input}
 
 
+def partial_tool_use(id: str, name: str, partial_json: str) -> dict:
+    """A tool_use block the output limit cut off: its input streams as ``partial_json`` only
+    (streamed replies only; pair it with ``stop_reason="max_tokens"``)."""
+    return {"type": "tool_use", "id": id, "name": name, "partial_json": partial_json}
+
+
 def message(*content: dict | str, stop_reason: str | None = None, **kw: Any) -> MessageReply:
     """A reply; strings become text blocks. Ends ``tool_use`` if it has any, else ``end_turn``."""
     blocks = [text(c) if isinstance(c, str) else c for c in content]
@@ -330,8 +336,10 @@ def _sse_events(msg_id: str, model: str, reply: MessageReply, usage: dict):
             for piece in _chunks(block["text"]):
                 yield _event("content_block_delta", index=i, delta={"type": "text_delta", "text": piece})
         elif kind == "tool_use":
-            yield _event("content_block_start", index=i, content_block={**block, "input": {}})
-            for piece in _chunks(json.dumps(block["input"])):
+            start = {k: v for k, v in block.items() if k != "partial_json"}
+            yield _event("content_block_start", index=i, content_block={**start, "input": {}})
+            sent = block["partial_json"] if "partial_json" in block else json.dumps(block["input"])
+            for piece in _chunks(sent):
                 delta = {"type": "input_json_delta", "partial_json": piece}
                 yield _event("content_block_delta", index=i, delta=delta)
         elif kind == "thinking":

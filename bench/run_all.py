@@ -524,6 +524,28 @@ def client_suite(size: dict[str, Any]) -> list[Row]:
     ]
 
 
+def cache_suite(size: dict[str, Any]) -> list[Row]:
+    """Prompt-cache reads over a 30-turn task and its cost (``bench/cache_share.py``)."""
+    title = (
+        "Share of input tokens read from the prompt cache over turns 2..30 of a 30-turn task with "
+        "growing tool outputs (the fake Messages API with Anthropic's cache rules), without "
+        "context clearing (not built yet); cost per task from the price table"
+    )
+    result = run_step("cache share", py("cache_share.py", "--turns", 30))
+    if not result:
+        return [Row(title, "failed", target="≥ 90%")]
+    share = result["read_share_turns_2_on"]
+    return [
+        Row(
+            title,
+            f"{share:.1%}; ${result['cost_usd']:.4f} per task ({result['model']}, "
+            f"{result['input_tokens_total']:,} input tokens)",
+            target="≥ 90%",
+            met=share >= 0.9,
+        )
+    ]
+
+
 SUITES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "queue": queue_suite,
     "durable": durable_suite,
@@ -533,6 +555,7 @@ SUITES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "ws": lambda size: ws_suite(size, Row=Row, run_step=run_step, py=py),  # bench/ws_rows.py
     "delivery": delivery_suite,
     "client": client_suite,
+    "cache": cache_suite,
     "pg": lambda size: pg_suite(
         size, Row=Row, run_step=run_step, py=py, peers_py=PEERS_PY
     ),  # bench/pg_rows.py

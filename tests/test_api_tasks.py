@@ -120,14 +120,25 @@ async def test_an_answer_requeues_a_waiting_task(tmp_path):
             task_id = (await http.post("/api/tasks", json=TASK)).json()["id"]
             with trio.fail_after(5):
                 await wait_status(server.daemon.hub, task_id, TaskStatus.WAITING_INPUT)
-            answer = await http.post(f"/api/tasks/{task_id}/messages", json={"text": "src/app.py"})
+            caps = (await http.get("/api/client-config")).json()["budget"]["caps"]
+            messages = f"/api/tasks/{task_id}/messages"
+            above = {"text": "src/app.py", "budget": {"max_turns": caps["max_turns"] + 1}}
+            refused = await http.post(messages, json=above)
+            assert refused.status_code == 422, refused.text
+            assert f"at most {caps['max_turns']}, the operator's cap" in refused.text
+            raise_to = {"max_turns": caps["max_turns"], "max_usd": caps["max_usd"]}
+            answer = await http.post(messages, json={"text": "src/app.py", "budget": raise_to})
             assert answer.status_code == 202
             assert answer.json()["event"]["event"] == "user.message"
+            assert answer.json()["task"]["budget"] == raise_to
             with trio.fail_after(5):
                 await wait_status(server.daemon.hub, task_id, TaskStatus.SUCCEEDED)
-        assert runner.inputs == [[], ["src/app.py"]]
-        status = [e.data for e in await server.store.read_events(task_id) if e.type == "task.status"]
-        assert {"status": "queued", "attempt": 1, "reason": "answered", "user_id": alice.id} in status
+        assert runner.inputs == [[], ["src/app.py"]]  # the refused message was never written
+        events = await server.store.read_events(task_id)
+        status = [e.data for e in events if e.type == "task.status"]
+        # The question spent no attempt: the answer queues the task at attempt 0, it runs as 1.
+        assert {"status": "queued", "attempt": 0, "reason": "answered", "user_id": alice.id} in status
+        assert [e.data for e in events if e.type == "task.budget"] == [{"budget": raise_to}]
 
 
 async def test_a_follow_up_goes_on_with_a_finished_task_and_waits_for_a_running_one(tmp_path):

@@ -91,6 +91,16 @@ def test_delivery_cost_times_both_ways_and_makes_its_row(monkeypatch):
     assert f"{new['total']['p50_ms']:.1f} / " in row.agentd and "host git" in row.peer
 
 
+def test_cache_share_runs_a_task_and_makes_its_row(monkeypatch):
+    result = run_bench("cache_share.py", "--quick")
+    assert result["status"] == "succeeded" and result["turns"] == 8
+    assert 0 < result["read_share_turns_2_on"] < 1 and result["cost_usd"] > 0
+    monkeypatch.setattr(run_all, "run_step", lambda label, argv: result)
+    (row,) = run_all.cache_suite({})
+    assert row.target == "≥ 90%" and row.met == (result["read_share_turns_2_on"] >= 0.9)
+    assert f"${result['cost_usd']:.4f} per task" in row.agentd and "context clearing" in row.name
+
+
 @pytest.mark.slow
 def test_restart_ready_builds_the_db_and_times_both_starts():
     result = run_bench("restart_ready.py", "--tasks", 20, "--events", 400, "--repeats", 1)

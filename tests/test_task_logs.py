@@ -118,12 +118,14 @@ async def test_a_task_tells_its_story_from_creation_to_its_end(mock_clock, store
         ("task started", {"attempt": 1, "node": "local"}),
         ("attempt failed", {"attempt": 1, "reason": "the model is overloaded", "delay_s": 30.0}),
         ("task started", {"attempt": 2, "node": "local"}),
-        ("task waiting for input", {"attempt": 2}),
-        ("task queued again", {"attempt": 2, "reason": "answered"}),
-        ("task started", {"attempt": 3, "node": "local"}),
+        # The question's attempt is given back (attempts count failures only): the answer's
+        # attempt is the second again.
+        ("task waiting for input", {"attempt": 1}),
+        ("task queued again", {"attempt": 1, "reason": "answered"}),
+        ("task started", {"attempt": 2, "node": "local"}),
         (
             "task finished",
-            {"attempt": 3, "outcome": "succeeded", "reason": None, "error": None, "attempts": 3, **usage},
+            {"attempt": 2, "outcome": "succeeded", "reason": None, "error": None, "attempts": 2, **usage},
         ),
     ]
     assert [message for message, _ in story(caplog, second.id)] == [

@@ -270,7 +270,7 @@ async def test_every_action_on_a_task_takes_a_prefix(svc, people, prefixed):
 @pytest.mark.parametrize(
     "status, then, reason, attempt",
     [
-        (TaskStatus.WAITING_INPUT, TaskStatus.QUEUED, "answered", 1),  # an answer: attempts kept
+        (TaskStatus.WAITING_INPUT, TaskStatus.QUEUED, "answered", 0),  # the question spent none
         (TaskStatus.SUCCEEDED, TaskStatus.QUEUED, "follow-up", 0),  # goes on, fresh attempts
         (TaskStatus.FAILED, TaskStatus.QUEUED, "follow-up", 0),
         (TaskStatus.CANCELLED, TaskStatus.QUEUED, "follow-up", 0),

@@ -33,11 +33,11 @@ class Transition:
     ``expect``: only from this status. ``reason``, ``error``: recorded on the task and in its
     ``task.status`` (and, to a final status, ``task.finished``) events. ``due_at``: when a
     waiting retry is due (wall clock). ``attempt_delta``: added to the task's attempt count (1
-    to start an attempt, -1 to put back one that must not count). ``events_before``: appended
-    just before the status event, in the same transaction. ``node_id``: the node starting an
-    attempt (``target`` running). ``claim``: the attempt recording this change; refused unless
-    that attempt still holds the task (a node whose lease ran out must not overwrite the outcome
-    of the node that took the task over).
+    to start an attempt, -1 to put back one that is no failure: a question, a shutdown).
+    ``events_before``: appended just before the status event, in the same transaction.
+    ``node_id``: the node starting an attempt (``target`` running). ``claim``: the attempt
+    recording this change; refused unless that attempt still holds the task (a node whose lease
+    ran out must not overwrite the outcome of the node that took the task over).
     """
 
     task_id: str

@@ -2,6 +2,13 @@
 
 The supervisor records the change (with the attempt's claim), then acts on what it implies
 (a retry timer to set, a user message to pick up); which change it is, is decided here alone.
+
+Attempts count failures only: ``task.attempt`` is the number of attempts that failed, plus the
+one running. An attempt that ends in a question (``waiting_input``) or in an orderly shutdown
+is put back (``attempt_delta=-1``), so answering questions, following up and restarting the
+daemon in order never bring a task nearer to ``max_attempts``. An attempt that died with its
+node (a crash, a lost lease) counts (``recovery``): the daemon cannot tell whether the task
+brought it down, and a task that does so every time must end.
 """
 
 from __future__ import annotations
@@ -61,7 +68,13 @@ def plan_outcome(
             )
         )
     if isinstance(outcome, RunResult):
-        return Outcome(Transition(task.id, _AFTER_RUN[outcome.status], reason=outcome.reason, claim=held))
+        # A question is no failure: the attempt is given back, the answer starts the same one again.
+        asked = -1 if outcome.status == RunStatus.WAITING_INPUT else 0
+        return Outcome(
+            Transition(
+                task.id, _AFTER_RUN[outcome.status], reason=outcome.reason, attempt_delta=asked, claim=held
+            )
+        )
     if isinstance(outcome, TransientError):
         attempt = task.attempt
         if backoff.exhausted(attempt):

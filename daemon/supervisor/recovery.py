@@ -52,7 +52,7 @@ class Recovery:
 
     async def put_back(self, task_id: str, held: Claim, reason: str, why: str) -> None:
         """Queue a task whose attempt (``held``) died with its node (failed when that was the
-        last one)."""
+        last one). The dead attempt counts as failed: the node may have died of the task."""
         if self.backoff.exhausted(held.attempt):
             change = Transition(
                 task_id,

@@ -75,3 +75,38 @@ def _whole(cap: str, value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_INT:
         return value
     raise BadArguments(f"budget.{cap}: a whole number from 1 to {MAX_INT}, got {value!r}")
+
+
+def raised_budget(
+    current: Mapping[str, object],
+    asked: Mapping[str, float],
+    defaults: Mapping[str, float],
+    caps: Mapping[str, float],
+) -> dict[str, float]:
+    """The task's budget override after a follow-up asks for ``asked`` (checked by
+    ``check_budget``): ``current`` with each cap asked for replaced.
+
+    A cap may only go up: one above the operator's cap (``caps``) or below what the task has
+    now (its own override, else ``defaults``, never above ``caps``) is refused, naming it.
+    """
+    raised: dict[str, float] = {
+        key: value for key, value in current.items() if isinstance(value, (int, float))
+    }
+    for cap, value in asked.items():
+        ceiling = caps[cap]
+        now = min(raised.get(cap) or defaults[cap], ceiling)
+        if value > ceiling:
+            raise BadArguments(
+                f"budget.{cap}: at most {_num(ceiling)}, the operator's cap; got {_num(value)}"
+            )
+        if value < now:
+            raise BadArguments(
+                f"budget.{cap}: a follow-up may only raise it; the task has {_num(now)}, got {_num(value)}"
+            )
+        raised[cap] = value
+    return raised
+
+
+def _num(value: float) -> str:
+    """``value`` as a person reads it: 20000000, not 2e+07; 0.5 as it is."""
+    return str(int(value)) if float(value).is_integer() else repr(value)

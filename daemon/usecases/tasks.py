@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BadArguments, Conflict, Forbidden, InvalidTransition, NotFound
 from ..git import parse_remote
 from ..states import TaskStatus
-from ..store import Event, Task
-from . import inputs, policy
+from ..store import Event, NewEvent, Task
+from . import account, inputs, policy
 from .policy import TaskRef, Viewer
 
 if TYPE_CHECKING:
@@ -212,17 +212,30 @@ async def retry_task(svc: Services, viewer: Viewer, task_id: TaskRef) -> Task:
     return await svc.supervisor.requeue(task.id, reason=reason, fresh_attempts=True, expect=task.status)
 
 
-async def follow_up(svc: Services, viewer: Viewer, task_id: TaskRef, text: str) -> FollowUp:
+async def follow_up(
+    svc: Services, viewer: Viewer, task_id: TaskRef, text: str, budget: Mapping[str, object] | None = None
+) -> FollowUp:
     """Write ``text`` to the task's inbox (an answer to ``agent.question``, or a follow-up).
 
     Then: ``waiting_input``, the task is queued again with the answer; queued, running or
     ``waiting_retry``, the agent reads it at its next turn; finished, it is queued again with
-    fresh attempts, to go on in the same workspace and branch. Follow-ups count against the
-    viewer's create limit (``RateLimited``); ``text`` is checked as a prompt is (``inputs``).
+    fresh attempts, to go on in the same workspace and branch. Neither spends an attempt.
+    Follow-ups count against the viewer's create limit (``RateLimited``); ``text`` is checked
+    as a prompt is (``inputs``). ``budget`` (the shape ``create_task`` takes) raises the task's
+    caps, each up to the operator's (``inputs.raised_budget``: ``BadArguments`` above it or
+    below what the task has, and then nothing is written); it is recorded, with a
+    ``task.budget`` event, before the message, and an attempt reads its budget as it starts.
     """
     inputs.check_field("text", text, inputs.MAX_PROMPT)
+    asked = inputs.check_budget(budget or {})
     task = await policy.visible_task(svc.store, viewer, task_id)
     await svc.create_limiter.check(viewer.user_id, "messages")
+    if asked:
+        offered = account.client_config(svc)
+        raised = inputs.raised_budget(task.budget, asked, offered.budget_defaults, offered.budget_caps)
+        await svc.store.update_task(
+            task.id, budget=raised, events=[NewEvent("task.budget", {"budget": raised})]
+        )
     event = await svc.store.add_input(task.id, text)
     return FollowUp(await _wake(svc, viewer, task.id), event)
 

@@ -81,6 +81,10 @@ class FollowUp(BaseModel):
     text: Text = Field(
         min_length=1, max_length=100_000, description="The answer to the agent's question, or more to do."
     )
+    budget: Budget | None = Field(
+        None,
+        description="Raise the task's caps (each up to the server's cap; lowering one is refused).",
+    )
 
 
 class UsageOut(BaseModel):
@@ -259,9 +263,11 @@ async def follow_up(task_id: str, data: FollowUp) -> ResponseReturnValue:
 
     waiting_input: the task is queued again with the answer. queued / running /
     waiting_retry: the agent gets it at its next turn. Finished: queued again with fresh
-    attempts, to go on in the same workspace and branch.
+    attempts, to go on in the same workspace and branch. None spends an attempt. ``budget``
+    raises the task's caps; 422 when one is above the server's cap or below the task's own.
     """
-    done = await usecases.follow_up(services(), viewer(), task_id, data.text)
+    budget = data.budget.model_dump(exclude_none=True) if data.budget else None
+    done = await usecases.follow_up(services(), viewer(), task_id, data.text, budget)
     return {"task": done.task.public(), "event": done.event.wire()}, 202
 
 

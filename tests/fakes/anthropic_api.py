@@ -16,6 +16,11 @@ the real API would reject (more than 4 cache_control blocks, empty text, a tool_
 answering the previous assistant turn's tool_use) get a 400 without consuming a reply, so that
 whole-daemon tests catch conversation bugs here rather than against Claude.
 
+``FakeAnthropicAPI(prompt_cache=PromptCache())`` turns on prompt-cache accounting by
+Anthropic's rules (``tests/fakes/prompt_cache.py``): the usage then splits the input into
+``cache_read_input_tokens``, ``cache_creation_input_tokens`` and the uncached ``input_tokens``.
+Without it, ``input_tokens`` is the request's JSON size / 4 and nothing is cached.
+
 Served by Hypercorn's trio worker around a bare ASGI callable, so SSE chunks leave as sent
 and a client disconnect is observable (``RecordedRequest.disconnected``).
 """
@@ -31,6 +36,8 @@ from typing import Any
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
+
+from .prompt_cache import PromptCache
 
 # --- replies -----------------------------------------------------------------------------------
 
@@ -134,15 +141,20 @@ class RecordedRequest:
     # Set when the client closed the connection before the response was complete.
     disconnected: trio.Event = field(default_factory=trio.Event)
     raw_body: bytes = b""  # as sent, for byte-for-byte comparisons
+    usage: dict[str, int] = field(default_factory=dict)  # what the reply reported, if one was sent
 
 
 class FakeAnthropicAPI:
     """Scripted replies in, recorded requests out. ``api_key``, when given, is enforced the
-    way the real API does (401 ``authentication_error`` for any other key)."""
+    way the real API does (401 ``authentication_error`` for any other key). ``prompt_cache``,
+    when given, accounts each served request's input against it (see the module docstring)."""
 
-    def __init__(self, *replies: Reply, api_key: str | None = None) -> None:
+    def __init__(
+        self, *replies: Reply, api_key: str | None = None, prompt_cache: PromptCache | None = None
+    ) -> None:
         self.requests: list[RecordedRequest] = []
         self.api_key = api_key
+        self.prompt_cache = prompt_cache
         self._replies: deque[Reply] = deque(replies)
         self._ids = itertools.count(1)
         self.url: str | None = None  # the base URL, once serving
@@ -231,11 +243,14 @@ class FakeAnthropicAPI:
                 _event("error", error={"type": reply.error_type, "message": reply.message}),
             ]
             return await self._send_sse(rec, receive, send, events)
+        cached = self.prompt_cache.account(rec.body).as_usage() if self.prompt_cache else {}
         usage = {
             "input_tokens": len(json.dumps(rec.body)) // 4,
+            **cached,
             "output_tokens": len(json.dumps(reply.content)) // 4,
             **reply.usage,
         }
+        rec.usage = usage
         model = reply.model or rec.body["model"]
         if not rec.body.get("stream"):
             body = _message_json(msg_id, model, reply.content, reply.stop_reason, reply.stop_sequence, usage)

@@ -90,7 +90,9 @@ export class Timeline {
       case "task.status": { // a turn cut short (cancel, a failed attempt) leaves no half-text
         this.endStream();
         const reason = data.reason ? ": " + data.reason : "";
-        return this.note(seq, ts, label(data.status) + " (attempt " + data.attempt + ")" + reason);
+        // Only a run has an attempt worth showing: a question or a requeue spends none.
+        const attempt = data.status === "running" ? " (attempt " + data.attempt + ")" : "";
+        return this.note(seq, ts, label(data.status) + attempt + reason);
       }
       case "task.retry_scheduled":
         return this.note(seq, ts, "Retry in " + Math.round(data.delay_s || 0) + " s: " + (data.reason || ""));

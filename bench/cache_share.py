@@ -1,0 +1,129 @@
+"""Share of input tokens read from the prompt cache over a long task, and its cost in USD.
+
+    .venv/bin/python bench/cache_share.py [--turns 30 | --quick] [--json]
+
+One task through the real agent loop and ``AnthropicProvider`` against the fake Messages API
+with prompt-cache accounting by Anthropic's rules (``tests/fakes/prompt_cache.py``): each turn
+calls ``bash`` for a listing that grows turn by turn (``seq 1 N``, N rising, so no two calls
+are alike and stuck detection stays quiet), in a real sandbox, then a last turn ends the task.
+The figure is the share of input tokens read from the cache over turns 2..N (turn 1 has
+nothing to read), from the usage the fake reported; the cost is the task's, from the price
+table (``daemon/agent/model.py``). Context clearing is not built yet, so the conversation keeps
+every tool output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import trio
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import emit, machine
+
+from daemon.agent.anthropic_provider import DEFAULT_MODEL, AnthropicProvider
+from daemon.agent.loop import AgentRunner
+from daemon.events import EventHub
+from daemon.states import TaskStatus
+from daemon.store import SqliteStore
+from daemon.supervisor import Backoff
+from tests.agent_env import agent_settings, bare_repo
+from tests.conftest import fake_wall
+from tests.fakes.anthropic_api import FakeAnthropicAPI, MessageReply, message, tool_use
+from tests.fakes.prompt_cache import PromptCache
+from tests.helpers import running_supervisor, wait_status
+
+KEY = "sk-ant-bench-key"
+LINES_PER_TURN = 150  # turn i's tool output is `seq 1 150*i`: about 0.7 KiB more each turn
+
+
+def growing_replies(turns: int) -> list[MessageReply]:
+    """``turns`` model replies: ``turns - 1`` distinct ``bash`` calls with growing output, then
+    a final answer."""
+    calls = [
+        message(
+            f"Listing step {i}.", tool_use(f"toolu_{i}", "bash", {"command": f"seq 1 {LINES_PER_TURN * i}"})
+        )
+        for i in range(1, turns)
+    ]
+    return [*calls, message("Done: every listing was read.")]
+
+
+def read_share(usages: list[dict[str, int]]) -> float:
+    """Tokens read from the cache over all input tokens (read + written + uncached)."""
+    read = sum(u.get("cache_read_input_tokens", 0) for u in usages)
+    total = sum(
+        u.get("input_tokens", 0)
+        + u.get("cache_read_input_tokens", 0)
+        + u.get("cache_creation_input_tokens", 0)
+        for u in usages
+    )
+    return read / total if total else 0.0
+
+
+async def run_cache_task(root: Path, store: SqliteStore, hub: EventHub, turns: int) -> dict[str, Any]:
+    """Run the task; its status, per-turn usage as the fake reported it, share and cost.
+
+    Cancellation: the fake API and the supervisor are cancelled with the caller.
+    """
+    fake = FakeAnthropicAPI(*growing_replies(turns), api_key=KEY, prompt_cache=PromptCache())
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(fake.serve)
+        provider = AnthropicProvider(KEY, base_url=url, model=DEFAULT_MODEL, max_retries=0)
+        runner = AgentRunner(provider, agent_settings(root, stuck_repeats=5))
+        async with running_supervisor(store, hub, runner, backoff=Backoff(0.01, 0.02, 1)) as sup:
+            user = await store.upsert_user("bench")
+            task, _ = await sup.submit(user_id=user.id, repo_url=str(bare_repo(root)), prompt="List.")
+            await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+        nursery.cancel_scope.cancel()
+    done = await store.get_task(task.id)
+    assert done is not None  # submitted above; tasks are never deleted
+    usages = [r.usage for r in fake.requests if r.usage]
+    return {
+        "status": done.status.value,
+        "error": done.error,
+        "model": DEFAULT_MODEL,
+        "turns": len(usages),
+        "usages": usages,
+        "read_share_turns_2_on": round(read_share(usages[1:]), 4),
+        "cost_usd": round(done.usage.cost_usd, 4),
+        "input_tokens_total": sum(
+            u["input_tokens"] + u["cache_read_input_tokens"] + u["cache_creation_input_tokens"]
+            for u in usages
+        ),
+    }
+
+
+async def _main(turns: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="agentd-cache-") as tmp:
+        root = Path(tmp)
+        store = await SqliteStore.open(root / "data")
+        store.now = fake_wall
+        try:
+            return await run_cache_task(root, store, EventHub(store), turns)
+        finally:
+            await store.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=30)
+    parser.add_argument("--quick", action="store_true", help="8 turns, to try the command")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = trio.run(_main, 8 if args.quick else args.turns)
+    result.pop("usages")
+    emit({**result, "machine": machine()}, args.json)
+    if result["status"] != TaskStatus.SUCCEEDED.value:
+        raise SystemExit(f"the task did not succeed: {result['error']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -46,6 +46,15 @@ def text(value: str) -> dict[str, Any]:
     return {"type": "text", "text": value}
 
 
+def ask_then_write(*questions: str) -> dict[str, Any]:
+    """A script that asks each question with ``ask_user``, then writes ``style.txt`` and ends."""
+    asked = [{"content": [tool_use(f"q{i}", "ask_user", question=q)]} for i, q in enumerate(questions)]
+    write = tool_use(
+        "w", "str_replace_based_edit_tool", command="create", path="style.txt", file_text="spaces\n"
+    )
+    return {"turns": [*asked, {"content": [write]}, {"content": [text("Wrote the style file.")]}]}
+
+
 FIX_SCRIPT = {
     "turns": [
         {

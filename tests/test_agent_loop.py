@@ -7,7 +7,7 @@ import pytest
 from daemon.agent.tools import sandbox
 from daemon.states import TaskStatus
 
-from .agent_env import FIX_SCRIPT, agent_supervisor, bare_repo, branch_file, text, tool_use
+from .agent_env import FIX_SCRIPT, agent_supervisor, ask_then_write, bare_repo, branch_file, text, tool_use
 from .helpers import wait_status
 
 pytestmark = pytest.mark.slow
@@ -97,23 +97,7 @@ async def test_no_changes_succeeds_without_pushing(store, hub, tmp_path):
 
 
 async def test_ask_user_waits_for_the_answer_then_goes_on(store, hub, tmp_path):
-    script = {
-        "turns": [
-            {"content": [tool_use("q", "ask_user", question="Tabs or spaces?")]},
-            {
-                "content": [
-                    tool_use(
-                        "w",
-                        "str_replace_based_edit_tool",
-                        command="create",
-                        path="style.txt",
-                        file_text="spaces\n",
-                    )
-                ]
-            },
-            {"content": [text("Wrote the style file.")]},
-        ]
-    }
+    script = ask_then_write("Tabs or spaces?")
     bare = bare_repo(tmp_path)
     async with agent_supervisor(store, hub, tmp_path, script=script) as sup:
         alice = await store.upsert_user("alice")
@@ -128,7 +112,7 @@ async def test_ask_user_waits_for_the_answer_then_goes_on(store, hub, tmp_path):
     assert [e.data for e in events if e.type == "agent.question"] == [{"text": "Tabs or spaces?"}]
     turns = await store.list_messages(task.id)
     answer = turns[2]["content"][0]
-    assert answer == {"type": "tool_result", "tool_use_id": "q", "content": "spaces, please"}
+    assert answer == {"type": "tool_result", "tool_use_id": "q0", "content": "spaces, please"}
     assert branch_file(bare, (await store.get_task(task.id)).branch, "style.txt") == "spaces\n"
 
 

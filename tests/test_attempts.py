@@ -26,29 +26,13 @@ from daemon.states import TaskStatus
 from daemon.supervisor import Backoff
 from daemon.usecases import Viewer
 
-from .agent_env import agent_settings, bare_repo, branch_file, text, tool_use
+from .agent_env import agent_settings, ask_then_write, bare_repo, branch_file
 from .helpers import running_supervisor, wait_status
 
 pytestmark = pytest.mark.slow
 
 QUESTIONS = ("Tabs or spaces?", "Which file?", "Push it?")
-SCRIPT = {
-    "turns": [
-        *({"content": [tool_use(f"q{i}", "ask_user", question=q)]} for i, q in enumerate(QUESTIONS)),
-        {
-            "content": [
-                tool_use(
-                    "w",
-                    "str_replace_based_edit_tool",
-                    command="create",
-                    path="style.txt",
-                    file_text="spaces\n",
-                )
-            ]
-        },
-        {"content": [text("Wrote the style file.")]},
-    ]
-}
+SCRIPT = ask_then_write(*QUESTIONS)
 WRITE_TURN = len(QUESTIONS)  # the turn after the last answer: the first daemon dies in it
 
 

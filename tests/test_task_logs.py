@@ -20,7 +20,7 @@ from daemon.states import TaskStatus
 from daemon.supervisor import Backoff
 from daemon.supervisor.tasklog import repo_for_log
 
-from .agent_env import agent_settings, bare_repo, text, tool_use
+from .agent_env import agent_settings, ask_then_write, bare_repo
 from .fakes.phone import running_daemon
 from .helpers import running_supervisor, submit, wait_status
 from .runners import FailPermanently, Hang
@@ -65,23 +65,7 @@ class OverloadedOnce(ScriptedProvider):
         return await super().complete(request, on_text_delta)
 
 
-ASK_THEN_WRITE = {
-    "turns": [
-        {"content": [tool_use("q", "ask_user", question="Tabs or spaces?")]},
-        {
-            "content": [
-                tool_use(
-                    "w",
-                    "str_replace_based_edit_tool",
-                    command="create",
-                    path="style.txt",
-                    file_text="spaces\n",
-                )
-            ]
-        },
-        {"content": [text("Wrote the style file.")]},
-    ]
-}
+ASK_THEN_WRITE = ask_then_write("Tabs or spaces?")
 
 
 async def test_a_task_tells_its_story_from_creation_to_its_end(mock_clock, store, hub, tmp_path, caplog):

@@ -161,6 +161,7 @@ COMMANDS: dict[str, Command] = {
     "task": Command("tasks.get", _task),
     "cancel": Command("tasks.cancel", _task),
     "retry": Command("tasks.retry", _task),
+    "review": Command("tasks.review", _task),
     "tail": Command("tasks.tail", lambda ns: {"id": ns.id, "after": ns.after}, streaming=True),
     "drain": Command("drain"),
     "resume": Command("resume"),
@@ -277,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("task", "show one task"),
         ("cancel", "cancel a task"),
         ("retry", "queue a failed or cancelled task again"),
+        ("review", "send the task's pull request reviews and failing checks to it as a follow-up"),
     ):
         add(name, help).add_argument("id", metavar="ID", help=TASK_ID_HELP)
     p = add("tail", "print a task's events, following live until it ends or waits for input")

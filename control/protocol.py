@@ -36,6 +36,7 @@ COMMANDS: tuple[str, ...] = (
     "tasks.get",
     "tasks.cancel",
     "tasks.retry",
+    "tasks.review",
     "tasks.tail",
     "drain",
     "resume",

@@ -82,6 +82,7 @@ class ControlHandlers:
             "tasks.get": self.tasks_get,
             "tasks.cancel": self.tasks_cancel,
             "tasks.retry": self.tasks_retry,
+            "tasks.review": self.tasks_review,
             "tasks.tail": self.tasks_tail,
             "drain": self.drain,
             "resume": self.resume,
@@ -136,6 +137,10 @@ class ControlHandlers:
 
     async def tasks_retry(self, args: Args) -> Args:
         return (await self._shown(await usecases.retry_task(self.svc, OPERATOR, _task_id(args))))[0]
+
+    async def tasks_review(self, args: Args) -> Args:
+        done = await usecases.review_task(self.svc, OPERATOR, _task_id(args))
+        return (await self._shown(done.task))[0]
 
     async def tasks_tail(self, args: Args) -> AsyncIterator[Args]:
         task_id, after = _task_id(args), _int_arg(args, "after", 0, low=0)

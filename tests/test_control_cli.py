@@ -106,6 +106,7 @@ class Daemon:
             "tasks.create": plain("tasks.create", {**TASKS[1], "id": "01j0ccc", "status": "running"}),
             "tasks.get": get,
             "tasks.cancel": plain("tasks.cancel", None),
+            "tasks.review": plain("tasks.review", None),
             "tasks.tail": tail,
             "concurrency.set": plain("concurrency.set", {"n": 3}),
             "users.list": plain("users.list", [{"login": "ann", "is_operator": True}]),
@@ -294,13 +295,14 @@ async def test_user_add_prints_only_the_token_on_stdout(sock, daemon):
 
 
 async def test_commands_send_their_arguments(sock, daemon, workdir):
-    for argv in (["cancel", "01J0AAA"], ["concurrency", "3"], ["users"]):
+    for argv in (["cancel", "01J0AAA"], ["review", "01J0AAB"], ["concurrency", "3"], ["users"]):
         done = await agentctl("--socket", str(sock), *argv)
         assert done.returncode == 0, done.stderr
     done = await agentctl("--socket", str(sock), "backup", "snap.db", cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert daemon.seen == [
         ("tasks.cancel", {"id": "01J0AAA"}),
+        ("tasks.review", {"id": "01J0AAB"}),
         ("concurrency.set", {"n": 3}),
         ("users.list", {}),
         ("backup", {"path": f"{workdir}/snap.db"}),
@@ -377,6 +379,7 @@ def test_every_command_of_the_design_exists_and_maps_to_a_protocol_command():
         "task",
         "cancel",
         "retry",
+        "review",
         "tail",
         "drain",
         "resume",

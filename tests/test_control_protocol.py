@@ -48,6 +48,7 @@ def test_the_command_names_are_those_of_the_design():
         "tasks.get",
         "tasks.cancel",
         "tasks.retry",
+        "tasks.review",
         "tasks.tail",
         "drain",
         "resume",

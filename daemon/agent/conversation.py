@@ -7,6 +7,7 @@ whether a budget is spent and whether the agent is going round in circles.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from collections import Counter
@@ -17,10 +18,36 @@ from typing import Any
 from ..errors import PermanentError
 from ..store import Usage
 
-INTERRUPTED = (
-    "This tool call was interrupted by a restart of agentd before it finished; it may or may "
-    "not have had effects. Check the current state before doing it again."
-)
+
+class Interruption(enum.Enum):
+    """Why the attempt that started a tool call ended before the call had its result."""
+
+    RESTART = "by a restart of agentd"
+    CANCEL = "when the task was cancelled"
+    TAKEOVER = "when the machine running it stopped answering and another machine took the task over"
+    TIMEOUT = "when the attempt ran longer than it may"
+
+
+#: Every interrupted-call note starts so (``is_interrupted``).
+INTERRUPTED_PREFIX = "This tool call was interrupted"
+
+
+def interrupted_note(cause: Interruption) -> str:
+    """The result the model is given for a call that was started but never finished."""
+    return (
+        f"{INTERRUPTED_PREFIX} {cause.value} before it finished; it may or may not have had "
+        "effects. Check the current state before doing it again."
+    )
+
+
+INTERRUPTED = interrupted_note(Interruption.RESTART)
+
+
+def is_interrupted(content: object) -> bool:
+    """Whether a tool result's ``content`` is an interrupted-call note (not the call's failure)."""
+    return isinstance(content, str) and content.startswith(INTERRUPTED_PREFIX)
+
+
 EVENT_OUTPUT_CAP = 4000
 
 
@@ -92,7 +119,7 @@ def _recent_calls(turns: Sequence[Mapping[str, Any]], count: int) -> list[_Call]
                 for block in turn["content"]
                 if block.get("type") == "tool_result"
                 and block.get("is_error")
-                and block.get("content") != INTERRUPTED
+                and not is_interrupted(block.get("content"))
             )
         elif turn["role"] == "assistant":
             calls[:0] = [

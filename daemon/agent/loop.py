@@ -25,6 +25,7 @@ from . import conversation as conv
 from .delivery import deliver
 from .instructions import DEFAULT_CAP_BYTES, Instructions
 from .model import ModelProvider, ModelReply, ModelRequest
+from .resume import last_interruption, pushed_branch, workspace_note
 from .tools import ASK_USER_TOOL, Toolbox, ToolSettings, tool_definitions
 from .tools.sandbox import TaskSandbox
 
@@ -45,12 +46,6 @@ CONTINUE = "Continue from where you stopped."
 CUT_OFF = """\
 [agentd] Your last reply was cut off by the output limit inside a tool call, so that call was \
 dropped. Continue, in smaller steps (e.g. write a large file in several edits)."""
-
-WORKSPACE_RESET = """\
-[agentd] This task moved to another machine, and its workspace there could not come along. \
-{path} is now a fresh clone of {base}, on the new branch {branch}. The changes you made to files \
-earlier in this task are not in it (earlier tool results describe a workspace that is gone). Look \
-at the files, redo what is still needed, and finish as before."""
 
 
 @dataclass(frozen=True)
@@ -131,15 +126,17 @@ class AgentRunner:
                 token=token,
                 known_branch=task.workspace_branch,
                 attempt=task.attempt,
+                pushed=pushed_branch(task),
             ),
             s.clone_policy,
         )
         if workspace.branch != task.workspace_branch:
             await ctx.store.update_task(task.id, workspace_branch=workspace.branch)
         if workspace.reset:
-            await ctx.emit(
-                "workspace.reset", {"branch": workspace.branch, "previous_branch": task.workspace_branch}
-            )
+            reset: dict[str, Any] = {"branch": workspace.branch, "previous_branch": task.workspace_branch}
+            if (restored := workspace.restored) is not None:
+                reset.update(restored_from=restored.pushed.commit, restored_at=restored.head)
+            await ctx.emit("workspace.reset", reset)
         await ctx.emit("workspace.ready", {"commit": workspace.base_commit, "branch": workspace.branch})
         # One confinement for the task's tools and for the git that commits their work.
         async with TaskSandbox(workspace.path, s.tools) as sandbox:
@@ -196,6 +193,8 @@ class _Session:
         # then kept in step with this attempt's own writes (the only writer of them) instead of
         # read again, whole, at every turn.
         self.calls: dict[str, dict[str, Any]] | None = None
+        # Why the previous attempt ended, once a call it left without a result needs saying.
+        self.interruption: conv.Interruption | None = None
 
     async def converse(self) -> RunResult | None:
         """Talk until the model is done (None: deliver the work) or the task must wait."""
@@ -207,8 +206,7 @@ class _Session:
             inputs = await self.ctx.take_inputs()
             await self._append("user", conv.text_blocks([self.task.prompt, *inputs]))
         elif self.workspace.reset:
-            w = self.workspace
-            self.notes.append(WORKSPACE_RESET.format(path=w.path, base=w.base_branch, branch=w.branch))
+            self.notes.append(workspace_note(self.workspace))
             if self.turns[-1]["role"] == "user":  # the model has not answered it: add to it
                 await self._append("user", conv.text_blocks(self._take_notes()))
         while True:
@@ -320,7 +318,9 @@ class _Session:
             elif call is not None and call["status"] == ToolCallStatus.DONE:
                 output, is_error = call["output"], bool(call["is_error"])
             elif call is not None:
-                output, is_error = conv.INTERRUPTED, True
+                if self.interruption is None:  # read once, for the calls of the attempt that ended
+                    self.interruption = await last_interruption(self.store, self.task)
+                output, is_error = conv.interrupted_note(self.interruption), True
                 await self._record_result(block["id"], output, is_error)
             else:
                 output, is_error = await self._run_tool(block)

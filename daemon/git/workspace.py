@@ -28,12 +28,15 @@ from daemon.git.addresses import ResolvedRemote, resolve_remote
 from daemon.git.disk import gc_workspaces, remove_if_present, rmtree, workspace_size
 from daemon.git.export import Confinement, export_bundle
 from daemon.git.process import GitAuth, GitResult, classify_git_error, run_git
+from daemon.git.pushed import COMMIT_ID, PushedBranch, Restored, remote_heads
 from daemon.git.remote import Remote, parse_remote
 
 __all__ = [
     "ClonePolicy",
     "CloneRequest",
     "PushResult",
+    "PushedBranch",
+    "Restored",
     "Workspace",
     "branch_name",
     "check_quota",
@@ -61,6 +64,8 @@ class Workspace:
     #: A fresh clone made for a task that had a workspace before (elsewhere, or replaced here):
     #: what the agent did there is not in it.
     reset: bool = False
+    #: Set when the workspace was re-created from the task's pushed branch.
+    restored: Restored | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class CloneRequest:
     (``branch_name``). ``token``: the user's, for the remote only. ``known_branch``: the
     branch the task's store record says its workspace is on (None before its first
     workspace); ``attempt``: the task's attempt, which names the branch of a reset.
+    ``pushed``: the branch and commit agentd pushed for the task (None before its first push);
+    a workspace made again for such a task starts from that branch (``prepare_workspace``).
     """
 
     task_id: str
@@ -80,6 +87,7 @@ class CloneRequest:
     token: str | None = None
     known_branch: str | None = None
     attempt: int = 1
+    pushed: PushedBranch | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,8 @@ class _Clone:
     base_branch: str | None
     branch: str
     owned: Path
+    #: False: the clone is already on ``branch`` (the pushed branch itself), no new branch.
+    new_branch: bool = True
 
 
 @dataclass(frozen=True)
@@ -129,8 +139,13 @@ def branch_name(task_id: str, title: str) -> str:
     return f"agentd/{short}-{slug or 'task'}"
 
 
-def _check_branch(name: str) -> None:
-    bad = (
+def _check_branch(name: str, what: str = "base branch") -> None:
+    if not _valid_branch(name):
+        raise PermanentError(f"invalid {what} name: {name!r}", code="invalid_branch")
+
+
+def _valid_branch(name: str) -> bool:
+    return not (
         not name
         or name.startswith(("-", "/", "."))
         or name.endswith(("/", ".", ".lock"))
@@ -140,8 +155,6 @@ def _check_branch(name: str) -> None:
         or any(c in name for c in " ~^:?*[\\")
         or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)
     )
-    if bad:
-        raise PermanentError(f"invalid base branch name: {name!r}", code="invalid_branch")
 
 
 async def prepare_workspace(request: CloneRequest, policy: ClonePolicy) -> Workspace:
@@ -154,7 +167,13 @@ async def prepare_workspace(request: CloneRequest, policy: ClonePolicy) -> Works
     A local workspace on another branch than ``request.known_branch`` is stale (another node
     went on with the task since) and is replaced. A fresh clone for a task that had a workspace
     is a *reset*: it gets a branch of its own, ``<name>-a<attempt>``, so that a push never mixes
-    the work of two runs, and ``Workspace.reset`` says so.
+    the work of two runs, and ``Workspace.reset`` says so. A reset of a task that pushed
+    (``request.pushed``: a follow-up after workspace gc, or a task moved to another node) starts
+    from the pushed branch instead and keeps its name, so the next push updates the same branch
+    (and its pull request): at the remote's commit of that branch, which may have moved since
+    agentd pushed it; or, when the branch is gone from the remote, as a fresh clone of the base
+    on a branch of that name. ``Workspace.restored`` says which. Only the branch's name and
+    commit id (both checked) are used on the host; the clone follows the same rules as any.
     Raises TransientError when the disk has less than ``min_free_bytes`` free (other tasks
     ending and workspace gc free space, so a later attempt can succeed) or when the network
     fails; PermanentError for a bad URL, credentials, a missing repository or branch, a host
@@ -175,6 +194,12 @@ async def prepare_workspace(request: CloneRequest, policy: ClonePolicy) -> Works
     path = root / task_id
     owned = owned_repo.owned_path(root, task_id)
 
+    pushed = request.pushed
+    if pushed is not None:
+        _check_branch(pushed.branch, "pushed branch")
+        if not COMMIT_ID.match(pushed.commit):
+            raise PermanentError(f"invalid pushed commit: {pushed.commit!r}", code="invalid_branch")
+
     # Every file system call here runs in a worker thread: even a rename or a stat can wait
     # for the file system's journal while hundreds of clones write (a rename on the Trio
     # thread held the loop for up to 1.7 s at 500 tasks).
@@ -186,6 +211,24 @@ async def prepare_workspace(request: CloneRequest, policy: ClonePolicy) -> Works
         branch = f"{branch}-a{request.attempt}"
 
     pin = await resolve_remote(remote, allow_private=policy.allow_local or policy.allow_private)
+    auth = GitAuth(token=request.token, ssh_key=policy.ssh_key)
+    clone = _Clone(remote, auth, pin, request.base_branch, branch, owned)
+    restored: Restored | None = None
+    base_branch = request.base_branch
+    if pushed is not None:
+        head, default = await remote_heads(
+            remote, pushed.branch, auth=auth, pin=pin, timeout=policy.timeout, allow_local=policy.allow_local
+        )
+        restored = Restored(pushed, head)
+        if base_branch is None and default is not None and _valid_branch(default):
+            base_branch = default
+        if head is None:  # the branch is gone: a clone of the base, on a branch of its name
+            clone = dataclasses.replace(clone, branch=pushed.branch)
+        else:
+            clone = dataclasses.replace(
+                clone, branch=pushed.branch, base_branch=pushed.branch, new_branch=False
+            )
+
     free = await trio.to_thread.run_sync(_make_room, root, task_id)
     if free < policy.min_free_bytes:
         raise TransientError(
@@ -199,9 +242,6 @@ async def prepare_workspace(request: CloneRequest, policy: ClonePolicy) -> Works
     # must never share a directory with the clone that replaces it.
     suffix = f".staging-{task_id}-{secrets.token_hex(4)}"
     staging, owned_staging = root / suffix, owned.parent / suffix
-    clone = _Clone(
-        remote, GitAuth(token=request.token, ssh_key=policy.ssh_key), pin, request.base_branch, branch, owned
-    )
     try:
         ws = await _clone(staging, clone, policy)
         # agentd's own copy is made before the agent has touched the clone.
@@ -212,7 +252,13 @@ async def prepare_workspace(request: CloneRequest, policy: ClonePolicy) -> Works
             for made in (staging, owned_staging):
                 await trio.to_thread.run_sync(remove_if_present, made)
         raise
-    return dataclasses.replace(ws, path=path, reset=known_branch is not None)
+    if restored is not None and restored.head is not None:
+        # The clone is on the pushed branch: the base is the task's, its commit where it starts
+        # (the branch's commit as cloned, should it have moved again since the listing).
+        ws = dataclasses.replace(ws, base_branch=base_branch or ws.base_branch)
+        restored = Restored(restored.pushed, ws.base_commit)
+    reset = known_branch is not None or pushed is not None
+    return dataclasses.replace(ws, path=path, reset=reset, restored=restored)
 
 
 def _read_prepared(path: Path, owned: Path) -> dict | None:
@@ -291,7 +337,8 @@ async def _clone(path: Path, clone: _Clone, policy: ClonePolicy) -> Workspace:
         base_branch = ref[len("refs/heads/") :]
     else:
         base_commit = (await git("rev-parse", "HEAD")).stdout.decode().strip()
-    await git("checkout", "--quiet", "-b", clone.branch)
+    if clone.new_branch:
+        await git("checkout", "--quiet", "-b", clone.branch)
 
     return Workspace(
         path=path,

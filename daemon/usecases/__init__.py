@@ -12,6 +12,7 @@ from .diffs import TaskPatch, task_patch
 from .operations import backup, daemon_status, drain, gc, resume, set_concurrency
 from .policy import CONTROL_OPERATOR, MIN_ID_PREFIX, RETRYABLE, IdPrefix, TaskRef, Viewer, may_see
 from .repos import RepoPage, list_repos
+from .review import review_task
 from .tasks import (
     Created,
     EventPage,
@@ -69,6 +70,7 @@ __all__ = [
     "owner_logins",
     "resume",
     "retry_task",
+    "review_task",
     "revoke_user",
     "set_concurrency",
     "sign_out",

@@ -271,6 +271,21 @@ async def follow_up(task_id: str, data: FollowUp) -> ResponseReturnValue:
     return {"task": done.task.public(), "event": done.event.wire()}, 202
 
 
+@bp.post("/api/tasks/<task_id>/review")
+@require_user
+@validate_response(FollowUpOut, 202)
+async def review_task(task_id: str) -> ResponseReturnValue:
+    """Iterate on review: the pull request's feedback becomes the task's next message.
+
+    The reviews, review threads and failing checks of the task's pull request, read from
+    GitHub with the task owner's token, are sent as a follow-up: the task goes on in the same
+    workspace and branch, and its next push updates the same pull request. 409 when the task
+    has no pull request or there is nothing to address (the task is not woken).
+    """
+    done = await usecases.review_task(services(), viewer(), task_id)
+    return {"task": done.task.public(), "event": done.event.wire()}, 202
+
+
 @bp.post("/api/tasks/<task_id>/cancel")
 @require_user
 @validate_response(TaskOut, 202)

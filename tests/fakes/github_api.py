@@ -5,7 +5,11 @@ records the request, and answers 201 with a new pull request, or 422 "A pull req
 exists" when an open one has the same head and base. ``GET /repos/{o}/{r}/pulls?head=o:branch``
 lists them. ``GET /user/repos?sort=pushed&per_page=&page=`` lists ``user_repos`` (``add_repo``), the
 most recently pushed first, with GitHub's ``Link`` header (``rel="next"``, ``rel="last"``).
-``fail_with(status, headers=...)`` injects 5xx, rate limits and the like.
+``GET /repos/{o}/{r}/pulls/{n}`` gives one (its ``head.sha``: ``head_sha``), and
+``.../pulls/{n}/reviews``, ``.../pulls/{n}/comments`` and ``.../commits/{sha}/check-runs`` give
+what ``add_review``, ``add_review_comment`` and ``add_check_run`` stored, paginated
+(``per_page``, ``page``, ``Link``). ``fail_with(status, headers=...)`` injects 5xx, rate limits
+and the like.
 
 Start it like the git server: ``url = await nursery.start(api.serve)`` or ``with api as url``.
 """
@@ -21,6 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 from .threaded_http import QuietHandler, ThreadedHTTPFake
 
 _PULLS = re.compile(r"^/repos/([^/]+)/([^/]+)/pulls/?$")
+_PULL_PART = re.compile(r"^/repos/([^/]+)/([^/]+)/pulls/([0-9]+)(?:/(reviews|comments))?$")
+_CHECK_RUNS = re.compile(r"^/repos/([^/]+)/([^/]+)/commits/([0-9a-fA-F]+)/check-runs$")
 
 
 @dataclass
@@ -46,6 +52,8 @@ class FakeGitHubAPI(ThreadedHTTPFake):
         self.requests: list[ApiRequest] = []
         self.pulls: list[dict] = []  # each: owner, repo, number, head, base, title, body, state
         self.user_repos: list[dict] = []  # as GitHub's /user/repos gives them
+        # (owner, repo, number, "reviews" | "comments") or (owner, repo, sha, "check_runs"): items
+        self.feedback: dict[tuple[str, str, object, str], list[dict]] = {}
         self._failures: list[_Failure] = []
         self._lock = threading.Lock()
 
@@ -84,6 +92,55 @@ class FakeGitHubAPI(ThreadedHTTPFake):
         with self._lock:
             return self._create(owner, repo, {"head": head, "base": base, "title": title})
 
+    def _add(self, key: tuple[str, str, object, str], item: dict) -> dict:
+        with self._lock:
+            items = self.feedback.setdefault(key, [])
+            item = {"id": 1000 + sum(map(len, self.feedback.values())), **item}
+            items.append(item)
+        return item
+
+    def add_review(self, owner: str, repo: str, number: int, *, user: str, state: str, body: str) -> dict:
+        return self._add(
+            (owner, repo, number, "reviews"), {"user": {"login": user}, "state": state, "body": body}
+        )
+
+    def add_review_comment(
+        self,
+        owner: str,
+        repo: str,
+        number: int,
+        *,
+        user: str,
+        path: str,
+        line: int | None,
+        body: str,
+        in_reply_to: int | None = None,
+    ) -> dict:
+        item: dict = {"user": {"login": user}, "path": path, "line": line, "body": body}
+        if in_reply_to is not None:
+            item["in_reply_to_id"] = in_reply_to
+        return self._add((owner, repo, number, "comments"), item)
+
+    def add_check_run(
+        self,
+        owner: str,
+        repo: str,
+        sha: str,
+        *,
+        name: str,
+        conclusion: str | None,
+        title: str = "",
+        summary: str = "",
+    ) -> dict:
+        status = "completed" if conclusion else "in_progress"
+        item = {
+            "name": name,
+            "status": status,
+            "conclusion": conclusion,
+            "output": {"title": title, "summary": summary},
+        }
+        return self._add((owner, repo, sha, "check_runs"), item)
+
     def _create(self, owner: str, repo: str, data: dict) -> dict:
         number = len(self.pulls) + 1
         pr = {
@@ -96,6 +153,7 @@ class FakeGitHubAPI(ThreadedHTTPFake):
             "title": data.get("title", ""),
             "body": data.get("body", ""),
             "html_url": f"{self.web_base}/{owner}/{repo}/pull/{number}",
+            "head_sha": f"{number:040x}",
         }
         self.pulls.append(pr)
         return pr
@@ -138,6 +196,8 @@ class _Handler(QuietHandler):
         if parts.path == "/user/repos" and self.command == "GET":
             self._user_repos(query)
             return
+        if self.command == "GET" and self._feedback(parts.path, query):
+            return
         match = _PULLS.match(parts.path)
         if not match:
             self._send(404, {"message": "Not Found"})
@@ -164,6 +224,41 @@ class _Handler(QuietHandler):
         links.append(f'<{base}&page={last}>; rel="last"')
         chunk = repos[(page - 1) * per_page : page * per_page]
         self._send(200, chunk, {"Link": ", ".join(links)})
+
+    def _feedback(self, path: str, query: dict[str, str]) -> bool:
+        """Answer a pull request, its reviews or comments, or a commit's check runs; False when
+        ``path`` is none of them."""
+        api = self.owner
+        if match := _CHECK_RUNS.match(path):
+            owner, repo, sha = match.groups()
+            key: tuple[str, str, object, str] = (owner, repo, sha, "check_runs")
+        elif match := _PULL_PART.match(path):
+            owner, repo, number, part = match.groups()
+            if part is None:
+                with api._lock:
+                    found = [
+                        pr
+                        for pr in api.pulls
+                        if (pr["owner"], pr["repo"], pr["number"]) == (owner, repo, int(number))
+                    ]
+                if found:
+                    self._send(200, _public(found[0]))
+                else:
+                    self._send(404, {"message": "Not Found"})
+                return True
+            key = (owner, repo, int(number), part)
+        else:
+            return False
+        per_page = min(int(query.get("per_page", "30")), 100)
+        page = max(int(query.get("page", "1")), 1)
+        with api._lock:
+            items = list(api.feedback.get(key, []))
+        chunk = items[(page - 1) * per_page : page * per_page]
+        base = f"http://{self.headers['Host']}{path}?per_page={per_page}"
+        links = f'<{base}&page={page + 1}>; rel="next"' if page * per_page < len(items) else ""
+        data: object = {"total_count": len(items), "check_runs": chunk} if key[3] == "check_runs" else chunk
+        self._send(200, data, {"Link": links} if links else None)
+        return True
 
     def _list(self, owner: str, repo: str, query: dict[str, str]) -> None:
         api = self.owner
@@ -226,7 +321,7 @@ def _public(pr: dict) -> dict:
         "title": pr["title"],
         "body": pr["body"],
         "html_url": pr["html_url"],
-        "head": {"ref": pr["head"], "label": f"{pr['owner']}:{pr['head']}"},
+        "head": {"ref": pr["head"], "label": f"{pr['owner']}:{pr['head']}", "sha": pr["head_sha"]},
         "base": {"ref": pr["base"]},
     }
 

@@ -48,6 +48,16 @@ async def test_every_task_route_is_404_for_another_user_and_works_for_the_owner(
         assert [t["id"] for t in (await http.get("/api/tasks")).json()["tasks"]] == [task_id]
 
 
+async def test_an_id_no_task_can_have_is_a_404_on_every_route(two_users):
+    server, alice, _, _ = two_users
+    async with server.client(alice) as http:
+        for method, path, body in TASK_ROUTES:
+            for target in ("%00", "a%00b", "%1b%5b2J", "%C3%A9t%C3%A9", "x" * 65):
+                response = await http.request(method, path.format(id=target), json=body)
+                assert response.status_code == 404, (method, path, target, response.text)
+                assert response.json()["error"]["code"] == "not_found"
+
+
 async def test_every_route_needs_a_token(two_users):
     server, _, _, task_id = two_users
     async with server.client() as http:

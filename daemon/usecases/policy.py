@@ -84,8 +84,10 @@ async def visible_task(store: Store, viewer: Viewer, ref: TaskRef) -> Task:
     missing task. An ``IdPrefix`` shorter than ``MIN_ID_PREFIX`` (and no whole id), or one
     that several of the tasks the viewer may see start with, is ``BadArguments``."""
     task_id = ref.text if isinstance(ref, IdPrefix) else ref
-    task = await store.get_task(task_id) if len(task_id) <= MAX_TASK_ID else None
-    if task is None and isinstance(ref, IdPrefix) and len(task_id) <= MAX_TASK_ID:
+    # What no task id can be is not looked up at all (PostgreSQL refuses a NUL in text).
+    looked_up = len(task_id) <= MAX_TASK_ID and task_id.isascii() and task_id.isprintable()
+    task = await store.get_task(task_id) if looked_up else None
+    if task is None and isinstance(ref, IdPrefix) and looked_up:
         task = await _by_prefix(store, viewer, task_id)
     if task is None or not may_see(viewer, task):
         raise NotFound(f"no task {task_id}")

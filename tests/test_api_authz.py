@@ -56,6 +56,11 @@ async def test_an_id_no_task_can_have_is_a_404_on_every_route(two_users):
                 response = await http.request(method, path.format(id=target), json=body)
                 assert response.status_code == 404, (method, path, target, response.text)
                 assert response.json()["error"]["code"] == "not_found"
+    async with server.ws(alice) as ws:
+        for target in ("\x00", "a\x00b", "\x1b[2J", "été"):
+            await send_json(ws, {"type": "subscribe", "task_id": target, "after": 0})
+            reply = await recv_json(ws)
+            assert (reply["type"], reply["code"], reply["task_id"]) == ("error", "not_found", target)
 
 
 async def test_every_route_needs_a_token(two_users):

@@ -79,13 +79,18 @@ def may_see(viewer: Viewer, task: Task) -> bool:
     return viewer.is_operator or task.user_id == viewer.user_id
 
 
+def may_be_task_id(text: str) -> bool:
+    """Whether ``text`` could be a task id at all; what cannot is never looked up (PostgreSQL
+    refuses a NUL in text, and no store holds a longer id)."""
+    return len(text) <= MAX_TASK_ID and text.isascii() and text.isprintable()
+
+
 async def visible_task(store: Store, viewer: Viewer, ref: TaskRef) -> Task:
     """The task ``ref`` names, if ``viewer`` may see it; else ``NotFound``, worded as for a
     missing task. An ``IdPrefix`` shorter than ``MIN_ID_PREFIX`` (and no whole id), or one
     that several of the tasks the viewer may see start with, is ``BadArguments``."""
     task_id = ref.text if isinstance(ref, IdPrefix) else ref
-    # What no task id can be is not looked up at all (PostgreSQL refuses a NUL in text).
-    looked_up = len(task_id) <= MAX_TASK_ID and task_id.isascii() and task_id.isprintable()
+    looked_up = may_be_task_id(task_id)
     task = await store.get_task(task_id) if looked_up else None
     if task is None and isinstance(ref, IdPrefix) and looked_up:
         task = await _by_prefix(store, viewer, task_id)

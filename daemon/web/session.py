@@ -3,7 +3,7 @@ the socket.
 
 The glue in ``ws.py`` feeds each received message to ``handle``; whenever something is queued
 (or the session closes) the session calls the glue's ``wake``, which writes the queue out.
-Everything in between lives here: authentication, who may follow what (``may_follow``: a
+Everything in between lives here: authentication, who may follow what (``usecases.policy.may_see``: a
 user their own tasks, any other is ``not_found``, never "forbidden"; an operator any task, and
 ``subscribe_tasks`` gets every user's; an operator's connection closes with 4403 once its user
 is no longer one), subscriptions, the bounded outgoing queue with ``resync`` on overflow,
@@ -35,7 +35,8 @@ import trio
 from pydantic import ValidationError
 
 from ..events import Bounded, Cursor, Ephemeral, Offer
-from ..store import Event, Task, User
+from ..store import Event, User
+from ..usecases.policy import Viewer, may_be_task_id, may_see
 from .fanout import Fanout, encode
 from .ws_protocol import MAX_SEQ, Auth, CloseCode, Subscribe, Unsubscribe, parsed
 
@@ -54,11 +55,6 @@ class State(enum.Enum):
     AWAITING_AUTH = "awaiting_auth"
     OPEN = "open"
     CLOSED = "closed"
-
-
-def may_follow(viewer: User, task: Task) -> bool:
-    """Who may follow a task over ``/ws``: its owner, or an operator."""
-    return task.user_id == viewer.id or viewer.is_operator
 
 
 class Subscription(Cursor[Wire]):
@@ -263,11 +259,11 @@ class Session:
             return
         # The token is checked again here, so a revoked one stops new subscriptions at once.
         await self.recheck()
-        task = await self.store.get_task(task_id)
+        task = await self.store.get_task(task_id) if may_be_task_id(task_id) else None
         if self.state is not State.OPEN:
             return
         assert self.user is not None
-        if task is None or not may_follow(self.user, task):
+        if task is None or not may_see(Viewer.of(self.user), task):
             self.error("not_found", f"no task {task_id}", task_id)  # never "forbidden"
             return
         old = self.subs.pop(task_id, None)

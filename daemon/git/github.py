@@ -1,4 +1,5 @@
-"""Opening a pull request through GitHub's REST API (github.com or GitHub Enterprise)."""
+"""GitHub's REST API (github.com or GitHub Enterprise): opening a pull request, and the
+authenticated GET and error mapping the other GitHub modules share."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import httpx2
 
 from daemon.errors import PermanentError, TransientError
 
-__all__ = ["API_VERSION", "PullRequest", "open_pull_request"]
+__all__ = ["API_VERSION", "PullRequest", "api_error", "api_get", "api_headers", "open_pull_request"]
 
 API_VERSION = "2022-11-28"
 _ALREADY_EXISTS = "a pull request already exists"
@@ -49,12 +50,7 @@ async def open_pull_request(
     """
     owner, repo, head, base = pr.owner, pr.repo, pr.head, pr.base
     url = f"{api_base.rstrip('/')}/repos/{quote(owner, safe='')}/{quote(repo, safe='')}/pulls"
-    headers = {
-        "Accept": "application/vnd.github+json",
-        "Authorization": f"Bearer {token}",
-        "X-GitHub-Api-Version": API_VERSION,
-        "User-Agent": "agentd",
-    }
+    headers = api_headers(token)
     payload = {"title": pr.title, "head": head, "base": base, "body": pr.body}
     own_client = client is None
     client = client or httpx2.AsyncClient(timeout=timeout, follow_redirects=True)
@@ -72,13 +68,13 @@ async def open_pull_request(
                 if found.status_code == 200 and found.json():
                     return found.json()[0]["html_url"]
                 if found.status_code != 200:
-                    raise _error(found, owner, repo)
+                    raise api_error(found, owner, repo)
                 raise PermanentError(
                     f"GitHub says a pull request for {head} already exists in {owner}/{repo}, "
                     "but it could not be found",
                     code="github_pr_missing",
                 )
-            raise _error(resp, owner, repo)
+            raise api_error(resp, owner, repo)
         except httpx2.TransportError as exc:
             raise TransientError(
                 f"could not reach the GitHub API: {type(exc).__name__}", code="github_unavailable"
@@ -88,7 +84,51 @@ async def open_pull_request(
             await client.aclose()
 
 
-def _error(resp: httpx2.Response, owner: str, repo: str) -> PermanentError | TransientError:
+def api_headers(token: str) -> dict[str, str]:
+    """The headers of an authenticated GitHub REST request; the token goes here and nowhere else."""
+    return {
+        "Accept": "application/vnd.github+json",
+        "Authorization": f"Bearer {token}",
+        "X-GitHub-Api-Version": API_VERSION,
+        "User-Agent": "agentd",
+    }
+
+
+async def api_get(
+    client: httpx2.AsyncClient,
+    url: str,
+    token: str,
+    *,
+    params: dict[str, str] | None = None,
+    max_bytes: int,
+    what: str,
+) -> httpx2.Response:
+    """GitHub's answer to an authenticated GET of ``url``, its body read (any status).
+
+    Raises ``TransientError`` when the API cannot be reached and ``PermanentError`` when the
+    body is over ``max_bytes`` (``what`` names the answer in that message). Cancellation: the
+    request is abandoned and its connection closed.
+    """
+    try:
+        async with client.stream("GET", url, params=params, headers=api_headers(token)) as streamed:
+            body = bytearray()
+            async for chunk in streamed.aiter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise PermanentError(
+                        f"GitHub's answer for {what} is over {max_bytes // 2**20} MiB",
+                        code="github_too_large",
+                    )
+    except httpx2.TransportError as exc:
+        raise TransientError(
+            f"could not reach the GitHub API: {type(exc).__name__}", code="github_unavailable"
+        ) from None
+    return httpx2.Response(streamed.status_code, headers=streamed.headers, content=bytes(body))
+
+
+def api_error(resp: httpx2.Response, owner: str, repo: str) -> PermanentError | TransientError:
+    """Our error for GitHub's refusal ``resp`` of a request about ``owner/repo``: rate limits,
+    5xx as ``TransientError`` (``retry_after`` set when limited), the rest ``PermanentError``."""
     status = resp.status_code
     said = _messages(resp)
     retry_after = _retry_after(resp)

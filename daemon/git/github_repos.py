@@ -15,12 +15,13 @@ from urllib.parse import urlsplit
 import httpx2
 
 from daemon.errors import PermanentError, TransientError
-from daemon.git.github import API_VERSION
+from daemon.git.github import api_error, api_get
 
 __all__ = ["Repo", "user_repos"]
 
 TIMEOUT_S = 15.0
 MAX_PER_PAGE = 100  # GitHub's own limit
+MAX_RESPONSE = 4 * 2**20  # bytes of one answer
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ async def user_repos(
     """Page ``page`` (from 1) of the token's user's repositories, the most recently pushed
     first, ``per_page`` (at most 100) a page; and whether GitHub has a page after it.
 
-    Raises ``PermanentError`` when GitHub refuses the token (``github_auth``) or the request;
+    Raises ``PermanentError`` when GitHub refuses the token (``github_auth``) or the request, or
+    answers over ``MAX_RESPONSE`` bytes;
     ``TransientError`` when it cannot be reached, errs (5xx) or rate-limits (``retry_after``).
     The token goes in one request header and nowhere else. Cancellation: the request is
     abandoned and its connection closed.
@@ -56,21 +58,12 @@ async def user_repos(
         "per_page": str(min(per_page, MAX_PER_PAGE)),
         "page": str(page),
     }
-    headers = {
-        "Accept": "application/vnd.github+json",
-        "Authorization": f"Bearer {token}",
-        "X-GitHub-Api-Version": API_VERSION,
-        "User-Agent": "agentd",
-    }
     own_client = client is None
     client = client or httpx2.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False)
     try:
-        try:
-            resp = await client.get(url, params=params, headers=headers)
-        except httpx2.TransportError as exc:
-            raise TransientError(
-                f"could not reach the GitHub API: {type(exc).__name__}", code="github_unavailable"
-            ) from None
+        resp = await api_get(
+            client, url, token, params=params, max_bytes=MAX_RESPONSE, what="your repositories"
+        )
         if resp.status_code != 200:
             raise _refusal(resp)
         try:
@@ -112,23 +105,16 @@ def _repo(item: Any) -> Repo | None:
 
 
 def _refusal(resp: httpx2.Response) -> PermanentError | TransientError:
-    status = resp.status_code
-    limited = resp.headers.get("x-ratelimit-remaining") == "0" or "retry-after" in resp.headers
-    if status == 429 or (status == 403 and limited):
-        try:
-            wait = float(resp.headers.get("retry-after", "60"))
-        except ValueError:
-            wait = 60.0
-        return TransientError(
-            f"GitHub API rate limit hit ({status}); try again in {wait:.0f} s",
-            code="github_rate_limited",
-            retry_after=wait,
-        )
-    if status >= 500:
-        return TransientError(f"GitHub API error {status}; try again later", code="github_unavailable")
-    if status == 401:
+    """Our error for GitHub's refusal to list: its rate limits and outages as ``api_error``
+    says them; a refused token with what to do about it."""
+    err = api_error(resp, "", "")
+    if isinstance(err, TransientError):
+        return err
+    if resp.status_code == 401:
         return PermanentError(
             "GitHub no longer accepts the token it gave at sign-in: sign in with GitHub again",
             code="github_auth",
         )
-    return PermanentError(f"GitHub refused to list the repositories ({status})", code="github_refused")
+    return PermanentError(
+        f"GitHub refused to list the repositories ({resp.status_code})", code="github_refused"
+    )

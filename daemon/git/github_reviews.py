@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 import httpx2
 
 from daemon.errors import PermanentError, TransientError
-from daemon.git.github import API_VERSION, _error
+from daemon.git.github import api_error, api_get
 
 __all__ = [
     "CheckFailure",
@@ -125,16 +125,10 @@ async def read_feedback(
     and its connection closed; nothing is kept.
     """
     base = f"{api_base.rstrip('/')}/repos/{quote(pull.owner, safe='')}/{quote(pull.repo, safe='')}"
-    headers = {
-        "Accept": "application/vnd.github+json",
-        "Authorization": f"Bearer {token}",
-        "X-GitHub-Api-Version": API_VERSION,
-        "User-Agent": "agentd",
-    }
     own_client = client is None
     client = client or httpx2.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False)
     try:
-        get = _Getter(client, headers, pull)
+        get = _Getter(client, token, pull)
         head = (await get.one(f"{base}/pulls/{pull.number}")).get("head")
         sha = head.get("sha") if isinstance(head, dict) else None
         reviews = [r for r in map(_review, await get.pages(f"{base}/pulls/{pull.number}/reviews")) if r]
@@ -152,29 +146,22 @@ async def read_feedback(
 class _Getter:
     """GET requests with the token, GitHub's errors turned into ours."""
 
-    def __init__(self, client: httpx2.AsyncClient, headers: dict[str, str], pull: PullRef) -> None:
-        self.client, self.headers, self.pull = client, headers, pull
+    def __init__(self, client: httpx2.AsyncClient, token: str, pull: PullRef) -> None:
+        self.client, self.token, self.pull = client, token, pull
 
     async def _get(self, url: str, params: dict[str, str] | None = None) -> httpx2.Response:
         """The answer, its body read (at most ``MAX_RESPONSE`` bytes, else ``PermanentError``)."""
-        try:
-            async with self.client.stream("GET", url, params=params, headers=self.headers) as streamed:
-                body = bytearray()
-                async for chunk in streamed.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_RESPONSE:
-                        raise PermanentError(
-                            f"GitHub's answer for {self.pull.owner}/{self.pull.repo}#{self.pull.number} "
-                            f"is over {MAX_RESPONSE // 2**20} MiB",
-                            code="github_too_large",
-                        )
-        except httpx2.TransportError as exc:
-            raise TransientError(
-                f"could not reach the GitHub API: {type(exc).__name__}", code="github_unavailable"
-            ) from None
-        resp = httpx2.Response(streamed.status_code, headers=streamed.headers, content=bytes(body))
+        pull = self.pull
+        resp = await api_get(
+            self.client,
+            url,
+            self.token,
+            params=params,
+            max_bytes=MAX_RESPONSE,
+            what=f"{pull.owner}/{pull.repo}#{pull.number}",
+        )
         if resp.status_code != 200:
-            raise _error(resp, self.pull.owner, self.pull.repo)
+            raise api_error(resp, pull.owner, pull.repo)
         return resp
 
     async def one(self, url: str) -> dict[str, Any]:

@@ -49,3 +49,10 @@ def check_transition(current: TaskStatus, target: TaskStatus) -> None:
     """Raise ``InvalidTransition`` unless a task may go from ``current`` to ``target``."""
     if target not in _ALLOWED[current]:
         raise InvalidTransition(f"a {current.value} task cannot become {target.value}")
+
+
+# Reasons a status change gives that other modules read back (the agent's interrupted-call note
+# tells the model how its previous attempt ended): written and read through these names only.
+REASON_TAKEN_OVER = "taken over from node"  # followed by the lost node's id
+REASON_LEASE_LOST = "this node lost its lease"
+REASON_MAX_DURATION = "max_duration_exceeded"

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from ..git import Workspace
 from ..git.pushed import PushedBranch
+from ..states import REASON_LEASE_LOST, REASON_MAX_DURATION, REASON_TAKEN_OVER
 from ..store import Event, Store, Task
 from .conversation import Interruption
 
@@ -94,8 +95,8 @@ def interruption_of(events: Sequence[Event]) -> Interruption:
     reason = str(end.get("reason") or "")
     if end.get("status") == "cancelled":
         return Interruption.CANCEL
-    if reason.startswith("taken over from node") or reason == "this node lost its lease":
+    if reason.startswith(REASON_TAKEN_OVER) or reason == REASON_LEASE_LOST:
         return Interruption.TAKEOVER
-    if reason == "max_duration_exceeded":
+    if reason == REASON_MAX_DURATION:
         return Interruption.TIMEOUT
     return Interruption.RESTART

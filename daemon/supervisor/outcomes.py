@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PermanentError, TransientError
-from ..states import TaskStatus
+from ..states import REASON_MAX_DURATION, TaskStatus
 from ..store import Claim, NewEvent, Task, Transition
 from .attempts import CancelCause
 from .retry import Backoff
@@ -62,7 +62,7 @@ def plan_outcome(
             Transition(
                 task.id,
                 TaskStatus.FAILED,
-                reason="max_duration_exceeded",
+                reason=REASON_MAX_DURATION,
                 error=f"the attempt ran longer than {max_duration_s:g} s",
                 claim=held,
             )

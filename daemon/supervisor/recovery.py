@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from ..errors import InvalidTransition, NotFound
-from ..states import TaskStatus
+from ..states import REASON_TAKEN_OVER, TaskStatus
 from ..store import Claim, Store, Task, Transition
 from . import tasklog
 from .retry import Backoff
@@ -76,6 +76,6 @@ class Recovery:
             log.warning("node %s lost its lease; taking its tasks over", lost)
         for task_id, node_id, attempt in await self.store.orphaned_tasks(self.lease_s):
             await self.put_back(
-                task_id, Claim(node_id, attempt), f"taken over from node {node_id}", f"node {node_id} stopped"
+                task_id, Claim(node_id, attempt), f"{REASON_TAKEN_OVER} {node_id}", f"node {node_id} stopped"
             )
         return await self.store.due_retries()

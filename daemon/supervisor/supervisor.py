@@ -27,7 +27,7 @@ from .. import logs
 from ..errors import InvalidTransition, NotFound, PermanentError, TransientError
 from ..events import EventHub
 from ..remote_events import RemoteEvents
-from ..states import TaskStatus
+from ..states import REASON_LEASE_LOST, TaskStatus
 from ..store import Event, NodeState, Store, Task, Transition
 from . import tasklog
 from .admission import Admission
@@ -340,7 +340,7 @@ class Supervisor:
             running.stop(CancelCause.LEASE_LOST)
         await self.wait_idle()
         try:
-            await self._recovery.put_back_own("this node lost its lease", "the node lost its lease")
+            await self._recovery.put_back_own(REASON_LEASE_LOST, "the node lost its lease")
         except Exception:  # the store is unreachable: the nodes that reach it take them over
             log.exception("could not queue this node's tasks again after losing its lease")
 

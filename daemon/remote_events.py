@@ -58,8 +58,14 @@ class RemoteEvents:
     def wanted(self, notice: RemoteNotice) -> bool:
         """Whether ``notice`` matters here (see the module docstring). Asked on the store's
         listening thread: it only reads (membership tests, which the GIL keeps whole)."""
-        if any(flag in notice.flags for flag in self._wake_flags):
-            return True
+        return self._wakes(notice) or self._reads(notice)
+
+    def _wakes(self, notice: RemoteNotice) -> bool:
+        """A task was queued (or a capped user's task ended) elsewhere: a claim may start one."""
+        return any(flag in notice.flags for flag in self._wake_flags)
+
+    def _reads(self, notice: RemoteNotice) -> bool:
+        """The task's events are read back: it is followed here, or a listener wants its status."""
         if self._hub.followed(notice.task_id):
             return True
         return "s" in notice.flags and self._hub.wants_remote(notice.task_id)
@@ -71,13 +77,11 @@ class RemoteEvents:
             return
         claimable = False
         for notice in notices:
-            claimable = claimable or any(flag in notice.flags for flag in self._wake_flags)
-            if self._hub.followed(notice.task_id) or (
-                "s" in notice.flags and self._hub.wants_remote(notice.task_id)
-            ):
+            claimable = claimable or self._wakes(notice)
+            if self._reads(notice):
                 self._want(notice.task_id, notice.first, notice.last)
         if claimable:
-            self._on_claimable()  # a task was queued (or a capped user's task ended) elsewhere
+            self._on_claimable()
 
     def _want(self, task_id: str, first: int, last: int) -> None:
         span = self._pending.get(task_id)

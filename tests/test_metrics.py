@@ -162,16 +162,18 @@ async def test_a_malformed_event_is_logged_not_raised(store, hub, caplog):
     assert "could not count events" in caplog.text
 
 
+def daemon_settings(tmp_path, **flags):
+    """Settings of a daemon on loopback with its data under ``tmp_path``, plus ``flags``."""
+    base = {
+        "data_dir": tmp_path / "data",
+        "http": "127.0.0.1:0",
+        "control_socket": short_socket_dir() / "agentd.sock",
+    }
+    return load_settings(env={}, flags={**base, **flags})
+
+
 async def test_the_daemon_wires_its_metrics(tmp_path):
-    settings = load_settings(
-        env={},
-        flags={
-            "data_dir": tmp_path / "data",
-            "http": "127.0.0.1:0",
-            "control_socket": short_socket_dir() / "agentd.sock",
-            "concurrency": 3,
-        },
-    )
+    settings = daemon_settings(tmp_path, concurrency=3)
     daemon = Daemon(settings, runner=NoopRunner())
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.serve)
@@ -184,15 +186,7 @@ async def test_the_daemon_wires_its_metrics(tmp_path):
 
 
 async def test_metrics_http_serves_metrics_there_and_the_http_port_no_longer_does(tmp_path):
-    settings = load_settings(
-        env={},
-        flags={
-            "data_dir": tmp_path / "data",
-            "http": "127.0.0.1:0",
-            "control_socket": short_socket_dir() / "agentd.sock",
-            "pin_loop_cpu": False,
-        },
-    )
+    settings = daemon_settings(tmp_path, pin_loop_cpu=False)
     settings = settings.model_copy(update={"metrics_http": "127.0.0.1:0"})
     daemon = Daemon(settings, runner=NoopRunner())
     async with trio.open_nursery() as nursery:

@@ -124,13 +124,14 @@ async def test_two_processes_appending_to_one_task_stay_gap_free(pg_dsn):
     async with trio.open_nursery() as nursery:
         for _ in range(2):
             nursery.start_soon(trio.run_process, [sys.executable, "-c", _APPENDER, pg_dsn, task.id, "30"])
-        with psycopg.connect(pg_dsn, autocommit=True) as watcher:
+        watcher = await trio.to_thread.run_sync(lambda: psycopg.connect(pg_dsn, autocommit=True))
+        with watcher:
             query = (
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND wait_event_type = 'Lock'"
             )
             # Another process's progress: there is nothing to wait on but polling.
-            while watcher.execute(query).fetchone()[0] < 2:  # noqa: ASYNC110
+            while await trio.to_thread.run_sync(lambda: watcher.execute(query).fetchone()[0]) < 2:  # noqa: ASYNC110
                 await trio.sleep(0.02)
         await trio.to_thread.run_sync(holder.commit)
     holder.close()

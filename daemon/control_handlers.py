@@ -17,8 +17,8 @@ from .services import Runtime, Services
 from .states import TaskStatus
 from .store import Task
 from .usecases import CONTROL_OPERATOR as OPERATOR, IdPrefix
+from .usecases.inputs import MAX_INT
 
-MAX_INT = 2**63 - 1  # what the store can hold; beyond it SQLite cannot even compare
 Args = dict[str, Any]
 
 

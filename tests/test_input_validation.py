@@ -15,7 +15,7 @@ import subprocess
 import httpx2
 import pytest
 
-from .agent_env import bare_repo, text, tool_use
+from .agent_env import FIX_CALC_EDIT, bare_repo, text
 from .daemon_process import DaemonProcess
 from .fakes.phone import running_daemon
 
@@ -118,18 +118,7 @@ def test_an_accepted_prompt_commits_and_pushes(tmp_path):
     bare = bare_repo(tmp_path)
     script = {
         "turns": [
-            {
-                "content": [
-                    tool_use(
-                        "fix",
-                        "str_replace_based_edit_tool",
-                        command="str_replace",
-                        path="calc.py",
-                        old_str="a - b",
-                        new_str="a + b",
-                    )
-                ]
-            },
+            {"content": [FIX_CALC_EDIT]},
             {"content": [text("Fixed.\tDone\r\nwith 🙂")]},
         ]
     }

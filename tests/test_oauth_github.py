@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -32,8 +35,9 @@ def query(location: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
 
 
-@pytest.fixture
-async def world(tmp_path):
+@asynccontextmanager
+async def daemon_with_github(tmp_path, **settings) -> AsyncIterator[tuple[Any, FakeGitHubOAuth]]:
+    """A daemon whose GitHub (sign-in and API) is a ``FakeGitHubOAuth``: (server, github)."""
     github = FakeGitHubOAuth(client_id="cid", client_secret="csecret")
     async with trio.open_nursery() as nursery:
         github_url = await nursery.start(github.serve)
@@ -43,11 +47,17 @@ async def world(tmp_path):
             github_api=github_url,
             github_client_id="cid",
             github_client_secret="csecret",
-            app_redirects=(APP,),
             oauth_login_ttl_s=60,
+            **settings,
         ) as server:
             yield server, github
         nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def world(tmp_path):
+    async with daemon_with_github(tmp_path, app_redirects=(APP,)) as pair:
+        yield pair
 
 
 def on(server, location: str) -> str:
@@ -57,16 +67,16 @@ def on(server, location: str) -> str:
 
 
 async def sign_in(
-    server, github, verifier_challenge=None, *, app_state="s1", callback_on=None
+    server, github, verifier_challenge=None, *, app_state="s1", callback_on=None, app_redirect=APP
 ) -> dict[str, str]:
-    """Walk the browser through login -> GitHub -> callback; return the app redirect's query.
+    """Walk the browser through login -> GitHub -> callback to ``app_redirect``; return its query.
     ``callback_on``: the daemon GitHub's redirect back reaches (another node), else ``server``."""
     verifier, challenge = verifier_challenge or pkce()
     async with server.client() as browser:
         start = await browser.get(
             "/auth/github/login",
             params={
-                "app_redirect": APP,
+                "app_redirect": app_redirect,
                 "code_challenge": challenge,
                 "code_challenge_method": "S256",
                 "state": app_state,
@@ -77,7 +87,7 @@ async def sign_in(
         assert at_github.status_code == 302
         back = await browser.get(on(callback_on or server, at_github.headers["Location"]))
         assert back.status_code == 302
-        assert back.headers["Location"].startswith(APP + "?")
+        assert back.headers["Location"].startswith(app_redirect + "?")
         return {**query(back.headers["Location"]), "_verifier": verifier}
 
 

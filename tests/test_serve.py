@@ -22,7 +22,7 @@ from daemon.service import Daemon
 from daemon.store import SqliteStore
 from daemon.supervisor.runner import NoopRunner
 
-from .agent_env import bare_repo, text, tool_use
+from .agent_env import FIX_CALC_EDIT, bare_repo, text, tool_use
 from .daemon_process import ROOT, DaemonProcess, short_socket_dir
 
 pytestmark = pytest.mark.slow
@@ -97,18 +97,7 @@ def test_sigkill_mid_task_then_restart_completes_without_rerunning_the_tool(tmp_
     script = {
         "turns": [
             {"content": [tool_use("slow", "bash", command="echo ran >> runs.txt; sleep 300")]},
-            {
-                "content": [
-                    tool_use(
-                        "fix",
-                        "str_replace_based_edit_tool",
-                        command="str_replace",
-                        path="calc.py",
-                        old_str="a - b",
-                        new_str="a + b",
-                    )
-                ]
-            },
+            {"content": [FIX_CALC_EDIT]},
             {"content": [text("Fixed; the slow step was interrupted and not repeated.")]},
         ]
     }

@@ -12,9 +12,8 @@ import trio
 from daemon.web.github_oauth import own_client_redirect
 
 from .fakes.github_api import FakeGitHubAPI
-from .fakes.github_oauth import FakeGitHubOAuth
 from .fakes.phone import running_daemon
-from .test_oauth_github import pkce, query, redeem
+from .test_oauth_github import daemon_with_github, pkce, query, redeem, sign_in
 
 # -- repositories -------------------------------------------------------------------------------
 
@@ -143,40 +142,13 @@ def test_the_own_client_redirect_is_public_urls_or_a_loopback_requests():
 
 @pytest.fixture
 async def oauth(tmp_path):
-    github = FakeGitHubOAuth(client_id="cid", client_secret="csecret")
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(github.serve)
-        async with running_daemon(
-            tmp_path,
-            github_oauth_url=url,
-            github_api=url,
-            github_client_id="cid",
-            github_client_secret="csecret",
-            oauth_login_ttl_s=60,
-        ) as server:
-            yield server, github
-        nursery.cancel_scope.cancel()
+    async with daemon_with_github(tmp_path) as pair:
+        yield pair
 
 
 async def test_the_web_client_signs_in_with_github_back_to_its_own_origin(oauth):
     server, _ = oauth
-    verifier, challenge = pkce()
-    own = server.url + "/"
-    async with server.client() as browser:
-        start = await browser.get(
-            "/auth/github/login",
-            params={
-                "app_redirect": own,
-                "code_challenge": challenge,
-                "code_challenge_method": "S256",
-                "state": "s",
-            },
-        )
-        assert start.status_code == 302, start.text
-        at_github = await browser.get(start.headers["Location"])
-        back = await browser.get(at_github.headers["Location"])
-        assert back.status_code == 302 and back.headers["Location"].startswith(own + "?")
-    answer = {**query(back.headers["Location"]), "_verifier": verifier}
+    answer = await sign_in(server, None, app_state="s", app_redirect=server.url + "/")
     assert answer["state"] == "s"
     issued = await redeem(server, answer)
     async with server.client(issued["token"]) as http:

@@ -34,7 +34,7 @@ async def daemon_status(svc: Services, runtime: Runtime) -> dict[str, Any]:
         "queued": counts.get(TaskStatus.QUEUED.value, 0),
         "tasks": {status.value: counts.get(status.value, 0) for status in TaskStatus},
         "db_path": str(store.path),
-        "db_size_bytes": store.size_bytes(),
+        "db_size_bytes": await trio.to_thread.run_sync(store.size_bytes),  # SQLite: stat()s its files
         "http": runtime.http_urls,
         "model": svc.settings.model_name,
         # The whole cluster as the store knows it (one node on SQLite).

@@ -18,12 +18,12 @@ from quart_schema import document_headers, validate_querystring, validate_reques
 
 from .. import usecases
 from ..states import TaskStatus
+from ..usecases.inputs import MAX_INT
 from .auth import require_user, services, viewer
 from .errors import ApiError
 from .json_input import Text
 from .session import MAX_SEQ
 
-_MAX_INT = 2**63 - 1  # what either store can hold as a number
 CURSOR = r"^[0-9]{1,18}$"
 
 # -- request and response shapes (the OpenAPI document is made from these) ----------------------
@@ -33,9 +33,9 @@ class Budget(BaseModel):
     """Caps for this task; each optional, finite and positive. The agent loop enforces them."""
 
     model_config = ConfigDict(extra="forbid")
-    max_turns: StrictInt | None = Field(None, gt=0, le=_MAX_INT, description="Model turns at most.")
+    max_turns: StrictInt | None = Field(None, gt=0, le=MAX_INT, description="Model turns at most.")
     max_tokens: StrictInt | None = Field(
-        None, gt=0, le=_MAX_INT, description="Input, output and cache-write tokens at most."
+        None, gt=0, le=MAX_INT, description="Input, output and cache-write tokens at most."
     )
     max_usd: StrictFloat | StrictInt | None = Field(
         None, gt=0, le=1e12, allow_inf_nan=False, description="Model cost in US dollars at most."

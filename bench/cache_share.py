@@ -28,19 +28,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import emit, machine
 
-from daemon.agent.anthropic_provider import DEFAULT_MODEL, AnthropicProvider
-from daemon.agent.loop import AgentRunner
+from daemon.agent.anthropic_provider import DEFAULT_MODEL
 from daemon.events import EventHub
 from daemon.states import TaskStatus
 from daemon.store import SqliteStore
-from daemon.supervisor import Backoff
-from tests.agent_env import agent_settings, bare_repo
+from tests.agent_env import run_with_claude
 from tests.conftest import fake_wall
-from tests.fakes.anthropic_api import FakeAnthropicAPI, MessageReply, message, tool_use
+from tests.fakes.anthropic_api import MessageReply, message, tool_use
 from tests.fakes.prompt_cache import PromptCache
-from tests.helpers import running_supervisor, wait_status
 
-KEY = "sk-ant-bench-key"
 LINES_PER_TURN = 150  # turn i's tool output is `seq 1 150*i`: about 0.7 KiB more each turn
 
 
@@ -73,17 +69,16 @@ async def run_cache_task(root: Path, store: SqliteStore, hub: EventHub, turns: i
 
     Cancellation: the fake API and the supervisor are cancelled with the caller.
     """
-    fake = FakeAnthropicAPI(*growing_replies(turns), api_key=KEY, prompt_cache=PromptCache())
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(fake.serve)
-        provider = AnthropicProvider(KEY, base_url=url, model=DEFAULT_MODEL, max_retries=0)
-        runner = AgentRunner(provider, agent_settings(root, stuck_repeats=5))
-        async with running_supervisor(store, hub, runner, backoff=Backoff(0.01, 0.02, 1)) as sup:
-            user = await store.upsert_user("bench")
-            task, _ = await sup.submit(user_id=user.id, repo_url=str(bare_repo(root)), prompt="List.")
-            await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
-        nursery.cancel_scope.cancel()
-    done = await store.get_task(task.id)
+    fake, done, _ = await run_with_claude(
+        store,
+        hub,
+        root,
+        growing_replies(turns),
+        prompt="List.",
+        model=DEFAULT_MODEL,
+        prompt_cache=PromptCache(),
+        stuck_repeats=5,
+    )
     assert done is not None  # submitted above; tasks are never deleted
     usages = [r.usage for r in fake.requests if r.usage]
     return {

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import trio
+
+from daemon.agent.anthropic_provider import AnthropicProvider
 from daemon.agent.conversation import Budget
 from daemon.agent.loop import AgentRunner, AgentSettings
 from daemon.agent.scripted_provider import ScriptedProvider
 from daemon.agent.tools import ToolSettings
+from daemon.states import TaskStatus
 from daemon.supervisor import Backoff
 
+from .fakes.anthropic_api import FakeAnthropicAPI
 from .fakes.git_http import make_bare_repo
-from .helpers import running_supervisor
+from .fakes.prompt_cache import PromptCache
+from .helpers import running_supervisor, wait_status
 
 BUGGY_PROJECT = {
     "README.md": "# calc\n",
@@ -55,6 +61,16 @@ def ask_then_write(*questions: str) -> dict[str, Any]:
     return {"turns": [*asked, {"content": [write]}, {"content": [text("Wrote the style file.")]}]}
 
 
+# The edit that fixes BUGGY_PROJECT's add(), as the model's second call.
+FIX_CALC_EDIT = tool_use(
+    "t2",
+    "str_replace_based_edit_tool",
+    command="str_replace",
+    path="calc.py",
+    old_str="return a - b",
+    new_str="return a + b",
+)
+
 FIX_SCRIPT = {
     "turns": [
         {
@@ -63,18 +79,7 @@ FIX_SCRIPT = {
                 tool_use("t1", "str_replace_based_edit_tool", command="view", path="calc.py"),
             ]
         },
-        {
-            "content": [
-                tool_use(
-                    "t2",
-                    "str_replace_based_edit_tool",
-                    command="str_replace",
-                    path="calc.py",
-                    old_str="return a - b",
-                    new_str="return a + b",
-                )
-            ]
-        },
+        {"content": [FIX_CALC_EDIT]},
         {"content": [tool_use("t3", "bash", command="python3 test_calc.py")]},
         {"content": [text("Fixed add() to add instead of subtract; test_calc.py passes.")]},
     ]
@@ -99,3 +104,35 @@ async def agent_supervisor(
     runner = AgentRunner(provider, agent_settings(tmp_path, **settings))
     async with running_supervisor(store, hub, runner, backoff=Backoff(0.01, 0.05, 3)) as sup:
         yield sup
+
+
+CLAUDE_KEY = "sk-ant-test-key-123"
+
+
+async def run_with_claude(
+    store,
+    hub,
+    tmp_path: Path,
+    replies: Sequence[Any],
+    *,
+    repo_url: str | None = None,
+    files: dict[str, str] | None = None,
+    prompt: str = "Fix add()",
+    model: str = "claude-sonnet-5-5",
+    prompt_cache: PromptCache | None = None,
+    **settings: Any,
+) -> tuple[FakeAnthropicAPI, Any, list[Any]]:
+    """One task through the real anthropic SDK against a fake Messages API serving ``replies``
+    (with ``prompt_cache``'s accounting, if given), run to its end: the fake (with the requests
+    it got), the task, and its events. Cancellation: the fake and the supervisor end with it."""
+    fake = FakeAnthropicAPI(*replies, api_key=CLAUDE_KEY, prompt_cache=prompt_cache)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(fake.serve)
+        provider = AnthropicProvider(CLAUDE_KEY, base_url=url, model=model, max_retries=0)
+        async with agent_supervisor(store, hub, tmp_path, provider, **settings) as sup:
+            alice = await store.upsert_user("alice")
+            repo = repo_url or str(bare_repo(tmp_path, files))
+            task, _ = await sup.submit(user_id=alice.id, repo_url=repo, prompt=prompt)
+            await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+        nursery.cancel_scope.cancel()
+    return fake, await store.get_task(task.id), await store.read_events(task.id)

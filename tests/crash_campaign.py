@@ -24,24 +24,13 @@ import trio
 
 from daemon.store import SqliteStore
 
-from .agent_env import BUGGY_PROJECT, bare_repo, text, tool_use
+from .agent_env import BUGGY_PROJECT, FIX_CALC_EDIT, bare_repo, text, tool_use
 from .daemon_process import DaemonProcess
 
 SCRIPT = {
     "turns": [
         {"content": [text("Looking around."), tool_use("t1", "bash", command="ls; sleep 0.3; echo done")]},
-        {
-            "content": [
-                tool_use(
-                    "t2",
-                    "str_replace_based_edit_tool",
-                    command="str_replace",
-                    path="calc.py",
-                    old_str="return a - b",
-                    new_str="return a + b",
-                )
-            ]
-        },
+        {"content": [FIX_CALC_EDIT]},
         {"content": [tool_use("t3", "bash", command="python3 test_calc.py >> checks.log; cat checks.log")]},
         {"content": [text("Fixed add(); the test passes.")]},
     ]

@@ -9,36 +9,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon.agent.anthropic_provider import AnthropicProvider
 from daemon.agent.loop import AgentRunner
 from daemon.states import TaskStatus
-from daemon.supervisor import Backoff
 
-from .agent_env import BUGGY_PROJECT, agent_settings, bare_repo, tool_use
-from .fakes.anthropic_api import FakeAnthropicAPI, message, overloaded, unauthorized
+from .agent_env import BUGGY_PROJECT, CLAUDE_KEY, agent_settings, run_with_claude, tool_use
+from .fakes.anthropic_api import message, overloaded, unauthorized
 from .fakes.git_http import GitHttpServer, make_bare_repo
 from .fakes.github_api import FakeGitHubAPI
 from .helpers import running_supervisor, wait_status
 
 pytestmark = pytest.mark.slow
-
-KEY = "sk-ant-test-key-123"
-
-
-async def run_with_claude(store, hub, tmp_path, replies, repo_url=None):
-    fake = FakeAnthropicAPI(*replies, api_key=KEY)
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(fake.serve)
-        provider = AnthropicProvider(KEY, base_url=url, model="claude-sonnet-5-5", max_retries=0)
-        runner = AgentRunner(provider, agent_settings(tmp_path))
-        async with running_supervisor(store, hub, runner, backoff=Backoff(0.01, 0.02, 3)) as sup:
-            alice = await store.upsert_user("alice")
-            task, _ = await sup.submit(
-                user_id=alice.id, repo_url=repo_url or str(bare_repo(tmp_path)), prompt="Fix add()"
-            )
-            await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
-        nursery.cancel_scope.cancel()
-    return fake, await store.get_task(task.id), await store.read_events(task.id)
 
 
 FIX = [
@@ -99,7 +79,7 @@ async def test_a_bad_api_key_fails_the_task_with_the_apis_message(store, hub, tm
     _fake, task, events = await run_with_claude(store, hub, tmp_path, [unauthorized()])
     assert task.status is TaskStatus.FAILED
     assert "401" in task.error and "invalid x-api-key" in task.error
-    assert KEY not in task.error and all(KEY not in str(e.data) for e in events)
+    assert CLAUDE_KEY not in task.error and all(CLAUDE_KEY not in str(e.data) for e in events)
 
 
 async def run_one(store, hub, runner, repo_url: str, prompt: str):

@@ -11,23 +11,17 @@ import json
 from typing import Any
 
 import pytest
-import trio
 
-from daemon.agent.anthropic_provider import AnthropicProvider
 from daemon.agent.anthropic_stream import MessageAssembler, StreamBroken
 from daemon.agent.conversation import Budget
-from daemon.agent.loop import CONTINUE, CUT_OFF, AgentRunner
+from daemon.agent.loop import CONTINUE, CUT_OFF
 from daemon.agent.model import ModelRequest
 from daemon.agent.scripted_provider import ScriptedProvider, ScriptError
 from daemon.states import TaskStatus
-from daemon.supervisor import Backoff
 
-from .agent_env import agent_settings, bare_repo, text, tool_use
-from .fakes.anthropic_api import FakeAnthropicAPI, message, partial_tool_use
-from .helpers import running_supervisor, wait_status
+from .agent_env import run_with_claude, text, tool_use
+from .fakes.anthropic_api import message, partial_tool_use
 from .test_agent_loop import run_task
-
-KEY = "sk-ant-test-key-123"
 
 FIX_EDIT = tool_use(
     "toolu_2",
@@ -42,22 +36,6 @@ CUT_EDIT = partial_tool_use(
 )
 RUN_TEST = tool_use("toolu_1", "bash", command="python3 test_calc.py")
 DONE = message("Fixed add(); the test passes.")
-
-
-async def run_with_claude(store, hub, tmp_path, replies, **settings: Any):
-    fake = FakeAnthropicAPI(*replies, api_key=KEY)
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(fake.serve)
-        provider = AnthropicProvider(KEY, base_url=url, model="claude-sonnet-5-5", max_retries=0)
-        runner = AgentRunner(provider, agent_settings(tmp_path, **settings))
-        async with running_supervisor(store, hub, runner, backoff=Backoff(0.01, 0.02, 3)) as sup:
-            alice = await store.upsert_user("alice")
-            task, _ = await sup.submit(
-                user_id=alice.id, repo_url=str(bare_repo(tmp_path)), prompt="Fix add()"
-            )
-            await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
-        nursery.cancel_scope.cancel()
-    return fake, await store.get_task(task.id), await store.read_events(task.id)
 
 
 def usage_events(events) -> list[dict[str, Any]]:

@@ -15,18 +15,14 @@ import pytest
 import trio
 
 from daemon.agent import instructions
-from daemon.agent.anthropic_provider import AnthropicProvider
 from daemon.agent.instructions import Instructions, read_dir
-from daemon.agent.loop import AgentRunner
 from daemon.agent.tools import fs_beneath
 from daemon.states import TaskStatus
-from daemon.supervisor import Backoff
 
-from .agent_env import BUGGY_PROJECT, agent_settings, bare_repo, tool_use
-from .fakes.anthropic_api import FakeAnthropicAPI, message
-from .helpers import running_supervisor, wait_status
+from . import agent_env
+from .agent_env import BUGGY_PROJECT, tool_use
+from .fakes.anthropic_api import message
 
-KEY = "sk-ant-test-key-123"
 ROOT_AGENTS = "Run the tests with python3 test_calc.py before you finish.\n"
 ROOT_CLAUDE = "Never touch README.md.\n"
 PKG_AGENTS = "In pkg/, keep every function under ten lines.\n"
@@ -44,18 +40,10 @@ DONE = message("Nothing to change.")
 
 
 async def run_with_claude(tmp_path, store, hub, files, replies, **settings: Any):
-    fake = FakeAnthropicAPI(*replies, api_key=KEY)
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(fake.serve)
-        provider = AnthropicProvider(KEY, base_url=url, model="claude-sonnet-5-5", max_retries=0)
-        runner = AgentRunner(provider, agent_settings(tmp_path, **settings))
-        async with running_supervisor(store, hub, runner, backoff=Backoff(0.01, 0.02, 3)) as sup:
-            alice = await store.upsert_user("alice")
-            repo = str(bare_repo(tmp_path, files))
-            task, _ = await sup.submit(user_id=alice.id, repo_url=repo, prompt="Look around")
-            await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
-        nursery.cancel_scope.cancel()
-    return [r.body for r in fake.requests], await store.get_task(task.id)
+    fake, task, _ = await agent_env.run_with_claude(
+        store, hub, tmp_path, replies, files=files, prompt="Look around", **settings
+    )
+    return [r.body for r in fake.requests], task
 
 
 def uncached(value: Any) -> Any:

@@ -271,23 +271,34 @@ async def _run_probe() -> SandboxProbe:
         return SandboxProbe(False, "bwrap (bubblewrap) is not installed")
     try:
         argv = [*bwrap_argv(bwrap, Path(tmp), tmp_bytes=1 << 20), "bash", "-c", "true"]
-        with trio.move_on_after(10):
-            done = await trio.run_process(
-                argv,
-                check=False,
-                capture_stdout=True,
-                capture_stderr=True,
-                stdin=subprocess.DEVNULL,
-                env=shell_env(SANDBOX_HOME),
-            )
-            if done.returncode == 0:
-                return SandboxProbe(True, "bwrap works", bwrap)
-            err = done.stderr.decode("utf-8", errors="replace").strip()
-            return SandboxProbe(False, f"bwrap failed (exit {done.returncode}): {err or 'no message'}", bwrap)
-        return SandboxProbe(False, "bwrap did not finish within 10 s", bwrap)
+        done = await run_probe_command(argv)
+        if done is None:
+            return SandboxProbe(False, "bwrap did not finish within 10 s", bwrap)
+        if done.returncode == 0:
+            return SandboxProbe(True, "bwrap works", bwrap)
+        err = done.stderr.decode("utf-8", errors="replace").strip()
+        return SandboxProbe(False, f"bwrap failed (exit {done.returncode}): {err or 'no message'}", bwrap)
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(shutil.rmtree, tmp, True)
+
+
+async def run_probe_command(
+    argv: list[str], cwd: str | None = None
+) -> subprocess.CompletedProcess[bytes] | None:
+    """Run a probe's ``argv`` with the sandbox's environment and its output captured; None when
+    it does not finish within 10 s. Cancelled or timed out, the process is killed (``run_process``)."""
+    with trio.move_on_after(10):
+        return await trio.run_process(
+            argv,
+            check=False,
+            capture_stdout=True,
+            capture_stderr=True,
+            stdin=subprocess.DEVNULL,
+            env=shell_env(SANDBOX_HOME),
+            cwd=cwd,
+        )
+    return None
 
 
 @functools.lru_cache(maxsize=4)

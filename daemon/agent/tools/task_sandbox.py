@@ -11,7 +11,6 @@ import itertools
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from .identity import Slot, claim_slot, count_tasks, own_and_measure, sweep_uid
 from .lifeline import lifeline_argv, lifeline_fd
 from .limits import Cgroup2, TaskCgroup, cgroup_wrapper, find_cgroup, rlimit_prefix, tool_paths
 from .procs import descendants, first_child, sandbox_processes, tmp_full
-from .sandbox import SANDBOX_HOME, bwrap_argv, probe_sandbox, setpriv_argv, shell_env
+from .sandbox import SANDBOX_HOME, bwrap_argv, probe_sandbox, run_probe_command, setpriv_argv, shell_env
 
 __all__ = ["HostLimits", "TaskSandbox", "describe_sandbox", "host_limits"]
 
@@ -250,22 +249,14 @@ class TaskSandbox:
                 "-c",
                 "touch ok",
             ]
-            with trio.move_on_after(10):
-                done = await trio.run_process(
-                    argv,
-                    check=False,
-                    capture_stdout=True,
-                    capture_stderr=True,
-                    stdin=subprocess.DEVNULL,
-                    env=shell_env(SANDBOX_HOME),
-                    cwd=scratch,
-                )
-                made = await trio.to_thread.run_sync(os.lstat, os.path.join(scratch, "ok"))
-                if done.returncode == 0 and made.st_uid == owner[0]:
-                    return True, f"uid {owner[0]}"
-                err = done.stderr.decode("utf-8", errors="replace").strip()
-                return False, f"bwrap + setpriv failed (exit {done.returncode}): {err or '-'}"
-            return False, "bwrap + setpriv did not finish within 10 s"
+            done = await run_probe_command(argv, cwd=scratch)
+            if done is None:
+                return False, "bwrap + setpriv did not finish within 10 s"
+            made = await trio.to_thread.run_sync(os.lstat, os.path.join(scratch, "ok"))
+            if done.returncode == 0 and made.st_uid == owner[0]:
+                return True, f"uid {owner[0]}"
+            err = done.stderr.decode("utf-8", errors="replace").strip()
+            return False, f"bwrap + setpriv failed (exit {done.returncode}): {err or '-'}"
         except OSError as exc:
             return False, f"bwrap + setpriv failed: {exc}"
         finally:

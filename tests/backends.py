@@ -14,6 +14,7 @@ is skipped with the reason from tests/pg.py.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,16 @@ def _touches_a_store(metafunc: pytest.Metafunc) -> bool:
     functions = [metafunc.definition.function]
     for name in metafunc.fixturenames:
         functions += [fixturedef.func for fixturedef in metafunc._arg2fixturedefs.get(name, ())]
+    # One step further: a helper of the test's module that starts the daemon (a shared fixture body).
+    helpers = [getattr(metafunc.module, n, None) for f in functions for n in _names(f)]
+    functions += [inspect.unwrap(h) for h in helpers if callable(h)]
     starts = {"running_daemon", "DaemonProcess"}
-    return any(starts & set(f.__code__.co_names) for f in functions if hasattr(f, "__code__"))
+    return any(starts & _names(f) for f in functions)
+
+
+def _names(function: Any) -> set[str]:
+    code = getattr(function, "__code__", None)
+    return set(code.co_names) if code is not None else set()
 
 
 class _PostgresOpener:

@@ -8,8 +8,11 @@ calls ``bash`` for a listing that grows turn by turn (``seq 1 N``, N rising, so 
 are alike and stuck detection stays quiet), in a real sandbox, then a last turn ends the task.
 The figure is the share of input tokens read from the cache over turns 2..N (turn 1 has
 nothing to read), from the usage the fake reported; the cost is the task's, from the price
-table (``daemon/agent/model.py``). Context clearing is not built yet, so the conversation keeps
-every tool output.
+table (``daemon/agent/model.py``).
+
+Twice: without context clearing (every tool output kept), and with agentd's own clearing
+(mode "client", ``daemon/agent/context_window.py``) at the thresholds of ``CLEARING``, scaled
+so that a 30-turn task clears (the defaults, 100,000 tokens, are not reached in 30 turns).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import emit, machine
 
 from daemon.agent.anthropic_provider import DEFAULT_MODEL
+from daemon.agent.context_window import ContextPolicy
 from daemon.events import EventHub
 from daemon.states import TaskStatus
 from daemon.store import SqliteStore
@@ -38,6 +42,18 @@ from tests.fakes.anthropic_api import MessageReply, message, tool_use
 from tests.fakes.prompt_cache import PromptCache
 
 LINES_PER_TURN = 150  # turn i's tool output is `seq 1 150*i`: about 0.7 KiB more each turn
+
+# Clearing for the "with" run: past 50,000 tokens (turn 23 or so; the defaults' 100,000 are
+# never reached: the task's largest prompt is about 92,500), in batches of at least 40,000.
+CLEARING = ContextPolicy(
+    mode="client",
+    window_tokens=100_000,
+    clear_at_tokens=50_000,
+    clear_at_least_tokens=40_000,
+    keep_tool_results=2,
+    compact_at_tokens=90_000,
+)
+WITHOUT = ContextPolicy(mode="off")
 
 
 def growing_replies(turns: int) -> list[MessageReply]:
@@ -64,12 +80,15 @@ def read_share(usages: list[dict[str, int]]) -> float:
     return read / total if total else 0.0
 
 
-async def run_cache_task(root: Path, store: SqliteStore, hub: EventHub, turns: int) -> dict[str, Any]:
-    """Run the task; its status, per-turn usage as the fake reported it, share and cost.
+async def run_cache_task(
+    root: Path, store: SqliteStore, hub: EventHub, turns: int, context: ContextPolicy = WITHOUT
+) -> dict[str, Any]:
+    """Run the task with ``context``; its status, per-turn usage as the fake reported it, share
+    and cost.
 
     Cancellation: the fake API and the supervisor are cancelled with the caller.
     """
-    fake, done, _ = await run_with_claude(
+    fake, done, events = await run_with_claude(
         store,
         hub,
         root,
@@ -78,10 +97,17 @@ async def run_cache_task(root: Path, store: SqliteStore, hub: EventHub, turns: i
         model=DEFAULT_MODEL,
         prompt_cache=PromptCache(),
         stuck_repeats=5,
+        context=context,
     )
     assert done is not None  # submitted above; tasks are never deleted
     usages = [r.usage for r in fake.requests if r.usage]
+    cleared = [
+        e.data["cleared_tokens"] for e in events if e.type == "agent.usage" and "cleared_tokens" in e.data
+    ]
     return {
+        "context_management": context.mode,
+        "cleared_tokens_last_turn": cleared[-1] if cleared else 0,
+        "largest_prompt_tokens": max(r.prompt_tokens for r in fake.requests),
         "status": done.status.value,
         "error": done.error,
         "model": DEFAULT_MODEL,
@@ -96,15 +122,21 @@ async def run_cache_task(root: Path, store: SqliteStore, hub: EventHub, turns: i
     }
 
 
-async def _main(turns: int) -> dict[str, Any]:
+async def _one(turns: int, context: ContextPolicy) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="agentd-cache-") as tmp:
         root = Path(tmp)
         store = await SqliteStore.open(root / "data")
         store.now = fake_wall
         try:
-            return await run_cache_task(root, store, EventHub(store), turns)
+            return await run_cache_task(root, store, EventHub(store), turns, context)
         finally:
             await store.aclose()
+
+
+async def _main(turns: int) -> dict[str, Any]:
+    """Both runs: the figures without clearing at the top (as before), those with under "with"."""
+    without = await _one(turns, WITHOUT)
+    return {**without, "with_clearing": await _one(turns, CLEARING)}
 
 
 def main() -> None:
@@ -115,9 +147,11 @@ def main() -> None:
     args = parser.parse_args()
     result = trio.run(_main, 8 if args.quick else args.turns)
     result.pop("usages")
+    result["with_clearing"].pop("usages")
     emit({**result, "machine": machine()}, args.json)
-    if result["status"] != TaskStatus.SUCCEEDED.value:
-        raise SystemExit(f"the task did not succeed: {result['error']}")
+    for run in (result, result["with_clearing"]):
+        if run["status"] != TaskStatus.SUCCEEDED.value:
+            raise SystemExit(f"the task did not succeed ({run['context_management']}): {run['error']}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import NoReturn
 
 import trio
 
+from . import notify_cli, share_cli
 from .client import CommandRefused, ControlClient, DaemonUnreachable
 from .render import (
     NODE_COLUMNS,
@@ -128,12 +129,15 @@ TASK_ID_HELP = "the task's id, or a start of it that no other task's has (8 char
 def _new_task(ns: argparse.Namespace) -> dict[str, object]:
     """``create``'s arguments; a PROMPT of ``-`` is read from standard input."""
     budget = {cap: getattr(ns, cap) for cap in BUDGET_FLAGS if getattr(ns, cap) is not None}
+    # The task's options only when given: the daemon's defaults otherwise.
+    options = {"model": ns.model, "draft": ns.draft or None, "pr_title": ns.title}
     return {
         "repo_url": ns.repo,
         "prompt": sys.stdin.read() if ns.prompt == "-" else ns.prompt,
         "base_branch": ns.base,
         "user": ns.user,
         "budget": budget,
+        **{key: value for key, value in options.items() if value is not None},
     }
 
 
@@ -148,6 +152,40 @@ def _show_created(result: object, ns: argparse.Namespace) -> None:
         f"task for {result.get('user_login')}, {result.get('status')}; follow it: agentctl tail {task_id}",
         file=sys.stderr,
     )
+
+
+def _show_compacted(result: object) -> None:
+    """What ``compact`` removed and gave back, a line each."""
+    if not isinstance(result, dict) or not isinstance(result.get("removed"), dict):
+        print(render(result))
+        return
+    days = result.get("retention_days")
+    print(f"tasks compacted: {result.get('tasks_compacted')} (history older than {days} days)")
+    for what, rows in result["removed"].items():
+        print(f"removed {what}: {rows}")
+    given, size = _mib(result.get("bytes_reclaimed")), _mib(result.get("store_bytes"))
+    print(f"space given back: {given}; the store takes {size}")
+    print(f"{result.get('batches')} batches, the longest {result.get('longest_batch_s')} s")
+    if "full" in result:
+        print(f"full: {result['full']}")
+
+
+def _show_rotated(result: object) -> None:
+    """Each secret column's counts, then whether the old keys may go."""
+    if not isinstance(result, dict) or not isinstance(result.get("columns"), dict):
+        print(render(result))
+        return
+    for name, counts in result["columns"].items():
+        shown = counts.items() if isinstance(counts, dict) else ()
+        print(f"{name}: " + ", ".join(f"{key} {value}" for key, value in shown if key != "what"))
+    if result.get("old_keys_retirable"):
+        print("every secret is encrypted with the newest key: the older keys may be removed")
+    else:
+        print("some secrets cannot be decrypted with these keys: keep the old keys (see the README)")
+
+
+def _mib(value: object) -> str:
+    return f"{value / 1048576:.1f} MiB" if isinstance(value, (int, float)) else "?"
 
 
 COMMANDS: dict[str, Command] = {
@@ -174,6 +212,12 @@ COMMANDS: dict[str, Command] = {
     ),
     "backup": Command("backup", lambda ns: {"path": os.path.abspath(ns.path)}),
     "gc": Command("gc"),
+    "compact": Command(
+        "compact", lambda ns: {"full": True} if ns.full else {}, lambda r, ns: _show_compacted(r)
+    ),
+    "rotate-keys": Command("keys.rotate", show=lambda r, ns: _show_rotated(r)),
+    **notify_cli.commands(Command),
+    **share_cli.commands(Command),
 }
 
 
@@ -270,6 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="whose task it is (needed when the daemon has more than one user)",
     )
     p.add_argument(
+        "--model", metavar="MODEL", default=None, help="one of the operator's models (default: the daemon's)"
+    )
+    p.add_argument("--draft", action="store_true", help="open its pull request as a draft")
+    p.add_argument(
+        "--title",
+        metavar="TITLE",
+        default=None,
+        help="its pull request's title, one line (default: the prompt's first line)",
+    )
+    p.add_argument(
         "--max-usd", type=_finite, metavar="USD", default=None, help="model cost cap in US dollars"
     )
     p.add_argument("--max-turns", type=_non_negative, metavar="N", default=None, help="model turns at most")
@@ -320,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operator", action="store_true", default=False, help="also make the account an operator")
     add("backup", "write a consistent copy of the database to PATH").add_argument("path", metavar="PATH")
     add("gc", "remove old workspaces and expired data")
+    add("compact", "remove history older than retention_days now, and give the room back").add_argument(
+        "--full",
+        action="store_true",
+        default=False,
+        help="SQLite: also convert a large database to incremental vacuum, at the next start",
+    )
+    add("rotate-keys", "re-encrypt every stored secret with the newest secret key")
+    notify_cli.add_parsers(add)
+    share_cli.add_parsers(add, TASK_ID_HELP)
     return parser
 
 

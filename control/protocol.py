@@ -47,6 +47,17 @@ COMMANDS: tuple[str, ...] = (
     "users.link",
     "backup",
     "gc",
+    "compact",
+    "keys.rotate",
+    "webhooks.list",
+    "webhooks.add",
+    "webhooks.remove",
+    "webhooks.test",
+    "deliveries.list",
+    "deliveries.redeliver",
+    "shares.create",
+    "shares.list",
+    "shares.revoke",
 )
 STREAMING_COMMANDS: frozenset[str] = frozenset({"tasks.tail"})
 

@@ -185,12 +185,56 @@ def _tool_call(d: Data) -> str:
     return f"{d.get('name')} {shown}"
 
 
-def _tool_result(d: Data) -> str:
-    output = str(d.get("output") or "").strip().splitlines()
+def _first_line(text: str) -> str:
+    """The first line of some output, and how many more it has."""
+    output = text.strip().splitlines()
     first = output[0] if output else "(no output)"
     extra = max(len(output) - 1, 0)
     more = {0: "", 1: " (+1 line)"}.get(extra, f" (+{extra} lines)")
-    return ("error: " if d.get("is_error") else "") + first[:100] + more
+    return first[:100] + more
+
+
+def _tool_result(d: Data) -> str:
+    return ("error: " if d.get("is_error") else "") + _first_line(str(d.get("output") or ""))
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _setup_steps(d: Data) -> str:
+    steps = d.get("steps")
+    return " then ".join(str(s) for s in steps) if isinstance(steps, list) and steps else "setup"
+
+
+def _setup_started(d: Data) -> str:
+    limit = d.get("timeout_s")
+    return _setup_steps(d) + (f" (time limit {limit:g} s)" if _number(limit) else "")
+
+
+def _setup_finished(d: Data) -> str:
+    """How the setup phase ended (``daemon/agent/setup_phase.py``), then what its proxy did."""
+    if d.get("skipped"):
+        return f"{_setup_steps(d)} not run: {d['skipped']}"
+    took = d.get("duration_s")
+    after = f" after {took:g} s" if _number(took) else ""
+    if d.get("timed_out"):
+        ended = "stopped at its time limit" + after
+    elif d.get("exit_code") == 0:
+        ended = "succeeded" + after
+    elif d.get("exit_code") is None:
+        ended = "ended without an exit code" + after
+    else:
+        ended = f"failed with exit code {d.get('exit_code')}{after}"
+    proxy = []
+    if _number(connections := d.get("proxy_connections")) and connections:
+        proxy.append(f"{connections} proxy connection{'s' if connections != 1 else ''}")
+    refused, total = d.get("refused"), d.get("refused_total")
+    if _number(total) and total:
+        first = refused[0] if isinstance(refused, list) and refused and isinstance(refused[0], dict) else {}
+        where = f"{first.get('host')}:{first.get('port')} {first.get('reason')}" if first else ""
+        proxy.append(f"refused {total}" + (f": {where}" if where else "") + (", …" if total > 1 else ""))
+    return ended + (f" ({'; '.join(proxy)})" if proxy else "")
 
 
 def _usage(d: Data) -> str:
@@ -220,6 +264,9 @@ _DETAIL: dict[str, Callable[[Data], str]] = {
     "agent.usage": _usage,
     "git.pushed": _pushed,
     "git.pr_opened": lambda d: str(d.get("url")),
+    "setup.started": _setup_started,
+    "setup.output": lambda d: _first_line(str(d.get("text") or "")),
+    "setup.finished": _setup_finished,
 }
 
 

@@ -13,11 +13,14 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .agent.model import Price
 
 SECONDS = 1.0
 MINUTES = 60 * SECONDS
@@ -54,11 +57,25 @@ ENV_KEYS: dict[str, str] = {
     "AGENTD_METRICS_HTTP": "metrics_http",
     # Repository addresses (issue 18)
     "AGENTD_ALLOW_PRIVATE_REMOTES": "allow_private_remotes",
+    # Per-task models (issue 19)
+    "AGENTD_ALLOWED_MODELS": "allowed_models",
 }
 
 
 # Settings whose values are never echoed back, not even in an error message.
 SECRET_KEYS = frozenset({"anthropic_api_key", "github_client_secret", "secret_keys", "store"})
+
+
+class ModelPriceRow(BaseModel):
+    """An operator's price row for one model (``[models."NAME"]`` in the TOML file), in USD per
+    million tokens; cache writes default to 1.25x input, cache reads to 0.1x input."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_usd_per_mtok: float = Field(ge=0, allow_inf_nan=False)
+    output_usd_per_mtok: float = Field(ge=0, allow_inf_nan=False)
+    cache_write_usd_per_mtok: float | None = Field(None, ge=0, allow_inf_nan=False)
+    cache_read_usd_per_mtok: float | None = Field(None, ge=0, allow_inf_nan=False)
 
 
 class Settings(BaseModel):
@@ -77,7 +94,12 @@ class Settings(BaseModel):
     script: Path | None = None
     anthropic_api_key: str | None = Field(None, repr=False)
     anthropic_base_url: str | None = None
-    anthropic_model: str = "claude-sonnet-5-5"
+    anthropic_model: str = "claude-sonnet-5-5"  # a task's model unless it names another
+    # Per-task models (issue 19): what else a task may name (the operator's allowlist), and the
+    # operator's price rows, which add to or replace the built-in ones (daemon/agent/model.py
+    # PRICES). Every allowed model needs a row; the scripted model allows only itself.
+    allowed_models: tuple[str, ...] = ()
+    models: dict[str, ModelPriceRow] = Field(default_factory=dict)
     # How many tasks at a time may build a model request or parse the replies that have arrived
     # (daemon/agent/reply_gate.py); 0: no gate.
     model_reply_slots: int = Field(1, ge=0, le=1024)
@@ -110,6 +132,11 @@ class Settings(BaseModel):
     app_redirects: tuple[str, ...] = ()  # URIs the phone flow may redirect to (exact, no query)
     oauth_login_ttl_s: float = Field(10 * MINUTES, gt=0)
     api_token_ttl_s: float = Field(90 * DAYS, gt=0)
+    # Share links of a task (issue 22, daemon/usecases/shares.py): default and longest lifetime,
+    # and how many live ones one task may have.
+    share_ttl_s: float = Field(7 * DAYS, gt=0)
+    share_max_ttl_s: float = Field(30 * DAYS, gt=0)
+    share_links_per_task: int = Field(20, ge=1)
     secret_keys: tuple[str, ...] = Field((), repr=False)  # Fernet keys, newest first
     secret_key_file: Path | None = None  # default: <data_dir>/secret.key, created 0600
     rate_task_creates_per_min: float = Field(30, gt=0)
@@ -124,7 +151,7 @@ class Settings(BaseModel):
     ws_max_subscriptions: int = Field(200, ge=1)
     ws_delta_interval_s: float = Field(0.05, ge=0)  # agent.text_delta at most ~20/s per task
 
-    @field_validator("app_redirects", "secret_keys", mode="before")
+    @field_validator("app_redirects", "secret_keys", "allowed_models", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         # The environment gives one string: "a,b,c".
@@ -145,6 +172,15 @@ class Settings(BaseModel):
     stuck_repeats: int = Field(5, ge=2)
     # Repository instructions (AGENTS.md, CLAUDE.md) given to the model: bytes in all, per task.
     instructions_cap_bytes: int = Field(32 * 1024, ge=0)
+    # Long runs (daemon/agent/context_window.py), in estimated tokens. "auto": "api" (the
+    # Messages API's own clearing and compaction betas) for Claude at api.anthropic.com, else
+    # "client" (agentd clears and summarizes: other endpoints may not know those betas).
+    context_management: Literal["auto", "api", "client", "off"] = "auto"
+    context_window_tokens: int = Field(200_000, ge=1000)
+    context_clear_at_tokens: int = Field(100_000, ge=100)
+    context_clear_at_least_tokens: int = Field(40_000, ge=0)
+    context_keep_tool_results: int = Field(3, ge=0)
+    context_compact_at_tokens: int = Field(150_000, ge=100)
     tool_timeout_s: float = Field(120 * SECONDS, gt=0)
     tool_output_cap_bytes: int = Field(30_000, ge=1000)
     sandbox: Literal["auto", "required", "off"] = "auto"
@@ -156,6 +192,19 @@ class Settings(BaseModel):
     sandbox_tmp_mb: int = Field(512, ge=1)
     sandbox_uid_base: int = Field(600_000, ge=1000, le=2_000_000_000)
     sandbox_uid_count: int = Field(65_536, ge=0, le=100_000_000)  # 0: tasks run as the daemon's user
+    # The setup phase (issue 19, daemon/agent/setup_phase.py): the operator's command (first),
+    # the repository's .agentd/setup.sh, their time limit; and the egress proxy that alone lets
+    # them (and, with agent_network = "proxy", the agent's commands) out (egress_proxy.py).
+    setup_command: str | None = None
+    setup_repo_script: bool = True
+    setup_timeout_s: float = Field(10 * MINUTES, gt=0)
+    agent_network: Literal["off", "proxy"] = "off"
+    egress_allowed_hosts: tuple[str, ...] = ()  # empty: the package registries (README)
+    egress_allowed_ports: tuple[int, ...] = (80, 443)
+    egress_private_hosts: tuple[str, ...] = ()  # allowed names that may resolve to private addresses
+    egress_max_connections: int = Field(32, ge=1)
+    egress_max_mb: int = Field(4096, ge=1)
+    egress_idle_timeout_s: float = Field(60 * SECONDS, gt=0)
 
     # Operations (issue 7)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -172,6 +221,26 @@ class Settings(BaseModel):
     http_request_timeout_s: float = Field(30 * SECONDS, gt=0)  # a whole request, head and body
     ws_queue_max_bytes: int = Field(1 * MIB, ge=64 * 1024)  # bytes waiting per connection
     ws_max_connections_per_user: int = Field(32, ge=0)  # authenticated WebSockets; 0: no cap
+
+    @model_validator(mode="after")
+    def _models_priced(self) -> Settings:
+        self.model_prices()  # raises ValueError naming a model without a price row
+        return self
+
+    def model_prices(self) -> dict[str, Price]:
+        """The models a task may name, the default (``default_model``) first, each with its
+        price row; ``ValueError`` names an allowed model that has none."""
+        from .agent.model import SCRIPTED_PRICE, allowlist
+
+        if self.model_name == "scripted":
+            return {"scripted": SCRIPTED_PRICE}
+        rows = {name: row.model_dump() for name, row in self.models.items()}
+        return allowlist(self.anthropic_model, self.allowed_models, rows)
+
+    @property
+    def default_model(self) -> str:
+        """The model of a task that names none: ``anthropic_model``, or ``scripted``."""
+        return self.anthropic_model if self.model_name == "anthropic" else "scripted"
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> Settings:
@@ -198,10 +267,35 @@ class Settings(BaseModel):
     workspace_quota_mb: int = Field(2000, ge=1)
     min_free_disk_mb: int = Field(500, ge=0)
     workspace_keep_days: float = Field(7, ge=0)
+    # Retention (daemon/retention.py): a finished task's events, conversation and tool calls go
+    # this long after it ended, its summary stays; 0 keeps them for ever. 30 days: a month of
+    # history to look back at and follow up on with the agent's whole context (the workspace
+    # has gone after workspace_keep_days anyway), while a busy daemon's store stays bounded.
+    retention_days: float = Field(30, ge=0)
+    retention_interval_s: float = Field(1 * HOURS, gt=0)
     git_author_name: str = "agentd"
     git_author_email: str = "agentd@localhost"
     ssh_key: Path | None = None
     github_web_host: str = "github.com"
+
+    # Web Push (issue 22, daemon/notify/webpush.py): the contact push services see in the VAPID
+    # token (mailto: or https:; default: public_url's origin when https), and how long a push
+    # service keeps a message for a phone that is offline (0: deliver now or drop).
+    vapid_subject: str | None = Field(None, pattern=r"^(mailto:[^\s@]+@[^\s@]+|https://[^\s/]+/?)$")
+    push_ttl_s: int = Field(1 * 24 * 3600, ge=0, le=28 * 24 * 3600)
+
+    # The outbox (issue 22, daemon/notify/sender.py): deliveries at once, one request's timeout,
+    # how long a claim holds (a sender that died frees it then), backoff, and when to give up
+    # (after this many attempts, or this long after the delivery was due first). Webhook and
+    # ntfy URLs follow allow_private_remotes. ``webhooks_per_user``: targets one user may have.
+    notify_concurrency: int = Field(8, ge=1, le=256)
+    notify_timeout_s: float = Field(10 * SECONDS, gt=0)
+    notify_claim_s: float = Field(60 * SECONDS, gt=0)
+    notify_retry_base_s: float = Field(10 * SECONDS, gt=0)
+    notify_retry_cap_s: float = Field(1 * HOURS, gt=0)
+    notify_max_attempts: int = Field(10, ge=1)
+    notify_max_age_s: float = Field(1 * DAYS, gt=0)
+    webhooks_per_user: int = Field(10, ge=1)
 
     @field_validator("http", "metrics_http")
     @classmethod

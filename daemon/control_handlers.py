@@ -16,7 +16,7 @@ from .errors import BadArguments
 from .services import Runtime, Services
 from .states import TaskStatus
 from .store import Task
-from .usecases import CONTROL_OPERATOR as OPERATOR, IdPrefix
+from .usecases import CONTROL_OPERATOR as OPERATOR, IdPrefix, notify, shares
 from .usecases.inputs import MAX_INT
 
 Args = dict[str, Any]
@@ -76,6 +76,8 @@ class ControlHandlers:
         """The command table for ``ControlServer``."""
         return {
             "gc": self.gc,
+            "compact": self.compact,
+            "keys.rotate": self.keys_rotate,
             "status": self.status,
             "tasks.list": self.tasks_list,
             "tasks.create": self.tasks_create,
@@ -92,6 +94,8 @@ class ControlHandlers:
             "users.revoke": self.users_revoke,
             "users.link": self.users_link,
             "backup": self.backup,
+            **notify_handlers(self.svc),
+            **share_handlers(self.svc),
         }
 
     async def status(self, args: Args) -> Args:
@@ -126,6 +130,9 @@ class ControlHandlers:
             base_branch=_str_arg(args, "base_branch") or None,
             budget=budget,
             owner=_str_arg(args, "user") or None,
+            model=_str_arg(args, "model") or None,
+            draft=args.get("draft") or False,  # create_task refuses a non-bool
+            pr_title=_str_arg(args, "pr_title"),
         )
         return (await self._shown(created.task))[0]
 
@@ -193,6 +200,84 @@ class ControlHandlers:
 
     async def gc(self, args: Args) -> Args:
         return {"removed": await usecases.gc(self.svc), "keep_days": self.svc.settings.workspace_keep_days}
+
+    async def compact(self, args: Args) -> Args:
+        return await usecases.compact(self.svc, full=args.get("full") is True)
+
+    async def keys_rotate(self, args: Args) -> Args:
+        return await usecases.rotate_keys(self.svc)
+
+
+def notify_handlers(svc: Services) -> dict[str, Handler]:
+    """Webhooks, ntfy topics and deliveries (``usecases.notify``), all users' and operator-wide."""
+
+    def shown(target: Any) -> Args:
+        return {**target.public(), "events": ",".join(target.events)}
+
+    async def webhooks_list(args: Args) -> list[Args]:
+        return [shown(t) for t in await notify.list_targets(svc, OPERATOR)]
+
+    async def webhooks_add(args: Args) -> Args:
+        events = args.get("events")
+        made = await notify.add_webhook(svc, OPERATOR, str(args.get("url") or ""), events, operator_wide=True)
+        return {**shown(made.target), "secret": made.secret}
+
+    async def webhooks_remove(args: Args) -> Args:
+        await notify.remove_target(svc, OPERATOR, str(args.get("id") or ""))
+        return {"removed": args.get("id")}
+
+    async def webhooks_test(args: Args) -> Args:
+        return (await notify.send_test(svc, OPERATOR, str(args.get("id") or ""))).public()
+
+    async def deliveries_list(args: Args) -> list[Args]:
+        found = await notify.list_deliveries(
+            svc,
+            OPERATOR,
+            status=_str_arg(args, "status"),
+            target_id=_str_arg(args, "target"),
+            limit=_int_arg(args, "limit", 50, low=1, high=500),
+        )
+        return [d.public() for d in found]
+
+    async def deliveries_redeliver(args: Args) -> Args:
+        return (await notify.redeliver(svc, OPERATOR, str(args.get("id") or ""))).public()
+
+    return {
+        "webhooks.list": webhooks_list,
+        "webhooks.add": webhooks_add,
+        "webhooks.remove": webhooks_remove,
+        "webhooks.test": webhooks_test,
+        "deliveries.list": deliveries_list,
+        "deliveries.redeliver": deliveries_redeliver,
+    }
+
+
+def share_handlers(svc: Services) -> dict[str, Handler]:
+    """Share links of any task (``usecases.shares``); a new link's token is shown once. A link
+    revoked here closes its open WebSockets at their next re-check (``ws_reauth_interval_s``)."""
+
+    def shown(link: Any) -> Args:
+        return link.public(svc.store.now())
+
+    async def shares_create(args: Args) -> Args:
+        ttl = args.get("ttl_s")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))):
+            raise BadArguments(f"ttl_s must be a number of seconds, got {ttl!r}")
+        made = await shares.create_share(svc, OPERATOR, _task_id(args), ttl_s=ttl)
+        base = svc.settings.public_url
+        return {
+            **shown(made.link),
+            "token": made.token,
+            "url": shares.client_url(base, made.token) if base else None,
+        }
+
+    async def shares_list(args: Args) -> list[Args]:
+        return [shown(link) for link in await shares.list_shares(svc, OPERATOR, _task_id(args))]
+
+    async def shares_revoke(args: Args) -> Args:
+        return shown(await shares.revoke_share(svc, OPERATOR, None, str(args.get("id") or "")))
+
+    return {"shares.create": shares_create, "shares.list": shares_list, "shares.revoke": shares_revoke}
 
 
 def make_handlers(services: Services, runtime: Runtime) -> dict[str, Handler]:

@@ -4,7 +4,8 @@ Keys are Fernet keys (AES-128-CBC + HMAC-SHA256, urlsafe base64), newest first, 
 ``secret_keys`` setting (env ``AGENTD_SECRET_KEYS``, comma-separated), else from the key file
 (``secret_key_file``, one key a line, newest first; default ``<data_dir>/secret.key``, created
 with mode 0600 when missing). Rotation: put a new key first and keep the old ones after it; new
-secrets use the first key, old ones still decrypt, and ``rotate`` re-encrypts with the newest.
+secrets use the first key, old ones still decrypt, and ``rotate`` re-encrypts with the newest
+(``agentctl rotate-keys`` does it to every stored secret: ``key_rotation``).
 
 Daemons sharing a store must share the keys: what one encrypts, the others decrypt. The store
 keeps a key check (a known text encrypted with a node's newest key, never a key); a node whose
@@ -67,20 +68,26 @@ class SecretBox:
         """Re-encrypt with the newest key (for a rotation sweep)."""
         return self._box.rotate(token)
 
-    def key_check(self) -> bytes:
-        """A known text encrypted with the newest key: tells another node's keys from these."""
-        return self._box.encrypt(_KEY_CHECK_TEXT)
+    def key_check(self, *, oldest: bool = False) -> bytes:
+        """A known text encrypted with the newest key (``oldest``: with the oldest): tells
+        another node's keys from these."""
+        return (self._fernets[-1] if oldest else self._box).encrypt(_KEY_CHECK_TEXT)
 
     def reads_key_check(self, token: bytes) -> bool | None:
         """True: ``token`` is a key check made with the newest key; False: with an older one of
         these keys; None: with none of them."""
+        return self.made_with_newest(token, expect=_KEY_CHECK_TEXT)
+
+    def made_with_newest(self, token: bytes, *, expect: bytes | None = None) -> bool | None:
+        """True: ``token`` was encrypted with the newest key; False: with an older one of these
+        keys; None: with none of them (or it does not hold ``expect``, when given)."""
         newest, *older = self._fernets
         for fernet, verdict in ((newest, True), *((f, False) for f in older)):
             try:
-                if fernet.decrypt(token) == _KEY_CHECK_TEXT:
-                    return verdict
+                plain = fernet.decrypt(token)
             except InvalidToken:
                 continue
+            return verdict if expect is None or plain == expect else None
         return None
 
 

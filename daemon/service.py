@@ -10,6 +10,7 @@ sd_notify: READY=1 once serving, STOPPING=1 when draining starts, WATCHDOG=1 whi
 
 from __future__ import annotations
 
+import functools
 import gc
 import ipaddress
 import logging
@@ -30,10 +31,13 @@ from .control_server import ControlServer
 from .cpu_pin import loop_on_one_cpu
 from .events import EventHub
 from .gc_tuning import collect_young_periodically, tune_gc_for_serving
+from .key_rotation import check_stored_secrets
 from .maintenance import collect_periodically
 from .metrics import Metrics
 from .metrics_http import serve_metrics
+from .notify.sender import Sender
 from .rate_limit import task_create_limiter
+from .retention import retain_periodically
 from .sdnotify import Notifier, watchdog
 from .secrets import SecretBox, check_cluster_key, load_secret_box
 from .services import Services
@@ -112,6 +116,7 @@ class Daemon:
         self.store = store = await open_store(settings.data_dir, settings.store, node_id=node.id)
         try:
             await check_cluster_key(store, self.secrets, settings, node.name)  # a shared store's keys
+            await check_stored_secrets(store, self.secrets, settings, node.name)  # every store's
             self.hub = EventHub(store)
             self.supervisor = supervisor = Supervisor(
                 store,
@@ -142,6 +147,10 @@ class Daemon:
                     services.start_soon(watchdog, self.notifier, self.notifier.watchdog_interval_s)
                 await services.start(self.metrics.run, settings.metrics_refresh_s)
                 await services.start(supervisor.run)
+                outbox = Sender(
+                    store, settings, self.secrets, claimer=node.id, registry=self.metrics.registry
+                )
+                await services.start(outbox.run)
                 self.http_urls = await services.start(self._serve_http, svc)
                 if settings.metrics_http is not None:
                     self.metrics_urls = await services.start(
@@ -153,6 +162,15 @@ class Daemon:
                     store,
                     settings.data_dir / "workspaces",
                     settings.workspace_keep_days,
+                )
+                services.start_soon(
+                    functools.partial(
+                        retain_periodically,
+                        store,
+                        settings.retention_days,
+                        settings.retention_interval_s,
+                        metrics=self.metrics,
+                    )
                 )
                 if settings.gc_young_interval_s:
                     services.start_soon(collect_young_periodically, settings.gc_young_interval_s)

@@ -120,15 +120,22 @@ async def run_with_claude(
     prompt: str = "Fix add()",
     model: str = "claude-sonnet-5-5",
     prompt_cache: PromptCache | None = None,
+    fake: FakeAnthropicAPI | None = None,
     **settings: Any,
 ) -> tuple[FakeAnthropicAPI, Any, list[Any]]:
     """One task through the real anthropic SDK against a fake Messages API serving ``replies``
-    (with ``prompt_cache``'s accounting, if given), run to its end: the fake (with the requests
-    it got), the task, and its events. Cancellation: the fake and the supervisor end with it."""
-    fake = FakeAnthropicAPI(*replies, api_key=CLAUDE_KEY, prompt_cache=prompt_cache)
+    (with ``prompt_cache``'s accounting, if given; or ``fake``, made by the caller), run to its
+    end: the fake (with the requests it got), the task, and its events. A ``context`` setting
+    (``ContextPolicy``) goes to the provider too. Cancellation: the fake and the supervisor end
+    with it."""
+    if fake is None:
+        fake = FakeAnthropicAPI(api_key=CLAUDE_KEY, prompt_cache=prompt_cache)
+    fake.push(*replies)
     async with trio.open_nursery() as nursery:
         url = await nursery.start(fake.serve)
-        provider = AnthropicProvider(CLAUDE_KEY, base_url=url, model=model, max_retries=0)
+        provider = AnthropicProvider(
+            CLAUDE_KEY, base_url=url, model=model, max_retries=0, context=settings.get("context")
+        )
         async with agent_supervisor(store, hub, tmp_path, provider, **settings) as sup:
             alice = await store.upsert_user("alice")
             repo = repo_url or str(bare_repo(tmp_path, files))

@@ -49,6 +49,17 @@ PARAMETRIZED_MODULES = frozenset(
         "tests.test_ws_listener",
         "tests.test_agentctl_daemon",
         "tests.test_client_browser_ops",
+        "tests.test_outbox",
+        "tests.test_webhooks",
+        "tests.test_ntfy",
+        "tests.test_webpush_api",
+        "tests.test_webpush_e2e",
+        "tests.test_retention",
+        "tests.test_retention_live",
+        "tests.test_key_rotation",
+        "tests.test_share_links",
+        "tests.test_share_links_ws",
+        "tests.test_task_options",
     }
 )
 BACKENDS = ("sqlite", "postgres")

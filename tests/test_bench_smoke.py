@@ -95,10 +95,13 @@ def test_cache_share_runs_a_task_and_makes_its_row(monkeypatch):
     result = run_bench("cache_share.py", "--quick")
     assert result["status"] == "succeeded" and result["turns"] == 8
     assert 0 < result["read_share_turns_2_on"] < 1 and result["cost_usd"] > 0
+    assert result["with_clearing"]["status"] == "succeeded"
+    assert result["context_management"] == "off" and result["with_clearing"]["context_management"] == "client"
     monkeypatch.setattr(run_all, "run_step", lambda label, argv: result)
-    (row,) = run_all.cache_suite({})
-    assert row.target == "≥ 90%" and row.met == (result["read_share_turns_2_on"] >= 0.9)
-    assert f"${result['cost_usd']:.4f} per task" in row.agentd and "context clearing" in row.name
+    without, with_clearing = run_all.cache_suite({})
+    for row, run in ((without, result), (with_clearing, result["with_clearing"])):
+        assert row.target == "≥ 90%" and row.met == (run["read_share_turns_2_on"] >= 0.9)
+        assert f"${run['cost_usd']:.4f} per task" in row.agentd and "context clearing" in row.name
 
 
 @pytest.mark.slow

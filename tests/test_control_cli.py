@@ -347,7 +347,7 @@ async def test_create_reads_a_prompt_of_dash_from_stdin(sock, daemon):
 async def test_the_shell_completes_commands_and_options(workdir):
     said = workdir / "completions"
     for line, expected in (
-        ("agentctl c", {"create", "cancel", "concurrency"}),
+        ("agentctl c", {"create", "cancel", "concurrency", "compact"}),
         ("agentctl create --max-t", {"--max-turns", "--max-tokens"}),
     ):
         env = {
@@ -390,6 +390,17 @@ def test_every_command_of_the_design_exists_and_maps_to_a_protocol_command():
         "user-link",
         "backup",
         "gc",
+        "compact",
+        "rotate-keys",
+        "webhooks",
+        "webhook-add",
+        "webhook-remove",
+        "webhook-test",
+        "deliveries",
+        "redeliver",
+        "share",
+        "shares",
+        "unshare",
     }
     assert {c.cmd for c in cli.COMMANDS.values()} == set(PROTOCOL_COMMANDS)
 

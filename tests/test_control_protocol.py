@@ -59,6 +59,18 @@ def test_the_command_names_are_those_of_the_design():
         "users.link",
         "backup",
         "gc",
+        # Added with issue 22: retention, key rotation, the outbox and share links.
+        "compact",
+        "keys.rotate",
+        "webhooks.list",
+        "webhooks.add",
+        "webhooks.remove",
+        "webhooks.test",
+        "deliveries.list",
+        "deliveries.redeliver",
+        "shares.create",
+        "shares.list",
+        "shares.revoke",
     }
     assert STREAMING_COMMANDS == {"tasks.tail"}
 

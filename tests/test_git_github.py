@@ -43,6 +43,7 @@ async def test_opens_pull_request(api):
         "head": "agentd/1234abcd-fix",
         "base": "main",
         "body": "The agent fixed it.",
+        "draft": False,
     }
 
 

@@ -332,6 +332,8 @@ async def test_the_control_socket_creates_a_task_for_the_user_it_names_or_the_on
         await usecases.create_task(svc, operator, "file:///repo", "go", owner="carol")
     with pytest.raises(Forbidden, match="only an operator"):
         await usecases.create_task(svc, alice, "file:///repo", "go", owner="bob")
+    with pytest.raises(Forbidden, match="a share link only reads its one task"):
+        await usecases.create_task(svc, Viewer.shared(made.task.id), "file:///repo", "go")
     assert (await create(svc, alice, owner="alice")).user_id == alice.user_id
     assert (await create(svc, root, owner="alice")).user_id == alice.user_id
     # Revoked users are disabled: no task is made for them, named or by default.

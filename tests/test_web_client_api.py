@@ -245,14 +245,19 @@ async def test_client_config_needs_no_token(tmp_path):
         async with server.client() as http:
             config = (await http.get("/api/client-config")).json()
     assert config["github_sign_in"] is False
-    assert config["models"] == [{"id": "scripted", "default": True}]
+    free = {f"{kind}_usd_per_mtok": 0.0 for kind in ("input", "output", "cache_write", "cache_read")}
+    assert config["models"] == [{"id": "scripted", "default": True, "price": free}]
     assert config["budget"]["defaults"] == {"max_turns": 60, "max_tokens": 3_000_000, "max_usd": 2.5}
     assert config["budget"]["caps"] == {"max_turns": 90, "max_tokens": 20_000_000, "max_usd": 50.0}
     github = dict(github_client_id="cid", github_client_secret="s", model="anthropic", anthropic_model="m1")
-    async with running_daemon(tmp_path / "2", **github) as server:
+    m1 = {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 5.0}  # a model needs a price row
+    async with running_daemon(tmp_path / "2", **github, models={"m1": m1}) as server:
         async with server.client() as http:
             config = (await http.get("/api/client-config")).json()
-    assert config["github_sign_in"] is True and config["models"] == [{"id": "m1", "default": True}]
+    assert config["github_sign_in"] is True
+    assert [(m["id"], m["default"]) for m in config["models"]] == [("m1", True)]
+    cache = {"cache_write_usd_per_mtok": 1.25, "cache_read_usd_per_mtok": 0.1}  # 1.25x and 0.1x input
+    assert config["models"][0]["price"] == {**m1, **cache}
 
 
 async def test_the_new_operations_are_in_the_openapi_document(tmp_path):

@@ -35,6 +35,7 @@ from daemon.agent.anthropic_stream import (
     StreamedMessage,
     StreamErrorEvent,
 )
+from daemon.agent.context_window import ContextPolicy, PromptTooLong, api_edits
 from daemon.agent.model import (
     ModelReply,
     ModelRequest,
@@ -58,6 +59,13 @@ DEFAULT_MODEL = "claude-sonnet-5-5"
 # pool first keeps a small daemon on one pool, its connections kept alive and reused.
 DEFAULT_POOLS = 16
 POOL_REQUESTS = 32
+
+# The betas of mode "api": tool-result clearing and compaction.
+CONTEXT_BETAS = "context-management-2025-06-27,compact-2026-01-12"
+
+# How the API's 400 for a prompt over the context window begins ("prompt is too long: 208973
+# tokens > 200000 maximum").
+PROMPT_TOO_LONG = "prompt is too long"
 
 # Error types that mean "the API had a problem", whatever the HTTP status they came with
 # (an SSE ``error`` event arrives inside a 200 response).
@@ -98,11 +106,16 @@ class AnthropicProvider:
         reply_slots: int = DEFAULT_SLOTS,
         http_client: httpx2.AsyncClient | None = None,
         ssl_context: Any = None,
+        context: ContextPolicy | None = None,
     ) -> None:
         if not api_key:
             raise PermanentError("anthropic: no API key configured (set ANTHROPIC_API_KEY)")
         self.model = model
         self._api_key = api_key  # kept only to redact it from error messages
+        # Mode "api": the API clears old tool results and compacts (its betas, on every request).
+        api = context is not None and context.mode == "api"
+        self._context_management = api_edits(context) if context is not None and api else None
+        betas = {"anthropic-beta": CONTEXT_BETAS} if api else None
         self._gate = ReplyGate(reply_slots) if reply_slots and http_client is None else None
         if http_client is None:
             # One CA store for all pools, not one each.
@@ -117,6 +130,7 @@ class AnthropicProvider:
             timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
             middleware=[_LongWaitsToCaller(max_sdk_retry_wait)],
             http_client=http_clients[0],
+            default_headers=betas,
         )
         # The same configuration (key, base URL, retries, timeout, middleware) on every pool.
         self._clients = [self._client] + [self._client.with_options(http_client=c) for c in http_clients[1:]]
@@ -156,7 +170,8 @@ class AnthropicProvider:
         may still be billed. The partial turn is lost, so the caller simply sends the same
         request again when it resumes.
         """
-        body = request_body(self.model, request)
+        # The task's model, if it names one.
+        body = request_body(request.model or self.model, request, self._context_management)
         try:
             message = await self._stream(body, on_text_delta)
         except anthropic.APIStatusError as err:
@@ -172,19 +187,26 @@ class AnthropicProvider:
 
         model = message.model or self.model
         u = message.usage
+        # A compaction step's tokens are billed but left out of the totals: added here.
+        steps = [
+            u,
+            *(i for i in u.get("iterations") or () if isinstance(i, dict) and i.get("type") == "compaction"),
+        ]
         usage = Usage(
-            input_tokens=u.get("input_tokens") or 0,
-            output_tokens=u.get("output_tokens") or 0,
-            cache_read_tokens=u.get("cache_read_input_tokens") or 0,
-            cache_write_tokens=u.get("cache_creation_input_tokens") or 0,
+            input_tokens=sum(step.get("input_tokens") or 0 for step in steps),
+            output_tokens=sum(step.get("output_tokens") or 0 for step in steps),
+            cache_read_tokens=sum(step.get("cache_read_input_tokens") or 0 for step in steps),
+            cache_write_tokens=sum(step.get("cache_creation_input_tokens") or 0 for step in steps),
         )
         usage = dataclasses.replace(usage, cost_usd=cost_of(model, usage))
+        applied = (message.context_management or {}).get("applied_edits") or ()
         return ModelReply(
             content=message.content,
             stop_reason=message.stop_reason,
             usage=usage,
             model=model,
             cut_tool_use=message.cut_tool_use,
+            context_edits=tuple(e for e in applied if isinstance(e, dict)),
         )
 
     async def _stream(self, body: bytes, on_text_delta: Callable[[str], None] | None) -> StreamedMessage:
@@ -256,6 +278,8 @@ class AnthropicProvider:
         )
         if transient:
             return TransientError(message, retry_after=retry_after_of(err.response.headers))
+        if status == 400 and detail.lower().startswith(PROMPT_TOO_LONG):
+            return PromptTooLong(message)  # the agent loop compacts and asks again
         return PermanentError(message)
 
     def _redact(self, message: str) -> str:
@@ -281,19 +305,20 @@ class _LongWaitsToCaller(Middleware):
         return response
 
 
-def request_body(model: str, request: ModelRequest) -> bytes:
+def request_body(
+    model: str, request: ModelRequest, context_management: dict[str, Any] | None = None
+) -> bytes:
     """The JSON of a streamed Messages API call for ``request``, with prompt-cache breakpoints.
 
-    Byte for byte what ``messages.create(..., stream=True)`` sends for the same arguments:
-    its keys in its order, encoded as the SDK's encoder does (compact, UTF-8, no NaN).
+    Byte for byte what ``messages.create(..., stream=True)`` sends for the same arguments
+    (``beta.messages.create`` with ``context_management``): its keys in its order, encoded as
+    the SDK's encoder does (compact, UTF-8, no NaN).
     """
     tools, system, messages = with_cache_breakpoints(request)
-    params: dict[str, Any] = {
-        "max_tokens": request.max_tokens,
-        "messages": messages,
-        "model": model,
-        "stream": True,
-    }
+    params: dict[str, Any] = {"max_tokens": request.max_tokens, "messages": messages, "model": model}
+    if context_management is not None:
+        params["context_management"] = context_management
+    params["stream"] = True
     if system:
         params["system"] = system
     if tools:

@@ -31,7 +31,15 @@ __all__ = ["MessageAssembler", "SSEDecoder", "StreamBroken", "StreamErrorEvent",
 
 # Usage counts a ``message_delta`` may carry: cumulative totals, so they replace the
 # ``message_start`` values; one that is absent or null leaves the earlier value.
-_USAGE_KEYS = ("output_tokens", "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+# ``iterations``: the per-step usage of a turn the API compacted (its compaction step is billed
+# but not in the totals).
+_USAGE_KEYS = (
+    "output_tokens",
+    "input_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "iterations",
+)
 
 
 class StreamBroken(Exception):
@@ -55,7 +63,7 @@ class StreamedMessage:
     """What the stream said, as JSON: ``usage`` has the API's keys (``input_tokens``, ...).
 
     ``cut_tool_use``: the output limit cut the last block off inside its tool input; that block
-    is not in ``content``.
+    is not in ``content``. ``context_management``: what the ``message_delta`` said of it.
     """
 
     content: list[dict[str, Any]]
@@ -63,6 +71,7 @@ class StreamedMessage:
     model: str | None
     usage: dict[str, Any]
     cut_tool_use: bool = False
+    context_management: dict[str, Any] | None = None  # the API's applied edits, if it made any
 
 
 class SSEDecoder:
@@ -206,6 +215,7 @@ class MessageAssembler:
             model=m.get("model"),
             usage=m.get("usage") or {},
             cut_tool_use=cut,
+            context_management=m.get("context_management"),
         )
 
     # --- handlers, by the data's "type" ---
@@ -252,6 +262,11 @@ class MessageAssembler:
         elif kind == "signature_delta":
             if block["type"] == "thinking":
                 block["signature"] = delta["signature"]
+        elif kind == "compaction_delta":
+            if block["type"] == "compaction":  # the summary arrives whole, in one delta
+                block["content"] = delta.get("content")
+                if delta.get("encrypted_content") is not None:
+                    block["encrypted_content"] = delta["encrypted_content"]
         elif kind == "citations_delta" and block["type"] == "text":
             citations = block.get("citations")
             if citations:
@@ -277,6 +292,8 @@ class MessageAssembler:
         delta = event["delta"]
         self._stop_reason = delta.get("stop_reason")
         self._message["stop_sequence"] = delta.get("stop_sequence")
+        if isinstance(event.get("context_management"), dict):
+            self._message["context_management"] = event["context_management"]
         usage = event.get("usage") or {}
         totals = self._message["usage"]
         for key in _USAGE_KEYS:

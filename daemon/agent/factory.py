@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from functools import partial
+from typing import Any
 
 import httpx2
 import trio
@@ -12,9 +14,11 @@ import trio
 from ..config import MIB, Settings
 from ..cpu_pin import release as release_cpu
 from ..errors import ConfigError, PermanentError
+from .context_window import policy_for
 from .conversation import Budget
 from .loop import AgentRunner, AgentSettings, TokenLookup
-from .model import ModelProvider, ModelReply, ModelRequest
+from .model import ModelProvider, ModelReply, ModelRequest, Price, cost_of
+from .setup_phase import setup_settings
 from .tools import ToolSettings
 
 
@@ -68,6 +72,39 @@ class BuiltInBackground:
         return await (await self.provider()).complete(request, on_text_delta)
 
 
+class TaskModels:
+    """A provider that runs each call on its task's model and prices it from that model's row.
+
+    One provider serves every task; a request names its task's model (``ModelRequest.model``,
+    None: ``default``), one of ``prices`` (the operator's allowlist, ``Settings.model_prices``),
+    and the reply's cost is computed from that model's price row, so an operator's row counts
+    and a dated id the API answers with is priced as the alias the task asked for. Everything
+    else (``name``, ``warm_up``...) is the wrapped provider's. Cancellation: as the wrapped
+    provider's ``complete``.
+    """
+
+    def __init__(self, provider: ModelProvider, prices: Mapping[str, Price], default: str) -> None:
+        self.provider = provider
+        self.name = provider.name
+        self._prices = dict(prices)
+        self._default = default
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for what is not set here (warm_up, a background provider's state): the wrapped one's.
+        return getattr(self.provider, name)
+
+    async def complete(
+        self, request: ModelRequest, on_text_delta: Callable[[str], None] | None = None
+    ) -> ModelReply:
+        model = request.model or self._default
+        reply = await self.provider.complete(dataclasses.replace(request, model=model), on_text_delta)
+        price = self._prices.get(model)
+        if price is None:  # not allowed (any more): the provider priced it from the built-in rows
+            return reply
+        usage = dataclasses.replace(reply.usage, cost_usd=cost_of(model, reply.usage, price))
+        return dataclasses.replace(reply, usage=usage)
+
+
 def anthropic_provider(settings: Settings) -> ModelProvider:
     """Claude through the SDK, imported here (see ``BuiltInBackground``) and only as far as its
     client needs (``anthropic_sdk.import_lean``), with its TLS context (the CA store read now)."""
@@ -82,6 +119,7 @@ def anthropic_provider(settings: Settings) -> ModelProvider:
         base_url=settings.anthropic_base_url,
         model=settings.anthropic_model,
         reply_slots=settings.model_reply_slots,
+        context=policy_for(settings),  # long runs: "api" sends the context-management edits
         ssl_context=httpx2.create_ssl_context(),
     )
 
@@ -152,6 +190,7 @@ def agent_settings(settings: Settings) -> AgentSettings:
         max_output_tokens_limit=settings.max_output_tokens_limit,
         stuck_repeats=settings.stuck_repeats,
         instructions_cap_bytes=settings.instructions_cap_bytes,
+        context=policy_for(settings),
         allow_local_remotes=settings.allow_local_remotes,
         allow_private_remotes=settings.allow_private_remotes,
         quota_bytes=settings.workspace_quota_mb * MIB,
@@ -160,8 +199,15 @@ def agent_settings(settings: Settings) -> AgentSettings:
         ssh_key=settings.ssh_key,
         github_api=settings.github_api,
         github_web_host=settings.github_web_host,
+        setup=setup_settings(settings),
     )
 
 
+def task_models(settings: Settings, provider: ModelProvider) -> TaskModels:
+    """``provider`` running each task on its own model from the settings' allowlist."""
+    return TaskModels(provider, settings.model_prices(), settings.default_model)
+
+
 def build_runner(settings: Settings, github_token: TokenLookup | None = None) -> AgentRunner:
-    return AgentRunner(build_provider(settings), agent_settings(settings), github_token)
+    provider = task_models(settings, build_provider(settings))
+    return AgentRunner(provider, agent_settings(settings), github_token)

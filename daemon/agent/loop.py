@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,13 @@ from ..git import ClonePolicy, CloneRequest, Workspace, parse_remote, prepare_wo
 from ..store import NewEvent, Task, ToolCallStatus, Usage
 from ..supervisor import RunContext, RunResult, RunStatus
 from . import conversation as conv
+from .context_keeper import ContextKeeper, Prepared
+from .context_window import COMPACTED, ContextPolicy, PromptTooLong
 from .delivery import deliver
 from .instructions import DEFAULT_CAP_BYTES, Instructions
 from .model import ModelProvider, ModelReply, ModelRequest
 from .resume import last_interruption, pushed_branch, workspace_note
+from .setup_phase import SetupSettings, task_network
 from .tools import ASK_USER_TOOL, Toolbox, ToolSettings, tool_definitions
 from .tools.sandbox import TaskSandbox
 
@@ -43,6 +46,8 @@ go on without information only the user has, call ask_user with one clear questi
 
 CONTINUE = "Continue from where you stopped."
 
+MAX_COMPACTIONS = 2  # per model turn
+
 CUT_OFF = """\
 [agentd] Your last reply was cut off by the output limit inside a tool call, so that call was \
 dropped. Continue, in smaller steps (e.g. write a large file in several edits)."""
@@ -58,6 +63,7 @@ class AgentSettings:
     max_output_tokens_limit: int = 64_000
     stuck_repeats: int = 5
     instructions_cap_bytes: int = DEFAULT_CAP_BYTES
+    context: ContextPolicy = field(default_factory=ContextPolicy)
     allow_local_remotes: bool = False
     allow_private_remotes: bool = False
     quota_bytes: int = 2_000_000_000
@@ -66,6 +72,7 @@ class AgentSettings:
     ssh_key: Path | None = None
     github_api: str = "https://api.github.com"
     github_web_host: str = "github.com"
+    setup: SetupSettings = field(default_factory=SetupSettings)  # the setup phase and egress proxy
 
     @property
     def clone_policy(self) -> ClonePolicy:
@@ -140,8 +147,14 @@ class AgentRunner:
         await ctx.emit("workspace.ready", {"commit": workspace.base_commit, "branch": workspace.branch})
         # One confinement for the task's tools and for the git that commits their work.
         async with TaskSandbox(workspace.path, s.tools) as sandbox:
-            async with Toolbox(workspace.path, s.tools, sandbox=sandbox) as toolbox:
+            # The setup phase, when due, before the first turn (setup_phase.py); a failure is
+            # not the task's: the model hears of it in its first turn and may fix it.
+            async with (
+                task_network(ctx, workspace, sandbox, s.setup) as setup_note,
+                Toolbox(workspace.path, s.tools, sandbox=sandbox) as toolbox,
+            ):
                 session = _Session(self, ctx, workspace, toolbox)
+                session.system += setup_note
                 result = await session.converse()
             if result is not None:
                 return result
@@ -189,6 +202,7 @@ class _Session:
         self.notes: list[str] = []
         # One copy per attempt: providers copy what they decorate (with_cache_breakpoints).
         self.tools = tool_definitions()
+        self.context = ContextKeeper(s.context, runner.provider)
         # The task's tool calls as the store has them, by tool_use id: read once per attempt,
         # then kept in step with this attempt's own writes (the only writer of them) instead of
         # read again, whole, at every turn.
@@ -263,20 +277,38 @@ class _Session:
         s = self.runner.settings
         assistant_turns = sum(1 for t in self.turns if t["role"] == "assistant")
         max_tokens = s.max_output_tokens
+        compactions = 0  # a turn that still does not fit after two compactions fails, said so
         while True:
             conv.check_budget(self.budget, assistant_turns, self.usage)
+            prepared = self.context.prepare(self.system, self.tools, self.turns)
+            if compactions < MAX_COMPACTIONS and self.context.wants_compaction(prepared):
+                compactions += 1
+                await self._compact(prepared, "over the compaction trigger")
+                continue
             request = ModelRequest(
                 system=self.system,
                 tools=self.tools,
-                messages=conv.for_model(self.turns),
+                messages=prepared.messages,
                 max_tokens=max_tokens,
+                model=self.task.model,  # the task's own (a follow-up keeps it); None: the default
             )
-            reply: ModelReply = await self.runner.provider.complete(
-                request,
-                on_text_delta=lambda text: self.ctx.emit_ephemeral("agent.text_delta", {"text": text}),
-            )
+            try:
+                reply: ModelReply = await self.runner.provider.complete(
+                    request,
+                    on_text_delta=lambda text: self.ctx.emit_ephemeral("agent.text_delta", {"text": text}),
+                )
+            except PromptTooLong as err:  # compacted and asked again: never the task's end by itself
+                compactions += 1
+                if compactions > MAX_COMPACTIONS:
+                    raise PermanentError(
+                        f"{err.message} (after compacting)", code="context_exhausted"
+                    ) from err
+                await self._compact(prepared, err.message)
+                continue
             self.usage = self.usage + reply.usage
             spent = {**reply.usage.__dict__, "model": reply.model, "stop_reason": reply.stop_reason}
+            if prepared.cleared_tokens or reply.context_edits:  # what was left out of the context
+                spent.update(cleared_tokens=prepared.cleared_tokens, context_edits=list(reply.context_edits))
             if not reply.cut_tool_use or max_tokens >= s.max_output_tokens_limit:
                 break
             max_tokens = min(max_tokens * 2, s.max_output_tokens_limit)
@@ -300,6 +332,14 @@ class _Session:
         await self._append(
             "assistant", content, stop_reason=reply.stop_reason, usage=self.usage, events=events
         )
+
+    async def _compact(self, prepared: Prepared, reason: str) -> None:
+        """Store a summary of the turns before the last exchange (``ContextKeeper.compact``)."""
+        done = await self.context.compact(self.system, self.tools, prepared, self.task.model, reason)
+        self.usage = self.usage + done.usage
+        spent = {**done.usage.__dict__, "model": done.model, "compaction": reason, "covered": done.covered}
+        event = NewEvent("agent.usage", spent)
+        await self._append("user", done.content, stop_reason=COMPACTED, usage=self.usage, events=[event])
 
     async def _answer_tools(self, turn: dict[str, Any]) -> list[dict[str, Any]] | RunResult:
         """A tool_result for every tool_use of ``turn``: run, recovered, or the user's answer."""

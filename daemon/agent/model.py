@@ -11,7 +11,7 @@ without a network.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,14 +21,17 @@ from ..store.models import Usage
 __all__ = [
     "DEFAULT_PRICE",
     "PRICES",
+    "SCRIPTED_PRICE",
     "STOP_REASONS",
     "ModelProvider",
     "ModelReply",
     "ModelRequest",
     "Price",
     "Usage",
+    "allowlist",
     "cost_of",
     "price_for",
+    "price_row",
     "with_cache_breakpoints",
 ]
 
@@ -48,6 +51,8 @@ class ModelRequest:
     tools: list[dict]
     messages: list[dict]
     max_tokens: int
+    #: The task's model (one of the operator's allowlist); None: the provider's default.
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class ModelReply:
     usage: Usage
     model: str
     cut_tool_use: bool = False
+    context_edits: tuple[dict, ...] = ()  # the API's applied context-management edits, as sent
 
 
 class ModelProvider(Protocol):
@@ -90,8 +96,10 @@ class Price:
 
     Cache writes (5-minute TTL, the only one agentd asks for) cost 1.25x input; cache reads
     0.1x input unless ``cache_read_ratio`` says otherwise (some 5.x models read cheaper).
-    ``long_prompt`` replaces the whole price for a call whose prompt (input + cache reads +
-    cache writes) exceeds ``long_prompt_over`` tokens, as Anthropic bills some models.
+    ``cache_write_usd`` / ``cache_read_usd``, when given (an operator's price row), replace
+    those ratios. ``long_prompt`` replaces the whole price for a call whose prompt (input +
+    cache reads + cache writes) exceeds ``long_prompt_over`` tokens, as Anthropic bills some
+    models.
     """
 
     input: float
@@ -99,14 +107,25 @@ class Price:
     cache_read_ratio: float = 0.1
     long_prompt_over: int | None = None
     long_prompt: Price | None = None
+    cache_write_usd: float | None = None
+    cache_read_usd: float | None = None
 
     @property
     def cache_write(self) -> float:
-        return self.input * 1.25
+        return self.input * 1.25 if self.cache_write_usd is None else self.cache_write_usd
 
     @property
     def cache_read(self) -> float:
-        return self.input * self.cache_read_ratio
+        return self.input * self.cache_read_ratio if self.cache_read_usd is None else self.cache_read_usd
+
+    def public(self) -> dict[str, float]:
+        """USD per million tokens of each kind, as the web client shows them."""
+        return {
+            "input_usd_per_mtok": self.input,
+            "output_usd_per_mtok": self.output,
+            "cache_write_usd_per_mtok": self.cache_write,
+            "cache_read_usd_per_mtok": self.cache_read,
+        }
 
 
 # Matched by prefix, longest first, so dated ids ("claude-sonnet-4-5-20250929") and aliases
@@ -141,20 +160,65 @@ PRICES: dict[str, Price] = {
 DEFAULT_PRICE = Price(15.0, 75.0)
 
 
-def price_for(model: str) -> Price:
-    """The price of ``model`` (longest matching prefix), else ``DEFAULT_PRICE``."""
-    for prefix in sorted(PRICES, key=len, reverse=True):
+# The scripted model (demo, tests) costs nothing; its name is its own allowlist entry.
+SCRIPTED_PRICE = Price(0.0, 0.0)
+
+_BY_LENGTH = sorted(PRICES, key=len, reverse=True)
+
+
+def price_row(model: str, operator_rows: Mapping[str, Price] | None = None) -> Price | None:
+    """The price row of ``model``: the operator's row of that exact name, else the built-in row
+    of the longest matching prefix, else None (such a model cannot be allowed)."""
+    if operator_rows and model in operator_rows:
+        return operator_rows[model]
+    for prefix in _BY_LENGTH:
         if model.startswith(prefix):
             return PRICES[prefix]
-    return DEFAULT_PRICE
+    return None
 
 
-def cost_of(model: str, usage: Usage) -> float:
-    """USD cost of one call's ``usage`` on ``model`` (``usage.cost_usd`` is ignored).
+def allowlist(
+    default: str, allowed: Iterable[str], rows: Mapping[str, Mapping[str, float | None]]
+) -> dict[str, Price]:
+    """``default`` and the ``allowed`` models, each with its price row: the operator's (``rows``,
+    USD per million tokens: ``input_usd_per_mtok``, ``output_usd_per_mtok`` and, optional,
+    ``cache_write_usd_per_mtok``, ``cache_read_usd_per_mtok``), else the built-in one.
+    ``ValueError`` names a model that has neither: it cannot be allowed, its cost is unknown."""
+    operator = {
+        name: Price(
+            row["input_usd_per_mtok"] or 0.0,
+            row["output_usd_per_mtok"] or 0.0,
+            cache_write_usd=row.get("cache_write_usd_per_mtok"),
+            cache_read_usd=row.get("cache_read_usd_per_mtok"),
+        )
+        for name, row in rows.items()
+    }
+    prices: dict[str, Price] = {}
+    for name in (default, *allowed):
+        price = price_row(name, operator)
+        if price is None:
+            where = "anthropic_model" if name == default else "allowed_models"
+            raise ValueError(
+                f"{where}: model {name!r} has no price row, so it cannot be allowed: add "
+                f'[models."{name}"] with input_usd_per_mtok and output_usd_per_mtok (USD per '
+                "million tokens) to the config file"
+            )
+        prices[name] = price
+    return prices
+
+
+def price_for(model: str) -> Price:
+    """The built-in price of ``model`` (longest matching prefix), else ``DEFAULT_PRICE``."""
+    return price_row(model) or DEFAULT_PRICE
+
+
+def cost_of(model: str, usage: Usage, price: Price | None = None) -> float:
+    """USD cost of one call's ``usage`` on ``model`` at ``price`` (default: ``price_for``);
+    ``usage.cost_usd`` is ignored.
 
     Per call, not on a sum of calls: long-prompt rates depend on each call's prompt size.
     """
-    p = price_for(model)
+    p = price or price_for(model)
     prompt = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
     if p.long_prompt is not None and p.long_prompt_over is not None and prompt > p.long_prompt_over:
         p = p.long_prompt

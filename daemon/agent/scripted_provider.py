@@ -16,8 +16,10 @@ A turn with ``needs_max_tokens`` is cut off by the output limit when the request
 counted is ``max_tokens``. The same turn with a large enough ``max_tokens`` plays whole.
 
 Which turn is played is derived from the request alone: turn N answers a conversation that
-already holds N assistant messages. A task resumed from its stored conversation after a crash
-therefore continues exactly where it stopped, with no state kept in the provider.
+already holds N assistant messages (counting those a compaction summary replaced). A task
+resumed from its stored conversation after a crash therefore continues exactly where it
+stopped, with no state kept in the provider. A request for a summary
+(``context_window.summary_request``) gets a deterministic one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import trio
 
+from daemon.agent.context_window import covered_turns, is_summary_request, scripted_summary
 from daemon.agent.model import STOP_REASONS, ModelReply, ModelRequest, Usage
 from daemon.errors import PermanentError
 
@@ -84,7 +87,12 @@ class ScriptedProvider:
         Cancellation: only the ``delay_s`` sleep can be interrupted; nothing is returned and
         nothing changes, so the same request later plays the same turn.
         """
-        index = sum(1 for m in request.messages if m.get("role") == "assistant")
+        if is_summary_request(request.messages):  # compaction: a summary, not a turn of the script
+            summary = [{"type": "text", "text": scripted_summary(request.messages)}]
+            return ModelReply(summary, "end_turn", _usage(request, summary), self.model)
+        # The turns a summary replaced were played too.
+        played = covered_turns(request.messages)
+        index = played + sum(1 for m in request.messages if m.get("role") == "assistant")
         if index < len(self._turns):
             turn = self._turns[index]
             content = copy.deepcopy(turn["content"])
@@ -106,10 +114,15 @@ class ScriptedProvider:
                 if block["type"] == "text":
                     for piece in _pieces(block["text"]):
                         on_text_delta(piece)
-        # Synthetic counts in the usual ~4 characters per token, so budgets and metrics move.
-        sent = json.dumps([request.system, request.tools, request.messages])
-        usage = Usage(input_tokens=len(sent) // 4, output_tokens=len(json.dumps(content)) // 4)
-        return ModelReply(content=content, stop_reason=stop_reason, usage=usage, model=self.model)
+        return ModelReply(
+            content=content, stop_reason=stop_reason, usage=_usage(request, content), model=self.model
+        )
+
+
+def _usage(request: ModelRequest, content: list[dict]) -> Usage:
+    """Synthetic counts in the usual ~4 characters per token, so budgets and metrics move."""
+    sent = json.dumps([request.system, request.tools, request.messages])
+    return Usage(input_tokens=len(sent) // 4, output_tokens=len(json.dumps(content)) // 4)
 
 
 def _cut_off(content: list[dict], request: ModelRequest) -> ModelReply:

@@ -47,6 +47,7 @@ __all__ = [
     "ResolvedRemote",
     "address_class",
     "check_literal_host",
+    "check_url_address",
     "connection_error",
     "git_pin_config",
     "ip_literal",
@@ -233,28 +234,7 @@ async def resolve_remote(
     if literal is not None:
         return ResolvedRemote(remote, host, port, (str(literal),), pinned=False)
 
-    try:
-        with trio.fail_after(timeout):
-            infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except trio.TooSlowError:
-        raise TransientError(
-            f"could not resolve the repository host ({host}): timed out after {timeout:g} s",
-            code="repo_unresolved",
-        ) from None
-    except (OSError, UnicodeError) as exc:  # gaierror; IDNA refusing a label
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise TransientError(
-            f"could not resolve the repository host ({host}): {reason}", code="repo_unresolved"
-        ) from None
-    found: list[IPAddress] = []
-    for *_, sockaddr in infos:
-        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        if ip not in found:
-            found.append(ip)
-    if not found:
-        raise TransientError(
-            f"could not resolve the repository host ({host}): no address", code="repo_unresolved"
-        )
+    found = await _lookup(host, port, timeout, "repository", "repo_unresolved")
     for ip in found:
         _check_address(
             ip,
@@ -263,6 +243,85 @@ async def resolve_remote(
             shown=_meaning(ip, str(ip)),
         )
     return ResolvedRemote(remote, host, port, tuple(str(ip) for ip in found), pinned=True)
+
+
+async def _lookup(host: str, port: int, timeout: float, what: str, code: str) -> list[IPAddress]:
+    """Every address ``host`` resolves to, each once, in the resolver's order; TransientError
+    ``code`` ("could not resolve the {what} host (...)") when it does not resolve in time."""
+    try:
+        with trio.fail_after(timeout):
+            infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except trio.TooSlowError:
+        raise TransientError(
+            f"could not resolve the {what} host ({host}): timed out after {timeout:g} s", code=code
+        ) from None
+    except (OSError, UnicodeError) as exc:  # gaierror; IDNA refusing a label
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise TransientError(f"could not resolve the {what} host ({host}): {reason}", code=code) from None
+    found: list[IPAddress] = []
+    for *_, sockaddr in infos:
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if ip not in found:
+            found.append(ip)
+    if not found:
+        raise TransientError(f"could not resolve the {what} host ({host}): no address", code=code)
+    return found
+
+
+async def check_url_address(
+    url: str, *, allow_private: bool, what: str, timeout: float = RESOLVE_TIMEOUT
+) -> tuple[str, ...]:
+    """Check an ``https://`` URL a user gave for the daemon to call (a push endpoint, a
+    webhook), by the rules of repository URLs: every address its host resolves to must be
+    public unless ``allow_private`` (cloud metadata never). Returns those addresses.
+
+    ``what`` names the URL in messages ("push endpoint"). PermanentError ``address_refused``
+    for a refused address or name, ``invalid_url`` for a URL that is not https with a host
+    (plain http is taken only where private addresses are allowed); TransientError
+    ``unresolved`` when the host does not resolve (in ``timeout`` seconds).
+
+    The check does not pin the connection: a name whose DNS answer changes between the check
+    and the request (rebinding) is not caught here.
+
+    Cancellation: as for :func:`resolve_remote`.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise PermanentError(f"the {what} is not a valid URL", code="invalid_url") from None
+    schemes = ("https", "http") if allow_private else ("https",)
+    if parts.scheme not in schemes or not parts.hostname or parts.username or parts.password:
+        raise PermanentError(
+            f"the {what} must be an https:// URL with a host and no credentials", code="invalid_url"
+        )
+    host = parts.hostname  # lowercased, without brackets
+    subject = f"{what} host {host}"
+    if host in _METADATA_NAMES:
+        raise PermanentError(
+            f"{subject} is a cloud metadata name, which is never allowed", code="address_refused"
+        )
+    if not allow_private and (host in _LOOPBACK_NAMES or host.endswith(".localhost")):
+        raise _refused_url(f"{subject} is a loopback name", "loopback", what)
+    literal = ip_literal(host if ":" not in host else f"[{host}]")
+    found = [literal] if literal is not None else await _lookup(host, port, timeout, what, "unresolved")
+    for ip in found:
+        cls = address_class(ip)
+        if cls == METADATA:
+            raise PermanentError(
+                f"{subject} is a cloud metadata address ({ip}), which is never allowed",
+                code="address_refused",
+            )
+        if cls is not None and not allow_private:
+            raise _refused_url(f"{subject} is or resolves to {ip}, {_article(cls)} {cls} address", cls, what)
+    return tuple(str(ip) for ip in found)
+
+
+def _refused_url(what_is: str, cls: str, what: str) -> PermanentError:
+    hint = "an operator can allow them with allow_private_remotes = true"
+    return PermanentError(
+        f"{what_is}; {what}s on {cls} addresses are refused on this server ({hint})", code="address_refused"
+    )
 
 
 def git_pin_config(resolved: ResolvedRemote) -> list[str]:

@@ -19,7 +19,8 @@ _ALREADY_EXISTS = "a pull request already exists"
 
 @dataclass(frozen=True)
 class PullRequest:
-    """A pull request to open in ``owner/repo``: from branch ``head`` into ``base``."""
+    """A pull request to open in ``owner/repo``: from branch ``head`` into ``base``; ``draft``:
+    opened as a draft. ``title`` and ``body`` may be a user's text: they go as JSON data only."""
 
     owner: str
     repo: str
@@ -27,6 +28,7 @@ class PullRequest:
     base: str
     title: str
     body: str
+    draft: bool = False
 
 
 async def open_pull_request(
@@ -51,7 +53,7 @@ async def open_pull_request(
     owner, repo, head, base = pr.owner, pr.repo, pr.head, pr.base
     url = f"{api_base.rstrip('/')}/repos/{quote(owner, safe='')}/{quote(repo, safe='')}/pulls"
     headers = api_headers(token)
-    payload = {"title": pr.title, "head": head, "base": base, "body": pr.body}
+    payload = {"title": pr.title, "head": head, "base": base, "body": pr.body, "draft": pr.draft}
     own_client = client is None
     client = client or httpx2.AsyncClient(timeout=timeout, follow_redirects=True)
     try:

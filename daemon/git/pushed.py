@@ -9,11 +9,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from daemon.git.addresses import ResolvedRemote
+from daemon.git.addresses import ResolvedRemote, resolve_remote
 from daemon.git.process import GitAuth, run_git
 from daemon.git.remote import Remote
 
-__all__ = ["COMMIT_ID", "PushedBranch", "Restored", "remote_heads"]
+__all__ = ["COMMIT_ID", "PushedBranch", "Restored", "branch_head", "remote_heads"]
+
+#: How long a ``git ls-remote`` of one branch may take.
+LS_REMOTE_TIMEOUT = 120.0
 
 #: A full commit id (SHA-1, or SHA-256).
 COMMIT_ID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -69,3 +72,23 @@ async def remote_heads(
         elif len(words) == 2 and words[1] == f"refs/heads/{branch}" and COMMIT_ID.match(words[0]):
             head = words[0]
     return head, default
+
+
+async def branch_head(
+    remote: Remote,
+    branch: str,
+    *,
+    auth: GitAuth,
+    allow_local: bool,
+    allow_private: bool,
+    timeout: float = LS_REMOTE_TIMEOUT,
+) -> str | None:
+    """The commit ``branch`` is at on ``remote`` now (None: no such branch there).
+
+    The remote's host is resolved and checked again first (its addresses may have changed
+    since the clone; ``allow_private`` as for a push). Raises as ``remote_heads``.
+    Cancellation: the git process is killed.
+    """
+    pin = await resolve_remote(remote, allow_private=allow_private)
+    head, _ = await remote_heads(remote, branch, auth=auth, pin=pin, timeout=timeout, allow_local=allow_local)
+    return head

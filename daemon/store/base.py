@@ -13,9 +13,13 @@ from typing import Any, ClassVar, TypeVar
 import trio
 
 from ..states import TaskStatus
+from . import share_queries
 from .cluster_queries import ClaimRound
 from .lifecycle import Transition
 from .models import Event, NewEvent, NewTask, Node, NodeState, RemoteNotice, Task, Usage, User, new_task_id
+from .outbox_store import OutboxStore
+from .share_queries import ShareLink, new_share_id
+from .upkeep_store import UpkeepStore
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +28,12 @@ CLAIM_ROUNDS = 3  # claim statements per claim at most, when rounds meet other n
 EventListener = Callable[[list[Event]], None]
 
 
-class StoreBase(abc.ABC):
+class StoreBase(OutboxStore, UpkeepStore, abc.ABC):
     """The one narrow, typed interface every store backend provides.
 
     The supervisor, API and agent loop see only this: tasks, events, the conversation, tool
-    calls, users and tokens, and a little maintenance. Each method below is the same for every
+    calls, users and tokens, notification targets and the outbox (``OutboxStore``), and a
+    little maintenance. Each method below is the same for every
     backend: it calls the function of the same name in the backend's ``queries`` module (the
     same names and signatures in each) through three private runners the backend provides,
     ``_read``, ``_write`` and ``_write_events``. Every timestamp written is ``self.now()``
@@ -134,6 +139,9 @@ class StoreBase(abc.ABC):
         base_branch: str | None = None,
         budget: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        model: str | None = None,
+        draft: bool = False,
+        pr_title: str | None = None,
         start_on: str | None = None,
     ) -> tuple[Task, bool]:
         """Insert a queued task; with a known idempotency key return the first one (created=False).
@@ -143,7 +151,18 @@ class StoreBase(abc.ABC):
         """
         now = self.now()
         task_id = new_task_id(now)
-        new = NewTask(task_id, user_id, repo_url, prompt, base_branch, budget or {}, idempotency_key)
+        new = NewTask(
+            task_id,
+            user_id,
+            repo_url,
+            prompt,
+            base_branch,
+            budget or {},
+            idempotency_key,
+            model=model,
+            draft=draft,
+            pr_title=pr_title,
+        )
 
         def write(conn: Any) -> tuple[tuple[Task, bool], list[Event]]:
             task, events, created = self.queries.insert_task(conn, new, now)
@@ -387,6 +406,39 @@ class StoreBase(abc.ABC):
         """Revoke the one token with this hash (a sign-out); False when none was live."""
         now = self.now()
         return await self._write(lambda conn: self.queries.revoke_token(conn, token_hash, now))
+
+    # -- share links (``share_queries``: one SQL text for both backends) ------------------------
+
+    async def add_share_link(
+        self, task_id: str, user_id: int, token_hash: str, *, expires_at: float, live_cap: int
+    ) -> ShareLink | None:
+        """A new link to ``task_id`` made by ``user_id``; None (nothing stored) when the task
+        has ``live_cap`` live links already."""
+        link = ShareLink(new_share_id(), task_id, user_id, self.now(), expires_at, None)
+        ph = self.queries.CLUSTER.placeholder
+        added = await self._write(
+            lambda conn: share_queries.insert_share(conn, link, token_hash, live_cap, ph=ph)
+        )
+        return link if added else None
+
+    async def list_share_links(self, task_id: str) -> list[ShareLink]:
+        ph = self.queries.CLUSTER.placeholder
+        return await self._read(lambda conn: share_queries.list_shares(conn, task_id, ph=ph))
+
+    async def share_link(self, share_id: str) -> ShareLink | None:
+        """The link ``share_id``, live or not."""
+        ph = self.queries.CLUSTER.placeholder
+        return await self._read(lambda conn: share_queries.share_by_id(conn, share_id, ph=ph))
+
+    async def revoke_share_link(self, task_id: str, share_id: str) -> ShareLink | None:
+        """Revoke the task's link ``share_id`` (again: no change); None when there is none."""
+        now, ph = self.now(), self.queries.CLUSTER.placeholder
+        return await self._write(lambda conn: share_queries.revoke_share(conn, task_id, share_id, now, ph=ph))
+
+    async def share_link_by_token_hash(self, token_hash: str) -> ShareLink | None:
+        """The live link with this token hash (not revoked, not expired, maker enabled), or None."""
+        now, ph = self.now(), self.queries.CLUSTER.placeholder
+        return await self._read(lambda conn: share_queries.share_by_token_hash(conn, token_hash, now, ph=ph))
 
     # -- nodes, claims and leases (several daemons on one database) -----------------------------
 

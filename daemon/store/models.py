@@ -78,6 +78,15 @@ class Task:
     node_id: str | None = None
     #: The branch of the task's current workspace (set at clone; ``branch`` is set once pushed).
     workspace_branch: str | None = None
+    #: Per-task options (schema v13): the model (None: made before v13, the daemon's default),
+    #: whether its pull request opens as a draft, and the pull request's title (None: from the
+    #: prompt, ``pr_title_of``).
+    model: str | None = None
+    draft: bool = False
+    pr_title: str | None = None
+    #: When retention removed its history (events but the last, conversation, tool calls),
+    #: keeping this summary (schema v14, daemon/retention.py); None: never.
+    compacted_at: float | None = None
 
     def evolve(self, **changes: Any) -> Task:
         """A copy with ``changes`` applied, like ``dataclasses.replace`` at a tenth of its cost.
@@ -119,6 +128,10 @@ class Task:
             "finished_at": self.finished_at,
             "last_seq": self.last_seq,
             "node": self.node_id,
+            "model": self.model,
+            "draft": self.draft,
+            "pr_title": self.pr_title,
+            "compacted_at": self.compacted_at,
         }
 
 
@@ -192,6 +205,9 @@ class NewTask:
     base_branch: str | None = None
     budget: dict[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
+    model: str | None = None
+    draft: bool = False
+    pr_title: str | None = None
 
 
 @dataclass(frozen=True)

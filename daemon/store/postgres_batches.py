@@ -20,10 +20,11 @@ import trio
 from psycopg import Connection
 
 from ..errors import InvalidTransition, NotFound
+from ..notify.outbox import Notification, plan_notifications
 from ..states import TaskStatus
 from .lifecycle import Transition, plan_transition
 from .models import Event, NewEvent, Task
-from .postgres_changes import dumps, notice_flags, status_columns, transition
+from .postgres_changes import OUTBOX_CTE, dumps, notice_flags, outbox_params, status_columns, transition
 from .postgres_claims import NOTICES_PER_PAYLOAD, TASK_COLUMNS
 
 # Row decoding is backend-neutral (same columns, same JSON text); shared, not copied.
@@ -55,7 +56,7 @@ logged AS (
     FROM unnest(%(event_ids)s::text[], %(event_is)s::int[], %(types)s::text[], %(data)s::text[])
         AS e(id, i, type, data)
     JOIN row r ON r.id = e.id
-),
+){{outbox}},
 notified AS (
     SELECT pg_notify('agentd_events', string_agg(concat_ws(' ',
         COALESCE(NULLIF(current_setting('agentd.node', true), ''), '-'), id, before + 1, before + n, flags),
@@ -64,6 +65,11 @@ notified AS (
 )
 SELECT r.id, (SELECT count(*) FROM notified) FROM row r
 """
+# Without and with the outbox rows of the changes' notifications (postgres_changes.OUTBOX_CTE).
+_WRITES = (
+    _WRITE.format(outbox=""),
+    _WRITE.format(outbox=OUTBOX_CTE.format(written="n.task_id IN (SELECT id FROM row)")),
+)
 
 
 @dataclass
@@ -73,6 +79,7 @@ class _Planned:
     read: Task
     changed: Task
     new: list[NewEvent]
+    notes: list[Notification]
 
 
 def write_batch(conn: Connection, items: Sequence[tuple[Transition, float]]) -> list[Outcome]:
@@ -100,7 +107,9 @@ def write_batch(conn: Connection, items: Sequence[tuple[Transition, float]]) -> 
         except (NotFound, InvalidTransition) as exc:  # refused on the row as read: nothing written
             outcomes[i] = exc
             continue
-        planned[i] = _Planned(change, now, read, changed, new)
+        may_notify = changed.status.is_terminal or changed.status is TaskStatus.WAITING_INPUT
+        notes = plan_notifications(changed, new, now) if may_notify else []
+        planned[i] = _Planned(change, now, read, changed, new, notes)
     written = _write(conn, list(planned.values())) if planned else set()
     for i, plan in planned.items():
         if plan.read.id in written:
@@ -131,7 +140,11 @@ def _write(conn: Connection, plans: list[_Planned]) -> set[str]:
         types=[item.type for plan in plans for item in plan.new],
         data=[dumps(item.data) for plan in plans for item in plan.new],
     )
-    return {row[0] for row in conn.execute(_WRITE, params).fetchall()}
+    notes = [note for plan in plans for note in plan.notes]
+    if notes:
+        params.update(outbox_params(notes, 0.0))
+        params["n_nows"] = [plan.now for plan in plans for _ in plan.notes]
+    return {row[0] for row in conn.execute(_WRITES[bool(notes)], params).fetchall()}
 
 
 def _events(plan: _Planned) -> list[Event]:

@@ -21,6 +21,7 @@ from typing import Any
 from psycopg import Connection
 
 from ..errors import NotFound
+from ..notify.outbox import NOTIFYING_TYPES, Notification, plan_notifications
 from ..states import TaskStatus
 from .lifecycle import Transition, plan_transition
 from .models import Event, NewEvent, Task
@@ -64,7 +65,7 @@ WITH row AS (
     INSERT INTO events (task_id, seq, ts, type, data)
     SELECT %(id)s, row.before + e.i, %(now)s, e.type, e.data
     FROM row, unnest(%(types)s::text[], %(data)s::text[]) WITH ORDINALITY AS e(type, data, i)
-)
+){outbox}
 SELECT before, pg_notify('agentd_events', concat_ws(' ',
     COALESCE(NULLIF(current_setting('agentd.node', true), ''), '-'), %(id)s::text,
     before + 1, before + %(n)s, %(flags)s::text))
@@ -75,20 +76,66 @@ _STATUS_SETS = (
     "due_at = %(due_at)s, started_at = %(started_at)s, finished_at = %(finished_at)s, "
     "updated_at = %(now)s, node_id = %(node_id)s, "
 )
-_APPEND = _WRITE.format(sets="", only_if="")
-_CHANGE = _WRITE.format(sets=_STATUS_SETS, only_if="")
-_CHANGE_IF_AS_READ = _WRITE.format(
-    sets=_STATUS_SETS, only_if=" AND last_seq = %(read_seq)s AND status = %(read_status)s"
-)
+# The outbox rows of the notifications the events make (notify.outbox), written by the same
+# statement when its task row was (``{written}``): one per matching target of the task's owner
+# or operator-wide; none when there is none. (A data-modifying WITH runs even unreferenced.)
+OUTBOX_CTE = """,
+outboxed AS (
+    INSERT INTO outbox (id, target_id, user_id, task_id, kind, payload, status, attempts, next_at,
+                        created_at, pending_since)
+    SELECT 'dlv_' || n.nonce || substr(t.id, 4), t.id, n.user_id, n.task_id, n.kind, n.payload,
+           'pending', 0, n.now, n.now, n.now
+    FROM unnest(%(n_tasks)s::text[], %(n_users)s::bigint[], %(n_kinds)s::text[],
+                %(n_nonces)s::text[], %(n_payloads)s::text[], %(n_nows)s::float8[])
+        AS n(task_id, user_id, kind, nonce, payload, now)
+    JOIN notify_targets t ON (t.user_id = n.user_id OR t.user_id IS NULL) AND t.disabled_at IS NULL
+        AND t.events LIKE '%%"' || n.kind || '"%%'
+    WHERE {written}
+)"""
+_OUTBOX_ONE = OUTBOX_CTE.format(written="EXISTS (SELECT 1 FROM row)")
+
+
+def _statements(sets: str, only_if: str) -> tuple[str, str]:
+    """The statement, without and with the outbox rows."""
+    return (
+        _WRITE.format(sets=sets, only_if=only_if, outbox=""),
+        _WRITE.format(sets=sets, only_if=only_if, outbox=_OUTBOX_ONE),
+    )
+
+
+_APPEND = _statements("", "")
+_CHANGE = _statements(_STATUS_SETS, "")
+_CHANGE_IF_AS_READ = _statements(_STATUS_SETS, " AND last_seq = %(read_seq)s AND status = %(read_status)s")
+
+
+def outbox_params(notes: Sequence[Notification], now: float) -> dict[str, Any]:
+    """The parameters of ``OUTBOX_CTE`` for ``notes``."""
+    return {
+        "n_tasks": [note.task_id for note in notes],
+        "n_users": [note.user_id for note in notes],
+        "n_kinds": [note.kind for note in notes],
+        "n_nonces": [note.nonce for note in notes],
+        "n_payloads": [note.payload for note in notes],
+        "n_nows": [now for _ in notes],
+    }
 
 
 def _write(
-    conn: Connection, sql: str, task_id: str, new: Sequence[NewEvent], now: float, **params: Any
+    conn: Connection,
+    sql: tuple[str, str],
+    task_id: str,
+    new: Sequence[NewEvent],
+    now: float,
+    notes: Sequence[Notification] = (),
+    **params: Any,
 ) -> list[Event] | None:
-    """Run one of the statements above; the events written, or None when no row matched."""
+    """Run one of the statements above (with the outbox rows of ``notes``, if any); the
+    events written, or None when no row matched."""
     data = [dumps(item.data) for item in new]
+    if notes:
+        params.update(outbox_params(notes, now))
     row = conn.execute(
-        sql,
+        sql[1] if notes else sql[0],
         {
             "id": task_id,
             "n": len(new),
@@ -120,7 +167,10 @@ def append_events(
     the same statement (``last_seq``, what the caller knows of it, is not needed here)."""
     if not new:
         return []
-    events = _write(conn, _APPEND, task_id, new, now)
+    notes: Sequence[Notification] = ()
+    if any(item.type in NOTIFYING_TYPES for item in new):  # a PR opened (notify.outbox)
+        notes = plan_notifications(require_task(conn, task_id), new, now)
+    events = _write(conn, _APPEND, task_id, new, now, notes)
     if events is None:
         raise NotFound(f"no task {task_id}")
     return events
@@ -144,6 +194,7 @@ def transition(conn: Connection, change: Transition, now: float) -> tuple[Task, 
             task.id,
             new,
             now,
+            _notes(change, changed, new, now),
             read_seq=task.last_seq,
             read_status=task.status.value,
             **status_columns(changed),
@@ -155,9 +206,18 @@ def transition(conn: Connection, change: Transition, now: float) -> tuple[Task, 
         changed, new = plan_transition(task, change, now=now)
         if change.target is TaskStatus.RUNNING:
             conn.execute("SELECT 1 FROM users WHERE id = %s FOR NO KEY UPDATE", (task.user_id,))
-        events = _write(conn, _CHANGE, task.id, new, now, **status_columns(changed))
+        events = _write(
+            conn, _CHANGE, task.id, new, now, _notes(change, changed, new, now), **status_columns(changed)
+        )
         assert events is not None, "the row is locked"
         return changed, events
+
+
+def _notes(change: Transition, changed: Task, new: Sequence[NewEvent], now: float) -> list[Notification]:
+    """What a status change notifies (``notify.outbox``): only an end or a question may."""
+    if change.target.is_terminal or change.target is TaskStatus.WAITING_INPUT:
+        return plan_notifications(changed, new, now)
+    return []
 
 
 def status_columns(changed: Task) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from .sqlite_queries import task_from_row
 TASK_COLUMNS = (
     "id, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at, "
     "reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, last_seq, "
-    "idempotency_key, node_id, workspace_branch"
+    "idempotency_key, node_id, workspace_branch, model, draft, pr_title, compacted_at"
 )
 _T = ", ".join(f"t.{name.strip()}" for name in TASK_COLUMNS.split(","))
 _P = ", ".join(f"p.{name.strip()}" for name in TASK_COLUMNS.split(","))

@@ -21,7 +21,7 @@ from psycopg import Connection, Cursor
 
 from ..errors import NotFound
 from ..states import TaskStatus
-from . import identity_queries, task_ids
+from . import identity_queries, outbox_queries, task_ids
 from .lifecycle import created_events
 from .models import Event, NewEvent, NewTask, Task, Usage, User
 from .postgres_changes import (  # the writes of a task's row with its events: one statement each
@@ -33,6 +33,8 @@ from .postgres_changes import (  # the writes of a task's row with its events: o
     transition as transition,
 )
 from .postgres_claims import TASK_COLUMNS as _TASK_COLUMNS, PostgresDialect
+from .retention_queries import NO_SPACE, RetentionQueries
+from .secret_queries import SecretQueries
 
 # Row decoding is backend-neutral (same columns, same JSON text); shared, not copied.
 from .sqlite_queries import task_from_row, user_from_row
@@ -63,7 +65,8 @@ def insert_task(conn: Connection, new: NewTask, now: float) -> tuple[Task, list[
     """
     row = conn.execute(
         "INSERT INTO tasks (id, user_id, repo_url, prompt, base_branch, status, budget, "
-        "created_at, updated_at, idempotency_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "created_at, updated_at, idempotency_key, model, draft, pr_title) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id",
         (
             new.id,
@@ -76,6 +79,9 @@ def insert_task(conn: Connection, new: NewTask, now: float) -> tuple[Task, list[
             now,
             now,
             new.idempotency_key,
+            new.model,
+            new.draft,
+            new.pr_title,
         ),
     ).fetchone()
     if row is None:
@@ -366,3 +372,19 @@ CLUSTER = PostgresDialect(
     least="LEAST",
     greatest="GREATEST",
 )
+
+# -- retention and the secret key rotation (one SQL text for both backends) ----------------------
+
+RETENTION = RetentionQueries(
+    p="%s",
+    last_seq="last_seq",
+    event_key=("task_id", lambda seqno, task_id: task_id),
+    lock=" FOR UPDATE",  # a follow-up's status change waits for the batch, then stops the next
+    changed=lambda conn, cursor: cursor.rowcount,
+)
+SECRETS = SecretQueries(p="%s", changed=lambda conn, cursor: cursor.rowcount)
+SPACE = NO_SPACE  # autovacuum makes the room of deleted rows reusable (retention's docstring)
+
+# Notification targets and the outbox (one SQL text for both backends: outbox_queries); the
+# rows written with events are written in the events' statement (postgres_changes).
+OUTBOX = outbox_queries.Dialect(placeholder="%s", lock_rows=" FOR UPDATE SKIP LOCKED")

@@ -159,6 +159,63 @@ POSTGRES_SQL: dict[int, str] = {
         );
         CREATE INDEX one_time_values_by_expiry ON one_time_values(expires_at);
     """,
+    11: """
+        CREATE TABLE notify_targets (
+            id TEXT PRIMARY KEY,
+            user_id BIGINT REFERENCES users(id),
+            kind TEXT NOT NULL,
+            url TEXT NOT NULL,
+            secret_enc BYTEA,
+            events TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            disabled_at DOUBLE PRECISION
+        );
+        CREATE INDEX notify_targets_by_user ON notify_targets(user_id);
+        CREATE TABLE outbox (
+            id TEXT PRIMARY KEY,
+            target_id TEXT NOT NULL,
+            user_id BIGINT,
+            task_id TEXT,
+            kind TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at DOUBLE PRECISION NOT NULL,
+            claimed_by TEXT,
+            claim_until DOUBLE PRECISION,
+            last_error TEXT,
+            last_status INTEGER,
+            created_at DOUBLE PRECISION NOT NULL,
+            delivered_at DOUBLE PRECISION,
+            pending_since DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX outbox_due ON outbox(next_at) WHERE status = 'pending';
+        CREATE INDEX outbox_by_created ON outbox(created_at);
+        CREATE INDEX outbox_by_user ON outbox(user_id, created_at);
+        CREATE INDEX outbox_by_target ON outbox(target_id, created_at);
+    """,
+    12: """
+        CREATE TABLE share_links (
+            id TEXT PRIMARY KEY,
+            task_id TEXT NOT NULL,
+            user_id BIGINT NOT NULL REFERENCES users(id),
+            token_hash TEXT NOT NULL UNIQUE,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            revoked_at DOUBLE PRECISION
+        );
+        CREATE INDEX share_links_by_task ON share_links(task_id, created_at);
+    """,
+    13: """
+        ALTER TABLE tasks ADD COLUMN model TEXT;
+        ALTER TABLE tasks ADD COLUMN draft BOOLEAN NOT NULL DEFAULT FALSE;
+        ALTER TABLE tasks ADD COLUMN pr_title TEXT;
+    """,
+    14: """
+        ALTER TABLE tasks ADD COLUMN compacted_at DOUBLE PRECISION;
+        CREATE INDEX tasks_to_compact ON tasks(finished_at)
+            WHERE finished_at IS NOT NULL AND (compacted_at IS NULL OR compacted_at < finished_at);
+    """,
 }
 
 _unknown = set(POSTGRES_SQL) - {version for version, _, _ in _SHARED}

@@ -220,6 +220,89 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX one_time_values_by_expiry ON one_time_values(expires_at);
         """,
     ),
+    (
+        11,
+        "the outbox: notification targets and the deliveries to them",
+        # A delivery row is written in the transaction of the event that causes it
+        # (daemon/notify/outbox.py plans them); the sender claims due rows, delivers, records.
+        # ``user_id`` NULL on a target: an operator-wide webhook. ``pending_since``: when the
+        # current round of attempts began (insert, redeliver), what the give-up age counts from.
+        """
+        CREATE TABLE notify_targets (
+            id TEXT PRIMARY KEY,
+            user_id INTEGER REFERENCES users(id),
+            kind TEXT NOT NULL,
+            url TEXT NOT NULL,
+            secret_enc BLOB,
+            events TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            disabled_at REAL
+        );
+        CREATE INDEX notify_targets_by_user ON notify_targets(user_id);
+        CREATE TABLE outbox (
+            id TEXT PRIMARY KEY,
+            target_id TEXT NOT NULL,
+            user_id INTEGER,
+            task_id TEXT,
+            kind TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL,
+            claimed_by TEXT,
+            claim_until REAL,
+            last_error TEXT,
+            last_status INTEGER,
+            created_at REAL NOT NULL,
+            delivered_at REAL,
+            pending_since REAL NOT NULL
+        );
+        CREATE INDEX outbox_due ON outbox(next_at) WHERE status = 'pending';
+        CREATE INDEX outbox_by_created ON outbox(created_at);
+        CREATE INDEX outbox_by_user ON outbox(user_id, created_at);
+        CREATE INDEX outbox_by_target ON outbox(target_id, created_at);
+        """,
+    ),
+    (
+        12,
+        "share links: a read-only, expiring, revocable token for one task",
+        # ``token_hash`` as api_tokens keeps it (daemon/tokens.py): the store holds nothing to
+        # read a task with. ``user_id`` made the link; links live and die with their task.
+        """
+        CREATE TABLE share_links (
+            id TEXT PRIMARY KEY,
+            task_id TEXT NOT NULL,
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            token_hash TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            revoked_at REAL
+        );
+        CREATE INDEX share_links_by_task ON share_links(task_id, created_at);
+        """,
+    ),
+    (
+        13,
+        "per-task options: the model, a draft pull request, the pull request's title",
+        # NULL model: a task made before v13, run on the daemon's default model.
+        """
+        ALTER TABLE tasks ADD COLUMN model TEXT;
+        ALTER TABLE tasks ADD COLUMN draft INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE tasks ADD COLUMN pr_title TEXT;
+        """,
+    ),
+    (
+        14,
+        "retention: a finished task's history removed after retention_days, its summary kept",
+        # ``compacted_at``: when its events (all but the last, which carries the seq on), its
+        # conversation and tool calls were removed (daemon/retention.py); the index finds the
+        # tasks due for it without walking those compacted already.
+        """
+        ALTER TABLE tasks ADD COLUMN compacted_at REAL;
+        CREATE INDEX tasks_to_compact ON tasks(finished_at)
+            WHERE finished_at IS NOT NULL AND (compacted_at IS NULL OR compacted_at < finished_at);
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -13,7 +13,8 @@ import apsw
 import trio
 
 from ..cpu_pin import release as release_cpu
-from . import sqlite_queries as q
+from ..notify.outbox import NOTIFYING_TYPES
+from . import sqlite_queries as q, sqlite_space
 from .base import StoreBase
 from .datadir import lock_data_dir
 from .models import Event, NewEvent
@@ -64,6 +65,7 @@ class SqliteStore(StoreBase):
     def _migrate(self) -> None:
         conn = open_connection(self.path)
         try:
+            sqlite_space.convert_at_open(conn, self.path)  # before the writer and the readers
             migrate(conn)
             # An upgrade that rewrote a table (v6 copies the events) leaves a WAL as large as
             # the copy; nobody else has the file open yet, so give that room back now.
@@ -113,6 +115,8 @@ class SqliteStore(StoreBase):
         """
         if not new:
             return []
+        if not NOTIFYING_TYPES.isdisjoint(item.type for item in new):  # may write the outbox too
+            return await super().append_events(task_id, new)
         return await self._writer.run_merged(
             q.append_event_batch, (task_id, new, self.now()), self._publish_appends
         )

@@ -14,8 +14,9 @@ from typing import Any
 import apsw
 
 from ..errors import NotFound
+from ..notify.outbox import NOTIFYING_TYPES, plan_notifications
 from ..states import TaskStatus
-from . import cluster_queries
+from . import cluster_queries, outbox_queries, sqlite_space
 
 # GitHub identities (and the user row decoder) are written once for both backends.
 from .identity_queries import (  # noqa: F401
@@ -27,6 +28,8 @@ from .identity_queries import (  # noqa: F401
 )
 from .lifecycle import Transition, created_events, plan_transition
 from .models import Event, NewEvent, NewTask, Task, Usage, User
+from .retention_queries import RetentionQueries
+from .secret_queries import SecretQueries
 
 # The writer calls q.append_event_batch; the encoder is every write's.
 # Numbered events of one task are written there too; a task's last seq is MAX(seq) of its
@@ -45,7 +48,7 @@ from .task_ids import task_ids_with_prefix  # noqa: F401 - one SQL text for both
 _TASK_COLUMNS = (
     "id, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at, "
     f"reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, {TASK_LAST_SEQ}, "
-    "idempotency_key, node_id, workspace_branch"
+    "idempotency_key, node_id, workspace_branch, model, draft, pr_title, compacted_at"
 )
 
 
@@ -74,6 +77,10 @@ def task_from_row(row: Sequence[Any]) -> Task:
         idem,
         node_id,
         workspace_branch,
+        model,
+        draft,
+        pr_title,
+        compacted_at,
     ) = row
     # Most rows hold the empty budget and usage: every status change reads a row, so skip
     # the JSON decoder for them.
@@ -101,6 +108,10 @@ def task_from_row(row: Sequence[Any]) -> Task:
         idempotency_key=idem,
         node_id=node_id,
         workspace_branch=workspace_branch,
+        model=model,
+        draft=bool(draft),
+        pr_title=pr_title,
+        compacted_at=compacted_at,
     )
 
 
@@ -137,7 +148,8 @@ def insert_task(conn: apsw.Connection, new: NewTask, now: float) -> tuple[Task, 
     events = _number_events(new.id, created_events(new), now, 0)
     cursor.execute(
         "INSERT INTO tasks (id, user_id, repo_url, prompt, base_branch, status, budget, "
-        "created_at, updated_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, updated_at, idempotency_key, model, draft, pr_title) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             new.id,
             new.user_id,
@@ -149,6 +161,9 @@ def insert_task(conn: apsw.Connection, new: NewTask, now: float) -> tuple[Task, 
             now,
             now,
             new.idempotency_key,
+            new.model,
+            new.draft,
+            new.pr_title,
         ),
     )
     _insert_events(conn, cursor, events)
@@ -166,6 +181,9 @@ def insert_task(conn: apsw.Connection, new: NewTask, now: float) -> tuple[Task, 
         budget=json.loads(budget_json),
         last_seq=len(events),
         idempotency_key=new.idempotency_key,
+        model=new.model,
+        draft=new.draft,
+        pr_title=new.pr_title,
     )
     return task, events, True
 
@@ -202,6 +220,10 @@ def transition(conn: apsw.Connection, change: Transition, now: float) -> tuple[T
         ),
     )
     _insert_events(conn, cursor, events)
+    if change.target.is_terminal or change.target is TaskStatus.WAITING_INPUT:  # may notify (notify.outbox)
+        notes = plan_notifications(changed, new, now)
+        if notes:
+            OUTBOX.insert_planned(conn, notes, now)
     return changed, events
 
 
@@ -292,6 +314,10 @@ def append_events(
         last_seq = _last_seq(conn, cursor, task_id)
     events = _number_events(task_id, new, now, last_seq)
     _insert_events(conn, cursor, events)
+    if any(item.type in NOTIFYING_TYPES for item in new):  # a PR opened (notify.outbox)
+        notes = plan_notifications(require_task(conn, task_id), new, now)
+        if notes:
+            OUTBOX.insert_planned(conn, notes, now)
     return events
 
 
@@ -489,3 +515,17 @@ def user_by_id(conn: apsw.Connection, user_id: int) -> User | None:
 # -- nodes and claims (one SQL text for both backends: cluster_queries) ---------------------------
 
 CLUSTER = cluster_queries.Dialect(placeholder="?", lock_rows="", transition=transition)
+
+# -- retention and the secret key rotation (one SQL text for both backends) ----------------------
+
+RETENTION = RetentionQueries(
+    p="?",
+    last_seq=TASK_LAST_SEQ,
+    event_key=("task_no", lambda seqno, task_id: seqno),
+    lock="",  # the one writer: nothing changes the row between the read and the delete
+    changed=lambda conn, cursor: conn.changes(),
+)
+SECRETS = SecretQueries(p="?", changed=lambda conn, cursor: conn.changes())
+SPACE = sqlite_space.SPACE
+# Notification targets and the outbox (one SQL text for both backends: outbox_queries).
+OUTBOX = outbox_queries.Dialect(placeholder="?", lock_rows="")

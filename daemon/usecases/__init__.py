@@ -9,7 +9,7 @@ typed result, and turn ``daemon.errors`` into their own answers (HTTP status, co
 
 from .account import ClientConfig, Me, ModelChoice, client_config, me, sign_out
 from .diffs import TaskPatch, task_patch
-from .operations import backup, daemon_status, drain, gc, resume, set_concurrency
+from .operations import backup, compact, daemon_status, drain, gc, resume, rotate_keys, set_concurrency
 from .policy import CONTROL_OPERATOR, MIN_ID_PREFIX, RETRYABLE, IdPrefix, TaskRef, Viewer, may_see
 from .repos import RepoPage, list_repos
 from .review import review_task
@@ -52,6 +52,7 @@ __all__ = [
     "backup",
     "cancel_task",
     "client_config",
+    "compact",
     "conversation",
     "create_task",
     "daemon_status",
@@ -72,6 +73,7 @@ __all__ = [
     "retry_task",
     "review_task",
     "revoke_user",
+    "rotate_keys",
     "set_concurrency",
     "sign_out",
     "task_owner",

@@ -27,10 +27,12 @@ class Me:
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """A model a task can use; ``default``: the one used when none is named."""
+    """A model a task can use; ``default``: the one used when none is named; ``price``: its
+    price row, USD per million tokens of each kind (``Price.public``)."""
 
     id: str
     default: bool
+    price: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,13 @@ async def sign_out(svc: Services, token: str) -> bool:
 def client_config(svc: Services) -> ClientConfig:
     """What this daemon offers a client (no secrets: it is shown before sign-in)."""
     settings = svc.settings
-    model = settings.anthropic_model if settings.model_name == "anthropic" else settings.model_name
+    default = settings.default_model
     return ClientConfig(
         github_sign_in=bool(settings.github_client_id and settings.github_client_secret),
-        models=[ModelChoice(model, default=True)],
+        models=[  # the operator's allowlist, the default first
+            ModelChoice(model, model == default, price.public())
+            for model, price in settings.model_prices().items()
+        ],
         budget_defaults={
             "max_turns": settings.budget_max_turns,
             "max_tokens": settings.budget_max_tokens,

@@ -4,7 +4,8 @@ Repository URL, prompt and base branch are non-empty text of bounded length; tex
 a commit (prompt, base branch, messages) holds no control character but tab, newline and
 carriage return, and no lone surrogate (``"\\ud800"`` is valid JSON but not Unicode): git
 refuses NUL in a commit message and no encoder takes a lone surrogate, so such text is refused
-when the task is made, not when it is delivered. A budget's caps are finite and positive.
+when the task is made, not when it is delivered. A budget's caps are finite and positive. A
+task's model is one the operator allows; its pull request title is one line.
 
 The phone API's request models (``web/routes.py``) say the same to pydantic, for their OpenAPI
 description and their 422 answers; the control socket relies on these checks alone. Each
@@ -14,13 +15,15 @@ raises ``BadArguments`` naming the field.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from ..errors import BadArguments
 
 MAX_REPO_URL = 2048
 MAX_PROMPT = 100_000  # a follow-up message too
 MAX_BRANCH = 255
+MAX_PR_TITLE = 200
+DEFAULT_PR_TITLE = "Changes made by agentd"
 MAX_INT = 2**63 - 1  # what either store can hold as a number
 MAX_USD = 1e12
 BUDGET_CAPS = ("max_turns", "max_tokens", "max_usd")
@@ -52,6 +55,36 @@ def check_field(name: str, value: object, max_length: int) -> str:
         return check_text(value)
     except ValueError as exc:
         raise BadArguments(f"{name}: {exc}") from None
+
+
+def check_model(value: object, allowed: Iterable[str]) -> str:
+    """``value`` if it names one of the operator's ``allowed`` models; else ``BadArguments``
+    naming them all."""
+    names = list(allowed)
+    if isinstance(value, str) and value in names:
+        return value
+    raise BadArguments(f"model: {value!r} is not allowed here; the allowed models are: {', '.join(names)}")
+
+
+def check_pr_title(value: object) -> str:
+    """``value`` as a pull request's title: one line of at most ``MAX_PR_TITLE`` characters that
+    ``check_text`` passes, not blank; returned trimmed. It is the user's text, sent to GitHub
+    as JSON data only."""
+    title = check_field("pr_title", value, MAX_PR_TITLE)
+    if "\n" in title or "\r" in title:
+        raise BadArguments("pr_title: one line only (no line breaks)")
+    if not title.strip():
+        raise BadArguments("pr_title: text other than blanks is required")
+    return title.strip()
+
+
+def pr_title_of(prompt: str) -> str:
+    """A pull request's title when the task names none: the prompt's first line that is not
+    blank, trimmed and cut to ``MAX_PR_TITLE`` characters (ending in an ellipsis when cut)."""
+    line = next((line.strip() for line in prompt.splitlines() if line.strip()), DEFAULT_PR_TITLE)
+    if len(line) > MAX_PR_TITLE:
+        line = line[: MAX_PR_TITLE - 1].rstrip() + "\u2026"
+    return line
 
 
 def check_budget(budget: Mapping[str, object]) -> dict[str, float]:

@@ -1,10 +1,12 @@
 """What an operator does with the daemon itself: look at it, drain and resume admission, change
-the concurrency limit, back the store up, collect old workspaces."""
+the concurrency limit, back the store up, collect old workspaces, compact the store, rotate the
+secret keys."""
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +14,9 @@ import trio
 
 from .. import __version__
 from ..errors import BadArguments
+from ..key_rotation import rotate_keys as _rotate_keys
 from ..maintenance import collect_workspaces
+from ..retention import run_retention
 from ..states import TaskStatus
 
 if TYPE_CHECKING:
@@ -92,3 +96,31 @@ async def gc(svc: Services) -> list[str]:
     returns the ids of the tasks whose workspaces went."""
     settings = svc.settings
     return await collect_workspaces(svc.store, settings.data_dir / "workspaces", settings.workspace_keep_days)
+
+
+async def compact(svc: Services, *, full: bool = False) -> dict[str, Any]:
+    """Run retention now (``daemon.retention``): what it removed, the room given back, what
+    the store takes now. ``full``: also ask for what only a restart does (SQLite: the one-time
+    conversion of a large file to incremental vacuum); ``full`` says whether it was needed."""
+    store = svc.store
+    report = await run_retention(store, svc.settings.retention_days, metrics=svc.metrics)
+    shown = report.public()
+    if full:
+        shown["full"] = (
+            "the conversion to incremental vacuum runs at the next start"
+            if await store.request_full_compaction()
+            else "nothing more to do"
+        )
+    shown["store_bytes"] = await trio.to_thread.run_sync(store.size_bytes)  # SQLite: stat()s its files
+    shown["reusable_bytes"] = await store.reclaimable_bytes()
+    return shown
+
+
+async def rotate_keys(svc: Services) -> dict[str, Any]:
+    """Re-encrypt every stored secret with the newest key (``daemon.key_rotation``); the
+    counts per secret column, and whether the older keys may now be removed."""
+    report = await _rotate_keys(svc.store, svc.secrets, node=svc.store.node_id or "agentctl")
+    return {
+        "columns": {name: asdict(counts) for name, counts in report.columns.items()},
+        "old_keys_retirable": report.old_keys_retirable,
+    }

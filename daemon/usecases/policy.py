@@ -8,6 +8,10 @@
   surface; not the phone API), by the first ``MIN_ID_PREFIX`` characters of it or more
   (``IdPrefix``). A prefix is looked up among the tasks the viewer may see only, so it tells
   nobody of another's task; one that several of those start with is refused, saying how many.
+- A share link (``usecases.shares``) makes a viewer of its own kind (``Viewer.shared``): it
+  sees the one task the link names, and nothing else: no list, no other task, no prefix
+  look-up. It reads only: the front-ends give it read routes alone, and it is no task's owner
+  (no ``user_id``), so no rule below that asks for an owner or an operator lets it act.
 - Listing: an operator may list anyone's tasks; anyone else only their own.
 - Retrying (fresh attempts): operators only, and only a task that failed, was cancelled or
   waits (for its retry or for an answer). A queued or running task has nothing to retry (and
@@ -44,19 +48,28 @@ RETRYABLE = frozenset(
 
 @dataclass(frozen=True)
 class Viewer:
-    """Who is asking: a user (``user_id``, ``login``), or the control socket's operator (no user)."""
+    """Who is asking: a user (``user_id``, ``login``), the control socket's operator (no user),
+    or the holder of a share link (``shared_task``: the one task it may read; no user)."""
 
     user_id: int | None
     login: str | None
     is_operator: bool
+    shared_task: str | None = None
 
     def __post_init__(self) -> None:
-        if self.user_id is None and not self.is_operator:
+        if self.shared_task is not None and (self.user_id is not None or self.is_operator):
+            raise ValueError("a share link's viewer is neither a user nor an operator")
+        if self.user_id is None and not self.is_operator and self.shared_task is None:
             raise ValueError("a viewer who is not an operator is a user: give its id")
 
     @classmethod
     def of(cls, user: User) -> Viewer:
         return cls(user.id, user.login, user.is_operator)
+
+    @classmethod
+    def shared(cls, task_id: str) -> Viewer:
+        """The holder of a live share link to ``task_id`` (``usecases.shares.resolve``)."""
+        return cls(None, None, False, shared_task=task_id)
 
 
 @dataclass(frozen=True)
@@ -75,7 +88,10 @@ CONTROL_OPERATOR = Viewer(user_id=None, login=None, is_operator=True)
 
 
 def may_see(viewer: Viewer, task: Task) -> bool:
-    """Whether ``viewer`` may see ``task`` (and so act on it): its owner or an operator."""
+    """Whether ``viewer`` may see ``task`` (and so act on it): its owner or an operator; a share
+    link's viewer, the one task of its link (to read it only)."""
+    if viewer.shared_task is not None:
+        return task.id == viewer.shared_task
     return viewer.is_operator or task.user_id == viewer.user_id
 
 
@@ -92,7 +108,7 @@ async def visible_task(store: Store, viewer: Viewer, ref: TaskRef) -> Task:
     task_id = ref.text if isinstance(ref, IdPrefix) else ref
     looked_up = may_be_task_id(task_id)
     task = await store.get_task(task_id) if looked_up else None
-    if task is None and isinstance(ref, IdPrefix) and looked_up:
+    if task is None and isinstance(ref, IdPrefix) and looked_up and viewer.shared_task is None:
         task = await _by_prefix(store, viewer, task_id)
     if task is None or not may_see(viewer, task):
         raise NotFound(f"no task {task_id}")
@@ -144,7 +160,10 @@ def owner_filter(viewer: Viewer, owner: User | None, *, mine: bool) -> int | Non
     """Whose tasks ``viewer`` lists: ``owner``'s, its own (``mine``), or everyone's (None).
 
     A viewer who is not an operator lists its own tasks; naming anyone else is ``NotFound``.
+    A share link's viewer lists nothing (``NotFound``).
     """
+    if viewer.shared_task is not None:
+        raise NotFound("a share link shows its one task only")
     if viewer.is_operator and not mine:
         return owner.id if owner is not None else None
     if owner is not None and owner.id != viewer.user_id:

@@ -72,9 +72,15 @@ async def create_task(
     budget: Mapping[str, object] | None = None,
     idempotency_key: str | None = None,
     owner: str | None = None,
+    model: str | None = None,
+    draft: bool = False,
+    pr_title: str | None = None,
 ) -> Created:
     """Queue a task owned by ``viewer``, or by the user ``owner`` names (a login); ``budget``:
     its caps (``max_turns``, ``max_tokens``, ``max_usd``), each defaulting to the server's.
+    ``model``: one of the operator's allowed models (default: the daemon's); ``draft``: open its
+    pull request as a draft; ``pr_title``: that pull request's title (default: the prompt's
+    first line). The task keeps all three, its follow-ups too.
 
     Only an operator names another ``owner`` (``Forbidden``). The control socket's operator has
     no account: without ``owner`` its task is the daemon's one user's, and when there are
@@ -91,6 +97,10 @@ async def create_task(
         inputs.check_field("base_branch", base_branch, inputs.MAX_BRANCH)
     budget = inputs.check_budget(budget or {})
     settings = svc.settings
+    model = settings.default_model if model is None else inputs.check_model(model, settings.model_prices())
+    pr_title = inputs.pr_title_of(prompt) if pr_title is None else inputs.check_pr_title(pr_title)
+    if not isinstance(draft, bool):
+        raise BadArguments(f"draft: true or false, got {draft!r}")
     parse_remote(
         repo_url, allow_local=settings.allow_local_remotes, allow_private=settings.allow_private_remotes
     )
@@ -103,8 +113,13 @@ async def create_task(
         base_branch=base_branch,
         budget=budget,
         idempotency_key=idempotency_key,
+        model=model,
+        draft=draft,
+        pr_title=pr_title,
     )
-    if not created and (task.repo_url, task.prompt, task.base_branch) != (repo_url, prompt, base_branch):
+    # A task made before v13 has no options of its own: only what it has is compared.
+    made = (task.repo_url, task.prompt, task.base_branch, task.model or model, task.pr_title or pr_title)
+    if not created and (*made, task.draft) != (repo_url, prompt, base_branch, model, pr_title, draft):
         raise Conflict("this Idempotency-Key was used for a different task", code="idempotency_conflict")
     return Created(task, created)
 
@@ -114,6 +129,8 @@ async def task_owner(svc: Services, viewer: Viewer, owner: str | None) -> int:
     the viewer's for operators only), else the viewer's own, else (the control socket's
     operator, who has no account) the daemon's one user; ``NotFound`` for no such login,
     ``BadArguments`` for a disabled user or when there is not exactly one user to choose."""
+    if viewer.shared_task is not None:
+        raise Forbidden("a share link only reads its one task")
     if owner is None or owner == viewer.login:
         if viewer.user_id is not None:
             return viewer.user_id

@@ -22,7 +22,7 @@ from ..metrics import render
 from ..rate_limit import RateLimiter
 from ..services import Runtime, Services
 from ..store import Store
-from . import admin, client, client_api
+from . import admin, client, client_api, notify_routes, push_routes, share_routes
 from .auth import Authenticator
 from .errors import register_error_handlers
 from .fanout import Fanout
@@ -98,7 +98,11 @@ def create_app(state: WebState, runtime: Runtime) -> QuartTrio:
         scalar_ui_path=None,
         swagger_ui_path=None,
         info={"title": "agentd", "version": __version__},
-        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+        security_schemes={
+            "bearer": {"type": "http", "scheme": "bearer"},
+            # A share link's token (/api/shared/...): "Authorization: Share <token>".
+            "share": {"type": "apiKey", "in_": "header", "name": "Authorization"},
+        },
         security=[{"bearer": []}],
     )
     register_error_handlers(app)
@@ -127,6 +131,9 @@ def create_app(state: WebState, runtime: Runtime) -> QuartTrio:
     app.register_blueprint(admin.bp)  # /admin, operators only
     app.register_blueprint(client.bp)  # the web client: /, /app/..., /sw.js, /manifest.webmanifest
     app.register_blueprint(client_api.bp)  # /api/me, /api/auth/signout, /api/client-config, /api/repos
+    app.register_blueprint(share_routes.bp)  # /api/tasks/{id}/shares, /api/shared/... (share links)
+    app.register_blueprint(push_routes.bp)  # /api/push/key, /api/push/subscriptions (Web Push)
+    app.register_blueprint(notify_routes.bp)  # /api/webhooks, /api/notify/ntfy, /api/deliveries
 
     if settings.metrics_http is None:  # else only there (``daemon/metrics_http.py``)
 

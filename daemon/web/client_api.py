@@ -34,11 +34,21 @@ class MeOut(BaseModel):
     )
 
 
-class ModelOut(BaseModel):
-    """A model a task can use."""
+class PriceOut(BaseModel):
+    """What a model costs, in US dollars per million tokens."""
 
-    id: str = Field(description="The model's name.")
+    input_usd_per_mtok: float = Field(description="Input tokens (not read from or written to the cache).")
+    output_usd_per_mtok: float = Field(description="Output tokens.")
+    cache_write_usd_per_mtok: float = Field(description="Input tokens written to the prompt cache.")
+    cache_read_usd_per_mtok: float = Field(description="Input tokens read from the prompt cache.")
+
+
+class ModelOut(BaseModel):
+    """A model a task can use (the operator's allowlist)."""
+
+    id: str = Field(description="The model's name: a task's model.")
     default: bool = Field(description="Whether tasks use it when none is named.")
+    price: PriceOut = Field(description="Its price row, which a task's cost is counted from.")
 
 
 class BudgetOut(BaseModel):

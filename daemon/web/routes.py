@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 from quart import Blueprint, request
 from quart.typing import ResponseReturnValue
 from quart_schema import document_headers, validate_querystring, validate_request, validate_response
 
 from .. import usecases
 from ..states import TaskStatus
-from ..usecases.inputs import MAX_INT
+from ..usecases.inputs import MAX_INT, MAX_PR_TITLE
 from .auth import require_user, services, viewer
 from .errors import ApiError
 from .json_input import Text
@@ -55,6 +55,20 @@ class CreateTask(BaseModel):
         None, min_length=1, max_length=255, description="Branch to start from; default: the remote's HEAD."
     )
     budget: Budget | None = Field(None, description="Caps for this task; default: the server's.")
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The model to run it on, one of the operator's (GET /api/client-config lists them "
+        "with their prices); default: the server's. Another is refused (422) with the allowed ones named.",
+    )
+    draft: StrictBool = Field(False, description="Open its pull request as a draft.")
+    pr_title: Text | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PR_TITLE,
+        description="Its pull request's title, one line; default: the prompt's first line, trimmed.",
+    )
 
 
 class IdempotencyHeaders(BaseModel):
@@ -120,6 +134,14 @@ class TaskOut(BaseModel):
     started_at: float | None = Field(description="When its first attempt started (Unix time).")
     finished_at: float | None = Field(description="When it finished (Unix time).")
     last_seq: int = Field(description="The seq of its newest event.")
+    model: str | None = Field(description="The model it runs on (null: made before models were chosen).")
+    draft: bool = Field(description="Whether its pull request opens as a draft.")
+    pr_title: str | None = Field(description="Its pull request's title.")
+    compacted_at: float | None = Field(
+        None,
+        description="When retention removed its history (Unix time; null: never): its events but "
+        "the last, its conversation and tool calls are gone after retention_days; this summary stays.",
+    )
 
 
 class TaskList(BaseModel):
@@ -160,9 +182,13 @@ class FollowUpOut(BaseModel):
     event: EventOut = Field(description="The user.message event stored.")
 
 
-async def event_page(task_id: usecases.TaskRef, query: EventsQuery) -> dict[str, Any]:
-    """The caller's page of the task's events, rendered (the phone's and the admin's route)."""
-    page = await usecases.events_page(services(), viewer(), task_id, after=query.after, limit=query.limit)
+async def event_page(
+    task_id: usecases.TaskRef, query: EventsQuery, who: usecases.Viewer | None = None
+) -> dict[str, Any]:
+    """The caller's (or ``who``'s) page of the task's events, rendered (the phone's, the
+    admin's and the share link's route)."""
+    who = who if who is not None else viewer()
+    page = await usecases.events_page(services(), who, task_id, after=query.after, limit=query.limit)
     return {"events": [event.wire() for event in page.events], "next_after": page.next_after}
 
 
@@ -194,6 +220,9 @@ async def create_task(data: CreateTask) -> ResponseReturnValue:
         base_branch=data.base_branch,
         budget=budget,
         idempotency_key=key,
+        model=data.model,
+        draft=data.draft,
+        pr_title=data.pr_title,
     )
     if not result.created:
         return result.task.public(), 200, {"Idempotent-Replayed": "true"}
@@ -321,7 +350,11 @@ async def task_diff(task_id: str) -> ResponseReturnValue:
     From the commit it started at to the commit it pushed last; 404 while it has pushed
     nothing, or once its workspace is removed.
     """
-    done = await usecases.task_patch(services(), viewer(), task_id)
+    return render_patch(await usecases.task_patch(services(), viewer(), task_id))
+
+
+def render_patch(done: usecases.TaskPatch) -> dict[str, Any]:
+    """A ``TaskDiff`` body (the owner's route and the share link's)."""
     return {
         "task_id": done.task_id,
         "branch": done.branch,

@@ -38,7 +38,7 @@ from wsproto.connection import Connection as WsProtocol, ConnectionState as WsSt
 from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, Request, TextMessage
 from wsproto.handshake import H11Handshake
 
-from .auth import bearer_token
+from .auth import bearer_token, share_token, shared_for
 from .session import CLOSE_AUTH_FAILED, CLOSE_GOING_AWAY, CLOSE_INTERNAL, Session, State
 from .ws_protocol import MAX_MESSAGE_CHARS, CloseCode
 
@@ -85,8 +85,10 @@ async def serve_websocket(
     greeting = handshake.send(AcceptConnection())
     assert handshake.connection is not None
     header = next((v for k, v in request.extra_headers if k.lower() == b"authorization"), None)
-    token = bearer_token(header.decode("latin-1") if header is not None else None)
-    await Connection(sock, handshake.connection, state).run(greeting, leftover, token)
+    text = header.decode("latin-1") if header is not None else None
+    await Connection(sock, handshake.connection, state).run(
+        greeting, leftover, bearer_token(text), share_token(text)
+    )
 
 
 class Connection:
@@ -139,8 +141,11 @@ class Connection:
         self.frames = float(FRAME_BURST)  # the frame budget left, as of ``frames_at``
         self.frames_at = trio.current_time()
 
-    async def run(self, greeting: bytes, leftover: bytes, token: str | None) -> None:
-        """Send ``greeting`` (the 101), then serve the session until the connection ends.
+    async def run(
+        self, greeting: bytes, leftover: bytes, token: str | None, share: str | None = None
+    ) -> None:
+        """Send ``greeting`` (the 101), then serve the session until the connection ends;
+        ``token`` or ``share``: the upgrade's ``Authorization`` (bearer, or a share link's).
 
         Cancellation: as ``serve_websocket``. An unexpected error is logged and closes this
         connection alone (1011).
@@ -158,6 +163,7 @@ class Connection:
                         store=state.store,
                         spawn=nursery.start_soon,
                         authenticate=state.auth.user_for,
+                        authenticate_share=lambda share: shared_for(state.services, share),
                         limiter=state.subscribe_limiter,
                         wake=self.wake,
                         queue_limit=settings.ws_queue_limit,
@@ -169,8 +175,8 @@ class Connection:
                     self.flush()
                     if state.going_away:
                         session.close(CLOSE_GOING_AWAY, "server draining")
-                    elif token is not None:  # header auth completes before any message is read
-                        await session.open(token)
+                    elif token is not None or share is not None:  # before any message is read
+                        await session.open(token, share)
                     self.protocol.receive_data(leftover)  # frames sent right after the head
                     if not await self._received():
                         await self._read()
@@ -414,14 +420,23 @@ async def ping_all(state: WebState, interval: float, timeout: float) -> None:
 
 async def recheck_tokens(state: WebState, interval: float) -> None:
     """Each distinct token of an open session once per ``interval`` (one store read per token,
-    not one per connection), its sessions told the user found (``Session.reauthorized``)."""
+    not one per connection), its sessions told the user found (``Session.reauthorized``); a
+    share link's token likewise (``Session.reshared``: revoked by another daemon sharing the
+    store; this daemon's revocations close at once, and expiry has its own timer)."""
     while True:
         await trio.sleep(interval)
         by_token: dict[str, list[Session]] = {}
+        by_share: dict[str, list[Session]] = {}
         for session in state.sessions:
             if session.state is State.OPEN and session.token is not None:
                 by_token.setdefault(session.token, []).append(session)
+            elif session.state is State.OPEN and session.share_token is not None:
+                by_share.setdefault(session.share_token, []).append(session)
         for token, sessions in by_token.items():
             user = await state.auth.user_for(token)
             for session in sessions:
                 session.reauthorized(user)
+        for token, sessions in by_share.items():
+            shared = await shared_for(state.services, token)
+            for session in sessions:
+                session.reshared(shared)

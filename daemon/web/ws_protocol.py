@@ -40,11 +40,16 @@ def parsed(model: type[M], message: dict[str, Any]) -> M | None:
 
 
 class Auth(ClientMessage):
-    """Authenticate, when the upgrade carried no ``Authorization: Bearer`` header: the first
-    message, within ``ws_auth_timeout_s``. Nothing is answered; a bad token closes with 4401."""
+    """Authenticate, when the upgrade carried no ``Authorization: Bearer`` (or ``Share``)
+    header: the first message, within ``ws_auth_timeout_s``, with ``token`` or ``share``.
+    Nothing is answered; a bad token closes with 4401. A share link's connection may
+    ``subscribe`` to its one task only (any other is ``not_found``), is refused
+    ``subscribe_tasks`` (``not_allowed``), and closes with 4401 when the link expires or is
+    revoked."""
 
     type: Literal["auth"]
-    token: StrictStr = Field(description="an API token")
+    token: StrictStr | None = Field(None, description="an API token")
+    share: StrictStr | None = Field(None, description="a share link's token, instead of `token`")
 
 
 class Subscribe(ClientMessage):
@@ -91,6 +96,7 @@ ErrorCode = Literal[
     "not_found",
     "too_many_subscriptions",
     "rate_limited",
+    "not_allowed",
 ]
 ERROR_CODES: dict[str, str] = {
     "invalid_message": "not a JSON object with a string `type`, or a `subscribe` with a bad "
@@ -101,6 +107,7 @@ ERROR_CODES: dict[str, str] = {
     "too_many_subscriptions": "more than `ws_max_subscriptions` tasks followed on this connection",
     "rate_limited": "too many `subscribe` / `subscribe_tasks` (`rate_subscribes_per_min`); "
     "`retry_after` says when to try again",
+    "not_allowed": "`subscribe_tasks` on a share link's connection (it follows its one task only)",
 }
 
 
@@ -170,7 +177,8 @@ CLOSE_CODES: dict[CloseCode, str] = {
     CloseCode.POLICY: "a binary frame, a message before `auth`, or an `auth` that is not one",
     CloseCode.TOO_BIG: f"a message over {MAX_MESSAGE_CHARS:,} characters",
     CloseCode.INTERNAL: "an error in the server",
-    CloseCode.AUTH_FAILED: "no valid token, no `auth` in time, or the token was revoked or expired since",
+    CloseCode.AUTH_FAILED: "no valid token, no `auth` in time, or the token (or share link) was revoked "
+    "or expired since",
     CloseCode.NOT_OPERATOR: "an operator's connection whose user is no longer an operator",
     CloseCode.TOO_MANY: "this user has `ws_max_connections_per_user` WebSockets open already",
 }

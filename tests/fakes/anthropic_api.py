@@ -21,15 +21,23 @@ Anthropic's rules (``tests/fakes/prompt_cache.py``): the usage then splits the i
 ``cache_read_input_tokens``, ``cache_creation_input_tokens`` and the uncached ``input_tokens``.
 Without it, ``input_tokens`` is the request's JSON size / 4 and nothing is cached.
 
+Context management (``tests/fakes/context_edits.py``): a ``compaction`` block sent back starts the
+prompt, ``context_management`` edits are applied (clearing, compaction) and reported in the
+``message_delta``; cache accounting and the window check see the edited prompt.
+``FakeAnthropicAPI(context_window=N)`` answers 400 "prompt is too long" when that prompt is
+over N tokens, as the API does past the model's window (no reply is consumed).
+
 Served by Hypercorn's trio worker around a bare ASGI callable, so SSE chunks leave as sent
 and a client disconnect is observable (``RecordedRequest.disconnected``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +45,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from .context_edits import Edited, edit
 from .prompt_cache import PromptCache
 
 # --- replies -----------------------------------------------------------------------------------
@@ -141,7 +150,10 @@ class RecordedRequest:
     # Set when the client closed the connection before the response was complete.
     disconnected: trio.Event = field(default_factory=trio.Event)
     raw_body: bytes = b""  # as sent, for byte-for-byte comparisons
-    usage: dict[str, int] = field(default_factory=dict)  # what the reply reported, if one was sent
+    usage: dict[str, Any] = field(default_factory=dict)  # what the reply reported, if one was sent
+    prompt_tokens: int = 0  # tokens of the prompt the model read, after context management
+    applied_edits: list[dict[str, Any]] = field(default_factory=list)
+    compacted: bool = False  # the API's compaction edit fired on this request
 
 
 class FakeAnthropicAPI:
@@ -150,11 +162,19 @@ class FakeAnthropicAPI:
     when given, accounts each served request's input against it (see the module docstring)."""
 
     def __init__(
-        self, *replies: Reply, api_key: str | None = None, prompt_cache: PromptCache | None = None
+        self,
+        *replies: Reply,
+        api_key: str | None = None,
+        prompt_cache: PromptCache | None = None,
+        context_window: int | None = None,
     ) -> None:
         self.requests: list[RecordedRequest] = []
         self.api_key = api_key
         self.prompt_cache = prompt_cache
+        self.context_window = context_window
+        # Consulted before the queue: a reply for this request, or None for the next queued one
+        # (e.g. a summary whenever one is asked for, wherever that falls in the script).
+        self.answer: Callable[[RecordedRequest], Reply | None] | None = None
         self._replies: deque[Reply] = deque(replies)
         self._ids = itertools.count(1)
         self.url: str | None = None  # the base URL, once serving
@@ -230,9 +250,20 @@ class FakeAnthropicAPI:
         problem = validate_request(rec.body)
         if problem:
             return await self._send_error(send, bad_request(problem))
-        if not self._replies:
-            return await self._send_error(send, error(500, "api_error", "fake: no scripted reply left"))
-        reply = self._replies.popleft()
+        betas = {b.strip() for b in rec.headers.get("anthropic-beta", "").split(",") if b.strip()}
+        edited = edit(rec.body, betas)
+        if isinstance(edited, str):
+            return await self._send_error(send, bad_request(edited))
+        rec.prompt_tokens = read = edited.tokens_read
+        rec.applied_edits, rec.compacted = edited.applied, edited.compaction is not None
+        if self.context_window is not None and read > self.context_window:
+            too_long = f"prompt is too long: {read} tokens > {self.context_window} maximum"
+            return await self._send_error(send, bad_request(too_long))
+        reply = self.answer(rec) if self.answer is not None else None
+        if reply is None:
+            if not self._replies:
+                return await self._send_error(send, error(500, "api_error", "fake: no scripted reply left"))
+            reply = self._replies.popleft()
         if isinstance(reply, ErrorReply) and not reply.in_stream:
             return await self._send_error(send, reply)
         msg_id = f"msg_fake_{next(self._ids)}"
@@ -243,22 +274,34 @@ class FakeAnthropicAPI:
                 _event("error", error={"type": reply.error_type, "message": reply.message}),
             ]
             return await self._send_sse(rec, receive, send, events)
-        cached = self.prompt_cache.account(rec.body).as_usage() if self.prompt_cache else {}
-        usage = {
-            "input_tokens": len(json.dumps(rec.body)) // 4,
-            **cached,
-            "output_tokens": len(json.dumps(reply.content)) // 4,
-            **reply.usage,
-        }
+        reply, usage, managed = self._edited_reply(reply, edited)
         rec.usage = usage
         model = reply.model or rec.body["model"]
         if not rec.body.get("stream"):
             body = _message_json(msg_id, model, reply.content, reply.stop_reason, reply.stop_sequence, usage)
-            return await self._send_json(send, 200, body, {})
-        events = list(_sse_events(msg_id, model, reply, usage))
+            return await self._send_json(send, 200, {**body, **managed}, {})
+        events = list(_sse_events(msg_id, model, reply, usage, managed))
         if reply.cut_after_events is not None:
             events = events[: reply.cut_after_events]
         await self._send_sse(rec, receive, send, events, stall_after=reply.stall_after_events)
+
+    def _edited_reply(
+        self, reply: MessageReply, edited: Edited
+    ) -> tuple[MessageReply, dict[str, Any], dict[str, Any]]:
+        """The reply as sent (a compaction block first, if one was made), its usage (cache
+        accounted on the edited prompt) and the ``context_management`` report, if asked for."""
+        cached = self.prompt_cache.account(edited.body).as_usage() if self.prompt_cache else {}
+        usage: dict[str, Any] = {
+            "input_tokens": len(json.dumps(edited.body)) // 4,
+            **cached,
+            "output_tokens": len(json.dumps(reply.content)) // 4,
+            **reply.usage,
+        }
+        if edited.compaction is not None:
+            reply = dataclasses.replace(reply, content=[edited.compaction, *reply.content])
+            usage["iterations"] = [edited.compaction_usage, {"type": "message", **usage}]
+        managed = {"context_management": {"applied_edits": edited.applied}} if edited.managed else {}
+        return reply, usage, managed
 
     def _request_id(self) -> tuple[bytes, bytes]:
         return b"request-id", f"req_fake_{next(self._ids)}".encode()
@@ -340,7 +383,7 @@ def _chunks(s: str, n: int = 3) -> list[str]:
     return [s[i : i + size] for i in range(0, len(s), size)] or [""]
 
 
-def _sse_events(msg_id: str, model: str, reply: MessageReply, usage: dict):
+def _sse_events(msg_id: str, model: str, reply: MessageReply, usage: dict, managed: dict):
     start = _message_json(msg_id, model, [], None, None, {**usage, "output_tokens": 1})
     yield _event("message_start", message=start)
     yield _event("ping")
@@ -357,6 +400,12 @@ def _sse_events(msg_id: str, model: str, reply: MessageReply, usage: dict):
             for piece in _chunks(sent):
                 delta = {"type": "input_json_delta", "partial_json": piece}
                 yield _event("content_block_delta", index=i, delta=delta)
+        elif kind == "compaction":  # the summary comes whole, in one delta
+            yield _event(
+                "content_block_start", index=i, content_block={"type": "compaction", "content": None}
+            )
+            delta = {"type": "compaction_delta", "content": block["content"]}
+            yield _event("content_block_delta", index=i, delta=delta)
         elif kind == "thinking":
             empty = {"type": "thinking", "thinking": "", "signature": ""}
             yield _event("content_block_start", index=i, content_block=empty)
@@ -368,7 +417,8 @@ def _sse_events(msg_id: str, model: str, reply: MessageReply, usage: dict):
             yield _event("content_block_start", index=i, content_block=block)
         yield _event("content_block_stop", index=i)
     delta = {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence}
-    yield _event("message_delta", delta=delta, usage={"output_tokens": usage["output_tokens"]})
+    final = {k: usage[k] for k in ("output_tokens", "iterations") if k in usage}
+    yield _event("message_delta", delta=delta, usage=final, **managed)
     yield _event("message_stop")
 
 

@@ -1,8 +1,9 @@
 """A fake GitHub REST API on 127.0.0.1 (real HTTP) for the pull-request endpoints.
 
 ``POST /repos/{o}/{r}/pulls`` checks the Bearer token (401 "Bad credentials" otherwise),
-records the request, and answers 201 with a new pull request, or 422 "A pull request already
-exists" when an open one has the same head and base. ``GET /repos/{o}/{r}/pulls?head=o:branch``
+records the request and the pull request (its title, body and ``draft``, a JSON boolean or 422),
+and answers 201 with it, or 422 "A pull request already exists" when an open one has the same
+head and base. ``GET /repos/{o}/{r}/pulls?head=o:branch``
 lists them. ``GET /user/repos?sort=pushed&per_page=&page=`` lists ``user_repos`` (``add_repo``), the
 most recently pushed first, with GitHub's ``Link`` header (``rel="next"``, ``rel="last"``).
 ``GET /repos/{o}/{r}/pulls/{n}`` gives one (its ``head.sha``: ``head_sha``), and
@@ -50,7 +51,7 @@ class FakeGitHubAPI(ThreadedHTTPFake):
         self.token = token
         self.web_base = web_base
         self.requests: list[ApiRequest] = []
-        self.pulls: list[dict] = []  # each: owner, repo, number, head, base, title, body, state
+        self.pulls: list[dict] = []  # each: owner, repo, number, head, base, title, body, draft, state
         self.user_repos: list[dict] = []  # as GitHub's /user/repos gives them
         # (owner, repo, number, "reviews" | "comments") or (owner, repo, sha, "check_runs"): items
         self.feedback: dict[tuple[str, str, object, str], list[dict]] = {}
@@ -152,6 +153,7 @@ class FakeGitHubAPI(ThreadedHTTPFake):
             "base": data["base"],
             "title": data.get("title", ""),
             "body": data.get("body", ""),
+            "draft": data.get("draft", False),
             "html_url": f"{self.web_base}/{owner}/{repo}/pull/{number}",
             "head_sha": f"{number:040x}",
         }
@@ -277,7 +279,12 @@ class _Handler(QuietHandler):
 
     def _open(self, owner: str, repo: str, data: object) -> None:
         api = self.owner
-        if not isinstance(data, dict) or not all(data.get(k) for k in ("head", "base", "title")):
+        # GitHub wants head, base and a title, and draft (when given) a JSON boolean.
+        if (
+            not isinstance(data, dict)
+            or not all(data.get(k) for k in ("head", "base", "title"))
+            or not isinstance(data.get("draft", False), bool)
+        ):
             self._send(
                 422,
                 {
@@ -320,6 +327,7 @@ def _public(pr: dict) -> dict:
         "state": pr["state"],
         "title": pr["title"],
         "body": pr["body"],
+        "draft": pr["draft"],
         "html_url": pr["html_url"],
         "head": {"ref": pr["head"], "label": f"{pr['owner']}:{pr['head']}", "sha": pr["head_sha"]},
         "base": {"ref": pr["base"]},

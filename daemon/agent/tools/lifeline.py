@@ -8,6 +8,17 @@ seen). So a small shell stands between the daemon and bwrap: bwrap dies with tha
 is single-threaded), and the shell kills bwrap when the daemon's process ends, which it learns
 from a pipe whose only writer is the daemon: when the daemon dies, however it dies, the pipe's
 read end sees end-of-file.
+
+It then kills the shell's whole process group (``kill -KILL 0``), never bwrap alone: between
+its ``clone`` and the moment it lets the child go on (an eventfd write), bwrap's monitor is the
+only thing that child waits on, and the child has no ``PR_SET_PDEATHSIG`` yet. A monitor killed
+alone in that window leaves its child (pid 1 of the new pid namespace, the daemon's uid or
+root, not the task's) blocked on that eventfd for ever: parent-less, childless, outside the
+task's uid and cgroup. In the group it dies with the monitor (a group signal reaches a process
+being forked too). So the shell must lead a process group of its own: callers start it with
+``start_new_session=True`` or ``process_group=0``, and kill that group to stop it (never with
+a catchable signal: the namespace's pid 1 ignores those from outside; SIGKILL). Started inside
+another group, the shell kills only its command, as before.
 """
 
 from __future__ import annotations
@@ -21,14 +32,21 @@ __all__ = ["lifeline_argv", "lifeline_fd"]
 # $1: the pipe's read end (any fd number: pass_fds keeps the parent's); then the command.
 # The command gets neither the pipe nor /dev/null for its stdin (an asynchronous list's
 # default): `<&0` keeps the shell's. Its exit status is the shell's. The watcher kills the
+# shell's group when the shell leads it (field 5 of /proc/$$/stat: its pgid), whatever is
+# left of it: `kill 0` names the watcher's own group, never another's. Otherwise it kills the
 # command only while this shell lives (if it was killed alone, bwrap died with it already,
 # and the pid may be another process's by now).
 _SCRIPT = r"""
 fd=$1; shift
 [ "$fd" = 3 ] || eval "exec 3<&$fd $fd<&-"
+read -r _ _ _ _ pgid _ < /proc/$$/stat
 "$@" 3<&- <&0 &
 child=$!
-( read -r _ <&3; kill -0 "$$" 2>/dev/null && kill -KILL "$child" 2>/dev/null ) &
+(
+  read -r _ <&3
+  if [ "$pgid" = "$$" ]; then kill -KILL 0; fi
+  kill -0 "$$" && kill -KILL "$child"
+) 2>/dev/null &
 watcher=$!
 exec 3<&-
 wait "$child"; status=$?

@@ -5,8 +5,21 @@ short /proc read is acceptable)."""
 from __future__ import annotations
 
 import os
+import select
+import signal
+import time
 
-__all__ = ["descendants", "first_child", "pids", "proc_file", "proc_stat", "sandbox_processes", "tmp_full"]
+__all__ = [
+    "descendants",
+    "first_child",
+    "kill_sandboxes",
+    "pids",
+    "proc_file",
+    "proc_stat",
+    "sandbox_processes",
+    "sandboxes_of",
+    "tmp_full",
+]
 
 
 def pids() -> list[str]:
@@ -79,3 +92,48 @@ def tmp_full(inner: int) -> bool:
         return False
     total = st.f_blocks * st.f_frsize
     return total > 0 and st.f_bavail * st.f_frsize < max(4 * st.f_frsize, total // 100)
+
+
+def sandboxes_of(workspace: str) -> list[int]:
+    """The bwrap processes set up for ``workspace`` (their command line holds ``--chdir
+    <workspace>``): monitors, and their children before or after they became a sandbox's pid 1
+    (the child of a monitor killed too early waits for it for ever: ``lifeline.py``)."""
+    needle = b"\0--chdir\0" + os.fsencode(workspace) + b"\0"
+    found = []
+    for name in pids():
+        stat = proc_file(name, "stat")
+        if stat is None or stat[stat.find(b"(") + 1 : stat.rfind(b")")] != b"bwrap":
+            continue
+        cmdline = proc_file(name, "cmdline")
+        if cmdline is not None and needle in cmdline:
+            found.append(int(name))
+    return found
+
+
+def kill_sandboxes(workspace: str, deadline_s: float = 5.0) -> int:
+    """SIGKILL every bwrap set up for ``workspace`` (``sandboxes_of``; with its pid 1, its whole
+    sandbox goes) and wait for each to end (a pidfd turns readable), for at most ``deadline_s``;
+    returns how many were found. Signalled through pidfds: never a process that took a pid
+    since the scan."""
+    end = time.monotonic() + deadline_s
+    seen: set[int] = set()
+    while (found := [pid for pid in sandboxes_of(workspace) if pid not in seen]) and time.monotonic() < end:
+        fds = []
+        for pid in found:
+            seen.add(pid)
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:  # gone meanwhile
+                continue
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except OSError:
+                pass  # ended meanwhile
+            fds.append(fd)
+        try:
+            for fd in fds:
+                select.select([fd], [], [], max(end - time.monotonic(), 0))
+        finally:
+            for fd in fds:
+                os.close(fd)
+    return len(seen)

@@ -37,10 +37,19 @@ from pathlib import Path
 
 import trio
 
+from daemon.git.process import kill_group
+
+from .lifeline import lifeline_argv, lifeline_fd
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_HOME = "/tmp/home"
+# Where the task's egress proxy socket appears in the sandbox, and the loopback port its bridge
+# offers it on (the sandbox has a network namespace of its own: no port is shared).
+PROXY_SOCKET = "/run/agentd-proxy.sock"
+PROXY_PORT = 3128
+_BRIDGE = (Path(__file__).parent / "proxy_bridge.py").read_text()  # at import: read once
 # /dev/shm is a tmpfs of its own (POSIX semaphores and shared memory need it writable): this
 # small, so that it is no second /tmp.
 _SHM_BYTES = 64 * 1024 * 1024
@@ -128,6 +137,7 @@ def bwrap_argv(
     tmp_bytes: int | None = None,
     owner: tuple[int, int] | None = None,
     etc_dir: Path | None = None,
+    proxy_socket: Path | None = None,
 ) -> list[str]:
     """The bwrap command line (without the program to run) for ``workspace``.
 
@@ -136,6 +146,8 @@ def bwrap_argv(
     (the uid must be the real one on the host, for file ownership and ``RLIMIT_NPROC``), and
     keeps only the capabilities ``setpriv`` needs to drop to it, which it then drops for good.
     ``etc_dir`` holds ``passwd`` and ``group`` naming that uid, shown instead of the host's.
+    ``proxy_socket``: the task's egress proxy (``egress_proxy.py``), bound in read-only at
+    ``PROXY_SOCKET``; the network namespace stays empty (``proxy_argv`` bridges to it).
     """
     ws = str(workspace)
     if owner is None:
@@ -165,6 +177,9 @@ def bwrap_argv(
         if str(parent) != "/"
         for x in ("--perms", "0755", "--dir", str(parent))
     ]
+    proxy = []
+    if proxy_socket is not None:
+        proxy = ["--perms", "0755", "--dir", "/run", "--ro-bind", str(proxy_socket), PROXY_SOCKET]
     etc = []
     if etc_dir is not None:
         etc = [
@@ -210,6 +225,7 @@ def bwrap_argv(
         "--dir",
         SANDBOX_HOME,
         *parents,
+        *proxy,
         "--bind",
         ws,
         ws,
@@ -221,6 +237,19 @@ def bwrap_argv(
         # No --new-session: it would move the shell out of our process group, and the TIOCSTI
         # attack it prevents needs a terminal, which the shell never has (stdin is a pipe).
     ]
+
+
+def proxy_argv() -> list[str]:
+    """What goes in front of a sandboxed command that may reach the egress proxy: the bridge
+    (``proxy_bridge.py``, run by the sandbox's ``python3``) listening on ``PROXY_PORT``."""
+    return ["python3", "-I", "-S", "-c", _BRIDGE, PROXY_SOCKET, str(PROXY_PORT)]
+
+
+def proxy_env() -> dict[str, str]:
+    """The environment that sends pip, npm, cargo, go, gem, curl and git through the bridge."""
+    url = f"http://127.0.0.1:{PROXY_PORT}"
+    env = dict.fromkeys(("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"), url)
+    return {**env, "NO_PROXY": "localhost,127.0.0.1,::1", "no_proxy": "localhost,127.0.0.1,::1"}
 
 
 def setpriv_argv(setpriv: str, owner: tuple[int, int]) -> list[str]:
@@ -287,16 +316,22 @@ async def run_probe_command(
     argv: list[str], cwd: str | None = None
 ) -> subprocess.CompletedProcess[bytes] | None:
     """Run a probe's ``argv`` with the sandbox's environment and its output captured; None when
-    it does not finish within 10 s. Cancelled or timed out, the process is killed (``run_process``)."""
+    it does not finish within 10 s. It runs as a task's commands do: behind the lifeline (it
+    dies with the daemon's process), in a process group of its own; cancelled or timed out, that
+    whole group is killed with SIGKILL, never bwrap alone (``lifeline.py`` says why)."""
+    guarded = lifeline_argv(argv)
     with trio.move_on_after(10):
         return await trio.run_process(
-            argv,
+            argv if guarded is None else guarded,
             check=False,
             capture_stdout=True,
             capture_stderr=True,
             stdin=subprocess.DEVNULL,
             env=shell_env(SANDBOX_HOME),
             cwd=cwd,
+            pass_fds=() if guarded is None else (lifeline_fd(),),
+            process_group=0,
+            deliver_cancel=kill_group,
         )
     return None
 

@@ -25,8 +25,17 @@ from .base import ToolSettings
 from .identity import Slot, claim_slot, count_tasks, own_and_measure, sweep_uid
 from .lifeline import lifeline_argv, lifeline_fd
 from .limits import Cgroup2, TaskCgroup, cgroup_wrapper, find_cgroup, rlimit_prefix, tool_paths
-from .procs import descendants, first_child, sandbox_processes, tmp_full
-from .sandbox import SANDBOX_HOME, bwrap_argv, probe_sandbox, run_probe_command, setpriv_argv, shell_env
+from .procs import descendants, first_child, kill_sandboxes, sandbox_processes, tmp_full
+from .sandbox import (
+    SANDBOX_HOME,
+    bwrap_argv,
+    probe_sandbox,
+    proxy_argv,
+    proxy_env,
+    run_probe_command,
+    setpriv_argv,
+    shell_env,
+)
 
 __all__ = ["HostLimits", "TaskSandbox", "describe_sandbox", "host_limits"]
 
@@ -73,7 +82,9 @@ class TaskSandbox:
     usable), a uid is claimed when the daemon is root (``TransientError`` ``sandbox_busy``
     when the range is exhausted) and the workspace given to it, and the task's cgroup made
     where cgroup v2 is delegated. ``box.command(argv)`` then says how to start any process of
-    the task. On exit every process left of that uid or cgroup is killed and the uid released.
+    the task, in a process group of its own that is killed with SIGKILL to stop it
+    (``lifeline.py``). On exit every process left of that uid or cgroup, and every bwrap set up
+    for the workspace (``procs.kill_sandboxes``), is killed and the uid released.
 
     Attributes: ``sandboxed`` (bubblewrap in use), ``owner`` ((uid, gid) the processes run as,
     None: the daemon's own), ``workspace`` (its real path, once entered).
@@ -98,6 +109,8 @@ class TaskSandbox:
         self._hit: PermanentError | None = None
         self._ran = False  # command() was called: there may be processes to sweep at exit
         self._lifeline = False  # command() puts the lifeline shell in front of bwrap
+        #: The egress proxy's socket that sandboxed commands reach while set (``command``).
+        self.proxy: Path | None = None
 
     async def __aenter__(self) -> TaskSandbox:
         try:
@@ -110,16 +123,24 @@ class TaskSandbox:
     async def __aexit__(self, *exc: object) -> None:
         await self._teardown()
 
-    def command(self, argv: list[str]) -> tuple[list[str], ProcessOptions]:
+    def command(self, argv: list[str], *, proxy: Path | None = None) -> tuple[list[str], ProcessOptions]:
         """The full command line for ``argv`` and the keyword options to start it with
         (``trio.run_process``/``open_process``: ``env``, ``cwd``, and ``pass_fds`` under
-        bubblewrap: the lifeline, ``lifeline.py``).
+        bubblewrap: the lifeline, ``lifeline.py``). Start it in a process group of its own
+        (``start_new_session`` or ``process_group=0``) and stop it by SIGKILL to that group:
+        bwrap killed alone, or sent a signal its sandbox's pid 1 may ignore, can leave that
+        pid 1 behind.
 
         Under bubblewrap: the limits' prefix, bwrap with the workspace bound read-write at its
         own path (the working directory) and, with an ``owner``, the switch to it. Without
         bubblewrap (``sandbox="off"``, or ``auto`` where it is unusable) ``argv`` runs
         unconfined but still with the minimal environment and the limits.
+
+        ``proxy`` (or, when None, ``self.proxy``): the egress proxy's unix socket, bound into the
+        sandbox with a bridge to it in front of ``argv`` and ``HTTP(S)_PROXY`` set; without one
+        the sandbox has no network at all. Unconfined commands get no proxy: they have the host's.
         """
+        proxy = proxy or self.proxy
         host = self._host
         if host is None:
             raise RuntimeError("TaskSandbox.command() outside `async with`")
@@ -137,12 +158,22 @@ class TaskSandbox:
         etc = Path(self._etc) if self._etc is not None and self.owner is not None else None
         full = [
             *prefix,
-            *bwrap_argv(self._bwrap, self.workspace, tmp_bytes=s.tmp_bytes, owner=self.owner, etc_dir=etc),
+            *bwrap_argv(
+                self._bwrap,
+                self.workspace,
+                tmp_bytes=s.tmp_bytes,
+                owner=self.owner,
+                etc_dir=etc,
+                proxy_socket=proxy,
+            ),
         ]
         if self.owner is not None:
             assert host.setpriv is not None
             full += setpriv_argv(host.setpriv, self.owner)
         options: ProcessOptions = {"env": shell_env(SANDBOX_HOME), "cwd": self.workspace}
+        if proxy is not None:
+            full += proxy_argv()
+            options["env"].update(proxy_env())
         full += argv
         if (guarded := lifeline_argv(full)) is not None:  # dies with the daemon's process
             full = guarded
@@ -272,6 +303,10 @@ class TaskSandbox:
         if cgroup is not None:
             cgroup.kill()
             cgroup.remove()
+        if self.sandboxed and self._ran:
+            # bwrap's own processes run as the daemon's user (or root), in no task cgroup where
+            # none is delegated: one whose monitor was killed alone mid-start waits for ever.
+            kill_sandboxes(str(self.workspace))
         slot, self._slot = self._slot, None
         if slot is not None:
             if self.owner is not None and self._ran:

@@ -10,10 +10,12 @@ import { Live } from "./live.js";
 import { TaskList } from "./lists.js";
 import { NewTask } from "./newtask.js";
 import { TaskView } from "./task.js";
+import { ShareView, SharePanel, takeShareToken } from "./share.js";
 import { startGitHub, finishGitHub } from "./signin.js";
+import { PushControl } from "./notifications.js";
 import { loadCache, cachedMe, rememberMe, rememberList, cachedList, clearCache, savedAt } from "./local.js";
 
-const VIEWS = ["signin", "list", "new", "task", "ops"];
+const VIEWS = ["signin", "list", "new", "task", "ops", "share"];
 const app = { live: null, view: null, leaving: false };
 
 // The live connection is made per session; the views talk to it through this stand-in.
@@ -32,6 +34,7 @@ const everyone = new TaskList({
   filter: $("ops-filter"), user: $("ops-user"), ops: true,
 });
 const taskView = new TaskView(liveProxy);
+const push = new PushControl({ button: $("push-toggle"), note: $("push-note") });
 const newTask = new NewTask({ onCreated: (task) => { location.hash = "#/task/" + encodeURIComponent(task.id); } });
 
 // -- the banner: offline, or the live feed down --------------------------------------------------
@@ -108,6 +111,7 @@ async function startSession(me) {
   const cached = cachedList();
   if (cached && cached.filter === mine.filter.value) mine.show(cached.tasks, cached.next_cursor);
   app.live.start();
+  push.refresh();
   route();
 }
 
@@ -119,6 +123,7 @@ async function signOut(message, revoke = true) {
   app.live = null;
   taskView.close();
   let note = message || "";
+  if (revoke && token) await push.forget(); // while the token still works
   if (revoke && token) {
     try {
       await post("/api/auth/signout");
@@ -172,6 +177,7 @@ function route() {
   if (name === "task" && rest.length) {
     show("task");
     taskView.open(decodeURIComponent(rest.join("/")));
+    sharePanel.open(decodeURIComponent(rest.join("/")));
   } else if (name === "new") {
     show("new");
     newTask.show();
@@ -210,7 +216,22 @@ if ("serviceWorker" in navigator) {
   navigator.serviceWorker.register("/sw.js", { scope: "/" }).catch(() => { /* works without */ });
 }
 
+// A share link's page (#/s/TOKEN): that one task, read-only, and nothing else of the app; the
+// signed-in person's own token is neither read nor sent (share.js).
+const sharePanel = new SharePanel($("t-share-panel"));
+function showShared(token) {
+  document.querySelector("header .brand").removeAttribute("href");
+  const view = new ShareView(token, { onState: setLive });
+  show("share");
+  view.start();
+}
+
 async function boot() {
+  const shared = takeShareToken();
+  if (shared) {
+    showShared(shared);
+    return;
+  }
   let back = null;
   try {
     back = await finishGitHub();

@@ -15,8 +15,10 @@ const PROBE_MS = 4000;
 export class Live {
   // ``onState(state)``: "connecting" | "live" | "offline"; ``onAuthLost(code)``: 4401 (token
   // no longer valid) or 4403 (no longer an operator); the connection is not retried then.
-  constructor({ token, onState, onAuthLost, onTasksEvent }) {
+  // ``share``: a share link's token instead of ``token`` (share.js): no tasks feed then.
+  constructor({ token, share, onState, onAuthLost, onTasksEvent }) {
     this.token = token;
+    this.share = share || null;
     this.onState = onState;
     this.onAuthLost = onAuthLost;
     this.onTasksEvent = onTasksEvent; // status events of the tasks feed (and of followed tasks)
@@ -129,8 +131,12 @@ export class Live {
     // subscriptions says the token was good and every subscription is in place.
     ws.onopen = () => {
       if (this.ws !== ws) return;
-      this.send({ type: "auth", token: this.token });
-      this.send({ type: "subscribe_tasks" });
+      if (this.share) {
+        this.send({ type: "auth", share: this.share });
+      } else {
+        this.send({ type: "auth", token: this.token });
+        this.send({ type: "subscribe_tasks" });
+      }
       for (const taskId of this.followers.keys()) this.subscribe(taskId);
       this.send({ type: "ping" });
     };

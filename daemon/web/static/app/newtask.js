@@ -1,5 +1,6 @@
 // The new-task form: a repository (one of the person's GitHub repositories, searched through
-// GET /api/repos, or any URL), base branch, prompt, model (the server's allowlist) and budget.
+// GET /api/repos, or any URL), base branch, prompt, model (the server's allowlist, with its
+// prices), the pull request's title and whether it is a draft, and budget.
 //
 // One Idempotency-Key per submission: made when the form is sent, kept while the same form is
 // sent again (the automatic retries after a network failure, or the person tapping again), so
@@ -26,6 +27,7 @@ export class NewTask {
       this.search.timer = setTimeout(() => this.findRepos(1), 300);
     });
     $("repo-more").addEventListener("click", () => this.findRepos(this.search.page + 1));
+    $("model").addEventListener("change", () => this.showPrice());
   }
 
   async show() {
@@ -46,14 +48,18 @@ export class NewTask {
     if (linked && this.search.q === null) this.findRepos(1);
   }
 
-  // GET /api/client-config: {github_sign_in, models: [{id, default}], budget: {defaults, caps}}.
+  // GET /api/client-config: {github_sign_in, models: [{id, default, price}], budget: {defaults, caps}};
+  // price: US$ per million tokens, {input,output,cache_write,cache_read}_usd_per_mtok.
   applyConfig(config) {
     const models = Array.isArray(config.models) ? config.models : [];
+    this.prices = new Map(models.map((model) => [String(model.id), model.price || {}]));
     const select = $("model");
     select.replaceChildren(...models.map((model) =>
-      h("option", { value: String(model.id), selected: Boolean(model.default) }, String(model.id))));
+      h("option", { value: String(model.id), selected: Boolean(model.default) },
+        String(model.id) + priceTag(model.price))));
     $("model-field").hidden = models.length === 0;
     select.disabled = models.length < 2; // one model is no choice: shown, not sent
+    this.showPrice();
     const budget = config.budget || {};
     const caps = budget.caps || {};
     const defaults = budget.defaults || {};
@@ -89,6 +95,13 @@ export class NewTask {
     }
   }
 
+  showPrice() {
+    const price = (this.prices && this.prices.get($("model").value)) || {};
+    $("model-price").textContent = price.input_usd_per_mtok === undefined ? "" :
+      "US$ per million tokens: " + price.input_usd_per_mtok + " in, " + price.output_usd_per_mtok +
+      " out, " + price.cache_write_usd_per_mtok + " cache write, " + price.cache_read_usd_per_mtok + " cache read.";
+  }
+
   repoItem(repo) {
     const pick = () => {
       $("repo-url").value = String(repo.clone_url || "");
@@ -114,6 +127,9 @@ export class NewTask {
     if (turns) budget.max_turns = Number(turns);
     if (Object.keys(budget).length) body.budget = budget;
     if (!$("model").disabled && $("model").value) body.model = $("model").value;
+    const title = $("pr-title").value.replace(/\s+/g, " ").trim(); // one line, as the server wants
+    if (title) body.pr_title = title;
+    if ($("pr-draft").checked) body.draft = true;
     return body;
   }
 
@@ -161,6 +177,12 @@ export class NewTask {
       }
     }
   }
+}
+
+// " ($3 in / $15 out)": a model's price per million tokens, as its option shows it.
+function priceTag(price) {
+  if (!price || price.input_usd_per_mtok === undefined) return "";
+  return " ($" + price.input_usd_per_mtok + " in / $" + price.output_usd_per_mtok + " out per Mtok)";
 }
 
 function setLimit(input, placeholder, max) {

@@ -15,6 +15,14 @@ import { cachedTask, rememberTask, save } from "./local.js";
 const REFRESH_ON = new Set(["task.status", "task.finished", "git.pushed", "git.pr_opened", "agent.usage",
   "user.message", "workspace.ready"]);
 
+// What retention left of a compacted task's history (its summary stays on the page).
+function historyRemoved(task) {
+  const days = Math.round((task.compacted_at - task.finished_at) / 86400);
+  return task.finished_at && days >= 0
+    ? "events and conversation removed " + days + " days after it finished"
+    : "earlier events and conversation removed";
+}
+
 export class TaskView {
   constructor(live) {
     this.live = live;
@@ -139,6 +147,9 @@ export class TaskView {
     $("t-pr").replaceChildren(task.pr_url ? link(task.pr_url) : h("span", { class: "muted" }, "none"));
     $("t-usage").textContent = tokens(task.usage) + " · " + cost(task.usage && task.usage.cost_usd);
     $("t-attempt").textContent = String(task.attempt);
+    $("t-history-dt").hidden = $("t-history").hidden = !task.compacted_at;
+    if (this.timeline) this.timeline.compacted = Boolean(task.compacted_at);
+    $("t-history").textContent = task.compacted_at ? historyRemoved(task) : "";
     const owner = task.user_login && session.me && task.user_id !== session.me.user_id;
     $("t-owner-dt").hidden = $("t-owner").hidden = !owner;
     $("t-owner").textContent = owner ? task.user_login : "";

@@ -1,7 +1,9 @@
 // One task's events as a timeline: the model's text (streamed as it arrives, then as stored),
-// each tool call as one collapsed line with its output on tap, questions, the person's
-// messages, status changes, the push. Every stored event gets one element carrying its seq
-// (data-seq), in seq order; the tool result's is inside its call's <details>.
+// each tool call as one collapsed line with its output on tap, the setup phase likewise (its
+// output, sent in parts, grows inside it; then a line saying how it ended), questions, the
+// person's messages, status changes, the push. Every stored event gets one element carrying its
+// seq (data-seq), in seq order; the tool result's is inside its call's <details>, and so is each
+// part of the setup's output.
 //
 // ``accept`` takes what the WebSocket sends: an event it already holds (seq <= lastSeq) is
 // dropped, and one that skips a seq is not shown but reported through ``onGap`` (the caller
@@ -18,10 +20,14 @@ export class Timeline {
     this.onGap = onGap;
     this.onChange = onChange; // (event) after a stored event is shown
     this.lastSeq = 0;
+    // Retention removed the task's history but its last event (README, "Retention"): its
+    // first stored event comes after a jump, the one gap to take (task.js sets it).
+    this.compacted = false;
     this.events = []; // the stored events shown, seq 1..lastSeq (kept for offline use)
     this.calls = new Map(); // tool_use id -> the <pre> its output goes in
     this.stream = null; // the <li> the streamed text grows in, until the stored text comes
     this.question = null; // the last agent.question's <li>, until someone answers it
+    this.setup = null; // the running setup's output <pre>, from setup.started to setup.finished
     this.root.replaceChildren();
   }
 
@@ -37,8 +43,12 @@ export class Timeline {
     }
     if (message.seq <= this.lastSeq) return; // already shown: a replay overlapping live
     if (message.seq !== this.lastSeq + 1) {
-      this.onGap(this.lastSeq);
-      return;
+      // From nothing, the first event is the store's first: after a removal, not a loss.
+      if (this.lastSeq !== 0 && !this.compacted) {
+        this.onGap(this.lastSeq);
+        return;
+      }
+      this.root.append(h("li", { class: "muted" }, "Earlier events were removed after the task finished."));
     }
     const follow = nearBottom();
     this.lastSeq = message.seq;
@@ -126,6 +136,12 @@ export class Timeline {
           data.files_total + " file" + (data.files_total === 1 ? "" : "s") + ")");
       case "git.pr_opened":
         return this.note(seq, ts, "Opened a pull request: ", link(data.url));
+      case "setup.started":
+        return this.setupStarted(seq, data);
+      case "setup.output":
+        return this.setupOutput(seq, data);
+      case "setup.finished":
+        return this.setupFinished(seq, ts, data);
       default:
         if (QUIET.has(event.event)) return this.quiet(seq);
         return this.note(seq, ts, String(event.event));
@@ -152,6 +168,43 @@ export class Timeline {
     return li;
   }
 
+  // The setup phase as a tool call: its steps on the line, its output inside.
+  setupStarted(seq, data) {
+    const steps = Array.isArray(data.steps) && data.steps.length ? data.steps.map(String) : ["setup"];
+    const out = h("pre", { class: "out pending" }, "running…");
+    const li = this.add(seq, "tool",
+      h("details", {}, h("summary", {}, h("span", { class: "tool-line" }, "setup: " + steps.join(" then "))),
+        out));
+    li.classList.add("setup");
+    this.setup = out;
+    return li;
+  }
+
+  setupOutput(seq, data) {
+    const part = h("span", { dataset: { seq } }, String(data.text || ""));
+    const out = this.setup;
+    if (!out) return this.add(seq, "tool", h("pre", { class: "out" }, part)); // its start not shown
+    if (out.classList.contains("pending")) {
+      out.replaceChildren();
+      out.classList.remove("pending");
+    }
+    out.append(part);
+    return part;
+  }
+
+  setupFinished(seq, ts, data) {
+    const out = this.setup;
+    this.setup = null;
+    if (out) {
+      if (out.classList.contains("pending")) {
+        out.textContent = "(no output)";
+        out.classList.remove("pending");
+      }
+      if (data.exit_code !== 0 && !data.skipped) out.closest("li").classList.add("failed");
+    }
+    return this.note(seq, ts, setupOutcome(data));
+  }
+
   toolResult(seq, data) {
     const out = this.calls.get(data.id);
     this.calls.delete(data.id);
@@ -165,6 +218,25 @@ export class Timeline {
     out.dataset.seq = String(seq);
     if (data.is_error) out.closest("li").classList.add("failed");
   }
+}
+
+// What setup.finished says (daemon/agent/setup_phase.py): how the setup ended, and what its
+// proxy refused.
+export function setupOutcome(data) {
+  const took = typeof data.duration_s === "number" ? " after " + data.duration_s + " s" : "";
+  let said;
+  if (data.skipped) said = "Setup not run: " + data.skipped;
+  else if (data.timed_out) said = "Setup stopped at its time limit" + took;
+  else if (data.exit_code === 0) said = "Setup done" + took;
+  else if (data.exit_code === null || data.exit_code === undefined) said = "Setup ended" + took;
+  else said = "Setup failed with exit code " + data.exit_code + took;
+  const refused = Number(data.refused_total) || 0;
+  if (refused) {
+    const first = Array.isArray(data.refused) && data.refused[0] ? data.refused[0] : null;
+    said += "; the proxy refused " + refused + (refused === 1 ? " request" : " requests") +
+      (first ? " (" + first.host + ":" + first.port + ")" : "");
+  }
+  return said;
 }
 
 // The one line a tool call shows collapsed: the command, or what the editor does to which file.

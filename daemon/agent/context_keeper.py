@@ -1,0 +1,127 @@
+"""One attempt's conversation fitted to the model's context window (``context_window`` applied).
+
+``ContextKeeper.prepare`` turns the stored turns into the request's messages: from the last
+compaction on and, in mode "client", with old tool results cleared in batches.
+``ContextKeeper.compact`` asks the model (through the task's own provider) for a summary of the
+turns before the last exchange; the agent loop stores it as a user turn with ``stop_reason``
+``COMPACTED``, so that every later request (and a resumed attempt) starts from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import PermanentError
+from . import conversation as conv
+from .context_window import (
+    ContextPolicy,
+    PromptTooLong,
+    TokenCounter,
+    clear_old_results,
+    compaction_split,
+    covered_turns,
+    summary_content,
+    summary_request,
+    visible_turns,
+)
+from .model import ModelProvider, ModelRequest, Usage
+
+__all__ = ["Compaction", "ContextKeeper", "Prepared"]
+
+# Output allowed for a summary: long enough to be specific, short next to any window.
+SUMMARY_MAX_TOKENS = 4096
+
+# In mode "api" the API edits what it is sent, but the body still grows with every turn until the
+# API compacts; past this many times the compaction trigger agentd compacts it itself.
+API_SEND_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The request's messages and their estimated tokens (system prompt and tools included)."""
+
+    messages: list[dict[str, Any]]
+    tokens: int
+    cleared_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """A summary to store as a user turn (``stop_reason`` ``COMPACTED``), and what it cost."""
+
+    content: list[dict[str, Any]]
+    usage: Usage
+    model: str
+    covered: int  # assistant turns it replaces
+
+
+class ContextKeeper:
+    """The context window of one attempt of one task (not shared between tasks)."""
+
+    def __init__(self, policy: ContextPolicy, provider: ModelProvider) -> None:
+        self.policy = policy
+        self.provider = provider
+        self.counter = TokenCounter()
+
+    def prepare(self, system: str, tools: list[dict[str, Any]], turns: Sequence[dict[str, Any]]) -> Prepared:
+        """The messages to send for ``turns`` (the stored conversation); nothing is changed."""
+        messages = conv.for_model(visible_turns(turns))
+        tokens = self.counter.request(system, tools, messages)
+        if self.policy.mode != "client":
+            return Prepared(messages, tokens)
+        cleared, saved = clear_old_results(messages, self.counter, tokens, self.policy)
+        return Prepared(cleared, tokens - saved, saved)
+
+    def wants_compaction(self, prepared: Prepared) -> bool:
+        """Whether to compact before sending ``prepared`` (only if there is something to summarize)."""
+        policy = self.policy
+        if policy.mode == "client":
+            over = prepared.tokens > policy.compact_at_tokens
+        elif policy.mode == "api":
+            over = prepared.tokens > policy.compact_at_tokens * API_SEND_FACTOR
+        else:
+            over = False
+        return over and compaction_split(prepared.messages) is not None
+
+    async def compact(
+        self, system: str, tools: list[dict[str, Any]], prepared: Prepared, model: str | None, reason: str
+    ) -> Compaction:
+        """Summarize what comes before the last exchange of ``prepared`` through the provider.
+
+        Raises ``PermanentError`` (``context_exhausted``) when there is nothing to summarize or
+        the summary request does not fit either; ``reason`` says why compaction was needed.
+        Cancellation: the summary call is abandoned and nothing is stored.
+        """
+        messages = prepared.messages
+        split = compaction_split(messages)
+        if split is None:
+            raise PermanentError(
+                f"the conversation does not fit the model's context window ({reason}) and its last "
+                f"exchange alone is about {prepared.tokens} tokens: nothing older is left to "
+                "summarize. Ask for smaller steps (shorter outputs) or a model with a larger window.",
+                code="context_exhausted",
+            )
+        usage = Usage()
+        for cut in (False, True):
+            request = ModelRequest(
+                system=system,
+                tools=tools,
+                messages=summary_request(messages, split, cut=cut),
+                max_tokens=SUMMARY_MAX_TOKENS,
+                model=model,
+            )
+            try:
+                reply = await self.provider.complete(request)
+            except PromptTooLong:
+                continue
+            usage = usage + reply.usage
+            covered = covered_turns(messages) + sum(1 for m in messages[:split] if m["role"] == "assistant")
+            content = summary_content(conv.final_text({"content": reply.content}), covered)
+            return Compaction(content, usage, reply.model, covered)
+        raise PermanentError(
+            f"the conversation does not fit the model's context window ({reason}), and neither "
+            "does the request to summarize it. Ask for smaller steps or a model with a larger window.",
+            code="context_exhausted",
+        )

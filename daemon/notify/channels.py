@@ -1,0 +1,162 @@
+"""What a notification channel is, and the one way the outbox's channels speak HTTP.
+
+A channel (``webhook``, ``ntfy``, ``webpush``) turns one delivery into one request and says
+how it went with an ``Attempt``: ``DELIVERED``; ``RETRY`` (later, with backoff, or after the
+receiver's ``Retry-After``); ``GONE`` (the target is gone for good: it is disabled); ``FAILED``
+(no retry helps). The sender (``sender.channels_for``) holds one channel per kind.
+
+``send_pinned``: a user-given URL is called by the repository URL address rules
+(``git.addresses.check_url_address``: https only unless private addresses are allowed, no
+private or loopback address unless the operator allows them, cloud metadata never) and on the
+address that was checked: the request goes to that IP, with the name in ``Host`` and in TLS
+(SNI and certificate check), so a DNS answer that changes after the check changes nothing.
+Redirects are not followed; the response is read up to ``RESPONSE_CAP`` bytes.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+import httpx2
+import trio
+
+from ..errors import PermanentError, TransientError
+from ..git.addresses import check_url_address
+from .outbox import Delivery, Target
+
+RESPONSE_CAP = 64 * 1024  # bytes of a receiver's answer read (the rest is dropped)
+ERROR_CAP = 300  # characters of an error kept on the delivery
+
+
+class Verdict(StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    GONE = "gone"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How one attempt went; ``retry_after_s``: the receiver's wish (``Retry-After``)."""
+
+    verdict: Verdict
+    status_code: int | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+
+
+class Channel(Protocol):
+    """One kind of target. ``deliver`` never raises for what the receiver or the network
+    does: the ``Attempt`` says it. Cancellation: the request is abandoned (the receiver may
+    have it: the outbox is at-least-once, receivers drop duplicates by delivery id)."""
+
+    kind: str
+
+    async def deliver(self, delivery: Delivery, target: Target, secret: str | None) -> Attempt: ...
+
+    async def aclose(self) -> None: ...
+
+
+def retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """``Retry-After`` in seconds (delta or HTTP date), None when absent or unreadable."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def verdict_for(status: int, headers: Mapping[str, str], now: float) -> Attempt:
+    """A receiver's HTTP answer as a verdict: 2xx delivered; 408, 425, 429 and 5xx retried
+    (honouring ``Retry-After``); a redirect (not followed) and other 4xx failed."""
+    if 200 <= status < 300:
+        return Attempt(Verdict.DELIVERED, status_code=status)
+    if status in (408, 425, 429) or status >= 500:
+        return Attempt(
+            Verdict.RETRY,
+            status_code=status,
+            error=f"the receiver answered HTTP {status}",
+            retry_after_s=retry_after(headers, now),
+        )
+    if 300 <= status < 400:
+        return Attempt(Verdict.FAILED, status_code=status, error=f"redirect (HTTP {status}) not followed")
+    return Attempt(Verdict.FAILED, status_code=status, error=f"the receiver refused it (HTTP {status})")
+
+
+def http_client(timeout_s: float) -> httpx2.AsyncClient:
+    """The outbox's HTTP client: no redirects, no proxy from the environment, no connection
+    kept (each request goes to the address just checked; see ``send_pinned``)."""
+    return httpx2.AsyncClient(
+        timeout=httpx2.Timeout(timeout_s),
+        follow_redirects=False,
+        trust_env=False,
+        limits=httpx2.Limits(max_keepalive_connections=0),
+    )
+
+
+async def send_pinned(
+    client: httpx2.AsyncClient,
+    url: str,
+    *,
+    content: bytes,
+    headers: Mapping[str, str],
+    allow_private: bool,
+    what: str,
+    now: float,
+    deadline_s: float,
+) -> Attempt:
+    """POST ``content`` to ``url`` on the address checked for it; the verdict of the answer.
+
+    Refused addresses and bad URLs are ``FAILED``; a name that does not resolve, a network
+    error or a timeout (``deadline_s`` for the whole exchange) ``RETRY``.
+    Cancellation: the request is abandoned.
+    """
+    try:
+        addresses = await check_url_address(url, allow_private=allow_private, what=what)
+    except TransientError as exc:
+        return Attempt(Verdict.RETRY, error=exc.message)
+    except PermanentError as exc:
+        return Attempt(Verdict.FAILED, error=exc.message)
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    address = addresses[0]
+    netloc = f"[{address}]" if ":" in address else address
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    pinned = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    host_header = host if parts.port is None else f"{parts.netloc.rsplit('@', 1)[-1]}"
+    request = client.build_request(
+        "POST",
+        pinned,
+        content=content,
+        headers={**headers, "Host": host_header},
+        extensions={"sni_hostname": host},
+    )
+    with trio.move_on_after(deadline_s) as scope:
+        try:
+            response = await client.send(request, stream=True)
+        except httpx2.HTTPError as exc:
+            return Attempt(Verdict.RETRY, error=f"could not reach the {what}: {type(exc).__name__}")
+        try:
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read >= RESPONSE_CAP:
+                    break
+        except httpx2.HTTPError:
+            pass  # the answer's status is what counts; a body cut short changes nothing
+        finally:
+            await response.aclose()
+        return verdict_for(response.status_code, response.headers, now)
+    assert scope.cancelled_caught
+    return Attempt(Verdict.RETRY, error=f"the {what} did not answer within {deadline_s:g} s")

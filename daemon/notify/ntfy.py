@@ -1,0 +1,98 @@
+"""The ``ntfy`` channel: one message POSTed to the user's topic URL (https://docs.ntfy.sh/publish/).
+
+The body is the message text; ``Title``, ``Tags`` (emoji short codes), ``Priority`` and
+``Click`` (the task in the web client, when ``public_url`` is set) are ntfy's headers; an
+access token, when the topic needs one, goes as ``Authorization: Bearer``. Header values are
+built from fixed words and the repository's name in ASCII only: text the model influenced (an
+error, a question) goes in the body alone, as plain text. The URL is called by the address
+rules of ``channels.send_pinned``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import httpx2
+
+from ..config import Settings
+from .channels import Attempt, http_client, send_pinned
+from .outbox import Delivery, Target, TargetKind
+from .webhooks import allow_private
+
+WHAT = "ntfy topic URL"
+MESSAGE_CAP = 1000  # characters of the message body
+# kind -> (title, tags, priority)
+_STYLE = {
+    "task.succeeded": ("Task succeeded", "white_check_mark", "default"),
+    "task.failed": ("Task failed", "x", "high"),
+    "task.cancelled": ("Task cancelled", "no_entry_sign", "low"),
+    "task.waiting_input": ("Task needs your answer", "question", "high"),
+    "task.pr_opened": ("Pull request opened", "arrow_heading_up", "default"),
+    "test": ("Test notification", "bell", "default"),
+}
+_NOT_HEADER_SAFE = re.compile(r"[^A-Za-z0-9._ -]")
+
+
+def _repo_name(repo_url: object) -> str:
+    text = str(repo_url or "")
+    path = urllib.parse.urlsplit(text).path if "://" in text else text
+    name = path.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1].removesuffix(".git")
+    return _NOT_HEADER_SAFE.sub("", name)[:60] or "repository"
+
+
+def message_for(payload: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """ntfy's headers and the message text for a rendered payload."""
+    kind = str(payload.get("kind"))
+    title, tags, priority = _STYLE.get(kind, ("agentd", "bell", "default"))
+    task = payload.get("task") or {}
+    headers = {"Tags": tags, "Priority": priority}
+    if task:
+        title = f"{title}: {_repo_name(task.get('repo_url'))}"
+        if task.get("url"):
+            headers["Click"] = str(task["url"])
+    headers["Title"] = title
+    if kind == "task.waiting_input":
+        text = str(payload.get("question") or "")
+    elif kind == "task.pr_opened":
+        text = str(task.get("pr_url") or "")
+    elif kind == "test":
+        text = "Notifications from agentd reach this topic."
+    else:
+        text = str(task.get("error") or task.get("status") or "")
+    if len(text) > MESSAGE_CAP:
+        text = text[: MESSAGE_CAP - 1] + "…"
+    return headers, text or title
+
+
+class NtfyChannel:
+    kind = TargetKind.NTFY.value
+
+    def __init__(self, settings: Settings, *, now: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._now = now
+        self._http: httpx2.AsyncClient = http_client(settings.notify_timeout_s)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def deliver(self, delivery: Delivery, target: Target, secret: str | None) -> Attempt:
+        """POST the message to the topic (with the access token ``secret``, if any)."""
+        headers, text = message_for(json.loads(delivery.payload))
+        headers["Content-Type"] = "text/plain; charset=utf-8"
+        if secret:
+            headers["Authorization"] = f"Bearer {secret}"
+        return await send_pinned(
+            self._http,
+            target.url,
+            content=text.encode(),
+            headers=headers,
+            allow_private=allow_private(self._settings),
+            what=WHAT,
+            now=self._now(),
+            deadline_s=self._settings.notify_timeout_s,
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 
+import trio
 from cryptography.fernet import Fernet
 
 from .fakes.phone import running_daemon
@@ -123,3 +124,33 @@ async def test_the_push_routes_are_described_in_the_openapi_document(tmp_path):
     assert {"get", "post", "delete"} <= set(paths["/api/push/subscriptions"])
     assert "delete" in paths["/api/push/subscriptions/{subscription_id}"]
     assert [m for m in undescribed(spec) if "push" in m.lower() or "Subscri" in m] == []
+
+
+async def test_subscribe_calls_racing_for_one_endpoint_leave_one_subscription(tmp_path):
+    """A browser retrying (or two tabs) posts one subscription at once several times: one row is
+    kept, so each notification is pushed once (schema v15's unique index; a renewal with other
+    keys replaces the row in the insert's own transaction)."""
+    push = FakePushService()
+    with push:
+        async with running_daemon(tmp_path) as server:
+            alice, token = await server.user("alice")
+            async with server.client(token) as client:
+                _sub, body = browser_subscription(push)
+                answers: list[int] = []
+
+                async def post(payload: dict) -> None:
+                    answers.append((await client.post("/api/push/subscriptions", json=payload)).status_code)
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(8):
+                        nursery.start_soon(post, body)
+                assert set(answers) <= {200, 201} and 201 in answers
+                assert len(await server.store.list_targets(alice.id, kind="webpush")) == 1
+
+                renewed, renewed_body = browser_subscription(push)
+                renewed_body = {**renewed_body, "endpoint": body["endpoint"]}  # new keys, same endpoint
+                async with trio.open_nursery() as nursery:
+                    for _ in range(4):
+                        nursery.start_soon(post, renewed_body)
+                kept = await server.store.list_targets(alice.id, kind="webpush")
+                assert len(kept) == 1 and renewed.auth in server.daemon.secrets.decrypt(kept[0].secret_enc)

@@ -85,7 +85,9 @@ class Dialect:
     def insert_target(self, conn: Any, target: Target) -> None:
         self._rows(
             conn,
-            f"INSERT INTO notify_targets ({TARGET_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            # Nothing when a racing call inserted the same push endpoint first (schema v15).
+            f"INSERT INTO notify_targets ({TARGET_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (
                 target.id, target.user_id, target.kind, target.url, target.secret_enc,
                 json.dumps(list(target.events)), target.created_at, target.disabled_at,
@@ -125,6 +127,17 @@ class Dialect:
         marks = ", ".join("?" * len(ids))
         rows = self._rows(conn, f"SELECT {TARGET_COLUMNS} FROM notify_targets WHERE id IN ({marks})", ids)
         return {row[0]: target_from_row(row) for row in rows}
+
+    def delete_same_url(self, conn: Any, target: Target) -> None:
+        """Remove ``target``'s user's other target of its kind at its URL (a push subscription
+        renewed with new keys or kinds); its pending deliveries fail as removed."""
+        rows = self._rows(
+            conn,
+            "DELETE FROM notify_targets WHERE user_id = ? AND kind = ? AND url = ? RETURNING id",
+            (target.user_id, target.kind, target.url),
+        )
+        for row in rows:
+            self._fail_pending(conn, row[0], "the target was removed")
 
     def count_targets(self, conn: Any, user_id: int, kind: str) -> int:
         rows = self._rows(

@@ -30,15 +30,21 @@ class OutboxStore:
 
     # -- targets --------------------------------------------------------------------------------
 
-    async def add_target(self, target: Target, *, limit: int | None = None, replace: bool = False) -> bool:
+    async def add_target(
+        self, target: Target, *, limit: int | None = None, replace: bool = False, replace_url: bool = False
+    ) -> bool:
         """Insert ``target``; False (nothing written) when its user has ``limit`` of its kind.
-        ``replace``: in place of the user's other targets of its kind (one ntfy topic)."""
+        ``replace``: in place of the user's other targets of its kind (one ntfy topic);
+        ``replace_url``: in place of the one at its URL (a push subscription renewed), in the
+        same transaction, so a renewal never leaves two."""
         outbox = self.queries.OUTBOX
 
         def write(conn: Any) -> bool:
             if replace:
                 outbox.replace_target(conn, target)
                 return True
+            if replace_url:
+                outbox.delete_same_url(conn, target)
             if (
                 limit is not None
                 and target.user_id is not None

@@ -303,6 +303,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             WHERE finished_at IS NOT NULL AND (compacted_at IS NULL OR compacted_at < finished_at);
         """,
     ),
+    (
+        15,
+        "one push subscription per person and endpoint",
+        # Two subscribe calls racing for one endpoint (a browser retrying) leave one row, so one
+        # push per notification: the second insert does nothing (``insert_target``).
+        """
+        CREATE UNIQUE INDEX notify_targets_one_push ON notify_targets(user_id, url) WHERE kind = 'webpush';
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -93,12 +93,8 @@ async def subscribe(
     if same is not None:
         if same.disabled_at is None and same.events == wanted and _keys_of(svc, same) == keys:
             return Subscribed(same, created=False)
-        await svc.store.delete_target(same.id, user_id)  # new keys or kinds: replaced
     elif len(mine) >= MAX_SUBSCRIPTIONS:
-        raise Conflict(
-            f"you have {MAX_SUBSCRIPTIONS} push subscriptions already: remove one (a device you no "
-            "longer use) first"
-        )
+        raise _too_many()
     target = Target(
         id=TARGET_PREFIX[TargetKind.WEBPUSH] + secrets.token_hex(8),
         user_id=user_id,
@@ -108,8 +104,17 @@ async def subscribe(
         events=wanted,
         created_at=svc.store.now(),
     )
-    await svc.store.add_target(target)
+    # New keys or kinds for a known endpoint replace its row in the insert's own transaction.
+    if not await svc.store.add_target(target, limit=MAX_SUBSCRIPTIONS, replace_url=True):
+        raise _too_many()
     return Subscribed(target, created=True)
+
+
+def _too_many() -> Conflict:
+    return Conflict(
+        f"you have {MAX_SUBSCRIPTIONS} push subscriptions already: "
+        "remove one (a device you no longer use) first"
+    )
 
 
 def _keys_of(svc: Services, target: Target) -> str | None:

@@ -54,13 +54,17 @@ SCRIPT = {
 }
 
 
-def _push_to(tmp_path: Path, bare: Path, branch: str, name: str) -> str:
-    """A commit by someone else adding ``name`` on ``branch`` of ``bare``; its id."""
+def _push_to(tmp_path: Path, bare: Path, branch: str, name: str, *, new_branch: bool = False) -> str:
+    """A commit by someone else adding ``name`` on ``branch`` of ``bare`` (with ``new_branch``:
+    a new branch made from main); its id."""
     work = tmp_path / f"someone-{name}"
-    subprocess.run(["git", "clone", "--quiet", "-b", branch, str(bare), str(work)], check=True)
+    start = [] if new_branch else ["-b", branch]
+    subprocess.run(["git", "clone", "--quiet", *start, str(bare), str(work)], check=True)
     (work / name).write_text(f"{name}\n")
     ident = ["-c", "user.name=Someone", "-c", "user.email=someone@example.invalid"]
-    for args in (["add", name], [*ident, "commit", "--quiet", "-m", name], ["push", "--quiet"]):
+    steps = [["checkout", "--quiet", "-b", branch]] if new_branch else []
+    steps += [["add", name], [*ident, "commit", "--quiet", "-m", name], ["push", "--quiet", "origin", branch]]
+    for args in steps:
         subprocess.run(["git", *args], cwd=work, check=True)
     return git_out(work, "rev-parse", "HEAD")
 
@@ -157,23 +161,12 @@ def _policy(tmp_path: Path) -> ClonePolicy:
     )
 
 
-def _new_branch(bare: Path, branch: str, name: str) -> str:
-    work = bare.parent / f"work-{branch.replace('/', '-')}"
-    subprocess.run(["git", "clone", "--quiet", str(bare), str(work)], check=True)
-    ident = ["-c", "user.name=Agent", "-c", "user.email=agent@example.invalid"]
-    (work / name).write_text(f"{name}\n")
-    for args in (["checkout", "--quiet", "-b", branch], ["add", name], [*ident, "commit", "-qm", name]):
-        subprocess.run(["git", *args], cwd=work, check=True)
-    subprocess.run(["git", "push", "--quiet", "origin", branch], cwd=work, check=True)
-    return git_out(work, "rev-parse", "HEAD")
-
-
 async def test_a_restored_workspace_counts_from_the_tasks_first_base_and_keeps_it(tmp_path):
     """The restored clone's owned repository holds the first base, its record names it, and a
     workspace reused from that record keeps it."""
     bare = bare_repo(tmp_path)
     base = git_out(bare, "rev-parse", "main")
-    pushed = _new_branch(bare, "agentd/t1-write", "a.txt")
+    pushed = _push_to(tmp_path, bare, "agentd/t1-write", "a.txt", new_branch=True)
     request = CloneRequest(
         "t1", str(bare), None, "write", known_branch="agentd/t1-write",
         pushed=PushedBranch("agentd/t1-write", pushed, base=base),
@@ -192,7 +185,7 @@ async def test_a_first_base_that_cannot_be_had_counts_from_the_pushed_commit(tmp
     """The documented fallback: a first base the remote no longer has (its history rewritten),
     or a task pushed before the base was recorded, counts from where the workspace starts."""
     bare = bare_repo(tmp_path)
-    pushed = _new_branch(bare, "agentd/t2-write", "a.txt")
+    pushed = _push_to(tmp_path, bare, "agentd/t2-write", "a.txt", new_branch=True)
     request = CloneRequest(
         "t2", str(bare), None, "write", known_branch="agentd/t2-write",
         pushed=PushedBranch("agentd/t2-write", pushed, base=base),

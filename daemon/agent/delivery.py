@@ -64,7 +64,7 @@ async def deliver(
     repo = workspace.remote.github(settings.github_web_host) if token else None
     if pushed is not None:
         if (task.diff or {}).get("commit") != pushed.commit:  # not recorded by an earlier attempt
-            task = await _record_push(ctx, task, pushed)
+            task = await _record_push(ctx, task, pushed, base=workspace.diff_base)
     elif not (repo is not None and await _owes_pull_request(task, workspace, token, settings)):
         return RunResult(reason="no changes")
     if task.pr_url is None and token and repo is not None:
@@ -87,13 +87,16 @@ async def deliver(
     return RunResult()
 
 
-async def _record_push(ctx: RunContext, task: Task, pushed: PushResult) -> Task:
-    """``pushed`` on the task and as its ``git.pushed`` event, written together."""
+async def _record_push(ctx: RunContext, task: Task, pushed: PushResult, *, base: str) -> Task:
+    """``pushed`` on the task and as its ``git.pushed`` event, written together. ``base``, the
+    commit its counts are from, is kept with it: a workspace re-created from the pushed branch
+    counts from there too (``daemon/git/pushed.py``)."""
     # The agent decides how many files a push has: the task and its event name the first
     # MAX_FILES_LISTED, and say how many there were.
     files = pushed.files_changed[:MAX_FILES_LISTED]
     diff = {
         "commit": pushed.commit,
+        "base": base,
         "files": files,
         "files_total": len(pushed.files_changed),
         "lines_added": pushed.lines_added,

@@ -58,11 +58,13 @@ def workspace_note(w: Workspace) -> str:
 
 
 def pushed_branch(task: Task) -> PushedBranch | None:
-    """The branch and commit agentd pushed for ``task`` (its record), None before a push."""
-    commit = (task.diff or {}).get("commit")
+    """The branch and commit agentd pushed for ``task`` and the base its diff counts from (its
+    record; no base for a push recorded before it was kept), None before a push."""
+    diff = task.diff or {}
+    commit, base = diff.get("commit"), diff.get("base")
     if not task.branch or not isinstance(commit, str):
         return None
-    return PushedBranch(task.branch, commit)
+    return PushedBranch(task.branch, commit, base if isinstance(base, str) else None)
 
 
 # How far back the end of the previous attempt is looked for: between it and the running

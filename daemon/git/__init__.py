@@ -6,15 +6,14 @@ The public surface is re-exported here; the modules behind it may change freely.
 from daemon.git.disk import workspace_dirs
 from daemon.git.github import PullRequest, open_pull_request
 from daemon.git.process import GitAuth, classify_git_error, run_git
+from daemon.git.push import PushResult, commit_and_push
 from daemon.git.remote import GitHubRepo, Remote, parse_remote, redact
 from daemon.git.workspace import (
     ClonePolicy,
     CloneRequest,
-    PushResult,
     Workspace,
     branch_name,
     check_quota,
-    commit_and_push,
     gc_workspaces,
     prepare_workspace,
     workspace_size,

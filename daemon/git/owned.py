@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,9 @@ __all__ = [
     "OWNED_DIR",
     "PATCH_CAP",
     "Patch",
+    "diff_base",
     "fetch_bundle",
+    "fetch_commit",
     "make_owned",
     "numstat",
     "owned_path",
@@ -182,6 +185,67 @@ async def push_branch(
         timeout=timeout,
         pin=pin,
     )
+
+
+#: Where a commit fetched by id is kept (a ref: so that no gc can take it).
+FIRST_BASE_REF = "refs/agentd/first-base"
+
+
+async def fetch_commit(
+    owned: Path,
+    remote: Remote,
+    commit: str,
+    *,
+    auth: GitAuth,
+    pin: ResolvedRemote,
+    timeout: float,
+    allow_local: bool,
+) -> None:
+    """Fetch ``commit`` (a full object id) from ``remote``'s URL into the owned repository,
+    without its history (depth 1), at ``FIRST_BASE_REF``; held to ``pin``'s addresses.
+
+    Fetching by id needs the server to allow it: git's protocol v2 serves any commit it has
+    (so does GitHub for a reachable one), protocol v0 only advertised ones. Raises as
+    ``classify_git_error`` says: PermanentError when the server refuses or lacks the commit.
+    Cancellation: git and its helpers are killed.
+    """
+    if not _OID.fullmatch(commit):
+        raise ValueError("fetch_commit needs an object id")
+    await run_git(
+        [
+            "-c",
+            "gc.auto=0",
+            "-c",
+            "maintenance.auto=false",
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--depth=1",
+            "--",
+            remote.url,
+            f"+{commit}:{FIRST_BASE_REF}",
+        ],
+        cwd=repo_of(owned),
+        remote=remote,
+        auth=auth,
+        op="fetch",
+        timeout=timeout,
+        allow_local=allow_local,
+        pin=pin,
+    )
+
+
+def diff_base(record: Mapping[str, object]) -> str:
+    """The commit a task's diff counts from, as its workspace record (``read_state``) says:
+    ``diff_base`` (the task's first base, in a workspace re-created from its pushed branch),
+    else ``base_commit`` (where the clone started: a record made before ``diff_base`` was).
+    "" when it names neither as an object id."""
+    for key in ("diff_base", "base_commit"):
+        value = record.get(key)
+        if isinstance(value, str) and _OID.fullmatch(value):
+            return value
+    return ""
 
 
 async def numstat(owned: Path, base: str, head: str) -> tuple[list[str], int, int]:

@@ -2,18 +2,33 @@
 
 Only the branch's name and commit ids cross to the host: the commits themselves are agent
 output and are cloned like any remote content (``workspace.py``).
+
+The diff of a task (its ``diff`` summary, ``git.pushed``'s files, ``GET /api/tasks/{id}/diff``)
+is always its whole branch against the commit its first workspace was cloned at (the base
+branch as the task first saw it), whatever workspace pushed last. That commit is recorded with
+each push (``diff["base"]``, ``PushedBranch.base``); a workspace re-created from the pushed
+branch starts at the pushed commit, so it fetches that first base into agentd's own repository
+(``fetch_first_base``) and counts from it. The rule when that cannot be: a base the remote no
+longer has (history rewritten: the base branch force-pushed and the task's branch rebased),
+or a task pushed before the base was recorded, counts from where the re-created workspace
+starts, as a fresh clone does. When someone else rebased the task's branch onto a newer base,
+the first base still counts: the diff then shows that newer base's changes too. A branch gone
+from the remote starts again from a fresh clone of the base, and is counted from there.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
+from daemon.errors import PermanentError
+from daemon.git import owned as owned_repo
 from daemon.git.addresses import ResolvedRemote, resolve_remote
 from daemon.git.process import GitAuth, run_git
 from daemon.git.remote import Remote
 
-__all__ = ["COMMIT_ID", "PushedBranch", "Restored", "branch_head", "remote_heads"]
+__all__ = ["COMMIT_ID", "PushedBranch", "Restored", "branch_head", "fetch_first_base", "remote_heads"]
 
 #: How long a ``git ls-remote`` of one branch may take.
 LS_REMOTE_TIMEOUT = 120.0
@@ -24,10 +39,19 @@ COMMIT_ID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 
 @dataclass(frozen=True)
 class PushedBranch:
-    """The branch agentd last pushed for a task and the commit it pushed (the task's record)."""
+    """The branch agentd last pushed for a task and the commit it pushed (the task's record);
+    ``base``: the commit the task's diff counts from (None: a push made before it was kept)."""
 
     branch: str
     commit: str
+    base: str | None = None
+
+    def check_ids(self) -> None:
+        """PermanentError unless ``commit`` and ``base`` are full commit ids: only ids ever
+        reach a git command line from here."""
+        for what, value in (("commit", self.commit), ("base", self.base)):
+            if value is not None and not COMMIT_ID.match(value):
+                raise PermanentError(f"invalid pushed {what}: {value!r}", code="invalid_branch")
 
 
 @dataclass(frozen=True)
@@ -92,3 +116,35 @@ async def branch_head(
     pin = await resolve_remote(remote, allow_private=allow_private)
     head, _ = await remote_heads(remote, branch, auth=auth, pin=pin, timeout=timeout, allow_local=allow_local)
     return head
+
+
+async def fetch_first_base(
+    owned: Path,
+    remote: Remote,
+    restored: Restored,
+    clone_commit: str,
+    *,
+    auth: GitAuth,
+    pin: ResolvedRemote,
+    timeout: float,
+    allow_local: bool,
+) -> str | None:
+    """The commit the task's diff counts from, for a workspace re-created from its pushed
+    branch and cloned at ``clone_commit``: the task's first base (``restored.pushed.base``),
+    fetched into the owned repository at ``owned`` (its tree only: depth 1), or None when the
+    workspace's own start counts (the module's rule: no base recorded, the branch gone from the
+    remote, or a base the remote refuses or no longer has).
+
+    A network failure raises TransientError (the attempt is tried again, as for a clone).
+    Cancellation: git is killed; the caller removes the half-made owned repository.
+    """
+    base = restored.pushed.base
+    if base is None or restored.head is None or base == clone_commit:
+        return None
+    try:
+        await owned_repo.fetch_commit(
+            owned, remote, base, auth=auth, pin=pin, timeout=timeout, allow_local=allow_local
+        )
+    except PermanentError:  # "not our ref", or a server that allows no fetch by id
+        return None
+    return base

@@ -1,4 +1,4 @@
-"""A task's workspace: a shallow clone on its own branch, then a commit pushed back.
+"""A task's workspace: a shallow clone on its own branch (its commit is pushed by ``push.py``).
 
 Layout: ``<root>/<task-id>/`` is the clone the agent works in; ``<root>/.owned/<task-id>/`` is
 agentd's own copy of it and the task's record (``owned.py``), which the agent never sees. The
@@ -6,7 +6,8 @@ record is written last, so a workspace is "fully prepared" when both exist; anyt
 half-made clone (crash, cancellation) and is made again from scratch.
 
 After the clone no git on the host runs in the workspace: the agent's work leaves it as a
-bundle made in the sandbox (``export.py``), and is pushed from the owned repository.
+bundle made in the sandbox (``export.py``), and is pushed from the owned repository
+(``push.py``), counted there against the task's diff base (``Workspace.diff_base``).
 """
 
 from __future__ import annotations
@@ -26,21 +27,18 @@ from daemon.errors import PermanentError, TransientError
 from daemon.git import owned as owned_repo
 from daemon.git.addresses import ResolvedRemote, resolve_remote
 from daemon.git.disk import gc_workspaces, remove_if_present, rmtree, workspace_size
-from daemon.git.export import Confinement, export_bundle
 from daemon.git.process import GitAuth, GitResult, classify_git_error, run_git
-from daemon.git.pushed import COMMIT_ID, PushedBranch, Restored, remote_heads
+from daemon.git.pushed import PushedBranch, Restored, fetch_first_base, remote_heads
 from daemon.git.remote import Remote, parse_remote
 
 __all__ = [
     "ClonePolicy",
     "CloneRequest",
-    "PushResult",
     "PushedBranch",
     "Restored",
     "Workspace",
     "branch_name",
     "check_quota",
-    "commit_and_push",
     "gc_workspaces",
     "prepare_workspace",
     "workspace_size",
@@ -48,7 +46,6 @@ __all__ = [
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CLONE_TIMEOUT = 600.0
-PUSH_TIMEOUT = 300.0
 LOCAL_TIMEOUT = 120.0
 
 
@@ -66,6 +63,26 @@ class Workspace:
     reset: bool = False
     #: Set when the workspace was re-created from the task's pushed branch.
     restored: Restored | None = None
+    #: The task's first base (the commit its first workspace was cloned at), when it is not
+    #: ``base_commit``: a workspace re-created from the task's pushed branch starts at the
+    #: pushed commit, yet the task's diff still counts from the first base.
+    first_base: str | None = None
+
+    @property
+    def diff_base(self) -> str:
+        """The commit the task's diff counts from (the whole branch: ``pushed.py``'s rule)."""
+        return self.first_base or self.base_commit
+
+    def record(self, *, pushed_commit: str | None) -> dict:
+        """The workspace's record (``owned.write_state``), ``pushed_commit`` last pushed."""
+        return {
+            "branch": self.branch,
+            "base_branch": self.base_branch,
+            "base_commit": self.base_commit,
+            "diff_base": self.diff_base,
+            "remote_url": self.remote.url,
+            "pushed_commit": pushed_commit,
+        }
 
 
 @dataclass(frozen=True)
@@ -121,15 +138,6 @@ class _Clone:
     new_branch: bool = True
 
 
-@dataclass(frozen=True)
-class PushResult:
-    branch: str
-    commit: str
-    files_changed: list[str]
-    lines_added: int
-    lines_removed: int
-
-
 def branch_name(task_id: str, title: str) -> str:
     """``agentd/<first 8 of the task id>-<slug of the title>``, a valid git branch name."""
     short = re.sub(r"[^a-z0-9]", "", task_id.lower())[:8] or "task"
@@ -172,8 +180,11 @@ async def prepare_workspace(request: CloneRequest, policy: ClonePolicy) -> Works
     from the pushed branch instead and keeps its name, so the next push updates the same branch
     (and its pull request): at the remote's commit of that branch, which may have moved since
     agentd pushed it; or, when the branch is gone from the remote, as a fresh clone of the base
-    on a branch of that name. ``Workspace.restored`` says which. Only the branch's name and
-    commit id (both checked) are used on the host; the clone follows the same rules as any.
+    on a branch of that name. ``Workspace.restored`` says which. The task's first base
+    (``pushed.base``) is fetched into the owned repository so that its diff stays the whole
+    branch (``Workspace.first_base``; the rule and its fallback: ``pushed.py``). Only the
+    branch's name and commit ids (all checked) are used on the host; the clone follows the
+    same rules as any.
     Raises TransientError when the disk has less than ``min_free_bytes`` free (other tasks
     ending and workspace gc free space, so a later attempt can succeed) or when the network
     fails; PermanentError for a bad URL, credentials, a missing repository or branch, a host
@@ -197,8 +208,7 @@ async def prepare_workspace(request: CloneRequest, policy: ClonePolicy) -> Works
     pushed = request.pushed
     if pushed is not None:
         _check_branch(pushed.branch, "pushed branch")
-        if not COMMIT_ID.match(pushed.commit):
-            raise PermanentError(f"invalid pushed commit: {pushed.commit!r}", code="invalid_branch")
+        pushed.check_ids()
 
     # Every file system call here runs in a worker thread: even a rename or a stat can wait
     # for the file system's journal while hundreds of clones write (a rename on the Trio
@@ -246,6 +256,18 @@ async def prepare_workspace(request: CloneRequest, policy: ClonePolicy) -> Works
         ws = await _clone(staging, clone, policy)
         # agentd's own copy is made before the agent has touched the clone.
         await owned_repo.make_owned(staging, owned_staging)
+        if restored is not None:  # the diff counts from the task's first base (pushed.py)
+            first = await fetch_first_base(
+                owned_staging,
+                remote,
+                restored,
+                ws.base_commit,
+                auth=auth,
+                pin=pin,
+                timeout=policy.timeout,
+                allow_local=policy.allow_local,
+            )
+            ws = dataclasses.replace(ws, first_base=first)
         await trio.to_thread.run_sync(_move_into_place, staging, path, owned_staging, owned, ws)
     except BaseException:
         with trio.CancelScope(shield=True):
@@ -286,7 +308,7 @@ def _make_room(root: Path, task_id: str) -> int:
 def _move_into_place(staging: Path, path: Path, owned_staging: Path, owned: Path, ws: Workspace) -> None:
     # The record is written last, and the workspace renamed after it: both there means
     # "fully prepared".
-    owned_repo.write_state(owned_staging, _state(ws, pushed_commit=None))
+    owned_repo.write_state(owned_staging, ws.record(pushed_commit=None))
     os.rename(owned_staging, owned)
     os.rename(staging, path)
 
@@ -355,6 +377,7 @@ def _reuse(path: Path, owned: Path, meta: dict, remote: Remote) -> Workspace:
         raise PermanentError(
             f"workspace {path.name} was prepared for another repository ({meta.get('remote_url')})"
         )
+    base = owned_repo.diff_base(meta)
     return Workspace(
         path=path,
         branch=meta["branch"],
@@ -362,88 +385,8 @@ def _reuse(path: Path, owned: Path, meta: dict, remote: Remote) -> Workspace:
         base_commit=meta["base_commit"],
         remote=remote,
         owned=owned,
+        first_base=base if base != meta["base_commit"] else None,
     )
-
-
-async def commit_and_push(
-    ws: Workspace,
-    message: str,
-    *,
-    token: str | None,
-    confinement: Confinement,
-    identity: tuple[str, str],
-    ssh_key: Path | None = None,
-    timeout: float = PUSH_TIMEOUT,
-    allow_private: bool = False,
-) -> PushResult | None:
-    """Commit every change in the workspace (``git add -A``) and push the branch.
-
-    The commit is made in the sandbox (``confinement``, the task's; ``export.py``) by
-    ``identity``, and what it made is pushed from the owned repository to the task's remote:
-    no git on the host reads the workspace. Returns None, pushing nothing, when the branch has
-    no commit beyond the clone's. When the branch was already pushed at its current commit,
-    returns that result without pushing again (an earlier attempt may have died before
-    recording it). Commits the agent made itself are pushed too; the counts in the result cover
-    the whole branch against ``ws.base_commit``. Hooks never run. Raises PermanentError when
-    the workspace is off its branch (``workspace_branch``) or its commits cannot be taken,
-    and when the remote's host now resolves to a private address (unless ``allow_private``).
-
-    Cancellation: the running git process (or the sandbox) is killed; a commit already made
-    stays in the workspace and is pushed by the next call.
-    """
-    meta = await trio.to_thread.run_sync(owned_repo.read_state, ws.owned)
-    if meta is None:
-        raise PermanentError(
-            f"workspace {ws.path.name} lost its record; not pushing", code="workspace_marker"
-        )
-    bundle = ws.owned / "export.bundle"
-    try:
-        if not await export_bundle(
-            ws.path,
-            bundle,
-            branch=ws.branch,
-            base_commit=ws.base_commit,
-            message=message,
-            identity=identity,
-            confinement=confinement,
-        ):
-            return None
-        head = await owned_repo.fetch_bundle(ws.owned, bundle, ws.branch)
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_unlink_if_present, bundle)
-    if head == ws.base_commit:  # a bundle that names the base itself: nothing new either
-        return None
-    if head != meta.get("pushed_commit"):
-        auth = GitAuth(token=token, ssh_key=ssh_key)
-        # Resolved again: the host's addresses may have changed since the clone.
-        pin = await resolve_remote(ws.remote, allow_private=allow_private)
-        await owned_repo.push_branch(ws.owned, ws.remote, ws.branch, auth, timeout, pin)
-        with trio.CancelScope(shield=True):  # a finished push is recorded, whatever comes
-            await trio.to_thread.run_sync(owned_repo.write_state, ws.owned, _state(ws, pushed_commit=head))
-    # Already pushed (by an attempt that died before recording it): the same result again,
-    # so the caller can still record it; nothing is pushed twice.
-    files, added, removed = await owned_repo.numstat(ws.owned, ws.base_commit, head)
-    return PushResult(
-        branch=ws.branch, commit=head, files_changed=files, lines_added=added, lines_removed=removed
-    )
-
-
-def _unlink_if_present(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _state(ws: Workspace, *, pushed_commit: str | None) -> dict:
-    return {
-        "branch": ws.branch,
-        "base_branch": ws.base_branch,
-        "base_commit": ws.base_commit,
-        "remote_url": ws.remote.url,
-        "pushed_commit": pushed_commit,
-    }
 
 
 def _local_git(path: Path) -> Callable[..., Awaitable[GitResult]]:

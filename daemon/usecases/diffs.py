@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TaskPatch:
-    """The patch of a task's branch from the commit it started at (``base_commit``) to the
-    commit it pushed last (``commit``): the same span as the task's diff summary."""
+    """The patch of a task's branch from the commit it started at (``base_commit``: its first
+    base, ``daemon/git/pushed.py``) to the commit it pushed last (``commit``): the same span as
+    the task's diff summary."""
 
     task_id: str
     branch: str | None
@@ -44,8 +45,7 @@ async def task_patch(svc: Services, viewer: Viewer, ref: TaskRef) -> TaskPatch:
     record = await trio.to_thread.run_sync(owned_repo.read_state, owned)
     if record is None:
         raise NotFound(f"the workspace of task {task.id} was removed; only its diff summary is kept")
-    base = record.get("base_commit")
-    base = base if isinstance(base, str) else ""
+    base = owned_repo.diff_base(record)  # the task's first base, also after a re-created workspace
     try:
         patch = await owned_repo.patch(owned, base, commit)
     except ValueError:

@@ -11,8 +11,10 @@ nothing to read), from the usage the fake reported; the cost is the task's, from
 table (``daemon/agent/model.py``).
 
 Twice: without context clearing (every tool output kept), and with agentd's own clearing
-(mode "client", ``daemon/agent/context_window.py``) at the thresholds of ``CLEARING``, scaled
-so that a 30-turn task clears (the defaults, 100,000 tokens, are not reached in 30 turns).
+(mode "client", ``daemon/agent/context_window.py``) at the default thresholds (a 200,000-token
+window, clearing past 100,000 in batches of at least 40,000, the last 3 results kept); the
+outputs grow enough that the prompt passes 100,000 tokens within 30 turns, and the run with
+clearing fails unless it cleared.
 """
 
 from __future__ import annotations
@@ -41,19 +43,15 @@ from tests.conftest import fake_wall
 from tests.fakes.anthropic_api import MessageReply, message, tool_use
 from tests.fakes.prompt_cache import PromptCache
 
-LINES_PER_TURN = 150  # turn i's tool output is `seq 1 150*i`: about 0.7 KiB more each turn
+# Turn i's tool output is `seq 1 200*i`, about 1 KiB more each turn: the prompt passes the
+# default trigger (100,000 tokens) at turn 27 or so; without clearing the last is about 125,000.
+LINES_PER_TURN = 200
 
-# Clearing for the "with" run: past 50,000 tokens (turn 23 or so; the defaults' 100,000 are
-# never reached: the task's largest prompt is about 92,500), in batches of at least 40,000.
-CLEARING = ContextPolicy(
-    mode="client",
-    window_tokens=100_000,
-    clear_at_tokens=50_000,
-    clear_at_least_tokens=40_000,
-    keep_tool_results=2,
-    compact_at_tokens=90_000,
-)
+CLEARING = ContextPolicy(mode="client")  # the defaults
 WITHOUT = ContextPolicy(mode="off")
+
+
+TOKEN_KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
 
 def growing_replies(turns: int) -> list[MessageReply]:
@@ -101,12 +99,11 @@ async def run_cache_task(
     )
     assert done is not None  # submitted above; tasks are never deleted
     usages = [r.usage for r in fake.requests if r.usage]
-    cleared = [
-        e.data["cleared_tokens"] for e in events if e.type == "agent.usage" and "cleared_tokens" in e.data
-    ]
+    cleared = [e.data.get("cleared_tokens", 0) for e in events if e.type == "agent.usage"]
     return {
         "context_management": context.mode,
         "cleared_tokens_last_turn": cleared[-1] if cleared else 0,
+        "clearings": sum(1 for a, b in zip([0, *cleared], cleared, strict=False) if b > a),
         "largest_prompt_tokens": max(r.prompt_tokens for r in fake.requests),
         "status": done.status.value,
         "error": done.error,
@@ -115,10 +112,7 @@ async def run_cache_task(
         "usages": usages,
         "read_share_turns_2_on": round(read_share(usages[1:]), 4),
         "cost_usd": round(done.usage.cost_usd, 4),
-        "input_tokens_total": sum(
-            u["input_tokens"] + u["cache_read_input_tokens"] + u["cache_creation_input_tokens"]
-            for u in usages
-        ),
+        "input_tokens_total": sum(sum(u[k] for k in TOKEN_KEYS) for u in usages),
     }
 
 
@@ -152,6 +146,8 @@ def main() -> None:
     for run in (result, result["with_clearing"]):
         if run["status"] != TaskStatus.SUCCEEDED.value:
             raise SystemExit(f"the task did not succeed ({run['context_management']}): {run['error']}")
+    if not args.quick and not result["with_clearing"]["clearings"]:
+        raise SystemExit("the run with clearing cleared nothing: the outputs did not pass the trigger")
 
 
 if __name__ == "__main__":

@@ -539,7 +539,7 @@ def cache_suite(size: dict[str, Any]) -> list[Row]:
     result = run_step("cache share", py("cache_share.py", "--turns", 30))
     hows = (
         "without context clearing",
-        "with agentd's context clearing (past 50,000 tokens, batches of 40,000)",
+        "with agentd's context clearing at its defaults (past 100,000 tokens, batches of 40,000, 3 kept)",
     )
     if not result:
         return [Row(title.format(how=how), "failed", target="≥ 90%") for how in hows]

@@ -8,9 +8,9 @@ removed" instead of showing an empty log. The last event stays because it carrie
 seq on: a follow-up on a compacted task goes on after it, no seq is ever used twice. A task
 that runs, waits or was followed up since is never touched (checked again at every batch).
 
-Also removed once older than ``retention_days``: API tokens revoked or expired, and outbox
-deliveries that are over (delivered or failed); expired one-time values (sign-ins never
-finished) whatever their age. ``retention_days = 0`` keeps everything but those.
+Also removed once older than ``retention_days``: API tokens and share links revoked or expired,
+and outbox deliveries that are over (delivered or failed); expired one-time values (sign-ins
+never finished) whatever their age. ``retention_days = 0`` keeps everything but those.
 
 Everything is deleted in batches of ``BATCH_ROWS`` rows, one short write transaction each, so
 the store's one writer (SQLite) is never held long and a live task's events go on between two
@@ -55,8 +55,8 @@ class RetentionReport:
 
     retention_days: float
     tasks_compacted: int = 0
-    #: Rows removed, by what they were: ``task_history``, ``api_tokens``, ``one_time_values``,
-    #: ``outbox_deliveries``.
+    #: Rows removed, by what they were: ``task_history``, ``api_tokens``, ``share_links``,
+    #: ``one_time_values``, ``outbox_deliveries``.
     removed: dict[str, int] = field(default_factory=dict)
     bytes_reclaimed: int = 0
     batches: int = 0
@@ -110,6 +110,7 @@ async def run_retention(
         cutoff = store.now() - retention_days * DAY_S
         await _compact_tasks(store, run, cutoff)
         await run.until_done("api_tokens", lambda: store.delete_dead_tokens(cutoff, BATCH_ROWS))
+        await run.until_done("share_links", lambda: store.delete_dead_share_links(cutoff, BATCH_ROWS))
         await run.until_done("outbox_deliveries", lambda: store.delete_old_deliveries(cutoff, BATCH_ROWS))
     run.count("one_time_values", await run.batch(lambda: forget_expired(store)) or 0)
     if await store.reclaimable_bytes():

@@ -7,8 +7,9 @@ daemon itself (its phase, its addresses, whether it is stopping) comes through `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 import trio
 
@@ -20,11 +21,34 @@ from .secrets import SecretBox
 from .store import Store
 from .supervisor import Supervisor
 
+T = TypeVar("T")
+
+
+class Broadcast(Generic[T]):
+    """Something that just happened on this daemon, told at once to every listener (in the order
+    they were added) on the Trio thread. A listener must not block and must not raise: the one
+    announcing has done its part already (committed to the store), and a listener's error would
+    come back to it."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[T], None]] = []
+
+    def listen(self, listener: Callable[[T], None]) -> Callable[[], None]:
+        """Call ``listener`` with each announcement from now on; returns what stops it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def announce(self, value: T) -> None:
+        for listener in tuple(self._listeners):
+            listener(value)
+
 
 @dataclass(frozen=True, eq=False)
 class Services:
     """Settings, store, event hub, supervisor, metrics, secrets and the per-user create limit
-    (task creations and follow-ups share one bucket per user)."""
+    (task creations and follow-ups share one bucket per user); ``share_revoked``: the id of each
+    share link revoked on this daemon, whichever front-end revoked it (``usecases.shares``), so
+    the web side closes the link's open WebSockets at once."""
 
     settings: Settings
     store: Store
@@ -33,6 +57,7 @@ class Services:
     metrics: Metrics
     secrets: SecretBox
     create_limiter: Limiter  # in the store when other daemons share it (rate_limit)
+    share_revoked: Broadcast[str] = field(default_factory=Broadcast)
 
 
 class Runtime(Protocol):

@@ -56,6 +56,7 @@ PARAMETRIZED_MODULES = frozenset(
         "tests.test_webpush_e2e",
         "tests.test_retention",
         "tests.test_retention_live",
+        "tests.test_retention_shares",
         "tests.test_key_rotation",
         "tests.test_share_links",
         "tests.test_share_links_ws",

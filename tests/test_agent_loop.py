@@ -36,8 +36,10 @@ async def test_a_task_fixes_the_bug_and_pushes_a_branch(store, hub, tmp_path):
     assert pushed["files_changed"] == ["calc.py"]
     assert task.branch == pushed["branch"] and task.branch.startswith("agentd/")
     assert "return a + b" in branch_file(bare, task.branch, "calc.py")
+    ready = next(e.data for e in events if e.type == "workspace.ready")
     assert task.diff == {
         "commit": pushed["commit"],
+        "base": ready["commit"],  # what the counts start from: the commit first cloned
         "files": ["calc.py"],
         "files_total": 1,
         "lines_added": 1,

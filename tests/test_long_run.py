@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from daemon.agent.context_window import CLEARED, COMPACTED, ContextPolicy, is_summary_request
+from daemon.agent.context_summary import is_summary_request
+from daemon.agent.context_window import CLEARED, COMPACTED, ContextPolicy
 from daemon.agent.conversation import Budget
 from daemon.states import TaskStatus
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from daemon.agent.context_keeper import ContextKeeper
+from daemon.agent.context_summary import compaction_split, covered_turns, summary_content
 from daemon.agent.context_window import (
     CLEARED,
     COMPACTED,
@@ -16,14 +17,11 @@ from daemon.agent.context_window import (
     TokenCounter,
     api_edits,
     clear_old_results,
-    compaction_split,
-    covered_turns,
     policy_for,
-    summary_content,
     visible_turns,
 )
 from daemon.agent.conversation import Budget, for_model
-from daemon.agent.model import ModelReply, ModelRequest
+from daemon.agent.model import ModelReply, ModelRequest, with_cache_breakpoints
 from daemon.agent.scripted_provider import ScriptedProvider
 from daemon.agent.tools import tool_definitions
 from daemon.config import Settings
@@ -78,7 +76,7 @@ def test_the_estimate_is_the_fake_apis_block_by_block():
     assert TokenCounter().request("You fix bugs.", tools, turns) == fake
 
 
-def test_results_are_cleared_in_batches_oldest_first_so_the_prefix_changes_rarely():
+def test_results_are_cleared_in_batches_that_only_ever_grow_so_the_prefix_changes_rarely():
     counter, seen, changes = TokenCounter(), [], 0
     for n in range(1, 40):  # beyond, the cleared stubs alone pass the trigger: compaction's turn
         turns = conversation(n)
@@ -89,12 +87,42 @@ def test_results_are_cleared_in_batches_oldest_first_so_the_prefix_changes_rarel
         now = cleared_ids(sent)
         if now != (seen[-1] if seen else []):
             changes += 1
-            assert now[: len(seen[-1]) if seen else 0] == (seen[-1] if seen else [])  # only ever more
+            assert set(now) > set(seen[-1] if seen else [])  # the same ones, and more
         seen.append(now)
         if total > POLICY.clear_at_tokens and saved:
             assert total - saved <= POLICY.clear_at_tokens
         assert f"t{n}" not in now and f"t{n - 1}" not in now  # the last two kept
     assert seen[-1] and changes <= 39 // 3  # each batch is three results or more: 3,000 tokens
+
+
+def test_the_newest_candidates_are_cleared_and_what_precedes_them_is_read_from_the_cache():
+    """The turn that clears a batch reads back from the prompt cache every block before it (a
+    breakpoint sits just before the batch) and writes only from there on."""
+    counter, cache = TokenCounter(), PromptCache(clock=lambda: 0.0, min_tokens=1)
+    tools, before, kept = tool_definitions(), [], []
+    growing = conversation(0)  # outputs that grow, as in bench/cache_share.py
+    for i in range(1, 25):
+        growing += exchange(i, "o" * 400 * i)
+    for n in range(1, 25):  # beyond, the stubs and the kept results alone pass the trigger
+        turns = growing[: 2 * n + 1]
+        total = counter.request("S", tools, turns)
+        sent, _ = clear_old_results(turns, counter, total, POLICY)
+        t, s, m = with_cache_breakpoints(ModelRequest(system="S", tools=tools, messages=sent, max_tokens=1))
+        body = {"model": "m", "max_tokens": 1, "tools": t, "system": s, "messages": m}
+        assert validate_request(body) is None  # 4 breakpoints at most
+        usage = cache.account(body)
+        now = cleared_ids(sent)
+        new = [i for i in now if i not in before]
+        if new:
+            assert int(new[-1][1:]) == n - POLICY.keep_tool_results  # the newest candidate back
+            first = next(i for i, m in enumerate(sent) if m["content"][0].get("tool_use_id") == new[0])
+            unchanged = prompt_tokens({"system": s, "tools": t, "messages": sent[: first - 1]})
+            if new[0] != "t1":  # before the first result only the task, in no cached prefix
+                assert usage.cache_read_input_tokens >= unchanged
+            kept.append(unchanged / total)
+        before = now
+    # Oldest first, every batch would read back the system prompt and the task alone.
+    assert len(kept) >= 2 and max(kept) > 0.25
 
 
 def test_nothing_is_cleared_under_the_trigger_nor_excluded_tools_nor_a_short_batch():
@@ -107,6 +135,9 @@ def test_nothing_is_cleared_under_the_trigger_nor_excluded_tools_nor_a_short_bat
     # Three results are not a whole batch of 30,000 tokens: left as they are.
     big_batch = ContextPolicy(**{**POLICY.__dict__, "clear_at_least_tokens": 14_000})
     assert clear_old_results(conversation(5), counter, 50_000, big_batch)[1] == 0
+    # Every result kept: nothing to clear, whatever the batch size.
+    all_kept = ContextPolicy(**{**POLICY.__dict__, "clear_at_least_tokens": 0, "keep_tool_results": 9})
+    assert clear_old_results(conversation(5), counter, 50_000, all_kept) == (conversation(5), 0)
 
 
 def test_a_summary_starts_what_the_model_sees_then_the_exchange_it_kept():

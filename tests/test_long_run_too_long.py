@@ -8,7 +8,8 @@ the API says the prompt is too long.
 
 from __future__ import annotations
 
-from daemon.agent.context_window import COMPACTED, SUMMARY_PROMPT, ContextPolicy, is_summary_request
+from daemon.agent.context_summary import SUMMARY_PROMPT, is_summary_request
+from daemon.agent.context_window import COMPACTED, ContextPolicy
 from daemon.states import TaskStatus
 
 from .agent_env import CLAUDE_KEY, run_with_claude

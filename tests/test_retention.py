@@ -93,6 +93,7 @@ async def test_retention_removes_old_finished_history_and_dead_tokens_only(store
     assert report.removed == {
         "task_history": (events - 1) + calls + messages + 1,  # events but the last; the input
         "api_tokens": 2,
+        "share_links": 0,  # tests/test_retention_shares.py
         "outbox_deliveries": 2,
         "one_time_values": 1,
     }

@@ -1,9 +1,10 @@
 """Nothing of a sandbox outlives its stop: not when bwrap is stopped as it starts.
 
 bwrap's monitor clones the sandbox's pid 1, which then waits on an eventfd for the monitor to
-let it go on; until then it has no ``PR_SET_PDEATHSIG``. A monitor killed alone in that window
-left that child behind for ever: parent pid 1, no children, blocked on the eventfd, running as
-the daemon's user or root (not the task's uid, in no task cgroup), its cwd the workspace. Each
+let it go on, and until it becomes that pid 1 it has no ``PR_SET_PDEATHSIG``. A monitor killed
+alone in that window left that child behind for ever: parent pid 1, no children, blocked on
+the eventfd, running as the daemon's user or root (not the task's uid, in no task cgroup), its
+cwd the workspace; killed a little later, the whole sandbox, its command running. Each
 test stops sandboxes at spread moments of their start, the way the daemon or the world does,
 then waits for every process of the task's uid, or whose command line or working directory is
 the workspace, to end (each one's pidfd; never a sleep). The commands run behind the egress
@@ -47,7 +48,7 @@ def bwrap_usable():
 
 def uid_base(slot: int) -> int:
     """Task uids of this test process alone (two per slot), away from other tests' ranges."""
-    return 1_970_000 + os.getpid() % 1000 * 8 + slot * 2
+    return 2_100_000 + os.getpid() % 1000 * 8 + slot * 2
 
 
 def settings(slot: int) -> ToolSettings:
@@ -159,6 +160,42 @@ trio.run(main)
 """
 
 
+def children(pid: int) -> list[int]:
+    """Children of every thread of ``pid`` (trio forks from its worker threads)."""
+    found = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            found += (proc_file(f"{pid}/task/{tid}", "children") or b"").split()
+    except OSError:
+        pass
+    return [int(child) for child in found]
+
+
+def is_bwrap(pid: int) -> bool:
+    return (proc_file(pid, "comm") or b"").strip() == b"bwrap"
+
+
+def starting(root: int) -> bool:
+    """Whether a sandbox under ``root`` is halfway through its start: a bwrap whose child (the
+    sandbox's pid 1 to be) has not started the command yet (it and its children are bwrap)."""
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        below = children(pid)
+        if is_bwrap(pid) and any(is_bwrap(c) and all(map(is_bwrap, children(c))) for c in below):
+            return True
+        todo += below
+    return False
+
+
+def wait_for_a_start(root: int, looks: int = 20_000) -> None:
+    """Look at the tree under ``root`` until a sandbox is starting there (at most ``looks``
+    times: a start missed is still a kill at a moment of starts)."""
+    for _ in range(looks):
+        if starting(root):
+            return
+
+
 async def test_the_daemon_killed_as_sandboxes_start_leaves_nothing(bwrap_usable, tmp_path):
     """SIGKILL to the daemon while it starts sandboxes: the lifeline ends each of them whole."""
     workspace = tmp_path / "ws"
@@ -174,6 +211,8 @@ async def test_the_daemon_killed_as_sandboxes_start_leaves_nothing(bwrap_usable,
     try:
         said = json.loads(await trio.to_thread.run_sync(daemon.stdout.readline))
         assert said["output"] == "started\n"
+        # The moment to kill it: while a sandbox is halfway through its start.
+        await trio.to_thread.run_sync(wait_for_a_start, daemon.pid)
     finally:
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()

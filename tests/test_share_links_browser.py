@@ -1,10 +1,11 @@
 """Share links in the phone client, in Debian's Chromium at 390x844.
 
 The owner makes a link from the task's "Share" box; another tab opens it: that one task, live
-(status, the tool line, the agent's text, markup in it shown as text), and nothing else of the
-app (no navigation, no cancel, retry or follow-up), with the owner's own token, kept in the
-same browser, never read or sent. Revoking the link from the owner's tab ends the share tab's
-view at once ("expired or was revoked"); a link that expired shows the same message on opening.
+(status, the tool line, the agent's text, markup in it shown as text, the owner's message as
+the owner's, not "you wrote"), and nothing else of the app (no navigation, no cancel, retry or
+follow-up), with the owner's own token, kept in the same browser, never read or sent. Revoking
+the link from the owner's tab ends the share tab's view at once ("expired or was revoked"); a
+link that expired shows the same message on opening.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def _share_watch_revoke(server, runner: Gated, token: str, task_id: str, expired
         sign_in(owner, server.url, token, remember=True)  # in localStorage: the share tab must not use it
         owner.goto(f"{server.url}/#/task/{task_id}")
         expect(owner.locator("#t-status")).to_have_text("running")
+        run(server.store.add_input, task_id, "Greet in French too")  # the owner's follow-up
+        expect(owner.locator("#t-events .ev-user .who")).to_have_text("you wrote")
         owner.click("#t-share")
         owner.click("#t-share-new")
         url = owner.locator("#t-share-url").input_value()
@@ -84,6 +87,8 @@ def _share_watch_revoke(server, runner: Gated, token: str, task_id: str, expired
         expect(events).to_contain_text("Done for now.")
         expect(events.locator(".ev-tool summary")).to_have_text("$ ls")
         expect(events.locator(".ev-text .text").nth(1)).to_have_text(MARKUP)  # as text
+        expect(events.locator(".ev-user .who")).to_have_text("the owner wrote")
+        expect(events.locator(".ev-user .text")).to_have_text("Greet in French too")
         assert events.locator("img").count() == 0 and shared.evaluate("window.__pwned") is None
         check_view(shared, "share view")
 

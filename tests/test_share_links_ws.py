@@ -4,7 +4,9 @@ on trio's mock clock.
 A share link's connection (``{"type":"auth","share":TOKEN}``, or ``Authorization: Share``)
 follows its one task live; any other task is ``not_found`` exactly as an unknown one is;
 ``subscribe_tasks`` is ``not_allowed``; a revocation closes it at once and the link's expiry at
-that instant, both with 4401.
+that instant, both with 4401. A revocation by ``agentctl unshare`` (the control socket) closes
+it at once too: both front-ends go through ``usecases.shares.revoke_share``, which tells the web
+side (``Services.share_revoked``); the periodic re-check is not what closes it.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from daemon.usecases.policy import Viewer
 from daemon.usecases.shares import SHARE_TOKEN_PREFIX, Shared
 from daemon.web.fanout import Fanout
 from daemon.web.session import CLOSE_AUTH_FAILED, Session, State
+from daemon.web.share_session import close_revoked
 
 from .fakes.phone import recv_json, running_daemon, send_json
 from .helpers import Wakeup, wait_status
+from .test_control_cli import agentctl
 from .test_share_links import TASK
 
 
@@ -139,6 +143,29 @@ async def test_revoking_a_link_closes_its_open_websockets_at_once(tmp_path):
             assert (await closed_with(ws))[0] == CLOSE_AUTH_FAILED
 
 
+async def test_agentctl_unshare_closes_the_links_open_websockets_at_once(tmp_path):
+    # The re-check is an hour away: only the revocation itself can close the socket in time.
+    async with running_daemon(tmp_path, Gated(), ws_reauth_interval_s=3600) as server:
+        _, token = await server.user("alice")
+        shared, _, made = await tasks_and_link(server, token)
+        async with server.ws() as ws, server.ws() as other:
+            await send_json(ws, {"type": "auth", "share": made["token"]})
+            await send_json(ws, {"type": "subscribe", "task_id": shared, "after": 0})
+            assert (await recv_json(ws))["event"] == "task.created"
+            async with server.client(token) as http:  # another link of the same task stays open
+                second = (await http.post(f"/api/tasks/{shared}/shares", json={})).json()
+            await send_json(other, {"type": "auth", "share": second["token"]})
+            await send_json(other, {"type": "subscribe", "task_id": shared, "after": 0})
+            assert (await recv_json(other))["event"] == "task.created"
+            socket = str(server.daemon.settings.control_socket)
+            done = await agentctl("--socket", socket, "unshare", made["id"])
+            assert done.returncode == 0, done.stderr.decode()
+            assert await closed_with(ws) == (CLOSE_AUTH_FAILED, "share link revoked")
+            await send_json(other, {"type": "ping"})
+            while (await recv_json(other))["type"] != "pong":
+                pass
+
+
 async def test_an_open_share_websocket_closes_when_its_link_expires(tmp_path):
     async with running_daemon(tmp_path, Gated()) as server:
         user, token = await server.user("alice")
@@ -165,6 +192,33 @@ class NoLimit:
         return 0.0
 
 
+def share_sessions(store, hub, nursery, links: dict) -> list[Session]:
+    """Sessions without a socket whose share tokens open ``links`` (token -> link), one each,
+    not yet authenticated."""
+
+    async def authenticate_share(token):
+        link = links.get(token)
+        return Shared(link, Viewer.shared(link.task_id)) if link is not None else None
+
+    async def no_user(token):
+        return None
+
+    fanout, sessions = Fanout(hub, store), []
+    for _ in links:
+        wake = Wakeup()
+        wake.session = Session(
+            fanout=fanout,
+            store=store,
+            spawn=nursery.start_soon,
+            authenticate=no_user,
+            authenticate_share=authenticate_share,
+            limiter=NoLimit(),
+            wake=wake,
+        )
+        sessions.append(wake.session)
+    return sessions
+
+
 @pytest.mark.sqlite_only("the session's expiry timer, on the mock clock; the store is incidental")
 async def test_the_expiry_timer_closes_the_session_at_the_links_expiry_exactly(
     store, hub, alice, autojump_clock, nursery
@@ -173,23 +227,7 @@ async def test_the_expiry_timer_closes_the_session_at_the_links_expiry_exactly(
     link = await store.add_share_link(
         task.id, alice.id, hash_token("t"), expires_at=store.now() + 3600, live_cap=1
     )
-
-    async def authenticate_share(token):
-        return Shared(link, Viewer.shared(task.id)) if token == "t" else None
-
-    async def no_user(token):
-        return None
-
-    wake = Wakeup()
-    session = wake.session = Session(
-        fanout=Fanout(hub, store),
-        store=store,
-        spawn=nursery.start_soon,
-        authenticate=no_user,
-        authenticate_share=authenticate_share,
-        limiter=NoLimit(),
-        wake=wake,
-    )
+    (session,) = share_sessions(store, hub, nursery, {"t": link})
     start = trio.current_time()
     await session.handle('{"type":"auth","share":"t"}')
     assert session.state is State.OPEN and session.user is None
@@ -201,3 +239,26 @@ async def test_the_expiry_timer_closes_the_session_at_the_links_expiry_exactly(
     await trio.testing.wait_all_tasks_blocked()  # the timer, due at this same instant
     assert session.state is State.CLOSED and session.close_code == CLOSE_AUTH_FAILED
     assert trio.current_time() - start == pytest.approx(3600)
+
+
+@pytest.mark.sqlite_only("the sessions' revocation, without a socket; the store is incidental")
+async def test_a_revocation_closes_the_sessions_of_that_link_only(store, hub, alice, nursery):
+    task, _ = await store.create_task(user_id=alice.id, repo_url="file:///r", prompt="p")
+    links = {
+        token: await store.add_share_link(
+            task.id, alice.id, hash_token(token), expires_at=store.now() + 3600, live_cap=2
+        )
+        for token in ("a", "b")
+    }
+    first, second = share_sessions(store, hub, nursery, links)
+    await first.open(None, "a")
+    await second.open(None, "b")
+    close_revoked([first, second], links["a"].id)
+    assert (first.state, first.close_code, first.close_reason) == (
+        State.CLOSED,
+        CLOSE_AUTH_FAILED,
+        "share link revoked",
+    )
+    assert second.state is State.OPEN
+    close_revoked([first, second], "sh_another")  # no session of that link: nothing happens
+    assert second.state is State.OPEN

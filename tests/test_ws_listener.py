@@ -21,7 +21,8 @@ from wsproto.events import AcceptConnection, Ping, Request, TextMessage
 
 from daemon.web.fanout import Fanout
 from daemon.web.session import CLOSE_AUTH_FAILED, Session, State
-from daemon.web.ws import MAX_MESSAGE_CHARS, frame_text, ping_all, recheck_tokens
+from daemon.web.ws import MAX_MESSAGE_CHARS, frame_text
+from daemon.web.ws_sweeps import ping_all, recheck_tokens
 
 from .fakes.phone import recv_json, running_daemon, send_json
 

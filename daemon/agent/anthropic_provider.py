@@ -9,7 +9,10 @@ agentd's two error classes, which is all the supervisor looks at:
 - ``TransientError``: 429 (``retry_after`` from the ``retry-after`` header), 529 overloaded,
   other 5xx, 408/409, connection failures, timeouts, a stream that ends or errors midway;
 - ``PermanentError``: every other 4xx (400, 401, 403, 404, 413, ...), with the API's own
-  words, e.g. ``anthropic: 401 authentication_error: invalid x-api-key``.
+  words, e.g. ``anthropic: 401 authentication_error: invalid x-api-key`` (``anthropic_errors``).
+  Two of them the agent loop mends: ``PromptTooLong`` (it compacts) and, in mode "api",
+  ``ContextManagementRefused``, a 400 refusing the context-management betas for a model, which
+  is then sent none for the provider's life (one warning in the log; the loop clears itself).
 
 The API key never appears in a message this module builds (it is redacted if the API were
 ever to echo it) and is never logged.
@@ -18,16 +21,16 @@ ever to echo it) and is never logged.
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import json
-import time
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
 import httpx2
 from anthropic import Middleware
 
+from daemon.agent.anthropic_errors import refuses_context_management, retry_after_of, status_error
 from daemon.agent.anthropic_stream import (
     MessageAssembler,
     SSEDecoder,
@@ -35,7 +38,7 @@ from daemon.agent.anthropic_stream import (
     StreamedMessage,
     StreamErrorEvent,
 )
-from daemon.agent.context_window import ContextPolicy, PromptTooLong, api_edits
+from daemon.agent.context_window import ContextManagementRefused, ContextPolicy, api_edits
 from daemon.agent.model import (
     ModelReply,
     ModelRequest,
@@ -48,6 +51,8 @@ from daemon.errors import PermanentError, TransientError
 from daemon.thirdparty.anthropic_sdk import post_unread, preset_platform
 
 __all__ = ["DEFAULT_MODEL", "AnthropicProvider", "request_body"]
+
+log = logging.getLogger(__name__)
 
 # The current Sonnet: the speed / intelligence / price balance a coding agent wants.
 DEFAULT_MODEL = "claude-sonnet-5-5"
@@ -62,14 +67,6 @@ POOL_REQUESTS = 32
 
 # The betas of mode "api": tool-result clearing and compaction.
 CONTEXT_BETAS = "context-management-2025-06-27,compact-2026-01-12"
-
-# How the API's 400 for a prompt over the context window begins ("prompt is too long: 208973
-# tokens > 200000 maximum").
-PROMPT_TOO_LONG = "prompt is too long"
-
-# Error types that mean "the API had a problem", whatever the HTTP status they came with
-# (an SSE ``error`` event arrives inside a 200 response).
-_TRANSIENT_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
 
 
 class AnthropicProvider:
@@ -112,10 +109,11 @@ class AnthropicProvider:
             raise PermanentError("anthropic: no API key configured (set ANTHROPIC_API_KEY)")
         self.model = model
         self._api_key = api_key  # kept only to redact it from error messages
-        # Mode "api": the API clears old tool results and compacts (its betas, on every request).
+        # Mode "api": the API clears old tool results and compacts (its betas, on every request),
+        # except for the models it refused them for (``_refused``, kept for the provider's life).
         api = context is not None and context.mode == "api"
         self._context_management = api_edits(context) if context is not None and api else None
-        betas = {"anthropic-beta": CONTEXT_BETAS} if api else None
+        self._refused: set[str] = set()
         self._gate = ReplyGate(reply_slots) if reply_slots and http_client is None else None
         if http_client is None:
             # One CA store for all pools, not one each.
@@ -130,16 +128,18 @@ class AnthropicProvider:
             timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
             middleware=[_LongWaitsToCaller(max_sdk_retry_wait)],
             http_client=http_clients[0],
-            default_headers=betas,
         )
-        # The same configuration (key, base URL, retries, timeout, middleware) on every pool.
+        # The same configuration (key, base URL, retries, timeout, middleware) on every pool;
+        # in mode "api" each pool's client once more with the betas' header (same connections).
         self._clients = [self._client] + [self._client.with_options(http_client=c) for c in http_clients[1:]]
+        betas = {"anthropic-beta": CONTEXT_BETAS}
+        self._beta_clients = [c.with_options(default_headers=betas) for c in self._clients] if api else []
         self._in_flight = [0] * len(self._clients)
         # The SDK finds the platform for its headers at a client's first request, in a worker
         # thread from Trio's default limiter, which the daemon's file work shares: found here
         # (on the thread that builds the provider), that request waits for no thread with the
         # gate's slot held.
-        preset_platform(self._clients)
+        preset_platform([*self._clients, *self._beta_clients])
 
     def _new_http_clients(self, tls: Any, count: int) -> list[httpx2.AsyncClient]:
         """Clients whose replies pass the gate; the SDK's own, and no gate, if the environment
@@ -170,12 +170,16 @@ class AnthropicProvider:
         may still be billed. The partial turn is lost, so the caller simply sends the same
         request again when it resumes.
         """
-        # The task's model, if it names one.
-        body = request_body(request.model or self.model, request, self._context_management)
+        model = request.model or self.model  # the task's model, if it names one
+        managed = self._context_management if model not in self._refused else None
+        body = request_body(model, request, managed)
         try:
-            message = await self._stream(body, on_text_delta)
+            message = await self._stream(body, on_text_delta, managed is not None)
         except anthropic.APIStatusError as err:
-            raise self._status_error(err) from err
+            error = self._status_error(err)
+            if managed is not None and refuses_context_management(err):
+                raise self._refused_for(model, error.message) from err
+            raise error from err
         except anthropic.APIConnectionError as err:  # includes APITimeoutError
             raise TransientError(self._redact(f"anthropic: {_describe(err)}")) from err
         except (httpx2.TransportError, httpx2.DecodingError) as err:
@@ -185,7 +189,7 @@ class AnthropicProvider:
             # E.g. the body ended without message_stop: a cut connection, not an answer.
             raise TransientError(self._redact(f"anthropic: {err}")) from err
 
-        model = message.model or self.model
+        model = message.model or model
         u = message.usage
         # A compaction step's tokens are billed but left out of the totals: added here.
         steps = [
@@ -209,7 +213,23 @@ class AnthropicProvider:
             context_edits=tuple(e for e in applied if isinstance(e, dict)),
         )
 
-    async def _stream(self, body: bytes, on_text_delta: Callable[[str], None] | None) -> StreamedMessage:
+    def _refused_for(self, model: str, message: str) -> ContextManagementRefused:
+        """Send ``model`` no context management any more (said once, in the log: requests already
+        under way may be refused too), and say so."""
+        if model in self._refused:
+            return ContextManagementRefused(message, model)
+        self._refused.add(model)
+        log.warning(
+            "the API refused context management for model %s (%s): agentd clears and compacts "
+            "that model's conversations itself (the client path) from now on",
+            model,
+            message,
+        )
+        return ContextManagementRefused(message, model)
+
+    async def _stream(
+        self, body: bytes, on_text_delta: Callable[[str], None] | None, betas: bool = False
+    ) -> StreamedMessage:
         """POST ``body`` (``stream: true``) through the SDK, and parse the SSE body ourselves.
 
         The SDK still makes the request: auth, base URL, headers, timeouts, its retries and
@@ -223,14 +243,15 @@ class AnthropicProvider:
         SDK, which agentd does not set up) and a warning for a deprecated model id.
 
         Cancellation: the response is closed on the way out, which drops the connection
-        mid-body.
+        mid-body. ``betas``: with mode "api"'s beta header.
         """
         pool = self._pick_pool()
         self._in_flight[pool] += 1
         try:
             if self._gate is not None:  # building the request (the SDK, httpx) takes a slot
                 await self._gate.acquire()
-            return await self._stream_on(self._clients[pool], body, on_text_delta)
+            clients = self._beta_clients if betas else self._clients
+            return await self._stream_on(clients[pool], body, on_text_delta)
         finally:
             self._in_flight[pool] -= 1
             if self._gate is not None:  # whatever path the call took, its slot is free again
@@ -267,20 +288,7 @@ class AnthropicProvider:
         return assembler.result()
 
     def _status_error(self, err: anthropic.APIStatusError) -> TransientError | PermanentError:
-        status = err.status_code
-        error_type = err.type or _body_error_type(err.body) or "error"
-        detail = err.api_message or _short(err.body) or "no details given"
-        # Below 400: an SSE error event inside a 200 response.
-        where = f"{status} {error_type}" if status >= 400 else f"{error_type} during the response stream"
-        message = self._redact(f"anthropic: {where}: {detail}")
-        transient = (
-            status in (408, 409, 429) or status >= 500 or (status < 400 and error_type in _TRANSIENT_TYPES)
-        )
-        if transient:
-            return TransientError(message, retry_after=retry_after_of(err.response.headers))
-        if status == 400 and detail.lower().startswith(PROMPT_TOO_LONG):
-            return PromptTooLong(message)  # the agent loop compacts and asks again
-        return PermanentError(message)
+        return status_error(err, self._redact)
 
     def _redact(self, message: str) -> str:
         return message.replace(self._api_key, "[redacted]")
@@ -327,38 +335,6 @@ def request_body(
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def retry_after_of(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait per ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date)."""
-    try:
-        return max(0.0, float(headers["retry-after-ms"]) / 1000)
-    except (KeyError, TypeError, ValueError):
-        pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _body_error_type(body: object) -> str | None:
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        value = body["error"].get("type")
-        return value if isinstance(value, str) else None
-    return None
-
-
-def _short(body: object, limit: int = 200) -> str:
-    text = body if isinstance(body, str) else "" if body is None else repr(body)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _describe(err: BaseException) -> str:

@@ -15,17 +15,8 @@ from typing import Any
 
 from ..errors import PermanentError
 from . import conversation as conv
-from .context_window import (
-    ContextPolicy,
-    PromptTooLong,
-    TokenCounter,
-    clear_old_results,
-    compaction_split,
-    covered_turns,
-    summary_content,
-    summary_request,
-    visible_turns,
-)
+from .context_summary import compaction_split, covered_turns, summary_content, summary_request
+from .context_window import ContextPolicy, PromptTooLong, TokenCounter, clear_old_results, visible_turns
 from .model import ModelProvider, ModelRequest, Usage
 
 __all__ = ["Compaction", "ContextKeeper", "Prepared"]
@@ -58,28 +49,53 @@ class Compaction:
 
 
 class ContextKeeper:
-    """The context window of one attempt of one task (not shared between tasks)."""
+    """The context window of one attempt of one task (not shared between tasks).
 
-    def __init__(self, policy: ContextPolicy, provider: ModelProvider) -> None:
+    ``refused``: the models (as tasks name them; None: the default) the API refused mode "api"
+    for, shared by every task for the daemon's life (``AgentRunner``); a keeper for one of them
+    takes the client path. ``fall_back`` adds this task's model to it.
+    """
+
+    def __init__(
+        self,
+        policy: ContextPolicy,
+        provider: ModelProvider,
+        model: str | None = None,
+        refused: set[str | None] | None = None,
+    ) -> None:
         self.policy = policy
         self.provider = provider
+        self.model = model
+        self.refused = refused if refused is not None else set()
         self.counter = TokenCounter()
+
+    @property
+    def mode(self) -> str:
+        """The mode this task's requests take: the policy's, "client" for a refused model."""
+        if self.policy.mode == "api" and self.model in self.refused:
+            return "client"
+        return self.policy.mode
+
+    def fall_back(self, resolved: str) -> None:
+        """Take the client path from now on, for this task's model and the one it resolved to
+        (``resolved``, the provider's name for it), in every task (another may have already)."""
+        self.refused.update((self.model, resolved))
 
     def prepare(self, system: str, tools: list[dict[str, Any]], turns: Sequence[dict[str, Any]]) -> Prepared:
         """The messages to send for ``turns`` (the stored conversation); nothing is changed."""
         messages = conv.for_model(visible_turns(turns))
         tokens = self.counter.request(system, tools, messages)
-        if self.policy.mode != "client":
+        if self.mode != "client":
             return Prepared(messages, tokens)
         cleared, saved = clear_old_results(messages, self.counter, tokens, self.policy)
         return Prepared(cleared, tokens - saved, saved)
 
     def wants_compaction(self, prepared: Prepared) -> bool:
         """Whether to compact before sending ``prepared`` (only if there is something to summarize)."""
-        policy = self.policy
-        if policy.mode == "client":
+        policy, mode = self.policy, self.mode
+        if mode == "client":
             over = prepared.tokens > policy.compact_at_tokens
-        elif policy.mode == "api":
+        elif mode == "api":
             over = prepared.tokens > policy.compact_at_tokens * API_SEND_FACTOR
         else:
             over = False

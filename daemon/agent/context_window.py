@@ -4,14 +4,15 @@ A long task outgrows the window. Two remedies, in this order:
 
 - clearing: the content of old tool results is replaced by ``CLEARED`` (the ``tool_result``
   block stays, so every ``tool_use`` keeps its result and the pairing stays valid). Results
-  are cleared oldest first, in whole batches of at least ``clear_at_least_tokens``, the last
-  ``keep_tool_results`` never, nor those of ``exclude_tools`` (the user's answers). Batches are
-  cut from the oldest result on, so they are the same at every turn: the conversation's
-  prefix (and so the prompt cache) changes only when one more batch is needed, not every turn,
-  and a cache breakpoint on the last cleared result keeps what precedes the next batch cached.
+  are cleared in whole batches of at least ``clear_at_least_tokens``, the newest candidates
+  first, the last ``keep_tool_results`` never, nor those of ``exclude_tools`` (the user's
+  answers). The batches are replayed over the conversation's past requests, so they are the
+  same at every turn: the conversation's prefix (and so the prompt cache) changes only when one
+  more batch is needed, not every turn, and what precedes the batch stays cached
+  (``clear_old_results``).
 - compaction: when clearing is not enough, the turns before the last exchange are replaced by a
-  summary (``compaction_split``, ``summary_request``). The summary is stored as a user turn
-  with ``stop_reason`` ``COMPACTED``; ``visible_turns`` starts the conversation there.
+  summary (``context_summary``). The summary is stored as a user turn with ``stop_reason``
+  ``COMPACTED``; ``visible_turns`` starts the conversation there.
 
 The same two run inside the Messages API with ``ContextPolicy.mode`` "api" (its
 ``clear_tool_uses_20250919`` and ``compact_20260112`` edits, ``api_edits``): agentd then stores
@@ -26,7 +27,6 @@ the triggers sit well below the window, and a "prompt is too long" from the API 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,19 +40,14 @@ if TYPE_CHECKING:
 __all__ = [
     "CLEARED",
     "COMPACTED",
-    "SUMMARY_PROMPT",
+    "ContextManagementRefused",
     "ContextPolicy",
     "PromptTooLong",
     "TokenCounter",
     "api_edits",
     "clear_old_results",
-    "compaction_split",
-    "covered_turns",
-    "is_summary_request",
+    "cleared_result",
     "policy_for",
-    "scripted_summary",
-    "summary_content",
-    "summary_request",
     "visible_turns",
 ]
 
@@ -66,24 +61,23 @@ CLEARED = "[cleared to save context: re-run the command or view the file again i
 #: The ``stop_reason`` of a stored user turn that is a summary of the turns before it.
 COMPACTED = "compaction"
 
-SUMMARY_PROMPT = """\
-[agentd] The conversation is too long for the context window. Write a summary of it that lets \
-you continue the task without it: the user's request and every requirement they stated, what \
-you found out (file paths, function names, commands and their results), what you changed and \
-why, what is left to do and what you were about to do next. Be specific and complete; reply \
-with the summary only and call no tool."""
-
-_SUMMARY_HEADER = "[agentd] Summary of the conversation's first {turns} turns, which it replaces:"
-_SUMMARY_RE = re.compile(r"\A\[agentd\] Summary of the conversation's first (\d+) turns")
-
-# A summary request that is itself too long is sent again with every text cut to this.
-_SUMMARY_TEXT_CAP = 2000
-
 
 class PromptTooLong(PermanentError):
     """The API said the prompt is larger than the model's context window (a 400)."""
 
     code = "prompt_too_long"
+
+
+class ContextManagementRefused(PermanentError):
+    """The API refused mode "api"'s context management for ``model`` (a 400: an unknown beta, or
+    edits the model does not support). The provider sends it no more for that model; the agent
+    loop goes on with the client path and asks the turn again."""
+
+    code = "context_management_refused"
+
+    def __init__(self, message: str, model: str) -> None:
+        super().__init__(message)
+        self.model = model
 
 
 @dataclass(frozen=True)
@@ -169,11 +163,11 @@ class TokenCounter:
         return tokens
 
     def cleared(self, block: Mapping[str, Any]) -> dict[str, Any]:
-        """``_cleared(block)``, the same object every time for the same block (measured once)."""
+        """``cleared_result(block)``, the same object every time for the same block (measured once)."""
         hit = self._cleared.get(id(block))
         if hit is not None and hit[0] is block:
             return hit[1]
-        cleared = _cleared(block)
+        cleared = cleared_result(block)
         self._cleared[id(block)] = (block, cleared)
         return cleared
 
@@ -234,16 +228,69 @@ def _without_compaction(turn: dict[str, Any]) -> dict[str, Any]:
 def clear_old_results(
     messages: list[dict[str, Any]], counter: TokenCounter, total: int, policy: ContextPolicy
 ) -> tuple[list[dict[str, Any]], int]:
-    """``messages`` with old tool results cleared if ``total`` (the request's estimate) is over
-    ``clear_at_tokens``, and the tokens that saved. The input is not changed.
+    """``messages`` with old tool results cleared, and the tokens that saved; ``total``: the
+    request's estimate. The input is not changed.
 
-    The candidates are every tool result but the last ``keep_tool_results`` and those of
-    ``exclude_tools``, oldest first, cut into batches of at least ``clear_at_least_tokens``
-    saved; as few whole batches are cleared as bring the total to the trigger (all of them if
-    that is not enough). A last batch short of that size is not cleared.
+    The clearing is replayed over the conversation's past requests (each prefix that ends with
+    a user message, the system prompt and tools as now), so that it is the same at every turn
+    and only ever grows: a request over ``clear_at_tokens`` clears one more batch, of at least
+    ``clear_at_least_tokens`` and of as much as brings it to the trigger, taken from the newest
+    candidates back (every tool result but the last ``keep_tool_results`` and those of
+    ``exclude_tools``). Newest first: the results that came before the batch stay as they were
+    sent, so the turn that clears reads them back from the prompt cache (up to a breakpoint put
+    just before the batch) and writes only what follows them; with outputs that grow, the newest
+    candidates are also the largest. Candidates short of a whole batch are not cleared.
+    Two cache breakpoints come with it (see below): with the newest message's and the system
+    prompt's, the API's limit of four.
     """
     if total <= policy.clear_at_tokens:
+        return messages, 0  # no prefix is over the trigger either
+    results = _results(messages, policy)
+    saving = [counter.block(b, "user") - counter.block(counter.cleared(b), "user") for _, _, b in results]
+    cleared: set[int] = set()
+    batch: list[int] = []  # the newest
+    saved, seen = 0, 0
+    running = total - sum(counter.message(m) for m in messages)  # the system prompt and tools
+    for mi, message in enumerate(messages):
+        running += counter.message(message)
+        while seen < len(results) and results[seen][0] <= mi:
+            seen += 1
+        if message["role"] != "user" or (mi + 1 < len(messages) and messages[mi + 1]["role"] == "user"):
+            continue  # not the end of a request
+        over = running - saved - policy.clear_at_tokens
+        if over > 0:
+            need = max(over, policy.clear_at_least_tokens)
+            more = _batch(saving, seen - policy.keep_tool_results, cleared, need)
+            if more and sum(saving[i] for i in more) >= policy.clear_at_least_tokens:
+                batch = more
+                cleared.update(batch)
+                saved += sum(saving[i] for i in batch)
+    if not cleared:
         return messages, 0
+    out = list(messages)
+    for i in sorted(cleared):
+        mi, bi, block = results[i]
+        _put(out, messages, mi, bi, counter.cleared(block))
+    # Two cache breakpoints. Just before the newest batch: what precedes it is read back from
+    # the cache on the turn that clears it (and on the turns after). On its last result: the
+    # next batch, which starts after it, finds that prefix cached (within the API's lookback of
+    # about 20 blocks), written with the cleared content while no prompt's end lies there.
+    mi, bi, _ = results[min(batch)]
+    mi, bi = (mi, bi - 1) if bi else (mi - 1, len(_blocks(out[mi - 1]["content"])) - 1)
+    before = out[mi]["content"] if mi >= 0 else None
+    if isinstance(before, list) and bi >= 0 and before[bi].get("type") in _MARKABLE:
+        _put(out, messages, mi, bi, {**out[mi]["content"][bi], "cache_control": {"type": "ephemeral"}})
+    mi, bi, _ = results[max(batch)]
+    _put(out, messages, mi, bi, {**out[mi]["content"][bi], "cache_control": {"type": "ephemeral"}})
+    return out, saved
+
+
+_MARKABLE = ("text", "tool_use", "tool_result")
+
+
+def _results(messages: list[dict[str, Any]], policy: ContextPolicy) -> list[tuple[int, int, dict[str, Any]]]:
+    """Every tool result that may be cleared, ``(message index, block index, block)``, in order:
+    not those of ``exclude_tools`` nor one cleared already."""
     names: dict[str, str] = {}
     results: list[tuple[int, int, dict[str, Any]]] = []
     for mi, message in enumerate(messages):
@@ -251,42 +298,37 @@ def clear_old_results(
             if block.get("type") == "tool_use":
                 names[str(block.get("id"))] = str(block.get("name"))
             elif block.get("type") == "tool_result" and message["role"] == "user":
-                results.append((mi, bi, block))
-    keep = policy.keep_tool_results
-    candidates = results[: len(results) - keep] if keep else results
-    chosen, saved_total, saved_batch = 0, 0, 0
-    for count, (_, _, block) in enumerate(candidates, start=1):
-        if (
-            names.get(str(block.get("tool_use_id"))) in policy.exclude_tools
-            or block.get("content") == CLEARED
-        ):
-            continue
-        saved_batch += counter.block(block, "user") - counter.block(counter.cleared(block), "user")
-        if saved_batch >= policy.clear_at_least_tokens:
-            chosen, saved_total, saved_batch = count, saved_total + saved_batch, 0
-            if total - saved_total <= policy.clear_at_tokens:
-                break
-    if not chosen:
-        return messages, 0
-    out = list(messages)
-    last: tuple[int, int] | None = None
-    for mi, bi, block in candidates[:chosen]:
-        if names.get(str(block.get("tool_use_id"))) in policy.exclude_tools:
-            continue
-        if out[mi] is messages[mi]:
-            out[mi] = {**messages[mi], "content": list(messages[mi]["content"])}
-        out[mi]["content"][bi] = counter.cleared(block)
-        last = (mi, bi)
-    if last is not None:
-        # A cache breakpoint where the cleared results end: that prefix stays the same when the
-        # next batch is cleared (it comes after it), so the next clearing reads it back from the
-        # cache and writes only what follows it, not the whole conversation again.
-        mi, bi = last
-        out[mi]["content"][bi] = {**out[mi]["content"][bi], "cache_control": {"type": "ephemeral"}}
-    return out, saved_total
+                excluded = names.get(str(block.get("tool_use_id"))) in policy.exclude_tools
+                if not excluded and block.get("content") != CLEARED:
+                    results.append((mi, bi, block))
+    return results
 
 
-def _cleared(block: Mapping[str, Any]) -> dict[str, Any]:
+def _batch(saving: list[int], candidates: int, cleared: set[int], need: int) -> list[int]:
+    """The newest of the first ``candidates`` results not cleared yet, back to as many as save
+    ``need`` tokens (all of them if they save less)."""
+    batch: list[int] = []
+    total = 0
+    for i in range(candidates - 1, -1, -1):
+        if i in cleared:
+            continue
+        batch.append(i)
+        total += saving[i]
+        if total >= need:
+            break
+    return batch
+
+
+def _put(
+    out: list[dict[str, Any]], messages: list[dict[str, Any]], mi: int, bi: int, block: dict[str, Any]
+) -> None:
+    """Set ``out[mi]``'s block ``bi``, copying the message first (``messages`` stays as it is)."""
+    if out[mi] is messages[mi]:
+        out[mi] = {**messages[mi], "content": list(messages[mi]["content"])}
+    out[mi]["content"][bi] = block
+
+
+def cleared_result(block: Mapping[str, Any]) -> dict[str, Any]:
     """The cleared form of a tool_result block (its id and error flag kept)."""
     cleared: dict[str, Any] = {
         "type": "tool_result",
@@ -296,81 +338,6 @@ def _cleared(block: Mapping[str, Any]) -> dict[str, Any]:
     if block.get("is_error"):
         cleared["is_error"] = True
     return cleared
-
-
-# --- compaction --------------------------------------------------------------------------------
-
-
-def compaction_split(messages: Sequence[Mapping[str, Any]]) -> int | None:
-    """Where the kept tail starts (the last assistant message), or None when there is nothing
-    before it to summarize (no assistant message, or only an earlier summary)."""
-    last = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "assistant"), None)
-    if last is None or not any(m["role"] == "assistant" for m in messages[:last]):
-        return None
-    return last
-
-
-def summary_request(
-    messages: Sequence[dict[str, Any]], split: int, cut: bool = False
-) -> list[dict[str, Any]]:
-    """The messages of the request that summarizes ``messages[:split]``: those, with
-    ``SUMMARY_PROMPT`` added to the last (user) one. ``cut``: every tool result cleared and every
-    text and tool input cut short, for a second try when the first was itself too long."""
-    head = [dict(m) for m in messages[:split]]
-    if cut:
-        head = [{**m, "content": [_cut(b) for b in _blocks(m["content"])]} for m in head]
-    last = head[-1]
-    head[-1] = {**last, "content": [*_blocks(last["content"]), {"type": "text", "text": SUMMARY_PROMPT}]}
-    return head
-
-
-def _cut(block: dict[str, Any]) -> dict[str, Any]:
-    kind = block.get("type")
-    if kind == "tool_result":
-        return _cleared(block)
-    if kind == "text" and len(block.get("text", "")) > _SUMMARY_TEXT_CAP:
-        return {**block, "text": block["text"][:_SUMMARY_TEXT_CAP] + " [...]"}
-    if kind == "tool_use" and len(json.dumps(block.get("input"))) > _SUMMARY_TEXT_CAP:
-        return {**block, "input": {"cut": json.dumps(block.get("input"))[:_SUMMARY_TEXT_CAP]}}
-    return block
-
-
-def is_summary_request(messages: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether a request's messages are a summary request (``summary_request``)."""
-    if not messages:
-        return False
-    blocks = _blocks(messages[-1].get("content"))
-    return bool(blocks) and blocks[-1].get("text") == SUMMARY_PROMPT
-
-
-def summary_content(summary: str, covered: int) -> list[dict[str, Any]]:
-    """The stored summary turn's content; ``covered``: the assistant turns it replaces."""
-    text = summary.strip() or "(the model gave no summary)"
-    return [{"type": "text", "text": f"{_SUMMARY_HEADER.format(turns=covered)}\n\n{text}"}]
-
-
-def covered_turns(messages: Sequence[Mapping[str, Any]]) -> int:
-    """How many assistant turns the summary that starts ``messages`` replaces (0: none)."""
-    if not messages or messages[0].get("role") != "user":
-        return 0
-    blocks = _blocks(messages[0].get("content"))
-    found = _SUMMARY_RE.match(str(blocks[0].get("text", ""))) if blocks else None
-    return int(found.group(1)) if found else 0
-
-
-def scripted_summary(messages: Sequence[Mapping[str, Any]]) -> str:
-    """A deterministic summary (for the scripted model): the first request and the calls made."""
-    first = next(
-        (b.get("text", "") for b in _blocks(messages[0].get("content")) if b.get("type") == "text"), ""
-    )
-    calls = [
-        f"{b.get('name')} {json.dumps(b.get('input'), sort_keys=True)[:120]}"
-        for m in messages
-        if m.get("role") == "assistant"
-        for b in _blocks(m.get("content"))
-        if b.get("type") == "tool_use"
-    ]
-    return f"The task: {first[:500]}\nTool calls so far ({len(calls)}):\n" + "\n".join(calls[-20:])
 
 
 def policy_for(settings: Settings) -> ContextPolicy:

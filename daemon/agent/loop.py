@@ -22,15 +22,19 @@ from ..git import ClonePolicy, CloneRequest, Workspace, parse_remote, prepare_wo
 from ..store import NewEvent, Task, ToolCallStatus, Usage
 from ..supervisor import RunContext, RunResult, RunStatus
 from . import conversation as conv
-from .context_keeper import ContextKeeper, Prepared
-from .context_window import COMPACTED, ContextPolicy, PromptTooLong
+from .context_keeper import ContextKeeper
+from .context_window import ContextPolicy
 from .delivery import deliver
 from .instructions import DEFAULT_CAP_BYTES, Instructions
-from .model import ModelProvider, ModelReply, ModelRequest
+from .model import ModelProvider
 from .resume import last_interruption, pushed_branch, workspace_note
 from .setup_phase import SetupSettings, task_network
 from .tools import ASK_USER_TOOL, Toolbox, ToolSettings, tool_definitions
 from .tools.sandbox import TaskSandbox
+from .turns import (
+    CUT_OFF as CUT_OFF,  # re-exported: what the model is told of a cut-off call
+    ModelTurns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +49,6 @@ for you. Finish with a short summary of what you changed and how you checked it.
 go on without information only the user has, call ask_user with one clear question."""
 
 CONTINUE = "Continue from where you stopped."
-
-MAX_COMPACTIONS = 2  # per model turn
-
-CUT_OFF = """\
-[agentd] Your last reply was cut off by the output limit inside a tool call, so that call was \
-dropped. Continue, in smaller steps (e.g. write a large file in several edits)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +102,9 @@ class AgentRunner:
         self.provider = provider
         self.settings = settings
         self._github_token = github_token
+        # The models the API refused context management for: the client path for every task
+        # on them, for the daemon's life (``ContextKeeper.fall_back``).
+        self.context_refused: set[str | None] = set()
 
     async def warm_up(self) -> bool:
         """Load what the first task would otherwise wait for (the model's SDK); False: nothing to."""
@@ -177,8 +178,8 @@ def _on_github(repo_url: str, s: AgentSettings) -> bool:
     return remote.kind in ("https", "http") and remote.host == s.github_web_host.lower()
 
 
-class _Session:
-    """One attempt's walk through the conversation."""
+class _Session(ModelTurns):
+    """One attempt's walk through the conversation (its model turns: ``turns.ModelTurns``)."""
 
     def __init__(self, runner: AgentRunner, ctx: RunContext, workspace: Workspace, toolbox: Toolbox):
         self.runner = runner
@@ -202,7 +203,7 @@ class _Session:
         self.notes: list[str] = []
         # One copy per attempt: providers copy what they decorate (with_cache_breakpoints).
         self.tools = tool_definitions()
-        self.context = ContextKeeper(s.context, runner.provider)
+        self.context = ContextKeeper(s.context, runner.provider, self.task.model, runner.context_refused)
         # The task's tool calls as the store has them, by tool_use id: read once per attempt,
         # then kept in step with this attempt's own writes (the only writer of them) instead of
         # read again, whole, at every turn.
@@ -265,81 +266,6 @@ class _Session:
                 return _Next.DONE
             await self._append("user", conv.text_blocks(inputs))
         return _Next.MODEL
-
-    async def _model_turn(self) -> None:
-        """One assistant turn, stored with its usage.
-
-        A reply cut off by the output limit inside a tool call is not stored: its usage is, and
-        the turn is asked again with twice the ``max_tokens``, up to ``max_output_tokens_limit``.
-        Cut off at the limit, the turn is stored without the unfinished call and the model is
-        told (``CUT_OFF``, in the next user turn) to go on in smaller steps.
-        """
-        s = self.runner.settings
-        assistant_turns = sum(1 for t in self.turns if t["role"] == "assistant")
-        max_tokens = s.max_output_tokens
-        compactions = 0  # a turn that still does not fit after two compactions fails, said so
-        while True:
-            conv.check_budget(self.budget, assistant_turns, self.usage)
-            prepared = self.context.prepare(self.system, self.tools, self.turns)
-            if compactions < MAX_COMPACTIONS and self.context.wants_compaction(prepared):
-                compactions += 1
-                await self._compact(prepared, "over the compaction trigger")
-                continue
-            request = ModelRequest(
-                system=self.system,
-                tools=self.tools,
-                messages=prepared.messages,
-                max_tokens=max_tokens,
-                model=self.task.model,  # the task's own (a follow-up keeps it); None: the default
-            )
-            try:
-                reply: ModelReply = await self.runner.provider.complete(
-                    request,
-                    on_text_delta=lambda text: self.ctx.emit_ephemeral("agent.text_delta", {"text": text}),
-                )
-            except PromptTooLong as err:  # compacted and asked again: never the task's end by itself
-                compactions += 1
-                if compactions > MAX_COMPACTIONS:
-                    raise PermanentError(
-                        f"{err.message} (after compacting)", code="context_exhausted"
-                    ) from err
-                await self._compact(prepared, err.message)
-                continue
-            self.usage = self.usage + reply.usage
-            spent = {**reply.usage.__dict__, "model": reply.model, "stop_reason": reply.stop_reason}
-            if prepared.cleared_tokens or reply.context_edits:  # what was left out of the context
-                spent.update(cleared_tokens=prepared.cleared_tokens, context_edits=list(reply.context_edits))
-            if not reply.cut_tool_use or max_tokens >= s.max_output_tokens_limit:
-                break
-            max_tokens = min(max_tokens * 2, s.max_output_tokens_limit)
-            # The cut turn is dropped, what it cost is not: budgets see every call.
-            spent["retry_max_tokens"] = max_tokens
-            await self.store.update_task(
-                self.task.id, usage=self.usage, events=[NewEvent("agent.usage", spent)]
-            )
-        content = reply.content
-        if reply.cut_tool_use:
-            self.notes.append(CUT_OFF)
-            # The API takes no empty assistant turn; what the model is told is in CUT_OFF.
-            content = content or conv.text_blocks(["(cut off by the output limit)"])
-        events = [
-            NewEvent("agent.text", {"text": block["text"]})
-            for block in content
-            if block.get("type") == "text" and block["text"].strip()
-        ]
-        events.append(NewEvent("agent.usage", spent))
-        # The turn, the task's usage so far and the turn's events: one commit.
-        await self._append(
-            "assistant", content, stop_reason=reply.stop_reason, usage=self.usage, events=events
-        )
-
-    async def _compact(self, prepared: Prepared, reason: str) -> None:
-        """Store a summary of the turns before the last exchange (``ContextKeeper.compact``)."""
-        done = await self.context.compact(self.system, self.tools, prepared, self.task.model, reason)
-        self.usage = self.usage + done.usage
-        spent = {**done.usage.__dict__, "model": done.model, "compaction": reason, "covered": done.covered}
-        event = NewEvent("agent.usage", spent)
-        await self._append("user", done.content, stop_reason=COMPACTED, usage=self.usage, events=[event])
 
     async def _answer_tools(self, turn: dict[str, Any]) -> list[dict[str, Any]] | RunResult:
         """A tool_result for every tool_use of ``turn``: run, recovered, or the user's answer."""

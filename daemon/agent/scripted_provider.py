@@ -31,7 +31,7 @@ from pathlib import Path
 
 import trio
 
-from daemon.agent.context_window import covered_turns, is_summary_request, scripted_summary
+from daemon.agent.context_summary import covered_turns, is_summary_request, scripted_summary
 from daemon.agent.model import STOP_REASONS, ModelReply, ModelRequest, Usage
 from daemon.errors import PermanentError
 

@@ -10,12 +10,17 @@ receiver's ``Retry-After``); ``GONE`` (the target is gone for good: it is disabl
 private or loopback address unless the operator allows them, cloud metadata never) and on the
 address that was checked: the request goes to that IP, with the name in ``Host`` and in TLS
 (SNI and certificate check), so a DNS answer that changes after the check changes nothing.
-Redirects are not followed; the response is read up to ``RESPONSE_CAP`` bytes.
+Redirects are not followed; the response is read up to ``RESPONSE_CAP`` bytes. A certificate
+must chain to a CA of the system's store, or of ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when the
+operator sets them (``http_client``); one that does not fit is an error that names why
+(``unreachable``), retried like any network error, and the request is never sent without TLS.
 """
 
 from __future__ import annotations
 
 import email.utils
+import os
+import ssl
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,12 +30,16 @@ from typing import Protocol
 import httpx2
 import trio
 
-from ..errors import PermanentError, TransientError
+from ..errors import ConfigError, PermanentError, TransientError
 from ..git.addresses import check_url_address
 from .outbox import Delivery, Target
 
 RESPONSE_CAP = 64 * 1024  # bytes of a receiver's answer read (the rest is dropped)
 ERROR_CAP = 300  # characters of an error kept on the delivery
+# OpenSSL's verify codes of a chain that ends at a CA not trusted here (X509_V_ERR_...: unable to
+# get the issuer, locally or at all; self-signed leaf; self-signed root in the chain).
+_UNKNOWN_ISSUER = frozenset({2, 18, 19, 20})
+_UNKNOWN_ISSUER_HINT = " (to trust a private CA, an operator sets SSL_CERT_FILE to a CA bundle that holds it)"
 
 
 class Verdict(StrEnum):
@@ -93,15 +102,49 @@ def verdict_for(status: int, headers: Mapping[str, str], now: float) -> Attempt:
     return Attempt(Verdict.FAILED, status_code=status, error=f"the receiver refused it (HTTP {status})")
 
 
-def http_client(timeout_s: float) -> httpx2.AsyncClient:
+def trusted_cas() -> ssl.SSLContext:
+    """The default TLS context of the outbox: ``SSL_CERT_FILE`` or else ``SSL_CERT_DIR`` when
+    set (as for the model's API), else the system's CA store. ``ConfigError`` naming the file
+    when it cannot be read (the daemon then refuses to start: the channels are made then)."""
+    try:
+        return httpx2.create_ssl_context()
+    except (OSError, ssl.SSLError) as exc:
+        named = os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")
+        raise ConfigError(f"config: TLS for notifications: cannot read the CAs in {named}: {exc}") from None
+
+
+def http_client(timeout_s: float, ssl_context: ssl.SSLContext | None = None) -> httpx2.AsyncClient:
     """The outbox's HTTP client: no redirects, no proxy from the environment, no connection
-    kept (each request goes to the address just checked; see ``send_pinned``)."""
+    kept (each request goes to the address just checked; see ``send_pinned``).
+
+    ``ssl_context``: the CAs an https receiver's certificate must chain to; by default
+    ``trusted_cas()`` (``trust_env=False`` alone would also drop ``SSL_CERT_FILE``).
+    """
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(timeout_s),
+        verify=ssl_context if ssl_context is not None else trusted_cas(),
         follow_redirects=False,
         trust_env=False,
         limits=httpx2.Limits(max_keepalive_connections=0),
     )
+
+
+def unreachable(exc: httpx2.HTTPError, what: str, host: str) -> str:
+    """Why a request could not be made, for the delivery log: a TLS failure says what was wrong
+    (the certificate refused for ``host``, and why; a handshake that failed), else the error's
+    kind. A failure while connecting (the TLS handshake included) means no byte of the request
+    was written: the message says so."""
+    unsent = "; nothing was sent" if isinstance(exc, httpx2.ConnectError) else ""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            hint = _UNKNOWN_ISSUER_HINT if cause.verify_code in _UNKNOWN_ISSUER else ""
+            message = str(cause.verify_message).rstrip(".")
+            return f"refused the {what}'s TLS certificate for {host}: {message}{unsent}{hint}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS with the {what} failed ({cause.reason or cause}){unsent}"
+        cause = cause.__cause__ or cause.__context__
+    return f"could not reach the {what}: {type(exc).__name__}"
 
 
 async def send_pinned(
@@ -146,7 +189,7 @@ async def send_pinned(
         try:
             response = await client.send(request, stream=True)
         except httpx2.HTTPError as exc:
-            return Attempt(Verdict.RETRY, error=f"could not reach the {what}: {type(exc).__name__}")
+            return Attempt(Verdict.RETRY, error=unreachable(exc, what, host))
         try:
             read = 0
             async for chunk in response.aiter_raw():

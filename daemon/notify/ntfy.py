@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -72,10 +73,17 @@ def message_for(payload: dict[str, Any]) -> tuple[dict[str, str], str]:
 class NtfyChannel:
     kind = TargetKind.NTFY.value
 
-    def __init__(self, settings: Settings, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        now: Callable[[], float] = time.time,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """``ssl_context``: the CAs trusted for https receivers (``channels.http_client``)."""
         self._settings = settings
         self._now = now
-        self._http: httpx2.AsyncClient = http_client(settings.notify_timeout_s)
+        self._http: httpx2.AsyncClient = http_client(settings.notify_timeout_s, ssl_context)
 
     async def aclose(self) -> None:
         await self._http.aclose()

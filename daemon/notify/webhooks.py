@@ -8,6 +8,7 @@ and 5xx (and a network error or timeout) retry with backoff; other answers fail.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 
@@ -29,10 +30,17 @@ def allow_private(settings: Settings) -> bool:
 class WebhookChannel:
     kind = TargetKind.WEBHOOK.value
 
-    def __init__(self, settings: Settings, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        now: Callable[[], float] = time.time,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """``ssl_context``: the CAs trusted for https receivers (``channels.http_client``)."""
         self._settings = settings
         self._now = now
-        self._http: httpx2.AsyncClient = http_client(settings.notify_timeout_s)
+        self._http: httpx2.AsyncClient = http_client(settings.notify_timeout_s, ssl_context)
 
     async def aclose(self) -> None:
         await self._http.aclose()

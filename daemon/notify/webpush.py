@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import ssl
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -197,17 +198,26 @@ class WebPushChannel:
     kind = KIND
 
     def __init__(
-        self, settings: Settings, store: Store, secrets: SecretBox, *, http: httpx2.AsyncClient | None = None
+        self,
+        settings: Settings,
+        store: Store,
+        secrets: SecretBox,
+        *,
+        http: httpx2.AsyncClient | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``http``: a client to use (not closed here); else one is made with ``ssl_context``,
+        the CAs trusted for push services (``channels.http_client``)."""
         self._settings = settings
         self._store = store
         self._secrets = secrets
         self._http = http
         self._owns_http = http is None
+        self._ssl_context = ssl_context
 
     def _client(self) -> httpx2.AsyncClient:
         if self._http is None:
-            self._http = http_client(self._settings.notify_timeout_s)
+            self._http = http_client(self._settings.notify_timeout_s, self._ssl_context)
         return self._http
 
     async def aclose(self) -> None:

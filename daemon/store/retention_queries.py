@@ -103,9 +103,17 @@ class RetentionQueries:
 
     def delete_dead_tokens(self, conn: Any, before: float, limit: int) -> int:
         """Delete up to ``limit`` API tokens revoked or expired before ``before``; how many."""
+        return self._delete_dead(conn, "api_tokens", before, limit)
+
+    def delete_dead_share_links(self, conn: Any, before: float, limit: int) -> int:
+        """Delete up to ``limit`` share links revoked or expired before ``before``; how many."""
+        return self._delete_dead(conn, "share_links", before, limit)
+
+    def _delete_dead(self, conn: Any, table: str, before: float, limit: int) -> int:
+        # ``table``: one of the two above, never a caller's text.
         return self._delete(
             conn,
-            "DELETE FROM api_tokens WHERE id IN (SELECT id FROM api_tokens "
+            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
             "WHERE revoked_at < {p} OR expires_at < {p} LIMIT {p})",
             (before, before, limit),
         )

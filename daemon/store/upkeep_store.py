@@ -62,6 +62,14 @@ class UpkeepStore:
             await self._write(lambda conn: self.queries.RETENTION.delete_dead_tokens(conn, before, limit))
         )
 
+    async def delete_dead_share_links(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` share links revoked or expired before ``before``; how many."""
+        return int(
+            await self._write(
+                lambda conn: self.queries.RETENTION.delete_dead_share_links(conn, before, limit)
+            )
+        )
+
     async def delete_old_deliveries(self, before: float, limit: int) -> int:
         """Delete up to ``limit`` finished outbox deliveries made before ``before``; how many."""
         return int(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from hypercorn.config import Config as HypercornConfig
@@ -29,7 +30,9 @@ from .fanout import Fanout
 from .github_oauth import OAuthFlows, oauth_blueprint
 from .routes import bp as tasks_blueprint
 from .session import CLOSE_GOING_AWAY, Session
-from .ws import frame_text, sweep
+from .share_session import close_revoked
+from .ws import frame_text
+from .ws_sweeps import sweep
 
 
 @dataclass(eq=False)
@@ -48,7 +51,7 @@ class WebState:
     @classmethod
     def build(cls, services: Services) -> WebState:
         settings = services.settings
-        return cls(
+        state = cls(
             services=services,
             fanout=Fanout(
                 services.hub, services.store, delta_interval_s=settings.ws_delta_interval_s, frame=frame_text
@@ -57,6 +60,9 @@ class WebState:
             oauth=OAuthFlows(services.store, login_ttl_s=settings.oauth_login_ttl_s),
             subscribe_limiter=RateLimiter(settings.rate_subscribes_per_min, settings.rate_subscribes_burst),
         )
+        # A share link revoked on this daemon, by a route or by agentctl, closes its /ws at once.
+        services.share_revoked.listen(partial(close_revoked, state.sessions))
+        return state
 
     @property
     def settings(self) -> Settings:

@@ -6,10 +6,10 @@ The glue in ``ws.py`` feeds each received message to ``handle``; whenever someth
 Everything in between lives here: authentication, who may follow what (``usecases.policy.may_see``: a
 user their own tasks, any other is ``not_found``, never "forbidden"; an operator any task, and
 ``subscribe_tasks`` gets every user's; an operator's connection closes with 4403 once its user
-is no longer one; a share link's connection follows its one task only, and closes with 4401
-at the link's expiry or revocation), subscriptions, the bounded outgoing queue with ``resync`` on overflow,
-ping/pong, errors and close codes. What the queue holds is opaque here: ``Fanout.frame`` of the
-message's JSON text (the WebSocket frame in the daemon, the text itself in tests).
+is no longer one; a share link's connection: ``share_session.py``), subscriptions, the
+bounded outgoing queue with ``resync`` on overflow, ping/pong, errors and close codes. What the
+queue holds is opaque here: ``Fanout.frame`` of the message's JSON text (the WebSocket frame in
+the daemon, the text itself in tests).
 
 The queue is an ``events.Bounded`` in messages (``queue_limit``) and bytes (``queue_max_bytes``):
 overflowing either drops the live feed and sends ``resync``. A replay never overflows it: before
@@ -37,10 +37,9 @@ from pydantic import ValidationError
 
 from ..events import Bounded, Cursor, Ephemeral, Offer
 from ..store import Event, User
-from ..store.share_queries import ShareLink
 from ..usecases.policy import Viewer, may_be_task_id, may_see
-from ..usecases.shares import Shared
 from .fanout import Fanout, encode
+from .share_session import ResolveShare, ShareAccess
 from .ws_protocol import MAX_SEQ, Auth, CloseCode, Subscribe, Unsubscribe, parsed
 
 CLOSE_GOING_AWAY = CloseCode.GOING_AWAY
@@ -50,7 +49,6 @@ CLOSE_AUTH_FAILED = CloseCode.AUTH_FAILED
 CLOSE_TOO_MANY = CloseCode.TOO_MANY
 
 REPLAY_PAGE = 200
-SHARE_GONE = "share link unknown, expired or revoked"
 AUTH_FIRST = 'expected {"type":"auth","token":...} first'
 Wire = Any  # what ``Fanout.frame`` makes of a message's JSON text
 
@@ -87,13 +85,11 @@ class Session:
     """The protocol state of one connection. All methods run on the Trio thread.
 
     ``spawn`` starts a background coroutine for the connection (a replay, a share link's
-    expiry); ``authenticate`` maps a token to its user (or None), ``authenticate_share`` a
-    share link's token to what it opens (or None); ``limiter`` is the per-user subscribe rate limiter;
+    expiry); ``authenticate`` maps a token to its user (or None), ``authenticate_share`` a share
+    link's token to what it opens (``shares``); ``limiter`` is the per-user subscribe limiter;
     ``wake`` (sync, must not block) is called after each item is queued and when the session
     closes: the glue writes ``queue`` out in order, taking each item and its bytes with
-    ``take`` and calling ``sent`` once they are written.
-    ``max_user_connections``: 0 is no cap. A share link's connection counts, and is rate
-    limited, as one of the user who made the link.
+    ``take`` and calling ``sent`` once they are written. ``max_user_connections``: 0 is no cap.
     """
 
     def __init__(
@@ -104,7 +100,7 @@ class Session:
         spawn: Callable[..., None],
         authenticate: Callable[[str | None], Awaitable[User | None]],
         limiter: Any,
-        authenticate_share: Callable[[str | None], Awaitable[Shared | None]] | None = None,
+        authenticate_share: ResolveShare | None = None,
         wake: Callable[[], None],
         queue_limit: int = 1000,
         max_subscriptions: int = 200,
@@ -113,17 +109,14 @@ class Session:
     ) -> None:
         self.fanout, self.frame, self.store, self.spawn = fanout, fanout.frame, store, spawn
         self.authenticate, self.limiter, self.wake = authenticate, limiter, wake
-        self.authenticate_share = authenticate_share
+        self.shares = ShareAccess(self, authenticate_share, store)
         self.queue_limit, self.queue_max_bytes = queue_limit, queue_max_bytes
         self.max_subscriptions, self.max_user_connections = max_subscriptions, max_user_connections
-        self.counted = False  # this session counts in fanout.user_connections
         self.state = State.AWAITING_AUTH
         self.user: User | None = None
         self.token: str | None = None
-        self.share: ShareLink | None = None  # a share link's connection: the link
-        self.share_token: str | None = None
         self.viewer: Viewer | None = None  # set once authenticated
-        self.account: int | None = None  # the user it counts against (a link's maker)
+        self.account: int | None = None  # the user it counts against in fanout.user_connections
         self.subs: dict[str, Subscription] = {}
         self.watching = False
         self.watch_key: int | None = None  # the user whose status events it gets; None: all
@@ -151,10 +144,8 @@ class Session:
     async def open(self, token: str | None, share: str | None = None) -> None:
         """Authenticate from the handshake's header (a bearer token, or a share link's
         ``share``); without one, wait for an auth message."""
-        if share is not None:
-            await self._login_share(share)
-        elif token is not None:
-            await self._login(token)
+        if token is not None or share is not None:
+            await self._sign_in(token, share)
 
     def close(self, code: int, reason: str) -> None:
         """Ask the glue to close the socket; drops every subscription and the queue at once."""
@@ -164,8 +155,7 @@ class Session:
         self.close_code, self.close_reason = code, reason
         self._drop_all()
         self.queue.reset()
-        if self.counted and self.account is not None:
-            self.counted = False
+        if self.account is not None:  # once: a closed session is never closed again
             counts = self.fanout.user_connections
             counts[self.account] -= 1
             if counts[self.account] <= 0:
@@ -173,30 +163,26 @@ class Session:
         self._room.set()
         self.wake()
 
+    async def _sign_in(self, token: str | None, share: str | None) -> None:
+        """As the share link ``share`` alone opens (``ShareAccess.login``), else as ``token``'s
+        user; both at once is no valid sign-in."""
+        if share is not None and token is None:
+            await self.shares.login(share)
+        else:
+            await self._login(token if share is None else None)
+
     async def _login(self, token: str | None) -> None:
         user = await self.authenticate(token)
-        if self.state is State.CLOSED:
-            return
         if user is None:
             self.close(CLOSE_AUTH_FAILED, "invalid, expired or revoked token")
-            return
-        if self._count(user.id):
-            self.user, self.token, self.viewer, self.state = user, token, Viewer.of(user), State.OPEN
+        elif self.enter(user.id, Viewer.of(user)):
+            self.user, self.token = user, token
 
-    async def _login_share(self, token: str | None) -> None:
-        shared = await self.authenticate_share(token) if self.authenticate_share is not None else None
+    def enter(self, account: int, viewer: Viewer) -> bool:
+        """Open the session as ``viewer``, counted as one more connection of ``account``;
+        False if it closed meanwhile, or is closed now (4429) at ``account``'s cap."""
         if self.state is State.CLOSED:
-            return
-        if shared is None:
-            self.close(CLOSE_AUTH_FAILED, SHARE_GONE)
-            return
-        if self._count(shared.link.user_id):
-            self.share, self.share_token, self.viewer = shared.link, token, shared.viewer
-            self.state = State.OPEN
-            self.spawn(self._expire, shared.link)
-
-    def _count(self, account: int) -> bool:
-        """Count one more connection of ``account``; False (closed, 4429) at its cap."""
+            return False
         counts = self.fanout.user_connections
         cap = self.max_user_connections
         if cap and counts.get(account, 0) >= cap:
@@ -206,31 +192,14 @@ class Session:
             )
             return False
         counts[account] = counts.get(account, 0) + 1
-        self.counted, self.account = True, account
+        self.account, self.viewer, self.state = account, viewer, State.OPEN
         return True
 
-    async def _expire(self, link: ShareLink) -> None:
-        """Close the share link's connection (4401) when the link expires, by the store's
-        clock. Cancellation (the connection ended first): nothing to do."""
-        await trio.sleep(max(0.0, link.expires_at - self.store.now()))
-        if self.share is link:
-            self.close(CLOSE_AUTH_FAILED, "share link expired")
-
     async def recheck(self) -> None:
-        """Read the token's user (or the share link) again and apply ``reauthorized``
-        (``reshared``)."""
-        if self.state is not State.OPEN:
-            return
-        if self.share is not None:
-            found = await self.authenticate_share(self.share_token) if self.authenticate_share else None
-            self.reshared(found)
-        else:
+        """Read the token's user (or the share link: ``ShareAccess.recheck``) again and apply
+        ``reauthorized``."""
+        if self.state is State.OPEN and not await self.shares.recheck():
             self.reauthorized(await self.authenticate(self.token))
-
-    def reshared(self, shared: Shared | None) -> None:
-        """The share link as just read again: None (revoked, expired) closes with 4401."""
-        if self.state is State.OPEN and self.share is not None and shared is None:
-            self.close(CLOSE_AUTH_FAILED, SHARE_GONE)
 
     def reauthorized(self, user: User | None) -> None:
         """The token's user as just read again (here or by the glue's sweep): None (revoked or
@@ -267,10 +236,7 @@ class Session:
                 self.close(CLOSE_POLICY, AUTH_FIRST)
                 return
             auth = parsed(Auth, message)
-            if auth is not None and auth.share is not None and auth.token is None:
-                await self._login_share(auth.share)
-            else:
-                await self._login(auth.token if auth is not None and auth.share is None else None)
+            await self._sign_in(auth.token if auth else None, auth.share if auth else None)
             return
         if kind == "ping":
             self._push(None, 0, self.frame('{"type":"pong"}'))
@@ -281,9 +247,7 @@ class Session:
             if request is not None and request.task_id in self.subs:
                 self._drop(self.subs.pop(request.task_id))
         elif kind == "subscribe_tasks":
-            if self.share is not None:  # a share link shows one task, not a list
-                self.error("not_allowed", "a share link's connection follows its one task only")
-            else:
+            if not self.shares.refuses_watch():
                 self._watch()
         elif kind == "unsubscribe_tasks":
             self._unwatch()

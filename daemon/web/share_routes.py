@@ -26,9 +26,8 @@ from quart_schema import security_scheme, validate_querystring, validate_request
 from .. import usecases
 from ..store.share_queries import ShareLink
 from ..usecases import shares
-from .auth import require_share, require_user, services, viewer, web_state
+from .auth import require_share, require_user, services, viewer
 from .routes import EventPage, EventsQuery, TaskDiff, TaskOut, event_page, render_patch
-from .session import CLOSE_AUTH_FAILED
 
 # -- shapes ------------------------------------------------------------------------------------
 
@@ -80,13 +79,6 @@ def share_url(token: str) -> str:
     return shares.client_url(services().settings.public_url or request.host_url, token)
 
 
-def close_share_connections(share_id: str, reason: str) -> None:
-    """Close (4401) every open ``/ws`` of this daemon opened with the link ``share_id``."""
-    for session in list(web_state().sessions):
-        if session.share is not None and session.share.id == share_id:
-            session.close(CLOSE_AUTH_FAILED, reason)
-
-
 # -- the owner's routes ---------------------------------------------------------------------------
 
 bp = Blueprint("shares", __name__)
@@ -126,8 +118,7 @@ async def revoke_share(task_id: str, share_id: str) -> ResponseReturnValue:
     204, again too; its open WebSockets are closed (4401) and its token is refused from now
     on. 404 when the task is not the caller's or has no such link.
     """
-    link = await shares.revoke_share(services(), viewer(), task_id, share_id)
-    close_share_connections(link.id, "share link revoked")
+    await shares.revoke_share(services(), viewer(), task_id, share_id)  # closes its /ws too
     return "", 204
 
 

@@ -7,11 +7,9 @@ masked, so every subscriber gets the same bytes) and the session's ``wake`` writ
 with a non-blocking ``send`` there and then. Only when the kernel's buffer is full does a writer
 task wait for room; it ends once everything is written.
 
-Two sweeps serve all connections (``sweep``): every ``ws_ping_interval_s`` each connection is
-pinged, and one that sent nothing (not even a pong) for the interval plus ``ws_ping_timeout_s``
-is dropped; every ``ws_reauth_interval_s`` each distinct token's user is read once and its
-sessions told (``Session.reauthorized``). Without an Authorization header the first message
-must be ``auth`` within ``ws_auth_timeout_s``. A message longer than ``MAX_MESSAGE_CHARS``
+Two sweeps serve all connections (``ws_sweeps``): keep-alive pings that drop a dead peer, and
+token (and share link) re-checks. Without an Authorization header the first message must be
+``auth`` within ``ws_auth_timeout_s``. A message longer than ``MAX_MESSAGE_CHARS``
 closes the connection with 1009. After a close frame, either side's, the peer gets
 ``ws_ping_timeout_s`` to answer before the socket is closed.
 
@@ -49,7 +47,6 @@ log = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
 RECV_BYTES = 65536
-SWEEP_BATCH = 200  # connections pinged at once
 EVENTS_PER_SLICE = 64  # frames handled between checkpoints (about 0.4 ms of wsproto's parsing)
 FRAME_BURST = 1024  # frames a client may send at once (200 subscribes after a reconnect fit)...
 FRAMES_PER_S = 256  # ...and then per second, on average
@@ -386,57 +383,3 @@ class Connection:
             self.session.close(CLOSE_GOING_AWAY, "connection lost")
         if self.nursery is not None:
             self.nursery.cancel_scope.cancel()
-
-
-# -- the sweeps --------------------------------------------------------------------------------
-
-
-async def sweep(state: WebState) -> None:
-    """Pings, dead-peer drops and token re-checks for every connection, until cancelled
-    (Cancellation: the sweeps stop; connections stay as they are)."""
-    settings = state.settings
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ping_all, state, settings.ws_ping_interval_s, settings.ws_ping_timeout_s)
-        nursery.start_soon(recheck_tokens, state, settings.ws_reauth_interval_s)
-
-
-async def ping_all(state: WebState, interval: float, timeout: float) -> None:
-    """Ping each connection once per ``interval``, or drop it if it sent nothing for ``interval``
-    plus ``timeout`` (a dead peer goes within one more interval). The connections are taken in
-    batches spread over the interval, so neither the pings nor the pongs come all at once."""
-    while True:
-        start = trio.current_time()
-        conns = list(state.sessions.values())
-        batches = max(1, math.ceil(len(conns) / SWEEP_BATCH))
-        for k in range(batches):
-            await trio.sleep_until(start + interval * (k + 1) / batches)
-            silent_since = trio.current_time() - interval - timeout
-            for conn in conns[k * SWEEP_BATCH : (k + 1) * SWEEP_BATCH]:
-                if conn.last_heard < silent_since:
-                    conn.abort()
-                else:
-                    conn.ping()
-
-
-async def recheck_tokens(state: WebState, interval: float) -> None:
-    """Each distinct token of an open session once per ``interval`` (one store read per token,
-    not one per connection), its sessions told the user found (``Session.reauthorized``); a
-    share link's token likewise (``Session.reshared``: revoked by another daemon sharing the
-    store; this daemon's revocations close at once, and expiry has its own timer)."""
-    while True:
-        await trio.sleep(interval)
-        by_token: dict[str, list[Session]] = {}
-        by_share: dict[str, list[Session]] = {}
-        for session in state.sessions:
-            if session.state is State.OPEN and session.token is not None:
-                by_token.setdefault(session.token, []).append(session)
-            elif session.state is State.OPEN and session.share_token is not None:
-                by_share.setdefault(session.share_token, []).append(session)
-        for token, sessions in by_token.items():
-            user = await state.auth.user_for(token)
-            for session in sessions:
-                session.reauthorized(user)
-        for token, sessions in by_share.items():
-            shared = await shared_for(state.services, token)
-            for session in sessions:
-                session.reshared(shared)

@@ -26,6 +26,9 @@ prompt, ``context_management`` edits are applied (clearing, compaction) and repo
 ``message_delta``; cache accounting and the window check see the edited prompt.
 ``FakeAnthropicAPI(context_window=N)`` answers 400 "prompt is too long" when that prompt is
 over N tokens, as the API does past the model's window (no reply is consumed).
+``FakeAnthropicAPI(refuse_context_management="beta" | "model")`` refuses context management
+with a 400 ``invalid_request_error`` as the API does for a beta it does not know, or for
+edits the model does not support (``context_edits.edit``).
 
 Served by Hypercorn's trio worker around a bare ASGI callable, so SSE chunks leave as sent
 and a client disconnect is observable (``RecordedRequest.disconnected``).
@@ -45,7 +48,9 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from .context_edits import Edited, edit
+from .anthropic_checks import validate_request
+from .anthropic_sse import event, message_json, sse_events
+from .context_edits import Edited, Refusal, edit
 from .prompt_cache import PromptCache
 
 # --- replies -----------------------------------------------------------------------------------
@@ -167,11 +172,13 @@ class FakeAnthropicAPI:
         api_key: str | None = None,
         prompt_cache: PromptCache | None = None,
         context_window: int | None = None,
+        refuse_context_management: Refusal | None = None,
     ) -> None:
         self.requests: list[RecordedRequest] = []
         self.api_key = api_key
         self.prompt_cache = prompt_cache
         self.context_window = context_window
+        self.refuse_context_management = refuse_context_management
         # Consulted before the queue: a reply for this request, or None for the next queued one
         # (e.g. a summary whenever one is asked for, wherever that falls in the script).
         self.answer: Callable[[RecordedRequest], Reply | None] | None = None
@@ -251,7 +258,7 @@ class FakeAnthropicAPI:
         if problem:
             return await self._send_error(send, bad_request(problem))
         betas = {b.strip() for b in rec.headers.get("anthropic-beta", "").split(",") if b.strip()}
-        edited = edit(rec.body, betas)
+        edited = edit(rec.body, betas, self.refuse_context_management)
         if isinstance(edited, str):
             return await self._send_error(send, bad_request(edited))
         rec.prompt_tokens = read = edited.tokens_read
@@ -268,19 +275,19 @@ class FakeAnthropicAPI:
             return await self._send_error(send, reply)
         msg_id = f"msg_fake_{next(self._ids)}"
         if isinstance(reply, ErrorReply):
-            start = _message_json(msg_id, rec.body["model"], [], None, None, {"input_tokens": 1})
+            start = message_json(msg_id, rec.body["model"], [], None, None, {"input_tokens": 1})
             events = [
-                _event("message_start", message=start),
-                _event("error", error={"type": reply.error_type, "message": reply.message}),
+                event("message_start", message=start),
+                event("error", error={"type": reply.error_type, "message": reply.message}),
             ]
             return await self._send_sse(rec, receive, send, events)
         reply, usage, managed = self._edited_reply(reply, edited)
         rec.usage = usage
         model = reply.model or rec.body["model"]
         if not rec.body.get("stream"):
-            body = _message_json(msg_id, model, reply.content, reply.stop_reason, reply.stop_sequence, usage)
+            body = message_json(msg_id, model, reply.content, reply.stop_reason, reply.stop_sequence, usage)
             return await self._send_json(send, 200, {**body, **managed}, {})
-        events = list(_sse_events(msg_id, model, reply, usage, managed))
+        events = list(sse_events(msg_id, model, reply, usage, managed, _chunks))
         if reply.cut_after_events is not None:
             events = events[: reply.cut_after_events]
         await self._send_sse(rec, receive, send, events, stall_after=reply.stall_after_events)
@@ -344,137 +351,14 @@ class FakeAnthropicAPI:
         await send({"type": "http.response.body", "body": b""})
 
 
-# --- wire formats ------------------------------------------------------------------------------
-
-
-def _event(name: str, **fields: Any) -> tuple[str, dict]:
-    """One SSE event: the ``event:`` name repeats as the data's ``type``, as the API does."""
-    return name, {"type": name, **fields}
-
-
-def _message_json(
-    msg_id: str,
-    model: str,
-    content: list[dict],
-    stop_reason: str | None,
-    stop_sequence: str | None,
-    usage: dict,
-) -> dict:
-    return {
-        "id": msg_id,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": stop_reason,
-        "stop_sequence": stop_sequence,
-        "usage": {
-            "output_tokens": 0,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            **usage,
-        },
-    }
-
-
+# The pieces a streamed text or tool input is cut into (``bench/model_turn_cpu.py`` swaps this).
 def _chunks(s: str, n: int = 3) -> list[str]:
     """``s`` in up to ``n`` pieces, so clients must really accumulate deltas."""
     size = max(1, -(-len(s) // n))
     return [s[i : i + size] for i in range(0, len(s), size)] or [""]
 
 
-def _sse_events(msg_id: str, model: str, reply: MessageReply, usage: dict, managed: dict):
-    start = _message_json(msg_id, model, [], None, None, {**usage, "output_tokens": 1})
-    yield _event("message_start", message=start)
-    yield _event("ping")
-    for i, block in enumerate(reply.content):
-        kind = block["type"]
-        if kind == "text":
-            yield _event("content_block_start", index=i, content_block={"type": "text", "text": ""})
-            for piece in _chunks(block["text"]):
-                yield _event("content_block_delta", index=i, delta={"type": "text_delta", "text": piece})
-        elif kind == "tool_use":
-            start = {k: v for k, v in block.items() if k != "partial_json"}
-            yield _event("content_block_start", index=i, content_block={**start, "input": {}})
-            sent = block["partial_json"] if "partial_json" in block else json.dumps(block["input"])
-            for piece in _chunks(sent):
-                delta = {"type": "input_json_delta", "partial_json": piece}
-                yield _event("content_block_delta", index=i, delta=delta)
-        elif kind == "compaction":  # the summary comes whole, in one delta
-            yield _event(
-                "content_block_start", index=i, content_block={"type": "compaction", "content": None}
-            )
-            delta = {"type": "compaction_delta", "content": block["content"]}
-            yield _event("content_block_delta", index=i, delta=delta)
-        elif kind == "thinking":
-            empty = {"type": "thinking", "thinking": "", "signature": ""}
-            yield _event("content_block_start", index=i, content_block=empty)
-            delta = {"type": "thinking_delta", "thinking": block["thinking"]}
-            yield _event("content_block_delta", index=i, delta=delta)
-            delta = {"type": "signature_delta", "signature": block.get("signature", "")}
-            yield _event("content_block_delta", index=i, delta=delta)
-        else:  # blocks without deltas (redacted_thinking, server tool results) arrive whole
-            yield _event("content_block_start", index=i, content_block=block)
-        yield _event("content_block_stop", index=i)
-    delta = {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence}
-    final = {k: usage[k] for k in ("output_tokens", "iterations") if k in usage}
-    yield _event("message_delta", delta=delta, usage=final, **managed)
-    yield _event("message_stop")
-
-
 def _sent_key(headers: dict[str, str]) -> str | None:
     # The API takes the key as x-api-key; SDK 2.x sends it as a bearer token instead.
     auth = headers.get("authorization", "")
     return headers.get("x-api-key") or (auth[7:] if auth.startswith("Bearer ") else None)
-
-
-def _blocks(content: Any) -> list[dict]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
-
-
-def _of_type(content: Any, kind: str) -> list[dict]:
-    return [b for b in _blocks(content) if b.get("type") == kind]
-
-
-def validate_request(body: Any) -> str | None:
-    """The 400 message the real API would give for a few mistakes agentd could make, or None."""
-    if not isinstance(body, dict):
-        return "request body must be a JSON object"
-    for key in ("model", "max_tokens", "messages"):
-        if key not in body:
-            return f"{key}: Field required"
-    messages = body["messages"]
-    if not isinstance(messages, list) or not messages:
-        return "messages: at least one message is required"
-    system = body.get("system")
-    blocks = (_blocks(system) if system else []) + [b for m in messages for b in _blocks(m.get("content"))]
-    nested = [n for b in _of_type(blocks, "tool_result") for n in _blocks(b.get("content"))]
-    marked = sum("cache_control" in b for b in [*body.get("tools", []), *blocks, *nested])
-    if marked > 4:
-        return f"A maximum of 4 blocks with cache_control may be provided. Found {marked}."
-    for i, m in enumerate(messages):
-        if m.get("role") not in ("user", "assistant"):
-            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
-        if any(not b.get("text") for b in _of_type(m.get("content"), "text")):
-            return f"messages.{i}: text content blocks must be non-empty"
-        asked = {b["id"] for b in _of_type(m.get("content"), "tool_use")}
-        if m["role"] == "assistant" and asked and i + 1 < len(messages):
-            results = _of_type(messages[i + 1].get("content"), "tool_result")
-            missing = sorted(asked - {b.get("tool_use_id") for b in results})
-            if missing:
-                return (
-                    f"messages.{i + 1}: tool_use ids were found without tool_result blocks "
-                    f"immediately after: {', '.join(missing)}"
-                )
-        if m["role"] == "user":
-            prev = messages[i - 1].get("content") if i > 0 else []
-            offered = {b["id"] for b in _of_type(prev, "tool_use")}
-            for b in _of_type(m.get("content"), "tool_result"):
-                if b.get("tool_use_id") not in offered:
-                    return (
-                        f"messages.{i}.content: unexpected tool_use_id found in tool_result "
-                        f"blocks: {b.get('tool_use_id')}"
-                    )
-    return None

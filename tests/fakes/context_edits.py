@@ -4,6 +4,7 @@ Modelled on Anthropic's "Context editing" and "Compaction" guides:
 
 - A ``compaction`` block in ``messages`` (an earlier reply's, sent back) starts the prompt: every
   block before it is dropped.
+- An API may not take them at all (``Refusal``): an unknown beta, or a model without them.
 - ``context_management.edits`` need their betas (``context-management-2025-06-27``; a
   ``compact_20260112`` edit also ``compact-2026-01-12``), else a 400, as the API answers.
   They apply in the order given, and each one's ``input_tokens`` trigger is compared with the
@@ -25,13 +26,17 @@ Tokens: ``prompt_cache.block_tokens`` per block (JSON / 4), the one estimate of 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .prompt_cache import block_tokens, prompt_blocks
 
 CONTEXT_BETA = "context-management-2025-06-27"
 COMPACT_BETA = "compact-2026-01-12"
 PLACEHOLDER = "[fake API: tool result cleared]"
+
+#: How a fake API refuses context management: "beta", the betas unknown (the API's words for an
+#: unknown ``anthropic-beta`` value); "model", the edits not supported on the request's model.
+Refusal = Literal["beta", "model"]
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
@@ -61,8 +66,18 @@ class Edited:
         return self.compaction_usage["input_tokens"] if self.compaction_usage else self.tokens
 
 
-def edit(body: dict[str, Any], betas: set[str]) -> Edited | str:
-    """The prompt ``body`` becomes, or the 400 message the API would give."""
+def edit(body: dict[str, Any], betas: set[str], refuse: Refusal | None = None) -> Edited | str:
+    """The prompt ``body`` becomes, or the 400 message the API would give (``refuse``: as an
+    API that does not take context management, see ``Refusal``)."""
+    asked = sorted(betas & {CONTEXT_BETA, COMPACT_BETA})
+    if refuse == "beta" and asked:
+        values = ", ".join(f"`{b}`" for b in asked)
+        return (
+            f"Unexpected value(s) {values} for the `anthropic-beta` header. Please consult our "
+            "documentation at docs.anthropic.com or try again without the header."
+        )
+    if refuse == "model" and "context_management" in body:
+        return f"context_management: context management is not supported on model {body.get('model')!r}"
     body = _from_last_compaction(body)
     sent = prompt_tokens(body)
     config = body.pop("context_management", None)

@@ -46,7 +46,7 @@ class WebhookReceiver:
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(
-                functools.partial(trio.serve_tcp, self._connection, 0, host="127.0.0.1")
+                functools.partial(trio.serve_tcp, self.handle, 0, host="127.0.0.1")
             )
             host, port = listeners[0].socket.getsockname()[:2]
             self.url = f"http://{host}:{port}"
@@ -59,7 +59,8 @@ class WebhookReceiver:
             await self._changed.wait()
         return self.requests
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one request on ``stream`` (TCP here, TLS in ``tls_receiver``), then close it."""
         conn = h11.Connection(h11.SERVER)
         request: h11.Request | None = None
         body = b""
@@ -82,7 +83,7 @@ class WebhookReceiver:
                     return
 
     async def _answer(
-        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, body: bytes
+        self, stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request, body: bytes
     ) -> None:
         headers = {k.decode().lower(): v.decode() for k, v in request.headers}
         verified = None

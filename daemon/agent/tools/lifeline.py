@@ -16,9 +16,10 @@ alone in that window leaves its child (pid 1 of the new pid namespace, the daemo
 root, not the task's) blocked on that eventfd for ever: parent-less, childless, outside the
 task's uid and cgroup. In the group it dies with the monitor (a group signal reaches a process
 being forked too). So the shell must lead a process group of its own: callers start it with
-``start_new_session=True`` or ``process_group=0``, and kill that group to stop it (never with
-a catchable signal: the namespace's pid 1 ignores those from outside; SIGKILL). Started inside
-another group, the shell kills only its command, as before.
+``start_new_session=True`` or ``process_group=0`` and stop it with SIGKILL to that group (a
+sandbox's pid 1 ignores SIGTERM and the like from outside its pid namespace). Started inside
+another group, the shell kills only its command (``TaskSandbox`` then sweeps what is left when
+it closes, ``procs.kill_sandboxes``).
 """
 
 from __future__ import annotations

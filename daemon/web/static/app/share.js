@@ -60,6 +60,7 @@ export class ShareView {
     this.timeline = new Timeline(this.events, {
       onGap: () => this.live && this.live.resubscribe(this.taskId),
       onChange: (event) => this.onEvent(event),
+      author: "the owner", // the reader is not the one who wrote (the task names no login)
     });
     this.live = null;
     this.taskId = null;

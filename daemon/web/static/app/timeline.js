@@ -15,10 +15,13 @@ const EDITOR = "str_replace_based_edit_tool";
 const QUIET = new Set(["agent.usage"]); // totals are in the task's header instead
 
 export class Timeline {
-  constructor(root, { onGap, onChange }) {
+  // ``author``: who wrote the person's messages, as the reader sees them ("you" for the owner,
+  // "the owner" on a share page).
+  constructor(root, { onGap, onChange, author = "you" }) {
     this.root = root;
     this.onGap = onGap;
     this.onChange = onChange; // (event) after a stored event is shown
+    this.author = author;
     this.lastSeq = 0;
     // Retention removed the task's history but its last event (README, "Retention"): its
     // first stored event comes after a jump, the one gap to take (task.js sets it).
@@ -129,7 +132,7 @@ export class Timeline {
         return this.question;
       case "user.message":
         this.question = null;
-        return this.add(seq, "user", h("p", { class: "who" }, "you wrote"),
+        return this.add(seq, "user", h("p", { class: "who" }, this.author + " wrote"),
           h("p", { class: "text" }, String(data.text)));
       case "git.pushed":
         return this.note(seq, ts, "Pushed ", h("code", {}, String(data.branch)), " (" +

@@ -71,7 +71,7 @@ SIZES = {
         "deliveries": 50,
         "shell_runs": 50,
         "outbox_deliveries": 2000,
-        "outbox_tasks": 500,
+        "outbox_tasks": 1500,
     },
     "quick": {
         "jobs": 200,
@@ -578,7 +578,7 @@ def outbox_suite(size: dict[str, Any]) -> list[Row]:
         Row(
             cost,
             f"{finish['0']['p50_us']:.0f} / {finish['1']['p50_us']:.0f} / {finish['10']['p50_us']:.0f} µs "
-            f"(+{finish['1']['added_p50_us']:.0f} / +{finish['10']['added_p50_us']:.0f} µs)",
+            f"({finish['1']['added_p50_us']:+.0f} / {finish['10']['added_p50_us']:+.0f} µs)",
         ),
     ]
 

@@ -22,7 +22,7 @@ from typing import NoReturn
 
 import trio
 
-from . import notify_cli, share_cli
+from . import notify_cli, share_cli, upkeep_cli, user_cli
 from .client import CommandRefused, ControlClient, DaemonUnreachable
 from .render import (
     NODE_COLUMNS,
@@ -86,15 +86,6 @@ def find_socket(env: Mapping[str, str] = os.environ) -> Path:
 # ------------------------------------------------------------------------------------ commands
 
 
-def _show_token(result: object, ns: argparse.Namespace) -> None:
-    token = result.get("token") if isinstance(result, dict) else result
-    if not isinstance(token, str):
-        print(render(result))
-        return
-    print(f"API token for {ns.login} (shown only once, keep it now):", file=sys.stderr)
-    print(token)
-
-
 @dataclass(frozen=True)
 class Command:
     cmd: str
@@ -116,10 +107,6 @@ def _show_status(result: object, ns: argparse.Namespace) -> None:
 
 def _task(ns: argparse.Namespace) -> dict[str, object]:
     return {"id": ns.id}
-
-
-def _operator(ns: argparse.Namespace) -> dict[str, object]:
-    return {"operator": True} if ns.operator else {}
 
 
 BUDGET_FLAGS = ("max_turns", "max_tokens", "max_usd")
@@ -154,40 +141,6 @@ def _show_created(result: object, ns: argparse.Namespace) -> None:
     )
 
 
-def _show_compacted(result: object) -> None:
-    """What ``compact`` removed and gave back, a line each."""
-    if not isinstance(result, dict) or not isinstance(result.get("removed"), dict):
-        print(render(result))
-        return
-    days = result.get("retention_days")
-    print(f"tasks compacted: {result.get('tasks_compacted')} (history older than {days} days)")
-    for what, rows in result["removed"].items():
-        print(f"removed {what}: {rows}")
-    given, size = _mib(result.get("bytes_reclaimed")), _mib(result.get("store_bytes"))
-    print(f"space given back: {given}; the store takes {size}")
-    print(f"{result.get('batches')} batches, the longest {result.get('longest_batch_s')} s")
-    if "full" in result:
-        print(f"full: {result['full']}")
-
-
-def _show_rotated(result: object) -> None:
-    """Each secret column's counts, then whether the old keys may go."""
-    if not isinstance(result, dict) or not isinstance(result.get("columns"), dict):
-        print(render(result))
-        return
-    for name, counts in result["columns"].items():
-        shown = counts.items() if isinstance(counts, dict) else ()
-        print(f"{name}: " + ", ".join(f"{key} {value}" for key, value in shown if key != "what"))
-    if result.get("old_keys_retirable"):
-        print("every secret is encrypted with the newest key: the older keys may be removed")
-    else:
-        print("some secrets cannot be decrypted with these keys: keep the old keys (see the README)")
-
-
-def _mib(value: object) -> str:
-    return f"{value / 1048576:.1f} MiB" if isinstance(value, (int, float)) else "?"
-
-
 COMMANDS: dict[str, Command] = {
     "status": Command("status", show=_show_status),
     "tasks": Command(
@@ -204,18 +157,8 @@ COMMANDS: dict[str, Command] = {
     "drain": Command("drain"),
     "resume": Command("resume"),
     "concurrency": Command("concurrency.set", lambda ns: {"n": ns.n}),
-    "users": Command("users.list", show=lambda r, ns: print(render(r, [], "(no users)"))),
-    "user-add": Command("users.add", lambda ns: {"login": ns.login, **_operator(ns)}, _show_token),
-    "revoke": Command("users.revoke", lambda ns: {"login": ns.login}),
-    "user-link": Command(
-        "users.link", lambda ns: {"login": ns.login, "github_id": ns.github_id, **_operator(ns)}
-    ),
-    "backup": Command("backup", lambda ns: {"path": os.path.abspath(ns.path)}),
-    "gc": Command("gc"),
-    "compact": Command(
-        "compact", lambda ns: {"full": True} if ns.full else {}, lambda r, ns: _show_compacted(r)
-    ),
-    "rotate-keys": Command("keys.rotate", show=lambda r, ns: _show_rotated(r)),
+    **user_cli.commands(Command),
+    **upkeep_cli.commands(Command),
     **notify_cli.commands(Command),
     **share_cli.commands(Command),
 }
@@ -353,34 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("drain", "stop admitting tasks; running ones finish")
     add("resume", "admit tasks again after drain")
     add("concurrency", "set how many tasks run at once").add_argument("n", metavar="N", type=_non_negative)
-    add("users", "list users")
-    p = add("user-add", "create a user and print a new API token")
-    p.add_argument("login", metavar="LOGIN")
-    p.add_argument(
-        "--operator",
-        action="store_true",
-        default=False,
-        help="the user is an operator: the app's operator view (/#/ops) and the /admin API",
-    )
-    add("revoke", "revoke a user's API tokens").add_argument("login", metavar="LOGIN")
-    p = add("user-link", "link an account to a GitHub user id: their GitHub sign-in reaches it")
-    p.add_argument("login", metavar="LOGIN")
-    p.add_argument(
-        "github_id",
-        metavar="GITHUB_ID",
-        type=_positive,
-        help="GitHub's numeric user id (https://api.github.com/users/NAME shows it)",
-    )
-    p.add_argument("--operator", action="store_true", default=False, help="also make the account an operator")
-    add("backup", "write a consistent copy of the database to PATH").add_argument("path", metavar="PATH")
-    add("gc", "remove old workspaces and expired data")
-    add("compact", "remove history older than retention_days now, and give the room back").add_argument(
-        "--full",
-        action="store_true",
-        default=False,
-        help="SQLite: also convert a large database to incremental vacuum, at the next start",
-    )
-    add("rotate-keys", "re-encrypt every stored secret with the newest secret key")
+    user_cli.add_parsers(add, _positive)
+    upkeep_cli.add_parsers(add)
     notify_cli.add_parsers(add)
     share_cli.add_parsers(add, TASK_ID_HELP)
     return parser

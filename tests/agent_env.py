@@ -19,7 +19,7 @@ from daemon.states import TaskStatus
 from daemon.supervisor import Backoff
 
 from .fakes.anthropic_api import FakeAnthropicAPI
-from .fakes.git_http import make_bare_repo
+from .fakes.git_http import git_out, make_bare_repo
 from .fakes.prompt_cache import PromptCache
 from .helpers import running_supervisor, wait_status
 
@@ -52,13 +52,29 @@ def text(value: str) -> dict[str, Any]:
     return {"type": "text", "text": value}
 
 
+def write_turn(id: str, path: str, body: str) -> dict[str, Any]:
+    """A model turn that creates ``path`` holding ``body``."""
+    return {
+        "content": [tool_use(id, "str_replace_based_edit_tool", command="create", path=path, file_text=body)]
+    }
+
+
+# By position in the conversation: the first run writes a.txt, the run that goes on b.txt.
+WRITE_A_THEN_B = {
+    "turns": [
+        write_turn("a", "a.txt", "A\n"),
+        {"content": [text("Wrote a.txt.")]},
+        write_turn("b", "b.txt", "B\n"),
+        {"content": [text("Wrote b.txt.")]},
+    ]
+}
+
+
 def ask_then_write(*questions: str) -> dict[str, Any]:
     """A script that asks each question with ``ask_user``, then writes ``style.txt`` and ends."""
     asked = [{"content": [tool_use(f"q{i}", "ask_user", question=q)]} for i, q in enumerate(questions)]
-    write = tool_use(
-        "w", "str_replace_based_edit_tool", command="create", path="style.txt", file_text="spaces\n"
-    )
-    return {"turns": [*asked, {"content": [write]}, {"content": [text("Wrote the style file.")]}]}
+    write = write_turn("w", "style.txt", "spaces\n")
+    return {"turns": [*asked, write, {"content": [text("Wrote the style file.")]}]}
 
 
 # The edit that fixes BUGGY_PROJECT's add(), as the model's second call.
@@ -88,6 +104,23 @@ FIX_SCRIPT = {
 
 def bare_repo(tmp_path: Path, files: dict[str, str] | None = None) -> Path:
     return make_bare_repo(tmp_path, branches={"main": files or BUGGY_PROJECT})
+
+
+def someone_pushes(
+    tmp_path: Path, bare: Path, branch: str, name: str, *, body: str | None = None, new_branch: bool = False
+) -> str:
+    """A commit by someone else adding ``name`` (holding ``body``, by default its name and a
+    newline) on ``branch`` of ``bare`` (with ``new_branch``: a new branch made from main); its id."""
+    work = tmp_path / f"someone-{name}"
+    start = [] if new_branch else ["-b", branch]
+    subprocess.run(["git", "clone", "--quiet", *start, str(bare), str(work)], check=True)
+    (work / name).write_text(f"{name}\n" if body is None else body)
+    ident = ["-c", "user.name=Someone", "-c", "user.email=someone@example.invalid"]
+    steps = [["checkout", "--quiet", "-b", branch]] if new_branch else []
+    steps += [["add", name], [*ident, "commit", "--quiet", "-m", name], ["push", "--quiet", "origin", branch]]
+    for args in steps:
+        subprocess.run(["git", *args], cwd=work, check=True)
+    return git_out(work, "rev-parse", "HEAD")
 
 
 def branch_file(bare: Path, branch: str, path: str) -> str:

@@ -4,6 +4,9 @@
 (a pydantic object per SSE event, a message snapshot accumulated event by event) and
 ``get_final_message()``. It is kept only as the reference the lean parser is compared with
 (``tests/test_anthropic_stream.py``) and measured against (``bench/model_turn_cpu.py``).
+
+``complete_then_sdk_create``: a provider's request followed by the SDK's own ``create`` with the
+same parameters, for a fake API to record both and a test to compare them.
 """
 
 from __future__ import annotations
@@ -70,3 +73,28 @@ class SdkStreamProvider(AnthropicProvider):
             {k: v for k, v in block.to_dict(mode="json").items() if v is not None} for block in final.content
         ]
         return ModelReply(content=content, stop_reason=final.stop_reason, usage=usage, model=model)
+
+
+async def complete_then_sdk_create(
+    provider: AnthropicProvider, request: ModelRequest, *, beta: bool = False, **more: Any
+) -> None:
+    """``provider.complete(request)``, then the SDK's own streaming ``create`` (``beta``: the
+    ``client.beta.messages`` one) with the same parameters and ``more``, its answer read whole:
+    the API the provider points at gets the provider's request, then the SDK's. The provider is
+    closed at the end, however it ends."""
+    try:
+        await provider.complete(request)
+        tools, system, messages = with_cache_breakpoints(request)
+        sdk = provider._client.beta.messages if beta else provider._client.messages
+        async with sdk.with_streaming_response.create(
+            model=provider.model,
+            max_tokens=request.max_tokens,
+            messages=messages,
+            system=system,
+            tools=tools,
+            stream=True,
+            **more,
+        ) as response:
+            await response.http_response.aread()
+    finally:
+        await provider.aclose()

@@ -14,14 +14,38 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+import trio
 
 from .fakes import phone
 
 ROOT = Path(__file__).resolve().parents[1]
 # The line may be a JSON log line: the URL ends at a quote or a comma as well as at a space.
 READY = re.compile(r"agentd serving on (http://[^\s\",]+)")
+
+
+@asynccontextmanager
+async def stand_in(script: str, *args: str) -> AsyncIterator[tuple[subprocess.Popen[str], Any]]:
+    """``python -c script ARGS...`` on the source tree (a stand-in for the daemon), and the JSON
+    it prints as its first line; killed with SIGKILL and reaped when the block ends, however."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        yield proc, json.loads(await trio.to_thread.run_sync(proc.stdout.readline))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
 
 
 def short_socket_dir() -> Path:

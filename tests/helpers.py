@@ -50,6 +50,16 @@ async def wait_status(hub, task_id: str, *statuses: TaskStatus) -> TaskStatus:
     raise AssertionError("unreachable")
 
 
+async def finished_after(hub, task_id: str, after: int = 0, *, timeout_s: float = 60) -> str:
+    """The status the task's next ``task.finished`` after seq ``after`` reports (within
+    ``timeout_s``, a guard against a hang)."""
+    with trio.fail_after(timeout_s):
+        async for event in hub.follow(task_id, after):
+            if event.type == "task.finished":
+                return event.data["status"]
+    raise AssertionError("unreachable")
+
+
 async def submit(supervisor, user, prompt: str = "do it", **kwargs):
     task, _ = await supervisor.submit(user_id=user.id, repo_url="file:///repo", prompt=prompt, **kwargs)
     return task

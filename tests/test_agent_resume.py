@@ -3,9 +3,6 @@ true cause of an interrupted call (real git, real store, the scripted model)."""
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import pytest
 
 from daemon.agent.conversation import Interruption, interrupted_note
@@ -17,42 +14,19 @@ from daemon.maintenance import collect_workspaces
 from daemon.states import TaskStatus
 from daemon.store import Event
 
-from .agent_env import agent_supervisor, bare_repo, branch_file, text, tool_use
+from .agent_env import (
+    WRITE_A_THEN_B,
+    agent_supervisor,
+    bare_repo,
+    branch_file,
+    someone_pushes,
+    text,
+    tool_use,
+)
+from .fakes.git_http import git_out
 from .helpers import wait_status
 
 pytestmark = pytest.mark.slow
-
-
-def _write(id: str, path: str, body: str) -> dict:
-    return {
-        "content": [tool_use(id, "str_replace_based_edit_tool", command="create", path=path, file_text=body)]
-    }
-
-
-# Assistant turns by position in the conversation: the first run writes a.txt, the follow-up b.txt.
-SCRIPT = {
-    "turns": [
-        _write("a", "a.txt", "A\n"),
-        {"content": [text("Wrote a.txt.")]},
-        _write("b", "b.txt", "B\n"),
-        {"content": [text("Wrote b.txt.")]},
-    ]
-}
-
-
-def _git(bare: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=bare, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def _someone_pushes(tmp_path: Path, bare: Path, branch: str) -> str:
-    """A commit by someone else on ``branch`` of ``bare``; its id."""
-    work = tmp_path / "someone"
-    subprocess.run(["git", "clone", "--quiet", "-b", branch, str(bare), str(work)], check=True)
-    (work / "c.txt").write_text("C\n")
-    ident = ["-c", "user.name=Someone", "-c", "user.email=someone@example.invalid"]
-    for args in (["add", "c.txt"], [*ident, "commit", "--quiet", "-m", "c"], ["push", "--quiet"]):
-        subprocess.run(["git", *args], cwd=work, check=True)
-    return _git(work, "rev-parse", "HEAD")
 
 
 @pytest.mark.parametrize("remote_branch", ["as_pushed", "moved", "deleted"])
@@ -61,7 +35,7 @@ async def test_a_follow_up_after_workspace_gc_goes_on_from_the_pushed_branch(
 ):
     bare = bare_repo(tmp_path)
     root = tmp_path / "workspaces"
-    async with agent_supervisor(store, hub, tmp_path, script=SCRIPT) as sup:
+    async with agent_supervisor(store, hub, tmp_path, script=WRITE_A_THEN_B) as sup:
         alice = await store.upsert_user("alice")
         task, _ = await sup.submit(user_id=alice.id, repo_url=str(bare), prompt="Write a")
         await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
@@ -73,9 +47,9 @@ async def test_a_follow_up_after_workspace_gc_goes_on_from_the_pushed_branch(
         assert not (root / task.id).exists()
         someone = None
         if remote_branch == "moved":
-            someone = _someone_pushes(tmp_path, bare, branch)
+            someone = someone_pushes(tmp_path, bare, branch, "c.txt", body="C\n")
         elif remote_branch == "deleted":
-            _git(bare, "branch", "-D", branch)
+            git_out(bare, "branch", "-D", branch)
 
         await store.add_input(task.id, "Now write b")
         await sup.requeue(task.id, reason="follow-up", fresh_attempts=True, expect=TaskStatus.SUCCEEDED)
@@ -87,7 +61,7 @@ async def test_a_follow_up_after_workspace_gc_goes_on_from_the_pushed_branch(
     assert done.status is TaskStatus.SUCCEEDED, done.error
     assert done.branch == branch and done.workspace_branch == branch  # the same branch, pushed again
     assert branch_file(bare, branch, "b.txt") == "B\n"
-    parent = _git(bare, "rev-parse", f"{done.diff['commit']}^")
+    parent = git_out(bare, "rev-parse", f"{done.diff['commit']}^")
     turns = await store.list_messages(task.id)
     follow_up = [b["text"] for b in turns[4]["content"]]
     assert follow_up[-1] == "Now write b"
@@ -103,7 +77,7 @@ async def test_a_follow_up_after_workspace_gc_goes_on_from_the_pushed_branch(
         assert branch_file(bare, branch, "a.txt") == "A\n"
     else:
         assert f"your pushed branch {branch} is no longer on the remote" in note
-        assert parent == _git(bare, "rev-parse", "main")  # a fresh start from the base
+        assert parent == git_out(bare, "rev-parse", "main")  # a fresh start from the base
     events = await store.read_events(task.id)
     reset = [e.data for e in events if e.type == "workspace.reset"]
     assert len(reset) == 1 and reset[0]["restored_from"] == commit

@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 
 from daemon.agent.anthropic_provider import AnthropicProvider, request_body
-from daemon.agent.model import ModelRequest, with_cache_breakpoints
+from daemon.agent.model import ModelRequest
 from daemon.agent.tools import tool_definitions
+from tests.anthropic_sdk_reference import complete_then_sdk_create
 from tests.fakes.anthropic_api import (
     FakeAnthropicAPI,
     message,
@@ -86,22 +87,8 @@ async def test_body_and_headers_are_those_of_messages_create(api):
     api.push(message(text("first")), message(text("second")))
     provider = AnthropicProvider(KEY, base_url=api.url, max_retries=0, pools=1)
     request = conversation()
-    try:
-        await provider.complete(request)
-        # What the provider sent before: the SDK's own `create` with the same parameters.
-        tools, system, messages = with_cache_breakpoints(request)
-        create = provider._client.messages.with_streaming_response.create
-        async with create(
-            model=provider.model,
-            max_tokens=request.max_tokens,
-            messages=messages,
-            system=system,
-            tools=tools,
-            stream=True,
-        ) as response:
-            await response.http_response.aread()
-    finally:
-        await provider.aclose()
+    # What the provider sent before: the SDK's own `create` with the same parameters.
+    await complete_then_sdk_create(provider, request)
 
     ours, sdks = api.requests
     assert (ours.method, ours.path) == (sdks.method, sdks.path) == ("POST", "/v1/messages")

@@ -3,10 +3,12 @@
 import dataclasses
 import enum
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from control import cli
 from control.protocol import (
     COMMANDS,
     STREAMING_COMMANDS,
@@ -27,6 +29,10 @@ from control.protocol import (
     parse_reply,
     parse_request,
 )
+from daemon.control_handlers import make_handlers
+from daemon.control_server import is_streaming
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def requests(max_line: int = 1000) -> LineBuffer[Request]:
@@ -40,39 +46,19 @@ def drain(buffer: LineBuffer) -> list:
     return out
 
 
-def test_the_command_names_are_those_of_the_design():
-    assert set(COMMANDS) == {
-        "status",
-        "tasks.list",
-        "tasks.create",
-        "tasks.get",
-        "tasks.cancel",
-        "tasks.retry",
-        "tasks.review",
-        "tasks.tail",
-        "drain",
-        "resume",
-        "concurrency.set",
-        "users.list",
-        "users.add",
-        "users.revoke",
-        "users.link",
-        "backup",
-        "gc",
-        # Added with issue 22: retention, key rotation, the outbox and share links.
-        "compact",
-        "keys.rotate",
-        "webhooks.list",
-        "webhooks.add",
-        "webhooks.remove",
-        "webhooks.test",
-        "deliveries.list",
-        "deliveries.redeliver",
-        "shares.create",
-        "shares.list",
-        "shares.revoke",
-    }
-    assert STREAMING_COMMANDS == {"tasks.tail"}
+def test_each_command_is_served_sent_by_agentctl_and_documented():
+    """``COMMANDS`` is the protocol's one list: the daemon's command table serves exactly these
+    (the streaming ones, and only they, by an async generator), an agentctl subcommand sends
+    each (streaming where the command streams), and each subcommand has its README row."""
+    served = make_handlers(None, None)  # the table alone: no handler is called
+    assert len(set(COMMANDS)) == len(COMMANDS)
+    assert (set(COMMANDS) - set(served), set(served) - set(COMMANDS)) == (set(), set())
+    assert {cmd for cmd, handler in served.items() if is_streaming(handler)} == STREAMING_COMMANDS
+    sent = {command.cmd: name for name, command in cli.COMMANDS.items()}
+    assert (set(COMMANDS) - set(sent), set(sent) - set(COMMANDS)) == (set(), set())
+    assert {c.cmd for c in cli.COMMANDS.values() if c.streaming} == STREAMING_COMMANDS
+    rows = set(re.findall(r"^\| `agentctl ([a-z-]+)", README.read_text(), re.MULTILINE))
+    assert sorted(name for name in sent.values() if name not in rows) == []
 
 
 def test_a_line_split_across_chunks_is_parsed_once_complete():

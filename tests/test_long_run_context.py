@@ -331,8 +331,8 @@ def test_the_stream_keeps_a_compaction_block_the_applied_edits_and_the_steps_usa
 
 async def test_mode_api_sends_what_the_sdks_beta_create_sends(nursery):
     from daemon.agent.anthropic_provider import CONTEXT_BETAS, AnthropicProvider
-    from daemon.agent.model import with_cache_breakpoints
 
+    from .anthropic_sdk_reference import complete_then_sdk_create
     from .fakes.anthropic_api import FakeAnthropicAPI, message
 
     api = FakeAnthropicAPI(message("first"), message("second"))
@@ -340,23 +340,9 @@ async def test_mode_api_sends_what_the_sdks_beta_create_sends(nursery):
     policy = ContextPolicy(mode="api")
     provider = AnthropicProvider("sk-ant-k", base_url=api.url, max_retries=0, pools=1, context=policy)
     request = ModelRequest(system="S", tools=tool_definitions(), messages=conversation(2), max_tokens=100)
-    try:
-        await provider.complete(request)
-        tools, system, messages = with_cache_breakpoints(request)
-        create = provider._client.beta.messages.with_streaming_response.create
-        async with create(
-            model=provider.model,
-            max_tokens=request.max_tokens,
-            messages=messages,  # type: ignore[arg-type]
-            system=system,  # type: ignore[arg-type]
-            tools=tools,  # type: ignore[arg-type]
-            context_management=api_edits(policy),  # type: ignore[arg-type]
-            betas=CONTEXT_BETAS.split(","),
-            stream=True,
-        ) as response:
-            await response.http_response.aread()
-    finally:
-        await provider.aclose()
+    await complete_then_sdk_create(
+        provider, request, beta=True, context_management=api_edits(policy), betas=CONTEXT_BETAS.split(",")
+    )
     ours, sdks = api.requests
     assert ours.raw_body == sdks.raw_body
     assert ours.headers["anthropic-beta"] == sdks.headers["anthropic-beta"] == CONTEXT_BETAS

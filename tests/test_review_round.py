@@ -12,15 +12,14 @@ import pytest
 import trio
 
 from control.client import CommandRefused, ControlClient
-from daemon.agent.loop import AgentRunner
 from daemon.agent.scripted_provider import ScriptedProvider
 from daemon.states import TaskStatus
 
-from .agent_env import BUGGY_PROJECT, agent_settings, tool_use
-from .fakes.git_http import GitHttpServer, git_out, make_bare_repo
-from .fakes.github_api import FakeGitHubAPI
+from .agent_env import tool_use
+from .fakes.git_http import git_out
 from .fakes.phone import running_daemon
-from .helpers import wait_status
+from .github_env import daemon_on_github
+from .helpers import finished_after, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -52,78 +51,50 @@ SCRIPT = {
 }
 
 
-async def finished_after(hub, task_id: str, after: int) -> str:
-    """The status the task's next ``task.finished`` after seq ``after`` reports."""
-    with trio.fail_after(30):
-        async for event in hub.follow(task_id, after):
-            if event.type == "task.finished":
-                return event.data["status"]
-    raise AssertionError("unreachable")
-
-
 async def test_a_review_round_pushes_to_the_same_branch_and_pull_request(tmp_path):
-    served = tmp_path / "served"
-    make_bare_repo(served / "acme", "calc.git", branches={"main": BUGGY_PROJECT})
-    git_server = GitHttpServer(served, username="x-access-token", token=TOKEN)
-    github = FakeGitHubAPI(TOKEN, web_base="http://127.0.0.1")
-
-    async def token_for(user_id: int) -> str:
-        return TOKEN
-
-    async with trio.open_nursery() as nursery:
-        git_url = await nursery.start(git_server.serve)
-        api_url = await nursery.start(github.serve)
-        github_at = {"github_api": api_url, "github_web_host": "127.0.0.1"}
-        runner = AgentRunner(
-            ScriptedProvider(SCRIPT), agent_settings(tmp_path, **github_at), github_token=token_for
-        )
-        async with running_daemon(tmp_path, runner, **github_at) as server:
-            hub = server.daemon.hub
-            alice, token = await server.user("alice")
-            await server.store.set_github_token(alice.id, server.daemon.secrets.encrypt(TOKEN))
-            async with server.client(token) as http:
-                created = await http.post(
-                    "/api/tasks", json={"repo_url": f"{git_url}/acme/calc.git", "prompt": "Fix add()"}
+    async with daemon_on_github(tmp_path, ScriptedProvider(SCRIPT), TOKEN) as gh:
+        server, github, bare = gh.server, gh.github, gh.bare
+        hub = server.daemon.hub
+        async with server.client(gh.token) as http:
+            created = await http.post("/api/tasks", json={"repo_url": gh.repo_url, "prompt": "Fix add()"})
+            task_id = created.json()["id"]
+            with trio.fail_after(30):
+                assert await wait_status(hub, task_id, TaskStatus.SUCCEEDED, TaskStatus.FAILED) is (
+                    TaskStatus.SUCCEEDED
                 )
-                task_id = created.json()["id"]
-                with trio.fail_after(30):
-                    assert await wait_status(hub, task_id, TaskStatus.SUCCEEDED, TaskStatus.FAILED) is (
-                        TaskStatus.SUCCEEDED
-                    )
-                task = await server.store.get_task(task_id)
-                (pr,) = github.pulls
-                assert task.pr_url == pr["html_url"] and pr["head"] == task.branch
-
-                nothing = await http.post(f"/api/tasks/{task_id}/review")
-                assert nothing.status_code == 409
-                assert "no review comments or failing checks" in nothing.text
-                assert (await server.store.get_task(task_id)).last_seq == task.last_seq  # not woken
-
-                first_commit = git_out(served / "acme" / "calc.git", "rev-parse", task.branch)
-                pr["head_sha"] = first_commit
-                github.add_review(
-                    "acme", "calc", 1, user="carol", state="CHANGES_REQUESTED", body="Add type hints."
-                )
-                github.add_review_comment(
-                    "acme", "calc", 1, user="carol", path="calc.py", line=1, body="Hints here."
-                )
-                github.add_check_run(
-                    "acme",
-                    "calc",
-                    first_commit,
-                    name="mypy",
-                    conclusion="failure",
-                    title="1 error",
-                    summary="add: untyped",
-                )
-                review = await http.post(f"/api/tasks/{task_id}/review")
-                assert review.status_code == 202, review.text
-                assert review.json()["task"]["status"] in ("queued", "running")
-                assert await finished_after(hub, task_id, review.json()["event"]["seq"]) == "succeeded"
-                messages = (await http.get(f"/api/tasks/{task_id}/messages")).json()["messages"]
             task = await server.store.get_task(task_id)
-            events = await server.store.read_events(task_id)
-        nursery.cancel_scope.cancel()
+            (pr,) = github.pulls
+            assert task.pr_url == pr["html_url"] and pr["head"] == task.branch
+
+            nothing = await http.post(f"/api/tasks/{task_id}/review")
+            assert nothing.status_code == 409
+            assert "no review comments or failing checks" in nothing.text
+            assert (await server.store.get_task(task_id)).last_seq == task.last_seq  # not woken
+
+            first_commit = git_out(bare, "rev-parse", task.branch)
+            pr["head_sha"] = first_commit
+            github.add_review(
+                "acme", "calc", 1, user="carol", state="CHANGES_REQUESTED", body="Add type hints."
+            )
+            github.add_review_comment(
+                "acme", "calc", 1, user="carol", path="calc.py", line=1, body="Hints here."
+            )
+            github.add_check_run(
+                "acme",
+                "calc",
+                first_commit,
+                name="mypy",
+                conclusion="failure",
+                title="1 error",
+                summary="add: untyped",
+            )
+            review = await http.post(f"/api/tasks/{task_id}/review")
+            assert review.status_code == 202, review.text
+            assert review.json()["task"]["status"] in ("queued", "running")
+            assert await finished_after(hub, task_id, review.json()["event"]["seq"]) == "succeeded"
+            messages = (await http.get(f"/api/tasks/{task_id}/messages")).json()["messages"]
+        task = await server.store.get_task(task_id)
+        events = await server.store.read_events(task_id)
 
     turns = [m["content"] for m in messages if m["role"] == "user"]
     said = json.dumps(turns)
@@ -131,12 +102,8 @@ async def test_a_review_round_pushes_to_the_same_branch_and_pull_request(tmp_pat
     assert "calc.py:1" in said and "mypy (failure): 1 error" in said and "add: untyped" in said
     pushed = [e.data for e in events if e.type == "git.pushed"]
     assert [p["branch"] for p in pushed] == [task.branch, task.branch]
-    assert (
-        git_out(served / "acme" / "calc.git", "rev-parse", task.branch)
-        == pushed[-1]["commit"]
-        != first_commit
-    )
-    shown = git_out(served / "acme" / "calc.git", "show", f"{task.branch}:calc.py")
+    assert git_out(bare, "rev-parse", task.branch) == pushed[-1]["commit"] != first_commit
+    shown = git_out(bare, "show", f"{task.branch}:calc.py")
     assert "def add(a: int, b: int) -> int:" in shown and "a + b" in shown
     assert len(github.pulls) == 1 and task.pr_url == github.pulls[0]["html_url"]
     assert [r.method for r in github.requests if r.path.endswith("/pulls")] == ["POST"]  # one PR opened

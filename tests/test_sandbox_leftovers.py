@@ -13,11 +13,8 @@ proxy's bridge (``proxy_bridge.py``, as the task's uid), which must go too.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +24,7 @@ from daemon.agent.tools import TaskSandbox, ToolSettings, probe_sandbox
 from daemon.agent.tools.procs import pids, proc_file, proc_stat
 from daemon.agent.tools.sandbox import bwrap_argv, run_probe_command
 
-from .daemon_process import ROOT
+from .daemon_process import stand_in
 from .helpers import wait_gone
 
 pytestmark = pytest.mark.slow
@@ -201,20 +198,8 @@ async def test_the_daemon_killed_as_sandboxes_start_leaves_nothing(bwrap_usable,
     workspace = tmp_path / "ws"
     workspace.mkdir()
     proxy = placeholder_proxy(tmp_path)
-    daemon = subprocess.Popen(
-        [sys.executable, "-c", DAEMON, str(workspace), str(uid_base(1)), str(proxy)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        said = json.loads(await trio.to_thread.run_sync(daemon.stdout.readline))
+    async with stand_in(DAEMON, str(workspace), str(uid_base(1)), str(proxy)) as (daemon, said):
         assert said["output"] == "started\n"
-        # The moment to kill it: while a sandbox is halfway through its start.
+        # The moment to kill it (as the block ends): while a sandbox is halfway through its start.
         await trio.to_thread.run_sync(wait_for_a_start, daemon.pid)
-    finally:
-        daemon.send_signal(signal.SIGKILL)
-        daemon.wait()
-        daemon.stdout.close()
     await assert_all_gone(workspace, said["uid"])

@@ -27,6 +27,8 @@ from daemon.store import (
     Transition,
     base,
     cluster_queries,
+    cluster_store,
+    identity_store,
     open_store,
     postgres_queries,
     sqlite_queries,
@@ -64,7 +66,8 @@ def test_backends_define_no_public_method_of_their_own(cls):
 
 
 def test_both_queries_modules_offer_what_the_interface_calls_alike():
-    called = set(re.findall(r"self\.queries\.(\w+)", inspect.getsource(base)))
+    interface = "".join(inspect.getsource(module) for module in (base, identity_store, cluster_store))
+    called = set(re.findall(r"self\.queries\.(\w+)", interface))
     assert {"insert_task", "transition", "read_events", "revoke_user"} <= called
     # One SQL text for nodes, leases and what the nodes agree on; PostgreSQL claims its own way.
     assert type(sqlite_queries.CLUSTER) is cluster_queries.Dialect

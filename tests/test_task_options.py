@@ -21,16 +21,16 @@ import trio
 
 from control.client import CommandRefused, ControlClient
 from daemon.agent.factory import build_runner
-from daemon.agent.loop import AgentRunner
 from daemon.config import Settings, load_settings
 from daemon.errors import ConfigError
 from daemon.store import schema, sqlite_queries
 
-from .agent_env import BUGGY_PROJECT, CLAUDE_KEY, agent_settings, tool_use
+from .agent_env import CLAUDE_KEY, tool_use
 from .fakes.anthropic_api import FakeAnthropicAPI, MessageReply, message
-from .fakes.git_http import GitHttpServer, make_bare_repo
 from .fakes.github_api import FakeGitHubAPI
 from .fakes.phone import Server, running_daemon
+from .github_env import daemon_on_github
+from .helpers import finished_after
 from .test_control_cli import AGENTCTL, ENV, TIMEOUT
 
 pytestmark = pytest.mark.slow
@@ -87,37 +87,13 @@ async def rig(tmp_path: Path, *replies: MessageReply) -> AsyncIterator[Rig]:
     """A daemon allowing ``MODELS`` whose runner is the one ``build_runner`` makes (Claude through
     the SDK, each call on its task's model, priced from its row) against the fake Messages API
     serving ``replies``; alice signed in, with a GitHub token; a repository on the fake GitHub."""
-    served = tmp_path / "served"
-    make_bare_repo(served / "acme", "calc.git", branches={"main": BUGGY_PROJECT})
-    git_server = GitHttpServer(served, username="x-access-token", token=TOKEN)
-    github = FakeGitHubAPI(TOKEN, web_base="http://127.0.0.1")
     claude = FakeAnthropicAPI(*replies, api_key=CLAUDE_KEY)
-
-    async def token_for(user_id: int) -> str:
-        return TOKEN
-
     async with trio.open_nursery() as nursery:
-        git_url = await nursery.start(git_server.serve)
-        api_url = await nursery.start(github.serve)
-        claude_url = await nursery.start(claude.serve)
-        github_at = {"github_api": api_url, "github_web_host": "127.0.0.1"}
-        models = {**MODELS, "anthropic_base_url": claude_url}
+        models = {**MODELS, "anthropic_base_url": await nursery.start(claude.serve)}
         provider = build_runner(Settings(data_dir=tmp_path / "unused", **models)).provider
-        runner = AgentRunner(provider, agent_settings(tmp_path, **github_at), github_token=token_for)
-        async with running_daemon(tmp_path, runner, **github_at, **models) as server:
-            alice, token = await server.user("alice")
-            await server.store.set_github_token(alice.id, server.daemon.secrets.encrypt(TOKEN))
-            yield Rig(server, claude, github, f"{git_url}/acme/calc.git", token)
+        async with daemon_on_github(tmp_path, provider, TOKEN, **models) as gh:
+            yield Rig(gh.server, claude, gh.github, gh.repo_url, gh.token)
         nursery.cancel_scope.cancel()
-
-
-async def finished(server: Server, task_id: str, after: int = 0) -> str:
-    """The status the task's next ``task.finished`` after seq ``after`` reports."""
-    with trio.fail_after(60):
-        async for event in server.daemon.hub.follow(task_id, after):
-            if event.type == "task.finished":
-                return event.data["status"]
-    raise AssertionError("unreachable")
 
 
 async def test_a_task_runs_on_its_model_at_its_price_and_opens_a_draft_pr_with_its_title(tmp_path):
@@ -140,11 +116,12 @@ async def test_a_task_runs_on_its_model_at_its_price_and_opens_a_draft_pr_with_i
             assert created.json() | {"model": "house-model", "draft": True, "pr_title": "Make add() add"} == (
                 created.json()
             )
-            assert await finished(r.server, task_id) == "succeeded"
+            assert await finished_after(r.server.daemon.hub, task_id) == "succeeded"
             shown = (await http.get(f"/api/tasks/{task_id}")).json()
             follow_up = await http.post(f"/api/tasks/{task_id}/messages", json={"text": "Anything else?"})
             assert follow_up.status_code in (200, 202), follow_up.text
-            assert await finished(r.server, task_id, follow_up.json()["event"]["seq"]) == "succeeded"
+            after = follow_up.json()["event"]["seq"]
+            assert await finished_after(r.server.daemon.hub, task_id, after) == "succeeded"
             events = await r.server.store.read_events(task_id)
 
     assert (shown["model"], shown["draft"], shown["pr_title"]) == ("house-model", True, "Make add() add")
@@ -168,7 +145,7 @@ async def test_the_default_model_and_a_title_from_the_prompt(tmp_path):
                 json={"repo_url": r.repo_url, "prompt": "\n   Fix add(), please   \nIt subtracts."},
             )
             task_id = created.json()["id"]
-            assert await finished(r.server, task_id) == "succeeded"
+            assert await finished_after(r.server.daemon.hub, task_id) == "succeeded"
             shown = (await http.get(f"/api/tasks/{task_id}")).json()
 
     assert (shown["model"], shown["draft"], shown["pr_title"]) == (
@@ -231,7 +208,7 @@ async def test_agentctl_create_sets_the_model_draft_and_title(tmp_path):
             )
         assert done.returncode == 0, done.stderr
         task_id = done.stdout.decode().strip()
-        assert await finished(r.server, task_id) == "succeeded"
+        assert await finished_after(r.server.daemon.hub, task_id) == "succeeded"
         task = await r.server.store.get_task(task_id)
     assert (task.model, task.draft, task.pr_title) == ("claude-haiku-4-5", True, "Fix it")
     assert {request.body["model"] for request in r.claude.requests} == {"claude-haiku-4-5"}

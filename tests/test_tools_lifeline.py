@@ -4,11 +4,7 @@ that started it: tests/test_containment_tools.py shows that one)."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import trio
@@ -16,7 +12,7 @@ import trio
 from daemon.agent.tools import probe_sandbox
 from daemon.agent.tools.procs import descendants
 
-from .daemon_process import ROOT
+from .daemon_process import stand_in
 from .helpers import wait_gone
 
 pytestmark = pytest.mark.slow
@@ -48,21 +44,10 @@ async def test_the_sandbox_dies_with_the_daemons_process(tmp_path):
         pytest.skip("bubblewrap is not usable here")
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    daemon = subprocess.Popen(
-        [sys.executable, "-c", DAEMON, str(workspace), str(1_960_000 + os.getpid() % 1000 * 4)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        said = json.loads(await trio.to_thread.run_sync(daemon.stdout.readline))
+    async with stand_in(DAEMON, str(workspace), str(1_960_000 + os.getpid() % 1000 * 4)) as (_, said):
         assert said["output"] == "started\n"
         sandbox = await trio.to_thread.run_sync(descendants, said["shell"])
         assert len(sandbox) >= 3  # bwrap, its init, the shell, sleep...
-    finally:
-        daemon.send_signal(signal.SIGKILL)
-        daemon.wait()
     with trio.fail_after(10):
         for pid in [said["shell"], *sandbox]:
             await wait_gone(pid)

@@ -4,6 +4,7 @@ per endpoint), listing and unsubscribing, each person's own only, and the addres
 from __future__ import annotations
 
 import base64
+from contextlib import asynccontextmanager
 
 import trio
 from cryptography.fernet import Fernet
@@ -16,6 +17,20 @@ from .test_api_tasks import undescribed
 def browser_subscription(push: FakePushService, **extra):
     sub = push.subscribe()
     return sub, {**sub.as_browser_json(), "expirationTime": None, **extra}
+
+
+@asynccontextmanager
+async def _alice_with_a_subscription(tmp_path):
+    """A push service and a daemon, alice signed in: yields the push service, the daemon's
+    ``Server``, alice, her HTTP client, and the body a browser posts to subscribe (a
+    subscription of that push service)."""
+    push = FakePushService()
+    with push:
+        async with running_daemon(tmp_path) as server:
+            alice, token = await server.user("alice")
+            async with server.client(token) as http:
+                _sub, body = browser_subscription(push)
+                yield push, server, alice, http, body
 
 
 async def test_subscribe_list_and_unsubscribe_each_only_ones_own(tmp_path):
@@ -75,21 +90,14 @@ async def test_subscribe_list_and_unsubscribe_each_only_ones_own(tmp_path):
 
 
 async def test_malformed_subscriptions_are_refused_with_what_is_wrong(tmp_path):
-    push = FakePushService()
-    with push:
-        async with running_daemon(tmp_path) as server:
-            _alice, token = await server.user("alice")
-            async with server.client(token) as http:
-                _sub, body = browser_subscription(push)
-                bad_key = {**body, "keys": {"p256dh": "B" * 87, "auth": body["keys"]["auth"]}}
-                answer = await http.post("/api/push/subscriptions", json=bad_key)
-                assert answer.status_code == 422 and "P-256" in answer.json()["error"]["message"]
-                answer = await http.post(
-                    "/api/push/subscriptions", json={**body, "events": ["task.exploded"]}
-                )
-                assert answer.status_code == 422 and "task.exploded" in answer.json()["error"]["message"]
-                answer = await http.post("/api/push/subscriptions", json={**body, "endpoint": "ftp://x/y"})
-                assert answer.status_code == 422 and "https://" in answer.json()["error"]["message"]
+    async with _alice_with_a_subscription(tmp_path) as (_push, _server, _alice, http, body):
+        bad_key = {**body, "keys": {"p256dh": "B" * 87, "auth": body["keys"]["auth"]}}
+        answer = await http.post("/api/push/subscriptions", json=bad_key)
+        assert answer.status_code == 422 and "P-256" in answer.json()["error"]["message"]
+        answer = await http.post("/api/push/subscriptions", json={**body, "events": ["task.exploded"]})
+        assert answer.status_code == 422 and "task.exploded" in answer.json()["error"]["message"]
+        answer = await http.post("/api/push/subscriptions", json={**body, "endpoint": "ftp://x/y"})
+        assert answer.status_code == 422 and "https://" in answer.json()["error"]["message"]
 
 
 async def test_an_endpoint_on_a_private_address_is_refused_unless_the_operator_allows_it(tmp_path):
@@ -130,27 +138,22 @@ async def test_subscribe_calls_racing_for_one_endpoint_leave_one_subscription(tm
     """A browser retrying (or two tabs) posts one subscription at once several times: one row is
     kept, so each notification is pushed once (schema v15's unique index; a renewal with other
     keys replaces the row in the insert's own transaction)."""
-    push = FakePushService()
-    with push:
-        async with running_daemon(tmp_path) as server:
-            alice, token = await server.user("alice")
-            async with server.client(token) as client:
-                _sub, body = browser_subscription(push)
-                answers: list[int] = []
+    async with _alice_with_a_subscription(tmp_path) as (push, server, alice, client, body):
+        answers: list[int] = []
 
-                async def post(payload: dict) -> None:
-                    answers.append((await client.post("/api/push/subscriptions", json=payload)).status_code)
+        async def post(payload: dict) -> None:
+            answers.append((await client.post("/api/push/subscriptions", json=payload)).status_code)
 
-                async with trio.open_nursery() as nursery:
-                    for _ in range(8):
-                        nursery.start_soon(post, body)
-                assert set(answers) <= {200, 201} and 201 in answers
-                assert len(await server.store.list_targets(alice.id, kind="webpush")) == 1
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(post, body)
+        assert set(answers) <= {200, 201} and 201 in answers
+        assert len(await server.store.list_targets(alice.id, kind="webpush")) == 1
 
-                renewed, renewed_body = browser_subscription(push)
-                renewed_body = {**renewed_body, "endpoint": body["endpoint"]}  # new keys, same endpoint
-                async with trio.open_nursery() as nursery:
-                    for _ in range(4):
-                        nursery.start_soon(post, renewed_body)
-                kept = await server.store.list_targets(alice.id, kind="webpush")
-                assert len(kept) == 1 and renewed.auth in server.daemon.secrets.decrypt(kept[0].secret_enc)
+        renewed, renewed_body = browser_subscription(push)
+        renewed_body = {**renewed_body, "endpoint": body["endpoint"]}  # new keys, same endpoint
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(post, renewed_body)
+        kept = await server.store.list_targets(alice.id, kind="webpush")
+        assert len(kept) == 1 and renewed.auth in server.daemon.secrets.decrypt(kept[0].secret_enc)

@@ -4,6 +4,8 @@ VAPID signature and decrypts what it is sent, as a browser's push service and th
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 
@@ -43,6 +45,22 @@ class Settled:
                 await self._changed.wait()
 
 
+@asynccontextmanager
+async def _daemon_and_push_service(tmp_path):
+    """A push service and a daemon running the fix script, alice signed in: yields the push
+    service, the daemon's ``Server``, alice, her HTTP client, a ``Settled`` on the store and a
+    repository to fix. The push service outlives the daemon, so what the daemon sends as it
+    stops is still recorded."""
+    push = FakePushService()
+    with push:
+        repo = str(bare_repo(tmp_path))
+        async with running_daemon(tmp_path, scripted_runner(tmp_path, FIX_SCRIPT)) as server:
+            alice, token = await server.user("alice")
+            settled = Settled(server.store)
+            async with server.client(token) as http:
+                yield push, server, alice, http, settled, repo
+
+
 async def _finish_a_task(server, http, repo: str, prompt: str = "fix the failing test") -> str:
     # Each task of a test has its own prompt: the branch is named after it (and the second).
     created = await http.post("/api/tasks", json={"repo_url": repo, "prompt": prompt})
@@ -54,65 +72,52 @@ async def _finish_a_task(server, http, repo: str, prompt: str = "fix the failing
 
 
 async def test_a_finished_task_makes_exactly_one_push_that_opens_the_task(tmp_path):
-    push = FakePushService()
-    with push:
-        repo = str(bare_repo(tmp_path))
-        async with running_daemon(tmp_path, scripted_runner(tmp_path, FIX_SCRIPT)) as server:
-            alice, token = await server.user("alice")
-            settled = Settled(server.store)
-            async with server.client(token) as http:
-                key = (await http.get("/api/push/key")).json()["public_key"]
-                sub = push.subscribe(server_key=key)  # as the browser does, with the server's key
-                made = await http.post("/api/push/subscriptions", json=sub.as_browser_json())
-                assert made.status_code == 201, made.text
+    async with _daemon_and_push_service(tmp_path) as (push, server, alice, http, settled, repo):
+        key = (await http.get("/api/push/key")).json()["public_key"]
+        sub = push.subscribe(server_key=key)  # as the browser does, with the server's key
+        made = await http.post("/api/push/subscriptions", json=sub.as_browser_json())
+        assert made.status_code == 201, made.text
 
-                task_id = await _finish_a_task(server, http, repo)
-                await settled.wait(attempts=1)
-                [request] = push.requests
-                assert request.status == 201, request.reason
-                deliveries = await server.store.list_deliveries(alice.id)
-                assert [(d.kind, d.status) for d in deliveries] == [("task.succeeded", "delivered")]
+        task_id = await _finish_a_task(server, http, repo)
+        await settled.wait(attempts=1)
+        [request] = push.requests
+        assert request.status == 201, request.reason
+        deliveries = await server.store.list_deliveries(alice.id)
+        assert [(d.kind, d.status) for d in deliveries] == [("task.succeeded", "delivered")]
 
-        [message] = push.messages_for(sub.id)
-        assert message.notification["title"] == "Task finished: project"
-        assert message.notification["url"] == f"/#/task/{task_id}"
-        assert message.notification["tag"] == f"task-{task_id}"
-        assert message.notification["body"].startswith("Branch agentd/")
-        assert message.headers["topic"] == task_id and message.headers["ttl"] == "86400"
-        assert len(push.requests) == 1  # exactly one push, and nothing after it
+    [message] = push.messages_for(sub.id)
+    assert message.notification["title"] == "Task finished: project"
+    assert message.notification["url"] == f"/#/task/{task_id}"
+    assert message.notification["tag"] == f"task-{task_id}"
+    assert message.notification["body"].startswith("Branch agentd/")
+    assert message.headers["topic"] == task_id and message.headers["ttl"] == "86400"
+    assert len(push.requests) == 1  # exactly one push, and nothing after it
 
 
 async def test_a_subscription_the_push_service_calls_gone_is_disabled_and_sent_nothing_more(tmp_path):
-    push = FakePushService()
-    with push:
-        repo = str(bare_repo(tmp_path))
-        async with running_daemon(tmp_path, scripted_runner(tmp_path, FIX_SCRIPT)) as server:
-            alice, token = await server.user("alice")
-            settled = Settled(server.store)
-            async with server.client(token) as http:
-                gone, live = push.subscribe(), push.subscribe()
-                for sub in (gone, live):
-                    made = await http.post("/api/push/subscriptions", json=sub.as_browser_json())
-                    assert made.status_code == 201, made.text
-                push.answer(gone.id, 410)
+    async with _daemon_and_push_service(tmp_path) as (push, server, alice, http, settled, repo):
+        gone, live = push.subscribe(), push.subscribe()
+        for sub in (gone, live):
+            made = await http.post("/api/push/subscriptions", json=sub.as_browser_json())
+            assert made.status_code == 201, made.text
+        push.answer(gone.id, 410)
 
-                await _finish_a_task(server, http, repo)
-                await settled.wait(attempts=2, disabled=1)
-                listed = {
-                    s["endpoint"]: s
-                    for s in (await http.get("/api/push/subscriptions")).json()["subscriptions"]
-                }
-                assert listed[gone.endpoint]["disabled_at"] is not None
-                assert listed[live.endpoint]["disabled_at"] is None
+        await _finish_a_task(server, http, repo)
+        await settled.wait(attempts=2, disabled=1)
+        listed = {
+            s["endpoint"]: s for s in (await http.get("/api/push/subscriptions")).json()["subscriptions"]
+        }
+        assert listed[gone.endpoint]["disabled_at"] is not None
+        assert listed[live.endpoint]["disabled_at"] is None
 
-                await _finish_a_task(server, http, repo, "fix it again")
-                await settled.wait(attempts=3)
-                deliveries = await server.store.list_deliveries(alice.id)
-                assert sorted((d.target_id == listed[gone.endpoint]["id"], d.status) for d in deliveries) == [
-                    (False, "delivered"),
-                    (False, "delivered"),
-                    (True, "failed"),
-                ]
+        await _finish_a_task(server, http, repo, "fix it again")
+        await settled.wait(attempts=3)
+        deliveries = await server.store.list_deliveries(alice.id)
+        assert sorted((d.target_id == listed[gone.endpoint]["id"], d.status) for d in deliveries) == [
+            (False, "delivered"),
+            (False, "delivered"),
+            (True, "failed"),
+        ]
 
-        assert [r.status for r in push.requests if r.subscription_id == gone.id] == [410]  # once only
-        assert len(push.messages_for(live.id)) == 2
+    assert [r.status for r in push.requests if r.subscription_id == gone.id] == [410]  # once only
+    assert len(push.messages_for(live.id)) == 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,20 +364,3 @@ class _Session(ModelTurns):
     def _take_notes(self) -> list[str]:
         notes, self.notes = self.notes, []
         return notes
-
-    async def _append(
-        self,
-        role: str,
-        content: list[dict[str, Any]],
-        stop_reason: str | None = None,
-        usage: Usage | None = None,
-        events: Sequence[NewEvent] = (),
-    ) -> None:
-        """Add a turn to the conversation, with the usage and events to commit with it."""
-        await self.store.append_message(
-            self.task.id, role, content, stop_reason=stop_reason, usage=usage, events=events
-        )
-        turn: dict[str, Any] = {"role": role, "content": content}
-        if stop_reason is not None:
-            turn["stop_reason"] = stop_reason
-        self.turns.append(turn)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PermanentError
-from ..store import NewEvent, Task, Usage
+from ..store import NewEvent, Store, Task, Usage
 from ..supervisor import RunContext
 from . import conversation as conv
 from .context_keeper import ContextKeeper, Prepared
@@ -41,10 +41,12 @@ dropped. Continue, in smaller steps (e.g. write a large file in several edits)."
 
 
 class ModelTurns:
-    """The model's side of an attempt (``loop._Session``): its turns and its compactions."""
+    """The model's side of an attempt (``loop._Session``): its turns and its compactions, and
+    how a turn is stored (``_append``, the session's too)."""
 
     runner: AgentRunner
     ctx: RunContext
+    store: Store
     task: Task
     turns: list[dict[str, Any]]
     usage: Usage
@@ -62,7 +64,14 @@ class ModelTurns:
         usage: Usage | None = None,
         events: Sequence[NewEvent] = (),
     ) -> None:
-        raise NotImplementedError  # the session stores the turn
+        """Add a turn to the conversation, with the usage and events to commit with it."""
+        await self.store.append_message(
+            self.task.id, role, content, stop_reason=stop_reason, usage=usage, events=events
+        )
+        turn: dict[str, Any] = {"role": role, "content": content}
+        if stop_reason is not None:
+            turn["stop_reason"] = stop_reason
+        self.turns.append(turn)
 
     async def _model_turn(self) -> None:
         """One assistant turn, stored with its usage (see the module's docstring).

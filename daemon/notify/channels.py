@@ -5,6 +5,10 @@ how it went with an ``Attempt``: ``DELIVERED``; ``RETRY`` (later, with backoff, 
 receiver's ``Retry-After``); ``GONE`` (the target is gone for good: it is disabled); ``FAILED``
 (no retry helps). The sender (``sender.channels_for``) holds one channel per kind.
 
+``post_to_target`` is how every channel sends: ``send_pinned`` under the operator's address rule
+(``allow_private``) and the ``notify_timeout_s`` deadline; ``OwnClientChannel`` is the part of
+a channel that owns its HTTP client (``webhook``, ``ntfy``).
+
 ``send_pinned``: a user-given URL is called by the repository URL address rules
 (``git.addresses.check_url_address``: https only unless private addresses are allowed, no
 private or loopback address unless the operator allows them, cloud metadata never) and on the
@@ -21,8 +25,9 @@ from __future__ import annotations
 import email.utils
 import os
 import ssl
+import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -30,6 +35,7 @@ from typing import Protocol
 import httpx2
 import trio
 
+from ..config import Settings
 from ..errors import ConfigError, PermanentError, TransientError
 from ..git.addresses import check_url_address
 from .outbox import Delivery, Target
@@ -203,3 +209,60 @@ async def send_pinned(
         return verdict_for(response.status_code, response.headers, now)
     assert scope.cancelled_caught
     return Attempt(Verdict.RETRY, error=f"the {what} did not answer within {deadline_s:g} s")
+
+
+def allow_private(settings: Settings) -> bool:
+    """Whether user-given notification URLs may reach private addresses (the repository rule)."""
+    return settings.allow_private_remotes or settings.allow_local_remotes
+
+
+async def post_to_target(
+    client: httpx2.AsyncClient,
+    settings: Settings,
+    url: str,
+    *,
+    content: bytes,
+    headers: Mapping[str, str],
+    what: str,
+    now: float,
+) -> Attempt:
+    """``send_pinned`` as every channel calls it: private addresses as ``allow_private`` says,
+    the whole exchange within ``notify_timeout_s``. Cancellation: the request is abandoned."""
+    return await send_pinned(
+        client,
+        url,
+        content=content,
+        headers=headers,
+        allow_private=allow_private(settings),
+        what=what,
+        now=now,
+        deadline_s=settings.notify_timeout_s,
+    )
+
+
+class OwnClientChannel:
+    """A channel's HTTP client, made with the channel (a CA file that cannot be read stops the
+    daemon's start: ``trusted_cas``) and closed by ``aclose``; ``_post`` sends by
+    ``post_to_target``, the URL named ``what`` in errors."""
+
+    what: str
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        now: Callable[[], float] = time.time,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """``ssl_context``: the CAs trusted for https receivers (``http_client``)."""
+        self._settings = settings
+        self._now = now
+        self._http: httpx2.AsyncClient = http_client(settings.notify_timeout_s, ssl_context)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(self, url: str, content: bytes, headers: Mapping[str, str], now: float) -> Attempt:
+        return await post_to_target(
+            self._http, self._settings, url, content=content, headers=headers, what=self.what, now=now
+        )

@@ -12,18 +12,11 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
-import time
 import urllib.parse
-from collections.abc import Callable
 from typing import Any
 
-import httpx2
-
-from ..config import Settings
-from .channels import Attempt, http_client, send_pinned
+from .channels import Attempt, OwnClientChannel
 from .outbox import Delivery, Target, TargetKind
-from .webhooks import allow_private
 
 WHAT = "ntfy topic URL"
 MESSAGE_CAP = 1000  # characters of the message body
@@ -70,23 +63,9 @@ def message_for(payload: dict[str, Any]) -> tuple[dict[str, str], str]:
     return headers, text or title
 
 
-class NtfyChannel:
+class NtfyChannel(OwnClientChannel):
     kind = TargetKind.NTFY.value
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        now: Callable[[], float] = time.time,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        """``ssl_context``: the CAs trusted for https receivers (``channels.http_client``)."""
-        self._settings = settings
-        self._now = now
-        self._http: httpx2.AsyncClient = http_client(settings.notify_timeout_s, ssl_context)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    what = WHAT
 
     async def deliver(self, delivery: Delivery, target: Target, secret: str | None) -> Attempt:
         """POST the message to the topic (with the access token ``secret``, if any)."""
@@ -94,13 +73,4 @@ class NtfyChannel:
         headers["Content-Type"] = "text/plain; charset=utf-8"
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
-        return await send_pinned(
-            self._http,
-            target.url,
-            content=text.encode(),
-            headers=headers,
-            allow_private=allow_private(self._settings),
-            what=WHAT,
-            now=self._now(),
-            deadline_s=self._settings.notify_timeout_s,
-        )
+        return await self._post(target.url, text.encode(), headers, self._now())

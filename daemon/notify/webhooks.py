@@ -8,42 +8,16 @@ and 5xx (and a network error or timeout) retry with backoff; other answers fail.
 
 from __future__ import annotations
 
-import ssl
-import time
-from collections.abc import Callable
-
-import httpx2
-
-from ..config import Settings
-from .channels import Attempt, Verdict, http_client, send_pinned
+from .channels import Attempt, OwnClientChannel, Verdict
 from .outbox import Delivery, Target, TargetKind
 from .signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
 
 WHAT = "webhook URL"
 
 
-def allow_private(settings: Settings) -> bool:
-    """Whether user-given notification URLs may reach private addresses (the repository rule)."""
-    return settings.allow_private_remotes or settings.allow_local_remotes
-
-
-class WebhookChannel:
+class WebhookChannel(OwnClientChannel):
     kind = TargetKind.WEBHOOK.value
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        now: Callable[[], float] = time.time,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        """``ssl_context``: the CAs trusted for https receivers (``channels.http_client``)."""
-        self._settings = settings
-        self._now = now
-        self._http: httpx2.AsyncClient = http_client(settings.notify_timeout_s, ssl_context)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    what = WHAT
 
     async def deliver(self, delivery: Delivery, target: Target, secret: str | None) -> Attempt:
         """POST ``delivery.payload`` (the rendered body) signed with ``secret``."""
@@ -58,13 +32,4 @@ class WebhookChannel:
             DELIVERY_HEADER: delivery.id,
             EVENT_HEADER: delivery.kind,
         }
-        return await send_pinned(
-            self._http,
-            target.url,
-            content=body,
-            headers=headers,
-            allow_private=allow_private(self._settings),
-            what=WHAT,
-            now=now,
-            deadline_s=self._settings.notify_timeout_s,
-        )
+        return await self._post(target.url, body, headers, now)

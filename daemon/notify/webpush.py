@@ -11,7 +11,7 @@ A delivery becomes one POST to the subscription's push endpoint:
   (the task's id: a push service keeps only the newest undelivered message of a topic, so a
   phone that was offline sees the task's latest state, not a backlog).
 
-The request goes out through ``channels.send_pinned`` (the endpoint checked by the rules of
+The request goes out through ``channels.post_to_target`` (the endpoint checked by the rules of
 repository URLs, and called on the address checked), and the answer decides the verdict
 (``push_verdict``): 2xx delivered; 404 or 410 gone (the subscription expired or was
 withdrawn: the outbox disables the target); 408, 425, 429 and 5xx retried later, honouring
@@ -43,10 +43,9 @@ from http_ece import encrypt as ece_encrypt
 from ..config import Settings
 from ..secrets import SecretBox
 from ..store import Store
-from .channels import Attempt, Verdict, http_client, send_pinned
+from .channels import Attempt, Verdict, http_client, post_to_target
 from .outbox import Delivery, Target
 from .vapid import vapid_keys, vapid_subject
-from .webhooks import allow_private
 
 __all__ = [
     "WebPushChannel",
@@ -262,14 +261,7 @@ class WebPushChannel:
         topic = topic_for(payload)
         if topic:
             headers["Topic"] = topic
-        attempt = await send_pinned(
-            self._client(),
-            target.url,
-            content=body,
-            headers=headers,
-            allow_private=allow_private(self._settings),
-            what=WHAT,
-            now=now,
-            deadline_s=self._settings.notify_timeout_s,
+        attempt = await post_to_target(
+            self._client(), self._settings, target.url, content=body, headers=headers, what=WHAT, now=now
         )
         return push_verdict(attempt)

@@ -10,13 +10,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 
-import trio
-
 from ..states import TaskStatus
 from . import share_queries
-from .cluster_queries import ClaimRound
+from .cluster_store import ClusterStore
+from .identity_store import IdentityStore
 from .lifecycle import Transition
-from .models import Event, NewEvent, NewTask, Node, NodeState, RemoteNotice, Task, Usage, User, new_task_id
+from .models import Event, NewEvent, NewTask, Task, Usage, new_task_id
 from .outbox_store import OutboxStore
 from .share_queries import ShareLink, new_share_id
 from .upkeep_store import UpkeepStore
@@ -24,19 +23,19 @@ from .upkeep_store import UpkeepStore
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-CLAIM_ROUNDS = 3  # claim statements per claim at most, when rounds meet other nodes' claims
 EventListener = Callable[[list[Event]], None]
 
 
-class StoreBase(OutboxStore, UpkeepStore, abc.ABC):
+class StoreBase(IdentityStore, ClusterStore, OutboxStore, UpkeepStore, abc.ABC):
     """The one narrow, typed interface every store backend provides.
 
     The supervisor, API and agent loop see only this: tasks, events, the conversation, tool
-    calls, users and tokens, notification targets and the outbox (``OutboxStore``), and a
-    little maintenance. Each method below is the same for every
-    backend: it calls the function of the same name in the backend's ``queries`` module (the
-    same names and signatures in each) through three private runners the backend provides,
-    ``_read``, ``_write`` and ``_write_events``. Every timestamp written is ``self.now()``
+    calls, users and tokens (``IdentityStore``), share links, nodes, claims and what the
+    daemons sharing the store agree on (``ClusterStore``), notification targets and the outbox
+    (``OutboxStore``), and a little maintenance (``UpkeepStore``). Each method is the same for
+    every backend: it calls the function of the same name in the backend's ``queries`` module
+    (the same names and signatures in each) through three private runners the backend
+    provides, ``_read``, ``_write`` and ``_write_events``. Every timestamp written is ``self.now()``
     (tests replace ``now``).
 
     Listeners added with ``add_listener`` see each committed batch of events on the Trio
@@ -343,70 +342,6 @@ class StoreBase(OutboxStore, UpkeepStore, abc.ABC):
         """How many user messages wait for the agent."""
         return await self._read(lambda conn: self.queries.pending_inputs(conn, task_id))
 
-    # -- users and tokens -----------------------------------------------------------------------
-
-    async def upsert_user(self, login: str, **fields: Any) -> User:
-        now = self.now()
-        return await self._write(lambda conn: self.queries.upsert_user(conn, login, now, **fields))
-
-    async def user_by_id(self, user_id: int) -> User | None:
-        return await self._read(lambda conn: self.queries.user_by_id(conn, user_id))
-
-    async def set_github_token(self, user_id: int, token_enc: bytes | None) -> None:
-        """Store the user's GitHub token, already encrypted by the caller (never plain text)."""
-        now = self.now()
-        await self._write(lambda conn: self.queries.set_github_token(conn, user_id, token_enc, now))
-
-    async def github_token_enc(self, user_id: int) -> bytes | None:
-        return await self._read(lambda conn: self.queries.github_token_enc(conn, user_id))
-
-    async def user_by_login(self, login: str) -> User | None:
-        return await self._read(lambda conn: self.queries.user_by_login(conn, login))
-
-    async def user_by_github_id(self, github_id: int) -> User | None:
-        return await self._read(lambda conn: self.queries.user_by_github_id(conn, github_id))
-
-    async def sign_in_github(
-        self, github_id: int, login: str, *, name: str | None, token_enc: bytes | None
-    ) -> User:
-        """The account of GitHub user ``github_id``, found by that id alone (made if none, as
-        ``login`` or ``<login>-gh<id>``), with its encrypted token; see ``identity_queries``.
-        Raises ``Forbidden`` (``account_disabled``, ``login_taken``), writing nothing."""
-        now = self.now()
-        return await self._write(
-            lambda conn: self.queries.sign_in_github(conn, github_id, login, name, token_enc, now)
-        )
-
-    async def link_github(self, login: str, github_id: int, *, operator: bool = False) -> User:
-        """An operator links the account ``login`` to GitHub user ``github_id`` (``operator``:
-        and makes it an operator)."""
-        now = self.now()
-        return await self._write(lambda conn: self.queries.link_github(conn, login, github_id, operator, now))
-
-    async def list_users(self) -> list[User]:
-        return await self._read(self.queries.list_users)
-
-    async def add_token(
-        self, user_id: int, token_hash: str, *, expires_at: float | None = None, label: str | None = None
-    ) -> None:
-        now = self.now()
-        await self._write(
-            lambda conn: self.queries.insert_token(conn, user_id, token_hash, now, expires_at, label)
-        )
-
-    async def user_by_token_hash(self, token_hash: str) -> User | None:
-        now = self.now()
-        return await self._read(lambda conn: self.queries.user_by_token_hash(conn, token_hash, now))
-
-    async def revoke_user(self, login: str) -> int:
-        now = self.now()
-        return await self._write(lambda conn: self.queries.revoke_user(conn, login, now))
-
-    async def revoke_token(self, token_hash: str) -> bool:
-        """Revoke the one token with this hash (a sign-out); False when none was live."""
-        now = self.now()
-        return await self._write(lambda conn: self.queries.revoke_token(conn, token_hash, now))
-
     # -- share links (``share_queries``: one SQL text for both backends) ------------------------
 
     async def add_share_link(
@@ -439,138 +374,3 @@ class StoreBase(OutboxStore, UpkeepStore, abc.ABC):
         """The live link with this token hash (not revoked, not expired, maker enabled), or None."""
         now, ph = self.now(), self.queries.CLUSTER.placeholder
         return await self._read(lambda conn: share_queries.share_by_token_hash(conn, token_hash, now, ph=ph))
-
-    # -- nodes, claims and leases (several daemons on one database) -----------------------------
-
-    async def register_node(self, node: Node) -> None:
-        await self._write(lambda conn: self.queries.CLUSTER.register_node(conn, node))
-
-    async def heartbeat(self, node_id: str, *, state: NodeState, concurrency: int, running: int) -> bool:
-        """Renew the node's lease; False when it was lost (its tasks are being taken over)."""
-        now = self.now()
-        return await self._write(
-            lambda conn: self.queries.CLUSTER.heartbeat(
-                conn, node_id, now, state=state, concurrency=concurrency, running=running
-            )
-        )
-
-    async def leave(self, node_id: str) -> None:
-        now = self.now()
-        await self._write(lambda conn: self.queries.CLUSTER.leave(conn, node_id, now))
-
-    async def list_nodes(self) -> list[Node]:
-        return await self._read(self.queries.CLUSTER.list_nodes)
-
-    async def mark_lost_nodes(self, lease_s: float) -> list[str]:
-        now = self.now()
-        return await self._write(lambda conn: self.queries.CLUSTER.mark_lost_nodes(conn, now, lease_s))
-
-    async def orphaned_tasks(self, lease_s: float) -> list[tuple[str, str | None, int]]:
-        """Running tasks no live node holds: ``(task_id, node_id, attempt)``."""
-        now = self.now()
-        return await self._read(lambda conn: self.queries.CLUSTER.orphaned_tasks(conn, now, lease_s))
-
-    async def claim_tasks(
-        self,
-        node_id: str,
-        limit: int,
-        user_limit: int = 0,
-        *,
-        still_wanted: Callable[[], bool] = lambda: True,
-    ) -> list[Task]:
-        """Start up to ``limit`` queued tasks on ``node_id`` (see ``cluster_queries.claim_tasks``).
-
-        ``still_wanted`` is asked once more in the transaction, just before claiming: a node
-        that began draining while the claim waited for its turn claims nothing. A round that met
-        other nodes' claims and left slots empty looks again at once (up to ``CLAIM_ROUNDS``
-        transactions in all), so that a node does not wait for the next wake-up while work is
-        queued.
-        """
-        claimed: list[Task] = []
-        for _ in range(CLAIM_ROUNDS):
-            now, wanted = self.now(), limit - len(claimed)
-
-            def write(conn: Any, now: float = now, wanted: int = wanted) -> tuple[ClaimRound, list[Event]]:
-                if not still_wanted():
-                    return ClaimRound([], []), []
-                round_ = self.queries.CLUSTER.claim_tasks(conn, node_id, wanted, user_limit, now)
-                return round_, round_.events
-
-            round_ = await self._write_events(None, write, transaction=False)
-            claimed += round_.tasks
-            if not round_.contended or len(claimed) >= limit:
-                break
-        return claimed
-
-    async def due_retries(self, limit: int = 100) -> list[str]:
-        now = self.now()
-        return await self._read(lambda conn: self.queries.CLUSTER.due_retries(conn, now, limit))
-
-    # -- what the daemons sharing the store agree on --------------------------------------------
-
-    async def cluster_value(self, name: str, proposed: bytes, *, node: str) -> bytes:
-        """The value every daemon sharing the store sees under ``name``: the one stored, or
-        ``proposed`` (stored now, by ``node``) when there was none; the first to ask sets it."""
-        now = self.now()
-        return await self._write(
-            lambda conn: self.queries.CLUSTER.cluster_value(conn, name, proposed, node, now)
-        )
-
-    async def swap_cluster_value(self, name: str, expected: bytes, new: bytes, *, node: str) -> bool:
-        """Replace the value under ``name`` with ``new`` if it still is ``expected``; whether it was."""
-        now = self.now()
-        return await self._write(
-            lambda conn: self.queries.CLUSTER.swap_cluster_value(conn, name, expected, new, node, now)
-        )
-
-    async def take_rate_token(self, key: str, *, per_min: float, burst: int) -> float:
-        """Spend one token of the rate bucket ``key`` that every daemon sharing the store draws
-        from (``burst`` at most, refilled at ``per_min`` a minute, on the store's clock): 0.0 if
-        there was one, else the seconds until there is. One atomic write."""
-        now = self.now()
-        return await self._write(
-            lambda conn: self.queries.CLUSTER.take_rate_token(conn, key, per_min, burst, now)
-        )
-
-    async def put_one_time(self, kind: str, key: str, value: str, *, ttl_s: float, limit: int) -> bool:
-        """Keep ``value`` for ``ttl_s`` seconds of the store's clock, to be taken once, by any
-        daemon sharing the store, with ``take_one_time(kind, key)``. ``key`` should be a hash
-        of the secret the value is found by, so that the store holds nothing to redeem it with.
-        False, and nothing kept, when ``limit`` unexpired values of ``kind`` are kept already.
-        Expired values of every kind are deleted first."""
-        now = self.now()
-        return await self._write(
-            lambda conn: self.queries.CLUSTER.put_one_time(conn, kind, key, value, now + ttl_s, limit, now)
-        )
-
-    async def take_one_time(self, kind: str, key: str) -> str | None:
-        """The value kept under ``(kind, key)``, once: it is deleted in the statement that reads
-        it, so of several callers on any daemons one gets it. None when there is none (never
-        kept, already taken) or it has expired (deleted all the same)."""
-        now = self.now()
-        return await self._write(lambda conn: self.queries.CLUSTER.take_one_time(conn, kind, key, now))
-
-    async def purge_one_time(self) -> int:
-        """Delete the expired values ``put_one_time`` kept; how many (periodic maintenance)."""
-        now = self.now()
-        return await self._write(lambda conn: self.queries.CLUSTER.purge_one_time(conn, now))
-
-    async def watch_remote(
-        self,
-        on_notices: Callable[[list[RemoteNotice] | None], None],
-        *,
-        task_status: Any,
-        wanted: Callable[[RemoteNotice], bool] = lambda notice: True,
-    ) -> None:
-        """Call ``on_notices`` (on the Trio thread) with what other daemons commit; until cancelled.
-
-        ``on_notices(None)``: notices may have been missed (listening began again after a lost
-        connection): what the listener follows may have moved meanwhile. ``wanted(notice)`` is
-        asked first, on the listening thread (so it may only read what it looks at): notices it
-        turns down never reach the Trio thread.
-
-        A store nobody else writes has nothing to tell: it only signals readiness.
-        Cancellation: stops listening.
-        """
-        task_status.started()
-        await trio.sleep_forever()

@@ -20,14 +20,13 @@ from . import cluster_queries, outbox_queries, sqlite_space
 
 # GitHub identities (and the user row decoder) are written once for both backends.
 from .identity_queries import (  # noqa: F401
-    USER_COLUMNS as _USER_COLUMNS,
     link_github,
     sign_in_github,
     user_by_github_id,
     user_from_row,
 )
 from .lifecycle import Transition, created_events, plan_transition
-from .models import Event, NewEvent, NewTask, Task, Usage, User
+from .models import Event, NewEvent, NewTask, Task, Usage
 from .retention_queries import RetentionQueries
 from .secret_queries import SecretQueries
 
@@ -43,80 +42,30 @@ from .sqlite_appends import (  # noqa: F401
     read_events,
 )
 from .sqlite_conns import Row, scalar
+
+# Users and API tokens.
+from .sqlite_users import (  # noqa: F401
+    github_token_enc,
+    insert_token,
+    list_users,
+    revoke_token,
+    revoke_user,
+    set_github_token,
+    upsert_user,
+    user_by_id,
+    user_by_login,
+    user_by_token_hash,
+)
 from .task_ids import task_ids_with_prefix  # noqa: F401 - one SQL text for both backends
+
+# Row decoding is backend-neutral; the PostgreSQL modules import it from here.
+from .task_rows import task_from_row
 
 _TASK_COLUMNS = (
     "id, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at, "
     f"reason, error, budget, usage, branch, pr_url, diff, started_at, finished_at, {TASK_LAST_SEQ}, "
     "idempotency_key, node_id, workspace_branch, model, draft, pr_title, compacted_at"
 )
-
-
-def task_from_row(row: Sequence[Any]) -> Task:
-    (
-        tid,
-        user_id,
-        repo_url,
-        prompt,
-        base_branch,
-        status,
-        attempt,
-        created_at,
-        updated_at,
-        due_at,
-        reason,
-        error,
-        budget,
-        usage,
-        branch,
-        pr_url,
-        diff,
-        started_at,
-        finished_at,
-        last_seq,
-        idem,
-        node_id,
-        workspace_branch,
-        model,
-        draft,
-        pr_title,
-        compacted_at,
-    ) = row
-    # Most rows hold the empty budget and usage: every status change reads a row, so skip
-    # the JSON decoder for them.
-    return Task(
-        id=tid,
-        user_id=user_id,
-        repo_url=repo_url,
-        prompt=prompt,
-        base_branch=base_branch,
-        status=_STATUSES[status],
-        attempt=attempt,
-        created_at=created_at,
-        updated_at=updated_at,
-        due_at=due_at,
-        reason=reason,
-        error=error,
-        budget={} if budget == "{}" else json.loads(budget),
-        usage=_NO_USAGE if usage == "{}" else Usage(**json.loads(usage)),
-        branch=branch,
-        pr_url=pr_url,
-        diff=json.loads(diff) if diff else None,
-        started_at=started_at,
-        finished_at=finished_at,
-        last_seq=last_seq,
-        idempotency_key=idem,
-        node_id=node_id,
-        workspace_branch=workspace_branch,
-        model=model,
-        draft=bool(draft),
-        pr_title=pr_title,
-        compacted_at=compacted_at,
-    )
-
-
-_STATUSES = {status.value: status for status in TaskStatus}
-_NO_USAGE = Usage()
 
 
 # -- tasks --------------------------------------------------------------------------------------
@@ -419,97 +368,6 @@ def pending_inputs(conn: apsw.Connection, task_id: str) -> int:
         conn.execute("SELECT COUNT(*) FROM inbox WHERE task_id = ? AND taken_at IS NULL", (task_id,))
     )
     return pending
-
-
-# -- users and tokens ---------------------------------------------------------------------------
-
-
-def upsert_user(
-    conn: apsw.Connection,
-    login: str,
-    now: float,
-    *,
-    github_id: int | None = None,
-    name: str | None = None,
-    is_operator: bool | None = None,
-) -> User:
-    conn.execute(
-        "INSERT INTO users (login, github_id, name, is_operator, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (login) DO UPDATE SET "
-        "github_id = COALESCE(excluded.github_id, github_id), name = COALESCE(excluded.name, name), "
-        "is_operator = CASE WHEN ? IS NULL THEN is_operator ELSE excluded.is_operator END, "
-        "disabled = 0, updated_at = excluded.updated_at",
-        (login, github_id, name, int(bool(is_operator)), now, now, is_operator),
-    )
-    return user_by_login(conn, login)  # type: ignore[return-value]
-
-
-def user_by_login(conn: apsw.Connection, login: str) -> User | None:
-    row = conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE login = ?", (login,)).fetchone()
-    return user_from_row(row) if row else None
-
-
-def list_users(conn: apsw.Connection) -> list[User]:
-    return [user_from_row(r) for r in conn.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY id")]
-
-
-def insert_token(
-    conn: apsw.Connection,
-    user_id: int,
-    token_hash: str,
-    now: float,
-    expires_at: float | None,
-    label: str | None,
-) -> None:
-    conn.execute(
-        "INSERT INTO api_tokens (user_id, token_hash, label, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
-        (user_id, token_hash, label, now, expires_at),
-    )
-
-
-def user_by_token_hash(conn: apsw.Connection, token_hash: str, now: float) -> User | None:
-    row = conn.execute(
-        f"SELECT {', '.join('u.' + c.strip() for c in _USER_COLUMNS.split(','))} "
-        "FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ? "
-        "AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > ?) AND u.disabled = 0",
-        (token_hash, now),
-    ).fetchone()
-    return user_from_row(row) if row else None
-
-
-def revoke_user(conn: apsw.Connection, login: str, now: float) -> int:
-    user = user_by_login(conn, login)
-    if user is None:
-        raise NotFound(f"no user {login}")
-    conn.execute(
-        "UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", (now, user.id)
-    )
-    revoked = conn.changes()
-    conn.execute("UPDATE users SET disabled = 1, updated_at = ? WHERE id = ?", (now, user.id))
-    return revoked
-
-
-def revoke_token(conn: apsw.Connection, token_hash: str, now: float) -> bool:
-    conn.execute(
-        "UPDATE api_tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL", (now, token_hash)
-    )
-    return conn.changes() > 0
-
-
-def set_github_token(conn: apsw.Connection, user_id: int, token_enc: bytes | None, now: float) -> None:
-    conn.execute(
-        "UPDATE users SET github_token_enc = ?, updated_at = ? WHERE id = ?", (token_enc, now, user_id)
-    )
-
-
-def github_token_enc(conn: apsw.Connection, user_id: int) -> bytes | None:
-    row = conn.execute("SELECT github_token_enc FROM users WHERE id = ?", (user_id,)).fetchone()
-    return row[0] if row else None
-
-
-def user_by_id(conn: apsw.Connection, user_id: int) -> User | None:
-    row = conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,)).fetchone()
-    return user_from_row(row) if row else None
 
 
 # -- nodes and claims (one SQL text for both backends: cluster_queries) ---------------------------

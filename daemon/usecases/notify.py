@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import BadArguments, Conflict, Forbidden, NotFound
 from ..git.addresses import check_url_address
+from ..notify.channels import allow_private
 from ..notify.outbox import (
     KINDS,
     TARGET_PREFIX,
@@ -29,7 +30,6 @@ from ..notify.outbox import (
     probe_payload,
 )
 from ..notify.signing import new_secret
-from ..notify.webhooks import allow_private
 from ..store.outbox_queries import ALL, Scope
 from .policy import Viewer
 

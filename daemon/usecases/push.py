@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 
 from ..errors import BadArguments, Conflict, NotFound
 from ..git.addresses import check_url_address
+from ..notify.channels import allow_private
 from ..notify.outbox import KINDS, TARGET_PREFIX, Target, TargetKind
 from ..notify.vapid import vapid_keys
-from ..notify.webhooks import allow_private
 from ..notify.webpush import WHAT, parse_subscription_keys
 from .policy import Viewer
 

@@ -1,8 +1,9 @@
 """``TaskSandbox``: one task's confinement (sandbox, identity, limits) for its tools and its git.
 
 The pieces: bubblewrap (``sandbox.py``), a uid of the task's own when the daemon is root
-(``identity.py``), limits from a delegated cgroup v2 or rlimits (``limits.py``). What runs as
-whom, and which limit holds where, is said in those modules and in the README.
+(``identity.py``), limits from a delegated cgroup v2 or rlimits (``limits.py``) and whether the
+task hit them (``limit_checks.py``). What runs as whom, and which limit holds where, is said in
+those modules and in the README.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +24,9 @@ from daemon.git.process import ProcessOptions
 from .base import ToolSettings
 from .identity import Slot, claim_slot, count_tasks, own_and_measure, sweep_uid
 from .lifeline import lifeline_argv, lifeline_fd
+from .limit_checks import LimitChecks
 from .limits import Cgroup2, TaskCgroup, cgroup_wrapper, find_cgroup, rlimit_prefix, tool_paths
-from .procs import descendants, first_child, kill_sandboxes, sandbox_processes, tmp_full
+from .procs import kill_sandboxes
 from .sandbox import (
     SANDBOX_HOME,
     bwrap_argv,
@@ -74,7 +75,7 @@ def _probe_host() -> HostLimits:
     return HostLimits(cgroup, reason, paths["prlimit"], paths["setpriv"], paths["sh"], os.geteuid() == 0)
 
 
-class TaskSandbox:
+class TaskSandbox(LimitChecks):
     """One task's confinement: sandbox, identity and limits, for its tools and its git.
 
     ``async with TaskSandbox(workspace, settings) as box``: on entry bubblewrap is probed
@@ -180,20 +181,6 @@ class TaskSandbox:
             options["pass_fds"] = (lifeline_fd(),)
             self._lifeline = True
         return full, options
-
-    async def limit_reached(self, pid: int | None = None, *, quick: bool = False) -> PermanentError | None:
-        """The error to fail the task with when it hit its process limit (``pids_limit``) or
-        filled its ``/tmp`` (``tmp_full``, seen only while ``pid``, a bwrap this sandbox
-        started, still runs); None otherwise. Once hit, always hit.
-
-        Without a delegated cgroup the process count is looked at for up to 0.25 s, or 3 s
-        while half the limit is in use (``_pids_hit``); ``quick``: never more than 0.25 s.
-
-        Cancellation: the check (a small /proc scan in a worker thread) completes first.
-        """
-        if self._hit is None and self._host is not None:
-            self._hit = await trio.to_thread.run_sync(self._check, pid, quick)
-        return self._hit
 
     async def workspace_usage(self) -> int:
         """Bytes the workspace holds; with an ``owner``, files the daemon wrote there (the
@@ -318,64 +305,8 @@ class TaskSandbox:
             if path is not None:
                 shutil.rmtree(path, ignore_errors=True)
 
-    def _check(self, pid: int | None, quick: bool) -> PermanentError | None:
-        s = self.settings
-        # bwrap's child: pid 1 of the sandbox, in its mount and pid namespaces. ``pid`` is the
-        # lifeline shell when there is one (bwrap is its first child), else bwrap itself.
-        bwrap = first_child(pid) if pid is not None and self._lifeline else pid
-        inner = first_child(bwrap) if bwrap is not None and self.sandboxed else None
-        if self._pids_hit(pid, inner, quick):
-            return PermanentError(
-                f"the task's processes reached their limit ({s.max_processes}, "
-                "sandbox_max_processes), a fork bomb or a build that needs more: the task was "
-                "stopped and its processes killed; the workspace is kept as it is",
-                code="pids_limit",
-            )
-        if inner is not None and tmp_full(inner):
-            return PermanentError(
-                f"the sandbox's /tmp is full ({s.tmp_bytes // (1024 * 1024)} MB, sandbox_tmp_mb): "
-                "the task was stopped and its processes killed (/tmp goes with them); the "
-                "workspace is kept as it is",
-                code="tmp_full",
-            )
-        return None
-
-    def _pids_hit(self, pid: int | None, inner: int | None, quick: bool) -> bool:
-        if self._cgroup is not None:
-            return self._cgroup.pids_limit_hit()
-        if pid is None:
-            return False  # nothing of the task is running to count
-        limit = self.settings.max_processes
-        near = limit - max(2, limit // 8)
-        # No counter says that RLIMIT_NPROC refused a fork: count the sandbox's processes.
-        # A fork bomb reaches the limit within ~100 ms of its start; later its count waves
-        # (bash sleeps 1, 2, 4, 8 s before retrying a failed fork, and processes exit
-        # meanwhile). So look again, 20 ms apart, while anything beyond the shell runs: for a
-        # quarter second, or for a few seconds while at least half the limit is in use.
-        start = time.monotonic()
-        quiet = 0
-        while True:
-            if inner is not None:
-                count = sandbox_processes(inner)
-            elif self.owner is not None:
-                count = count_tasks(self.owner[0])
-            else:
-                count = len(descendants(pid))
-            if count >= near:
-                return True
-            quiet = quiet + 1 if count <= _QUIET else 0
-            window = _LONG_LOOK_S if count >= limit // 2 and not quick else _SHORT_LOOK_S
-            if quiet >= 2 or time.monotonic() - start >= window:
-                return False
-            time.sleep(0.02)
-
 
 _cgroup_names = itertools.count(1)
-# Processes of a sandbox with nothing running but its shell (and a command ending).
-_QUIET = 2
-# How long a limit check looks at a sandbox's process count (see ``_pids_hit``).
-_SHORT_LOOK_S = 0.25
-_LONG_LOOK_S = 3.0
 
 
 def _new_cgroup(parent: Cgroup2, settings: ToolSettings) -> TaskCgroup:

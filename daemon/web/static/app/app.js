@@ -1,7 +1,7 @@
 // agentd's phone client: the entry module. Signs in and out, routes between the views
-// (#/ tasks, #/new, #/task/ID, #/ops for operators), owns the one live connection and the
-// offline banner. Plain ES modules, no build step; everything shown from the server goes
-// through dom.js's text-only helpers.
+// (#/ tasks, #/new, #/task/ID, #/settings for notifications, #/ops for operators), owns the
+// one live connection and the offline banner. Plain ES modules, no build step; everything
+// shown from the server goes through dom.js's text-only helpers.
 
 import { session, hooks, get, post, clientConfig, describe, restoreToken, keepToken, forgetToken, OfflineError,
   HttpError } from "./api.js";
@@ -13,9 +13,10 @@ import { TaskView } from "./task.js";
 import { ShareView, SharePanel, takeShareToken } from "./share.js";
 import { startGitHub, finishGitHub } from "./signin.js";
 import { PushControl } from "./notifications.js";
+import { SettingsView } from "./settings.js";
 import { loadCache, cachedMe, rememberMe, rememberList, cachedList, clearCache, savedAt } from "./local.js";
 
-const VIEWS = ["signin", "list", "new", "task", "ops", "share"];
+const VIEWS = ["signin", "list", "new", "task", "ops", "share", "settings"];
 const app = { live: null, view: null, leaving: false };
 
 // The live connection is made per session; the views talk to it through this stand-in.
@@ -35,6 +36,7 @@ const everyone = new TaskList({
 });
 const taskView = new TaskView(liveProxy);
 const push = new PushControl({ button: $("push-toggle"), note: $("push-note") });
+const settings = new SettingsView();
 const newTask = new NewTask({ onCreated: (task) => { location.hash = "#/task/" + encodeURIComponent(task.id); } });
 
 // -- the banner: offline, or the live feed down --------------------------------------------------
@@ -157,6 +159,11 @@ function showSignIn(message) {
 function show(view) {
   const changed = app.view !== view;
   if (changed && app.view === "task") taskView.close();
+  if (changed && app.view === "settings") {
+    settings.close();
+    push.refresh(); // the view's own control may have changed this device's state
+  }
+  $("account").classList.toggle("in-settings", view === "settings"); // one push control shown
   app.view = view;
   for (const name of VIEWS) $("v-" + name).hidden = name !== view;
   for (const a of $("nav").querySelectorAll("a")) {
@@ -181,6 +188,10 @@ function route() {
   } else if (name === "new") {
     show("new");
     newTask.show();
+  } else if (name === "settings") {
+    const first = app.view !== "settings";
+    show("settings");
+    if (first) settings.show();
   } else if (name === "ops" && session.me.is_operator) {
     const first = app.view !== "ops";
     show("ops");

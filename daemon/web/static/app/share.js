@@ -118,6 +118,7 @@ export class ShareView {
 
   render(task) {
     this.task = task;
+    this.timeline.setCompacted(Boolean(task.compacted_at));
     this.status.replaceChildren(badge(task.status));
     this.title.textContent = shortRepo(task.repo_url) + (task.base_branch ? " @ " + task.base_branch : "");
     this.prompt.textContent = task.prompt;

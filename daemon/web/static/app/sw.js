@@ -18,6 +18,7 @@ const SHELL = [
   "/app/local.js",
   "/app/newtask.js",
   "/app/notifications.js",
+  "/app/settings.js",
   "/app/share.js",
   "/app/signin.js",
   "/app/task.js",

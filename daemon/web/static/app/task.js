@@ -1,5 +1,5 @@
-// One task, live: its facts (status, branch, pull request, tokens and cost), Cancel and (for
-// operators) Retry, the diff, the timeline of its events, the answer box for the agent's
+// One task, live: its facts (status, branch, pull request, tokens and cost), Cancel, (for
+// operators) Retry, "Address review comments" when it has a pull request, the diff, the timeline of its events, the answer box for the agent's
 // question and the follow-up box. Its events come over the app's WebSocket from the last
 // seq shown (the offline cache's, or 0), so opening it again or reconnecting never shows an
 // event twice or skips one.
@@ -37,6 +37,7 @@ export class TaskView {
     $("t-patch-box").addEventListener("toggle", () => this.showPatch());
     $("t-cancel").addEventListener("click", () => this.act("cancel"));
     $("t-retry").addEventListener("click", () => this.act("retry"));
+    $("t-review").addEventListener("click", () => this.review());
     this.composer("t-answer-form", "t-answer");
     this.composer("t-follow-form", "t-follow");
   }
@@ -48,8 +49,8 @@ export class TaskView {
     this.task = null;
     this.diffCommit = null;
     this.patch = null;
-    for (const node of ["t-action-error", "t-send-error"]) say($(node), "");
-    $("t-diff").hidden = true;
+    for (const node of ["t-action-error", "t-send-error", "t-review-note"]) say($(node), "");
+    $("t-diff").hidden = $("t-review").hidden = true;
     $("t-files").replaceChildren();
     $("t-patch").replaceChildren();
     $("t-id").replaceChildren();
@@ -148,7 +149,7 @@ export class TaskView {
     $("t-usage").textContent = tokens(task.usage) + " · " + cost(task.usage && task.usage.cost_usd);
     $("t-attempt").textContent = String(task.attempt);
     $("t-history-dt").hidden = $("t-history").hidden = !task.compacted_at;
-    if (this.timeline) this.timeline.compacted = Boolean(task.compacted_at);
+    if (this.timeline) this.timeline.setCompacted(Boolean(task.compacted_at));
     $("t-history").textContent = task.compacted_at ? historyRemoved(task) : "";
     const owner = task.user_login && session.me && task.user_id !== session.me.user_id;
     $("t-owner-dt").hidden = $("t-owner").hidden = !owner;
@@ -160,6 +161,7 @@ export class TaskView {
     const operator = Boolean(session.me && session.me.is_operator);
     $("t-retry").hidden = !operator;
     $("t-retry").disabled = !RETRYABLE.has(task.status);
+    $("t-review").hidden = !task.pr_url;
     this.composerState();
     if (task.diff && task.diff.commit !== this.diffCommit) this.loadDiff(task);
   }
@@ -215,6 +217,26 @@ export class TaskView {
       if (this.id !== id) return;
       say($("t-action-error"), (action === "cancel" ? "Cancel" : "Retry") + " refused: " + describe(error));
       this.refresh();
+    }
+  }
+
+  // The pull request's reviews, review threads and failing checks become the task's next turn
+  // (POST /api/tasks/{id}/review), as a follow-up would; the server's refusal is said as it is.
+  async review() {
+    const id = this.id;
+    const button = $("t-review");
+    button.disabled = true;
+    say($("t-action-error"), "");
+    say($("t-review-note"), "");
+    try {
+      const done = await post(taskPath(id, "/review"));
+      if (this.id !== id) return;
+      say($("t-review-note"), "The pull request's review comments and failing checks were sent to the agent.");
+      if (done && done.task && this.task) this.render({ ...this.task, ...done.task });
+    } catch (error) {
+      if (this.id === id) say($("t-action-error"), "Review not started: " + describe(error));
+    } finally {
+      button.disabled = false;
     }
   }
 

@@ -26,12 +26,23 @@ export class Timeline {
     // Retention removed the task's history but its last event (README, "Retention"): its
     // first stored event comes after a jump, the one gap to take (task.js sets it).
     this.compacted = false;
+    this.skippedFirst = false; // a jump from nothing seen before the task said it was compacted
     this.events = []; // the stored events shown, seq 1..lastSeq (kept for offline use)
     this.calls = new Map(); // tool_use id -> the <pre> its output goes in
     this.stream = null; // the <li> the streamed text grows in, until the stored text comes
     this.question = null; // the last agent.question's <li>, until someone answers it
     this.setup = null; // the running setup's output <pre>, from setup.started to setup.finished
     this.root.replaceChildren();
+  }
+
+  // Whether retention removed the task's history (its summary's compacted_at): a first event
+  // skipped for want of knowing it is asked for again.
+  setCompacted(compacted) {
+    this.compacted = compacted;
+    if (compacted && this.skippedFirst && this.lastSeq === 0) {
+      this.skippedFirst = false;
+      this.onGap(0);
+    }
   }
 
   // Events held from before (seq 1..n, the offline cache): shown without a network.
@@ -46,11 +57,19 @@ export class Timeline {
     }
     if (message.seq <= this.lastSeq) return; // already shown: a replay overlapping live
     if (message.seq !== this.lastSeq + 1) {
-      // From nothing, the first event is the store's first: after a removal, not a loss.
-      if (this.lastSeq !== 0 && !this.compacted) {
+      if (this.lastSeq === 0 && !this.compacted) {
+        // Not known to be compacted (yet): a live event of an earlier subscription, ahead of
+        // the replay from seq 1 that is on its way; or a compacted task's first stored event
+        // before the task's summary said so (setCompacted asks again then).
+        this.skippedFirst = true;
+        return;
+      }
+      if (!this.compacted) {
         this.onGap(this.lastSeq);
         return;
       }
+      // The task's history was removed (README, "Retention"): its first stored event comes
+      // after a jump, the one gap to take.
       this.root.append(h("li", { class: "muted" }, "Earlier events were removed after the task finished."));
     }
     const follow = nearBottom();

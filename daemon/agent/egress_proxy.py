@@ -24,7 +24,7 @@ What it does, per request:
 A refusal is answered ``403`` (``400`` for a malformed request, ``429`` over the connection cap,
 ``502`` when the allowed host cannot be reached) with a one-line reason in the body and in an
 ``X-Agentd-Refused`` header, logged, and kept as a ``Refusal`` (host, port, reason code, detail)
-for the task's events.
+for the task's events. The HTTP of it, without I/O (parsing, rewriting, answers): ``egress_http.py``.
 """
 
 from __future__ import annotations
@@ -35,18 +35,26 @@ import re
 import shutil
 import socket
 import tempfile
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from daemon.errors import PermanentError
 from daemon.git.addresses import METADATA, address_class, ip_literal
+
+from .egress_http import (
+    MAX_HEAD,
+    BadRequest,
+    Refusal,
+    authority,
+    parse_head,
+    plain_request,
+    refusal_response,
+)
 
 __all__ = ["DEFAULT_ALLOWED_HOSTS", "EgressProxy", "ProxyPolicy", "Refusal", "Resolver", "running_proxy"]
 
@@ -73,13 +81,9 @@ Stream = trio.SocketStream
 #: ``(host, port)`` to the addresses the host resolves to, as strings.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
-MAX_HEAD = 16 * 1024
 MAX_REFUSALS_KEPT = 50
 _CHUNK = 65536
 _NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-# Dropped from a forwarded plain request: hop-by-hop, or meant for the proxy alone.
-_DROPPED = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "upgrade"})
 
 
 @dataclass(frozen=True)
@@ -111,21 +115,6 @@ def _listed(host: str, patterns: Sequence[str]) -> bool:
         elif host == pattern:
             return True
     return False
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A request the proxy did not let through: ``reason`` is a code (``not_allowed``,
-    ``ip_literal``, ``private_address``, ``port_not_allowed``, ``bad_request``,
-    ``too_many_connections``, ``byte_limit``, ``unresolved``, ``connect_failed``)."""
-
-    host: str
-    port: int | None
-    reason: str
-    detail: str
-
-    def as_event(self) -> dict[str, Any]:
-        return {"host": self.host, "port": self.port, "reason": self.reason, "detail": self.detail}
 
 
 class _Refused(Exception):
@@ -211,6 +200,9 @@ class EgressProxy:
                     return  # a flood: closed unread, unanswered (the cap's 429 needs the head)
                 try:
                     await self._serve_one(client)
+                except BadRequest as bad:  # the parser's (egress_http.py): counted and logged here
+                    refused = self._refuse(400, "bad_request", bad.detail, bad.host)
+                    await _answer(client, refused.status, refused.refusal)
                 except _Refused as refused:
                     await _answer(client, refused.status, refused.refusal)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
@@ -220,19 +212,19 @@ class EgressProxy:
 
     async def _serve_one(self, client: Stream) -> None:
         with trio.fail_after(self.policy.idle_timeout_s):
-            head, rest = await _read_head(client, self)
-        method, target, headers = _parse_head(head, self)
+            head, rest = await _read_head(client)
+        method, target, headers = parse_head(head)
         if self._open > self.policy.max_connections:  # refused after its head: unread bytes reset
             detail = f"more than {self.policy.max_connections} connections at once"
             raise self._refuse(429, "too_many_connections", detail)
         if method == "CONNECT":
-            host, port = _authority(target, self)
+            host, port = authority(target)
             upstream = await self._open_upstream(host, port)
             async with upstream:
                 await client.send_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 await self._splice(client, upstream, rest, upstream_ends=False)
             return
-        host, port, request = _plain_request(method, target, headers, self)
+        host, port, request = plain_request(method, target, headers)
         upstream = await self._open_upstream(host, port)
         async with upstream:
             await self._splice(client, upstream, request + rest, upstream_ends=True)
@@ -322,12 +314,12 @@ class EgressProxy:
         return False
 
 
-async def _read_head(stream: Stream, proxy: EgressProxy) -> tuple[bytes, bytes]:
+async def _read_head(stream: Stream) -> tuple[bytes, bytes]:
     """The request head (up to its blank line) and what came after it."""
     buf = bytearray()
     while (end := buf.find(b"\r\n\r\n")) < 0:
         if len(buf) > MAX_HEAD:
-            raise proxy._refuse(400, "bad_request", f"request head longer than {MAX_HEAD} bytes")
+            raise BadRequest(f"request head longer than {MAX_HEAD} bytes")
         data = await stream.receive_some(4096)
         if not data:
             raise trio.BrokenResourceError("the client closed before its request head ended")
@@ -335,61 +327,12 @@ async def _read_head(stream: Stream, proxy: EgressProxy) -> tuple[bytes, bytes]:
     return bytes(buf[: end + 4]), bytes(buf[end + 4 :])
 
 
-def _parse_head(head: bytes, proxy: EgressProxy) -> tuple[str, str, list[tuple[str, str]]]:
-    lines = head[:-4].decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    bad = None
-    if len(parts) != 3 or not _TOKEN.match(parts[0]) or parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
-        bad = "a malformed request line"
-    headers = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not _TOKEN.match(name) or any(c in value for c in "\r\n\0"):
-            bad = "a malformed header line"
-        headers.append((name, value.strip()))
-    if bad:
-        raise proxy._refuse(400, "bad_request", f"{bad}; send CONNECT host:port or an absolute http:// URL")
-    return parts[0], parts[1], headers
-
-
-def _authority(target: str, proxy: EgressProxy) -> tuple[str, int]:
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:
-        raise proxy._refuse(400, "bad_request", f"CONNECT needs host:port, got {target[:200]!r}")
-    return host, int(port)
-
-
-def _plain_request(
-    method: str, target: str, headers: list[tuple[str, str]], proxy: EgressProxy
-) -> tuple[str, int, bytes]:
-    """The host, port and head to send upstream for a plain ``http://`` request."""
-    try:
-        url = urllib.parse.urlsplit(target)
-        port = url.port or 80
-    except ValueError:
-        raise proxy._refuse(400, "bad_request", f"not a URL: {target[:200]!r}") from None
-    if url.scheme.lower() != "http" or not url.hostname or url.username is not None:
-        detail = "only absolute http:// URLs without credentials are proxied (use CONNECT for https)"
-        raise proxy._refuse(400, "bad_request", detail, url.hostname or "")
-    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-    kept = [(n, v) for n, v in headers if n.lower() not in _DROPPED and n.lower() != "host"]
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {url.netloc}", *(f"{n}: {v}" for n, v in kept)]
-    lines.append("Connection: close")
-    return url.hostname, port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
 async def _answer(stream: Stream, status: int, refusal: Refusal) -> None:
     if status == 0:
         return
-    phrase = {400: "Bad Request", 403: "Forbidden", 429: "Too Many Requests", 502: "Bad Gateway"}[status]
-    body = f"agentd egress proxy: {refusal.detail}\n".encode()
-    head = (
-        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nX-Agentd-Refused: {refusal.reason}\r\nConnection: close\r\n\r\n"
-    )
     try:
         with trio.move_on_after(5):
-            await stream.send_all(head.encode("latin-1") + body)
+            await stream.send_all(refusal_response(status, refusal))
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
 

@@ -1,5 +1,7 @@
 """A task's workspace: a shallow clone on its own branch (its commit is pushed by ``push.py``).
 
+What a workspace is, and the request and policy that make one: ``workspace_model.py``.
+
 Layout: ``<root>/<task-id>/`` is the clone the agent works in; ``<root>/.owned/<task-id>/`` is
 agentd's own copy of it and the task's record (``owned.py``), which the agent never sees. The
 record is written last, so a workspace is "fully prepared" when both exist; anything else is a
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import secrets
 import shutil
 from collections.abc import Awaitable, Callable
@@ -27,9 +28,19 @@ from daemon.errors import PermanentError, TransientError
 from daemon.git import owned as owned_repo
 from daemon.git.addresses import ResolvedRemote, resolve_remote
 from daemon.git.disk import gc_workspaces, remove_if_present, rmtree, workspace_size
-from daemon.git.process import GitAuth, GitResult, classify_git_error, run_git
+from daemon.git.failures import classify_git_error
+from daemon.git.process import GitAuth, GitResult, run_git
 from daemon.git.pushed import PushedBranch, Restored, fetch_first_base, remote_heads
 from daemon.git.remote import Remote, parse_remote
+from daemon.git.workspace_model import (
+    TASK_ID,
+    ClonePolicy,
+    CloneRequest,
+    Workspace,
+    branch_name,
+    check_branch,
+    valid_branch,
+)
 
 __all__ = [
     "ClonePolicy",
@@ -44,84 +55,7 @@ __all__ = [
     "workspace_size",
 ]
 
-_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-CLONE_TIMEOUT = 600.0
 LOCAL_TIMEOUT = 120.0
-
-
-@dataclass(frozen=True)
-class Workspace:
-    path: Path
-    branch: str
-    base_branch: str
-    base_commit: str
-    remote: Remote
-    #: agentd's own copy and record (``<root>/.owned/<task-id>``): pushes go from there.
-    owned: Path
-    #: A fresh clone made for a task that had a workspace before (elsewhere, or replaced here):
-    #: what the agent did there is not in it.
-    reset: bool = False
-    #: Set when the workspace was re-created from the task's pushed branch.
-    restored: Restored | None = None
-    #: The task's first base (the commit its first workspace was cloned at), when it is not
-    #: ``base_commit``: a workspace re-created from the task's pushed branch starts at the
-    #: pushed commit, yet the task's diff still counts from the first base.
-    first_base: str | None = None
-
-    @property
-    def diff_base(self) -> str:
-        """The commit the task's diff counts from (the whole branch: ``pushed.py``'s rule)."""
-        return self.first_base or self.base_commit
-
-    def record(self, *, pushed_commit: str | None) -> dict:
-        """The workspace's record (``owned.write_state``), ``pushed_commit`` last pushed."""
-        return {
-            "branch": self.branch,
-            "base_branch": self.base_branch,
-            "base_commit": self.base_commit,
-            "diff_base": self.diff_base,
-            "remote_url": self.remote.url,
-            "pushed_commit": pushed_commit,
-        }
-
-
-@dataclass(frozen=True)
-class CloneRequest:
-    """One task's workspace, as ``prepare_workspace`` makes it.
-
-    ``base_branch``: None for the remote's HEAD. ``title`` names the new branch
-    (``branch_name``). ``token``: the user's, for the remote only. ``known_branch``: the
-    branch the task's store record says its workspace is on (None before its first
-    workspace); ``attempt``: the task's attempt, which names the branch of a reset.
-    ``pushed``: the branch and commit agentd pushed for the task (None before its first push);
-    a workspace made again for such a task starts from that branch (``prepare_workspace``).
-    """
-
-    task_id: str
-    repo_url: str
-    base_branch: str | None
-    title: str
-    token: str | None = None
-    known_branch: str | None = None
-    attempt: int = 1
-    pushed: PushedBranch | None = None
-
-
-@dataclass(frozen=True)
-class ClonePolicy:
-    """How this daemon makes every workspace: under ``root``, committed as ``identity`` (name,
-    email), within ``quota_bytes`` and with ``min_free_bytes`` left on disk, reaching which
-    remotes (``allow_local``: paths and ``file://``; ``allow_private``: private addresses), with
-    the operator's ``ssh_key``, giving the clone ``timeout`` seconds."""
-
-    root: Path
-    identity: tuple[str, str]
-    quota_bytes: int
-    min_free_bytes: int
-    allow_local: bool = False
-    allow_private: bool = False
-    ssh_key: Path | None = None
-    timeout: float = CLONE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -136,33 +70,6 @@ class _Clone:
     owned: Path
     #: False: the clone is already on ``branch`` (the pushed branch itself), no new branch.
     new_branch: bool = True
-
-
-def branch_name(task_id: str, title: str) -> str:
-    """``agentd/<first 8 of the task id>-<slug of the title>``, a valid git branch name."""
-    short = re.sub(r"[^a-z0-9]", "", task_id.lower())[:8] or "task"
-    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
-    if len(slug) > 40:
-        slug = slug[:40].rsplit("-", 1)[0] if "-" in slug[:40] else slug[:40]
-    return f"agentd/{short}-{slug or 'task'}"
-
-
-def _check_branch(name: str, what: str = "base branch") -> None:
-    if not _valid_branch(name):
-        raise PermanentError(f"invalid {what} name: {name!r}", code="invalid_branch")
-
-
-def _valid_branch(name: str) -> bool:
-    return not (
-        not name
-        or name.startswith(("-", "/", "."))
-        or name.endswith(("/", ".", ".lock"))
-        or ".." in name
-        or "@{" in name
-        or "//" in name
-        or any(c in name for c in " ~^:?*[\\")
-        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)
-    )
 
 
 async def prepare_workspace(request: CloneRequest, policy: ClonePolicy) -> Workspace:
@@ -197,17 +104,17 @@ async def prepare_workspace(request: CloneRequest, policy: ClonePolicy) -> Works
     killed daemon left half-made is replaced by the next call for the same task.
     """
     task_id, root, known_branch = request.task_id, Path(policy.root), request.known_branch
-    if not _TASK_ID.match(task_id):
+    if not TASK_ID.match(task_id):
         raise PermanentError(f"invalid task id for a workspace: {task_id!r}")
     remote = parse_remote(request.repo_url, policy.allow_local, allow_private=policy.allow_private)
     if request.base_branch is not None:
-        _check_branch(request.base_branch)
+        check_branch(request.base_branch)
     path = root / task_id
     owned = owned_repo.owned_path(root, task_id)
 
     pushed = request.pushed
     if pushed is not None:
-        _check_branch(pushed.branch, "pushed branch")
+        check_branch(pushed.branch, "pushed branch")
         pushed.check_ids()
 
     # Every file system call here runs in a worker thread: even a rename or a stat can wait
@@ -230,7 +137,7 @@ async def prepare_workspace(request: CloneRequest, policy: ClonePolicy) -> Works
             remote, pushed.branch, auth=auth, pin=pin, timeout=policy.timeout, allow_local=policy.allow_local
         )
         restored = Restored(pushed, head)
-        if base_branch is None and default is not None and _valid_branch(default):
+        if base_branch is None and default is not None and valid_branch(default):
             base_branch = default
         if head is None:  # the branch is gone: a clone of the base, on a branch of its name
             clone = dataclasses.replace(clone, branch=pushed.branch)

@@ -7,7 +7,8 @@ fsync for many jobs. One failing job does not undo the others: the batch is then
 a savepoint per job. Consecutive jobs of the same kind can be merged (``run_merged``): the event
 appends of a batch become one ``INSERT``, and their events reach the listeners in one call. While
 many tasks write, the writer lingers a little before a batch to make it larger, and batches that
-commit before the Trio thread took the previous ones go back with it, with one wake-up.
+commit before the Trio thread took the previous ones go back with it, with one wake-up. What
+runs inside one batch's transaction (savepoints, merging, failures) is ``sqlite_batch.py``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import apsw
 import trio
 
 from .inflight import track
+from .sqlite_batch import Job, Merge, WriterConnection, fail_batch, run_batch
 from .sqlite_conns import Checkpointer, open_connection
 from .trio_idle import TrioIdle
 
@@ -35,62 +37,6 @@ MAX_BATCH = 512
 # more before it begins the next one, unless the Trio thread has nothing to do (see ``_take``).
 LINGER_AFTER = 4
 LINGER_S = 0.002
-
-
-class WriterConnection(apsw.Connection):
-    """The writer thread's connection, with what it may remember between its transactions.
-
-    ``last_seqs``: each task's last event seq as this connection last wrote or read it;
-    ``task_nos``: each task's ``seqno``, the key of its events (see ``sqlite_appends``). Safe
-    because this is the file's only writer; the writer forgets both whenever a transaction or
-    savepoint is rolled back.
-    """
-
-    __slots__ = ("last_seqs", "task_nos")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.last_seqs: dict[str, int] = {}
-        self.task_nos: dict[str, int] = {}
-
-    def forget(self) -> None:
-        self.last_seqs.clear()
-        self.task_nos.clear()
-
-
-Merge = Callable[[Any, list[Any]], list[Any]]
-
-
-class _Job(Generic[T]):
-    """One write: the function (or merge function and its argument), who waits, how it ended."""
-
-    __slots__ = ("arg", "error", "fn", "merge", "on_commit", "result", "started", "task")
-
-    def __init__(
-        self,
-        fn: Callable[[apsw.Connection], T] | None,
-        merge: Merge | None,
-        arg: Any,
-        on_commit: Callable[[T], None] | None,
-        task: trio.lowlevel.Task,
-    ) -> None:
-        self.fn = fn
-        self.merge = merge
-        self.arg = arg
-        self.on_commit = on_commit
-        self.task = task
-        self.started = 0.0
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def run_alone(self, conn: apsw.Connection) -> None:
-        if self.merge is None:
-            self.result = self.fn(conn)  # type: ignore[misc]
-            return
-        (out,) = self.merge(conn, [self.arg])
-        if isinstance(out, BaseException):
-            raise out
-        self.result = out
 
 
 _STOP = object()
@@ -107,7 +53,7 @@ class WriterThread:
         self._token: trio.lowlevel.TrioToken | None = None
         self._closed = False
         # Committed jobs the Trio thread has yet to take, and whether it has been told to.
-        self._done: list[_Job[Any]] = []
+        self._done: list[Job[Any]] = []
         self._done_lock = threading.Lock()
         self._delivery_due = False
         # Told each write's round trip in seconds (queue + group commit), e.g. by the metrics.
@@ -138,7 +84,7 @@ class WriterThread:
         Cancellation: the wait is shielded. A submitted write is short, and the caller always
         learns whether it committed, so memory and the store never disagree.
         """
-        job = _Job(fn, None, None, on_commit, trio.lowlevel.current_task())
+        job = Job(fn, None, None, on_commit, trio.lowlevel.current_task())
         self._enqueue(job)
         await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
         if job.error is not None:
@@ -162,14 +108,14 @@ class WriterThread:
         """
         # (The wait is written out here and in ``run``, not shared: a coroutine between the
         # caller and the wait costs each of thousands of appends a second a little.)
-        job = _Job(None, merge, arg, on_commit, trio.lowlevel.current_task())
+        job = Job(None, merge, arg, on_commit, trio.lowlevel.current_task())
         self._enqueue(job)
         await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
         if job.error is not None:
             raise job.error
         return job.result
 
-    def _enqueue(self, job: _Job[Any]) -> None:
+    def _enqueue(self, job: Job[Any]) -> None:
         """Queue ``job``; its caller then waits (uncancellable like a shielded wait, without a
         cancel scope and an Event per write) until ``_deliver`` reschedules it."""
         if self._closed:
@@ -187,6 +133,9 @@ class WriterThread:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._thread.join)
         self._trio_idle.watch(False)
+
+    # One batch in one transaction (sqlite_batch.py); an attribute so tests can break it.
+    _run_batch = staticmethod(run_batch)
 
     # -- the thread --------------------------------------------------------------------------
 
@@ -209,7 +158,7 @@ class WriterThread:
                     try:
                         self._run_batch(conn, jobs)
                     except Exception as exc:  # noqa: BLE001 - given to the batch's callers
-                        _fail_batch(conn, jobs, exc)
+                        fail_batch(conn, jobs, exc)
                     self._hand_back(jobs)
                 if stop:
                     return
@@ -218,7 +167,7 @@ class WriterThread:
             checkpointer.stop()
             conn.close()
 
-    def _take(self, previous: int) -> tuple[list[_Job[Any]], bool]:
+    def _take(self, previous: int) -> tuple[list[Job[Any]], bool]:
         """The next batch (waiting for its first job), and whether the store is closing.
 
         A commit costs about as much CPU as writing a few dozen events (BEGIN, COMMIT, the WAL
@@ -262,44 +211,7 @@ class WriterThread:
             except queue.Empty:
                 return
 
-    @staticmethod
-    def _run_batch(conn: WriterConnection, jobs: list[_Job[Any]]) -> None:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except apsw.Error as exc:
-            for job in jobs:
-                job.error = exc
-            return
-        # The common case, every job succeeding, needs no savepoints. When one fails, the whole
-        # batch is rolled back and run again with a savepoint per job, so that only the failed
-        # job's writes are undone. (A job is a pure function of the connection: safe to rerun.)
-        try:
-            _run_merging(conn, jobs)
-        except BaseException:  # noqa: BLE001 - sorted out per job just below
-            conn.execute("ROLLBACK")
-            conn.forget()
-            conn.execute("BEGIN IMMEDIATE")
-            for job in jobs:
-                job.result = job.error = None
-                conn.execute("SAVEPOINT job")
-                try:
-                    job.run_alone(conn)
-                except BaseException as exc:  # noqa: BLE001 - given back to the job's caller
-                    job.error = exc
-                    conn.execute("ROLLBACK TO job")
-                    conn.forget()
-                conn.execute("RELEASE job")
-        try:
-            conn.execute("COMMIT")
-        except apsw.Error as exc:
-            log.error("sqlite commit failed: %s", exc)
-            if not conn.getautocommit():
-                conn.execute("ROLLBACK")
-            conn.forget()
-            for job in jobs:
-                job.error, job.result = exc, None
-
-    def _hand_back(self, jobs: list[_Job[Any]]) -> None:
+    def _hand_back(self, jobs: list[Job[Any]]) -> None:
         """Give a committed batch to the Trio thread, waking it only if it was not woken yet.
 
         Waking Trio from another thread costs it about as much as delivering a small batch
@@ -320,7 +232,7 @@ class WriterThread:
             self._delivery_due = False
         self._deliver(jobs)
 
-    def _deliver(self, jobs: list[_Job[Any]]) -> None:
+    def _deliver(self, jobs: list[Job[Any]]) -> None:
         """On the Trio thread, once jobs committed: their callbacks in order, then their waiters."""
         # Watch Trio's sleep only while batches are large: it costs every turn of its loop.
         if len(jobs) >= self.linger_after:
@@ -353,43 +265,6 @@ class WriterThread:
             _call(on_commit, job.result)
         _call(gathered_for, gathered)
         track(-len(jobs))
-
-
-def _fail_batch(conn: WriterConnection, jobs: list[_Job[Any]], exc: Exception) -> None:
-    """What ``_run_batch`` cannot sort out itself (a ROLLBACK or BEGIN that fails, say on an
-    I/O error or a full disk): every job of the batch fails with ``exc``, so that its caller
-    learns it instead of waiting for ever, and the writer goes on with the next batch."""
-    log.error("sqlite writer: a batch failed: %s", exc)
-    for job in jobs:
-        job.error, job.result = exc, None
-    conn.forget()
-    try:
-        if not conn.getautocommit():
-            conn.execute("ROLLBACK")
-    except apsw.Error:
-        pass
-
-
-def _run_merging(conn: apsw.Connection, jobs: list[_Job[Any]]) -> None:
-    """Run the jobs in order, each run of consecutive jobs with one ``merge`` as one call."""
-    i, n = 0, len(jobs)
-    while i < n:
-        job = jobs[i]
-        merge = job.merge
-        if merge is None:
-            job.result = job.fn(conn)  # type: ignore[misc]
-            i += 1
-            continue
-        j = i + 1
-        while j < n and jobs[j].merge is merge:
-            j += 1
-        group = jobs[i:j]
-        for member, out in zip(group, merge(conn, [member.arg for member in group]), strict=True):
-            if isinstance(out, BaseException):
-                member.error = out
-            else:
-                member.result = out
-        i = j
 
 
 def _refuse_abort(raise_cancel: Any) -> trio.lowlevel.Abort:

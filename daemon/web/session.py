@@ -7,15 +7,9 @@ Everything in between lives here: authentication, who may follow what (``usecase
 user their own tasks, any other is ``not_found``, never "forbidden"; an operator any task, and
 ``subscribe_tasks`` gets every user's; an operator's connection closes with 4403 once its user
 is no longer one; a share link's connection: ``share_session.py``), subscriptions, the
-bounded outgoing queue with ``resync`` on overflow, ping/pong, errors and close codes. What the
-queue holds is opaque here: ``Fanout.frame`` of the message's JSON text (the WebSocket frame in
-the daemon, the text itself in tests).
-
-The queue is an ``events.Bounded`` in messages (``queue_limit``) and bytes (``queue_max_bytes``):
-overflowing either drops the live feed and sends ``resync``. A replay never overflows it: before
-each message it waits until the queue is at most half full on both counts. One user holds at
-most ``max_user_connections`` authenticated sessions on this daemon (``Fanout.user_connections``);
-one more is closed with 4429.
+bounded outgoing queue with ``resync`` on overflow (``ws_outgoing.py``), ping/pong, errors and
+close codes. One user holds at most ``max_user_connections`` authenticated sessions on this
+daemon (``Fanout.user_connections``); one more is closed with 4429.
 
 Each subscription is an ``events.Cursor`` (the one replay-then-live merge): attached to the live
 feed before its first store read, it replays the store, merges by seq the live events held
@@ -29,17 +23,16 @@ import enum
 import json
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any
 
-import trio
 from pydantic import ValidationError
 
-from ..events import Bounded, Cursor, Ephemeral, Offer
+from ..events import Bounded, Ephemeral, Offer
 from ..store import Event, User
 from ..usecases.policy import Viewer, may_be_task_id, may_see
 from .fanout import Fanout, encode
 from .share_session import ResolveShare, ShareAccess
+from .ws_outgoing import Item, Outgoing, Subscription, Wire
 from .ws_protocol import MAX_SEQ, Auth, CloseCode, Subscribe, Unsubscribe, parsed
 
 CLOSE_GOING_AWAY = CloseCode.GOING_AWAY
@@ -50,35 +43,12 @@ CLOSE_TOO_MANY = CloseCode.TOO_MANY
 
 REPLAY_PAGE = 200
 AUTH_FIRST = 'expected {"type":"auth","token":...} first'
-Wire = Any  # what ``Fanout.frame`` makes of a message's JSON text
 
 
 class State(enum.Enum):
     AWAITING_AUTH = "awaiting_auth"
     OPEN = "open"
     CLOSED = "closed"
-
-
-class Subscription(Cursor[Wire]):
-    """A cursor (``last``: the last seq put in the queue) plus ``sent``, the last seq the
-    socket accepted: what a ``resync`` tells the client."""
-
-    __slots__ = ("sent",)
-
-    def __init__(self, task_id: str, after: int, limit: int, max_bytes: int) -> None:
-        super().__init__(task_id, after, Bounded(limit, max_bytes))
-        self.sent = after
-
-
-@dataclass(slots=True)
-class _Resync:
-    """Resolved when sent, so ``after`` is what the client really holds."""
-
-    task_id: str | None
-    sub: Subscription | None
-
-
-Item = tuple[Subscription | _Resync | None, int, Wire]  # (target, seq, payload)
 
 
 class Session:
@@ -89,7 +59,8 @@ class Session:
     link's token to what it opens (``shares``); ``limiter`` is the per-user subscribe limiter;
     ``wake`` (sync, must not block) is called after each item is queued and when the session
     closes: the glue writes ``queue`` out in order, taking each item and its bytes with
-    ``take`` and calling ``sent`` once they are written. ``max_user_connections``: 0 is no cap.
+    ``take`` and calling ``sent`` once they are written (``ws_outgoing.Outgoing``).
+    ``max_user_connections``: 0 is no cap.
     """
 
     def __init__(
@@ -120,11 +91,16 @@ class Session:
         self.subs: dict[str, Subscription] = {}
         self.watching = False
         self.watch_key: int | None = None  # the user whose status events it gets; None: all
-        self.queue: Bounded[Item] = Bounded(queue_limit, queue_max_bytes)
-        self.resyncs = 0
+        self.out = Outgoing(queue_limit, queue_max_bytes, self.frame, wake)
+        self.queue: Bounded[Item] = self.out.queue
+        self.take, self.sent = self.out.take, self.out.sent
         self.close_code: int | None = None
         self.close_reason = ""
-        self._room = trio.Event()  # the queue went below half
+
+    @property
+    def resyncs(self) -> int:
+        """How many times the queue overflowed."""
+        return self.out.resyncs
 
     @property
     def queued_bytes(self) -> int:
@@ -154,13 +130,12 @@ class Session:
         self.state = State.CLOSED
         self.close_code, self.close_reason = code, reason
         self._drop_all()
-        self.queue.reset()
+        self.out.close()
         if self.account is not None:  # once: a closed session is never closed again
             counts = self.fanout.user_connections
             counts[self.account] -= 1
             if counts[self.account] <= 0:
                 del counts[self.account]
-        self._room.set()
         self.wake()
 
     async def _sign_in(self, token: str | None, share: str | None) -> None:
@@ -328,7 +303,7 @@ class Session:
         """
         async with aclosing(sub.catch_up(self.store.read_events, REPLAY_PAGE)) as items:
             async for event, payload in items:
-                await self._wait_room(sub)
+                await self.out.wait_room(lambda: self.subs.get(sub.task_id) is sub)
                 if self.subs.get(sub.task_id) is not sub:
                     return
                 if isinstance(event, Ephemeral):  # a subscription holds none: they are live-only
@@ -336,17 +311,6 @@ class Session:
                 self._push(sub, event.seq, self.frame(event.wire_json()) if payload is None else payload)
                 if self.subs.get(sub.task_id) is not sub:
                     return  # overflowed: a resync is on its way
-
-    def _has_room(self) -> bool:
-        """At most half full, in messages and in bytes: a replay may push."""
-        return len(self.queue) <= self.queue_limit // 2 and self.queue.bytes <= self.queue_max_bytes // 2
-
-    async def _wait_room(self, sub: Subscription) -> None:
-        """Until the queue has room (or ``sub`` is dropped). Several replays share one event."""
-        while not self._has_room() and self.subs.get(sub.task_id) is sub:
-            if self._room.is_set():
-                self._room = trio.Event()
-            await self._room.wait()
 
     # -- from the fan-out (sync, must not block) -------------------------------------------------
 
@@ -374,43 +338,14 @@ class Session:
 
     def _push(self, sub: Subscription | None, seq: int, payload: Wire) -> None:
         """Queue one message and wake the glue; the glue may write it (and close) right here."""
-        if self.state is State.CLOSED:
-            return
-        if self.queue.push((sub, seq, payload), len(payload)):
-            self.wake()
-        else:
+        if self.state is not State.CLOSED and not self.out.push(sub, seq, payload):
             self._overflow()
 
     def _overflow(self) -> None:
         """Drop the whole live feed and tell the client where to pick up each stream."""
-        self.resyncs += 1
-        self.queue.reset()
         subs, watching = list(self.subs.values()), self.watching
         self._drop_all()
-        for sub in subs:
-            self.queue.force((_Resync(sub.task_id, sub), 0, ""))
-        if watching:
-            self.queue.force((_Resync(None, None), 0, ""))
-        self._room.set()
-        self.wake()
-
-    def take(self) -> tuple[Item, Wire]:
-        """The next item off the queue (there must be one) and what to write for it; a resync
-        is encoded now, with what was sent. A waiting replay may go on below half."""
-        item = self.queue.popleft()
-        if not self._room.is_set() and self._has_room():
-            self._room.set()
-        target, _, payload = item
-        if isinstance(target, _Resync):
-            after = target.sub.sent if target.sub is not None else None
-            payload = self.frame(encode({"type": "resync", "task_id": target.task_id, "after": after}))
-        return item, payload
-
-    @staticmethod
-    def sent(item: Item) -> None:
-        target, seq, _ = item
-        if isinstance(target, Subscription) and seq > target.sent:
-            target.sent = seq
+        self.out.resync(subs, watching)
 
     # -- internals -------------------------------------------------------------------------------
 

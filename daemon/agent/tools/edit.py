@@ -12,6 +12,7 @@ files are read or written and directories listed; FIFOs, sockets and devices are
 without being opened, and no open can block. Reads are capped (``MAX_VIEW_BYTES`` for view,
 ``MAX_EDIT_BYTES`` for the commands that hold a whole file). Writes are atomic: a new temporary
 file in the target's directory, renamed over the target, so a file is never seen half written.
+The work on the text itself, without the file system: ``edit_text.py``.
 
 Cancellation: the disk work runs in a worker thread that is abandoned when the caller is
 cancelled, so ``run`` raises ``Cancelled`` at once, whatever the thread is stuck in. The thread
@@ -34,22 +35,18 @@ from typing import BinaryIO
 
 import trio
 
-from . import fs_beneath
+from . import edit_text, fs_beneath
 from .base import ToolResult, cap_text
+from .edit_text import ToolError
 from .paths import PathError, relative_parts
 
 # str_replace and insert read the whole file into memory; beyond this, sed in bash is the tool.
 MAX_EDIT_BYTES = 16 * 1024 * 1024
 # view streams, holding only what it shows, but reads no further than this into a file.
 MAX_VIEW_BYTES = 64 * 1024 * 1024
-_SNIPPET_CONTEXT = 4
 _COMMANDS = ("view", "create", "str_replace", "insert")
 # Ends an abandoned worker thread early: raises trio.Cancelled once the caller has gone.
 _check = trio.from_thread.check_cancelled
-
-
-class _ToolError(Exception):
-    """A mistake in the model's input; becomes an ``is_error`` result."""
 
 
 class Editor:
@@ -93,7 +90,7 @@ class Editor:
                 abandon_on_cancel=True,
                 limiter=self._limiter,
             )
-        except (_ToolError, PathError) as e:
+        except (ToolError, PathError) as e:
             return ToolResult(str(e), is_error=True)
         except OSError as e:
             return ToolResult(f"{e.strerror or e}: {input.get('path')}", is_error=True)
@@ -104,7 +101,7 @@ class Editor:
     def _call(self, handler: Callable[[dict, str, int, tuple[str, ...]], str], input: dict) -> str:
         raw = input.get("path")
         if not isinstance(raw, str):
-            raise _ToolError("path is required (a string: relative to the workspace or absolute)")
+            raise ToolError("path is required (a string: relative to the workspace or absolute)")
         parts = relative_parts(self._workspace, raw, alias=self._alias)
         root = fs_beneath.open_root(self._workspace)
         try:
@@ -128,7 +125,7 @@ class Editor:
                     fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root)
                     st = os.fstat(fd)
             except FileNotFoundError:
-                raise _ToolError(f"{raw} does not exist{missing}") from None
+                raise ToolError(f"{raw} does not exist{missing}") from None
             stack.callback(os.close, fd)
             yield parent, fd, st
 
@@ -137,13 +134,13 @@ class Editor:
         with self._opened(root, parts, raw, "") as (_, fd, st):
             if stat.S_ISDIR(st.st_mode):
                 if view_range is not None:
-                    raise _ToolError("view_range applies to files only; omit it for a directory")
+                    raise ToolError("view_range applies to files only; omit it for a directory")
                 return self._list_dir(raw, fd)
-            start, end = _parse_range(view_range)
+            start, end = edit_text.parse_range(view_range)
             reader = fs_beneath.CappedReader(fd, MAX_VIEW_BYTES, check=_check)
             f = io.BufferedReader(reader, 64 * 1024)
             if b"\x00" in f.peek(8192)[:8192]:
-                raise _ToolError(
+                raise ToolError(
                     f"{raw} is a binary file ({st.st_size} bytes); inspect it with bash (e.g. xxd)"
                 )
             return self._numbered(f, reader, raw, start, end)
@@ -157,7 +154,7 @@ class Editor:
         number = 0
         # Long lines (minified code, data) are cut so that one line never eats the whole cap.
         width = min(4000, self._cap // 4)
-        for number, line in enumerate(_lines(f, width), start=1):
+        for number, line in enumerate(edit_text.cut_lines(f, width), start=1):
             if number < start:
                 continue
             if end != -1 and number > end:
@@ -176,7 +173,7 @@ class Editor:
         else:
             if reader.capped:
                 if start > number:
-                    raise _ToolError(
+                    raise ToolError(
                         f"view_range starts at line {start} but view reads only the first "
                         f"{MAX_VIEW_BYTES} bytes ({number} lines) of {raw}; use bash "
                         "(sed -n, tail) further in"
@@ -189,7 +186,7 @@ class Editor:
         if number == 0:
             return f"{raw} is empty"
         if start > number:
-            raise _ToolError(f"view_range starts at line {start} but {raw} has only {number} lines")
+            raise ToolError(f"view_range starts at line {start} but {raw} has only {number} lines")
         return "".join(parts)
 
     def _list_dir(self, raw: str, fd: int) -> str:
@@ -228,16 +225,16 @@ class Editor:
     def _create(self, input: dict, raw: str, root: int, parts: tuple[str, ...]) -> str:
         text = input.get("file_text")
         if not isinstance(text, str):
-            raise _ToolError("create needs file_text (a string: the whole content of the file)")
+            raise ToolError("create needs file_text (a string: the whole content of the file)")
         if not parts:
-            raise _ToolError(f"{raw} is a directory; give a file path")
+            raise ToolError(f"{raw} is a directory; give a file path")
         display = "/".join(parts)
         parent = fs_beneath.open_dir(root, parts[:-1], create=True, full=display)
         try:
             st = fs_beneath.lstat(parent, parts[-1])
             if st is not None:
                 if stat.S_ISDIR(st.st_mode):
-                    raise _ToolError(f"{raw} is a directory; give a file path")
+                    raise ToolError(f"{raw} is a directory; give a file path")
                 fs_beneath.refuse_special(st, display)
             mode = stat.S_IMODE(st.st_mode) if st is not None else 0o644
             fs_beneath.write_atomic(parent, parts[-1], text.encode("utf-8"), mode, before_commit=_check)
@@ -248,27 +245,27 @@ class Editor:
     def _str_replace(self, input: dict, raw: str, root: int, parts: tuple[str, ...]) -> str:
         old, new = input.get("old_str"), input.get("new_str", "")
         if not isinstance(old, str) or old == "":
-            raise _ToolError("str_replace needs old_str (non-empty text that occurs once)")
+            raise ToolError("str_replace needs old_str (non-empty text that occurs once)")
         if new is None:
             new = ""
         if not isinstance(new, str):
-            raise _ToolError("new_str must be a string")
+            raise ToolError("new_str must be a string")
         with self._opened(root, parts, raw, _MISSING) as (parent, fd, st):
             text = _read_text(raw, fd, st)
-            starts = _occurrences(text, old)
+            starts = edit_text.occurrences(text, old)
             if not starts and "\r\n" in text and "\n" in old:
                 # A CRLF file edited with LF text: match it the way the model meant it.
                 old = old.replace("\r\n", "\n").replace("\n", "\r\n")
                 new = new.replace("\n", "\r\n")
-                starts = _occurrences(text, old)
+                starts = edit_text.occurrences(text, old)
             if not starts:
-                raise _ToolError(
+                raise ToolError(
                     f"No replacement was performed: old_str does not occur verbatim in {raw}. "
                     "Check whitespace and indentation (view the file to copy the exact text)."
                 )
             if len(starts) > 1:
                 lines = ", ".join(str(text.count("\n", 0, i) + 1) for i in starts[:20])
-                raise _ToolError(
+                raise ToolError(
                     f"No replacement was performed: old_str occurs {len(starts)} times in {raw} "
                     f"(starting on lines {lines}). Include more surrounding lines so that it "
                     "occurs exactly once."
@@ -281,7 +278,7 @@ class Editor:
         first = text.count("\n", 0, at) + 1
         return (
             f"The file {raw} has been edited. A snippet of the result (`cat -n`):\n"
-            + _snippet(result, first, first + new.count("\n"))
+            + edit_text.snippet(result, first, first + new.count("\n"))
             + "Review the change and edit again if it is not what you intended."
         )
 
@@ -290,14 +287,14 @@ class Editor:
         new = input.get("insert_text", input.get("new_str"))
         line = input.get("insert_line")
         if not isinstance(new, str):
-            raise _ToolError("insert needs insert_text (the text to insert, a string)")
+            raise ToolError("insert needs insert_text (the text to insert, a string)")
         if not isinstance(line, int) or isinstance(line, bool):
-            raise _ToolError("insert needs insert_line (an integer: insert after that line)")
+            raise ToolError("insert needs insert_line (an integer: insert after that line)")
         with self._opened(root, parts, raw, _MISSING) as (parent, fd, st):
             text = _read_text(raw, fd, st)
             count = text.count("\n") + (1 if text and not text.endswith("\n") else 0)
             if not 0 <= line <= count:
-                raise _ToolError(
+                raise ToolError(
                     f"insert_line {line} is out of range: {raw} has {count} lines "
                     f"(0 inserts at the top, {count} appends at the end)"
                 )
@@ -306,7 +303,7 @@ class Editor:
             if line == 0:
                 at = 0
             else:
-                at = _nth_index(text, "\n", line)
+                at = edit_text.nth_index(text, "\n", line)
                 at = len(text) if at < 0 else at + 1
             head = text[:at]
             if head and not head.endswith("\n"):
@@ -317,7 +314,7 @@ class Editor:
             )
         return (
             f"The file {raw} has been edited. A snippet of the result (`cat -n`):\n"
-            + _snippet(result, line + 1, line + block.count("\n"))
+            + edit_text.snippet(result, line + 1, line + block.count("\n"))
             + "Review the change (indentation, duplicated lines) and edit again if needed."
         )
 
@@ -325,50 +322,14 @@ class Editor:
 _MISSING = " (use create to make a new file)"
 
 
-def _parse_range(view_range: object) -> tuple[int, int]:
-    if view_range is None:
-        return 1, -1
-    if (
-        not isinstance(view_range, list)
-        or len(view_range) != 2
-        or not all(isinstance(n, int) and not isinstance(n, bool) for n in view_range)
-    ):
-        raise _ToolError("view_range must be a list of two integers [start_line, end_line]")
-    start, end = view_range
-    if start < 1:
-        raise _ToolError(f"view_range start must be >= 1 (lines count from 1), got {start}")
-    if end != -1 and end < start:
-        raise _ToolError(f"view_range end must be >= start or -1 (to the end), got {end}")
-    return start, end
-
-
-def _lines(f: BinaryIO, limit: int) -> Iterator[str]:
-    """Lines of ``f`` without their newline; a line longer than ``limit`` bytes is cut."""
-    while True:
-        raw = f.readline(limit)
-        if not raw:
-            return
-        if raw.endswith(b"\n") or len(raw) < limit:
-            yield raw.rstrip(b"\n").decode("utf-8", errors="replace")
-            continue
-        skipped = 0  # skip the rest of the over-long line without holding it
-        while more := f.readline(limit):
-            if more.endswith(b"\n"):
-                skipped += len(more) - 1
-                break
-            skipped += len(more)
-        text = raw.decode("utf-8", errors="replace")
-        yield f"{text} [... line cut: {skipped} more bytes]"
-
-
 def _read_text(raw: str, fd: int, st: os.stat_result) -> str:
     if stat.S_ISDIR(st.st_mode):
-        raise _ToolError(f"{raw} is a directory")
+        raise ToolError(f"{raw} is a directory")
     data = b""
     if st.st_size <= MAX_EDIT_BYTES:
         data = fs_beneath.read_at_most(fd, MAX_EDIT_BYTES, check=_check)
     if st.st_size > MAX_EDIT_BYTES or len(data) > MAX_EDIT_BYTES:  # or it grew since the fstat
-        raise _ToolError(
+        raise ToolError(
             f"{raw} is {max(st.st_size, len(data))} bytes or more, more than this tool edits "
             f"({MAX_EDIT_BYTES}); use bash (sed, python) instead"
         )
@@ -376,32 +337,4 @@ def _read_text(raw: str, fd: int, st: os.stat_result) -> str:
         # newline="" semantics: bytes decoded as they are, so CRLF survives the round trip.
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise _ToolError(f"{raw} is not UTF-8 text; edit it with bash instead") from None
-
-
-def _occurrences(text: str, needle: str) -> list[int]:
-    # Overlapping matches count too: "aa" in "aaa" is ambiguous, not unique.
-    found = []
-    i = text.find(needle)
-    while i >= 0:
-        found.append(i)
-        i = text.find(needle, i + 1)
-    return found
-
-
-def _nth_index(text: str, char: str, n: int) -> int:
-    i = -1
-    for _ in range(n):
-        i = text.find(char, i + 1)
-        if i < 0:
-            return -1
-    return i
-
-
-def _snippet(text: str, first: int, last: int) -> str:
-    lines = text.split("\n")
-    if text.endswith("\n"):
-        lines.pop()
-    lo = max(1, first - _SNIPPET_CONTEXT)
-    hi = min(len(lines), last + _SNIPPET_CONTEXT)
-    return "".join(f"{n:6}\t{lines[n - 1]}\n" for n in range(lo, hi + 1))
+        raise ToolError(f"{raw} is not UTF-8 text; edit it with bash instead") from None

@@ -3,12 +3,12 @@
 The pieces: bubblewrap (``sandbox.py``), a uid of the task's own when the daemon is root
 (``identity.py``), limits from a delegated cgroup v2 or rlimits (``limits.py``) and whether the
 task hit them (``limit_checks.py``). What runs as whom, and which limit holds where, is said in
-those modules and in the README.
+those modules and in the README. What it makes on the host (its cgroup, its ``/etc`` files,
+scratch directories): ``task_sandbox_fs.py``.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import shutil
@@ -37,6 +37,7 @@ from .sandbox import (
     setpriv_argv,
     shell_env,
 )
+from .task_sandbox_fs import new_cgroup, scratch_for, scratch_workspace, write_etc
 
 __all__ = ["HostLimits", "TaskSandbox", "describe_sandbox", "host_limits"]
 
@@ -216,7 +217,7 @@ class TaskSandbox(LimitChecks):
                 code="sandbox_unavailable",
             )
         if host.cgroup is not None and host.sh is not None:
-            self._cgroup = await trio.to_thread.run_sync(_new_cgroup, host.cgroup, s)
+            self._cgroup = await trio.to_thread.run_sync(new_cgroup, host.cgroup, s)
         elif self.owner is None and not host.root:
             # NPROC as the daemon's user counts all its processes: allow this many more.
             self._nproc = s.max_processes + await trio.to_thread.run_sync(count_tasks, os.getuid())
@@ -238,7 +239,7 @@ class TaskSandbox(LimitChecks):
             )
         self._slot = slot
         owner = (slot.uid, slot.gid)
-        self._etc = await trio.to_thread.run_sync(_write_etc, owner)
+        self._etc = await trio.to_thread.run_sync(write_etc, owner)
         if _identity is None:
             probed = await self._try_identity(owner)
             if not probed[0]:
@@ -254,7 +255,7 @@ class TaskSandbox(LimitChecks):
 
     async def _try_identity(self, owner: tuple[int, int]) -> tuple[bool, str]:
         """Whether a command runs the way tasks will, as ``owner``, and its file is owner's."""
-        scratch = await trio.to_thread.run_sync(_scratch_for, owner)
+        scratch = await trio.to_thread.run_sync(scratch_for, owner)
         try:
             assert self._bwrap is not None and self._host is not None
             assert self._host.setpriv is not None and self._etc is not None
@@ -306,41 +307,12 @@ class TaskSandbox(LimitChecks):
                 shutil.rmtree(path, ignore_errors=True)
 
 
-_cgroup_names = itertools.count(1)
-
-
-def _new_cgroup(parent: Cgroup2, settings: ToolSettings) -> TaskCgroup:
-    while True:
-        try:
-            return TaskCgroup(parent, f"sandbox-{os.getpid()}-{next(_cgroup_names)}", settings)
-        except FileExistsError:
-            continue
-
-
-def _write_etc(owner: tuple[int, int]) -> str:
-    """A root-only directory with the host's passwd and group plus a line naming ``owner``
-    (programs that look their user up, ssh or Python's getpass, then find one)."""
-    uid, gid = owner
-    path = tempfile.mkdtemp(prefix="agentd-etc-")
-    passwd = f"agentd-sandbox:x:{uid}:{gid}:agentd sandbox:{SANDBOX_HOME}:/bin/bash\n"
-    for name, line in (("passwd", passwd), ("group", f"agentd-sandbox:x:{gid}:\n")):
-        try:
-            with open(os.path.join("/etc", name)) as f:
-                host = f.read()
-        except OSError:
-            host = ""
-        with open(os.path.join(path, name), "w") as f:
-            f.write(host + ("" if host.endswith("\n") or not host else "\n") + line)
-        os.chmod(os.path.join(path, name), 0o644)
-    return path
-
-
 async def describe_sandbox(settings: ToolSettings, scratch_root: Path) -> None:
     """Find out now what confinement tasks get on this host, and log it (one line: sandbox,
     identity, limits), as the first task would otherwise. ``agentd serve`` runs it in the
     background once serving. A failure is logged, never raised (the first task meets it
     again). Cancellation: the sandbox is left and the scratch workspace removed."""
-    path = await trio.to_thread.run_sync(_scratch_workspace, Path(scratch_root))
+    path = await trio.to_thread.run_sync(scratch_workspace, Path(scratch_root))
     try:
         async with TaskSandbox(path, settings):
             pass
@@ -351,11 +323,6 @@ async def describe_sandbox(settings: ToolSettings, scratch_root: Path) -> None:
             await trio.to_thread.run_sync(shutil.rmtree, path, True)
 
 
-def _scratch_workspace(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".probe-", dir=root))  # '.': never taken for a task's
-
-
 def _identity_reason(settings: ToolSettings, host: HostLimits) -> str:
     if settings.uid_count <= 0:
         return "sandbox_uid_count is 0"
@@ -364,12 +331,6 @@ def _identity_reason(settings: ToolSettings, host: HostLimits) -> str:
     if _identity is not None and not _identity[0]:
         return _identity[1]
     return "the uid probe did not succeed"
-
-
-def _scratch_for(owner: tuple[int, int]) -> str:
-    path = tempfile.mkdtemp(prefix="agentd-probe-")
-    os.chown(path, *owner)
-    return path
 
 
 def _describe_once(box: TaskSandbox) -> None:

@@ -68,7 +68,8 @@ SECRET_KEYS = frozenset({"anthropic_api_key", "github_client_secret", "secret_ke
 
 class ModelPriceRow(BaseModel):
     """An operator's price row for one model (``[models."NAME"]`` in the TOML file), in USD per
-    million tokens; cache writes default to 1.25x input, cache reads to 0.1x input."""
+    million tokens; cache writes default to 1.25x input, cache reads to 0.1x input; and,
+    optional, the model's context window (``daemon/agent/context_window.py``, ``for_model``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -76,6 +77,8 @@ class ModelPriceRow(BaseModel):
     output_usd_per_mtok: float = Field(ge=0, allow_inf_nan=False)
     cache_write_usd_per_mtok: float | None = Field(None, ge=0, allow_inf_nan=False)
     cache_read_usd_per_mtok: float | None = Field(None, ge=0, allow_inf_nan=False)
+    # The model's context window (tokens); unset: the built-in one, else context_window_tokens.
+    context_window_tokens: int | None = Field(None, ge=1000)
 
 
 class Settings(BaseModel):

@@ -4,6 +4,7 @@ model through a long run on the client path."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -159,6 +160,25 @@ def test_an_api_compaction_block_starts_the_conversation_sent():
     turns = conversation(3)
     turns[3] = {**turns[3], "content": [{"type": "compaction", "content": "sum"}, *turns[3]["content"]]}
     assert visible_turns(turns) == turns[3:]
+
+
+def test_off_mode_api_a_compaction_block_is_sent_as_the_summary_user_turn():
+    turns = conversation(3)
+    turns[3] = {**turns[3], "content": [{"type": "compaction", "content": "sum"}, *turns[3]["content"]]}
+    provider = ScriptedProvider({"turns": []})
+    api = ContextKeeper(replace(POLICY, mode="api"), provider, "m")
+    assert api.prepare("", [], turns).messages[0]["content"][0] == {"type": "compaction", "content": "sum"}
+    api.fall_back("m")  # the API refused the betas: the client path, without the block
+    for keeper in (api, ContextKeeper(POLICY, provider)):
+        first = keeper.prepare("", [], turns).messages
+        assert first[0] == {"role": "user", "content": summary_content("sum", 1)}
+        assert first[1] == {"role": "assistant", "content": turns[3]["content"][1:]}
+        assert first[2:] == for_model(turns[4:])
+        assert validate_request({"model": "m", "max_tokens": 1, "messages": first}) is None
+        assert covered_turns(first) == 1 and compaction_split(first) == 3
+        again = keeper.prepare("", [], [*turns, *exchange(4, "x")]).messages
+        # The same blocks every turn: each estimated once, and the prefix (so the cache) unchanged.
+        assert again[0]["content"] is first[0]["content"] and again[1]["content"] is first[1]["content"]
 
 
 def test_api_edits_and_the_auto_mode():

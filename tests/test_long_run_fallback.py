@@ -130,3 +130,56 @@ async def test_requests_refused_at_once_make_one_warning_and_each_is_said_refuse
     assert 1 <= len(refused) <= 2 and set(refused) == {f"refused {provider.model}"}
     assert outcomes[-1] in ("one", "two") and not managed(fake.requests[-1])
     assert sum("refused context management" in r.getMessage() for r in caplog.records) == 1
+
+
+def has_compaction(rec: RecordedRequest) -> bool:
+    return any(b.get("type") == "compaction" for m in rec.body["messages"] for b in m["content"])
+
+
+async def test_a_task_the_api_compacted_goes_on_after_the_fallback_with_the_summary_as_a_user_turn(
+    store, hub, tmp_path
+):
+    # The API compacts once the prompt passes 8,000 tokens (about five 6 KB outputs); right after
+    # that it refuses the betas. The stored compaction block then needs to go without them.
+    policy = ContextPolicy(
+        mode="api",
+        window_tokens=30_000,
+        clear_at_tokens=3_000,
+        clear_at_least_tokens=1_000,
+        keep_tool_results=1,
+        compact_at_tokens=8_000,
+    )
+    fake = FakeAnthropicAPI(api_key=CLAUDE_KEY)
+
+    def refuse_after_compaction(rec: RecordedRequest) -> None:
+        if rec.compacted:
+            fake.refuse_context_management = "beta"
+
+    fake.answer = refuse_after_compaction  # type: ignore[assignment]
+    fake.push(*reads(1, n=9))
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(fake.serve)
+        provider = AnthropicProvider(CLAUDE_KEY, base_url=url, max_retries=0, pools=1, context=policy)
+        repo = str(bare_repo(tmp_path, {"README.md": "# big\n", "big.txt": BIG_FILE}))
+        async with agent_supervisor(store, hub, tmp_path, provider, context=policy, stuck_repeats=5) as sup:
+            alice = await store.upsert_user("alice")
+            task, _ = await sup.submit(user_id=alice.id, repo_url=repo, prompt="Read big.txt.")
+            await wait_status(hub, task.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+            task = await store.get_task(task.id)
+        await provider.aclose()
+        nursery.cancel_scope.cancel()
+    assert task.status is TaskStatus.SUCCEEDED, task.error
+    at = next(i for i, r in enumerate(fake.requests) if r.compacted)
+    refused = fake.requests[at + 1]
+    assert managed(refused) and has_compaction(refused) and not refused.usage
+    after = fake.requests[at + 2 :]
+    assert after and all(r.usage for r in after)  # each one answered: no 400 after the fallback
+    assert not any(managed(r) or has_compaction(r) for r in after)
+    # What the client path sends for a summary of its own: the API's text as the first user turn,
+    # then the rest of the compacting reply (its tool call, answered by the result after it).
+    first = after[0].body["messages"]
+    assert first[0]["role"] == "user" and "Summary (fake) of" in first[0]["content"][0]["text"]
+    assert first[0]["content"][0]["text"].startswith("[agentd] Summary of the conversation's first")
+    assert first[1]["role"] == "assistant" and first[1]["content"][-1]["type"] == "tool_use"
+    assert first[2]["content"][0]["tool_use_id"] == first[1]["content"][-1]["id"]
+    assert fake.pending == 0

@@ -11,6 +11,7 @@ from daemon.notify.ntfy import message_for
 from daemon.states import TaskStatus
 from daemon.usecases import notify as uc
 from daemon.usecases.policy import Viewer
+from tests.fakes.phone import running_daemon
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.test_outbox import finish, services, start_sender, wait_delivery
 
@@ -71,3 +72,23 @@ async def test_topic_urls_follow_the_address_rules(store, alice):
         await uc.set_ntfy(svc, Viewer.of(alice), "https://127.0.0.1/topic")
     with pytest.raises(PermanentError, match="https"):
         await uc.set_ntfy(svc, Viewer.of(alice), "http://ntfy.sh/topic")
+
+
+async def test_the_topic_route_answers_null_when_none_is_set(tmp_path):
+    """GET is a 200 whether a topic is set or not (a settings view asks before there is one);
+    DELETE of no topic is still a 404."""
+    async with running_daemon(tmp_path) as server:
+        _, token = await server.user("alice")
+        async with server.client(token) as http:
+            none = await http.get("/api/notify/ntfy")
+            assert (none.status_code, none.json()) == (200, {"topic": None})
+            assert (await http.delete("/api/notify/ntfy")).status_code == 404
+            put = await http.put("/api/notify/ntfy", json={"url": "https://127.0.0.1/t", "token": "tk_x"})
+            assert put.status_code == 200, put.text
+            got = (await http.get("/api/notify/ntfy")).json()["topic"]
+            assert got == put.json() and got["url"] == "https://127.0.0.1/t" and "tk_x" not in str(got)
+            assert (await http.delete("/api/notify/ntfy")).status_code == 204
+            assert (await http.get("/api/notify/ntfy")).json() == {"topic": None}
+            spec = (await http.get("/openapi.json")).json()
+    get = spec["paths"]["/api/notify/ntfy"]["get"]
+    assert '{"topic": null}' in get["description"] and "404" not in get["description"]

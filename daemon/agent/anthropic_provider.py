@@ -112,7 +112,8 @@ class AnthropicProvider:
         # Mode "api": the API clears old tool results and compacts (its betas, on every request),
         # except for the models it refused them for (``_refused``, kept for the provider's life).
         api = context is not None and context.mode == "api"
-        self._context_management = api_edits(context) if context is not None and api else None
+        self._context = context if api else None
+        self._edits: dict[str, dict[str, Any]] = {}  # per model: its window's thresholds
         self._refused: set[str] = set()
         self._gate = ReplyGate(reply_slots) if reply_slots and http_client is None else None
         if http_client is None:
@@ -171,7 +172,7 @@ class AnthropicProvider:
         request again when it resumes.
         """
         model = request.model or self.model  # the task's model, if it names one
-        managed = self._context_management if model not in self._refused else None
+        managed = self._context_management(model) if model not in self._refused else None
         body = request_body(model, request, managed)
         try:
             message = await self._stream(body, on_text_delta, managed is not None)
@@ -212,6 +213,15 @@ class AnthropicProvider:
             cut_tool_use=message.cut_tool_use,
             context_edits=tuple(e for e in applied if isinstance(e, dict)),
         )
+
+    def _context_management(self, model: str) -> dict[str, Any] | None:
+        """Mode "api"'s edits for ``model``, with the thresholds of its window (None: not "api")."""
+        if self._context is None:
+            return None
+        edits = self._edits.get(model)
+        if edits is None:
+            edits = self._edits[model] = api_edits(self._context.for_model(model))
+        return edits
 
     def _refused_for(self, model: str, message: str) -> ContextManagementRefused:
         """Send ``model`` no context management any more (said once, in the log: requests already

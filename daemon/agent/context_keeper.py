@@ -1,7 +1,8 @@
 """One attempt's conversation fitted to the model's context window (``context_window`` applied).
 
 ``ContextKeeper.prepare`` turns the stored turns into the request's messages: from the last
-compaction on and, in mode "client", with old tool results cleared in batches.
+compaction on and, in mode "client", with old tool results cleared in batches (and the API's
+``compaction`` block of a model that fell back from mode "api" sent as a summary user turn).
 ``ContextKeeper.compact`` asks the model (through the task's own provider) for a summary of the
 turns before the last exchange; the agent loop stores it as a user turn with ``stop_reason``
 ``COMPACTED``, so that every later request (and a resumed attempt) starts from it.
@@ -15,7 +16,13 @@ from typing import Any
 
 from ..errors import PermanentError
 from . import conversation as conv
-from .context_summary import compaction_split, covered_turns, summary_content, summary_request
+from .context_summary import (
+    compaction_split,
+    covered_turns,
+    from_api_compaction,
+    summary_content,
+    summary_request,
+)
 from .context_window import ContextPolicy, PromptTooLong, TokenCounter, clear_old_results, visible_turns
 from .model import ModelProvider, ModelRequest, Usage
 
@@ -49,7 +56,8 @@ class Compaction:
 
 
 class ContextKeeper:
-    """The context window of one attempt of one task (not shared between tasks).
+    """The context window of one attempt of one task (not shared between tasks), with the
+    thresholds of the task's model (``ContextPolicy.for_model``).
 
     ``refused``: the models (as tasks name them; None: the default) the API refused mode "api"
     for, shared by every task for the daemon's life (``AgentRunner``); a keeper for one of them
@@ -63,11 +71,14 @@ class ContextKeeper:
         model: str | None = None,
         refused: set[str | None] | None = None,
     ) -> None:
-        self.policy = policy
+        self.policy = policy.for_model(model)  # the task model's window and thresholds
         self.provider = provider
         self.model = model
         self.refused = refused if refused is not None else set()
         self.counter = TokenCounter()
+        # The client form of the last API compaction turn: the same objects every turn, so each
+        # block is estimated once (the counter keeps what it measured).
+        self._converted: tuple[object, list[dict[str, Any]]] | None = None
 
     @property
     def mode(self) -> str:
@@ -82,13 +93,33 @@ class ContextKeeper:
         self.refused.update((self.model, resolved))
 
     def prepare(self, system: str, tools: list[dict[str, Any]], turns: Sequence[dict[str, Any]]) -> Prepared:
-        """The messages to send for ``turns`` (the stored conversation); nothing is changed."""
-        messages = conv.for_model(visible_turns(turns))
+        """The messages to send for ``turns`` (the stored conversation); nothing is changed.
+
+        Off mode "api" (a model the API refused it for, or the setting changed since) an API
+        ``compaction`` block is never sent: without the beta the API would refuse the request.
+        """
+        shown = visible_turns(turns)
+        if self.mode != "api":
+            shown = self._client_form(turns, shown)
+        messages = conv.for_model(shown)
         tokens = self.counter.request(system, tools, messages)
         if self.mode != "client":
             return Prepared(messages, tokens)
         cleared, saved = clear_old_results(messages, self.counter, tokens, self.policy)
         return Prepared(cleared, tokens - saved, saved)
+
+    def _client_form(
+        self, turns: Sequence[dict[str, Any]], shown: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """``from_api_compaction``, its two new turns kept while the same compaction turn starts."""
+        if not shown:
+            return shown
+        if self._converted is not None and self._converted[0] is shown[0]:
+            return [*self._converted[1], *shown[1:]]
+        converted = from_api_compaction(turns, shown)
+        if converted is not shown:
+            self._converted = (shown[0], converted[:2])
+        return converted
 
     def wants_compaction(self, prepared: Prepared) -> bool:
         """Whether to compact before sending ``prepared`` (only if there is something to summarize)."""

@@ -3,7 +3,9 @@
 When clearing old tool results (``context_window``) is not enough, ``compaction_split`` says
 where the kept tail starts and ``summary_request`` is what the model is asked to summarize; the
 summary is stored as a user turn with ``stop_reason`` ``COMPACTED`` (``summary_content``),
-which ``context_window.visible_turns`` starts the conversation at. Pure functions, no I/O.
+which ``context_window.visible_turns`` starts the conversation at. ``from_api_compaction`` turns
+the API's own ``compaction`` block (mode "api") into that same form, for a model that fell back
+to the client path. Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .context_window import cleared_result
+from .context_window import COMPACTED, cleared_result
 
 __all__ = [
     "SUMMARY_PROMPT",
     "compaction_split",
     "covered_turns",
+    "from_api_compaction",
     "is_summary_request",
     "scripted_summary",
     "summary_content",
@@ -100,6 +103,34 @@ def covered_turns(messages: Sequence[Mapping[str, Any]]) -> int:
     blocks = _blocks(messages[0].get("content"))
     found = _SUMMARY_RE.match(str(blocks[0].get("text", ""))) if blocks else None
     return int(found.group(1)) if found else 0
+
+
+def from_api_compaction(
+    turns: Sequence[Mapping[str, Any]], shown: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``shown`` (``visible_turns(turns)``) as the client path sends it: without the API's
+    ``compaction`` block, which needs the compaction beta the client path does not send.
+
+    When ``shown`` starts with an assistant turn holding one (the API's summary of everything
+    before it), that turn becomes what agentd's own compaction stores: the block's text as a
+    summary user turn (``summary_content``, covering every stored assistant turn before it),
+    then the rest of the assistant turn (its text and tool calls, so the tool results that follow
+    still answer them). Otherwise ``shown`` is returned as it is.
+    """
+    first = shown[0] if shown else None
+    blocks = _blocks(first["content"]) if first is not None and first["role"] == "assistant" else []
+    at = next((i for i, b in enumerate(blocks) if b.get("type") == "compaction"), None)
+    if first is None or at is None:
+        return shown
+    covered = sum(t["role"] == "assistant" for t in turns) - sum(t["role"] == "assistant" for t in shown)
+    summary = {
+        "role": "user",
+        "content": summary_content(str(blocks[at].get("content") or ""), covered),
+        "stop_reason": COMPACTED,
+    }
+    rest = [b for b in blocks[at + 1 :] if b.get("type") != "compaction"]
+    reply = {**first, "content": rest or [{"type": "text", "text": "(compacted)"}]}
+    return [summary, reply, *shown[1:]]
 
 
 def scripted_summary(messages: Sequence[Mapping[str, Any]]) -> str:

@@ -19,6 +19,7 @@ from typing import Protocol
 from ..store.models import Usage
 
 __all__ = [
+    "CONTEXT_WINDOWS",
     "DEFAULT_PRICE",
     "PRICES",
     "SCRIPTED_PRICE",
@@ -29,6 +30,7 @@ __all__ = [
     "Price",
     "Usage",
     "allowlist",
+    "context_window",
     "cost_of",
     "price_for",
     "price_row",
@@ -205,6 +207,37 @@ def allowlist(
             )
         prices[name] = price
     return prices
+
+
+# Context windows in tokens, matched by prefix as ``PRICES`` are. From Anthropic's "Context
+# windows" page (platform.claude.com/docs/en/build-with-claude/context-windows): the Claude 5
+# family, Opus 4.6 to 4.8 and Sonnet 4.6 take 1M tokens, every other Claude model 200k (Sonnet
+# 4 and 4.5 only with a beta agentd does not send).
+CONTEXT_WINDOWS: dict[str, int] = {
+    "claude-fable-5": 1_000_000,
+    "claude-mythos-5": 1_000_000,
+    "claude-opus-5": 1_000_000,
+    "claude-sonnet-5": 1_000_000,
+    "claude-haiku-5": 1_000_000,
+    "claude-opus-4-8": 1_000_000,
+    "claude-opus-4-7": 1_000_000,
+    "claude-opus-4-6": 1_000_000,
+    "claude-sonnet-4-6": 1_000_000,
+    "claude-": 200_000,
+}
+
+_WINDOWS_BY_LENGTH = sorted(CONTEXT_WINDOWS, key=len, reverse=True)
+
+
+def context_window(model: str, operator_windows: Mapping[str, int | None] | None = None) -> int | None:
+    """The context window of ``model`` in tokens: the operator's row's (``context_window_tokens``
+    of ``[models."NAME"]``), else the built-in one of the longest matching prefix, else None
+    (not a Claude model: the ``context_window_tokens`` setting applies)."""
+    given = (operator_windows or {}).get(model)
+    if given is not None:
+        return given
+    prefix = next((p for p in _WINDOWS_BY_LENGTH if model.startswith(p)), None)
+    return CONTEXT_WINDOWS[prefix] if prefix is not None else None
 
 
 def price_for(model: str) -> Price:

@@ -53,6 +53,10 @@ class WebhooksOut(BaseModel):
     webhooks: list[TargetOut] = Field(description="The caller's webhooks, oldest first.")
 
 
+class NtfyOut(BaseModel):
+    topic: TargetOut | None = Field(description="The caller's ntfy topic, or null when none is set.")
+
+
 class NtfyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(
@@ -183,16 +187,15 @@ async def set_ntfy(data: NtfyIn) -> ResponseReturnValue:
 
 @bp.get("/api/notify/ntfy")
 @require_user
-@validate_response(TargetOut)
+@validate_response(NtfyOut)
 async def get_ntfy() -> ResponseReturnValue:
     """The caller's ntfy topic.
 
-    404 when none is set. Its access token is never shown.
+    200 with ``{"topic": null}`` when none is set (not an error: a settings view asks before
+    there is one). Its access token is never shown.
     """
     found = await notify.list_targets(services(), viewer(), TargetKind.NTFY)
-    if not found:
-        raise ApiError(404, "not_found", "no ntfy topic is set")
-    return _target(found[0])
+    return {"topic": _target(found[0]) if found else None}
 
 
 @bp.delete("/api/notify/ntfy")

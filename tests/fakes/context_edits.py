@@ -3,7 +3,7 @@
 Modelled on Anthropic's "Context editing" and "Compaction" guides:
 
 - A ``compaction`` block in ``messages`` (an earlier reply's, sent back) starts the prompt: every
-  block before it is dropped.
+  block before it is dropped. Without the compaction beta it is a 400.
 - An API may not take them at all (``Refusal``): an unknown beta, or a model without them.
 - ``context_management.edits`` need their betas (``context-management-2025-06-27``; a
   ``compact_20260112`` edit also ``compact-2026-01-12``), else a 400, as the API answers.
@@ -78,6 +78,8 @@ def edit(body: dict[str, Any], betas: set[str], refuse: Refusal | None = None) -
         )
     if refuse == "model" and "context_management" in body:
         return f"context_management: context management is not supported on model {body.get('model')!r}"
+    if COMPACT_BETA not in betas and _has_compaction(body):  # the block exists only with its beta
+        return f"messages: a `compaction` content block needs the `{COMPACT_BETA}` beta"
     body = _from_last_compaction(body)
     sent = prompt_tokens(body)
     config = body.pop("context_management", None)
@@ -103,6 +105,13 @@ def edit(body: dict[str, Any], betas: set[str], refuse: Refusal | None = None) -
 
 def _value(spec: Any, default: int) -> int:
     return int(spec["value"]) if isinstance(spec, dict) and "value" in spec else default
+
+
+def _has_compaction(body: dict[str, Any]) -> bool:
+    return any(
+        isinstance(m.get("content"), list) and any(b.get("type") == "compaction" for b in m["content"])
+        for m in body.get("messages") or []
+    )
 
 
 def _from_last_compaction(body: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@
 // made a link (a webhook's address is for machines). Deliveries have no live feed: while one
 // shown is pending the log is read again, a bounded number of times.
 
-import { api, get, post, describe, HttpError } from "./api.js";
+import { api, get, post, describe } from "./api.js";
 import { $, h, say, age, clock, badge } from "./dom.js";
 import { PushControl } from "./notifications.js";
 
@@ -46,10 +46,6 @@ async function act(button, panel, work) {
   } finally {
     button.disabled = false;
   }
-}
-
-function notFound(error) {
-  return error instanceof HttpError && error.status === 404;
 }
 
 // One checkbox per notification kind, all ticked at first.
@@ -95,10 +91,9 @@ class NtfyPanel {
 
   async load() {
     try {
-      this.show(await get("/api/notify/ntfy"));
+      this.show((await get("/api/notify/ntfy")).topic); // null: no topic is set
     } catch (error) {
-      if (notFound(error)) this.show(null);
-      else say(this.error, describe(error));
+      say(this.error, describe(error));
     }
   }
 

@@ -254,7 +254,7 @@ def notify_handlers(svc: Services) -> dict[str, Handler]:
 
 def share_handlers(svc: Services) -> dict[str, Handler]:
     """Share links of any task (``usecases.shares``); a new link's token is shown once. A link
-    revoked here closes its open WebSockets on this daemon at once (``Services.share_revoked``)."""
+    revoked here closes its open WebSockets at once, on every daemon (``Services.revoked``)."""
 
     def shown(link: Any) -> Args:
         return link.public(svc.store.now())

@@ -9,6 +9,10 @@ runs it, or someone watches the task list: ``EventHub.wants_remote``), so that a
 not read back every start and end of every other daemon's tasks. Reads go one task at a time in
 notice order, so each task's events are published in seq order. Replay-then-live holds as on
 one daemon: followers skip seqs they have and go back to the store on a gap.
+
+A revocation another daemon tells (``store.Revoked``: a share link, a token, a user cut off) is
+no task event: it is always wanted, never read back, and handed at once to ``on_revoked``, so
+that this daemon closes what it opened with it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable
 import trio
 
 from .events import EventHub
-from .store import Event, RemoteNotice, Store
+from .store import Event, RemoteNotice, Revoked, Store
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +36,18 @@ class RemoteEvents:
     """Owns one task (``run``) that reads noticed events back and publishes them."""
 
     def __init__(
-        self, store: Store, hub: EventHub, *, on_claimable: Callable[[], None], capped: bool = False
+        self,
+        store: Store,
+        hub: EventHub,
+        *,
+        on_claimable: Callable[[], None],
+        capped: bool = False,
+        on_revoked: Callable[[Revoked], None] = lambda revoked: None,
     ) -> None:
         self._store = store
         self._hub = hub
         self._on_claimable = on_claimable
+        self._on_revoked = on_revoked  # on the Trio thread; must not block
         # With a per-user cap, a task that stops running elsewhere may let a user's next start.
         self._wake_flags = "qf" if capped else "q"
         # task_id -> (first, last) seqs still to read; insertion order is notice order.
@@ -55,10 +66,11 @@ class RemoteEvents:
             )
             task_status.started()
 
-    def wanted(self, notice: RemoteNotice) -> bool:
-        """Whether ``notice`` matters here (see the module docstring). Asked on the store's
-        listening thread: it only reads (membership tests, which the GIL keeps whole)."""
-        return self._wakes(notice) or self._reads(notice)
+    def wanted(self, notice: RemoteNotice | Revoked) -> bool:
+        """Whether ``notice`` matters here (see the module docstring; a revocation always does).
+        Asked on the store's listening thread: it only reads (membership tests, which the GIL
+        keeps whole)."""
+        return isinstance(notice, Revoked) or self._wakes(notice) or self._reads(notice)
 
     def _wakes(self, notice: RemoteNotice) -> bool:
         """A task was queued (or a capped user's task ended) elsewhere: a claim may start one."""
@@ -70,13 +82,16 @@ class RemoteEvents:
             return True
         return "s" in notice.flags and self._hub.wants_remote(notice.task_id)
 
-    def on_notices(self, notices: list[RemoteNotice] | None) -> None:
+    def on_notices(self, notices: list[RemoteNotice | Revoked] | None) -> None:
         """Called on the Trio thread by the store with the notices ``wanted`` kept; must not block."""
         if notices is None:  # listening began again: what we follow may have moved meanwhile
             self._catch_up()
             return
         claimable = False
         for notice in notices:
+            if isinstance(notice, Revoked):
+                self._on_revoked(notice)
+                continue
             claimable = claimable or self._wakes(notice)
             if self._reads(notice):
                 self._want(notice.task_id, notice.first, notice.last)

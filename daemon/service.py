@@ -40,8 +40,8 @@ from .rate_limit import task_create_limiter
 from .retention import retain_periodically
 from .sdnotify import Notifier, watchdog
 from .secrets import SecretBox, check_cluster_key, load_secret_box
-from .services import Services
-from .store import Store, is_sqlite, open_store
+from .services import Broadcast, Services
+from .store import Revoked, Store, is_sqlite, open_store
 from .store.datadir import node_id
 from .supervisor import Backoff, Supervisor, TaskRunner
 from .supervisor.membership import LeaseSettings, NodeIdentity
@@ -118,6 +118,7 @@ class Daemon:
             await check_cluster_key(store, self.secrets, settings, node.name)  # a shared store's keys
             await check_stored_secrets(store, self.secrets, settings, node.name)  # every store's
             self.hub = EventHub(store)
+            revoked: Broadcast[Revoked] = Broadcast()  # here and, heard by the supervisor, elsewhere
             self.supervisor = supervisor = Supervisor(
                 store,
                 self.hub,
@@ -128,6 +129,7 @@ class Daemon:
                 max_duration_s=settings.max_task_duration_s,
                 node=node,
                 lease=LeaseSettings(settings.lease_timeout_s, settings.heartbeat_interval_s),
+                on_revoked=revoked.announce,
             )
             self.metrics.attach(store, self.hub, supervisor)
             self.services = svc = Services(
@@ -138,6 +140,7 @@ class Daemon:
                 metrics=self.metrics,
                 secrets=self.secrets,
                 create_limiter=task_create_limiter(settings, store),
+                revoked=revoked,
             )
             control = ControlServer(
                 settings.control_socket_path, make_handlers(svc, self), group=settings.control_socket_group

@@ -18,7 +18,7 @@ from .events import EventHub
 from .metrics import Metrics
 from .rate_limit import Limiter
 from .secrets import SecretBox
-from .store import Store
+from .store import Revoked, Store
 from .supervisor import Supervisor
 
 T = TypeVar("T")
@@ -46,9 +46,10 @@ class Broadcast(Generic[T]):
 @dataclass(frozen=True, eq=False)
 class Services:
     """Settings, store, event hub, supervisor, metrics, secrets and the per-user create limit
-    (task creations and follow-ups share one bucket per user); ``share_revoked``: the id of each
-    share link revoked on this daemon, whichever front-end revoked it (``usecases.shares``), so
-    the web side closes the link's open WebSockets at once."""
+    (task creations and follow-ups share one bucket per user); ``revoked``: each share link,
+    token or user cut off (``store.Revoked``) on this daemon, whichever front-end did it
+    (``announce_revoked``), or on another daemon sharing the store (heard by the supervisor's
+    ``remote_events``), so the web side closes what it opened with it at once."""
 
     settings: Settings
     store: Store
@@ -57,7 +58,16 @@ class Services:
     metrics: Metrics
     secrets: SecretBox
     create_limiter: Limiter  # in the store when other daemons share it (rate_limit)
-    share_revoked: Broadcast[str] = field(default_factory=Broadcast)
+    revoked: Broadcast[Revoked] = field(default_factory=Broadcast)
+
+    async def announce_revoked(self, revoked: Revoked) -> None:
+        """``revoked`` was just stored: close what it opened here (``revoked``) and on every
+        other daemon sharing the store (``store.tell_revoked``). Cancellation while the store
+        writes (the notice is sent anyway: a write is not abandoned); before it (the caller
+        was cancelled between its own write and this): the others close at their next token
+        re-check (``ws_reauth_interval_s``)."""
+        self.revoked.announce(revoked)
+        await self.store.tell_revoked(revoked)
 
 
 class Runtime(Protocol):

@@ -6,7 +6,7 @@ follows its one task live; any other task is ``not_found`` exactly as an unknown
 ``subscribe_tasks`` is ``not_allowed``; a revocation closes it at once and the link's expiry at
 that instant, both with 4401. A revocation by ``agentctl unshare`` (the control socket) closes
 it at once too: both front-ends go through ``usecases.shares.revoke_share``, which tells the web
-side (``Services.share_revoked``); the periodic re-check is not what closes it.
+side (``Services.revoked``); the periodic re-check is not what closes it.
 """
 
 from __future__ import annotations

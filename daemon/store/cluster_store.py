@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import trio
 
 from .cluster_queries import ClaimRound
-from .models import Event, Node, NodeState, RemoteNotice, Task
+from .models import Event, Node, NodeState, RemoteNotice, Revoked, Task
 
 CLAIM_ROUNDS = 3  # claim statements per claim at most, when rounds meet other nodes' claims
 
@@ -32,6 +32,7 @@ class ClusterStore:
     _read: Any
     _write: Any
     _write_events: Any
+    shared: ClassVar[bool]
 
     # -- nodes, claims and leases (several daemons on one database) -----------------------------
 
@@ -148,14 +149,22 @@ class ClusterStore:
         now = self.now()
         return await self._write(lambda conn: self.queries.CLUSTER.purge_one_time(conn, now))
 
+    async def tell_revoked(self, revoked: Revoked) -> None:
+        """Tell the other daemons sharing the store that ``revoked`` was just cut (committed
+        already): they hear it through ``watch_remote``, this daemon does not. Nothing on a
+        store nobody else shares. Cancellation: as a write's (not abandoned)."""
+        if self.shared:
+            await self._write(lambda conn: self.queries.tell_others(conn, revoked.notice))
+
     async def watch_remote(
         self,
-        on_notices: Callable[[list[RemoteNotice] | None], None],
+        on_notices: Callable[[list[RemoteNotice | Revoked] | None], None],
         *,
         task_status: Any,
-        wanted: Callable[[RemoteNotice], bool] = lambda notice: True,
+        wanted: Callable[[RemoteNotice | Revoked], bool] = lambda notice: True,
     ) -> None:
-        """Call ``on_notices`` (on the Trio thread) with what other daemons commit; until cancelled.
+        """Call ``on_notices`` (on the Trio thread) with what other daemons commit, and the
+        revocations they tell (``tell_revoked``); until cancelled.
 
         ``on_notices(None)``: notices may have been missed (listening began again after a lost
         connection): what the listener follows may have moved meanwhile. ``wanted(notice)`` is

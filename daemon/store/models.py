@@ -7,7 +7,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..states import TaskStatus
 
@@ -270,3 +270,39 @@ class RemoteNotice:
         if len(parts) != 5 or not parts[2].isdigit() or not parts[3].isdigit():
             return None
         return cls(parts[0], parts[1], int(parts[2]), int(parts[3]), parts[4])
+
+
+#: What a revocation cuts (``Revoked.kind``).
+RevokedKind = Literal["share", "token", "user"]
+_REVOKED_KINDS: tuple[RevokedKind, ...] = ("share", "token", "user")
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """Access just cut on some daemon, to close what it opened at once: a share link (``kind``
+    "share", ``key`` its id, ``user_id`` its maker), one API token ("token": its hash, its
+    user), or a user with every token and link of theirs ("user": ``key`` is ``user_id``).
+
+    Other daemons sharing the store hear it as a notice of its own on the event channel
+    (``postgres_listen``): "<node> revoked <kind> <user_id> <key>", which no task event notice
+    parses as (its third word is no seq)."""
+
+    kind: RevokedKind
+    key: str
+    user_id: int
+
+    @property
+    def notice(self) -> str:
+        """The notice without its node (the store adds the sender's)."""
+        return f"revoked {self.kind} {self.user_id} {self.key}"
+
+    @classmethod
+    def parse(cls, payload: str) -> tuple[str, Revoked] | None:
+        """The sending node and the revocation of a notice, or None for any other notice."""
+        parts = payload.split(" ")
+        if len(parts) != 5 or parts[1] != "revoked" or not parts[3].isdigit():
+            return None
+        for kind in _REVOKED_KINDS:
+            if parts[2] == kind:
+                return parts[0], cls(kind, parts[4], int(parts[3]))
+        return None

@@ -34,7 +34,7 @@ from .datadir import lock_data_dir
 # The test clock's "work in flight" counter (tests/conftest.py); shared with the SQLite backend.
 from .inflight import track
 from .lifecycle import Transition
-from .models import Event, RemoteNotice, Task
+from .models import Event, RemoteNotice, Revoked, Task
 from .postgres_batches import Outcome, TransitionBatches, write_batch
 from .postgres_listen import listen
 from .postgres_schema import LATEST, migrate, schema_version
@@ -129,12 +129,13 @@ class PostgresStore(StoreBase):
 
     async def watch_remote(
         self,
-        on_notices: Callable[[list[RemoteNotice] | None], None],
+        on_notices: Callable[[list[RemoteNotice | Revoked] | None], None],
         *,
         task_status: Any = trio.TASK_STATUS_IGNORED,
-        wanted: Callable[[RemoteNotice], bool] = lambda notice: True,
+        wanted: Callable[[RemoteNotice | Revoked], bool] = lambda notice: True,
     ) -> None:
-        """Call ``on_notices`` with other daemons' committed events (``postgres_listen.listen``)."""
+        """Call ``on_notices`` with other daemons' committed events and revocations
+        (``postgres_listen.listen``)."""
         await listen(
             self.dsn,
             self.node_id,

@@ -71,6 +71,16 @@ SELECT before, pg_notify('agentd_events', concat_ws(' ',
     before + 1, before + %(n)s, %(flags)s::text))
 FROM row
 """
+_TELL = """SELECT pg_notify('agentd_events', concat_ws(' ',
+    COALESCE(NULLIF(current_setting('agentd.node', true), ''), '-'), %s::text))"""
+
+
+def tell_others(conn: Connection, notice: str) -> None:
+    """Send ``notice`` (prefixed with this node, as an event write's) to the daemons listening
+    (``postgres_listen``): on commit, in commit order with the event notices."""
+    conn.execute(_TELL, (notice,))
+
+
 _STATUS_SETS = (
     "status = %(status)s, attempt = %(attempt)s, reason = %(reason)s, error = %(error)s, "
     "due_at = %(due_at)s, started_at = %(started_at)s, finished_at = %(finished_at)s, "

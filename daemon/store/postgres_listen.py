@@ -6,7 +6,9 @@ a payload, separated by ";"), delivered by PostgreSQL only on commit and in comm
 connection per daemon listens, on a worker thread (psycopg blocks), and hands the notices the
 caller wants to the Trio thread, those of a few milliseconds together. Notices carry no event
 data, only which seqs to read: a payload stays small (PostgreSQL caps it at 8000 bytes) and the
-store stays the one truth.
+store stays the one truth. A revocation (``models.Revoked``: a share link, a token, a user cut
+off) is a notice of its own on the same channel, "<node> revoked <kind> <user> <key>", sent by
+``postgres_changes.tell_others``, so that every daemon closes what it opened at once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable
 import psycopg
 import trio
 
-from .models import RemoteNotice
+from .models import RemoteNotice, Revoked
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,8 @@ POLL_S = 0.1  # how soon the listening thread notices it should stop
 COALESCE_S = 0.002
 RECONNECT_S = 1.0
 
-OnNotices = Callable[[list[RemoteNotice] | None], None]
+Notice = RemoteNotice | Revoked
+OnNotices = Callable[[list[Notice] | None], None]
 
 
 async def listen(
@@ -40,7 +43,7 @@ async def listen(
     on_notices: OnNotices,
     *,
     connect_timeout: float,
-    wanted: Callable[[RemoteNotice], bool] = lambda notice: True,
+    wanted: Callable[[Notice], bool] = lambda notice: True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen until cancelled, reconnecting after a lost connection.
@@ -56,7 +59,7 @@ async def listen(
     """
     listening = False
 
-    def deliver(batch: list[RemoteNotice] | None) -> None:
+    def deliver(batch: list[Notice] | None) -> None:
         nonlocal listening
         if batch is None and not listening:
             listening = True
@@ -79,12 +82,12 @@ async def _in_thread(
     own_node: str | None,
     deliver: OnNotices,
     connect_timeout: float,
-    wanted: Callable[[RemoteNotice], bool],
+    wanted: Callable[[Notice], bool],
 ) -> None:
     """Run one listening connection on a thread until it fails or we are cancelled."""
     stopped = threading.Event()
 
-    def guarded(batch: list[RemoteNotice] | None) -> None:
+    def guarded(batch: list[Notice] | None) -> None:
         if not stopped.is_set():
             deliver(batch)
 
@@ -113,9 +116,9 @@ def _listen_thread(
     deliver: OnNotices,
     stopped: threading.Event,
     connect_timeout: float,
-    wanted: Callable[[RemoteNotice], bool],
+    wanted: Callable[[Notice], bool],
 ) -> None:
-    def to_trio(batch: list[RemoteNotice] | None) -> None:
+    def to_trio(batch: list[Notice] | None) -> None:
         try:
             trio.from_thread.run_sync(deliver, batch)
         except trio.RunFinishedError:
@@ -130,11 +133,20 @@ def _listen_thread(
             if notes:  # and those that follow it closely, with one wake-up of each thread
                 time.sleep(COALESCE_S)
                 notes += conn.notifies(timeout=0)
-            batch = []
+            batch: list[Notice] = []
             for note in notes:
                 for part in note.payload.split(";"):
-                    notice = RemoteNotice.parse(part)
-                    if notice is not None and notice.node != (own_node or "-") and wanted(notice):
-                        batch.append(notice)
+                    parsed = _parse(part)
+                    if parsed is not None and parsed[0] != (own_node or "-") and wanted(parsed[1]):
+                        batch.append(parsed[1])
             if batch and not stopped.is_set():
                 to_trio(batch)
+
+
+def _parse(part: str) -> tuple[str, Notice] | None:
+    """The sending node and the notice of one part of a payload; None for what is neither."""
+    revoked = Revoked.parse(part)
+    if revoked is not None:
+        return revoked
+    notice = RemoteNotice.parse(part)
+    return (notice.node, notice) if notice is not None else None

@@ -29,6 +29,7 @@ from .postgres_changes import (  # the writes of a task's row with its events: o
     dumps as _dumps,
     get_task as get_task,
     require_task,
+    tell_others as tell_others,
     text as _text,
     transition as transition,
 )

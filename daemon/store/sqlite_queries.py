@@ -370,6 +370,10 @@ def pending_inputs(conn: apsw.Connection, task_id: str) -> int:
     return pending
 
 
+def tell_others(conn: apsw.Connection, notice: str) -> None:
+    """Nobody else shares an SQLite store: there is no one to tell (``ClusterStore.tell_revoked``)."""
+
+
 # -- nodes and claims (one SQL text for both backends: cluster_queries) ---------------------------
 
 CLUSTER = cluster_queries.Dialect(placeholder="?", lock_rows="", transition=transition)

@@ -27,7 +27,7 @@ from ..errors import NotFound
 from ..events import EventHub
 from ..remote_events import RemoteEvents
 from ..states import REASON_LEASE_LOST, TaskStatus
-from ..store import Event, NodeState, Store, Task, Transition
+from ..store import Event, NodeState, Revoked, Store, Task, Transition
 from . import tasklog
 from .admission import Admission
 from .attempt_life import AttemptLife
@@ -59,6 +59,8 @@ class Supervisor(AttemptLife):
         user_concurrency: int = 0,
         node: NodeIdentity | None = None,
         lease: LeaseSettings | None = None,
+        # What other daemons sharing the store revoke (``remote_events``): the web side closes.
+        on_revoked: Callable[[Revoked], None] = lambda revoked: None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -87,7 +89,9 @@ class Supervisor(AttemptLife):
         )
         if self._shared:
             hub.add_global_listener(self._on_remote, remote=True, wants=self._running.__contains__)
-            self._remote = RemoteEvents(store, hub, on_claimable=self._kick, capped=user_concurrency > 0)
+            self._remote = RemoteEvents(
+                store, hub, on_claimable=self._kick, capped=user_concurrency > 0, on_revoked=on_revoked
+            )
         self.on_started: Callable[[str], None] | None = None  # benchmarks and metrics hook here
 
     # -- introspection --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import NotFound
+from ..store import Revoked
 from ..tokens import hash_token
 from .policy import Viewer
 
@@ -57,9 +58,15 @@ async def me(svc: Services, viewer: Viewer) -> Me:
 
 async def sign_out(svc: Services, token: str) -> bool:
     """Revoke the API token ``token``, and only it (the account's other tokens stay live);
-    False when it was not live. Every later check of it fails: HTTP at once, an open
-    WebSocket at its next re-check (the web front-end closes its own at once)."""
-    return await svc.store.revoke_token(hash_token(token))
+    False when it was not live. Every later check of it fails, and its open WebSockets close
+    at once on every daemon sharing the store (``Services.announce_revoked``; cancelled
+    before that: at their next token re-check)."""
+    token_hash = hash_token(token)
+    user = await svc.store.user_by_token_hash(token_hash)
+    revoked = await svc.store.revoke_token(token_hash)
+    if revoked and user is not None:
+        await svc.announce_revoked(Revoked("token", token_hash, user.id))
+    return revoked
 
 
 def client_config(svc: Services) -> ClientConfig:

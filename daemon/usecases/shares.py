@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import BadArguments, Conflict, NotFound
+from ..store import Revoked
 from ..store.share_queries import SHARE_ID_PREFIX, ShareLink
 from ..tokens import hash_token
 from . import policy
@@ -123,11 +124,11 @@ async def revoke_share(svc: Services, viewer: Viewer, ref: TaskRef | None, share
     """Revoke the task's link ``share_id`` now (again: nothing changes); ``ref`` None: the
     task the link is of. ``NotFound``: not the viewer's task, or no such link of it.
 
-    Once stored, the revocation is announced on ``svc.share_revoked`` (each time, so a repeat
-    closes a straggler too): the web side closes the link's open WebSockets on this daemon at
-    once, whichever front-end revoked it; other daemons sharing the store close theirs at their
-    next re-check. Cancellation while the store writes: the revocation may be stored without
-    the announcement; the re-check then closes those WebSockets."""
+    Once stored, the revocation is announced (``Services.announce_revoked``, each time, so a
+    repeat closes a straggler too): the web side closes the link's open WebSockets at once, on
+    this daemon whichever front-end revoked it and on every other daemon sharing the store.
+    Cancellation while the store writes: the revocation may be stored without the
+    announcement; the token re-check (``ws_reauth_interval_s``) then closes those WebSockets."""
     if ref is None:  # named by the link alone: one answer for none and another's
         found = await svc.store.share_link(share_id) if _may_be_share_id(share_id) else None
         _not_shared(viewer)
@@ -140,7 +141,7 @@ async def revoke_share(svc: Services, viewer: Viewer, ref: TaskRef | None, share
     link = await svc.store.revoke_share_link(task.id, share_id) if _may_be_share_id(share_id) else None
     if link is None:
         raise NotFound(f"task {task.id} has no share link {share_id[:64]}")
-    svc.share_revoked.announce(link.id)
+    await svc.announce_revoked(Revoked("share", link.id, link.user_id))
     return link
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import BadArguments
-from ..store import Task, User
+from ..store import Revoked, Task, User
 from ..tokens import hash_token, new_token
 
 if TYPE_CHECKING:
@@ -62,8 +62,14 @@ async def link_user(svc: Services, login: str, github_id: int, *, operator: bool
 
 
 async def revoke_user(svc: Services, login: str) -> int:
-    """Revoke every token of ``login``; returns how many were live (0 for no such user)."""
-    return await svc.store.revoke_user(login)
+    """Revoke every token of ``login`` and disable it (its share links stop working); returns
+    how many tokens were live. The user's open WebSockets, and those of its share links,
+    close at once on every daemon sharing the store (``Services.announce_revoked``)."""
+    user = await svc.store.user_by_login(login)
+    count = await svc.store.revoke_user(login)
+    if user is not None:
+        await svc.announce_revoked(Revoked("user", str(user.id), user.id))
+    return count
 
 
 async def list_users(svc: Services) -> list[User]:

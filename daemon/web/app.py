@@ -28,9 +28,9 @@ from .auth import Authenticator
 from .errors import register_error_handlers
 from .fanout import Fanout
 from .github_oauth import OAuthFlows, oauth_blueprint
+from .revocations import close_cut
 from .routes import bp as tasks_blueprint
 from .session import CLOSE_GOING_AWAY, Session
-from .share_session import close_revoked
 from .ws import frame_text
 from .ws_sweeps import sweep
 
@@ -60,8 +60,9 @@ class WebState:
             oauth=OAuthFlows(services.store, login_ttl_s=settings.oauth_login_ttl_s),
             subscribe_limiter=RateLimiter(settings.rate_subscribes_per_min, settings.rate_subscribes_burst),
         )
-        # A share link revoked on this daemon, by a route or by agentctl, closes its /ws at once.
-        services.share_revoked.listen(partial(close_revoked, state.sessions))
+        # A share link, token or user revoked on any daemon sharing the store, by a route or by
+        # agentctl, closes its /ws at once.
+        services.revoked.listen(partial(close_cut, state.sessions))
         return state
 
     @property

@@ -5,10 +5,10 @@ A session opened with a share link's token (``{"type":"auth","share":...}``, or 
 follow the link's one task (``policy.may_see``; any other is ``not_found``, as a task that does
 not exist), is refused ``subscribe_tasks`` (``not_allowed``: a link shows one task, not a
 list), and counts, and is rate limited, as a connection of the link's maker. It closes with
-4401 when the link expires (a timer on the store's clock), when it is revoked on this daemon
-(at once: ``revoked``, told through ``Services.share_revoked`` whichever front-end revoked it),
-and when another daemon sharing the store revoked it (``reshared``, at the next re-check:
-``ws_sweeps.recheck_tokens``).
+4401 when the link expires (a timer on the store's clock) and when it is revoked, at once on
+every daemon sharing the store (``revoked``, told through ``Services.revoked`` whichever
+front-end or daemon revoked it: ``revocations.close_cut``); the next re-check
+(``ws_sweeps.recheck_tokens``: ``reshared``) closes it if that announcement was lost.
 
 The contract: one ``ShareAccess`` per session (``Session.shares``), driven by it on the Trio
 thread, reaching the session only through ``ShareHost`` (``enter`` to open it, ``close``,
@@ -107,8 +107,8 @@ class ShareAccess:
             self.host.close(CloseCode.AUTH_FAILED, SHARE_GONE)
 
     def revoked(self, share_id: str) -> None:
-        """The link ``share_id`` was just revoked on this daemon: closes the session with 4401
-        if it was opened with that link."""
+        """The link ``share_id`` was just revoked (on any daemon sharing the store): closes
+        the session with 4401 if it was opened with that link."""
         if self.link is not None and self.link.id == share_id:
             self.host.close(CloseCode.AUTH_FAILED, "share link revoked")
 
@@ -123,6 +123,6 @@ class ShareAccess:
 
 def close_revoked(sessions: Iterable[Session], share_id: str) -> None:
     """Close (4401) each of ``sessions`` opened with the link ``share_id``: the web side's
-    listener on ``Services.share_revoked``."""
+    share part of ``revocations.close_cut``, the listener on ``Services.revoked``."""
     for session in list(sessions):
         session.shares.revoked(share_id)

@@ -52,8 +52,9 @@ async def ping_all(state: WebState, interval: float, timeout: float) -> None:
 async def recheck_tokens(state: WebState, interval: float) -> None:
     """Each distinct token of an open session once per ``interval`` (one store read per token,
     not one per connection), its sessions told the user found (``Session.reauthorized``); a
-    share link's token likewise (``ShareAccess.reshared``: revoked by another daemon sharing
-    the store; this daemon's revocations close at once, and expiry has its own timer)."""
+    share link's token likewise (``ShareAccess.reshared``). Revocations close at once on every
+    daemon (``revocations``); this is the backstop for one whose announcement was lost, and
+    for expiries (a share link's has its own timer)."""
     while True:
         await trio.sleep(interval)
         by_token: dict[str, list[Session]] = {}

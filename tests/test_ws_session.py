@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import trio
 
 from daemon.store import NewEvent
@@ -39,9 +40,14 @@ async def make_session(nursery, store, hub, user, *, queue_limit=1000, fanout=No
 
 
 async def drain(session, out: list[dict], stop_after_seq: int | None = None) -> None:
-    """Play the writer: take items in order, 'send' them, record what the client gets."""
+    """Play the writer of a slow socket: take one item a turn, 'send' it, record what the
+    client gets. Raises AssertionError, rather than wait forever, once ``stop_after_seq`` can no
+    longer come: the queue overflowed (a ``resync``: the subscription is dropped) or the
+    session closed."""
     while True:
         if not session.queue:
+            if session.state is State.CLOSED:
+                raise AssertionError(f"the session closed ({session.close_code}) before seq {stop_after_seq}")
             await session.wake.wait()
             continue
         item, payload = session.take()
@@ -50,6 +56,8 @@ async def drain(session, out: list[dict], stop_after_seq: int | None = None) -> 
         await trio.lowlevel.checkpoint()
         if stop_after_seq is not None and out[-1].get("seq") == stop_after_seq:
             return
+        if stop_after_seq is not None and out[-1]["type"] == "resync":
+            raise AssertionError(f"the queue overflowed before seq {stop_after_seq}: {out[-1]}")
 
 
 async def test_replay_meets_live_without_gap_or_duplicate(store, hub, alice, autojump_clock):
@@ -61,6 +69,10 @@ async def test_replay_meets_live_without_gap_or_duplicate(store, hub, alice, aut
 
         async def produce() -> None:
             for i in range(100):  # appended while the replay pages through the first 702
+                # Paced as a client that keeps up: unpaced, 3 events a commit against drain's one
+                # message a turn overflow the queue once the replay is live whenever the writer
+                # commits within two turns (as under CPU load): a resync, by design, not a seam.
+                await session.out.wait_room(lambda: True)
                 await store.append_events(task.id, [NewEvent("agent.text", {"j": i})] * 3)
 
         nursery.start_soon(produce)
@@ -83,6 +95,27 @@ async def test_overflow_drops_the_feed_and_resync_says_what_was_sent(store, hub,
         assert task.id not in fanout.channels  # the live feed is dropped, not buffered
         _, payload = session.take()
         assert json.loads(payload) == {"type": "resync", "task_id": task.id, "after": 2}
+        nursery.cancel_scope.cancel()
+
+
+async def test_drain_fails_at_once_when_the_seq_it_waits_for_can_no_longer_come(
+    store, hub, alice, autojump_clock
+):
+    # The writer of a slow socket outpaced by live events: the queue overflows and the
+    # subscription is dropped. drain must say so, not wait forever for seq 12 (it once hung
+    # until pytest-timeout killed it: test_replay_meets_live_... under CPU load).
+    task, _ = await store.create_task(user_id=alice.id, repo_url="file:///r", prompt="p")
+    received: list[dict] = []
+    async with trio.open_nursery() as nursery:
+        session, _ = await make_session(nursery, store, hub, alice, queue_limit=4)
+        await session.handle(json.dumps({"type": "subscribe", "task_id": task.id, "after": 0}))
+        await drain(session, received, stop_after_seq=2)
+        await store.append_events(task.id, [NewEvent("agent.text", {"i": i}) for i in range(10)])
+        with trio.fail_after(60), pytest.raises(AssertionError, match="overflowed before seq 12"):
+            await drain(session, received, stop_after_seq=12)
+        session.close(CLOSE_AUTH_FAILED, "gone")
+        with trio.fail_after(60), pytest.raises(AssertionError, match="session closed"):
+            await drain(session, received, stop_after_seq=12)
         nursery.cancel_scope.cancel()
 
 

@@ -10,17 +10,25 @@ status change costs with N webhooks of its owner against none.
   through ``store.transition``, with 0, 1 and 10 webhooks of the owner: p50 / mean per change.
   The write path adds one indexed ``INSERT ... SELECT`` per notifying change when the owner
   has targets, nothing when not; the runs are interleaved round by round.
+- ``--store postgres``: both on a throwaway PostgreSQL (``bench/pg_server.py``: durable
+  defaults, a fresh database per measurement), plus ``deliveries`` with two senders, each on
+  its own ``PostgresStore`` as two daemons run (rows claimed with ``FOR UPDATE SKIP LOCKED``);
+  the receiver counts every request, so ``requests == distinct_ids == deliveries`` means each
+  delivery arrived exactly once.
 
-    .venv/bin/python bench/outbox.py [--deliveries 2000] [--tasks 500] [--rounds 3] [--json]
+    .venv/bin/python bench/outbox.py [--store sqlite|postgres] [--deliveries 2000] [--tasks 500]
+        [--rounds 3] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import emit as print_result, host_speed, machine
+from pg_server import fresh_database, pg_server
 
 from daemon.config import Settings
 from daemon.notify.outbox import KINDS, Target
 from daemon.notify.sender import Sender
 from daemon.secrets import SecretBox
 from daemon.states import TaskStatus
-from daemon.store import SqliteStore, Transition
+from daemon.store import SqliteStore, Store, Transition
 from daemon.usecases import notify as uc
 from daemon.usecases.policy import Viewer
 from tests.fakes.webhook_receiver import WebhookReceiver
@@ -44,16 +53,46 @@ from tests.fakes.webhook_receiver import WebhookReceiver
 KEY = "bXktYmVuY2gta2V5LW9mLTMyLWJ5dGVzLWxvbmctLS0="  # a fixed Fernet key: a bench, not a secret
 
 
-def _svc(store: SqliteStore, settings: Settings) -> Any:
+# Opens a new, empty store of the measured kind (the same database on each call).
+Opener = Callable[[], Awaitable[Store]]
+
+
+def _svc(store: Store, settings: Settings) -> Any:
     return type("Svc", (), {"store": store, "settings": settings, "secrets": SecretBox([KEY])})()
 
 
-async def deliveries(n: int, concurrency: int) -> dict[str, Any]:
+def sqlite_opener() -> Opener:
+    """A new SQLite data dir under /tmp; every call opens the store in it."""
     tmp = Path(tempfile.mkdtemp(prefix="agentd-outbox-", dir="/tmp"))
-    store = await SqliteStore.open(tmp / "data")
+    return lambda: SqliteStore.open(tmp / "data")
+
+
+def postgres_opener(dsn: str) -> Opener:
+    """Every call opens its own ``PostgresStore`` (its own pool) on ``dsn``."""
+    from daemon.store.postgres import PostgresStore  # psycopg: only when measuring PostgreSQL
+
+    return lambda: PostgresStore.open(dsn)
+
+
+@contextlib.asynccontextmanager
+async def _stores(opener: Opener, count: int) -> AsyncIterator[list[Store]]:
+    """``count`` stores on one database, all closed on exit (cancellation too)."""
+    async with contextlib.AsyncExitStack() as stack:
+        stores = []
+        for _ in range(count):
+            store = await opener()
+            stack.push_async_callback(store.aclose)
+            stores.append(store)
+        yield stores
+
+
+async def deliveries(opener: Opener, n: int, concurrency: int, senders: int = 1) -> dict[str, Any]:
+    """N test deliveries queued, then delivered by ``senders`` senders, each on its own store
+    (as daemons sharing one database run), ``concurrency`` at once each."""
     settings = Settings(allow_private_remotes=True, notify_concurrency=concurrency, log_level="WARNING")
-    svc = _svc(store, settings)
-    try:
+    async with _stores(opener, senders) as stores:
+        store = stores[0]
+        svc = _svc(store, settings)
         user = await store.upsert_user("alice")
         async with trio.open_nursery() as nursery:
             receiver = WebhookReceiver()
@@ -62,33 +101,33 @@ async def deliveries(n: int, concurrency: int) -> dict[str, Any]:
             receiver.secret = made.secret
             for _ in range(n):
                 await uc.send_test(svc, Viewer.of(user), made.target.id)
-            sender = Sender(store, settings, svc.secrets, claimer="bench")
             began = time.perf_counter()
             cpu = time.process_time()
-            await nursery.start(sender.run)
+            for i, each in enumerate(stores):
+                await nursery.start(Sender(each, settings, svc.secrets, claimer=f"bench-{i}").run)
             await receiver.wait_for(n)
             # The last records follow the last answers; no event marks them.
             while await store.count_pending_deliveries():  # noqa: ASYNC110
                 await trio.sleep(0.005)
             elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
             nursery.cancel_scope.cancel()
-        verified = sum(1 for r in receiver.requests if r.verified)
-        return {
-            "deliveries": n,
-            "concurrency": concurrency,
-            "seconds": round(elapsed, 3),
-            "per_s": round(n / elapsed, 1),
-            "cpu_ms_per_delivery": round(cpu * 1000 / n, 3),
-            "verified": verified,
-            "distinct_ids": len(set(receiver.accepted)),
-        }
-    finally:
-        await store.aclose()
+    return {
+        "deliveries": n,
+        "senders": senders,
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 3),
+        "per_s": round(n / elapsed, 1),
+        "cpu_ms_per_delivery": round(cpu * 1000 / n, 3),
+        "verified": sum(1 for r in receiver.requests if r.verified),
+        "requests": len(receiver.requests),
+        "distinct_ids": len(set(receiver.accepted)),
+    }
 
 
-async def finish_costs(tasks: int, rounds: int, target_counts: tuple[int, ...]) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="agentd-outbox-", dir="/tmp"))
-    store = await SqliteStore.open(tmp / "data")
+async def finish_costs(
+    opener: Opener, tasks: int, rounds: int, target_counts: tuple[int, ...]
+) -> dict[str, Any]:
+    store = await opener()
     box = SecretBox([KEY])
     samples: dict[int, list[float]] = {count: [] for count in target_counts}
     try:
@@ -139,24 +178,32 @@ async def finish_costs(tasks: int, rounds: int, target_counts: tuple[int, ...]) 
         await store.aclose()
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "machine": machine(),
-        "host_speed_s": round(host_speed(), 3),
-        "deliveries": await deliveries(args.deliveries, args.concurrency),
-        "finish": await finish_costs(args.tasks, args.rounds, (0, 1, 10)),
-    }
+async def main_async(args: argparse.Namespace, openers: list[Opener]) -> dict[str, Any]:
+    """One opener (a fresh database) per measurement: deliveries, [two senders,] finish."""
+    out: dict[str, Any] = {"machine": machine(), "host_speed_s": round(host_speed(), 3), "store": args.store}
+    out["deliveries"] = await deliveries(openers[0], args.deliveries, args.concurrency)
+    out["finish"] = await finish_costs(openers[-1], args.tasks, args.rounds, (0, 1, 10))
+    if len(openers) == 3:
+        out["deliveries_2_senders"] = await deliveries(openers[1], args.deliveries, args.concurrency, 2)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--deliveries", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--tasks", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    print_result(trio.run(main_async, args), args.json)
+    if args.store == "sqlite":
+        print_result(trio.run(main_async, args, [sqlite_opener(), sqlite_opener()]), args.json)
+        return
+    # Server and databases made here, off the Trio thread (they are blocking subprocess calls).
+    with pg_server() as server, contextlib.ExitStack() as stack:
+        dsns = [stack.enter_context(fresh_database(server, "outbox")) for _ in range(3)]
+        print_result(trio.run(main_async, args, [postgres_opener(dsn) for dsn in dsns]), args.json)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, host_speed, machine
 from pg_rows import pg_suite
+from pg_server import unavailable_reason as pg_unavailable
 from redis_server import redis_server
 from ws_rows import ws_suite
 
@@ -72,6 +73,7 @@ SIZES = {
         "shell_runs": 50,
         "outbox_deliveries": 2000,
         "outbox_tasks": 1500,
+        "outbox_pg_tasks": 500,
     },
     "quick": {
         "jobs": 200,
@@ -94,6 +96,7 @@ SIZES = {
         "shell_runs": 10,
         "outbox_deliveries": 200,
         "outbox_tasks": 50,
+        "outbox_pg_tasks": 50,
     },
 }
 STEP_TIMEOUT_S = 600
@@ -559,15 +562,8 @@ def cache_suite(size: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def outbox_suite(size: dict[str, Any]) -> list[Row]:
-    """Outbox deliveries per second to a local webhook receiver, and the added cost of a finished
-    task's status change with webhooks of its owner (``bench/outbox.py``, SQLite)."""
-    n, tasks = size["outbox_deliveries"], size["outbox_tasks"]
-    result = run_step("outbox", py("outbox.py", "--deliveries", n, "--tasks", tasks))
-    rate = f"Outbox: {n} signed webhook deliveries to a local receiver (8 at once), deliveries/s"
-    cost = (
-        f"Outbox: a task's finishing status change, p50 with 0 / 1 / 10 webhooks of its owner ({tasks} × 3)"
-    )
+def _outbox_rows(result: dict[str, Any] | None, rate: str, cost: str) -> list[Row]:
+    """The deliveries/s row and the finishing change's cost row of one ``bench/outbox.py`` run."""
     if not result:
         return [Row(rate, "failed"), Row(cost, "failed")]
     sent, finish = result["deliveries"], result["finish"]
@@ -581,6 +577,40 @@ def outbox_suite(size: dict[str, Any]) -> list[Row]:
             f"({finish['1']['added_p50_us']:+.0f} / {finish['10']['added_p50_us']:+.0f} µs)",
         ),
     ]
+
+
+def outbox_suite(size: dict[str, Any]) -> list[Row]:
+    """Outbox deliveries per second to a local webhook receiver, and the added cost of a finished
+    task's status change with webhooks of its owner (``bench/outbox.py``), on SQLite, then on a
+    throwaway PostgreSQL with also two senders on the one database (each delivery exactly once)."""
+    n, tasks, pg_tasks = size["outbox_deliveries"], size["outbox_tasks"], size["outbox_pg_tasks"]
+    result = run_step("outbox", py("outbox.py", "--deliveries", n, "--tasks", tasks))
+    rate = f"Outbox: {n} signed webhook deliveries to a local receiver (8 at once), deliveries/s"
+    cost = "Outbox: a task's finishing status change, p50 with 0 / 1 / 10 webhooks of its owner ({} × 3)"
+    rows = _outbox_rows(result, rate, cost.format(tasks))
+    pg_rate, pg_cost = f"{rate}, on PostgreSQL", f"{cost.format(pg_tasks)}, on PostgreSQL"
+    two = f"{rate}, on PostgreSQL, two senders (two stores, one process) on the one database"
+    reason = pg_unavailable()
+    if reason:
+        print(f"  outbox pg: skipped: {reason}", file=sys.stderr)
+        return [*rows, *(Row(name, f"skipped: {reason}") for name in (pg_rate, pg_cost, two))]
+    args = ("--store", "postgres", "--deliveries", n, "--tasks", pg_tasks)
+    pg = run_step("outbox pg", py("outbox.py", *args))
+    rows += _outbox_rows(pg, pg_rate, pg_cost)
+    both = pg["deliveries_2_senders"] if pg else None
+    if not both:
+        return [*rows, Row(two, "failed")]
+    once = both["requests"] == both["distinct_ids"] == n
+    rows.append(
+        Row(
+            two,
+            f"{both['per_s']:,.0f}/s ({both['cpu_ms_per_delivery']:.2f} ms CPU each; "
+            f"{both['distinct_ids']:,} distinct ids in {both['requests']:,} requests)",
+            target="each delivered once",
+            met=once,
+        )
+    )
+    return rows
 
 
 SUITES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {

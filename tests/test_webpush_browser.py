@@ -88,6 +88,16 @@ HOSTILE = {
 }
 
 
+_SHOWN_TWO = """async () => {
+  const registration = await navigator.serviceWorker.ready;
+  for (let i = 0; i < 400; i++) {
+    if ((await registration.getNotifications()).length === 2) return true;
+    await new Promise((done) => setTimeout(done, 25));
+  }
+  return false;
+}"""
+
+
 def _push_to_the_worker(server, token: str, tmp_path) -> None:
     """DevTools' ServiceWorker.deliverPushMessage hands the worker a push event as a push
     service would (the payload already decrypted); the notification it shows is read back."""
@@ -117,9 +127,9 @@ def _push_to_the_worker(server, token: str, tmp_path) -> None:
                 "ServiceWorker.deliverPushMessage",
                 {"origin": server.url, "registrationId": registrations[-1], "data": json.dumps(payload)},
             )
-        page.wait_for_function(
-            "navigator.serviceWorker.ready.then(r => r.getNotifications()).then(n => n.length === 2)"
-        )
+        # wait_for_function does not await a promise (it takes the promise for a truthy value and
+        # stops at once), and nothing signals a notification shown: the page polls, bounded.
+        assert page.evaluate(_SHOWN_TWO), "the worker did not show both notifications within 10 s"
         shown = page.evaluate(
             """navigator.serviceWorker.ready.then(r => r.getNotifications()).then(list =>
                  list.map(n => ({title: n.title, body: n.body, tag: n.tag, url: n.data.url})))"""

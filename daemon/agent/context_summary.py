@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .context_window import COMPACTED, cleared_result
+from .context_window import COMPACTED, blocks_of, cleared_result
 
 __all__ = [
     "SUMMARY_PROMPT",
@@ -42,12 +42,6 @@ _SUMMARY_RE = re.compile(r"\A\[agentd\] Summary of the conversation's first (\d+
 _SUMMARY_TEXT_CAP = 2000
 
 
-def _blocks(content: object) -> list[Any]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    return content if isinstance(content, list) else []
-
-
 def compaction_split(messages: Sequence[Mapping[str, Any]]) -> int | None:
     """Where the kept tail starts (the last assistant message), or None when there is nothing
     before it to summarize (no assistant message, or only an earlier summary)."""
@@ -65,9 +59,9 @@ def summary_request(
     text and tool input cut short, for a second try when the first was itself too long."""
     head = [dict(m) for m in messages[:split]]
     if cut:
-        head = [{**m, "content": [_cut(b) for b in _blocks(m["content"])]} for m in head]
+        head = [{**m, "content": [_cut(b) for b in blocks_of(m["content"])]} for m in head]
     last = head[-1]
-    head[-1] = {**last, "content": [*_blocks(last["content"]), {"type": "text", "text": SUMMARY_PROMPT}]}
+    head[-1] = {**last, "content": [*blocks_of(last["content"]), {"type": "text", "text": SUMMARY_PROMPT}]}
     return head
 
 
@@ -86,7 +80,7 @@ def is_summary_request(messages: Sequence[Mapping[str, Any]]) -> bool:
     """Whether a request's messages are a summary request (``summary_request``)."""
     if not messages:
         return False
-    blocks = _blocks(messages[-1].get("content"))
+    blocks = blocks_of(messages[-1].get("content"))
     return bool(blocks) and blocks[-1].get("text") == SUMMARY_PROMPT
 
 
@@ -100,7 +94,7 @@ def covered_turns(messages: Sequence[Mapping[str, Any]]) -> int:
     """How many assistant turns the summary that starts ``messages`` replaces (0: none)."""
     if not messages or messages[0].get("role") != "user":
         return 0
-    blocks = _blocks(messages[0].get("content"))
+    blocks = blocks_of(messages[0].get("content"))
     found = _SUMMARY_RE.match(str(blocks[0].get("text", ""))) if blocks else None
     return int(found.group(1)) if found else 0
 
@@ -118,7 +112,7 @@ def from_api_compaction(
     still answer them). Otherwise ``shown`` is returned as it is.
     """
     first = shown[0] if shown else None
-    blocks = _blocks(first["content"]) if first is not None and first["role"] == "assistant" else []
+    blocks = blocks_of(first["content"]) if first is not None and first["role"] == "assistant" else []
     at = next((i for i, b in enumerate(blocks) if b.get("type") == "compaction"), None)
     if first is None or at is None:
         return shown
@@ -136,13 +130,13 @@ def from_api_compaction(
 def scripted_summary(messages: Sequence[Mapping[str, Any]]) -> str:
     """A deterministic summary (for the scripted model): the first request and the calls made."""
     first = next(
-        (b.get("text", "") for b in _blocks(messages[0].get("content")) if b.get("type") == "text"), ""
+        (b.get("text", "") for b in blocks_of(messages[0].get("content")) if b.get("type") == "text"), ""
     )
     calls = [
         f"{b.get('name')} {json.dumps(b.get('input'), sort_keys=True)[:120]}"
         for m in messages
         if m.get("role") == "assistant"
-        for b in _blocks(m.get("content"))
+        for b in blocks_of(m.get("content"))
         if b.get("type") == "tool_use"
     ]
     return f"The task: {first[:500]}\nTool calls so far ({len(calls)}):\n" + "\n".join(calls[-20:])

@@ -82,7 +82,8 @@ def _estimate(block: Mapping[str, Any], role: str | None) -> int:
     return max(1, len(json.dumps(shown, sort_keys=True, separators=(",", ":"), ensure_ascii=False)) // 4)
 
 
-def _blocks(content: object) -> list[Any]:
+def blocks_of(content: object) -> list[Any]:
+    """A message's ``content`` as a list of blocks (a string is one text block)."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     return content if isinstance(content, list) else []
@@ -120,7 +121,7 @@ class TokenCounter:
 
     def message(self, message: Mapping[str, Any]) -> int:
         role = message.get("role")
-        return sum(self.block(b, role) for b in _blocks(message.get("content")) if isinstance(b, dict))
+        return sum(self.block(b, role) for b in blocks_of(message.get("content")) if isinstance(b, dict))
 
     def request(
         self, system: str, tools: Sequence[Mapping[str, Any]], messages: Sequence[Mapping[str, Any]]
@@ -137,7 +138,7 @@ class TokenCounter:
 
 def _has_compaction_block(turn: Mapping[str, Any]) -> bool:
     return turn["role"] == "assistant" and any(
-        b.get("type") == "compaction" for b in _blocks(turn["content"])
+        b.get("type") == "compaction" for b in blocks_of(turn["content"])
     )
 
 
@@ -223,7 +224,7 @@ def clear_old_results(
     # next batch, which starts after it, finds that prefix cached (within the API's lookback of
     # about 20 blocks), written with the cleared content while no prompt's end lies there.
     mi, bi, _ = results[min(batch)]
-    mi, bi = (mi, bi - 1) if bi else (mi - 1, len(_blocks(out[mi - 1]["content"])) - 1)
+    mi, bi = (mi, bi - 1) if bi else (mi - 1, len(blocks_of(out[mi - 1]["content"])) - 1)
     before = out[mi]["content"] if mi >= 0 else None
     if isinstance(before, list) and bi >= 0 and before[bi].get("type") in _MARKABLE:
         _put(out, messages, mi, bi, {**out[mi]["content"][bi], "cache_control": {"type": "ephemeral"}})
@@ -241,7 +242,7 @@ def _results(messages: list[dict[str, Any]], policy: ContextPolicy) -> list[tupl
     names: dict[str, str] = {}
     results: list[tuple[int, int, dict[str, Any]]] = []
     for mi, message in enumerate(messages):
-        for bi, block in enumerate(_blocks(message["content"])):
+        for bi, block in enumerate(blocks_of(message["content"])):
             if block.get("type") == "tool_use":
                 names[str(block.get("id"))] = str(block.get("name"))
             elif block.get("type") == "tool_result" and message["role"] == "user":

@@ -44,7 +44,7 @@ from pathlib import Path
 import trio
 
 from daemon.errors import PermanentError
-from daemon.git.addresses import METADATA, address_class, ip_literal
+from daemon.git.addresses import METADATA, address_class, addresses_of, ip_literal
 
 from .egress_http import (
     MAX_HEAD,
@@ -126,13 +126,7 @@ class _Refused(Exception):
 
 async def resolve(host: str, port: int) -> list[str]:
     """Every address ``host`` resolves to (``getaddrinfo``, in a worker thread), in order."""
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    found: list[str] = []
-    for *_, sockaddr in infos:
-        address = str(sockaddr[0]).split("%", 1)[0]
-        if address not in found:
-            found.append(address)
-    return found
+    return [str(ip) for ip in await addresses_of(host, port)]
 
 
 class EgressProxy:

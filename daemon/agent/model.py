@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 # One Usage for the whole daemon: what a model call spent is what the store sums on the task.
 from ..store.models import Usage
@@ -165,7 +165,13 @@ DEFAULT_PRICE = Price(15.0, 75.0)
 # The scripted model (demo, tests) costs nothing; its name is its own allowlist entry.
 SCRIPTED_PRICE = Price(0.0, 0.0)
 
-_BY_LENGTH = sorted(PRICES, key=len, reverse=True)
+_T = TypeVar("_T")
+
+
+def _by_prefix(table: Mapping[str, _T], model: str) -> _T | None:
+    """The value of ``table``'s longest key that ``model`` starts with (None: no key does)."""
+    prefix = max((p for p in table if model.startswith(p)), key=len, default=None)
+    return None if prefix is None else table[prefix]
 
 
 def price_row(model: str, operator_rows: Mapping[str, Price] | None = None) -> Price | None:
@@ -173,10 +179,7 @@ def price_row(model: str, operator_rows: Mapping[str, Price] | None = None) -> P
     of the longest matching prefix, else None (such a model cannot be allowed)."""
     if operator_rows and model in operator_rows:
         return operator_rows[model]
-    for prefix in _BY_LENGTH:
-        if model.startswith(prefix):
-            return PRICES[prefix]
-    return None
+    return _by_prefix(PRICES, model)
 
 
 def allowlist(
@@ -226,8 +229,6 @@ CONTEXT_WINDOWS: dict[str, int] = {
     "claude-": 200_000,
 }
 
-_WINDOWS_BY_LENGTH = sorted(CONTEXT_WINDOWS, key=len, reverse=True)
-
 
 def context_window(model: str, operator_windows: Mapping[str, int | None] | None = None) -> int | None:
     """The context window of ``model`` in tokens: the operator's row's (``context_window_tokens``
@@ -236,8 +237,7 @@ def context_window(model: str, operator_windows: Mapping[str, int | None] | None
     given = (operator_windows or {}).get(model)
     if given is not None:
         return given
-    prefix = next((p for p in _WINDOWS_BY_LENGTH if model.startswith(p)), None)
-    return CONTEXT_WINDOWS[prefix] if prefix is not None else None
+    return _by_prefix(CONTEXT_WINDOWS, model)
 
 
 def price_for(model: str) -> Price:

@@ -36,7 +36,6 @@ import codecs
 import math
 import os
 import shlex
-import signal
 import stat
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Literal
 import trio
 
 from ..git import Workspace
+from ..git.process import kill_group
 from ..store import Usage
 from ..supervisor import RunContext
 from .egress_proxy import DEFAULT_ALLOWED_HOSTS, EgressProxy, ProxyPolicy, Resolver, running_proxy
@@ -179,7 +179,7 @@ async def _run_setup(
             await proc.wait()
     finally:
         with trio.CancelScope(shield=True):
-            _kill_group(proc.pid)
+            await kill_group(proc)
             with trio.move_on_after(5):  # SIGKILL: short; the bound is a safety net
                 await proc.wait()
             if proc.stdout is not None:
@@ -272,10 +272,3 @@ async def _pump(stream: trio.abc.ReceiveStream, feed: Callable[[bytes], Awaitabl
             continue
         await feed(b"")
         deadline = math.inf
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

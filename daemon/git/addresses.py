@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ResolvedRemote",
     "address_class",
+    "addresses_of",
     "check_literal_host",
     "check_url_address",
     "connection_error",
@@ -247,12 +248,25 @@ async def resolve_remote(
     return ResolvedRemote(remote, host, port, tuple(str(ip) for ip in found), pinned=True)
 
 
+async def addresses_of(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to (``getaddrinfo``, in a worker thread), each once, in
+    the resolver's order, without an IPv6 scope. Raises ``OSError`` (``gaierror``) or
+    ``UnicodeError`` (IDNA refusing a label) as ``getaddrinfo`` does."""
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found: list[IPAddress] = []
+    for *_, sockaddr in infos:
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if ip not in found:
+            found.append(ip)
+    return found
+
+
 async def _lookup(host: str, port: int, timeout: float, what: str, code: str) -> list[IPAddress]:
     """Every address ``host`` resolves to, each once, in the resolver's order; TransientError
     ``code`` ("could not resolve the {what} host (...)") when it does not resolve in time."""
     try:
         with trio.fail_after(timeout):
-            infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found = await addresses_of(host, port)
     except trio.TooSlowError:
         raise TransientError(
             f"could not resolve the {what} host ({host}): timed out after {timeout:g} s", code=code
@@ -260,11 +274,6 @@ async def _lookup(host: str, port: int, timeout: float, what: str, code: str) ->
     except (OSError, UnicodeError) as exc:  # gaierror; IDNA refusing a label
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise TransientError(f"could not resolve the {what} host ({host}): {reason}", code=code) from None
-    found: list[IPAddress] = []
-    for *_, sockaddr in infos:
-        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        if ip not in found:
-            found.append(ip)
     if not found:
         raise TransientError(f"could not resolve the {what} host ({host}): no address", code=code)
     return found

@@ -6,7 +6,7 @@ Moved out of ``workspace.py`` (which makes workspaces); no git on the host reads
 
 from __future__ import annotations
 
-import os
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,7 +87,7 @@ async def commit_and_push(
         head = await owned_repo.fetch_bundle(ws.owned, bundle, ws.branch)
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_unlink_if_present, bundle)
+            await trio.to_thread.run_sync(functools.partial(bundle.unlink, missing_ok=True))
     if head == ws.base_commit:  # a bundle that names the base itself: nothing new either
         return None
     if head != meta.get("pushed_commit"):
@@ -103,10 +103,3 @@ async def commit_and_push(
     return PushResult(
         branch=ws.branch, commit=head, files_changed=files, lines_added=added, lines_removed=removed
     )
-
-
-def _unlink_if_present(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.parse
 from typing import Any
 
 from .channels import Attempt, OwnClientChannel
-from .outbox import Delivery, Target, TargetKind
+from .outbox import Delivery, Target, TargetKind, repo_name
 
 WHAT = "ntfy topic URL"
 MESSAGE_CAP = 1000  # characters of the message body
@@ -33,10 +32,8 @@ _NOT_HEADER_SAFE = re.compile(r"[^A-Za-z0-9._ -]")
 
 
 def _repo_name(repo_url: object) -> str:
-    text = str(repo_url or "")
-    path = urllib.parse.urlsplit(text).path if "://" in text else text
-    name = path.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1].removesuffix(".git")
-    return _NOT_HEADER_SAFE.sub("", name)[:60] or "repository"
+    """``outbox.repo_name`` cut to header-safe ASCII."""
+    return _NOT_HEADER_SAFE.sub("", repo_name(repo_url))[:60] or "repository"
 
 
 def message_for(payload: dict[str, Any]) -> tuple[dict[str, str], str]:

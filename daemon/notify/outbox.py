@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -134,6 +135,15 @@ def new_nonce() -> str:
 def delivery_id(nonce: str, target_id: str) -> str:
     """The delivery's id as the store's SQL writes it: ``'dlv_' || nonce || substr(target, 4)``."""
     return f"dlv_{nonce}{target_id[3:]}"
+
+
+def repo_name(repo_url: object) -> str:
+    """The last part of a repository URL's path ("calc" of ".../me/calc.git", of
+    "git@host:me/calc.git"), never its host or credentials; "repository" when there is none."""
+    text = str(repo_url or "")
+    path = urllib.parse.urlsplit(text).path if "://" in text else text
+    name = path.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1].removesuffix(".git")
+    return name or "repository"
 
 
 def capped(text: str | None, cap: int = TEXT_CAP) -> str | None:

@@ -34,9 +34,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from ..config import Settings
 from ..secrets import SecretBox
 from ..store import Event, Store
-from .channels import Attempt, Channel, Verdict
+from .channels import ERROR_CAP, Attempt, Channel, Verdict, trusted_cas
 from .ntfy import NtfyChannel
-from .outbox import NOTIFYING_TYPES, Delivery, DeliveryStatus, Target, render
+from .outbox import NOTIFYING_TYPES, Delivery, DeliveryStatus, Target, capped, render
 from .webhooks import WebhookChannel
 from .webpush import WebPushChannel
 
@@ -48,11 +48,13 @@ GAUGE_EVERY_S = 5.0  # how stale agentd_notify_pending may be
 
 
 def channels_for(settings: Settings, store: Store, secrets: SecretBox) -> dict[str, Channel]:
-    """Every channel the sender delivers through, by target kind."""
+    """Every channel the sender delivers through, by target kind; the trusted CAs are read
+    once, for all of them (``ConfigError`` when they cannot be)."""
+    cas = trusted_cas()
     channels: list[Channel] = [
-        WebhookChannel(settings, now=store.now),
-        NtfyChannel(settings, now=store.now),
-        WebPushChannel(settings, store, secrets),
+        WebhookChannel(settings, now=store.now, ssl_context=cas),
+        NtfyChannel(settings, now=store.now, ssl_context=cas),
+        WebPushChannel(settings, store, secrets, ssl_context=cas),
     ]
     return {channel.kind: channel for channel in channels}
 
@@ -217,7 +219,7 @@ class Sender:
 
     async def _record(self, delivery: Delivery, kind: str, attempt: Attempt) -> None:
         """Write the attempt's result; a retry gets its next time or, past the limits, fails."""
-        error = _short(attempt.error)
+        error = capped(attempt.error, ERROR_CAP)
         verdict = attempt.verdict.value
         if attempt.verdict is Verdict.DELIVERED:
             await self.store.record_attempt(
@@ -243,7 +245,7 @@ class Sender:
         else:
             if attempt.verdict is Verdict.RETRY:
                 verdict = "gave_up"
-                error = _short(f"gave up after {delivery.attempts + 1} attempts: {error}")
+                error = capped(f"gave up after {delivery.attempts + 1} attempts: {error}", ERROR_CAP)
             await self.store.record_attempt(
                 delivery.id, DeliveryStatus.FAILED, error=error, status_code=attempt.status_code
             )
@@ -272,9 +274,3 @@ class Sender:
         if retry_after_s is not None:
             delay = max(delay, min(retry_after_s, settings.notify_retry_cap_s))
         return delay
-
-
-def _short(text: str | None, cap: int = 300) -> str | None:
-    if text is None or len(text) <= cap:
-        return text
-    return text[: cap - 1] + "…"

@@ -32,7 +32,6 @@ import json
 import re
 import ssl
 import time
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +43,7 @@ from ..config import Settings
 from ..secrets import SecretBox
 from ..store import Store
 from .channels import Attempt, Verdict, http_client, post_to_target
-from .outbox import Delivery, Target
+from .outbox import Delivery, Target, repo_name
 from .vapid import vapid_keys, vapid_subject
 
 __all__ = [
@@ -82,14 +81,6 @@ def plain(text: object, limit: int) -> str:
     return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
 
 
-def _repo_name(repo_url: object) -> str:
-    """The last part of a repository URL's path ("calc" of ".../me/calc.git"), never its host
-    or credentials."""
-    path = urllib.parse.urlsplit(str(repo_url or "")).path if "://" in str(repo_url) else str(repo_url or "")
-    name = path.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1].removesuffix(".git")
-    return name or "repository"
-
-
 def notification_for(payload: Mapping[str, Any]) -> dict[str, str]:
     """The notification a phone shows for an outbox payload (``{id, kind, task: {...},
     question?}``): ``title``, ``body`` (plain text, capped), ``url`` (``/#/task/ID``: the
@@ -98,7 +89,7 @@ def notification_for(payload: Mapping[str, Any]) -> dict[str, str]:
     kind = str(payload.get("kind", ""))
     task = payload.get("task") or {}
     task_id = str(task.get("id", ""))
-    title = f"{TITLES.get(kind, 'Task update')}: {_repo_name(task.get('repo_url'))}"
+    title = f"{TITLES.get(kind, 'Task update')}: {repo_name(task.get('repo_url'))}"
     if kind == "task.waiting_input":
         body = payload.get("question") or "The agent is waiting for your answer."
     elif kind == "task.failed":

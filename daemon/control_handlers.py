@@ -103,8 +103,7 @@ class ControlHandlers:
 
     async def _shown(self, *tasks: Task) -> list[Args]:
         """Tasks as agentctl shows them: with their owner's login."""
-        logins = await usecases.owner_logins(self.svc, tasks)
-        return [{**task.public(), "user_login": logins[task.user_id]} for task in tasks]
+        return await usecases.with_owner_logins(self.svc, tasks)
 
     async def tasks_list(self, args: Args) -> list[Args]:
         page = await usecases.list_tasks(

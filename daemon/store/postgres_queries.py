@@ -39,6 +39,7 @@ from .secret_queries import SecretQueries
 
 # Row decoding is backend-neutral (same columns, same JSON text); shared, not copied.
 from .sqlite_queries import task_from_row, user_from_row
+from .task_rows import NEW_TASK_COLUMNS, new_task_values
 
 _USER_COLUMNS = identity_queries.USER_COLUMNS
 # GitHub identities: one SQL text for both backends, with this backend's placeholder.
@@ -65,25 +66,10 @@ def insert_task(conn: Connection, new: NewTask, now: float) -> tuple[Task, list[
     the first to commit, then do nothing; it then reads and returns the first one's task.
     """
     row = conn.execute(
-        "INSERT INTO tasks (id, user_id, repo_url, prompt, base_branch, status, budget, "
-        "created_at, updated_at, idempotency_key, model, draft, pr_title) "
+        f"INSERT INTO tasks ({NEW_TASK_COLUMNS}) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id",
-        (
-            new.id,
-            new.user_id,
-            new.repo_url,
-            _text(new.prompt),
-            new.base_branch,
-            TaskStatus.QUEUED.value,
-            _dumps(new.budget),
-            now,
-            now,
-            new.idempotency_key,
-            new.model,
-            new.draft,
-            new.pr_title,
-        ),
+        new_task_values(new, _text(new.prompt), _dumps(new.budget), now),
     ).fetchone()
     if row is None:
         existing = _one(

@@ -59,7 +59,7 @@ from .sqlite_users import (  # noqa: F401
 from .task_ids import task_ids_with_prefix  # noqa: F401 - one SQL text for both backends
 
 # Row decoding is backend-neutral; the PostgreSQL modules import it from here.
-from .task_rows import task_from_row
+from .task_rows import NEW_TASK_COLUMNS, new_task_values, task_from_row
 
 _TASK_COLUMNS = (
     "id, user_id, repo_url, prompt, base_branch, status, attempt, created_at, updated_at, due_at, "
@@ -96,24 +96,8 @@ def insert_task(conn: apsw.Connection, new: NewTask, now: float) -> tuple[Task, 
     budget_json = _dumps(new.budget)
     events = _number_events(new.id, created_events(new), now, 0)
     cursor.execute(
-        "INSERT INTO tasks (id, user_id, repo_url, prompt, base_branch, status, budget, "
-        "created_at, updated_at, idempotency_key, model, draft, pr_title) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            new.id,
-            new.user_id,
-            new.repo_url,
-            new.prompt,
-            new.base_branch,
-            TaskStatus.QUEUED.value,
-            budget_json,
-            now,
-            now,
-            new.idempotency_key,
-            new.model,
-            new.draft,
-            new.pr_title,
-        ),
+        f"INSERT INTO tasks ({NEW_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        new_task_values(new, new.prompt, budget_json, now),
     )
     _insert_events(conn, cursor, events)
     # The row as get_task would read it back, without reading it back.

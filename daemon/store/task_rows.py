@@ -12,7 +12,33 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..states import TaskStatus
-from .models import Task, Usage
+from .models import NewTask, Task, Usage
+
+# The columns a new task's row is inserted with, in the order of ``new_task_values``.
+NEW_TASK_COLUMNS = (
+    "id, user_id, repo_url, prompt, base_branch, status, budget, "
+    "created_at, updated_at, idempotency_key, model, draft, pr_title"
+)
+
+
+def new_task_values(new: NewTask, prompt: str | None, budget_json: str, now: float) -> tuple[Any, ...]:
+    """The values of ``NEW_TASK_COLUMNS`` for ``new``, queued at ``now``; ``prompt`` and
+    ``budget_json`` as the backend stores them."""
+    return (
+        new.id,
+        new.user_id,
+        new.repo_url,
+        prompt,
+        new.base_branch,
+        TaskStatus.QUEUED.value,
+        budget_json,
+        now,
+        now,
+        new.idempotency_key,
+        new.model,
+        new.draft,
+        new.pr_title,
+    )
 
 
 def task_from_row(row: Sequence[Any]) -> Task:

@@ -29,7 +29,7 @@ from .tasks import (
     retry_task,
     task_owner,
 )
-from .users import NewUser, add_user, link_user, list_users, owner_logins, revoke_user
+from .users import NewUser, add_user, link_user, list_users, revoke_user, with_owner_logins
 
 __all__ = [
     "CONTROL_OPERATOR",
@@ -68,7 +68,6 @@ __all__ = [
     "list_users",
     "may_see",
     "me",
-    "owner_logins",
     "resume",
     "retry_task",
     "review_task",
@@ -78,4 +77,5 @@ __all__ = [
     "sign_out",
     "task_owner",
     "task_patch",
+    "with_owner_logins",
 ]

@@ -4,9 +4,9 @@ revoke its tokens, list them; and the logins shown next to tasks."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BadArguments
 from ..store import Revoked, Task, User
@@ -83,3 +83,10 @@ async def owner_logins(svc: Services, tasks: Iterable[Task]) -> dict[int, str]:
         user = await svc.store.user_by_id(user_id)
         found[user_id] = user.login if user is not None else f"#{user_id}"
     return found
+
+
+async def with_owner_logins(svc: Services, tasks: Sequence[Task]) -> list[dict[str, Any]]:
+    """``tasks`` as an operator sees them (the control socket, the ``/admin`` API): each
+    task's ``public()`` with its owner's login as ``user_login``."""
+    logins = await owner_logins(svc, tasks)
+    return [{**task.public(), "user_login": logins[task.user_id]} for task in tasks]

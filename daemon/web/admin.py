@@ -73,8 +73,7 @@ async def page() -> ResponseReturnValue:
 
 async def rows(tasks: list[Task]) -> list[dict[str, Any]]:
     """Tasks as the page shows them: with their owner's login."""
-    names = await usecases.owner_logins(services(), tasks)
-    return [{**task.public(), "user_login": names[task.user_id]} for task in tasks]
+    return await usecases.with_owner_logins(services(), tasks)
 
 
 @bp.get("/admin/api/whoami")

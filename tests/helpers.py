@@ -7,9 +7,16 @@ import math
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import trio
+from cryptography.fernet import Fernet
 
+from daemon.config import Settings
+from daemon.metrics import Metrics
+from daemon.rate_limit import RateLimiter
+from daemon.secrets import SecretBox
+from daemon.services import Services
 from daemon.states import TaskStatus
 from daemon.supervisor import Backoff, Supervisor
 from daemon.web.session import State
@@ -39,6 +46,22 @@ async def running_supervisor(store, hub, runner, **kwargs) -> AsyncIterator[Supe
         await nursery.start(supervisor.run)
         yield supervisor
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running_services(store, hub, runner, data_dir: Path, **kwargs) -> AsyncIterator[Services]:
+    """The use cases' services over ``running_supervisor(store, hub, runner, **kwargs)`` (local
+    remotes allowed, 60 creates a minute); leaving the block cancels it like a crash."""
+    async with running_supervisor(store, hub, runner, **kwargs) as supervisor:
+        yield Services(
+            settings=Settings(data_dir=data_dir, allow_local_remotes=True),
+            store=store,
+            hub=hub,
+            supervisor=supervisor,
+            metrics=Metrics(),
+            secrets=SecretBox([Fernet.generate_key()]),
+            create_limiter=RateLimiter(per_min=60, burst=100),
+        )
 
 
 async def wait_status(hub, task_id: str, *statuses: TaskStatus) -> TaskStatus:

@@ -11,23 +11,18 @@ from typing import Any
 
 import pytest
 import trio
-from cryptography.fernet import Fernet
 
 from daemon import usecases
 from daemon.agent.loop import AgentRunner
 from daemon.agent.scripted_provider import ScriptedProvider
-from daemon.config import Settings
 from daemon.errors import BadArguments
-from daemon.metrics import Metrics
-from daemon.rate_limit import RateLimiter
-from daemon.secrets import SecretBox
 from daemon.services import Services
 from daemon.states import TaskStatus
 from daemon.supervisor import Backoff
 from daemon.usecases import Viewer
 
 from .agent_env import agent_settings, ask_then_write, bare_repo, branch_file
-from .helpers import running_supervisor, wait_status
+from .helpers import running_services, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -56,16 +51,8 @@ async def daemon(store: Any, hub: Any, tmp_path: Path, provider: ScriptedProvide
     """One daemon's life on the shared store: leaving the block kills it (nothing is put back)."""
     runner = AgentRunner(provider, agent_settings(tmp_path))
     backoff = Backoff(0.01, 0.05, max_attempts)
-    async with running_supervisor(store, hub, runner, backoff=backoff) as supervisor:
-        yield Services(
-            settings=Settings(data_dir=tmp_path / "data", allow_local_remotes=True),
-            store=store,
-            hub=hub,
-            supervisor=supervisor,
-            metrics=Metrics(),
-            secrets=SecretBox([Fernet.generate_key()]),
-            create_limiter=RateLimiter(per_min=60, burst=100),
-        )
+    async with running_services(store, hub, runner, tmp_path / "data", backoff=backoff) as svc:
+        yield svc
 
 
 async def answer(svc: Services, alice: Viewer, task_id: str, question: str, after: int) -> int:

@@ -5,16 +5,14 @@ that ``bench/run_all.py`` reads, and the table's row made from it. The figures a
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+from .bench_support import BENCH, run_bench
+
+sys.path.insert(0, str(BENCH))
 
 import run_all
-
-from .test_bench_smoke import run_bench
 
 
 @pytest.mark.slow

@@ -6,15 +6,12 @@ peers' venv is not needed here."""
 from __future__ import annotations
 
 import contextlib
-import json
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench"
+from .bench_support import BENCH, run_bench
+
 sys.path.insert(0, str(BENCH))
 
 import pg_rows
@@ -24,20 +21,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_nodes_bench_runs_and_its_rows_hold_each_ratio_of_one_run(pg_server, monkeypatch):
-    done = subprocess.run(
-        [
-            *(sys.executable, str(BENCH / "queue_pg_nodes.py"), "--pg", pg_server.dsn()),
-            *("--nodes", "1,3", "--jobs", "30", "--concurrency", "4", "--timeout", "60", "--json"),
-        ],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    result = run_bench(
+        "queue_pg_nodes.py",
+        *("--pg", pg_server.dsn(), "--nodes", "1,3", "--jobs", 30, "--concurrency", 4, "--timeout", 60),
         timeout=150,
-        stdin=subprocess.DEVNULL,
     )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
     for count in ("1", "3"):
         measured = result["nodes"][count]
         assert measured["exactly_once"] and measured["jobs"] == 30 and measured["jobs_per_s"] > 0

@@ -8,33 +8,16 @@ venv and are not run here.
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench"
+from .bench_support import BENCH, run_bench
+
 sys.path.insert(0, str(BENCH))
 
 import run_all
-
-
-def run_bench(script: str, *args: object) -> dict:
-    done = subprocess.run(
-        [sys.executable, str(BENCH / script), *map(str, args), "--json"],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        stdin=subprocess.DEVNULL,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_queue_gives_throughput_process_only_and_latency():

@@ -10,17 +10,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench"
+from .bench_support import BENCH, ROOT, run_bench
+
 PEERS_PY = BENCH / ".venv-peers" / "bin" / "python"
 sys.path.insert(0, str(BENCH))
 
+import run_all
 import ws_rows
 from ws_common import Child, Histogram, now
 
@@ -73,43 +73,10 @@ async def test_agentd_server_stamps_events_and_delivers_them_over_ws(tmp_path):
         await trio.to_thread.run_sync(server.stop, 20)
 
 
-class _Row:  # run_all's Row, reduced to what the rows carry
-    def __init__(self, name, agentd, peer="—", ratio=None, target="—", met=None):
-        self.name, self.agentd, self.peer, self.ratio, self.target, self.met = (
-            name,
-            agentd,
-            peer,
-            ratio,
-            target,
-            met,
-        )
-
-
 def test_agent_load_runs_tasks_through_the_slow_fake_model():
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "agent_load.py"),
-            "--tasks",
-            "3",
-            "--turns",
-            "2",
-            "--delay",
-            "0.2",
-            "--timeout",
-            "60",
-            "--steps",
-            "--json",
-        ],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        stdin=subprocess.DEVNULL,
+    result = run_bench(
+        "agent_load.py", "--tasks", 3, "--turns", 2, "--delay", 0.2, "--timeout", 60, "--steps"
     )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["statuses"] == {"succeeded": 3} and result["model_turns"] == 6
     assert result["lag_overall"]["samples"] > 0 and result["rss_peak_mib"] > 0
     assert result["store_writes_per_turn"] > 0
@@ -119,7 +86,7 @@ def test_agent_load_runs_tasks_through_the_slow_fake_model():
     # The README row made of it (the WebSocket steps "failed" here: not run).
     rows = ws_rows.ws_suite(
         {"rounds": 1},
-        Row=_Row,
+        Row=run_all.Row,
         py=lambda *a: list(map(str, a)),
         run_step=lambda label, argv: result if "agent_load" in argv[0] else None,
     )
@@ -137,32 +104,12 @@ def test_agent_load_runs_tasks_through_the_slow_fake_model():
     reason="bench/.venv-peers without websockets: run bench/run_all.py --only ws once",
 )
 def test_ws_delivery_side_by_side_and_its_rows():
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "ws_delivery.py"),
-            "--size",
-            "smoke",
-            "--scenario",
-            "a,idle",
-            "--seconds",
-            "1.5",
-            "--warmup",
-            "0.5",
-            "--baseline-seconds",
-            "1",
-            "--pinned-peer",
-            "--json",
-        ],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    result = run_bench(
+        "ws_delivery.py",
+        *("--size", "smoke", "--scenario", "a,idle", "--seconds", 1.5, "--warmup", 0.5),
+        *("--baseline-seconds", 1, "--pinned-peer"),
         timeout=170,
-        stdin=subprocess.DEVNULL,
     )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
     for system in ("agentd", "websockets", "websockets-pinned"):
         a = result["a"][system]
         assert a["expected"] == 6 * 10 * 1.0 and a["delivered"] > 0 and a["latency"]["p99_ms"] is not None
@@ -174,7 +121,7 @@ def test_ws_delivery_side_by_side_and_its_rows():
     canned = {"a": result["a"], "b": result["a"], "idle": result["idle"]}
     rows = ws_rows.ws_suite(
         {"rounds": 1},
-        Row=_Row,
+        Row=run_all.Row,
         py=lambda *a: list(map(str, a)),
         run_step=lambda label, argv: canned if "ws_delivery" in argv[0] else None,
     )

@@ -19,18 +19,10 @@ from daemon.agent.model import ModelRequest
 from daemon.agent.scripted_provider import ScriptedProvider, ScriptError
 from daemon.states import TaskStatus
 
-from .agent_env import run_with_claude, text, tool_use
+from .agent_env import FIX_CALC_EDIT, run_with_claude, text, tool_use
 from .fakes.anthropic_api import message, partial_tool_use
 from .test_agent_loop import run_task
 
-FIX_EDIT = tool_use(
-    "toolu_2",
-    "str_replace_based_edit_tool",
-    command="str_replace",
-    path="calc.py",
-    old_str="a - b",
-    new_str="a + b",
-)
 CUT_EDIT = partial_tool_use(
     "toolu_2", "str_replace_based_edit_tool", '{"command": "str_replace", "path": "ca'
 )
@@ -45,7 +37,7 @@ def usage_events(events) -> list[dict[str, Any]]:
 async def test_a_reply_cut_inside_a_tool_call_is_asked_again_with_more_output(store, hub, tmp_path):
     cut = message("Fixing it.", CUT_EDIT, stop_reason="max_tokens", usage={"output_tokens": 8192})
     fake, task, events = await run_with_claude(
-        store, hub, tmp_path, [cut, message("Fixing it.", FIX_EDIT, RUN_TEST), DONE]
+        store, hub, tmp_path, [cut, message("Fixing it.", FIX_CALC_EDIT, RUN_TEST), DONE]
     )
     assert task.status is TaskStatus.SUCCEEDED, task.error
     bodies = [r.body for r in fake.requests]
@@ -64,7 +56,7 @@ async def test_cut_off_at_the_limit_the_call_is_dropped_and_the_model_told(store
         store,
         hub,
         tmp_path,
-        [cut, message(FIX_EDIT, tool_use("toolu_3", "bash", command="python3 test_calc.py")), DONE],
+        [cut, message(FIX_CALC_EDIT, tool_use("toolu_3", "bash", command="python3 test_calc.py")), DONE],
         max_output_tokens=4096,
         max_output_tokens_limit=4096,
     )

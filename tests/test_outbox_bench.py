@@ -4,15 +4,14 @@ its run_all rows (figures unchecked; two senders on one database deliver each ro
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from .bench_support import BENCH, run_bench
+
+sys.path.insert(0, str(BENCH))
 
 import run_all
-
-from tests.test_bench_smoke import run_bench
 
 TINY = ("--deliveries", 20, "--tasks", 5, "--rounds", 1)
 SIZE = {"outbox_deliveries": 20, "outbox_tasks": 5, "outbox_pg_tasks": 5}

@@ -21,7 +21,6 @@ import socket
 from typing import Any
 
 import anthropic
-import h11
 import httpcore2
 import httpx2
 import pytest
@@ -47,6 +46,7 @@ from daemon.thirdparty.prometheus import encoder_for
 from daemon.thirdparty.quart_body import received_whole
 
 from .fakes.anthropic_api import FakeAnthropicAPI, message, text
+from .test_ws_listener import BareClient
 
 KEY = "sk-ant-test-contracts"
 WAIT_S = 10  # a broken contract fails the test instead of hanging it
@@ -146,32 +146,14 @@ async def test_hypercorn_serves_a_keep_alive_connection_we_accepted():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(serve_one)
                 client = await trio.open_tcp_stream(host, port)
-                http = h11.Connection(h11.CLIENT)
-                for _ in range(2):
-                    assert await _get(client, http) == (200, b"hello")
-                    http.start_next_cycle()
+                for _ in range(2):  # two requests on the one keep-alive connection
+                    assert await BareClient(client).get("/") == (200, b"hello")
                 assert servers[0].speaks_http1()
                 await idle_twice.wait()  # ConnectionServer's on_idle, after each response
                 await worker.terminate()
                 assert await client.receive_some() == b"", "an idle connection stays open after terminate"
             listener.close()
     assert lifespan_events == ["lifespan.startup", "lifespan.shutdown"]
-
-
-async def _get(stream: trio.SocketStream, http: h11.Connection) -> tuple[int, bytes]:
-    await stream.send_all(http.send(h11.Request(method="GET", target="/", headers=[("Host", "x")])))
-    await stream.send_all(http.send(h11.EndOfMessage()))
-    status, body = 0, b""
-    while True:
-        event = http.next_event()
-        if event is h11.NEED_DATA:
-            http.receive_data(await stream.receive_some())
-        elif isinstance(event, h11.Response):
-            status = event.status_code
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            return status, body
 
 
 # --- anthropic 2.17.0: daemon/thirdparty/anthropic_sdk.py -------------------------------------

@@ -13,21 +13,16 @@ from pathlib import Path
 
 import pytest
 import trio
-from cryptography.fernet import Fernet
 
 from daemon import errors, usecases
-from daemon.config import Settings
 from daemon.errors import BadArguments, Conflict, Forbidden, InvalidTransition, NotFound, RateLimited
-from daemon.metrics import Metrics
 from daemon.rate_limit import RateLimiter
-from daemon.secrets import SecretBox
-from daemon.services import Services
 from daemon.states import TaskStatus
 from daemon.store import base as store_base
 from daemon.supervisor import RunResult
 from daemon.usecases import IdPrefix, Viewer
 
-from .helpers import running_supervisor, wait_status
+from .helpers import running_services, wait_status
 
 ROOT = Path(__file__).resolve().parents[1]
 MISSING = "01m8bz0000000000000000000"
@@ -66,17 +61,8 @@ ENDS_IN = {
 @pytest.fixture
 async def svc(tmp_path, store, hub):
     runner = ByPrompt()
-    settings = Settings(data_dir=tmp_path / "data", allow_local_remotes=True)
-    async with running_supervisor(store, hub, runner) as supervisor:
-        yield Services(
-            settings=settings,
-            store=store,
-            hub=hub,
-            supervisor=supervisor,
-            metrics=Metrics(),
-            secrets=SecretBox([Fernet.generate_key()]),
-            create_limiter=RateLimiter(per_min=60, burst=100),
-        )
+    async with running_services(store, hub, runner, tmp_path / "data") as services:
+        yield services
 
 
 @pytest.fixture
